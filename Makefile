@@ -1,0 +1,84 @@
+# Ebbtide: every task starts here.  `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup deps-system binaries test lint unit integration e2e e2e-kind bench bench-policy bench-operator demo helm-lint cluster-up cluster-down clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: deps-system $(STAMP) ## Install system packages (redis-server, rabbitmq-server) and the Python venv
+
+# Debian packages are installed only when missing, so a warm machine pays nothing.
+deps-system:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[operator,dev]"
+	touch $(STAMP)
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check worker-runtime operator tests bench e2e
+
+unit: setup ## Unit tests (pure logic)
+	$(PY) -m pytest -q tests/unit
+
+integration: setup ## Integration tests against real Redis / RabbitMQ started on loopback
+	$(PY) -m pytest -q tests/integration
+
+test: setup lint binaries ## The whole suite: ruff, unit, integration (real brokers), e2e (real control plane)
+	$(PY) -m pytest -q -rs tests
+	$(MAKE) e2e
+
+# kube-apiserver, kube-controller-manager, kubectl, etcd and helm, built once from Go
+# modules into ~/.cache/ebbtide (versions pinned in e2e/versions.env). Without Go, outside
+# CI, this only warns: the e2e suite then skips loudly, and the helm chart tests too.
+binaries:
+	@e2e/build-binaries.sh >/dev/null || { rc=$$?; if [ "$$rc" = 3 ] && [ "$${CI:-}" != true ]; then \
+	  echo "binaries: WARNING: no Go toolchain, the e2e suite will be skipped" >&2; else exit $$rc; fi; }
+
+e2e: setup ## e2e suite on a local control plane built from Go modules (see e2e/README.md)
+	$(PY) -m pytest -q -rs e2e/tests
+
+e2e-kind: setup ## The same e2e suite on a kind cluster (needs Docker; not exercised on Docker-less machines)
+	scripts/e2e-kind.sh
+
+cluster-up: setup ## Build (once, cached) and start etcd + kube-apiserver + kube-controller-manager on loopback
+	$(PY) -m e2e.controlplane up
+
+cluster-down: setup ## Stop the local control plane; no process is left behind
+	$(PY) -m e2e.controlplane down
+
+bench: setup ## Throughput benchmark: Ebbtide vs Celery vs Dramatiq on the same broker
+	$(PY) bench/throughput.py
+
+bench-policy: setup ## Autoscaling policy benchmark: backlog time vs a KEDA-style baseline
+	$(PY) bench/policy.py
+
+bench-operator: setup ## Operator tick timeliness: 200 TaskQueues on one operator, real Redis
+	$(PY) bench/operator_ticks.py --taskqueues 200 --poll 1 --seconds 60
+
+demo: setup ## The demo: control plane, chart, operator, a burst, `kubectl get tq -w`; Ctrl-C tears down
+	scripts/demo.sh
+
+helm-lint: ## helm lint --strict the chart in both RBAC modes (helm from `make cluster-up`, or EBBTIDE_HELM)
+	@helm=$$(scripts/find-helm.sh) && \
+	$$helm lint --strict charts/ebbtide && \
+	$$helm lint --strict charts/ebbtide --set 'watchNamespaces={team-a,team-b}'
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

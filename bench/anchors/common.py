@@ -1,0 +1,20 @@
+"""What every benchmark app shares: where the broker is and the one-INCR task body."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+
+QUEUE = os.environ.get("BENCH_QUEUE", "bench")
+BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0")
+COUNTER_URL = os.environ.get("BENCH_COUNTER_URL", BROKER_URL)
+COUNTER_KEY = os.environ.get("BENCH_COUNTER_KEY", "bench:done")
+
+# One client per process; redis-py's pool makes it safe for the worker's threads.
+_counter = redis.Redis.from_url(COUNTER_URL)
+
+
+def count_one() -> None:
+    """The whole task: one INCR, so the benchmark measures the queue, not the work."""
+    _counter.incr(COUNTER_KEY)

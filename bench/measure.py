@@ -1,0 +1,116 @@
+"""Run one worker process against a filled queue and time it until the counter says done.
+
+The clock starts just before the process is spawned, so start-up is included, and stops
+when the shared Redis counter reaches N. Peak memory is each process's VmHWM (the
+kernel's own high-water mark, so no sample can miss a spike), summed over the worker's
+process tree, which is what a pod's memory limit sees. The process group is killed in
+`finally`, so nothing outlives the benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+import redis
+
+POLL_S = 0.005  # counter polls: ~200 GETs/s, noise next to the workers' INCRs
+SAMPLE_S = 0.05  # process-tree scans, to catch every process before it exits
+
+
+@dataclass
+class WorkerRun:
+    seconds: float  # spawn -> counter == N
+    first_task_s: float | None  # spawn -> counter > 0: the start-up share of `seconds`
+    peak_rss_bytes: int
+    processes: int
+    error: str | None = None
+
+
+def run_worker(
+    argv: list[str],
+    env: dict[str, str],
+    counter_url: str,
+    counter_key: str,
+    tasks: int,
+    timeout: float,
+    log_path: str,
+) -> WorkerRun:
+    counter = redis.Redis.from_url(counter_url)
+    peaks: dict[int, int] = {}
+    stop = threading.Event()
+    first: float | None = None
+    error: str | None = None
+    with open(log_path, "ab") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    sampler = threading.Thread(target=_sample_tree, args=(proc.pid, peaks, stop), daemon=True)
+    sampler.start()
+    try:
+        deadline = started + timeout
+        while True:
+            done = int(counter.get(counter_key) or 0)
+            now = time.perf_counter()
+            if done and first is None:
+                first = now - started
+            if done >= tasks:
+                break
+            if proc.poll() is not None:
+                error = f"worker exited with code {proc.returncode} after {done}/{tasks} tasks"
+                break
+            if now > deadline:
+                error = f"timed out after {timeout:.0f}s at {done}/{tasks} tasks"
+                break
+            time.sleep(POLL_S)
+        seconds = now - started
+        _record_tree(proc.pid, peaks)  # final high-water marks, before the group dies
+    finally:
+        stop.set()
+        stop_group(proc)
+        sampler.join(5)
+        counter.close()
+    return WorkerRun(seconds, first, sum(peaks.values()), len(peaks), error)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the worker's whole process group, then SIGKILL whatever is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait)
+            # The leader is gone; sweep stragglers left in its group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            return
+
+
+def _sample_tree(pid: int, peaks: dict[int, int], stop: threading.Event) -> None:
+    while not stop.wait(SAMPLE_S):
+        _record_tree(pid, peaks)
+
+
+def _record_tree(pid: int, peaks: dict[int, int]) -> None:
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error, OSError):
+                hwm = _vm_hwm(p.pid) or p.memory_info().rss
+                peaks[p.pid] = max(peaks.get(p.pid, 0), hwm)
+
+
+def _vm_hwm(pid: int) -> int:
+    """Peak resident set size of one process, in bytes (0 if /proc cannot tell)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0

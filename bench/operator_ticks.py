@@ -1,0 +1,240 @@
+"""Are 200 TaskQueues' ticks on time on one operator?
+
+Runs N TaskQueue poll loops (`tick.run_periodically` + `TaskQueueTicker.tick`, exactly
+what the kopf daemon runs) on one event loop against one real redis-server with real
+backlogs, plus some TaskQueues whose broker is hung (accepts, never answers) or down
+(connection refused). Kubernetes is the in-memory MemoryCluster (the API server is not
+what is measured here). Reports how late each tick started versus its schedule, and how long after a burst lands
+on an idle TaskQueue its worker Deployment is scaled up (target: one poll plus a second).
+
+    .venv/bin/python bench/operator_ticks.py [--taskqueues 200] [--poll 1] [--seconds 30] \
+        [--hung 10] [--down 10] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import ebbtide  # noqa: E402
+from ebbtide_operator import provision  # noqa: E402
+from ebbtide_operator.broker_io import BrokerReader  # noqa: E402
+from ebbtide_operator.metrics import OperatorMetrics  # noqa: E402
+from ebbtide_operator.spec import parse_spec  # noqa: E402
+from ebbtide_operator.tick import TaskQueueTicker, phase, run_periodically  # noqa: E402
+from support.memory_cluster import MemoryCluster  # noqa: E402
+from support.servers import free_port, redis_server  # noqa: E402
+
+NS = "bench"
+
+
+def body(i: int, poll: float) -> dict:
+    name = f"tq{i:03d}"
+    return {
+        "apiVersion": "ebbtide.dev/v1alpha1",
+        "kind": "TaskQueue",
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{i}", "generation": 1},
+        "spec": {
+            "broker": {"type": "redis", "external": {"secretRef": {"name": f"{name}-url"}}},
+            "queues": [{"name": f"q{i:03d}"}],
+            "worker": {"image": "w", "app": "m:app", "concurrency": 4},
+            "scaling": {"minReplicas": 0, "maxReplicas": 20, "pollSeconds": poll},
+        },
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "count": len(values),
+        "p50_ms": round(pct(values, 0.50) * 1000, 2),
+        "p99_ms": round(pct(values, 0.99) * 1000, 2),
+        "max_ms": round(max(values, default=float("nan")) * 1000, 2),
+        "mean_ms": round(statistics.fmean(values) * 1000, 2) if values else float("nan"),
+    }
+
+
+async def run(args: argparse.Namespace, url: str, hung_url: str, down_url: str) -> dict:
+    cluster = MemoryCluster()
+    reader = BrokerReader()
+    metrics = OperatorMetrics()
+    lateness: dict[str, list[float]] = {"healthy": [], "hung": [], "down": []}
+    durations: dict[str, list[float]] = {"healthy": [], "hung": [], "down": []}
+    stop_at = time.monotonic() + args.seconds
+    loops = []
+    for i in range(args.taskqueues):
+        b = body(i, args.poll)
+        kind = "hung" if i < args.hung else "down" if i < args.hung + args.down else "healthy"
+        cluster.add_secret(
+            NS,
+            f"{b['metadata']['name']}-url",
+            {"url": {"hung": hung_url, "down": down_url}.get(kind, url)},
+        )
+        await provision.reconcile(cluster, b, parse_spec(b["spec"]))
+        ticker = TaskQueueTicker(cluster, reader, metrics, cluster.record_event)
+
+        async def step(ticker=ticker, b=b, kind=kind):
+            outcome = await ticker.tick(b)
+            durations[kind].append(outcome.seconds)
+
+        loops.append(
+            run_periodically(
+                step,
+                interval=lambda: args.poll,
+                sleep=asyncio.sleep,
+                stopped=lambda: time.monotonic() >= stop_at,
+                lateness=lateness[kind].append,
+                initial_delay=phase(b["metadata"]["uid"], args.poll),
+            )
+        )
+    scaled_at: dict[str, list[float]] = {}
+    scale = cluster.scale_deployment
+
+    async def timed_scale(namespace: str, name: str, replicas: int) -> None:
+        scaled_at.setdefault(name, []).append(time.monotonic())
+        await scale(namespace, name, replicas)
+
+    cluster.scale_deployment = timed_scale
+    started = time.monotonic()
+    burst_at = await_bursts(args, started)
+    await asyncio.gather(*loops, *burst_at.values())
+    elapsed = time.monotonic() - started
+    reactions = []
+    for name, task in burst_at.items():
+        started, landed = task.result()
+        after = [t for t in scaled_at.get(f"{name}-worker", []) if t >= started]
+        if after:  # a scale-up while the burst was still landing counts as 0
+            reactions.append(max(0.0, after[0] - landed))
+    reader.close()
+    scaled = sum(1 for e in cluster.events if e[1].startswith("Scaled"))
+    expected = args.taskqueues * args.seconds / args.poll
+    ticks = sum(len(v) for v in durations.values())
+    return {
+        "taskqueues": args.taskqueues,
+        "poll_seconds": args.poll,
+        "seconds": round(elapsed, 1),
+        "ticks": ticks,
+        "ticks_expected": int(expected),
+        "scale_events": scaled,
+        "status_writes": cluster.status_writes,
+        "lateness": {k: summary(v) for k, v in lateness.items() if v},
+        "tick_duration": {k: summary(v) for k, v in durations.items() if v},
+        "late_over_half_poll": sum(1 for v in lateness.values() for x in v if x > args.poll / 2),
+        "burst_reaction": summary(reactions),
+        "bursts_without_reaction": len(burst_at) - len(reactions),
+    }
+
+
+def await_bursts(args: argparse.Namespace, started: float) -> dict[str, asyncio.Task]:
+    """Bursts of tasks land on idle TaskQueues (0 replicas) at random moments; each task
+    resolves to (started, landed): when its enqueue began and when all of it was in Redis.
+    Reaction is measured from `landed`, so a slow enqueue under load is not counted."""
+    rng = random.Random(7)
+    idle = [i for i in range(args.hung + args.down, args.taskqueues) if i % 3 == 0][: args.bursts]
+
+    async def burst(i: int) -> float:
+        await asyncio.sleep(
+            rng.uniform(2 * args.poll, max(3 * args.poll, args.seconds - 3 * args.poll))
+        )
+        started = time.monotonic()
+        await asyncio.to_thread(BURST_APP.send, i, args.burst_size)
+        return started, time.monotonic()
+
+    return {f"tq{i:03d}": asyncio.ensure_future(burst(i)) for i in idle}
+
+
+class _BurstApp:
+    url = ""
+
+    def send(self, i: int, count: int) -> None:
+        app = ebbtide.App(broker_url=self.url)
+        task = app.task(name="noop")(lambda: None)
+        task.options(queue=f"q{i:03d}").send_many(() for _ in range(count))
+        app.close()
+
+
+BURST_APP = _BurstApp()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--taskqueues", type=int, default=200)
+    parser.add_argument("--poll", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--hung", type=int, default=10, help="TaskQueues whose broker never answers"
+    )
+    parser.add_argument(
+        "--down", type=int, default=10, help="TaskQueues whose broker refuses connections"
+    )
+    parser.add_argument("--tasks-per-queue", type=int, default=500)
+    parser.add_argument(
+        "--bursts", type=int, default=20, help="bursts on idle TaskQueues, for reaction time"
+    )
+    parser.add_argument("--burst-size", type=int, default=200)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(512)
+    hung_url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+    down_url = f"redis://127.0.0.1:{free_port()}/0"
+    try:
+        with redis_server() as url:
+            app = ebbtide.App(broker_url=url)
+
+            @app.task(name="noop")
+            def noop() -> None: ...
+
+            for i in range(args.taskqueues):
+                noop.options(queue=f"q{i:03d}").send_many(
+                    () for _ in range(args.tasks_per_queue * (i % 3))
+                )
+            app.close()
+            BURST_APP.url = url
+            result = asyncio.run(run(args, url, hung_url, down_url))
+    finally:
+        silent.close()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(
+        f"{result['taskqueues']} TaskQueues, poll {result['poll_seconds']}s, {result['seconds']}s: "
+        f"{result['ticks']} ticks (expected ~{result['ticks_expected']}), "
+        f"{result['scale_events']} scale events, {result['status_writes']} status writes"
+    )
+    for kind, s in result["lateness"].items():
+        d = result["tick_duration"][kind]
+        print(
+            f"  {kind:8s} n={s['count']:6d}  lateness p50 {s['p50_ms']:7.2f} ms  p99 {s['p99_ms']:7.2f} ms"
+            f"  max {s['max_ms']:7.2f} ms | tick p50 {d['p50_ms']:7.2f} ms  p99 {d['p99_ms']:7.2f} ms"
+        )
+    print(f"  ticks started later than half a poll: {result['late_over_half_poll']}")
+    r = result["burst_reaction"]
+    print(
+        f"  burst -> scale-up reaction (n={r['count']}): p50 {r['p50_ms']:.0f} ms  p99 {r['p99_ms']:.0f} ms"
+        f"  max {r['max_ms']:.0f} ms (poll {result['poll_seconds']}s); no reaction: {result['bursts_without_reaction']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+# Ebbtide operator image (the chart's image.repository).
+# Build from the repository root:  docker build -f docker/operator.Dockerfile -t ebbtide/operator:0.1.0 .
+# Pinned base tag, no pip cache, non-root numeric user; runs with a read-only root filesystem
+# (the chart mounts an emptyDir on /tmp).
+FROM python:3.11.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/tmp
+
+COPY pyproject.toml README.md /src/
+COPY worker-runtime /src/worker-runtime
+COPY operator /src/operator
+RUN pip install --no-cache-dir "/src[operator]" \
+    && rm -rf /src \
+    && useradd --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin ebbtide
+
+USER 10001:10001
+# 8080: kopf's liveness endpoint; 8081: Prometheus metrics (EBBTIDE_OPERATOR_METRICS_PORT).
+EXPOSE 8080 8081
+ENTRYPOINT ["kopf"]
+CMD ["run", "--module=ebbtide_operator.main", "--standalone", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]

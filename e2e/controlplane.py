@@ -1,0 +1,392 @@
+"""The local Kubernetes control plane: etcd, kube-apiserver and kube-controller-manager on
+loopback, built from Go modules (e2e/build-binaries.sh) because there is no Docker here.
+
+    python -m e2e.controlplane up      # build once (cached), start, wait for /readyz
+    python -m e2e.controlplane down    # stop everything, leave no process behind
+    python -m e2e.controlplane status
+
+`up` runs the processes detached (they outlive the command) and records their pids in
+state.json; the pytest session fixture runs them attached instead, as children that die
+with it. Every failure is one line that says what to do, never a hang.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from e2e import kubeconfig, pki, processes
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_ROOT = Path(os.environ.get("EBBTIDE_CACHE", Path.home() / ".cache" / "ebbtide")) / "cluster"
+SERVICE_CIDR = "10.96.0.0/16"
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+READY_TIMEOUT = float(os.environ.get("EBBTIDE_CLUSTER_READY_TIMEOUT", "90"))
+# Fixed ports when set (e.g. to reach the API from elsewhere); by default each is free.
+PORT_ENV = {
+    "etcd": "EBBTIDE_ETCD_PORT",
+    "etcd-peer": "EBBTIDE_ETCD_PEER_PORT",
+    "apiserver": "EBBTIDE_APISERVER_PORT",
+    "controller-manager": "EBBTIDE_KCM_PORT",
+}
+CLIENTS = {
+    "admin": ("ebbtide-admin", "system:masters"),
+    "controller-manager": ("system:kube-controller-manager", None),
+}
+
+
+class ControlPlaneError(RuntimeError):
+    """A failure the user can act on; its message is one line that says how."""
+
+
+def build_binaries() -> Path:
+    """The cached bin dir, building it on first use (e2e/build-binaries.sh)."""
+    result = subprocess.run(
+        [str(HERE / "build-binaries.sh")], stdout=subprocess.PIPE, text=True, check=False
+    )
+    if result.returncode == 3:
+        raise ControlPlaneError(
+            "no Go toolchain on PATH: install Go >= 1.26, or set KUBECONFIG to use an existing cluster"
+        )
+    if result.returncode != 0:
+        raise ControlPlaneError(
+            f"building the control plane failed (exit {result.returncode}): rerun e2e/build-binaries.sh to see why"
+        )
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_ports() -> dict[str, int]:
+    ports: dict[str, int] = {}
+    for name, env in PORT_ENV.items():
+        if os.environ.get(env):
+            port = int(os.environ[env])
+            if not port_is_free(port):
+                raise ControlPlaneError(
+                    f"port {port} for {name} ({env}) is already in use: stop what listens there, or unset {env} to pick a free port"
+                )
+            ports[name] = port
+        else:
+            ports[name] = free_port()
+    return ports
+
+
+@dataclass
+class State:
+    """What `down` and a later `up` need to find a running control plane again."""
+
+    ports: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    bin_dir: str = ""
+
+    def alive(self) -> dict[str, bool]:
+        return {name: processes.alive(pid, started) for name, (pid, started) in self.pids.items()}
+
+    def save(self, path: Path) -> None:
+        path.write_text(
+            json.dumps({"ports": self.ports, "pids": self.pids, "bin_dir": self.bin_dir})
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> State | None:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        pids = {name: (int(p[0]), p[1]) for name, p in raw.get("pids", {}).items()}
+        return cls(ports=raw.get("ports", {}), pids=pids, bin_dir=raw.get("bin_dir", ""))
+
+
+class ControlPlane:
+    """One control plane under `root`. `attached=True` ties its processes' lives to ours."""
+
+    def __init__(self, root: Path = DEFAULT_ROOT, *, attached: bool = True) -> None:
+        self.root = root
+        self.attached = attached
+        self.state_path = root / "state.json"
+        self.kubeconfig = root / "admin.kubeconfig"
+        self.pki = pki.Pki(root / "pki")
+        self.logs = root / "logs"
+        self.state = State()
+        self.started_here = False
+        self._children: list[subprocess.Popen] = []
+
+    @property
+    def bin_dir(self) -> Path:
+        return Path(self.state.bin_dir)
+
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.state.ports['apiserver']}"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def up(self) -> ControlPlane:
+        """Reuse a running, ready control plane; otherwise clean up after a killed run and
+        start a fresh one."""
+        previous = State.load(self.state_path)
+        if previous is not None:
+            alive = previous.alive()
+            if alive and all(alive.values()):
+                self.state = previous
+                if self._ready():
+                    log(
+                        f"control plane already running at {self.url()} (kubeconfig {self.kubeconfig})"
+                    )
+                    return self
+                raise ControlPlaneError(
+                    f"a control plane in {self.root} is running but not ready: run `make cluster-down` and retry (logs: {self.logs})"
+                )
+            log(f"cleaning up stale state in {self.root} from a run that was killed")
+            self._stop(previous)
+        if (self.root / "etcd").exists() and previous is None:
+            log(f"removing a stale etcd data dir in {self.root} (no running control plane owns it)")
+        self._wipe()
+        started = time.monotonic()
+        self.state = State(ports=choose_ports(), bin_dir=str(build_binaries()))
+        self.started_here = True
+        try:
+            self._start_all()
+        except BaseException:
+            self.down()
+            raise
+        log(
+            f"control plane ready at {self.url()} in {time.monotonic() - started:.1f}s (kubeconfig {self.kubeconfig})"
+        )
+        return self
+
+    def down(self) -> None:
+        current = State.load(self.state_path) or self.state
+        self._stop(current)
+        for child in self._children:
+            child.wait()
+        self._children.clear()
+        self._wipe()
+
+    def _wipe(self) -> None:
+        for name in (
+            "etcd",
+            "pki",
+            "state.json",
+            "admin.kubeconfig",
+            "controller-manager.kubeconfig",
+        ):
+            path = self.root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+    def _stop(self, state: State) -> None:
+        # Reverse start order: the controller-manager and API server before their storage.
+        for name in reversed(list(state.pids)):
+            pid, started = state.pids[name]
+            if processes.terminate(pid, started, grace=15.0):
+                log(f"stopped {name} (pid {pid})")
+        self.state_path.unlink(missing_ok=True)
+
+    # -- starting ----------------------------------------------------------------------
+
+    def _start_all(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        pki.create(self.pki.root, CLIENTS)
+        ports = self.state.ports
+
+        self._start("etcd", self._etcd_args())
+        self._wait("etcd", lambda: self._http_ok(f"http://127.0.0.1:{ports['etcd']}/health"))
+
+        self._start("kube-apiserver", self._apiserver_args())
+        self._wait("kube-apiserver", self._ready)
+        cert, key = self.pki.client("admin")
+        kubeconfig.write(self.kubeconfig, self.url(), self.pki.ca_cert, cert, key, "ebbtide-e2e")
+
+        kcm_kubeconfig = self.root / "controller-manager.kubeconfig"
+        cert, key = self.pki.client("controller-manager")
+        kubeconfig.write(kcm_kubeconfig, self.url(), self.pki.ca_cert, cert, key, "ebbtide-e2e")
+        self._start("kube-controller-manager", self._controller_manager_args(kcm_kubeconfig))
+        # Ready when its service-account controller has done something observable.
+        self._wait("kube-controller-manager", self._default_service_account_exists)
+
+    def _start(self, name: str, args: list[str]) -> None:
+        argv = [str(self.bin_dir / args[0]), *args[1:]]
+        child = processes.spawn(argv, self.logs / f"{name}.log", attached=self.attached)
+        if self.attached:
+            self._children.append(child)
+        self.state.pids[name] = (child.pid, processes.start_time(child.pid))
+        self.state.save(self.state_path)
+
+    def _wait(self, name: str, ready) -> None:
+        pid, started = self.state.pids[name]
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if not processes.alive(pid, started):
+                raise ControlPlaneError(
+                    f"{name} exited during startup: {self._last_line(name)} (log: {self.logs / name}.log)"
+                )
+            if ready():
+                return
+            time.sleep(0.2)
+        raise ControlPlaneError(
+            f"{name} not ready after {READY_TIMEOUT:.0f}s: {self._last_line(name)} (log: {self.logs / name}.log)"
+        )
+
+    def _last_line(self, name: str) -> str:
+        try:
+            lines = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return lines[-1][:300] if lines else "empty log"
+
+    # -- readiness probes --------------------------------------------------------------
+
+    @staticmethod
+    def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                return response.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def _tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        cert, key = self.pki.client("admin")
+        context.load_cert_chain(str(cert), str(key))
+        return context
+
+    def _ready(self) -> bool:
+        return self.pki.ca_cert.exists() and self._http_ok(f"{self.url()}/readyz", self._tls())
+
+    def _default_service_account_exists(self) -> bool:
+        return self._http_ok(
+            f"{self.url()}/api/v1/namespaces/default/serviceaccounts/default", self._tls()
+        )
+
+    # -- command lines -----------------------------------------------------------------
+
+    def _etcd_args(self) -> list[str]:
+        client = f"http://127.0.0.1:{self.state.ports['etcd']}"
+        peer = f"http://127.0.0.1:{self.state.ports['etcd-peer']}"
+        return [
+            "etcd",
+            "--name=e2e",
+            f"--data-dir={self.root / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=e2e={peer}",
+            "--unsafe-no-fsync",  # a throwaway test store: speed over durability
+            "--log-level=warn",
+        ]
+
+    def _apiserver_args(self) -> list[str]:
+        p = self.pki
+        return [
+            "kube-apiserver",
+            f"--etcd-servers=http://127.0.0.1:{self.state.ports['etcd']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.state.ports['apiserver']}",
+            f"--tls-cert-file={p.serving_cert}",
+            f"--tls-private-key-file={p.serving_key}",
+            f"--client-ca-file={p.ca_cert}",
+            f"--cert-dir={p.root}",
+            f"--service-account-issuer={ISSUER}",
+            f"--service-account-key-file={p.sa_public}",
+            f"--service-account-signing-key-file={p.sa_private}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=RBAC",
+            "--allow-privileged=true",
+            # A loopback address cannot be an Endpoints address; nothing here needs the
+            # `kubernetes` Service's endpoints.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _controller_manager_args(self, kubeconfig_path: Path) -> list[str]:
+        p = self.pki
+        return [
+            "kube-controller-manager",
+            f"--kubeconfig={kubeconfig_path}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.state.ports['controller-manager']}",
+            "--leader-elect=false",
+            # Each controller acts as its own ServiceAccount, as kubeadm sets it up, so the
+            # bootstrap RBAC roles are exercised.
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={p.sa_private}",
+            f"--root-ca-file={p.ca_cert}",
+            f"--cluster-signing-cert-file={p.ca_cert}",
+            f"--cluster-signing-key-file={p.ca_key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+
+def log(message: str) -> None:
+    print(f"cluster: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m e2e.controlplane", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("command", choices=["up", "down", "status", "kubeconfig"])
+    parser.add_argument(
+        "--root", type=Path, default=DEFAULT_ROOT, help="state dir (default %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    plane = ControlPlane(args.root, attached=False)
+    try:
+        if args.command == "up":
+            plane.up()
+            print(plane.kubeconfig)
+        elif args.command == "down":
+            plane.down()
+            log("down")
+        elif args.command == "kubeconfig":
+            print(plane.kubeconfig)
+        else:
+            state = State.load(plane.state_path)
+            if state is None:
+                log("not running")
+                return 1
+            for name, up in state.alive().items():
+                log(f"{name}: {'running' if up else 'dead'} (pid {state.pids[name][0]})")
+            return 0 if all(state.alive().values()) else 1
+    except ControlPlaneError as error:
+        print(f"cluster: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

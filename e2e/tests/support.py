@@ -1,0 +1,154 @@
+"""Helpers for the e2e suite: polling with a deadline (never a bare sleep), and the
+harness's own processes: the process kubelet and the operator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from e2e import processes
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def wait_for(
+    condition: Callable[[], T], timeout: float, what: str, interval: float = 0.2
+) -> T:
+    """Poll until `condition()` is truthy and return it; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as error:  # noqa: BLE001 - the API may be briefly unavailable
+            last_error = error
+        if time.monotonic() >= deadline:
+            suffix = f" (last error: {last_error})" if last_error else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{suffix}")
+        time.sleep(interval)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+@dataclass
+class KubeletProcess:
+    """The process kubelet (e2e/kubelet), as an attached child of the test session."""
+
+    popen: subprocess.Popen
+    node_name: str
+    state_dir: Path
+    log_path: Path
+
+    @classmethod
+    def start(cls, kube_env: Any, state_dir: Path) -> KubeletProcess:
+        node = f"e2e-node-{os.getpid()}"
+        log_path = state_dir / "kubelet.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "e2e.kubelet",
+            "--kubeconfig",
+            kube_env.kubeconfig,
+            "--node-name",
+            node,
+            "--state-dir",
+            str(state_dir),
+        ]
+        env = {**kube_env.env, "PYTHONPATH": str(ROOT)}
+        popen = processes.spawn(argv, log_path, env=env, attached=True)
+        return cls(popen, node, state_dir, log_path)
+
+    def wait_node_ready(self, core) -> None:
+        def ready() -> bool:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"the process kubelet exited:\n{tail(self.log_path)}")
+            node = core.read_node(self.node_name)
+            return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+        wait_for(ready, 60, f"Node {self.node_name} Ready")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+@dataclass
+class OperatorProcess:
+    """`kopf run -m ebbtide_operator.main`, as the given kubeconfig's identity."""
+
+    popen: subprocess.Popen
+    log_path: Path
+    health_url: str
+    metrics_port: int
+
+    @classmethod
+    def start(
+        cls, kubeconfig: str, namespaces: list[str], workdir: Path, extra_env: dict[str, str]
+    ) -> OperatorProcess:
+        from e2e.controlplane import free_port
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        health_port, metrics_port = free_port(), free_port()
+        argv = [
+            str(Path(sys.executable).parent / "kopf"),
+            "run",
+            "--module=ebbtide_operator.main",
+            "--standalone",
+            f"--liveness=http://127.0.0.1:{health_port}/healthz",
+            *(f"--namespace={ns}" for ns in namespaces),
+        ]
+        if not namespaces:
+            argv.append("--all-namespaces")
+        env = {
+            **os.environ,
+            "KUBECONFIG": kubeconfig,
+            "EBBTIDE_OPERATOR_METRICS_PORT": str(metrics_port),
+            **extra_env,
+        }
+        log_path = workdir / "operator.log"
+        popen = processes.spawn(argv, log_path, env=env, attached=True)
+        process = cls(popen, log_path, f"http://127.0.0.1:{health_port}/healthz", metrics_port)
+        wait_for(process.healthy, 60, "the operator's liveness endpoint")
+        return process
+
+    def healthy(self) -> bool:
+        if self.popen.poll() is not None:
+            raise AssertionError(f"the operator exited ({self.popen.returncode}):\n{tail(self.log_path)}")
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return tail(self.log_path, 80)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()

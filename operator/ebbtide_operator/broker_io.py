@@ -1,0 +1,116 @@
+"""Reading broker statistics without ever blocking the operator's event loop.
+
+`read_stats` is synchronous (one Lua round trip on Redis), so it runs in a dedicated
+thread pool under `asyncio.wait_for`. A broker that hangs costs its own TaskQueue one
+thread at most (a second read is refused while the first is stuck), and never delays
+the ticks of other TaskQueues. Redis clients are kept per URL with short socket
+timeouts so a stuck thread is released soon too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ebbtide.stats import BrokerStats, read_stats
+
+SOCKET_TIMEOUT_SECONDS = 3.0
+
+
+class BrokerUnreachable(Exception):
+    """The statistics could not be read; the message says why, for the condition."""
+
+
+def _redis_client(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+        health_check_interval=30,
+        max_connections=4,
+    )
+
+
+def describe(error: BaseException) -> str:
+    """A short, secret-free description (URLs carry passwords: never echo them)."""
+    text = str(error).split("\n", 1)[0]
+    if "@" in text or "://" in text:
+        text = "connection failed"
+    return f"{type(error).__name__}: {text}"[:200]
+
+
+class BrokerReader:
+    """Bounded, concurrent-safe statistics reads, one client per broker URL."""
+
+    def __init__(
+        self,
+        max_threads: int = 64,
+        reader: Callable[[Any, list[str]], BrokerStats] = read_stats,
+    ) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_threads, thread_name_prefix="ebbtide-broker"
+        )
+        self._reader = reader
+        self._clients: dict[str, Any] = {}
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _handle(self, url: str) -> Any:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            return url  # other brokers: read_stats opens and closes its own connection
+        with self._lock:
+            client = self._clients.get(url)
+            if client is None:
+                client = self._clients[url] = _redis_client(url)
+            return client
+
+    def _read(self, url: str, queues: list[str]) -> BrokerStats:
+        return self._reader(self._handle(url), queues)
+
+    async def read(self, key: str, url: str, queues: list[str], timeout: float) -> BrokerStats:
+        """Stats for `queues`, or BrokerUnreachable within `timeout` seconds."""
+        if key in self._pending:
+            raise BrokerUnreachable("the previous statistics read is still hanging")
+        self._pending.add(key)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, self._read, url, queues)
+
+        # The thread may outlive a timeout; the key stays pending until it really ends,
+        # and its late exception is retrieved here so asyncio does not log it as lost.
+        def finished(done: asyncio.Future) -> None:
+            self._pending.discard(key)
+            if not done.cancelled():
+                done.exception()
+
+        future.add_done_callback(finished)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError as error:
+            raise BrokerUnreachable(f"no answer from the broker within {timeout:g}s") from error
+        except BrokerUnreachable:
+            raise
+        except Exception as error:  # any client error means: could not read
+            self.forget(url)
+            raise BrokerUnreachable(describe(error)) from error
+
+    def forget(self, url: str) -> None:
+        """Drop the cached client (after an error, or when the URL changes)."""
+        with self._lock:
+            client = self._clients.pop(url, None)
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: S110 - closing a broken client may fail too
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            urls = list(self._clients)
+        for url in urls:
+            self.forget(url)
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,194 @@
+"""Pure builder for the worker Deployment that the tick scales.
+
+The pod template carries a hash of itself, so any spec change that alters the pods rolls
+the Deployment, and the tick can repair drift by comparing the live template with this
+one. `replicas` is set only at creation; afterwards only the tick writes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from ebbtide_operator import naming
+from ebbtide_operator.merge import deep_merge
+from ebbtide_operator.spec import TaskQueueSpec
+
+WORKER_UID = 10001  # the non-root user of the runtime base image
+GRACE_MARGIN_SECONDS = 5  # leave the runtime time to requeue before SIGKILL
+
+
+def grace_seconds(termination_grace_period_seconds: int) -> int:
+    """The runtime's shutdown budget: the pod's grace period minus a margin for requeueing."""
+    margin = (
+        GRACE_MARGIN_SECONDS if termination_grace_period_seconds > 2 * GRACE_MARGIN_SECONDS else 1
+    )
+    return max(1, termination_grace_period_seconds - margin)
+
+
+def worker_args(spec: TaskQueueSpec) -> list[str]:
+    """`ebbtide worker MODULE:APP --queues ... --concurrency N --metrics-port P --grace-seconds G`
+    plus `--strict` for strict order, then the user's extra args."""
+    worker = spec.worker
+    args = [
+        "worker",
+        worker.app,
+        "--queues",
+        queues_arg(spec),
+        "--concurrency",
+        str(worker.concurrency),
+        "--metrics-port",
+        str(worker.metrics_port),
+        "--grace-seconds",
+        str(grace_seconds(worker.termination_grace_period_seconds)),
+    ]
+    if spec.queue_order == "strict":
+        args.append("--strict")
+    return args + list(worker.args)
+
+
+def queues_arg(spec: TaskQueueSpec) -> str:
+    """`q1,q2` (strict order, or all weights equal) or the runtime's weighted `q1:3,q2:1`."""
+    if spec.queue_order == "strict" or all(q.weight == 1 for q in spec.queues):
+        return ",".join(q.name for q in spec.queues)
+    return ",".join(f"{q.name}:{q.weight}" for q in spec.queues)
+
+
+def broker_url_source(taskqueue: str, spec: TaskQueueSpec) -> dict[str, str]:
+    """Where EBBTIDE_BROKER_URL comes from: our generated Secret or the user's."""
+    if spec.broker.external is not None:
+        return {"name": spec.broker.external.name, "key": spec.broker.external.key}
+    return {"name": naming.broker_secret_name(taskqueue), "key": naming.BROKER_URL_KEY}
+
+
+def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
+    ours: list[dict[str, Any]] = [
+        {
+            "name": "EBBTIDE_BROKER_URL",
+            "valueFrom": {"secretKeyRef": broker_url_source(taskqueue, spec)},
+        },
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "EBBTIDE_TASKQUEUE", "value": taskqueue},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    taken = {item["name"] for item in ours}
+    return ours + [dict(item) for item in spec.worker.env if item.get("name") not in taken]
+
+
+def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
+    """The pod template, user override merged in, annotated with its own hash."""
+    worker = spec.worker
+    port = worker.metrics_port
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": worker.image,
+        "command": list(worker.command) or ["ebbtide"],
+        "args": worker_args(spec),
+        "env": _env(taskqueue, spec),
+        "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "metrics"},
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if worker.image_pull_policy:
+        container["imagePullPolicy"] = worker.image_pull_policy
+    if worker.resources:
+        container["resources"] = copy.deepcopy(dict(worker.resources))
+    pod_spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": worker.termination_grace_period_seconds,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+    }
+    if worker.service_account_name:
+        pod_spec["serviceAccountName"] = worker.service_account_name
+    template = {
+        "metadata": {
+            "labels": naming.common_labels(taskqueue, "worker"),
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(port),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": pod_spec,
+    }
+    template = deep_merge(template, dict(worker.pod_template))
+    # The selector labels are ours whatever the override says, or the Deployment breaks.
+    template["metadata"]["labels"].update(naming.worker_selector(taskqueue))
+    template["metadata"]["annotations"][naming.SPEC_HASH_ANNOTATION] = spec_hash(template)
+    return template
+
+
+def spec_hash(obj: Mapping[str, Any]) -> str:
+    """A short stable hash of a JSON-able object (key order does not matter)."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def worker_deployment(
+    owner: Mapping[str, Any], spec: TaskQueueSpec, replicas: int
+) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    template = worker_pod_template(name, spec)
+    deployment: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": naming.worker_name(name),
+            "namespace": owner["metadata"]["namespace"],
+            "labels": naming.common_labels(name, "worker"),
+            "annotations": {
+                naming.SPEC_HASH_ANNOTATION: template["metadata"]["annotations"][
+                    naming.SPEC_HASH_ANNOTATION
+                ]
+            },
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": naming.worker_selector(name)},
+            # Surge so a rollout never removes capacity while a backlog waits.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+            },
+            "revisionHistoryLimit": 3,
+            "template": template,
+        },
+    }
+    kopf.append_owner_reference(deployment, owner=owner)
+    return deployment
+
+
+def template_patch(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """The patch that re-applies our template and hash without touching `replicas`."""
+    return {
+        "metadata": {"annotations": dict(deployment["metadata"]["annotations"])},
+        "spec": {"template": copy.deepcopy(deployment["spec"]["template"])},
+    }

@@ -1,0 +1,175 @@
+"""The operator's only door to the Kubernetes API (besides kopf's own watch).
+
+Synchronous `kubernetes` client calls run in a dedicated thread pool so the event loop
+never blocks. Everything is plain dicts in and out. 404s become None/False, 409s on
+create mean "already there", so callers stay simple and idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from ebbtide_operator import naming
+
+log = logging.getLogger(__name__)
+MERGE = "application/merge-patch+json"
+JSON = "application/json"  # the client sends no Content-Type on POST unless told
+TIMEOUT = (5.0, 15.0)  # connect, read seconds
+
+
+def load_config() -> None:
+    """In-cluster credentials when running in a pod, else the kubeconfig."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+class KubeCluster:
+    """Async facade over the typed clients, one shared connection pool."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None, threads: int = 16):
+        if api_client is None:
+            configuration = kubernetes.client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = threads
+            api_client = kubernetes.client.ApiClient(configuration)
+        self.api_client = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.apps = kubernetes.client.AppsV1Api(api_client)
+        self.networking = kubernetes.client.NetworkingV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            threads, thread_name_prefix="ebbtide-kube"
+        )
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one API call in the pool; returns the response as plain JSON. Responses are
+        never turned into client models (faster, and unknown fields cannot break us)."""
+        kwargs.setdefault("_request_timeout", TIMEOUT)
+        kwargs["_preload_content"] = False
+        loop = asyncio.get_running_loop()
+
+        def call() -> Any:
+            data = fn(*args, **kwargs).data  # reading it releases the pooled connection
+            return json.loads(data) if data else None
+
+        return await loop.run_in_executor(self._pool, call)
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
+        try:
+            return await self._call(fn, *args)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def _api_for(self, kind: str) -> tuple[Callable, Callable, Callable, Callable]:
+        """(create, read, patch, delete) for the kinds the operator owns."""
+        table = {
+            "Secret": (self.core, "secret"),
+            "Service": (self.core, "service"),
+            "Deployment": (self.apps, "deployment"),
+            "StatefulSet": (self.apps, "stateful_set"),
+            "NetworkPolicy": (self.networking, "network_policy"),
+        }
+        api, suffix = table[kind]
+        return tuple(
+            getattr(api, f"{verb}_namespaced_{suffix}")
+            for verb in ("create", "read", "patch", "delete")
+        )
+
+    # --- generic objects -------------------------------------------------------------
+
+    async def create(self, obj: Mapping[str, Any]) -> bool:
+        """Create; False when it already exists."""
+        create, *_ = self._api_for(obj["kind"])
+        try:
+            await self._call(create, obj["metadata"]["namespace"], obj, _content_type=JSON)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    async def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        _, read, *_ = self._api_for(kind)
+        return await self._read(read, name, namespace)
+
+    async def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        *_, patch_fn, _ = self._api_for(kind)
+        await self._call(patch_fn, name, namespace, patch, _content_type=MERGE)
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        *_, delete = self._api_for(kind)
+        try:
+            await self._call(delete, name, namespace, propagation_policy="Background")
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    # --- what the tick needs ---------------------------------------------------------
+
+    async def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        secret = await self.read("Secret", namespace, name)
+        if secret is None:
+            return None
+        value = (secret.get("data") or {}).get(key)
+        if value is None:
+            return (secret.get("stringData") or {}).get(key)
+        return base64.b64decode(value).decode()
+
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.read("Deployment", namespace, name)
+
+    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        """Writes only `spec.replicas`, through the scale subresource."""
+        await self._call(
+            self.apps.patch_namespaced_deployment_scale,
+            name,
+            namespace,
+            {"spec": {"replicas": replicas}},
+            _content_type=MERGE,
+        )
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> bool:
+        """False when the pod is already gone."""
+        try:
+            await self._call(
+                self.core.patch_namespaced_pod,
+                name,
+                namespace,
+                {"metadata": {"annotations": dict(annotations)}},
+                _content_type=MERGE,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        await self._call(
+            self.custom.patch_namespaced_custom_object_status,
+            naming.GROUP,
+            naming.VERSION,
+            namespace,
+            naming.PLURAL,
+            name,
+            {"status": dict(status)},
+            _content_type=MERGE,
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.api_client.close()

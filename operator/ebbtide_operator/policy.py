@@ -1,0 +1,435 @@
+"""The backlog-time scaling policy: a pure function, no I/O.
+
+CONTRACT (shared by the operator's tick loop, the simulator and the property tests):
+
+    decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision
+
+`PolicyState` is small, JSON-serialisable (`to_dict`/`from_dict`) so the operator can
+persist it in the TaskQueue's status and scaling survives an operator restart.
+`BacklogTimePolicy` wraps `decide` as a stateful callable `policy(obs, spec) -> int`
+for the simulator.
+
+The maths (docs/scaling-policy.md explains every step):
+
+- demand, in tasks/s, per queue q: ``lambda_q + B_q / deadline_q`` where the drain
+  deadline is the queue's own T, shortened by the age of its oldest task (a task that
+  already waited leaves less time for the rest of the backlog), never below a floor;
+- desired = ceil(sum_q demand_q / mu), mu = measured tasks/s per replica, or
+  concurrency / initial_task_seconds while it is unknown; never below the busy pods;
+- lambda is smoothed (EWMA) so Poisson noise does not ratchet replicas up through the
+  scale-down window; the backlog term corrects any lag within one poll;
+- scale-up is immediate (bounded by max_scale_up_step); scale-down takes the highest
+  recommendation of the stabilization window (as the HPA does); zero only after
+  scale_to_zero_idle_seconds with nothing ready, running or arriving.
+
+Replicas are the Deployment's desired count, so pods that are still starting already
+count as capacity: the policy computes a total, never "ready + more".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class QueueObservation:
+    """What one queue looks like at this poll."""
+
+    name: str
+    backlog: int  # ready tasks
+    in_flight: int
+    oldest_age_s: float  # age of the oldest ready task (0 when empty)
+    arrival_rate: float  # lambda, tasks/s, from the enqueued counter
+    target_backlog_seconds: float  # this queue's T
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the policy may look at. Aggregates are over all queues."""
+
+    now: float
+    backlog: int
+    in_flight: int
+    oldest_age_s: float
+    arrival_rate: float  # tasks/s
+    completion_rate: float  # tasks/s, whole TaskQueue
+    replicas: int  # currently desired (spec.replicas of the Deployment)
+    ready_replicas: int  # pods Ready now; replicas - ready_replicas are still starting
+    service_rate: float | None = None  # mu: tasks/s per replica (smoothed); None = unknown yet
+    queues: tuple[QueueObservation, ...] = ()  # empty = a single queue described by aggregates
+    broker_reachable: bool = True
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    min_replicas: int = 0
+    max_replicas: int = 10
+    target_backlog_seconds: float = 30.0
+    poll_seconds: float = 5.0
+    scale_down_stabilization_seconds: float = 60.0
+    scale_to_zero_idle_seconds: float = 120.0
+    max_scale_up_step: int = 0  # 0 = unbounded
+    initial_task_seconds: float = 1.0  # cold-start guess of one task's duration
+    concurrency: int = 1  # task slots per replica
+    fallback_replicas: int | None = None  # when the broker is unreachable; None = hold current
+    paused: bool = False
+    # Scale up only when the need exceeds the current replicas by more than this fraction
+    # (the HPA's tolerance): a passing backlog that the current pods drain well within T
+    # is not worth a pod start.
+    tolerance: float = 0.1
+    # Time constant of the arrival-rate EWMA; 0 disables smoothing.
+    arrival_smoothing_seconds: float = 60.0
+    # Completions that move the policy's own mu EWMA by 1 - 1/e; 0 disables it.
+    service_smoothing_tasks: float = 50.0
+    # Shortest drain deadline the oldest task's age may leave, as a fraction of T.
+    min_deadline_fraction: float = 0.25
+
+
+@dataclass
+class PolicyState:
+    """Memory the policy keeps between polls. Must stay JSON-serialisable."""
+
+    recommendations: list[tuple[float, int]] = field(default_factory=list)  # (time, replicas)
+    idle_since: float | None = None
+    last_scale_time: float | None = None
+    arrival_rate_smoothed: float | None = None  # EWMA of lambda, tasks/s
+    service_rate_smoothed: float | None = None  # EWMA of mu, tasks/s per replica
+    last_poll_time: float | None = None  # `now` of the previous decision (EWMA step)
+
+    def to_dict(self) -> dict:
+        return {
+            "recommendations": [[t, r] for t, r in self.recommendations],
+            "idleSince": self.idle_since,
+            "lastScaleTime": self.last_scale_time,
+            "arrivalRateSmoothed": self.arrival_rate_smoothed,
+            "serviceRateSmoothed": self.service_rate_smoothed,
+            "lastPollTime": self.last_poll_time,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> PolicyState:
+        """Tolerant: a missing or mangled status yields a fresh state, never an error
+        (the worst case is one stabilization window forgotten)."""
+        if not isinstance(data, Mapping):
+            return cls()
+        recs: list[tuple[float, int]] = []
+        for item in data.get("recommendations") or []:
+            try:
+                t, r = item
+                recs.append((float(t), int(r)))
+            except (TypeError, ValueError):
+                continue
+        return cls(
+            recommendations=recs,
+            idle_since=_float_or_none(data.get("idleSince")),
+            last_scale_time=_float_or_none(data.get("lastScaleTime")),
+            arrival_rate_smoothed=_float_or_none(data.get("arrivalRateSmoothed")),
+            service_rate_smoothed=_float_or_none(data.get("serviceRateSmoothed")),
+            last_poll_time=_float_or_none(data.get("lastPollTime")),
+        )
+
+
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    reason: str  # human-readable, used in Events: "backlog 1200, drain 95s > target 30s"
+    state: PolicyState
+    drain_seconds: float | None = None  # estimated time to drain at current capacity
+    degraded: bool = False  # True when the broker was unreachable
+
+
+CHANGE_SIGMAS = 4.0  # arrival counts beyond this many Poisson sigmas mean a real change
+
+
+def _clamp(value: int, spec: ScalingSpec) -> int:
+    return max(spec.min_replicas, min(spec.max_replicas, value))
+
+
+def measured_service_rate(obs: Observation) -> float | None:
+    mu = obs.service_rate
+    return mu if mu is not None and mu > 0 and math.isfinite(mu) else None
+
+
+def smooth_service_rate(obs: Observation, spec: ScalingSpec, state: PolicyState) -> float | None:
+    """A second EWMA over the operator's mu, weighted by how many tasks completed since
+    the last poll: weight = 1 - exp(-completed / service_smoothing_tasks).
+
+    Why by count, not by time: per-poll mu samples swing by +-10 % even at a steady load
+    (and the scale-down window keeps the highest recommendation), and the last few
+    completions of a burst are its longest tasks, which would otherwise leave a stale,
+    too-low mu for the start of the next burst. A poll with 3 completions barely moves
+    the estimate; one with 100 moves it almost all the way."""
+    mu = measured_service_rate(obs)
+    prev, last = state.service_rate_smoothed, state.last_poll_time
+    scale = spec.service_smoothing_tasks
+    if mu is None:
+        return prev
+    if prev is None or scale <= 0:
+        return mu
+    if last is None or obs.now <= last:
+        return prev
+    completed = max(obs.completion_rate, 0.0) * (obs.now - last)
+    return prev + (1.0 - math.exp(-completed / scale)) * (mu - prev)
+
+
+def service_rate_per_replica(mu: float | None, spec: ScalingSpec) -> float:
+    """mu: measured when known, else the cold-start guess (never zero)."""
+    if mu is not None and mu > 0 and math.isfinite(mu):
+        return mu
+    return max(1, spec.concurrency) / max(spec.initial_task_seconds, 1e-3)
+
+
+def _queues(obs: Observation, spec: ScalingSpec) -> tuple[QueueObservation, ...]:
+    if obs.queues:
+        return obs.queues
+    return (
+        QueueObservation(
+            name="",
+            backlog=obs.backlog,
+            in_flight=obs.in_flight,
+            oldest_age_s=obs.oldest_age_s,
+            arrival_rate=obs.arrival_rate,
+            target_backlog_seconds=spec.target_backlog_seconds,
+        ),
+    )
+
+
+def drain_deadline(queue: QueueObservation, spec: ScalingSpec) -> float:
+    """Seconds in which the queue's backlog should be started.
+
+    T while the oldest task is younger than T/2: with tasks arriving over time the binding
+    constraint is the newest task, which needs B / T of capacity. Past T/2 the queue is
+    falling behind (capacity arrived late, or mu was overestimated), so the deadline
+    shrinks linearly to the floor `min_deadline_fraction * T` when the oldest task reaches
+    T, and stays there while it is older: the later the backlog, the harder the scale-up."""
+    target = queue.target_backlog_seconds
+    if not (target > 0):
+        target = spec.target_backlog_seconds
+    floor = max(target * spec.min_deadline_fraction, 1e-3)
+    age = max(queue.oldest_age_s, 0.0)
+    return max(floor, min(target, 2.0 * (target - age)))
+
+
+def smooth_arrival_rate(obs: Observation, spec: ScalingSpec, state: PolicyState) -> float:
+    """EWMA of lambda with time constant `arrival_smoothing_seconds`, with a Poisson change
+    detector: when this poll's arrival count is far outside the noise expected from the
+    smoothed rate (|observed - expected| > CHANGE_SIGMAS * sqrt(expected) + 2), the load
+    has really changed (a burst began or ended) and the EWMA jumps to the new rate at once.
+    So noise is damped but a burst is seen within one poll."""
+    raw = obs.arrival_rate if math.isfinite(obs.arrival_rate) else 0.0
+    raw = max(raw, 0.0)
+    prev, last = state.arrival_rate_smoothed, state.last_poll_time
+    tau = spec.arrival_smoothing_seconds
+    if prev is None or tau <= 0:
+        return raw
+    if last is None or obs.now <= last:
+        return prev
+    dt = obs.now - last
+    expected, observed = prev * dt, raw * dt
+    if abs(observed - expected) > CHANGE_SIGMAS * math.sqrt(expected) + 2.0:
+        return raw
+    weight = 1.0 - math.exp(-dt / tau)
+    return prev + weight * (raw - prev)
+
+
+@dataclass(frozen=True)
+class Demand:
+    """The raw recommendation and the figures that explain it."""
+
+    replicas: int
+    need: float  # fractional replicas before rounding
+    backlog: int
+    drain_seconds: float | None  # backlog / current capacity
+    worst_queue: QueueObservation | None  # the queue with the tightest deadline
+    arrival_rate: float
+    service_rate: float
+
+
+def compute_demand(
+    obs: Observation, spec: ScalingSpec, arrival_rate: float, service_rate: float | None = None
+) -> Demand:
+    """ceil((lambda + sum_q B_q / deadline_q) / mu), at least the busy pods."""
+    mu = service_rate_per_replica(
+        service_rate if service_rate is not None else measured_service_rate(obs), spec
+    )
+    queues = _queues(obs, spec)
+    # lambda enters as the (smoothed) total: sum_q lambda_q / mu == (sum_q lambda_q) / mu.
+    backlog_rate = 0.0
+    worst: QueueObservation | None = None
+    worst_slack = math.inf
+    for q in queues:
+        if q.backlog <= 0:
+            continue
+        deadline = drain_deadline(q, spec)
+        backlog_rate += q.backlog / deadline
+        if deadline < worst_slack:
+            worst, worst_slack = q, deadline
+    lam = max(arrival_rate, 0.0)
+    if obs.arrival_rate <= 0 and all(q.backlog <= 0 and q.in_flight <= 0 for q in queues):
+        lam = 0.0  # nothing queued, running or arriving: no smoothed tail keeps pods
+    need = (lam + backlog_rate) / mu
+    replicas = math.ceil(need - 1e-9)
+    in_flight = sum(max(q.in_flight, 0) for q in queues)
+    busy = math.ceil(in_flight / max(spec.concurrency, 1))
+    backlog = sum(max(q.backlog, 0) for q in queues)
+    if backlog > 0:
+        replicas = max(replicas, 1)
+    capacity = obs.replicas * mu
+    drain = backlog / capacity if capacity > 0 else (0.0 if backlog == 0 else None)
+    return Demand(
+        replicas=max(replicas, busy),
+        need=need,
+        backlog=backlog,
+        drain_seconds=drain,
+        worst_queue=worst,
+        arrival_rate=lam,
+        service_rate=mu,
+    )
+
+
+def _is_idle(obs: Observation, spec: ScalingSpec) -> bool:
+    queues = _queues(obs, spec)
+    return (
+        all(q.backlog <= 0 and q.in_flight <= 0 for q in queues)
+        and obs.backlog <= 0
+        and obs.in_flight <= 0
+        and obs.arrival_rate <= 0
+    )
+
+
+def _hold(obs: Observation, spec: ScalingSpec, state: PolicyState, why: str, degraded: bool):
+    replicas = obs.replicas
+    if degraded and spec.fallback_replicas is not None:
+        replicas = spec.fallback_replicas
+    replicas = _clamp(replicas, spec)
+    verb = "using fallback" if degraded and spec.fallback_replicas is not None else "holding"
+    return Decision(
+        replicas=replicas,
+        reason=f"{why}: {verb} {replicas} replicas",
+        state=state,
+        degraded=degraded,
+    )
+
+
+def _up_reason(demand: Demand, obs: Observation) -> str:
+    q = demand.worst_queue
+    if q is not None:
+        target = q.target_backlog_seconds
+        if q.oldest_age_s > target:
+            return f"backlog {demand.backlog}, oldest task {q.oldest_age_s:.0f}s > target {target:.0f}s"
+        if demand.drain_seconds is None:
+            return f"backlog {demand.backlog}, no workers"
+        if demand.drain_seconds > target:
+            return f"backlog {demand.backlog}, drain {demand.drain_seconds:.0f}s > target {target:.0f}s"
+    queued = f"backlog {demand.backlog}, " if demand.backlog else ""
+    return (
+        f"{queued}arrivals {demand.arrival_rate:.2f}/s: need {demand.replicas} replicas "
+        f"at {demand.service_rate:.2f}/s each"
+    )
+
+
+def current_within_tolerance(current: int, raw: int, need: float, spec: ScalingSpec) -> bool:
+    """The current (non-zero) replicas cover the need up to the tolerance."""
+    return 0 < current < raw and need <= current * (1.0 + spec.tolerance)
+
+
+def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
+    """One poll's decision. Pure: the same inputs always give the same Decision."""
+    if spec.paused:
+        return _hold(obs, spec, state, "paused", degraded=False)
+    if not obs.broker_reachable:
+        return _hold(obs, spec, state, "broker unreachable", degraded=True)
+
+    now = obs.now
+    lam = smooth_arrival_rate(obs, spec, state)
+    mu = smooth_service_rate(obs, spec, state)
+    demand = compute_demand(obs, spec, lam, mu)
+    idle = _is_idle(obs, spec)
+    idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
+    idle_for = now - idle_since if idle_since is not None else 0.0
+
+    raw = demand.replicas
+    zero_ok = idle and spec.min_replicas == 0 and idle_for >= spec.scale_to_zero_idle_seconds
+    if raw == 0 and not zero_ok and obs.replicas > 0:
+        raw = 1  # not idle long enough: keep one warm pod (see scale_to_zero_idle_seconds)
+    if current_within_tolerance(obs.replicas, raw, demand.need, spec):
+        raw = obs.replicas
+    elif raw < obs.replicas and raw > 0:
+        # Hysteresis: step down only to a count that keeps the tolerance as headroom, so
+        # the count does not hop between two values as the need wobbles around one.
+        raw = min(obs.replicas, max(raw, math.ceil(demand.need * (1.0 + spec.tolerance) - 1e-9)))
+    raw = _clamp(raw, spec)
+
+    window = spec.scale_down_stabilization_seconds
+    recs = [(t, r) for t, r in state.recommendations if now - window < t <= now]
+    recs.append((now, raw))
+    current = obs.replicas
+    stabilized = max(r for _, r in recs)
+
+    if raw > current:
+        target = raw
+        if spec.max_scale_up_step > 0:
+            target = min(target, current + spec.max_scale_up_step)
+        reason = _up_reason(demand, obs)
+    elif zero_ok and current > 0:
+        target = spec.min_replicas
+        reason = f"idle {idle_for:.0f}s >= {spec.scale_to_zero_idle_seconds:.0f}s: scaling to zero"
+    elif stabilized < current:
+        target = stabilized
+        reason = (
+            f"backlog {demand.backlog}, arrivals {demand.arrival_rate:.2f}/s: "
+            f"{raw} replicas suffice (highest in {window:.0f}s window {stabilized})"
+        )
+    else:
+        target = current
+        if raw < current:
+            reason = (
+                f"holding {current}: scale-down stabilization "
+                f"({window:.0f}s window recommends {stabilized})"
+            )
+        else:
+            reason = f"backlog {demand.backlog}, arrivals {demand.arrival_rate:.2f}/s: steady at {current}"
+    target = _clamp(target, spec)
+    if current < spec.min_replicas and target == spec.min_replicas:
+        reason = f"raised to minReplicas {spec.min_replicas}"
+    elif current > spec.max_replicas and target == spec.max_replicas:
+        reason = f"lowered to maxReplicas {spec.max_replicas}"
+    elif target == spec.max_replicas and demand.replicas > spec.max_replicas:
+        reason = f"{_up_reason(demand, obs)}; capped at maxReplicas {spec.max_replicas}"
+
+    new_state = PolicyState(
+        recommendations=recs,
+        idle_since=idle_since,
+        last_scale_time=now if target != current else state.last_scale_time,
+        arrival_rate_smoothed=lam,
+        service_rate_smoothed=mu,
+        last_poll_time=now,
+    )
+    return Decision(
+        replicas=target,
+        reason=reason,
+        state=new_state,
+        drain_seconds=demand.drain_seconds,
+    )
+
+
+class BacklogTimePolicy:
+    """`decide` as a stateful callable `policy(obs, spec) -> int`, for the simulator."""
+
+    def __init__(self, state: PolicyState | None = None) -> None:
+        self.state = state or PolicyState()
+        self.last: Decision | None = None
+
+    def __call__(self, obs: Observation, spec: ScalingSpec) -> int:
+        self.last = decide(obs, spec, self.state)
+        self.state = self.last.state
+        return self.last.replicas

@@ -1,0 +1,221 @@
+"""The TaskQueue spec as typed, defaulted values.
+
+The API server applies the CRD's defaults, but the operator must not crash on an object
+written before a default existed (or on a hand-edited status-less object), so every
+default is repeated here, in one place, next to the conversion to the policy's spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ebbtide_operator.policy import ScalingSpec
+
+DEFAULT_REDIS_IMAGE = "redis:7.2-alpine"
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    target_backlog_seconds: float
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str = "url"
+
+
+@dataclass(frozen=True)
+class PersistenceSpec:
+    enabled: bool = False
+    size: str = "1Gi"
+    storage_class_name: str | None = None
+    deletion_policy: str = "Retain"  # Retain | Delete
+
+
+@dataclass(frozen=True)
+class ManagedBrokerSpec:
+    image: str = DEFAULT_REDIS_IMAGE
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    persistence: PersistenceSpec = field(default_factory=PersistenceSpec)
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    type: str = "redis"
+    managed: ManagedBrokerSpec | None = None
+    external: SecretRef | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    image: str
+    app: str
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    image_pull_policy: str | None = None
+    concurrency: int = 4
+    env: tuple[Mapping[str, Any], ...] = ()
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    termination_grace_period_seconds: int = 60
+    metrics_port: int = 9100
+    service_account_name: str | None = None
+    pod_template: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskQueueSpec:
+    broker: BrokerSpec
+    queues: tuple[QueueSpec, ...]
+    worker: WorkerSpec
+    scaling: ScalingSpec
+    queue_order: str = "weighted"  # weighted | strict
+
+
+class SpecError(ValueError):
+    """A spec the CRD schema should have rejected; the message names the field."""
+
+
+def _number(data: Mapping[str, Any], key: str, default: float, path: str) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"{path}.{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _integer(data: Mapping[str, Any], key: str, default: int, path: str) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{path}.{key} must be an integer, got {value!r}")
+    return value
+
+
+def parse_scaling(data: Mapping[str, Any], concurrency: int) -> ScalingSpec:
+    path = "spec.scaling"
+    fallback = data.get("fallbackReplicas")
+    spec = ScalingSpec(
+        min_replicas=_integer(data, "minReplicas", 0, path),
+        max_replicas=_integer(data, "maxReplicas", 10, path),
+        target_backlog_seconds=_number(data, "targetBacklogSeconds", 30.0, path),
+        poll_seconds=_number(data, "pollSeconds", 5.0, path),
+        scale_down_stabilization_seconds=_number(data, "scaleDownStabilizationSeconds", 60.0, path),
+        scale_to_zero_idle_seconds=_number(data, "scaleToZeroIdleSeconds", 120.0, path),
+        max_scale_up_step=_integer(data, "maxScaleUpStep", 0, path),
+        initial_task_seconds=_number(data, "initialTaskSeconds", 1.0, path),
+        concurrency=concurrency,
+        fallback_replicas=None if fallback is None else _integer(data, "fallbackReplicas", 0, path),
+        paused=bool(data.get("paused", False)),
+    )
+    if spec.min_replicas > spec.max_replicas:
+        raise SpecError(
+            f"spec.scaling.minReplicas ({spec.min_replicas}) must be <= "
+            f"spec.scaling.maxReplicas ({spec.max_replicas})"
+        )
+    if spec.poll_seconds <= 0:
+        raise SpecError(f"spec.scaling.pollSeconds must be > 0, got {spec.poll_seconds}")
+    return spec
+
+
+def parse_broker(data: Mapping[str, Any]) -> BrokerSpec:
+    kind = data.get("type", "redis")
+    if kind not in ("redis", "rabbitmq"):
+        raise SpecError(f"spec.broker.type must be redis or rabbitmq, got {kind!r}")
+    managed_data, external_data = data.get("managed"), data.get("external")
+    if (managed_data is None) == (external_data is None):
+        raise SpecError("exactly one of spec.broker.managed and spec.broker.external must be set")
+    if managed_data is not None:
+        if kind != "redis":
+            raise SpecError("spec.broker.managed is only supported for spec.broker.type 'redis'")
+        p = managed_data.get("persistence") or {}
+        policy = p.get("deletionPolicy", "Retain")
+        if policy not in ("Retain", "Delete"):
+            raise SpecError(
+                f"spec.broker.managed.persistence.deletionPolicy must be Retain or Delete, got {policy!r}"
+            )
+        persistence = PersistenceSpec(
+            enabled=bool(p.get("enabled", False)),
+            size=str(p.get("size", "1Gi")),
+            storage_class_name=p.get("storageClassName"),
+            deletion_policy=policy,
+        )
+        managed = ManagedBrokerSpec(
+            image=managed_data.get("image") or DEFAULT_REDIS_IMAGE,
+            resources=dict(managed_data.get("resources") or {}),
+            persistence=persistence,
+        )
+        return BrokerSpec(type=kind, managed=managed)
+    ref = external_data.get("secretRef") or {}
+    if not ref.get("name"):
+        raise SpecError("spec.broker.external.secretRef.name is required")
+    return BrokerSpec(type=kind, external=SecretRef(name=ref["name"], key=ref.get("key") or "url"))
+
+
+def parse_worker(data: Mapping[str, Any]) -> WorkerSpec:
+    for required in ("image", "app"):
+        if not data.get(required):
+            raise SpecError(f"spec.worker.{required} is required")
+    app = data["app"]
+    if ":" not in app:
+        raise SpecError(f"spec.worker.app must be MODULE:ATTRIBUTE, got {app!r}")
+    path = "spec.worker"
+    return WorkerSpec(
+        image=data["image"],
+        app=app,
+        command=tuple(data.get("command") or ()),
+        args=tuple(data.get("args") or ()),
+        image_pull_policy=data.get("imagePullPolicy"),
+        concurrency=_integer(data, "concurrency", 4, path),
+        env=tuple(data.get("env") or ()),
+        resources=dict(data.get("resources") or {}),
+        termination_grace_period_seconds=_integer(data, "terminationGracePeriodSeconds", 60, path),
+        metrics_port=_integer(data, "metricsPort", 9100, path),
+        service_account_name=data.get("serviceAccountName"),
+        pod_template=dict(data.get("podTemplate") or {}),
+    )
+
+
+def parse_queues(items: Any, default_target: float) -> tuple[QueueSpec, ...]:
+    if not items:
+        raise SpecError("spec.queues must list at least one queue")
+    queues, seen = [], set()
+    for index, item in enumerate(items):
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if not name:
+            raise SpecError(f"spec.queues[{index}].name is required")
+        if name in seen:
+            raise SpecError(f"spec.queues[{index}].name {name!r} is listed twice")
+        seen.add(name)
+        queues.append(
+            QueueSpec(
+                name=name,
+                target_backlog_seconds=_number(
+                    item, "targetBacklogSeconds", default_target, f"spec.queues[{index}]"
+                ),
+                weight=_integer(item, "weight", 1, f"spec.queues[{index}]"),
+            )
+        )
+    return tuple(queues)
+
+
+def parse_spec(spec: Mapping[str, Any]) -> TaskQueueSpec:
+    """Turn the raw `.spec` into typed values; raise SpecError naming the bad field."""
+    if not isinstance(spec.get("broker"), Mapping):
+        raise SpecError("spec.broker is required")
+    if not isinstance(spec.get("worker"), Mapping):
+        raise SpecError("spec.worker is required")
+    worker = parse_worker(spec["worker"])
+    scaling = parse_scaling(spec.get("scaling") or {}, worker.concurrency)
+    order = spec.get("queueOrder", "weighted")
+    if order not in ("weighted", "strict"):
+        raise SpecError(f"spec.queueOrder must be weighted or strict, got {order!r}")
+    return TaskQueueSpec(
+        broker=parse_broker(spec["broker"]),
+        queues=parse_queues(spec.get("queues"), scaling.target_backlog_seconds),
+        worker=worker,
+        scaling=scaling,
+        queue_order=order,
+    )

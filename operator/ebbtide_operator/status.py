@@ -1,0 +1,201 @@
+"""The TaskQueue's status: figures, conditions, and whether it is worth a write. Pure.
+
+Status is written at most once per poll and only when something a human would see
+changed after rounding, so 200 idle TaskQueues cost the API server nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ebbtide_operator.policy import Decision, Observation
+
+CONDITION_TYPES = ("Ready", "BrokerReady", "WorkersReady", "ScalingActive", "Degraded")
+POLICY_STATE_REFRESH_SECONDS = 30.0  # the stabilization window may lag this much on restart
+# Policy memory that moves every poll: persisted at most every POLICY_STATE_REFRESH_SECONDS.
+VOLATILE_STATE_KEYS = ("recommendations", "lastPollTime", "arrivalRateSmoothed")
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_duration(seconds: float | None) -> str:
+    """Short human form for `kubectl get`: 0s, 45s, 1m35s, 2h3m, ∞ (never drains), - (unknown)."""
+    if seconds is None:
+        return "-"
+    if math.isinf(seconds) or math.isnan(seconds):
+        return "∞"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s" if s % 60 else f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+def _rate(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, 2)
+
+
+@dataclass(frozen=True)
+class Health:
+    """What went right or wrong in this poll, for the conditions."""
+
+    spec_error: str | None = None
+    broker_error: str | None = None
+    policy_error: str | None = None
+    deployment_exists: bool = True
+    paused: bool = False
+    target_seconds: float = 30.0
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, str]:
+    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message}
+
+
+def conditions(health: Health, replicas: int, ready: int) -> list[dict[str, str]]:
+    """The five conditions, in a fixed order, without transition times."""
+    if health.broker_error:
+        broker = _condition("BrokerReady", False, "BrokerUnreachable", health.broker_error)
+    elif health.spec_error:
+        broker = _condition("BrokerReady", False, "InvalidSpec", health.spec_error)
+    else:
+        broker = _condition(
+            "BrokerReady", True, "BrokerReachable", "broker statistics are readable"
+        )
+
+    if not health.deployment_exists:
+        workers = _condition(
+            "WorkersReady", False, "DeploymentMissing", "the worker Deployment does not exist yet"
+        )
+    elif replicas == 0:
+        workers = _condition("WorkersReady", True, "ScaledToZero", "no workers needed")
+    elif ready >= replicas:
+        workers = _condition(
+            "WorkersReady", True, "AllReplicasReady", f"{ready}/{replicas} replicas ready"
+        )
+    else:
+        workers = _condition(
+            "WorkersReady", False, "ReplicasStarting", f"{ready}/{replicas} replicas ready"
+        )
+
+    if health.spec_error:
+        scaling = _condition("ScalingActive", False, "InvalidSpec", health.spec_error)
+    elif health.policy_error:
+        scaling = _condition("ScalingActive", False, "PolicyError", health.policy_error)
+    elif health.paused:
+        scaling = _condition("ScalingActive", False, "Paused", "spec.scaling.paused is true")
+    elif health.broker_error:
+        scaling = _condition(
+            "ScalingActive", False, "BrokerUnreachable", "holding replicas until the broker is back"
+        )
+    else:
+        scaling = _condition(
+            "ScalingActive",
+            True,
+            "BacklogTime",
+            f"scaling on backlog time, target {health.target_seconds:g}s",
+        )
+
+    if health.spec_error:
+        degraded = _condition("Degraded", True, "InvalidSpec", health.spec_error)
+    elif health.broker_error:
+        degraded = _condition("Degraded", True, "BrokerUnreachable", health.broker_error)
+    elif health.policy_error:
+        degraded = _condition("Degraded", True, "PolicyError", health.policy_error)
+    elif not health.deployment_exists:
+        degraded = _condition(
+            "Degraded", True, "DeploymentMissing", "the worker Deployment does not exist"
+        )
+    else:
+        degraded = _condition("Degraded", False, "AsExpected", "all good")
+
+    failing = next((c for c in (broker, workers) if c["status"] != "True"), None)
+    if failing is None:
+        ready_condition = _condition("Ready", True, "Ready", "broker reachable and workers ready")
+    else:
+        ready_condition = _condition("Ready", False, failing["reason"], failing["message"])
+    return [ready_condition, broker, workers, scaling, degraded]
+
+
+def merge_conditions(
+    old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, str]], now: str
+) -> list[dict[str, Any]]:
+    """Stamp lastTransitionTime: kept from `old` unless the condition's status flipped."""
+    previous = {c.get("type"): c for c in old or ()}
+    merged = []
+    for condition in new:
+        before = previous.get(condition["type"])
+        same = before is not None and before.get("status") == condition["status"]
+        stamp = (
+            before.get("lastTransitionTime") if same and before.get("lastTransitionTime") else now
+        )
+        merged.append({**condition, "lastTransitionTime": stamp})
+    return merged
+
+
+def figures(
+    obs: Observation | None,
+    decision: Decision | None,
+    replicas: int,
+    ready: int,
+) -> dict[str, Any]:
+    """The numbers, rounded so that noise does not force a write."""
+    desired = decision.replicas if decision else replicas
+    out: dict[str, Any] = {
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "desiredReplicas": desired,
+        "replicasSummary": f"{ready}/{desired}",
+    }
+    if obs is not None:
+        oldest = round(obs.oldest_age_s)
+        out.update(
+            backlog=obs.backlog,
+            inFlight=obs.in_flight,
+            oldestAgeSeconds=float(oldest),
+            oldestAge=format_duration(oldest),
+            arrivalRate=_rate(obs.arrival_rate),
+            serviceRate=_rate(obs.service_rate),
+        )
+    drain = decision.drain_seconds if decision else None
+    if drain is not None and math.isfinite(drain):
+        out.update(drainSeconds=float(round(drain)), drain=format_duration(drain))
+    else:
+        out.update(drainSeconds=None, drain=format_duration(drain))
+    return out
+
+
+def _stable(status: Mapping[str, Any]) -> dict[str, Any]:
+    stable = dict(status)
+    state = stable.get("policyState")
+    if isinstance(state, Mapping):
+        stable["policyState"] = {k: v for k, v in state.items() if k not in VOLATILE_STATE_KEYS}
+    return stable
+
+
+def needs_write(
+    last_written: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+    now: float,
+    last_write_at: float | None,
+    refresh_seconds: float = POLICY_STATE_REFRESH_SECONDS,
+) -> bool:
+    """Write when a visible field changed, or when only the policy's sliding window changed
+    and the persisted copy is older than `refresh_seconds`."""
+    if last_written is None or last_write_at is None:
+        return True
+    if _stable(last_written) != _stable(new):
+        return True
+    if dict(last_written) == dict(new):
+        return False
+    return now - last_write_at >= refresh_seconds

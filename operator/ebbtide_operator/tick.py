@@ -1,0 +1,444 @@
+"""One TaskQueue's poll: read the broker, decide, scale, report.
+
+`TaskQueueTicker.tick(body)` is the whole per-poll step and holds the memory between
+polls (previous snapshot, smoothed rates, policy state, last written status). It talks to
+Kubernetes only through the small `Cluster` protocol (see kube.KubeCluster) and to the
+broker only through `BrokerReader`, so the same engine runs under kopf and in the bench.
+A failing step is logged, counted and reported in the conditions; it never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from ebbtide.stats import BrokerStats
+
+from ebbtide_operator import build_worker, drain, naming, observe
+from ebbtide_operator import status as status_mod
+from ebbtide_operator.broker_io import BrokerReader, BrokerUnreachable
+from ebbtide_operator.merge import is_subset
+from ebbtide_operator.metrics import OperatorMetrics
+from ebbtide_operator.policy import Decision, Observation, PolicyState, decide
+from ebbtide_operator.spec import SpecError, TaskQueueSpec, parse_spec
+
+log = logging.getLogger(__name__)
+
+URL_REFRESH_SECONDS = 60.0  # re-read the broker Secret this often (rotations)
+MAX_STATS_TIMEOUT = 5.0
+
+
+class Cluster(Protocol):
+    async def read_secret_value(self, namespace: str, name: str, key: str) -> str | None: ...
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None: ...
+    async def annotate_pod(
+        self, namespace: str, name: str, annotations: Mapping[str, str]
+    ) -> bool: ...
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    async def create(self, obj: Mapping[str, Any]) -> bool: ...
+    async def patch(
+        self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> None: ...
+
+
+EventSink = Callable[[Mapping[str, Any], str, str, str], None]  # body, type, reason, message
+
+
+def phase(uid: str, poll_seconds: float) -> float:
+    """A stable per-TaskQueue offset in [0, poll): ticks of many TaskQueues interleave."""
+    return (zlib.crc32(uid.encode()) % 1000) / 1000 * poll_seconds
+
+
+def stats_timeout(poll_seconds: float) -> float:
+    """Leave most of the poll for the read, never more than MAX_STATS_TIMEOUT."""
+    return max(0.5, min(MAX_STATS_TIMEOUT, 0.8 * poll_seconds))
+
+
+def broker_secret(name: str, spec: TaskQueueSpec) -> tuple[str, str]:
+    if spec.broker.external is not None:
+        return spec.broker.external.name, spec.broker.external.key
+    return naming.broker_secret_name(name), naming.BROKER_URL_KEY
+
+
+def scale_message(before: int, after: int, reason: str) -> tuple[str, str]:
+    """('ScaledUp', '2→6: backlog 1200, drain 95s > target 30s')."""
+    return ("ScaledUp" if after > before else "ScaledDown"), f"{before}→{after}: {reason}"
+
+
+@dataclass
+class TickOutcome:
+    replicas_before: int = 0
+    replicas_after: int = 0
+    decision: Decision | None = None
+    broker_error: str | None = None
+    status_written: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class _Memory:
+    previous: BrokerStats | None = None
+    rates: observe.Rates = field(default_factory=observe.Rates)
+    last_obs: Observation | None = None
+    policy_state: PolicyState | None = None
+    written: dict[str, Any] | None = None
+    written_at: float | None = None
+    url: str | None = None
+    url_read_at: float = 0.0
+    costs: dict[str, int] = field(default_factory=dict)
+    last_scale_time: str | None = None
+    last_scale_reason: str | None = None
+    template: tuple[Any, dict[str, Any]] | None = None  # (generation, desired pod template)
+
+
+class TaskQueueTicker:
+    def __init__(
+        self,
+        cluster: Cluster,
+        reader: BrokerReader,
+        metrics: OperatorMetrics,
+        events: EventSink,
+        clock: Callable[[], float] = time.time,
+        policy: Callable[[Observation, Any, PolicyState], Decision] = decide,
+    ) -> None:
+        self.cluster = cluster
+        self.reader = reader
+        self.metrics = metrics
+        self.events = events
+        self.clock = clock
+        self.policy = policy
+        self.memory = _Memory()
+
+    # --- the step ---------------------------------------------------------------------
+
+    async def tick(self, body: Mapping[str, Any]) -> TickOutcome:
+        started = time.perf_counter()
+        outcome = TickOutcome()
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            await self._tick(body, namespace, name, outcome)
+        except Exception:
+            log.exception("tick of %s/%s failed", namespace, name)
+            self.metrics.error(namespace, name, "tick")
+        outcome.seconds = time.perf_counter() - started
+        self.metrics.tick_seconds.observe(outcome.seconds)
+        return outcome
+
+    async def _tick(
+        self, body: Mapping[str, Any], namespace: str, name: str, outcome: TickOutcome
+    ) -> None:
+        memory = self.memory
+        now = self.clock()
+        self._remember_status(body)
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except SpecError as error:
+            await self._write_status(
+                namespace, name, now, self._invalid_status(body, str(error), now)
+            )
+            return
+        scaling = spec.scaling
+
+        # The broker and the API server are read concurrently: the tick waits for the
+        # slower of the two, not their sum.
+        stats_or_error, deployment = await asyncio.gather(
+            self._read_stats(namespace, name, spec, now),
+            self._worker_deployment(body, namespace, name, spec),
+        )
+        stats: BrokerStats | None = None
+        if isinstance(stats_or_error, BrokerUnreachable):
+            outcome.broker_error = str(stats_or_error)
+            memory.url_read_at = 0.0  # re-read the Secret next time: it may have changed
+            self.metrics.error(namespace, name, "broker")
+        else:
+            stats = stats_or_error
+        replicas = int((deployment or {}).get("spec", {}).get("replicas") or 0)
+        ready = int((deployment or {}).get("status", {}).get("readyReplicas") or 0)
+        outcome.replicas_before = outcome.replicas_after = replicas
+
+        if stats is not None:
+            memory.rates = observe.advance(
+                memory.previous, stats, memory.rates, scaling.concurrency
+            )
+            memory.previous = stats
+            obs = observe.build_observation(stats, memory.rates, spec, replicas, ready)
+            obs = _with_local_time(obs, now)
+            memory.last_obs = obs
+        else:
+            obs = observe.unreachable_observation(now, memory.last_obs, replicas, ready)
+
+        decision: Decision | None = None
+        policy_error: str | None = None
+        try:
+            decision = self.policy(obs, scaling, memory.policy_state or PolicyState())
+            memory.policy_state = decision.state
+        except Exception as error:
+            log.exception("policy failed for %s/%s", namespace, name)
+            self.metrics.error(namespace, name, "policy")
+            policy_error = f"policy error: {type(error).__name__}: {error}"[:200]
+        outcome.decision = decision
+
+        if decision is not None and deployment is not None and not scaling.paused:
+            target = max(scaling.min_replicas, min(scaling.max_replicas, decision.replicas))
+            if target != replicas:
+                if target < replicas and stats is not None:
+                    await self._set_deletion_costs(namespace, name, stats)
+                await self.cluster.scale_deployment(namespace, naming.worker_name(name), target)
+                reason, message = scale_message(replicas, target, decision.reason)
+                self.events(body, "Normal", reason, message)
+                log.info("%s/%s %s %s", namespace, name, reason, message)
+                self.metrics.scaled(namespace, name, replicas, target)
+                memory.last_scale_time = status_mod.iso(now)
+                memory.last_scale_reason = f"{reason} {message}"[:256]
+                outcome.replicas_after = target
+
+        self.metrics.observe(
+            namespace,
+            name,
+            obs,
+            decision,
+            outcome.replicas_after,
+            ready,
+            broker_up=stats is not None,
+        )
+        health = status_mod.Health(
+            policy_error=policy_error,
+            broker_error=outcome.broker_error,
+            deployment_exists=deployment is not None,
+            paused=scaling.paused,
+            target_seconds=scaling.target_backlog_seconds,
+        )
+        new_status = self._status(
+            body,
+            health,
+            obs if stats is not None else None,
+            decision,
+            outcome.replicas_after,
+            ready,
+            now,
+        )
+        outcome.status_written = await self._write_status(namespace, name, now, new_status)
+
+    # --- pieces -------------------------------------------------------------------------
+
+    async def _read_stats(
+        self, namespace: str, name: str, spec: TaskQueueSpec, now: float
+    ) -> BrokerStats | BrokerUnreachable:
+        try:
+            url = await self._broker_url(namespace, name, spec, now)
+            return await self.reader.read(
+                f"{namespace}/{name}",
+                url,
+                [q.name for q in spec.queues],
+                stats_timeout(spec.scaling.poll_seconds),
+            )
+        except BrokerUnreachable as error:
+            return error
+
+    def _remember_status(self, body: Mapping[str, Any]) -> None:
+        """On the first tick after a (re)start, pick up what the last operator persisted."""
+        memory = self.memory
+        if memory.written is not None:
+            return
+        status = body.get("status") or {}
+        if memory.policy_state is None:
+            try:
+                memory.policy_state = (
+                    PolicyState.from_dict(status.get("policyState")) or PolicyState()
+                )
+            except Exception:
+                log.warning("ignoring an unreadable status.policyState")
+                memory.policy_state = PolicyState()
+        memory.last_scale_time = memory.last_scale_time or status.get("lastScaleTime")
+        memory.last_scale_reason = memory.last_scale_reason or status.get("lastScaleReason")
+
+    async def _broker_url(self, namespace: str, name: str, spec: TaskQueueSpec, now: float) -> str:
+        memory = self.memory
+        if memory.url is not None and now - memory.url_read_at < URL_REFRESH_SECONDS:
+            return memory.url
+        secret, key = broker_secret(name, spec)
+        try:
+            url = await self.cluster.read_secret_value(namespace, secret, key)
+        except Exception as error:
+            raise BrokerUnreachable(
+                f"cannot read Secret {secret}: {type(error).__name__}"
+            ) from error
+        if not url:
+            raise BrokerUnreachable(f"Secret {secret} (key {key!r}) not found or empty")
+        if memory.url is not None and memory.url != url:
+            self.reader.forget(memory.url)
+        memory.url, memory.url_read_at = url, now
+        return url
+
+    async def _worker_deployment(
+        self, body: Mapping[str, Any], namespace: str, name: str, spec: TaskQueueSpec
+    ) -> dict[str, Any] | None:
+        """The live Deployment, recreated if missing and its template repaired if drifted."""
+        deployment_name = naming.worker_name(name)
+        try:
+            live = await self.cluster.read_deployment(namespace, deployment_name)
+            if live is None:
+                replicas = spec.scaling.min_replicas
+                if self.memory.policy_state is not None and self.memory.written:
+                    replicas = int(self.memory.written.get("desiredReplicas") or replicas)
+                wanted = build_worker.worker_deployment(body, spec, replicas=replicas)
+                await self.cluster.create(wanted)
+                self.events(body, "Normal", "Created", f"worker Deployment {deployment_name}")
+                return await self.cluster.read_deployment(namespace, deployment_name)
+            wanted_template = self._desired_template(body, name, spec)
+            live_template = live.get("spec", {}).get("template", {})
+            if not is_subset(wanted_template, live_template):
+                wanted = build_worker.worker_deployment(body, spec, replicas=0)
+                await self.cluster.patch(
+                    "Deployment", namespace, deployment_name, build_worker.template_patch(wanted)
+                )
+                hash_key = naming.SPEC_HASH_ANNOTATION
+                live_hash = live_template.get("metadata", {}).get("annotations", {}).get(hash_key)
+                if live_hash == wanted_template["metadata"]["annotations"][hash_key]:
+                    self.events(
+                        body,
+                        "Warning",
+                        "DriftRepaired",
+                        f"restored the pod template of {deployment_name}",
+                    )
+                else:
+                    self.events(
+                        body, "Normal", "Rollout", f"pod template of {deployment_name} updated"
+                    )
+            return live
+        except Exception:
+            log.exception("worker Deployment of %s/%s", namespace, name)
+            self.metrics.error(namespace, name, "deployment")
+            return None
+
+    def _desired_template(
+        self, body: Mapping[str, Any], name: str, spec: TaskQueueSpec
+    ) -> dict[str, Any]:
+        """Built once per spec generation: the drift check runs every poll."""
+        generation = body["metadata"].get("generation")
+        cached = self.memory.template
+        if cached is None or cached[0] != generation or generation is None:
+            cached = self.memory.template = (
+                generation,
+                build_worker.worker_pod_template(name, spec),
+            )
+        return cached[1]
+
+    async def _set_deletion_costs(self, namespace: str, name: str, stats: BrokerStats) -> None:
+        """Idle pods cheapest, so the ReplicaSet removes them first."""
+        prefix = naming.worker_name(name) + "-"
+        ours = [w for w in stats.workers if w.pod and w.pod.startswith(prefix)]
+        wanted = drain.deletion_costs(ours)
+        changes = drain.changed_costs(wanted, self.memory.costs)
+
+        async def annotate(pod: str, cost: int) -> None:
+            try:
+                if await self.cluster.annotate_pod(
+                    namespace, pod, {naming.DELETION_COST_ANNOTATION: str(cost)}
+                ):
+                    self.memory.costs[pod] = cost
+            except Exception:
+                log.warning("could not annotate pod %s/%s", namespace, pod, exc_info=True)
+                self.metrics.error(namespace, name, "deletion-cost")
+
+        await asyncio.gather(*(annotate(pod, cost) for pod, cost in changes.items()))
+        live = set(wanted)
+        self.memory.costs = {pod: cost for pod, cost in self.memory.costs.items() if pod in live}
+
+    def _status(
+        self,
+        body: Mapping[str, Any],
+        health: status_mod.Health,
+        obs: Observation | None,
+        decision: Decision | None,
+        replicas: int,
+        ready: int,
+        now: float,
+    ) -> dict[str, Any]:
+        memory = self.memory
+        previous_conditions = (memory.written or body.get("status") or {}).get("conditions")
+        new: dict[str, Any] = {"observedGeneration": body["metadata"].get("generation")}
+        new.update(status_mod.figures(obs, decision, replicas, ready))
+        if obs is None and memory.written:
+            # Unreachable broker: keep the last figures rather than invent zeros.
+            for key in (
+                "backlog",
+                "inFlight",
+                "oldestAgeSeconds",
+                "oldestAge",
+                "arrivalRate",
+                "serviceRate",
+            ):
+                if key in memory.written:
+                    new[key] = memory.written[key]
+        new["conditions"] = status_mod.merge_conditions(
+            previous_conditions, status_mod.conditions(health, replicas, ready), status_mod.iso(now)
+        )
+        if memory.last_scale_time:
+            new["lastScaleTime"] = memory.last_scale_time
+            new["lastScaleReason"] = memory.last_scale_reason
+        if memory.policy_state is not None:
+            new["policyState"] = memory.policy_state.to_dict()
+        return new
+
+    def _invalid_status(self, body: Mapping[str, Any], error: str, now: float) -> dict[str, Any]:
+        previous = (self.memory.written or body.get("status") or {}).get("conditions")
+        conditions = status_mod.conditions(status_mod.Health(spec_error=error), 0, 0)
+        return {
+            "observedGeneration": body["metadata"].get("generation"),
+            "conditions": status_mod.merge_conditions(previous, conditions, status_mod.iso(now)),
+        }
+
+    async def _write_status(
+        self, namespace: str, name: str, now: float, new: dict[str, Any]
+    ) -> bool:
+        memory = self.memory
+        if not status_mod.needs_write(memory.written, new, now, memory.written_at):
+            return False
+        try:
+            await self.cluster.patch_status(namespace, name, new)
+        except Exception:
+            log.warning("status write for %s/%s failed", namespace, name, exc_info=True)
+            self.metrics.error(namespace, name, "status")
+            return False
+        memory.written, memory.written_at = new, now
+        return True
+
+
+def _with_local_time(obs: Observation, now: float) -> Observation:
+    """The policy's clock is the operator's wall clock (persisted state outlives brokers)."""
+    return replace(obs, now=now)
+
+
+async def run_periodically(
+    step: Callable[[], Awaitable[Any]],
+    interval: Callable[[], float],
+    sleep: Callable[[float], Awaitable[Any]],
+    stopped: Callable[[], bool],
+    lateness: Callable[[float], None] = lambda _s: None,
+    clock: Callable[[], float] | None = None,
+    initial_delay: float = 0.0,
+) -> None:
+    """Call `step` on a fixed schedule (not 'interval after the previous step ended'), so
+    slow steps do not drift the cadence; missed slots are skipped, never bunched.
+    `initial_delay` spreads many loops over the interval instead of a herd every poll."""
+    clock = clock or asyncio.get_running_loop().time
+    due = clock() + initial_delay
+    if initial_delay > 0:
+        await sleep(initial_delay)
+    while not stopped():
+        lateness(max(0.0, clock() - due))
+        await step()
+        due += interval()
+        if due < clock():
+            due = clock()
+        delay = due - clock()
+        if delay > 0:
+            await sleep(delay)

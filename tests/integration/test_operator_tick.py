@@ -1,0 +1,263 @@
+"""The operator's tick against a real Redis fed by the real runtime (producers and worker
+processes). Kubernetes is the in-memory MemoryCluster; the API server itself is covered
+by e2e/tests/test_operator_*.py. Conditions are polled, never slept on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import runtime_tasks as rt  # noqa: E402
+from ebbtide.stats import read_stats  # noqa: E402
+from ebbtide_operator import naming, provision  # noqa: E402
+from ebbtide_operator.broker_io import BrokerReader  # noqa: E402
+from ebbtide_operator.metrics import OperatorMetrics  # noqa: E402
+from ebbtide_operator.policy import Decision, PolicyState  # noqa: E402
+from ebbtide_operator.spec import parse_spec  # noqa: E402
+from ebbtide_operator.tick import TaskQueueTicker  # noqa: E402
+from runtime_tasks import wait_for, worker  # noqa: E402
+from support.memory_cluster import MemoryCluster  # noqa: E402
+from support.servers import free_port  # noqa: E402
+
+pytestmark = pytest.mark.redis
+NS = "apps"
+
+
+def taskqueue(name: str = "tq1", **scaling) -> dict:
+    return {
+        "apiVersion": "ebbtide.dev/v1alpha1",
+        "kind": "TaskQueue",
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 3},
+        "spec": {
+            "broker": {"type": "redis", "external": {"secretRef": {"name": f"{name}-url"}}},
+            "queues": [{"name": "default"}],
+            "worker": {"image": "w:1", "app": "runtime_tasks:app", "concurrency": 1},
+            "scaling": {"minReplicas": 0, "maxReplicas": 8, "pollSeconds": 1, **scaling},
+        },
+    }
+
+
+@pytest.fixture
+def env(redis_db, monkeypatch):
+    monkeypatch.setenv("EBBTIDE_BROKER_URL", redis_db)
+    rt.app.use_broker_url(redis_db)
+    rt._client = None
+    cluster = MemoryCluster()
+    reader = BrokerReader(max_threads=8)
+    yield cluster, reader, redis_db
+    reader.close()
+    rt.app.close()
+
+
+def make_ticker(cluster, reader, body, url, policy=None) -> TaskQueueTicker:
+    cluster.add_secret(NS, body["spec"]["broker"]["external"]["secretRef"]["name"], {"url": url})
+    asyncio.run(provision.reconcile(cluster, body, parse_spec(body["spec"])))
+    kwargs = {"policy": policy} if policy else {}
+    return TaskQueueTicker(cluster, reader, OperatorMetrics(), cluster.record_event, **kwargs)
+
+
+def replicas(cluster, name="tq1") -> int:
+    return cluster.objects[("Deployment", NS, naming.worker_name(name))]["spec"]["replicas"]
+
+
+def condition(cluster, kind, name="tq1") -> dict:
+    return next(c for c in cluster.statuses[(NS, name)]["conditions"] if c["type"] == kind)
+
+
+def test_burst_scales_up_from_zero_in_one_tick(env):
+    cluster, reader, url = env
+    body = taskqueue(initialTaskSeconds=1, targetBacklogSeconds=30)
+    ticker = make_ticker(cluster, reader, body, url)
+    assert replicas(cluster) == 0
+    rt.record.send_many(("burst", i) for i in range(600))
+
+    outcome = asyncio.run(ticker.tick(body))
+
+    assert outcome.broker_error is None
+    assert outcome.replicas_before == 0 and outcome.replicas_after == 8 == replicas(cluster)
+    ((kind, reason, message),) = [e for e in cluster.events if e[1].startswith("Scaled")]
+    assert (kind, reason) == ("Normal", "ScaledUp") and message.startswith("0→8: ")
+    status = cluster.statuses[(NS, "tq1")]
+    assert status["backlog"] == 600 and status["desiredReplicas"] == 8
+    assert (
+        status["observedGeneration"] == 3 and status["replicasSummary"] == "0/8"
+    )  # none ready yet
+    assert status["lastScaleReason"].startswith("ScaledUp 0→8")
+    assert condition(cluster, "BrokerReady")["status"] == "True"
+    assert condition(cluster, "Degraded")["status"] == "False"
+    assert condition(cluster, "WorkersReady")["reason"] == "ReplicasStarting"
+    asyncio.run(ticker.tick(body))  # the next poll sees the pods ready
+    assert cluster.statuses[(NS, "tq1")]["replicasSummary"] == "8/8"
+    assert condition(cluster, "Ready")["status"] == "True"
+
+
+def test_rates_and_service_rate_come_from_a_real_worker(env):
+    cluster, reader, url = env
+    body = taskqueue(minReplicas=1)
+    ticker = make_ticker(cluster, reader, body, url)
+    asyncio.run(ticker.tick(body))
+    rt.record.send_many(("rates", i) for i in range(400))
+    with worker(url, "--concurrency", "2", env={"POD_NAME": "tq1-worker-a-1"}):
+        r = redis.Redis.from_url(url)
+        wait_for(lambda: r.llen("done:rates") == 400, what="400 tasks done")
+        r.close()
+        asyncio.run(ticker.tick(body))
+    rates = ticker.memory.rates
+    assert rates.service_rate is not None and rates.service_rate > 0
+    assert rates.arrival_rate > 0 and rates.completion_rate > 0
+    status = cluster.statuses[(NS, "tq1")]
+    assert status["serviceRate"] > 0 and status["backlog"] == 0
+
+
+def test_scale_down_marks_idle_pods_cheapest(env):
+    cluster, reader, url = env
+    body = taskqueue(minReplicas=0)
+
+    def shrink_to_one(obs, spec, state):  # the decision itself is the policy's business
+        return Decision(replicas=1, reason="test scale-down", state=state)
+
+    ticker = make_ticker(cluster, reader, body, url, policy=shrink_to_one)
+    asyncio.run(cluster.scale_deployment(NS, naming.worker_name("tq1"), 2))
+    r = redis.Redis.from_url(url)
+    with worker(url, "--concurrency", "1", env={"POD_NAME": "tq1-worker-x-busy"}):
+        rt.slow.send("drain", 0, 20.0)
+        wait_for(lambda: r.lrange("started:drain", 0, -1) or _busy(url), what="slow task started")
+        wait_for(lambda: _busy(url), what="busy heartbeat")
+        with worker(url, "--concurrency", "1", env={"POD_NAME": "tq1-worker-x-idle"}):
+            wait_for(lambda: len(read_stats(url).workers) == 2, what="two heartbeats")
+            outcome = asyncio.run(ticker.tick(body))
+    r.close()
+    assert outcome.replicas_after == 1 == replicas(cluster)
+    costs = {
+        pod: int(a[naming.DELETION_COST_ANNOTATION])
+        for (_, pod), a in cluster.pod_annotations.items()
+    }
+    assert costs["tq1-worker-x-idle"] < costs["tq1-worker-x-busy"]
+    assert ("Normal", "ScaledDown", "2→1: test scale-down") in cluster.events
+
+
+def _busy(url: str) -> bool:
+    return any(w.running > 0 for w in read_stats(url).workers)
+
+
+def test_unreachable_broker_holds_replicas_and_reports_degraded(env):
+    cluster, reader, _ = env
+    body = taskqueue()
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    ticker = make_ticker(cluster, reader, body, dead)
+    asyncio.run(cluster.scale_deployment(NS, naming.worker_name("tq1"), 3))
+    for _ in range(3):
+        outcome = asyncio.run(ticker.tick(body))
+        assert outcome.broker_error and outcome.replicas_after == 3
+    assert replicas(cluster) == 3
+    degraded = condition(cluster, "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "BrokerUnreachable"
+    assert "ConnectionError" in degraded["message"] and "redis://" not in degraded["message"]
+    assert condition(cluster, "Ready")["status"] == "False"
+
+
+def test_fallback_replicas_apply_while_unreachable(env):
+    cluster, reader, _ = env
+    body = taskqueue(fallbackReplicas=2)
+    ticker = make_ticker(cluster, reader, body, f"redis://127.0.0.1:{free_port()}/0")
+    asyncio.run(cluster.scale_deployment(NS, naming.worker_name("tq1"), 5))
+    outcome = asyncio.run(ticker.tick(body))
+    assert outcome.broker_error and replicas(cluster) == 2
+
+
+@contextlib.contextmanager
+def silent_server():
+    """Accepts TCP connections and never answers: a hung broker."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    finally:
+        sock.close()
+
+
+def test_a_hung_broker_does_not_hold_up_other_taskqueues(env):
+    cluster, reader, url = env
+    healthy_body, hung_body = taskqueue("good"), taskqueue("hung")
+    rt.record.send_many(("other", i) for i in range(50))
+    healthy = make_ticker(cluster, reader, healthy_body, url)
+    with silent_server() as hung_url:
+        hung = make_ticker(cluster, reader, hung_body, hung_url)
+
+        async def both():
+            return await asyncio.gather(hung.tick(hung_body), healthy.tick(healthy_body))
+
+        hung_outcome, healthy_outcome = asyncio.run(both())
+        again = asyncio.run(hung.tick(hung_body))
+    assert "no answer from the broker" in hung_outcome.broker_error
+    assert again.broker_error  # still hanging or refused, never a crash
+    assert healthy_outcome.broker_error is None
+    assert cluster.statuses[(NS, "good")]["backlog"] == 50
+
+
+def test_unchanged_status_is_not_rewritten(env):
+    cluster, reader, url = env
+    body = taskqueue(minReplicas=1)
+    ticker = make_ticker(cluster, reader, body, url)
+    first = asyncio.run(ticker.tick(body))
+    second = asyncio.run(ticker.tick(body))
+    assert first.status_written and not second.status_written
+    assert cluster.status_writes == 1
+
+
+def test_policy_state_survives_an_operator_restart(env):
+    cluster, reader, url = env
+    body = taskqueue(scaleDownStabilizationSeconds=300)
+    ticker = make_ticker(cluster, reader, body, url)
+    rt.record.send_many(("restart", i) for i in range(100))
+    asyncio.run(ticker.tick(body))
+    persisted = cluster.statuses[(NS, "tq1")]
+    assert PolicyState.from_dict(persisted["policyState"]) == ticker.memory.policy_state
+    restarted = TaskQueueTicker(cluster, reader, OperatorMetrics(), cluster.record_event)
+    asyncio.run(restarted.tick({**body, "status": persisted}))
+    assert restarted.memory.last_scale_time == persisted["lastScaleTime"]
+    assert (
+        restarted.memory.policy_state.last_scale_time
+        == PolicyState.from_dict(persisted["policyState"]).last_scale_time
+    )
+
+
+def test_template_drift_is_repaired_without_touching_replicas(env):
+    cluster, reader, url = env
+    body = taskqueue(minReplicas=2)
+    ticker = make_ticker(cluster, reader, body, url)
+    key = ("Deployment", NS, naming.worker_name("tq1"))
+    cluster.objects[key]["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
+    asyncio.run(ticker.tick(body))
+    assert cluster.objects[key]["spec"]["template"]["spec"]["containers"][0]["image"] == "w:1"
+    assert any(e[1] == "DriftRepaired" for e in cluster.events)
+    assert all("replicas" not in p[3].get("spec", {}) for p in cluster.patches)
+
+
+def test_missing_secret_is_reported_not_crashed(env):
+    cluster, reader, _ = env
+    body = taskqueue()
+    ticker = TaskQueueTicker(cluster, reader, OperatorMetrics(), cluster.record_event)
+    asyncio.run(provision.reconcile(cluster, body, parse_spec(body["spec"])))
+    outcome = asyncio.run(ticker.tick(body))
+    assert "Secret tq1-url" in outcome.broker_error
+    assert condition(cluster, "BrokerReady")["reason"] == "BrokerUnreachable"
+
+
+def test_invalid_spec_is_reported_in_conditions(env):
+    cluster, reader, url = env
+    body = taskqueue()
+    ticker = make_ticker(cluster, reader, body, url)
+    body["spec"]["scaling"]["minReplicas"] = 9  # > maxReplicas: the CRD would reject this
+    asyncio.run(ticker.tick(body))
+    degraded = condition(cluster, "Degraded")
+    assert degraded["reason"] == "InvalidSpec" and "spec.scaling.minReplicas" in degraded["message"]

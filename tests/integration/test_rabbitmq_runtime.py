@@ -1,0 +1,186 @@
+"""The worker runtime on a real RabbitMQ: enqueue/consume/ack, retries, DLQ, delays,
+priorities, SIGTERM and statistics. Effects are recorded in a real Redis."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import ebbtide
+import pytest
+import redis
+from ebbtide.stats import read_stats
+from rabbitmq_testkit import cli, load_tasks, recorder, wait_for, worker
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture
+def rec(redis_db) -> redis.Redis:
+    return recorder(redis_db)
+
+
+@pytest.fixture
+def app(rabbitmq_url):
+    tasks = load_tasks(rabbitmq_url)
+    yield tasks
+    tasks.app.close()
+
+
+def test_send_consume_ack_and_stats(app, rabbitmq_url, redis_db, rec):
+    ids = [app.record.options(queue="work").send("basic", i) for i in range(40)]
+    ids += app.record.options(queue="work").send_many([("basic", i) for i in range(40, 60)])
+    assert len(set(ids)) == 60
+    stats = wait_for(
+        lambda: (
+            (s := read_stats(rabbitmq_url, ["work"])).queues["work"].ready == 60
+            and s.queues["work"].oldest_ready_at is not None
+            and s
+        ),
+        what="60 ready and the head's timestamp in the management stats",
+    )
+    q = stats.queues["work"]
+    assert q.in_flight == 0 and q.completed_total == 0 and q.enqueued_total == 60
+    assert q.oldest_ready_at is not None and stats.oldest_age_s("work") < 60
+    with worker(rabbitmq_url, redis_db, "--queues", "work", "--concurrency", "4"):
+        wait_for(lambda: rec.llen("done:basic") >= 60, what="60 tasks done")
+        stats = wait_for(
+            lambda: (s := read_stats(rabbitmq_url)).workers and s, what="a live worker"
+        )
+        assert stats.workers[0].concurrency == 4 and stats.workers[0].queues == ("work",)
+        stats = wait_for(
+            lambda: (s := read_stats(rabbitmq_url)).queues["work"].completed_total == 60 and s,
+            what="60 acks in the stats",
+        )
+        q = stats.queues["work"]
+        assert (q.ready, q.in_flight, q.enqueued_total) == (0, 0, 60)
+        wait_for(
+            lambda: read_stats(rabbitmq_url).queues["work"].busy_seconds_total > 0,
+            what="busy seconds from the heartbeat",
+        )
+    assert sorted(int(i) for i in rec.lrange("done:basic", 0, -1)) == list(range(60))
+
+
+def test_retries_then_dlq_list_replay_purge(app, rabbitmq_url, redis_db, rec):
+    app.flaky.send("flaky", 2)
+    dead_id = app.always_fails.send("doomed")
+    with worker(rabbitmq_url, redis_db, "--concurrency", "2"):
+        wait_for(lambda: rec.llen("done:flaky") == 1, what="flaky to succeed on its 3rd try")
+        assert rec.lrange("done:flaky", 0, -1) == ["3"]
+        wait_for(
+            lambda: read_stats(rabbitmq_url, ["default"]).queues["default"].dead == 1,
+            what="the doomed task in the DLQ",
+        )
+    assert rec.hget("attempts", "doomed") == "3"  # first try + max_retries=2
+    listed = cli(rabbitmq_url, "dlq", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    dead = json.loads(listed.stdout)
+    assert [d["id"] for d in dead] == [dead_id]
+    assert "RuntimeError: doomed always fails" in dead[0]["error"]
+    assert dead[0]["queue"] == "default" and dead[0]["attempt"] == 3
+    replayed = cli(rabbitmq_url, "dlq", "replay", "--id", dead_id)
+    assert replayed.returncode == 0 and "replayed 1" in replayed.stdout, replayed.stderr
+    with worker(rabbitmq_url, redis_db):
+        wait_for(lambda: rec.hget("attempts", "doomed") == "6", what="the replayed task to rerun")
+        wait_for(
+            lambda: len(json.loads(cli(rabbitmq_url, "dlq", "list", "--json").stdout)) == 1,
+            what="it to die again",
+        )
+    purged = cli(rabbitmq_url, "dlq", "purge")
+    assert purged.returncode == 0 and "purged 1" in purged.stdout, purged.stderr
+    assert json.loads(cli(rabbitmq_url, "dlq", "list", "--json").stdout) == []
+
+
+def test_delayed_tasks_wait_in_a_delay_queue_not_in_the_worker(app, rabbitmq_url, redis_db, rec):
+    import pika
+
+    sent_at = time.time()
+    app.stamp.options(delay=3).send("later", 1)
+    app.stamp.send("now", 0)
+    with pika.BlockingConnection(pika.URLParameters(rabbitmq_url.split("?")[0])) as conn:
+        ok = conn.channel().queue_declare("ebbtide.default.delay.3000", passive=True)
+        assert ok.method.message_count == 1  # parked in RabbitMQ, held by no worker
+    with worker(rabbitmq_url, redis_db):
+        wait_for(lambda: rec.llen("done:later") == 1, what="the delayed task to run")
+        assert rec.llen("done:now") == 1
+    ran_at = float(rec.lindex("done:later", 0).split("|")[1])
+    assert ran_at - sent_at >= 3  # never early (a lower bound, not a timing race)
+
+
+def test_priorities_within_a_queue(app, rabbitmq_url, redis_db, rec):
+    app.record.send_many([("prio", i) for i in range(10)])  # priority 0
+    app.record.options(priority=9).send_many([("prio", i) for i in range(10, 20)])
+    with worker(rabbitmq_url, redis_db, "--concurrency", "1", "--prefetch", "0"):
+        wait_for(lambda: rec.llen("done:prio") == 20, what="all 20 tasks")
+    order = [int(i) for i in rec.lrange("done:prio", 0, -1)]
+    assert sorted(order[:10]) == list(range(10, 20)), order
+
+
+def test_sigterm_finishes_running_tasks_and_hands_back_the_rest(app, rabbitmq_url, redis_db, rec):
+    app.slow.send_many([("term", i, 3.0) for i in range(6)])
+    args = ("--concurrency", "2", "--grace-seconds", "20", "--lease-seconds", "1.5")
+    with worker(rabbitmq_url, redis_db, *args) as proc:
+        wait_for(lambda: rec.llen("started:term") == 2, what="two tasks started")
+        busy = wait_for(  # heartbeats every 0.5 s: the live worker is seen busy
+            lambda: [w for w in read_stats(rabbitmq_url).workers if w.running == 2],
+            what="a busy worker running 2 tasks in the stats",
+        )
+        assert busy[0].busy and busy[0].concurrency == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.stderr.read()
+    done = rec.lrange("done:term", 0, -1)
+    assert sorted(done) == sorted(rec.lrange("started:term", 0, -1))  # none cut short
+    assert len(done) >= 2
+    left = 6 - len(done)
+    wait_for(
+        lambda: (
+            (q := read_stats(rabbitmq_url, ["default"]).queues["default"]).ready == left
+            and q.in_flight == 0
+        ),
+        what="the unstarted tasks back in the queue, none held",
+    )
+    with worker(rabbitmq_url, redis_db, "--concurrency", "6"):
+        wait_for(lambda: rec.llen("done:term") == 6, what="the rest done by the next worker")
+    assert all(n == "1" for n in rec.hgetall("runs:term").values())  # each ran exactly once
+
+
+def test_backlog_limit_unique_keys_and_unreachable_broker_are_clear_errors(app, rabbitmq_url):
+    from ebbtide.errors import BacklogFull
+
+    app.app.queue("small", max_backlog=3)
+    try:
+        with pytest.raises(BacklogFull) as full:
+            app.record.options(queue="small").send_many([("full", i) for i in range(5)])
+        assert full.value.accepted == 3
+    finally:
+        app.app.queues.pop("small", None)
+    with pytest.raises(ValueError, match="key=.*redis://"):
+        app.record.options(key="k").send("k", 1)
+    down = ebbtide.App(broker_url="amqp://guest:guest@127.0.0.1:1/")
+
+    @down.task(name="t")
+    def t(): ...
+
+    with pytest.raises(ConnectionError, match="127.0.0.1:1"):
+        t.send()
+
+
+def test_undecodable_and_unknown_tasks_go_to_the_dlq(app, rabbitmq_url, redis_db, rec):
+    import pika
+
+    with pika.BlockingConnection(pika.URLParameters(rabbitmq_url.split("?")[0])) as conn:
+        channel = conn.channel()
+        app.record.send("warm", 0)  # declares the queues
+        channel.basic_publish("", "ebbtide.default", b"\xff not json")
+        channel.basic_publish("", "ebbtide.default", b'{"task":"nope","args":[],"kwargs":{}}')
+    with worker(rabbitmq_url, redis_db):
+        wait_for(
+            lambda: len(json.loads(cli(rabbitmq_url, "dlq", "list", "--json").stdout)) == 2,
+            what="both poison messages in the DLQ",
+        )
+        assert rec.llen("done:warm") == 1
+    errors = sorted(
+        d["error"] for d in json.loads(cli(rabbitmq_url, "dlq", "list", "--json").stdout)
+    )
+    assert "undecodable" in errors[0] and "unknown task name 'nope'" in errors[1]

@@ -1,0 +1,105 @@
+"""An in-memory stand-in for the Kubernetes API, for the operator's tick tests and bench.
+
+It implements the operator's `Cluster` protocol with JSON-merge-patch semantics and
+records every write, so tests can assert what the operator *did*. Pods become ready the
+moment a Deployment is scaled (there is no kubelet here). The real API server is
+exercised by e2e/tests/test_operator_*.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class MemoryCluster:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
+        self.scales: list[tuple[str, str, int]] = []
+        self.pod_annotations: dict[tuple[str, str], dict[str, str]] = {}
+        self.patches: list[tuple[str, str, str, dict[str, Any]]] = []
+        self.status_writes = 0
+        self.events: list[tuple[str, str, str]] = []
+        self.ready_lag = 0  # pods that are not ready yet, per Deployment
+
+    # Cluster protocol -------------------------------------------------------------------
+    async def create(self, obj: Mapping[str, Any]) -> bool:
+        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if key in self.objects:
+            return False
+        self.objects[key] = copy.deepcopy(dict(obj))
+        return True
+
+    async def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    async def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        key = (kind, namespace, name)
+        if key not in self.objects:
+            raise LookupError(f"{kind} {namespace}/{name} not found")
+        self.objects[key] = merge_patch(self.objects[key], patch)
+        self.patches.append((kind, namespace, name, copy.deepcopy(dict(patch))))
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        return self.objects.pop((kind, namespace, name), None) is not None
+
+    async def read_secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        secret = self.objects.get(("Secret", namespace, name))
+        if secret is None:
+            return None
+        if key in (secret.get("stringData") or {}):
+            return secret["stringData"][key]
+        value = (secret.get("data") or {}).get(key)
+        return base64.b64decode(value).decode() if value is not None else None
+
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        deployment = await self.read("Deployment", namespace, name)
+        if deployment is not None:
+            replicas = deployment["spec"].get("replicas", 1)
+            deployment["status"] = {
+                "replicas": replicas,
+                "readyReplicas": max(0, replicas - self.ready_lag),
+            }
+        return deployment
+
+    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        self.objects[("Deployment", namespace, name)]["spec"]["replicas"] = replicas
+        self.scales.append((namespace, name, replicas))
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> bool:
+        self.pod_annotations.setdefault((namespace, name), {}).update(annotations)
+        return True
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        key = (namespace, name)
+        self.statuses[key] = merge_patch(self.statuses.get(key, {}), status)
+        self.status_writes += 1
+
+    # helpers ----------------------------------------------------------------------------
+    def add_secret(self, namespace: str, name: str, data: Mapping[str, str]) -> None:
+        self.objects[("Secret", namespace, name)] = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+
+    def record_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))

@@ -1,0 +1,220 @@
+"""Real broker servers for tests, started as child processes on free loopback ports.
+
+Each server is a child of the test process and is stopped at session end, so an
+interrupted run leaves no orphan behind (the data dir is a temp dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited early with code {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def redis_server(port: int | None = None, password: str | None = None) -> Iterator[str]:
+    """Start `redis-server` on loopback; yield its URL."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed: run `make setup`")
+    port = port or free_port()
+    with tempfile.TemporaryDirectory(prefix="ebbtide-redis-") as data_dir:
+        args = [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            data_dir,
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
+        if password:
+            args += ["--requirepass", password]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for_port(port, 10, proc)
+            auth = f":{password}@" if password else ""
+            yield f"redis://{auth}127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+RABBITMQ_BIN = "/usr/lib/rabbitmq/bin"  # Debian's scripts; /usr/sbin wrappers su to 'rabbitmq'
+
+
+@contextlib.contextmanager
+def rabbitmq_server(
+    management: bool = True, advanced_config: str = "", timeout: float = 90.0
+) -> Iterator[dict]:
+    """Start a private `rabbitmq-server` on loopback; yield its URLs and control env.
+
+    Own epmd on a free port (a default `epmd -daemon` would outlive the tests), own
+    HOME (so the Erlang cookie is private), data and logs in a temp dir. Yields
+    {"url", "management_url", "node", "home", "epmd_port", ...} and stops everything at exit.
+    """
+    server = os.path.join(RABBITMQ_BIN, "rabbitmq-server")
+    if not os.path.exists(server):
+        raise RuntimeError("rabbitmq-server is not installed: run `make setup`")
+    port, dist_port, mgmt_port, epmd_port = (free_port() for _ in range(4))
+    node = f"ebbtide-test-{port}@localhost"
+    with tempfile.TemporaryDirectory(prefix="ebbtide-rabbitmq-") as base:
+        conf = os.path.join(base, "rabbitmq.conf")
+        lines = [
+            f"listeners.tcp.default = 127.0.0.1:{port}",
+            "loopback_users = none",
+            "collect_statistics_interval = 500",
+        ]
+        if management:
+            lines += [f"management.tcp.port = {mgmt_port}", "management.tcp.ip = 127.0.0.1"]
+        with open(conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        plugins = os.path.join(base, "enabled_plugins")
+        with open(plugins, "w") as f:
+            f.write("[rabbitmq_management].\n" if management else "[].\n")
+        with open(os.path.join(base, "advanced.config"), "w") as f:
+            f.write(advanced_config or "[].\n")
+        env = {
+            **os.environ,
+            "HOME": base,
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "ERL_EPMD_PORT": str(epmd_port),
+            "RABBITMQ_NODENAME": node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "RABBITMQ_MNESIA_BASE": os.path.join(base, "mnesia"),
+            "RABBITMQ_LOG_BASE": os.path.join(base, "log"),
+            "RABBITMQ_CONFIG_FILE": conf,
+            "RABBITMQ_ADVANCED_CONFIG_FILE": os.path.join(base, "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": plugins,
+            "RABBITMQ_PID_FILE": os.path.join(base, "rabbitmq.pid"),
+            "RABBITMQ_CONF_ENV_FILE": os.path.join(base, "rabbitmq-env.conf"),
+        }
+        epmd = subprocess.Popen(
+            ["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        handle = _RabbitMQ(server, env, node, base, port, mgmt_port, management)
+        try:
+            wait_for_port(epmd_port, 10, epmd)
+            handle.start(timeout)
+            yield handle.info()
+        finally:
+            handle.stop()
+            epmd.terminate()
+            try:
+                epmd.wait(10)
+            except subprocess.TimeoutExpired:
+                epmd.kill()
+                epmd.wait()
+
+
+class _RabbitMQ:
+    """One rabbitmq-server process group; `restart()` keeps its data (durable queues)."""
+
+    def __init__(self, server, env, node, base, port, mgmt_port, management) -> None:
+        self.server, self.env, self.node, self.base = server, env, node, base
+        self.port, self.mgmt_port, self.management = port, mgmt_port, management
+        self.proc: subprocess.Popen | None = None
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [os.path.join(RABBITMQ_BIN, "rabbitmqctl"), "-n", self.node, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def start(self, timeout: float) -> None:
+        log = open(os.path.join(self.base, "server.out"), "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [self.server], env=self.env, stdout=log, stderr=log, start_new_session=True
+        )
+        log.close()
+        # await_startup fails fast until the node has registered with epmd: retry it.
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(1, int(deadline - time.monotonic()))
+            done = self.ctl("await_startup", "--timeout", str(left), timeout=left + 10)
+            if done.returncode == 0:
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = _tail(os.path.join(self.base, "server.out"))
+                raise RuntimeError(f"rabbitmq-server did not start:\n{tail}\n{done.stderr[:300]}")
+            time.sleep(0.5)
+        wait_for_port(self.port, timeout, self.proc)
+        if self.management:
+            wait_for_port(self.mgmt_port, timeout, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(Exception):
+            self.ctl("stop", timeout=60)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # erl_child_setup and friends
+
+    def restart(self, timeout: float = 90.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def info(self) -> dict:
+        return {
+            "url": f"amqp://guest:guest@127.0.0.1:{self.port}/%2F",
+            "management_url": f"http://guest:guest@127.0.0.1:{self.mgmt_port}",
+            "node": self.node,
+            "port": str(self.port),
+            "server": self,
+        }
+
+
+def _tail(path: str, lines: int = 30) -> str:
+    with contextlib.suppress(OSError), open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+    return ""

@@ -1,0 +1,103 @@
+"""The benchmark's verdicts: ratios, PASS/MISS against the issues' targets, medians."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from report import SystemResult, median_of, render_table, render_targets, targets  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+def redis_rows(ebbtide_rate: float, ebbtide_bulk: float, ebbtide_rss: int) -> list[SystemResult]:
+    return [
+        SystemResult("raw", "redis", 100, enqueue_bulk_per_s=60_000),
+        SystemResult(
+            "dramatiq",
+            "redis",
+            100,
+            processed_per_s=2_000,
+            enqueue_single_per_s=5_000,
+            peak_rss_bytes=56 * MIB,
+        ),
+        SystemResult("celery", "redis", 100, processed_per_s=800, peak_rss_bytes=54 * MIB),
+        SystemResult(
+            "ebbtide",
+            "redis",
+            100,
+            processed_per_s=ebbtide_rate,
+            enqueue_bulk_per_s=ebbtide_bulk,
+            peak_rss_bytes=ebbtide_rss,
+        ),
+    ]
+
+
+def verdicts(rows: list[SystemResult]) -> dict[tuple[str, str], str]:
+    return {(t.broker, t.what): t.verdict for t in targets(rows)}
+
+
+def test_targets_pass_when_every_goal_is_met():
+    found = verdicts(redis_rows(5_000, 50_000, 30 * MIB))
+    assert set(found.values()) == {"PASS"}
+    assert len(found) == 3
+
+
+def test_targets_miss_just_below_each_goal():
+    found = verdicts(redis_rows(4_999, 49_999, 54 * MIB))
+    assert found == {
+        ("redis", "processed/s vs Dramatiq"): "MISS",
+        ("redis", "bulk enqueue vs Dramatiq single send"): "MISS",
+        ("redis", "worker RSS vs Celery"): "MISS",
+    }
+
+
+def test_unmeasured_rows_are_na_not_miss():
+    rows = [
+        SystemResult("dramatiq", "rabbitmq", 10, processed_per_s=2_000),
+        SystemResult("ebbtide", "rabbitmq", 10, note="n/a (not yet supported)"),
+    ]
+    assert verdicts(rows) == {("rabbitmq", "processed/s vs Dramatiq"): "n/a"}
+    assert "n/a (not yet supported)" in render_table(rows)
+
+
+def test_rabbitmq_goal_is_twice_dramatiq():
+    rows = [
+        SystemResult("dramatiq", "rabbitmq", 10, processed_per_s=1_000),
+        SystemResult("ebbtide", "rabbitmq", 10, processed_per_s=2_000),
+    ]
+    assert verdicts(rows) == {("rabbitmq", "processed/s vs Dramatiq"): "PASS"}
+
+
+def test_table_prints_ratios_to_dramatiq_celery_and_raw():
+    text = render_table(redis_rows(5_000, 30_000, 30 * MIB))
+    ebbtide_line = next(line for line in text.splitlines() if line.startswith("| ebbtide"))
+    assert "2.50x" in ebbtide_line  # vs Dramatiq
+    assert "6.25x" in ebbtide_line  # vs Celery
+    assert "0.50x" in ebbtide_line  # bulk / raw
+    assert "PASS" in render_targets(targets(redis_rows(5_000, 50_000, 1)))
+
+
+def test_median_of_repeats_keeps_errors():
+    runs = [
+        SystemResult("ebbtide", "redis", 10, processed_per_s=rate, peak_rss_bytes=rss)
+        for rate, rss in ((1.0, 30), (3.0, 10), (2.0, 20))
+    ]
+    runs.append(SystemResult("ebbtide", "redis", 10, note="timed out"))
+    merged = median_of(runs)
+    assert merged.processed_per_s == 2.0
+    assert merged.peak_rss_bytes == 20
+    assert merged.note == "timed out"
+    assert merged.runs == 4
+
+
+def test_async_row_gets_its_own_target_line():
+    rows = [
+        *redis_rows(3_000, 50_000, 30 * MIB),
+        SystemResult("ebbtide-async", "redis", 100, processed_per_s=6_000),
+    ]
+    found = verdicts(rows)
+    assert found[("redis", "processed/s vs Dramatiq")] == "MISS"
+    assert found[("redis", "processed/s vs Dramatiq, async def task")] == "PASS"

@@ -1,0 +1,106 @@
+"""Checks of the Helm chart and the Dockerfiles that need no helm and no Docker.
+
+The Dockerfiles cannot be built on this machine (no Docker), so their rules are checked by
+reading them: a pinned base tag (never `latest`), a non-root numeric USER, no pip cache.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+CHART = ROOT / "charts" / "ebbtide"
+DOCKERFILES = {
+    "operator": ROOT / "docker" / "operator.Dockerfile",
+    "runtime": ROOT / "docker" / "runtime.Dockerfile",
+}
+PINNED_PYTHON = re.compile(r"^python:\d+\.\d+\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?$")
+
+
+def test_chart_crd_is_the_repository_crd():
+    """One source of truth: the chart's CRD is a symlink to crds/, so they cannot drift."""
+    chart_crd = CHART / "crds" / "taskqueue.yaml"
+    assert chart_crd.is_symlink(), "charts/ebbtide/crds/taskqueue.yaml must link to crds/"
+    assert chart_crd.resolve() == (ROOT / "crds" / "taskqueue.yaml").resolve()
+    assert chart_crd.read_bytes() == (ROOT / "crds" / "taskqueue.yaml").read_bytes()
+
+
+def test_values_and_schema_cover_the_same_keys():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["additionalProperties"] is False
+    documented = set(schema["properties"]) - {"global"}
+    assert set(values) == documented
+
+
+def test_default_values_follow_the_security_rules():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    pod, container = values["podSecurityContext"], values["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["readOnlyRootFilesystem"] is True
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"] == {"drop": ["ALL"]}
+    assert values["resources"]["requests"] and values["resources"]["limits"]
+    assert values["metrics"]["serviceMonitor"]["enabled"] is False
+    assert values["image"]["tag"] != "latest"
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", path.read_text())
+    pairs = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            pairs.append((word.upper(), rest.strip()))
+    return pairs
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dockerfile_base_image_is_pinned(name):
+    bases = [args.split()[0] for word, args in instructions(DOCKERFILES[name]) if word == "FROM"]
+    assert bases, f"{name}: no FROM"
+    for base in bases:
+        assert PINNED_PYTHON.match(base), f"{name}: base image {base!r} is not a pinned tag"
+        assert "latest" not in base
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dockerfile_runs_as_non_root_numeric_user(name):
+    users = [args for word, args in instructions(DOCKERFILES[name]) if word == "USER"]
+    assert users, f"{name}: no USER (would run as root)"
+    uid, _, gid = users[-1].partition(":")
+    assert uid.isdigit() and int(uid) > 0, (
+        f"{name}: USER {users[-1]!r} is not a numeric non-root uid"
+    )
+    assert not gid or (gid.isdigit() and int(gid) > 0)
+    assert uid == "10001", "the chart's podSecurityContext.runAsUser expects uid 10001"
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dockerfile_installs_without_pip_cache(name):
+    installs = [
+        args for word, args in instructions(DOCKERFILES[name]) if word == "RUN" and "pip " in args
+    ]
+    assert installs
+    for args in installs:
+        assert "--no-cache-dir" in args, f"{name}: pip without --no-cache-dir: {args}"
+
+
+def test_each_image_installs_only_what_it_needs():
+    runs = {
+        name: " ".join(args for word, args in instructions(path) if word == "RUN")
+        for name, path in DOCKERFILES.items()
+    }
+    assert '"/src[operator]"' in runs["operator"]
+    assert (
+        "[operator]" not in runs["runtime"]
+        and "pip install --no-cache-dir /src " in runs["runtime"]
+    )

@@ -1,0 +1,133 @@
+"""Static checks of the CRD: structural schema, defaults that satisfy their own
+constraints, CEL messages that name fields, and the examples fitting the schema.
+(The real API server validates it in e2e/tests/test_operator_crd.py.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+CRD = yaml.safe_load((ROOT / "crds" / "taskqueue.yaml").read_text())
+VERSION = CRD["spec"]["versions"][0]
+SCHEMA = VERSION["schema"]["openAPIV3Schema"]
+TYPES = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "integer": int,
+    "number": (int, float),
+}
+
+
+def walk(node: dict, path: str = ""):
+    yield path, node
+    for key, child in (node.get("properties") or {}).items():
+        yield from walk(child, f"{path}.{key}")
+    if "items" in node:
+        yield from walk(node["items"], f"{path}[]")
+
+
+def violations(node: dict, value: Any, path: str) -> list[str]:
+    """The subset of OpenAPI v3 validation the CRD uses."""
+    kind = node.get("type")
+    if kind and (
+        not isinstance(value, TYPES[kind])
+        or (kind in ("integer", "number") and isinstance(value, bool))
+    ):
+        return [f"{path}: expected {kind}, got {value!r}"]
+    errors = []
+    if "enum" in node and value not in node["enum"]:
+        errors.append(f"{path}: {value!r} not in {node['enum']}")
+    if "minimum" in node and value < node["minimum"]:
+        errors.append(f"{path}: {value} < {node['minimum']}")
+    if "maximum" in node and value > node["maximum"]:
+        errors.append(f"{path}: {value} > {node['maximum']}")
+    if "pattern" in node and not re.search(node["pattern"], value):
+        errors.append(f"{path}: {value!r} does not match {node['pattern']}")
+    if "minLength" in node and len(value) < node["minLength"]:
+        errors.append(f"{path}: shorter than {node['minLength']}")
+    if "minItems" in node and len(value) < node["minItems"]:
+        errors.append(f"{path}: fewer than {node['minItems']} items")
+    if kind == "object":
+        for key in node.get("required", []):
+            if key not in value:
+                errors.append(f"{path}.{key}: required")
+        props = node.get("properties") or {}
+        for key, child in value.items():
+            if key in props:
+                errors += violations(props[key], child, f"{path}.{key}")
+            elif not node.get("x-kubernetes-preserve-unknown-fields") and path != ".metadata":
+                errors.append(f"{path}.{key}: unknown field")
+    if kind == "array":
+        for i, item in enumerate(value):
+            errors += violations(node["items"], item, f"{path}[{i}]")
+    return errors
+
+
+def test_identity():
+    assert CRD["spec"]["group"] == "ebbtide.dev"
+    assert CRD["spec"]["names"]["kind"] == "TaskQueue"
+    assert "tq" in CRD["spec"]["names"]["shortNames"]
+    assert VERSION["name"] == "v1alpha1"
+    assert VERSION["subresources"] == {"status": {}}
+
+
+def test_schema_is_structural():
+    for path, node in walk(SCHEMA):
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+
+
+def test_defaults_satisfy_their_own_constraints():
+    found = 0
+    for path, node in walk(SCHEMA):
+        if "default" in node:
+            found += 1
+            assert (
+                violations(
+                    {k: v for k, v in node.items() if k != "required"}, node["default"], path
+                )
+                == []
+            )
+    assert found >= 15
+
+
+def test_cel_messages_name_fields():
+    rules = [r for _, node in walk(SCHEMA) for r in node.get("x-kubernetes-validations", [])]
+    assert len(rules) >= 4
+    for rule in rules:
+        assert re.search(r"(spec|metadata)\.\w+", rule["message"]), rule
+
+
+def test_printer_columns():
+    columns = {c["name"]: c for c in VERSION["additionalPrinterColumns"]}
+    for name in ("Broker", "Backlog", "Oldest", "Drain", "Replicas", "Ready", "Age"):
+        assert name in columns and columns[name].get("priority", 0) == 0
+    for name in ("In-Flight", "Lambda", "Mu", "Desired"):
+        assert columns[name]["priority"] == 1
+    status_props = SCHEMA["properties"]["status"]["properties"]
+    for column in columns.values():
+        path = column["jsonPath"]
+        if path.startswith(".status.") and "conditions" not in path:
+            assert path.removeprefix(".status.") in status_props, path
+
+
+def test_every_spec_field_is_documented():
+    doc = (ROOT / "docs" / "taskqueue-spec.md").read_text()
+    for path, _ in walk(SCHEMA["properties"]["spec"]):
+        if path:
+            leaf = path.replace("[]", "").rsplit(".", 1)[-1]
+            assert re.search(rf"`([\w.]+\.)?{leaf}`", doc), path
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "examples").glob("taskqueue-*.yaml")), ids=lambda p: p.name
+)
+def test_examples_fit_the_schema(path):
+    manifest = yaml.safe_load(path.read_text())
+    assert violations(SCHEMA, manifest, "") == []

@@ -1,0 +1,69 @@
+"""The per-TaskQueue loop keeps a fixed cadence and skips (never bunches) missed slots."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ebbtide_operator.tick import run_periodically, scale_message, stats_timeout
+
+
+def test_fixed_schedule_sleeps_the_rest_of_the_interval():
+    now = [100.0]
+    starts, sleeps, late = [], [], []
+
+    async def main():
+        async def step():
+            starts.append(now[0])
+            now[0] += 2.5  # the step itself takes 2.5 s of virtual time
+
+        async def sleep(seconds):
+            sleeps.append(seconds)
+            now[0] += seconds
+
+        await run_periodically(
+            step,
+            lambda: 10.0,
+            sleep,
+            stopped=lambda: len(starts) >= 4,
+            lateness=late.append,
+            clock=lambda: now[0],
+        )
+
+    asyncio.run(main())
+    assert starts == [100.0, 110.0, 120.0, 130.0]
+    assert sleeps == [7.5, 7.5, 7.5, 7.5]
+    assert late == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_overrunning_step_is_not_followed_by_a_burst():
+    now = [0.0]
+    starts, sleeps = [], []
+
+    async def main():
+        async def step():
+            starts.append(now[0])
+            now[0] += 25.0 if len(starts) == 1 else 1.0  # the first step overruns 2.5 slots
+
+        async def sleep(seconds):
+            sleeps.append(seconds)
+            now[0] += seconds
+
+        await run_periodically(
+            step, lambda: 10.0, sleep, stopped=lambda: len(starts) >= 3, clock=lambda: now[0]
+        )
+
+    asyncio.run(main())
+    assert starts == [0.0, 25.0, 35.0]  # next slot right after the overrun, then the cadence
+    assert sleeps == [9.0, 9.0]
+
+
+def test_stats_timeout_bounds():
+    assert stats_timeout(1) == 0.8 and stats_timeout(60) == 5.0 and stats_timeout(0.1) == 0.5
+
+
+def test_scale_message():
+    assert scale_message(2, 6, "backlog 1200, drain 95s > target 30s") == (
+        "ScaledUp",
+        "2→6: backlog 1200, drain 95s > target 30s",
+    )
+    assert scale_message(6, 1, "idle")[0] == "ScaledDown"

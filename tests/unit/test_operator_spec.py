@@ -1,0 +1,59 @@
+"""Spec parsing: defaults match the CRD's, and bad input names the field."""
+
+from __future__ import annotations
+
+import pytest
+from ebbtide_operator.spec import SpecError, parse_spec
+
+
+def minimal() -> dict:
+    return {
+        "broker": {"external": {"secretRef": {"name": "s"}}},
+        "queues": [{"name": "q"}],
+        "worker": {"image": "w", "app": "m:app"},
+    }
+
+
+def test_defaults():
+    spec = parse_spec(minimal())
+    assert spec.broker.type == "redis"
+    assert spec.broker.external.key == "url"
+    assert spec.scaling.min_replicas == 0 and spec.scaling.max_replicas == 10
+    assert spec.scaling.poll_seconds == 5.0 and spec.scaling.target_backlog_seconds == 30.0
+    assert spec.scaling.fallback_replicas is None and spec.scaling.paused is False
+    assert spec.worker.concurrency == 4 and spec.scaling.concurrency == 4
+    assert spec.queues[0].target_backlog_seconds == 30.0
+    assert spec.queue_order == "weighted"
+
+
+def test_queue_target_defaults_to_scaling_target():
+    raw = minimal()
+    raw["scaling"] = {"targetBacklogSeconds": 12}
+    raw["queues"] = [{"name": "a"}, {"name": "b", "targetBacklogSeconds": 3}]
+    spec = parse_spec(raw)
+    assert [q.target_backlog_seconds for q in spec.queues] == [12.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda s: s["broker"].update(managed={}), "spec.broker.managed"),
+        (lambda s: s["broker"].pop("external"), "spec.broker.managed"),
+        (lambda s: s["broker"].update(type="kafka"), "spec.broker.type"),
+        (lambda s: s.update(queues=[]), "spec.queues"),
+        (lambda s: s.update(queues=[{"name": "a"}, {"name": "a"}]), "spec.queues[1].name"),
+        (lambda s: s["worker"].update(app="nocolon"), "spec.worker.app"),
+        (lambda s: s["worker"].pop("image"), "spec.worker.image"),
+        (
+            lambda s: s.update(scaling={"minReplicas": 5, "maxReplicas": 2}),
+            "spec.scaling.minReplicas",
+        ),
+        (lambda s: s.update(scaling={"pollSeconds": "fast"}), "spec.scaling.pollSeconds"),
+        (lambda s: s.update(queueOrder="random"), "spec.queueOrder"),
+    ],
+)
+def test_bad_specs_name_the_field(mutate, field):
+    raw = minimal()
+    mutate(raw)
+    with pytest.raises(SpecError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        parse_spec(raw)

@@ -1,0 +1,93 @@
+"""Pure RabbitMQ naming, URL options and statistics assembly."""
+
+from __future__ import annotations
+
+import pytest
+from ebbtide import rabbitmq_topology as topo
+from ebbtide.rabbitmq_stats import build_stats, build_stats_without_management, parse_workers
+
+
+def test_delay_buckets_round_up_to_two_significant_digits():
+    assert [topo.bucket_delay_ms(d) for d in (1, 99, 100, 101, 1234, 1300, 98_765)] == [
+        1,
+        99,
+        100,
+        110,
+        1300,
+        1300,
+        99_000,
+    ]
+    for delay in range(1, 50_000, 37):
+        bucket = topo.bucket_delay_ms(delay)
+        assert delay <= bucket <= delay * 1.1  # never early, at most 10% late
+
+
+def test_options_strip_ebbtide_parameters_and_default_the_management_url(monkeypatch):
+    monkeypatch.delenv("EBBTIDE_RABBITMQ_MANAGEMENT_URL", raising=False)
+    o = topo.parse_options("amqp://u:p@rmq:5672/v?heartbeat=30&management_port=8080")
+    assert o.amqp_url == "amqp://u:p@rmq:5672/v?heartbeat=30"
+    assert o.management_url == "http://u:p@rmq:8080" and o.max_redeliveries == 5
+    assert topo.parse_options("amqp://rmq/").management_url == "http://rmq:15672"
+    monkeypatch.setenv("EBBTIDE_RABBITMQ_MANAGEMENT_URL", "")
+    assert topo.parse_options("amqp://rmq/").management_url is None
+    with pytest.raises(ValueError, match="max_redeliveries"):
+        topo.parse_options("amqp://rmq/?max_redeliveries=0")
+    monkeypatch.delenv("EBBTIDE_RABBITMQ_MANAGEMENT_URL")
+    with pytest.raises(ValueError, match="management_port"):
+        topo.parse_options("amqp://rmq/?management_port=x")
+
+
+def test_vhost_and_queue_names_round_trip():
+    assert topo.vhost_of("amqp://h/") == "/" and topo.vhost_of("amqp://h/%2F") == "/"
+    assert topo.vhost_of("amqp://h/team-a") == "team-a"
+    p = "ebbtide"
+    assert topo.classify(p, topo.ready_queue(p, "mail.out")) == topo.QueueName("ready", "mail.out")
+    assert topo.classify(p, topo.dead_queue(p, "q")) == topo.QueueName("dead", "q")
+    assert topo.classify(p, topo.delay_queue(p, "q", 1300)) == topo.QueueName("delay", "q")
+    assert topo.classify(p, topo.worker_queue(p, "w-1")) == topo.QueueName("worker", "w-1")
+    assert topo.classify(p, "celery") is None
+    args = topo.delay_args(p, "q", 1300)
+    assert args["x-dead-letter-routing-key"] == "ebbtide.q" and args["x-message-ttl"] == 1300
+
+
+def test_stats_from_the_management_list_and_heartbeats():
+    now = 1000.0
+    listing = [
+        {
+            "name": "ebbtide.q",
+            "messages_ready": 5,
+            "messages_unacknowledged": 2,
+            "head_message_timestamp": 990,
+            "message_stats": {"ack": 40},
+        },
+        {"name": "ebbtide.q.delay.1300", "messages_ready": 3, "messages_unacknowledged": 0},
+        {"name": "ebbtide.q.delay.500", "messages_ready": 1},
+        {"name": "ebbtide.q.dead", "messages_ready": 4},
+        {"name": "ebbtide.worker.w1", "messages_ready": 1},
+        {"name": "other", "messages_ready": 100},
+    ]
+    beats = parse_workers(
+        [
+            b'{"worker_id":"w1","running":2,"concurrency":8,"queues":["q"],"at":999,'
+            b'"busy_us":{"q":2500000}}',
+            b'{"worker_id":"old","running":0,"at":100}',
+            b"not json",
+        ],
+        now,
+        ttl_s=90,
+    )
+    stats = build_stats("ebbtide", now, listing, beats, None)
+    q = stats.queues["q"]
+    assert (q.ready, q.in_flight, q.delayed, q.dead) == (5, 2, 4, 4)
+    assert (q.completed_total, q.enqueued_total) == (40, 40 + 5 + 2 + 4)
+    assert q.busy_seconds_total == 2.5 and stats.oldest_age_s("q") == 10
+    assert [w.worker_id for w in stats.workers] == ["w1"] and stats.workers[0].busy
+    assert set(stats.queues) == {"q"}
+    assert build_stats("ebbtide", now, listing, beats, ["never"]).queues["never"].ready == 0
+
+
+def test_stats_without_management_use_depths_and_heartbeats():
+    beats = [{"worker_id": "w", "at": 1, "completed": {"q": 7}, "held_by_queue": {"q": 2}}]
+    q = build_stats_without_management(1.0, {"q": 3}, beats).queues["q"]
+    assert (q.ready, q.in_flight, q.completed_total, q.enqueued_total) == (3, 2, 7, 12)
+    assert q.oldest_ready_at is None

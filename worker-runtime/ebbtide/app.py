@@ -1,0 +1,212 @@
+"""The producer API: `App`, `@app.task`, and the task handle's `send` family."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .broker import Broker, Outgoing, check_scheme, open_broker
+from .errors import BacklogFull
+from .lifecycle import parse_rate
+from .message import check_priority, check_queue, encode_payload, new_task_id
+
+DEFAULT_QUEUE = "default"
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    name: str
+    max_backlog: int = 0  # 0 = unbounded
+
+
+class App:
+    """Holds the task registry and the broker connection (opened lazily on first use)."""
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        *,
+        max_payload_bytes: int = 1 << 20,
+        unique_ttl: float = 3600.0,
+        dead_ttl: float = 7 * 86400.0,
+        retry_backoff: float = 1.0,
+        key_prefix: str = "ebbtide",
+    ) -> None:
+        if broker_url:
+            check_scheme(broker_url)
+        self._broker_url = broker_url
+        self.max_payload_bytes = max_payload_bytes
+        self.unique_ttl = unique_ttl
+        self.dead_ttl = dead_ttl
+        self.retry_backoff = retry_backoff  # first retry waits ~this many seconds, doubling
+        self.key_prefix = key_prefix
+        self.tasks: dict[str, Task] = {}
+        self.queues: dict[str, QueueConfig] = {}
+        self._broker: Broker | None = None
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            self._broker = open_broker(self._broker_url, self.key_prefix)
+        return self._broker
+
+    def use_broker_url(self, url: str) -> None:
+        """Point the app at another broker (the CLI's --broker-url)."""
+        check_scheme(url)
+        self._broker_url, self._broker = url, None
+
+    def queue(self, name: str, *, max_backlog: int = 0) -> QueueConfig:
+        """Declare queue options; `send()` past `max_backlog` raises BacklogFull."""
+        if max_backlog < 0:
+            raise ValueError(f"max_backlog must be >= 0, got {max_backlog}")
+        config = self.queues[name] = QueueConfig(check_queue(name), max_backlog)
+        return config
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        max_retries: int = 3,
+        timeout: float | None = None,
+        priority: int = 0,
+        rate: str | None = None,
+    ) -> Any:
+        """Register a def or async def as a task: `@app.task` or `@app.task(queue=...)`."""
+
+        def register(f: Callable[..., Any]) -> Task:
+            task = Task(
+                self,
+                f,
+                name or f"{f.__module__}.{f.__qualname__}",
+                check_queue(queue),
+                max_retries,
+                timeout,
+                check_priority(priority),
+                rate,
+            )
+            if task.name in self.tasks and self.tasks[task.name].fn is not f:
+                raise ValueError(f"two tasks are named {task.name!r}: pass name= to one")
+            self.tasks[task.name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+
+
+class Task:
+    """The handle `@app.task` returns. Calling it runs the function here and now."""
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[..., Any],
+        name: str,
+        queue: str,
+        max_retries: int,
+        timeout: float | None,
+        priority: int,
+        rate: str | None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.app, self.fn, self.name, self.queue = app, fn, name, queue
+        self.max_retries, self.timeout, self.priority = max_retries, timeout, priority
+        self.rate = parse_rate(rate) if rate else None
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<ebbtide task {self.name} queue={self.queue}>"
+
+    def options(
+        self,
+        *,
+        delay: float | None = None,
+        priority: int | None = None,
+        key: str | None = None,
+        queue: str | None = None,
+    ) -> TaskCall:
+        return TaskCall(
+            self,
+            delay or 0.0,
+            self.priority if priority is None else check_priority(priority),
+            key,
+            check_queue(queue) if queue else self.queue,
+        )
+
+    def send(self, *args: Any, **kwargs: Any) -> str:
+        return self.options().send(*args, **kwargs)
+
+    def send_many(self, items: Iterable[Any]) -> list[str]:
+        return self.options().send_many(items)
+
+
+@dataclass(frozen=True)
+class TaskCall:
+    """A task with per-call options bound: `task.options(delay=5).send(...)`."""
+
+    task: Task
+    delay: float
+    priority: int
+    key: str | None
+    queue: str
+
+    def send(self, *args: Any, **kwargs: Any) -> str:
+        """Enqueue one task; returns its id (for a duplicate `key=`, the pending one's id)."""
+        return self._enqueue([self._outgoing(args, kwargs)], self.key)[0]
+
+    def send_many(self, items: Iterable[Any]) -> list[str]:
+        """Pipelined bulk enqueue, in order. Each item is a tuple of args, or
+        (args, kwargs); a non-tuple item is a single argument."""
+        if self.key:
+            raise ValueError("send_many() cannot share one key=; send keyed tasks one by one")
+        return self._enqueue([self._outgoing(*_split_item(item)) for item in items], None)
+
+    def _outgoing(self, args: tuple | list, kwargs: dict[str, Any]) -> Outgoing:
+        task_id = new_task_id()
+        app = self.task.app
+        extra = {"key": self.key} if self.key else {}
+        payload = encode_payload(
+            task_id, self.task.name, args, kwargs, app.max_payload_bytes, **extra
+        )
+        return Outgoing(task_id, self.priority, int(self.delay * 1000), self.key or "", payload)
+
+    def _enqueue(self, messages: list[Outgoing], key: str | None) -> list[str]:
+        if not messages:
+            return []
+        app = self.task.app
+        config = app.queues.get(self.queue)
+        max_backlog = config.max_backlog if config else 0
+        replies = app.broker.enqueue(self.queue, messages, max_backlog, int(app.unique_ttl * 1000))
+        ids: list[str] = []
+        for reply in replies:
+            if reply == "!full":
+                raise BacklogFull(self.queue, max_backlog, accepted=len(ids))
+            ids.append(reply[1:] if reply.startswith("=") else reply)
+        return ids
+
+
+def _split_item(item: Any) -> tuple[tuple | list, dict[str, Any]]:
+    if (
+        isinstance(item, tuple | list)
+        and len(item) == 2
+        and isinstance(item[0], tuple | list)
+        and isinstance(item[1], dict)
+    ):
+        return item[0], item[1]
+    if isinstance(item, tuple | list):
+        return item, {}
+    return (item,), {}

@@ -1,0 +1,223 @@
+"""`ebbtide worker|stats|dlq`: the command line a worker pod and an operator run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+from . import logs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logs.setup(getattr(args, "sub_log_level", None) or args.log_level)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, TypeError, ImportError, AttributeError) as exc:
+        print(f"ebbtide: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ebbtide", description=__doc__)
+    p.add_argument("--broker-url", help="default: env EBBTIDE_BROKER_URL")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="run a worker process")
+    w.add_argument("app", metavar="MODULE:APP", help="e.g. myproject.tasks:app")
+    w.add_argument(
+        "--queues",
+        default=None,
+        help="q1,q2 or weighted q1:3,q2:1 (default: all the app's task queues)",
+    )
+    w.add_argument("--strict", action="store_true", help="strict priority in --queues order")
+    w.add_argument("--concurrency", type=int, default=8, help="task slots (default 8)")
+    w.add_argument(
+        "--prefetch", type=int, default=None, help="extra tasks held (default = concurrency)"
+    )
+    w.add_argument("--metrics-port", type=int, default=None, help="serve /metrics /healthz /readyz")
+    w.add_argument("--metrics-host", default="0.0.0.0", help="bind address of the metrics port")
+    w.add_argument("--grace-seconds", type=float, default=30.0, help="SIGTERM budget (default 30)")
+    w.add_argument("--lease-seconds", type=float, default=30.0, help="claim lease (default 30)")
+    w.add_argument("--broker-url", dest="worker_broker_url", default=None, help=argparse.SUPPRESS)
+    w.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
+    w.set_defaults(run=_worker)
+
+    s = sub.add_parser("stats", help="queue statistics, as the operator reads them")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--queues", default=None, help="comma-separated (default: all known)")
+    s.add_argument("--broker-url", dest="sub_broker_url", default=None, help=argparse.SUPPRESS)
+    s.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
+    s.set_defaults(run=_stats)
+
+    d = sub.add_parser("dlq", help="dead-letter queue: list, replay or purge")
+    d.add_argument("action", choices=["list", "replay", "purge"])
+    d.add_argument("--queue", default=None, help="one queue (default: all)")
+    d.add_argument(
+        "--id", dest="ids", action="append", default=None, help="only this task id (repeatable)"
+    )
+    d.add_argument("--limit", type=int, default=1000)
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--broker-url", dest="sub_broker_url", default=None, help=argparse.SUPPRESS)
+    d.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
+    d.set_defaults(run=_dlq)
+    return p
+
+
+def _url(args: argparse.Namespace) -> str | None:
+    return (
+        getattr(args, "worker_broker_url", None)
+        or getattr(args, "sub_broker_url", None)
+        or args.broker_url
+        or os.environ.get("EBBTIDE_BROKER_URL")
+    )
+
+
+def load_app(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name:
+        raise ValueError(f"bad app {spec!r}: use MODULE:APP, e.g. myproject.tasks:app")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    app = getattr(module, attr or "app", None)
+    if app is None or not hasattr(app, "tasks"):
+        raise AttributeError(f"{module_name!r} has no ebbtide App named {attr or 'app'!r}")
+    return app
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .lifecycle import parse_queues
+    from .worker import Worker
+
+    url = _url(args)
+    if url:
+        os.environ["EBBTIDE_BROKER_URL"] = url  # before the task module builds its App
+    app = load_app(args.app)
+    if url:
+        app.use_broker_url(url)
+    spec = args.queues or ",".join(dict.fromkeys(t.queue for t in app.tasks.values())) or None
+    worker = Worker(
+        app,
+        parse_queues(spec, strict=args.strict),
+        concurrency=args.concurrency,
+        prefetch=args.prefetch,
+        lease_seconds=args.lease_seconds,
+        grace_seconds=args.grace_seconds,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
+    return worker.run()
+
+
+def _broker(args: argparse.Namespace) -> Any:
+    from .broker import open_broker
+
+    return open_broker(_url(args))
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from .stats_reader import read_stats
+
+    queues = [q for q in (args.queues or "").split(",") if q] or None
+    stats = read_stats(_broker(args), queues)
+    if args.json:
+        print(json.dumps(asdict(stats), indent=2, default=str))
+        return 0
+    cols = (
+        "queue",
+        "ready",
+        "by-prio",
+        "in-flight",
+        "delayed",
+        "dead",
+        "oldest-age-s",
+        "enqueued",
+        "completed",
+        "busy-s",
+    )
+    rows = [cols]
+    for name, q in stats.queues.items():
+        prio = " ".join(f"{p}:{n}" for p, n in sorted(q.ready_by_priority.items(), reverse=True))
+        rows.append(
+            (
+                name,
+                q.ready,
+                prio or "-",
+                q.in_flight,
+                q.delayed,
+                q.dead,
+                f"{stats.oldest_age_s(name):.1f}",
+                q.enqueued_total,
+                q.completed_total,
+                f"{q.busy_seconds_total:.1f}",
+            )
+        )
+    _table(rows)
+    print()
+    wrows = [("worker", "pod", "busy", "running", "concurrency", "queues", "seen-s-ago")]
+    for w in stats.workers:
+        wrows.append(
+            (
+                w.worker_id,
+                w.pod or "-",
+                "yes" if w.busy else "no",
+                w.running,
+                w.concurrency,
+                ",".join(w.queues),
+                f"{max(0.0, stats.now - w.last_seen):.1f}",
+            )
+        )
+    _table(wrows)
+    return 0
+
+
+def _table(rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    broker = _broker(args)
+    dead = broker.dlq_list(args.queue, args.limit)
+    if args.ids:
+        wanted = set(args.ids)
+        dead = [d for d in dead if d.task_id in wanted]
+    if args.action == "list":
+        if args.json:
+            print(json.dumps([_dead_json(d) for d in dead], indent=2))
+            return 0
+        rows = [("queue", "id", "task", "died", "error")]
+        for d in dead:
+            body = _dead_json(d)
+            died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.died_at))
+            rows.append(
+                (d.queue, d.task_id, body.get("task", "?"), died, str(body.get("error", ""))[:100])
+            )
+        _table(rows)
+        return 0
+    done = broker.dlq_replay(dead) if args.action == "replay" else broker.dlq_purge(dead)
+    verb = "replayed" if args.action == "replay" else "purged"
+    print(f"{verb} {done} dead task(s)")
+    return 0
+
+
+def _dead_json(d: Any) -> dict[str, Any]:
+    try:
+        body = json.loads(d.payload)
+    except ValueError:
+        body = {"raw": d.payload}
+    if not isinstance(body, dict):
+        body = {"raw": body}
+    return {"queue": d.queue, "id": d.task_id, "died_at": d.died_at, **body}

@@ -1,0 +1,150 @@
+"""Message encoding: JSON payloads and the compact queue entries that point at them.
+
+Pure functions only (no I/O), so they are unit-tested directly. Payloads are JSON and
+nothing else: no pickle, so a message can never execute code when it is decoded.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BadPayload, PayloadTooLarge
+
+MAX_PRIORITY = 9  # priorities are 0 (default, lowest) .. 9 (runs first)
+
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A ready-list entry "<ready_ms>|<prio>|<id>": carries its own age, so the oldest
+    ready task's age costs one LINDEX, and its priority, so it can be put back."""
+
+    ready_ms: int
+    priority: int
+    task_id: str
+
+
+def parse_entry(raw: str) -> Entry | None:
+    parts = raw.split("|", 2)
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None
+    return Entry(int(parts[0]), int(parts[1]), parts[2])
+
+
+class _Ids:
+    """Task ids: a random 64-bit prefix per process plus a counter (uuid4 per task costs a
+    syscall). Re-seeded in a forked child, so parent and child never share a sequence."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+new_task_id = _Ids()
+
+
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
+
+
+def check_queue(name: str) -> str:
+    """Queue names end up in Redis keys and reply framing: keep them plain."""
+    if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
+        raise ValueError(f"bad queue name {name!r}: use letters, digits, '_', '.', '-'")
+    return name
+
+
+def check_priority(priority: int) -> int:
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise TypeError(f"priority must be an int 0..{MAX_PRIORITY}, got {priority!r}")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be 0..{MAX_PRIORITY}, got {priority}")
+    return priority
+
+
+def encode_payload(
+    task_id: str,
+    task: str,
+    args: tuple | list,
+    kwargs: dict[str, Any],
+    limit: int,
+    **extra: Any,
+) -> str:
+    """The JSON payload of one task, always starting with {"id":"<id>" (the enqueue script
+    reads the id from there). Raises a TypeError naming the argument that is not JSON-able,
+    and PayloadTooLarge over `limit` bytes."""
+    try:
+        a = _dumps(args) if args else "[]"
+        k = _dumps(kwargs) if kwargs else "{}"
+        e = "," + _dumps(extra)[1:-1] if extra else ""
+    except (TypeError, ValueError) as exc:
+        raise _name_bad_argument(task, args, kwargs) from exc
+    text = f'{{"id":"{task_id}","task":{_task_json(task)},"args":{a},"kwargs":{k}{e}}}'
+    if len(text) > limit and len(text.encode()) > limit:
+        raise PayloadTooLarge(task, len(text.encode()), limit)
+    return text
+
+
+@functools.lru_cache(maxsize=1024)
+def _task_json(name: str) -> str:
+    return _dumps(name)
+
+
+def reencode(body: dict[str, Any]) -> str:
+    """Payload of a message the worker changed (retry count, error): already JSON-able."""
+    return _dumps(body)
+
+
+def _name_bad_argument(task: str, args: tuple | list, kwargs: dict[str, Any]) -> TypeError:
+    for i, value in enumerate(args):
+        problem = _json_problem(value)
+        if problem:
+            return TypeError(f"task {task!r}: positional argument {i} is not JSON-able: {problem}")
+    for name, value in kwargs.items():
+        if not isinstance(name, str):
+            return TypeError(f"task {task!r}: keyword name {name!r} is not a string")
+        problem = _json_problem(value)
+        if problem:
+            return TypeError(
+                f"task {task!r}: keyword argument {name!r} is not JSON-able: {problem}"
+            )
+    return TypeError(f"task {task!r}: arguments are not JSON-able")
+
+
+def _json_problem(value: Any) -> str | None:
+    try:
+        _dumps(value)
+    except (TypeError, ValueError) as exc:
+        return f"{type(value).__name__} ({exc})"
+    return None
+
+
+def decode_payload(raw: str | bytes) -> dict[str, Any]:
+    """Decode a payload read from the broker; BadPayload says why it cannot run."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadPayload(f"undecodable payload: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadPayload(f"payload is a JSON {type(body).__name__}, not an object")
+    task = body.get("task")
+    if not isinstance(task, str) or not task:
+        raise BadPayload("payload has no 'task' name")
+    if not isinstance(body.get("args", []), list):
+        raise BadPayload("payload 'args' is not a list")
+    if not isinstance(body.get("kwargs", {}), dict):
+        raise BadPayload("payload 'kwargs' is not an object")
+    return body

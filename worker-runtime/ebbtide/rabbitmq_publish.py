@@ -1,0 +1,162 @@
+"""Publishing on a pika BlockingChannel in confirm mode: ready, delayed and dead tasks.
+
+Shared by the producer (caller's thread) and the worker's I/O thread; each passes its own
+channel and declaration cache, since pika channels must stay on one thread.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pika
+from pika.adapters import blocking_connection
+
+from . import rabbitmq_topology as topo
+
+REDECLARE_AFTER_S = 60.0  # keeps a delay queue's x-expires timer far from firing
+CONFIRM_TIMEOUT_S = 30.0
+
+
+class Unconfirmed(ConnectionError):
+    """RabbitMQ did not confirm a publish (nack, unroutable, or no answer in time)."""
+
+
+class Confirmer:
+    """Publisher confirms for a whole batch: publish many, then wait once.
+
+    pika's BlockingChannel in confirm mode waits for the broker after every message
+    (hundreds per second); this drives the same channel's underlying pika Channel, so a
+    batch costs one round trip. Use it on a channel NOT put in confirm mode by pika."""
+
+    def __init__(self, connection, channel) -> None:
+        self.conn, self.impl = connection, channel._impl  # the documented Channel under it
+        self.next_tag = 1
+        self.outstanding: set[int] = set()
+        self.failed: list[str] = []
+        ready: list[bool] = []
+        self.impl.add_on_return_callback(self._on_return)
+        self.impl.confirm_delivery(self._on_confirm, callback=lambda _frame: ready.append(True))
+        self._wait_for(lambda: bool(ready))
+
+    def _on_return(self, _channel, method, _props, _body) -> None:
+        self.failed.append(f"unroutable to {method.routing_key!r}: {method.reply_text}")
+
+    def _on_confirm(self, frame) -> None:
+        method = frame.method
+        tags = (
+            {t for t in self.outstanding if t <= method.delivery_tag}
+            if method.multiple
+            else {method.delivery_tag}
+        )
+        if type(method).__name__ == "Nack":
+            self.failed.append(f"{len(tags)} message(s) nacked by RabbitMQ")
+        self.outstanding -= tags
+
+    def publish(self, routing: str, body: bytes, props) -> None:
+        self.impl.basic_publish("", routing, body, props, mandatory=True)
+        self.outstanding.add(self.next_tag)
+        self.next_tag += 1
+
+    def wait(self) -> None:
+        """Return once every publish so far is confirmed; raise Unconfirmed otherwise."""
+        self._wait_for(lambda: not self.outstanding)
+        if self.failed:
+            failed, self.failed = self.failed, []
+            raise Unconfirmed("; ".join(failed[:3]))
+
+    def _wait_for(self, done) -> None:
+        # process_data_events(time_limit) always sleeps the whole limit unless a
+        # BlockingChannel event is pending, so drive the ioloop until `done` like
+        # BlockingChannel does internally (pika 1.3 private helpers).
+        with blocking_connection._IoloopTimerContext(CONFIRM_TIMEOUT_S, self.conn._impl) as timer:
+            self.conn._flush_output(timer.is_ready, done)
+        if not done():
+            raise Unconfirmed(f"no publisher confirm within {CONFIRM_TIMEOUT_S}s")
+
+
+class Declared:
+    """Queues declared on one connection, and when (delay queues must be redeclared
+    now and then: declaring is what resets their x-expires timer)."""
+
+    def __init__(self) -> None:
+        self._at: dict[str, float] = {}
+
+    def ensure(self, channel, name: str, arguments: dict, durable: bool = True) -> None:
+        now = time.monotonic()
+        if now - self._at.get(name, -1e9) < REDECLARE_AFTER_S:
+            return
+        channel.queue_declare(name, durable=durable, arguments=arguments)
+        self._at[name] = now
+
+    def forget(self) -> None:
+        self._at.clear()
+
+
+def ensure_queue(channel, declared: Declared, prefix: str, queue: str) -> None:
+    declared.ensure(channel, topo.ready_queue(prefix, queue), topo.ready_args(prefix, queue))
+    declared.ensure(channel, topo.dead_queue(prefix, queue), {})
+
+
+def publish_task(
+    channel,
+    declared: Declared,
+    prefix: str,
+    queue: str,
+    payload: bytes,
+    priority: int,
+    delay_ms: int,
+    task_id: str,
+    headers: dict | None = None,
+    confirmer: Confirmer | None = None,
+) -> None:
+    """Publish one task, ready now or after `delay_ms` (via a TTL + dead-letter queue).
+
+    The message is stamped with the time it becomes ready (timestamp property and a
+    millisecond header), which is what 'oldest age' is measured from."""
+    ensure_queue(channel, declared, prefix, queue)
+    routing = topo.ready_queue(prefix, queue)
+    if delay_ms > 0:
+        delay_ms = topo.bucket_delay_ms(delay_ms)
+        routing = topo.delay_queue(prefix, queue, delay_ms)
+        declared.ensure(channel, routing, topo.delay_args(prefix, queue, delay_ms))
+    ready_ms = int(time.time() * 1000) + max(0, delay_ms)
+    props = pika.BasicProperties(
+        delivery_mode=2,
+        priority=priority,
+        message_id=task_id,
+        timestamp=ready_ms // 1000,
+        content_type="application/json",
+        headers={**(headers or {}), topo.READY_MS_HEADER: ready_ms},
+    )
+    if confirmer is not None:
+        confirmer.publish(routing, payload, props)  # the caller waits for the batch
+    else:
+        channel.basic_publish("", routing, payload, props, mandatory=True)
+
+
+def publish_dead(
+    channel,
+    declared: Declared,
+    prefix: str,
+    queue: str,
+    payload: bytes,
+    task_id: str,
+    reason: str,
+    dead_ttl_ms: int,
+    priority: int = 0,
+) -> None:
+    """Into the DLQ, with the reason in a header; the DLQ entry expires after dead_ttl."""
+    ensure_queue(channel, declared, prefix, queue)
+    props = pika.BasicProperties(
+        delivery_mode=2,
+        priority=priority,  # kept for a replay; the DLQ itself is FIFO
+        message_id=task_id,
+        timestamp=int(time.time()),
+        content_type="application/json",
+        expiration=str(max(1, dead_ttl_ms)) if dead_ttl_ms > 0 else None,
+        headers={
+            topo.REASON_HEADER: reason[:1000],
+            topo.DIED_AT_HEADER: int(time.time() * 1000),
+        },
+    )
+    channel.basic_publish("", topo.dead_queue(prefix, queue), payload, props, mandatory=True)
