@@ -9,7 +9,10 @@ start fails the run. Outside CI, a missing Go toolchain skips loudly.
 
 from __future__ import annotations
 
+import base64
 import os
+import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -17,17 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from e2e.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
+from e2e.kubeconfig import write_token  # noqa: E402
 from e2e.tests.support import (  # noqa: E402
     KubeletProcess,
     OperatorProcess,
     wait_for,
 )
+
+RELEASE = "ebbtide"
+SYSTEM_NAMESPACE = "ebbtide-system"
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -39,6 +47,18 @@ class KubeEnv:
     kubeconfig: str
     local: bool  # our own control plane (process kubelet, loopback brokers)
     env: dict[str, str] = field(default_factory=dict)
+    bin_dir: str = ""  # helm and kubectl built with the control plane; else from PATH
+
+    def tool(self, name: str) -> str:
+        """Path of `helm` or `kubectl`: the control plane's build cache first, then PATH."""
+        if self.bin_dir and (Path(self.bin_dir) / name).exists():
+            return str(Path(self.bin_dir) / name)
+        found = shutil.which(name)
+        if found is None:
+            pytest.fail(
+                f"e2e: no {name} binary: run `make cluster-up` (it builds one)", pytrace=False
+            )
+        return found
 
 
 def _skip_or_fail(message: str) -> None:
@@ -63,7 +83,12 @@ def kube_env() -> Iterator[KubeEnv]:
         pytest.fail(f"e2e: the control plane did not start: {error}", pytrace=False)
     kubeconfig = str(plane.kubeconfig)
     try:
-        yield KubeEnv(kubeconfig=kubeconfig, local=True, env={**os.environ, "KUBECONFIG": kubeconfig})
+        yield KubeEnv(
+            kubeconfig=kubeconfig,
+            local=True,
+            env={**os.environ, "KUBECONFIG": kubeconfig},
+            bin_dir=plane.state.bin_dir,
+        )
     finally:
         if plane.started_here:
             plane.down()
@@ -71,7 +96,7 @@ def kube_env() -> Iterator[KubeEnv]:
 
 @pytest.fixture(scope="session")
 def api_client(kube_env: KubeEnv):
-    from kubernetes import client, config
+    from kubernetes import config
 
     api = config.new_client_from_config(config_file=kube_env.kubeconfig)
     yield api
@@ -122,24 +147,79 @@ def namespace(kube_env: KubeEnv, core) -> Iterator[str]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
 
     def has_default_sa() -> bool:
-        return any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items)
+        return any(
+            sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
+        )
 
     wait_for(has_default_sa, 60, f"the default ServiceAccount in {name}")
     yield name
     core.delete_namespace(name, propagation_policy="Foreground")
 
 
-@pytest.fixture
-def operator_factory(kube_env: KubeEnv, tmp_path) -> Iterator:
-    """Start the operator (`kopf run`) as a local process with a given kubeconfig; stopped
-    at teardown, its log printed if the test failed."""
-    started: list[OperatorProcess] = []
+@pytest.fixture(scope="session")
+def chart(kube_env: KubeEnv) -> Iterator[str]:
+    """`helm install` of charts/ebbtide (every namespace: a ClusterRole). On our control
+    plane images cannot run, so the chart's operator Deployment gets 0 replicas and the
+    `operator` fixture runs the same code as a local process instead."""
+    helm = kube_env.tool("helm")
+    argv = [
+        helm,
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(ROOT / "charts" / "ebbtide"),
+        "--namespace",
+        SYSTEM_NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]
+    if kube_env.local:
+        argv += ["--set", "replicaCount=0"]
+    result = subprocess.run(argv, env=kube_env.env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"helm install failed:\n{result.stdout}\n{result.stderr}"
+    yield RELEASE
+    if kube_env.local:
+        subprocess.run(
+            [helm, "uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait"],
+            env=kube_env.env,
+            capture_output=True,
+            check=False,
+        )
 
-    def start(kubeconfig: str, namespaces: list[str], **env: str) -> OperatorProcess:
-        process = OperatorProcess.start(kubeconfig, namespaces, tmp_path / f"operator-{len(started)}", env)
-        started.append(process)
-        return process
 
-    yield start
-    for process in started:
+def service_account_kubeconfig(kube_env: KubeEnv, core, path: Path) -> str:
+    """A kubeconfig holding a token of the chart's ServiceAccount, so the operator has
+    exactly the chart's RBAC: a missing rule fails the test instead of being masked by
+    admin credentials."""
+    from kubernetes import client
+
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=7200)
+    )
+    token = core.create_namespaced_service_account_token(
+        RELEASE, SYSTEM_NAMESPACE, request
+    ).status.token
+    cluster = yaml.safe_load(Path(kube_env.kubeconfig).read_text())["clusters"][0]["cluster"]
+    ca_path = path.parent / "ca.crt"
+    ca_path.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+    return str(write_token(path, cluster["server"], ca_path, token, "operator", "default"))
+
+
+@pytest.fixture(scope="session")
+def operator(
+    kube_env: KubeEnv, chart: str, core, kubelet, tmp_path_factory
+) -> Iterator[OperatorProcess | None]:
+    """The operator, watching every namespace as the chart's ServiceAccount. On another
+    cluster the chart's own Deployment runs it (None here)."""
+    if not kube_env.local:
+        yield None
+        return
+    workdir = tmp_path_factory.mktemp("operator")
+    kubeconfig = service_account_kubeconfig(kube_env, core, workdir / "operator.kubeconfig")
+    process = OperatorProcess.start(kubeconfig, [], workdir, {})
+    try:
+        yield process
+    finally:
         process.stop()

@@ -20,9 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
-def wait_for(
-    condition: Callable[[], T], timeout: float, what: str, interval: float = 0.2
-) -> T:
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
     """Poll until `condition()` is truthy and return it; fail naming `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -79,7 +77,9 @@ class KubeletProcess:
             if self.popen.poll() is not None:
                 raise AssertionError(f"the process kubelet exited:\n{tail(self.log_path)}")
             node = core.read_node(self.node_name)
-            return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+            return any(
+                c.type == "Ready" and c.status == "True" for c in node.status.conditions or []
+            )
 
         wait_for(ready, 60, f"Node {self.node_name} Ready")
 
@@ -134,7 +134,9 @@ class OperatorProcess:
 
     def healthy(self) -> bool:
         if self.popen.poll() is not None:
-            raise AssertionError(f"the operator exited ({self.popen.returncode}):\n{tail(self.log_path)}")
+            raise AssertionError(
+                f"the operator exited ({self.popen.returncode}):\n{tail(self.log_path)}"
+            )
         try:
             with urllib.request.urlopen(self.health_url, timeout=2) as response:
                 return response.status == 200

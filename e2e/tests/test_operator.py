@@ -1,0 +1,381 @@
+"""The operator on a real API server: the chart installed by helm, the operator running as
+the chart's ServiceAccount, worker pods run by the process kubelet with the real runtime.
+
+Every wait polls the API with a generous deadline; reaction times are measured in
+bench/, not asserted tightly here.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from kubernetes.client import ApiException
+
+from e2e.tests.support import wait_for
+
+APPS = Path(__file__).parent / "apps"
+GROUP, VERSION, PLURAL = "ebbtide.dev", "v1alpha1", "taskqueues"
+BURST = 3000
+TASK_SECONDS = 0.05
+MIN_REPLICAS = 1
+RUNS = "e2e:runs"  # tracked.RUNS_KEY
+
+
+def taskqueue(name: str, broker: dict, *, track_url: str = "", scaling: dict | None = None) -> dict:
+    """A TaskQueue running e2e/tests/apps/tracked.py from this checkout's venv."""
+    env = [{"name": "PYTHONPATH", "value": str(APPS)}]
+    if track_url:
+        env.append({"name": "EBBTIDE_TRACK_URL", "value": track_url})
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TaskQueue",
+        "metadata": {"name": name},
+        "spec": {
+            "broker": broker,
+            "queues": [{"name": "default"}],
+            "worker": {
+                "image": "ebbtide/runtime:e2e",
+                "app": "tracked:app",
+                "concurrency": 4,
+                "terminationGracePeriodSeconds": 30,
+                "env": env,
+            },
+            "scaling": {
+                "minReplicas": MIN_REPLICAS,
+                "maxReplicas": 6,
+                "targetBacklogSeconds": 10,
+                "pollSeconds": 1,
+                "scaleDownStabilizationSeconds": 5,
+                "initialTaskSeconds": TASK_SECONDS,
+                **(scaling or {}),
+            },
+        },
+    }
+
+
+def external(secret: str) -> dict:
+    return {"type": "redis", "external": {"secretRef": {"name": secret}}}
+
+
+def put_secret(core, namespace: str, name: str, url: str) -> None:
+    from kubernetes import client
+
+    body = client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data={"url": url})
+    core.create_namespaced_secret(namespace, body)
+
+
+def create_tq(custom, namespace: str, body: dict) -> dict:
+    return custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+def read_tq(custom, namespace: str, name: str) -> dict:
+    return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def condition(tq: dict, kind: str) -> dict:
+    return next((c for c in tq.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def worker_replicas(apps, namespace: str, name: str) -> int:
+    return apps.read_namespaced_deployment(f"{name}-worker", namespace).spec.replicas or 0
+
+
+def kubectl_get_tq(kube_env, namespace: str, *extra: str) -> list[dict[str, str]]:
+    """`kubectl get tq` as rows keyed by column header, as a user sees it."""
+    out = subprocess.run(
+        [kube_env.tool("kubectl"), "get", "tq", "-n", namespace, *extra],
+        env=kube_env.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = out.strip().splitlines()
+    header = lines[0].split()
+    return [dict(zip(header, line.split(), strict=False)) for line in lines[1:]]
+
+
+def enqueue_burst(broker_url: str, count: int) -> None:
+    """Enqueue through the runtime's producer API in a fresh process, as an app would."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import tracked; "
+        "tracked.app.use_broker_url(sys.argv[2]); "
+        "n = int(sys.argv[3]); "
+        "[tracked.work.send_many([(i, float(sys.argv[4])) for i in range(s, min(n, s + 500))]) "
+        "for s in range(0, n, 500)]"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(APPS), broker_url, str(count), str(TASK_SECONDS)],
+        check=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def loopback_only(kube_env):
+    if not kube_env.local:
+        pytest.skip(
+            "workers must reach a broker on this machine's loopback: local control plane only"
+        )
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    from support.servers import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_broker():
+    from support.servers import rabbitmq_server
+
+    with rabbitmq_server() as info:
+        mgmt_port = info["management_url"].rsplit(":", 1)[1]
+        yield f"{info['url']}?management_port={mgmt_port}"
+
+
+# -- the CRD: invalid manifests are refused by the API server, naming the field ----------
+
+INVALID = [
+    ({"scaling": {"minReplicas": 5, "maxReplicas": 2}}, "spec.scaling.minReplicas"),
+    ({"scaling": {"pollSeconds": 0}}, "spec.scaling.pollSeconds"),
+    (
+        {"broker": {"type": "redis", "managed": {}, "external": {"secretRef": {"name": "x"}}}},
+        "spec.broker",
+    ),
+    ({"broker": {"type": "kafka", "external": {"secretRef": {"name": "x"}}}}, "spec.broker.type"),
+    ({"worker": {"image": "x", "app": "not a module path"}}, "spec.worker.app"),
+    ({"queues": []}, "spec.queues"),
+]
+
+
+@pytest.mark.parametrize(("patch", "field"), INVALID, ids=[f for _, f in INVALID])
+def test_invalid_manifest_is_rejected_naming_the_field(custom, chart, namespace, patch, field):
+    body = taskqueue("bad", external("broker"))
+    for key, value in patch.items():
+        if key == "scaling":
+            body["spec"]["scaling"].update(value)
+        else:
+            body["spec"][key] = value
+    with pytest.raises(ApiException) as raised:
+        create_tq(custom, namespace, body)
+    assert raised.value.status == 422, raised.value.body
+    assert field in raised.value.body, raised.value.body
+
+
+# -- managed Redis: the objects, their owners, their security; garbage collection --------
+
+
+def test_managed_redis_objects_and_garbage_collection(
+    kube_env, core, apps, custom, operator, namespace
+):
+    from kubernetes import client
+
+    body = taskqueue("managed", {"type": "redis", "managed": {}})
+    tq = create_tq(custom, namespace, body)
+    uid = tq["metadata"]["uid"]
+    net = client.NetworkingV1Api(core.api_client)
+
+    secret = wait_for(
+        lambda: core.read_namespaced_secret("managed-broker", namespace), 60, "the broker Secret"
+    )
+    broker = wait_for(
+        lambda: apps.read_namespaced_deployment("managed-redis", namespace),
+        60,
+        "the Redis Deployment",
+    )
+    service = core.read_namespaced_service("managed-redis", namespace)
+    policy = net.read_namespaced_network_policy("managed-redis", namespace)
+    worker = wait_for(
+        lambda: apps.read_namespaced_deployment("managed-worker", namespace),
+        60,
+        "the worker Deployment",
+    )
+
+    for obj in (secret, broker, service, policy, worker):
+        owners = obj.metadata.owner_references or []
+        assert [(o.kind, o.uid, o.controller) for o in owners] == [("TaskQueue", uid, True)], (
+            obj.metadata.name
+        )
+
+    password = base64.b64decode(secret.data["password"]).decode()
+    assert len(password) >= 24, "a generated password, not a default"
+    assert password in base64.b64decode(secret.data["url"]).decode()
+
+    # Only workers and labelled producers may reach the broker.
+    peers = [peer.pod_selector.match_labels for rule in policy.spec.ingress for peer in rule._from]
+    assert {"ebbtide.dev/taskqueue": "managed", "app.kubernetes.io/component": "worker"} in peers
+    assert {"ebbtide.dev/producer": "managed"} in peers
+
+    pod = worker.spec.template.spec
+    container = pod.containers[0]
+    assert pod.security_context.run_as_non_root is True
+    assert container.security_context.read_only_root_filesystem is True
+    assert container.security_context.allow_privilege_escalation is False
+    assert container.security_context.capabilities.drop == ["ALL"]
+    url_env = next(e for e in container.env if e.name == "EBBTIDE_BROKER_URL")
+    assert url_env.value_from.secret_key_ref.name == "managed-broker"
+    pod_name = next(e for e in container.env if e.name == "POD_NAME")
+    assert pod_name.value_from.field_ref.field_path == "metadata.name"
+
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "managed")
+
+    def collected() -> bool:
+        left = [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items]
+        left += [
+            s.metadata.name
+            for s in core.list_namespaced_secret(namespace).items
+            if s.metadata.name == "managed-broker"
+        ]
+        left += [s.metadata.name for s in core.list_namespaced_service(namespace).items]
+        left += [p.metadata.name for p in net.list_namespaced_network_policy(namespace).items]
+        return not left
+
+    wait_for(collected, 90, "garbage collection of the TaskQueue's objects")
+
+
+# -- burst, scale-up, drain, scale-down: no task lost, none run twice --------------------
+
+
+def drained(custom, namespace: str, name: str, track: redis.Redis) -> bool:
+    status = read_tq(custom, namespace, name).get("status", {})
+    return status.get("backlog") == 0 and status.get("inFlight") == 0 and track.hlen(RUNS) == BURST
+
+
+def columns_show_backlog(kube_env, namespace: str) -> dict[str, str] | None:
+    rows = kubectl_get_tq(kube_env, namespace)
+    row = rows[0] if rows else {}
+    busy = row.get("BACKLOG", "0") not in ("0", "<none>") and "/" in row.get("REPLICAS", "")
+    return row if busy else None
+
+
+@pytest.mark.parametrize("broker_type", ["redis", "rabbitmq"])
+def test_burst_scales_up_drains_and_scales_down(
+    request,
+    kube_env,
+    core,
+    apps,
+    custom,
+    operator,
+    namespace,
+    redis_url,
+    loopback_only,
+    broker_type,
+):
+    # Each run counts in its own Redis database, and on Redis also queues there.
+    db_url = f"{redis_url.rsplit('/', 1)[0]}/{1 + ['redis', 'rabbitmq'].index(broker_type)}"
+    track = redis.Redis.from_url(db_url)
+    track.flushdb()
+    if broker_type == "rabbitmq":
+        broker_url = request.getfixturevalue("rabbitmq_broker")
+        broker = {"type": "rabbitmq", "external": {"secretRef": {"name": "broker"}}}
+    else:
+        broker_url, broker = db_url, external("broker")
+    put_secret(core, namespace, "broker", broker_url)
+    create_tq(custom, namespace, taskqueue("burst", broker, track_url=db_url))
+
+    def one_worker_ready() -> bool:
+        workers = condition(read_tq(custom, namespace, "burst"), "WorkersReady")
+        return (
+            workers.get("status") == "True"
+            and worker_replicas(apps, namespace, "burst") == MIN_REPLICAS
+        )
+
+    wait_for(one_worker_ready, 120, "the first worker ready")
+    enqueue_burst(broker_url, BURST)
+    landed = time.monotonic()
+
+    wait_for(
+        lambda: worker_replicas(apps, namespace, "burst") > MIN_REPLICAS,
+        30,
+        "a scale-up after the burst",
+    )
+    print(f"scale-up seen {time.monotonic() - landed:.1f}s after the burst landed")
+
+    row = wait_for(
+        lambda: columns_show_backlog(kube_env, namespace),
+        30,
+        "`kubectl get tq` showing the backlog",
+    )
+    assert set(row) >= {
+        "NAME",
+        "BROKER",
+        "BACKLOG",
+        "OLDEST",
+        "DRAIN",
+        "REPLICAS",
+        "READY",
+        "AGE",
+    }, row
+    assert row["BROKER"] == broker_type
+
+    wait_for(lambda: drained(custom, namespace, "burst", track), 240, "the backlog to drain")
+    wait_for(
+        lambda: (
+            worker_replicas(apps, namespace, "burst") == MIN_REPLICAS
+            and len(live_pods(core, namespace)) == MIN_REPLICAS
+        ),
+        120,
+        "replicas back to min after the stabilization window",
+    )
+
+    runs = {int(k): int(v) for k, v in track.hgetall(RUNS).items()}
+    assert len(runs) == BURST, f"{BURST - len(runs)} tasks lost"
+    twice = {k: v for k, v in runs.items() if v != 1}
+    assert not twice, f"tasks run more than once: {sorted(twice.items())[:10]}"
+
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=burst").items
+    reasons = {e.reason for e in events}
+    assert {"ScaledUp", "ScaledDown"} <= reasons, reasons
+    scaled_up = next(e.message for e in events if e.reason == "ScaledUp")
+    assert "→" in scaled_up and "backlog" in scaled_up, scaled_up
+
+
+def live_pods(core, namespace: str) -> list[str]:
+    pods = core.list_namespaced_pod(
+        namespace, label_selector="app.kubernetes.io/component=worker"
+    ).items
+    return [p.metadata.name for p in pods if p.metadata.deletion_timestamp is None]
+
+
+# -- an unreachable broker: Degraded, replicas held ---------------------------------------
+
+
+def test_broker_down_holds_replicas_and_reports_degraded(
+    core, apps, custom, operator, namespace, loopback_only
+):
+    from support.servers import redis_server
+
+    with redis_server() as url:
+        put_secret(core, namespace, "broker", url)
+        create_tq(
+            custom, namespace, taskqueue("fragile", external("broker"), scaling={"minReplicas": 2})
+        )
+        wait_for(
+            lambda: (
+                condition(read_tq(custom, namespace, "fragile"), "BrokerReady").get("status")
+                == "True"
+                and worker_replicas(apps, namespace, "fragile") == 2
+            ),
+            120,
+            "the TaskQueue healthy with 2 replicas",
+        )
+
+    # The server is gone now.
+    def degraded_condition() -> dict | None:
+        found = condition(read_tq(custom, namespace, "fragile"), "Degraded")
+        return found if found.get("status") == "True" else None
+
+    degraded = wait_for(degraded_condition, 60, "the Degraded condition")
+    assert degraded["reason"] == "BrokerUnreachable", degraded
+    assert degraded["message"], degraded
+    tq = read_tq(custom, namespace, "fragile")
+    assert condition(tq, "ScalingActive")["reason"] == "BrokerUnreachable"
+    assert worker_replicas(apps, namespace, "fragile") == 2, "replicas are held, never dropped"
