@@ -72,17 +72,6 @@ wait_for() {
   done
 }
 
-# The kubeconfig `make cluster-up` wrote: $EBBTIDE_CLUSTER_KUBECONFIG, else the newest
-# kubeconfig file written since it started, under ~/.cache/ebbtide or e2e/.
-cluster_kubeconfig() {
-  if [[ -n "${EBBTIDE_CLUSTER_KUBECONFIG:-}" ]]; then echo "$EBBTIDE_CLUSTER_KUBECONFIG"; return; fi
-  local found
-  found=$(find "$HOME/.cache/ebbtide" "$ROOT/e2e" -maxdepth 4 -type f -name '*kubeconfig*' \
-    -newer "$WORK/.before-cluster-up" -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -n1 |
-    cut -d' ' -f2-)
-  [[ -n "$found" ]] && echo "$found"
-}
-
 # The process kubelet's command line: $EBBTIDE_DEMO_KUBELET_CMD, else e2e's module.
 kubelet_command() {
   if [[ -n "${EBBTIDE_DEMO_KUBELET_CMD:-}" ]]; then echo "$EBBTIDE_DEMO_KUBELET_CMD"; return; fi
@@ -130,12 +119,13 @@ HELM=$(scripts/find-helm.sh 2>/dev/null || true)
 if [[ -n "${KUBECONFIG:-}" ]]; then
   say "using the cluster in KUBECONFIG=$KUBECONFIG"
 else
-  say "bringing the control plane up (make cluster-up; the first build takes a while)"
-  touch "$WORK/.before-cluster-up"
-  make --no-print-directory cluster-up
-  STARTED_CLUSTER=1
-  KUBECONFIG=$(cluster_kubeconfig) || die "make cluster-up wrote no kubeconfig I can find"
+  say "bringing the control plane up (make cluster-up; the first build takes ~10 min, then it is cached)"
+  # Reuse a control plane that is already running, and then leave it running.
+  "$PY" -m e2e.controlplane status >/dev/null 2>&1 || STARTED_CLUSTER=1
+  KUBECONFIG=$("$PY" -m e2e.controlplane up) || die "the control plane did not start (see the line above)"
   export KUBECONFIG
+  # kubectl and helm as built with the control plane, whatever else is on PATH.
+  PATH="$(e2e/build-binaries.sh 2>/dev/null | tail -n1):$PATH"
   HELM=$(scripts/find-helm.sh)
 fi
 [[ -n "$HELM" ]] || die "no helm binary: run \`make cluster-up\` or set EBBTIDE_HELM"

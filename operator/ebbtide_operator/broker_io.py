@@ -1,10 +1,11 @@
 """Reading broker statistics without ever blocking the operator's event loop.
 
-`read_stats` is synchronous (one Lua round trip on Redis), so it runs in a dedicated
-thread pool under `asyncio.wait_for`. A broker that hangs costs its own TaskQueue one
-thread at most (a second read is refused while the first is stuck), and never delays
-the ticks of other TaskQueues. Redis clients are kept per URL with short socket
-timeouts so a stuck thread is released soon too.
+`read_stats` is synchronous (one Lua round trip on Redis; one management API request
+plus a short AMQP connection on RabbitMQ), so it runs in a dedicated thread pool under
+`asyncio.wait_for`. A broker that hangs costs its own TaskQueue one thread at most (a
+second read is refused while the first is stuck), and never delays the ticks of other
+TaskQueues. Redis clients are kept per URL with short socket timeouts, and `amqp://` URLs
+get short pika timeouts, so a stuck thread is released soon too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import concurrent.futures
 import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ebbtide.stats import BrokerStats, read_stats
 
@@ -34,6 +36,23 @@ def _redis_client(url: str) -> Any:
         health_check_interval=30,
         max_connections=4,
     )
+
+
+# pika's own defaults (10 s socket, 15 s stack timeout) would outlive the tick's timeout.
+AMQP_TIMEOUTS = {
+    "connection_attempts": "1",
+    "socket_timeout": f"{SOCKET_TIMEOUT_SECONDS:g}",
+    "stack_timeout": f"{SOCKET_TIMEOUT_SECONDS + 2:g}",
+}
+
+
+def with_amqp_timeouts(url: str) -> str:
+    """The URL with short connection timeouts, unless the URL already sets them."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    present = {key for key, _ in query}
+    query += [(key, value) for key, value in AMQP_TIMEOUTS.items() if key not in present]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def describe(error: BaseException) -> str:
@@ -61,8 +80,10 @@ class BrokerReader:
         self._lock = threading.Lock()
 
     def _handle(self, url: str) -> Any:
+        if url.startswith(("amqp://", "amqps://")):
+            return with_amqp_timeouts(url)  # read_stats opens and closes its connection
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            return url  # other brokers: read_stats opens and closes its own connection
+            return url
         with self._lock:
             client = self._clients.get(url)
             if client is None:

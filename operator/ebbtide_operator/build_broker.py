@@ -1,4 +1,6 @@
-"""Pure builders for a managed Redis: Secret, workload, Service, NetworkPolicy.
+"""Pure builders for a managed Redis: Secret, workload, Service, NetworkPolicy, plus
+the pieces every managed broker shares (ownership, hardening, workload, Service and
+NetworkPolicy shapes; build_rabbitmq.py uses them too).
 
 Each returns a plain dict ready to send to the API server, already owned by the
 TaskQueue (so deleting the TaskQueue garbage-collects it). No I/O here.
@@ -14,14 +16,14 @@ from typing import Any
 import kopf
 
 from ebbtide_operator import naming
-from ebbtide_operator.spec import ManagedBrokerSpec
+from ebbtide_operator.spec import ManagedBrokerSpec, PersistenceSpec
 
 REDIS_UID = 999  # the `redis` user of the official images
 
 Body = Mapping[str, Any]
 
 
-def _owned(obj: dict[str, Any], owner: Body) -> dict[str, Any]:
+def owned(obj: dict[str, Any], owner: Body) -> dict[str, Any]:
     obj["metadata"]["namespace"] = owner["metadata"]["namespace"]
     kopf.append_owner_reference(obj, owner=owner)
     return obj
@@ -40,11 +42,19 @@ def redis_url(taskqueue: str, namespace: str, password: str) -> str:
 def broker_secret(owner: Body, password: str) -> dict[str, Any]:
     """Holds the password (for `requirepass`) and the full URL (for workers/producers)."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
-    data = {
-        naming.BROKER_PASSWORD_KEY: password,
-        naming.BROKER_URL_KEY: redis_url(name, namespace, password),
-    }
-    return _owned(
+    return secret_object(
+        owner,
+        {
+            naming.BROKER_PASSWORD_KEY: password,
+            naming.BROKER_URL_KEY: redis_url(name, namespace, password),
+        },
+    )
+
+
+def secret_object(owner: Body, data: Mapping[str, str]) -> dict[str, Any]:
+    """The `<name>-broker` Secret with `data` (base64-encoded here)."""
+    name = owner["metadata"]["name"]
+    return owned(
         {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -95,14 +105,14 @@ def _redis_container(managed: ManagedBrokerSpec, taskqueue: str) -> dict[str, An
         "readinessProbe": probe,
         "livenessProbe": {**probe, "initialDelaySeconds": 10},
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
     }
     if managed.resources:
         container["resources"] = dict(managed.resources)
     return container
 
 
-def _container_security() -> dict[str, Any]:
+def container_security() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
@@ -110,7 +120,7 @@ def _container_security() -> dict[str, Any]:
     }
 
 
-def _pod_security(uid: int) -> dict[str, Any]:
+def pod_security(uid: int) -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
         "runAsUser": uid,
@@ -123,19 +133,33 @@ def _pod_security(uid: int) -> dict[str, Any]:
 def redis_workload(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]:
     """A one-replica Deployment (ephemeral) or StatefulSet with a PVC and AOF (persistent)."""
     name = owner["metadata"]["name"]
-    labels = naming.common_labels(name, "broker")
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
-        "securityContext": _pod_security(REDIS_UID),
+        "securityContext": pod_security(REDIS_UID),
         "containers": [_redis_container(managed, name)],
     }
-    template = {"metadata": {"labels": labels}, "spec": pod_spec}
-    meta = {"name": naming.redis_name(name), "labels": labels}
-    selector = {"matchLabels": naming.redis_selector(name)}
-    persistence = managed.persistence
+    return broker_workload(owner, naming.redis_name(name), pod_spec, managed.persistence)
+
+
+def broker_workload(
+    owner: Body,
+    object_name: str,
+    pod_spec: dict[str, Any],
+    persistence: PersistenceSpec,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """One broker pod whose `data` volume is an emptyDir in a Deployment (ephemeral) or a
+    PVC from a StatefulSet's claim template (persistent)."""
+    name = owner["metadata"]["name"]
+    labels = naming.common_labels(name, "broker")
+    template: dict[str, Any] = {"metadata": {"labels": labels}, "spec": pod_spec}
+    if annotations:
+        template["metadata"]["annotations"] = dict(annotations)
+    meta = {"name": object_name, "labels": labels}
+    selector = {"matchLabels": naming.broker_selector(name)}
     if not persistence.enabled:
-        pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
-        return _owned(
+        pod_spec["volumes"] = [*pod_spec.get("volumes", []), {"name": "data", "emptyDir": {}}]
+        return owned(
             {
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
@@ -155,14 +179,14 @@ def redis_workload(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]:
     }
     if persistence.storage_class_name:
         claim_spec["storageClassName"] = persistence.storage_class_name
-    return _owned(
+    return owned(
         {
             "apiVersion": "apps/v1",
             "kind": "StatefulSet",
             "metadata": meta,
             "spec": {
                 "replicas": 1,
-                "serviceName": naming.redis_name(name),
+                "serviceName": object_name,
                 "selector": selector,
                 "template": template,
                 # The PVC outlives the TaskQueue unless the user asked otherwise.
@@ -181,23 +205,27 @@ def redis_workload(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]:
 
 def redis_service(owner: Body) -> dict[str, Any]:
     name = owner["metadata"]["name"]
-    return _owned(
+    return broker_service(owner, naming.redis_name(name), {"redis": naming.REDIS_PORT})
+
+
+def redis_network_policy(owner: Body) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    return broker_network_policy(owner, naming.redis_name(name), [naming.REDIS_PORT])
+
+
+def broker_service(owner: Body, object_name: str, ports: Mapping[str, int]) -> dict[str, Any]:
+    """A ClusterIP Service on the broker pod's named ports."""
+    name = owner["metadata"]["name"]
+    return owned(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {
-                "name": naming.redis_name(name),
-                "labels": naming.common_labels(name, "broker"),
-            },
+            "metadata": {"name": object_name, "labels": naming.common_labels(name, "broker")},
             "spec": {
-                "selector": naming.redis_selector(name),
+                "selector": naming.broker_selector(name),
                 "ports": [
-                    {
-                        "name": "redis",
-                        "port": naming.REDIS_PORT,
-                        "targetPort": "redis",
-                        "protocol": "TCP",
-                    }
+                    {"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}
+                    for port_name, port in ports.items()
                 ],
             },
         },
@@ -205,28 +233,30 @@ def redis_service(owner: Body) -> dict[str, Any]:
     )
 
 
-def redis_network_policy(owner: Body) -> dict[str, Any]:
-    """Only this TaskQueue's workers and pods labelled `ebbtide.dev/producer: <name>`
-    (in the same namespace) may reach the broker."""
+def broker_network_policy(owner: Body, object_name: str, ports: list[int]) -> dict[str, Any]:
+    """Only this TaskQueue's workers, pods labelled `ebbtide.dev/producer: <name>` (same
+    namespace) and the Ebbtide operator, which reads the broker's statistics every poll
+    (pods labelled `ebbtide.dev/operator: "true"` in any namespace), may reach the broker."""
     name = owner["metadata"]["name"]
-    return _owned(
+    return owned(
         {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
-            "metadata": {
-                "name": naming.redis_name(name),
-                "labels": naming.common_labels(name, "broker"),
-            },
+            "metadata": {"name": object_name, "labels": naming.common_labels(name, "broker")},
             "spec": {
-                "podSelector": {"matchLabels": naming.redis_selector(name)},
+                "podSelector": {"matchLabels": naming.broker_selector(name)},
                 "policyTypes": ["Ingress"],
                 "ingress": [
                     {
                         "from": [
                             {"podSelector": {"matchLabels": naming.worker_selector(name)}},
                             {"podSelector": {"matchLabels": {naming.PRODUCER_LABEL: name}}},
+                            {
+                                "namespaceSelector": {},
+                                "podSelector": {"matchLabels": {naming.OPERATOR_LABEL: "true"}},
+                            },
                         ],
-                        "ports": [{"protocol": "TCP", "port": naming.REDIS_PORT}],
+                        "ports": [{"protocol": "TCP", "port": port} for port in ports],
                     }
                 ],
             },

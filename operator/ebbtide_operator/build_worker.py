@@ -128,14 +128,20 @@ def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
     }
     if worker.service_account_name:
         pod_spec["serviceAccountName"] = worker.service_account_name
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+    if spec.broker.type != "redis":
+        # The URL env is read once, at container start: a broker type switch (whose new
+        # Secret has the same name) must roll the pods. Absent for Redis, so existing
+        # Redis workers keep their template hash.
+        annotations[naming.BROKER_TYPE_ANNOTATION] = spec.broker.type
     template = {
         "metadata": {
             "labels": naming.common_labels(taskqueue, "worker"),
-            "annotations": {
-                "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(port),
-                "prometheus.io/path": "/metrics",
-            },
+            "annotations": annotations,
         },
         "spec": pod_spec,
     }

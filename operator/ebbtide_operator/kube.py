@@ -77,6 +77,7 @@ class KubeCluster:
         table = {
             "Secret": (self.core, "secret"),
             "Service": (self.core, "service"),
+            "ConfigMap": (self.core, "config_map"),
             "Deployment": (self.apps, "deployment"),
             "StatefulSet": (self.apps, "stateful_set"),
             "NetworkPolicy": (self.networking, "network_policy"),

@@ -73,7 +73,7 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, logger: logging.Logger, **
         raise kopf.PermanentError(str(error)) from error
     assert Runtime.cluster is not None
     report = await provision.reconcile(Runtime.cluster, body, parsed)
-    changed = {k: v for k, v in report.items() if v in ("created", "deleted")}
+    changed = {k: v for k, v in report.items() if v in ("created", "deleted", "replaced")}
     if changed:
         post_event(body, "Normal", "Provisioned", ", ".join(f"{k} {v}" for k, v in changed.items()))
     logger.info("reconciled: %s", report)

@@ -11,12 +11,19 @@ KIND = "TaskQueue"
 MANAGED_BY = "ebbtide-operator"
 TASKQUEUE_LABEL = "ebbtide.dev/taskqueue"
 PRODUCER_LABEL = "ebbtide.dev/producer"  # value: the TaskQueue's name
+OPERATOR_LABEL = "ebbtide.dev/operator"  # "true" on the operator's pods (set by the chart)
 SPEC_HASH_ANNOTATION = "ebbtide.dev/spec-hash"
+CONFIG_HASH_ANNOTATION = "ebbtide.dev/config-hash"  # broker pods: restart on a config change
+BROKER_TYPE_ANNOTATION = "ebbtide.dev/broker-type"  # worker pods: roll when the broker changes
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 
 BROKER_URL_KEY = "url"
 BROKER_PASSWORD_KEY = "password"
+BROKER_USERNAME_KEY = "username"  # RabbitMQ only
+BROKER_DEFINITIONS_KEY = "definitions.json"  # RabbitMQ only: the user, loaded at every boot
 REDIS_PORT = 6379
+RABBITMQ_PORT = 5672
+RABBITMQ_MANAGEMENT_PORT = 15672
 
 
 def worker_name(taskqueue: str) -> str:
@@ -27,6 +34,15 @@ def redis_name(taskqueue: str) -> str:
     return f"{taskqueue}-redis"
 
 
+def rabbitmq_name(taskqueue: str) -> str:
+    return f"{taskqueue}-rabbitmq"
+
+
+def broker_name(taskqueue: str, broker_type: str) -> str:
+    """The managed broker's workload, Service, NetworkPolicy (and ConfigMap) name."""
+    return rabbitmq_name(taskqueue) if broker_type == "rabbitmq" else redis_name(taskqueue)
+
+
 def broker_secret_name(taskqueue: str) -> str:
     return f"{taskqueue}-broker"
 
@@ -35,8 +51,12 @@ def worker_selector(taskqueue: str) -> dict[str, str]:
     return {TASKQUEUE_LABEL: taskqueue, "app.kubernetes.io/component": "worker"}
 
 
-def redis_selector(taskqueue: str) -> dict[str, str]:
+def broker_selector(taskqueue: str) -> dict[str, str]:
+    """The managed broker's pods, whatever the type (one broker per TaskQueue)."""
     return {TASKQUEUE_LABEL: taskqueue, "app.kubernetes.io/component": "broker"}
+
+
+redis_selector = broker_selector  # the name the managed Redis has always used
 
 
 def common_labels(taskqueue: str, component: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ default is repeated here, in one place, next to the conversion to the policy's s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,16 @@ from typing import Any
 from ebbtide_operator.policy import ScalingSpec
 
 DEFAULT_REDIS_IMAGE = "redis:7.2-alpine"
+# The last 3.x line, closest to the 3.10 the runtime is tested on. The `-management` tag
+# differs from the plain one mostly in /etc/rabbitmq, which the operator mounts its own.
+DEFAULT_RABBITMQ_IMAGE = "rabbitmq:3.13-management"
+# The image default depends on the broker type, so it lives here, not in the CRD schema.
+DEFAULT_IMAGES = {"redis": DEFAULT_REDIS_IMAGE, "rabbitmq": DEFAULT_RABBITMQ_IMAGE}
+# Persistence is on by default for RabbitMQ (durable queues are why one picks it) and off
+# for Redis (a cache-like broker unless asked). Also type-dependent, so also defaulted here.
+DEFAULT_PERSISTENCE = {"redis": False, "rabbitmq": True}
+# An image named like this cannot run a RabbitMQ (a stale `redis:...` default, say).
+REDIS_IMAGE_PATTERN = re.compile(r"(^|/)redis(:|@|$)")
 
 
 @dataclass(frozen=True)
@@ -128,8 +139,6 @@ def parse_broker(data: Mapping[str, Any]) -> BrokerSpec:
     if (managed_data is None) == (external_data is None):
         raise SpecError("exactly one of spec.broker.managed and spec.broker.external must be set")
     if managed_data is not None:
-        if kind != "redis":
-            raise SpecError("spec.broker.managed is only supported for spec.broker.type 'redis'")
         p = managed_data.get("persistence") or {}
         policy = p.get("deletionPolicy", "Retain")
         if policy not in ("Retain", "Delete"):
@@ -137,13 +146,19 @@ def parse_broker(data: Mapping[str, Any]) -> BrokerSpec:
                 f"spec.broker.managed.persistence.deletionPolicy must be Retain or Delete, got {policy!r}"
             )
         persistence = PersistenceSpec(
-            enabled=bool(p.get("enabled", False)),
+            enabled=bool(p.get("enabled", DEFAULT_PERSISTENCE[kind])),
             size=str(p.get("size", "1Gi")),
             storage_class_name=p.get("storageClassName"),
             deletion_policy=policy,
         )
+        image = managed_data.get("image") or DEFAULT_IMAGES[kind]
+        if kind == "rabbitmq" and REDIS_IMAGE_PATTERN.search(image):
+            raise SpecError(
+                f"spec.broker.managed.image {image!r} is a Redis image but spec.broker.type "
+                "is 'rabbitmq' (omit the image for the RabbitMQ default)"
+            )
         managed = ManagedBrokerSpec(
-            image=managed_data.get("image") or DEFAULT_REDIS_IMAGE,
+            image=image,
             resources=dict(managed_data.get("resources") or {}),
             persistence=persistence,
         )

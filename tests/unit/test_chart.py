@@ -94,6 +94,7 @@ NEEDED = {
     ("", "services"): {"get", "create", "patch", "delete"},
     ("", "secrets"): {"get", "create", "patch", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "delete"},
+    ("", "configmaps"): {"get", "create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch", "patch"},
     ("", "events"): {"create"},
@@ -111,6 +112,8 @@ def assert_least_privilege(rules: list[dict[str, Any]]) -> None:
         assert resource not in {"clusterroles", "roles", "rolebindings", "clusterrolebindings"}
         if resource in {"customresourcedefinitions", "namespaces"}:
             assert verbs <= {"get", "list", "watch"}, f"{resource} must be read-only: {verbs}"
+        if resource == "configmaps":  # only the managed RabbitMQ's own, by name
+            assert verbs <= {"get", "create", "patch", "delete"}, verbs
 
 
 def test_helm_lint_is_clean():
@@ -207,6 +210,22 @@ def test_operator_deployment_is_locked_down():
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert pod["serviceAccountName"] == only(docs, "ServiceAccount")["metadata"]["name"]
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_operator_pods_carry_the_label_managed_broker_policies_admit():
+    """The operator reads managed brokers' statistics through their NetworkPolicies."""
+    from ebbtide_operator import build_broker, naming
+
+    labels = only(render(), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    owner = {
+        "apiVersion": "ebbtide.dev/v1alpha1",
+        "kind": "TaskQueue",
+        "metadata": {"name": "tq", "namespace": "team-a", "uid": "u"},
+    }
+    peers = build_broker.redis_network_policy(owner)["spec"]["ingress"][0]["from"]
+    operator_peer = next(p for p in peers if "namespaceSelector" in p)
+    assert operator_peer["podSelector"]["matchLabels"].items() <= labels.items()
+    assert labels[naming.OPERATOR_LABEL] == "true"
 
 
 def test_operator_runs_kopf_standalone_with_liveness_and_metrics():

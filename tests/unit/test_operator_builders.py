@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ebbtide_operator import build_broker, build_worker, naming
+from ebbtide_operator import build_broker, build_worker, naming, provision
 from ebbtide_operator.merge import is_subset
 from ebbtide_operator.spec import parse_spec
 
@@ -229,5 +229,5 @@ def test_examples_build(path):
     spec = parse_spec(manifest["spec"])
     deployment = build_worker.worker_deployment(manifest, spec, replicas=spec.scaling.min_replicas)
     assert deployment["metadata"]["name"] == f"{manifest['metadata']['name']}-worker"
-    if spec.broker.managed:
-        build_broker.redis_workload(manifest, spec.broker.managed)
+    for obj in provision.desired_broker_objects(manifest, spec):
+        assert obj["metadata"]["name"].startswith(f"{manifest['metadata']['name']}-")

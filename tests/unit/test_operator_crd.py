@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+from ebbtide_operator import naming
+from ebbtide_operator import spec as spec_module
 
 ROOT = Path(__file__).parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "taskqueue.yaml").read_text())
@@ -131,3 +133,50 @@ def test_every_spec_field_is_documented():
 def test_examples_fit_the_schema(path):
     manifest = yaml.safe_load(path.read_text())
     assert violations(SCHEMA, manifest, "") == []
+
+
+BROKER = SCHEMA["properties"]["spec"]["properties"]["broker"]
+MANAGED = BROKER["properties"]["managed"]
+
+
+def rules(node: dict) -> list[str]:
+    return [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+
+
+def test_managed_is_allowed_for_every_broker_type():
+    """Managed RabbitMQ is provisioned now: no rule ties `managed` to redis any more."""
+    for rule in rules(BROKER):
+        assert "self.type == 'redis'" not in rule, rule
+    assert BROKER["properties"]["type"]["enum"] == ["redis", "rabbitmq"]
+
+
+def test_type_dependent_defaults_are_left_to_the_operator():
+    """A schema default would give a RabbitMQ the Redis image (and Redis' persistence)."""
+    image = MANAGED["properties"]["image"]
+    enabled = MANAGED["properties"]["persistence"]["properties"]["enabled"]
+    assert "default" not in image and "default" not in enabled
+    for kind, default in spec_module.DEFAULT_IMAGES.items():
+        assert default in image["description"], kind
+    assert image["maxLength"] <= 1024  # bounds the cost of the CEL regex below
+
+
+def test_a_redis_image_for_rabbitmq_is_rejected_like_the_operator_does():
+    (rule,) = [r for r in rules(BROKER) if "matches(" in r]
+    pattern = re.search(r"matches\('([^']*)'\)", rule).group(1)
+    assert pattern == spec_module.REDIS_IMAGE_PATTERN.pattern
+    assert "self.type != 'rabbitmq'" in rule
+    for image in ("redis:7.2-alpine", "docker.io/library/redis@sha256:0", "bitnami/redis"):
+        assert re.search(pattern, image), image
+    for image in ("rabbitmq:3.13-management", "registry.example.com/redis-tools/rabbitmq:3"):
+        assert not re.search(pattern, image), image
+
+
+@pytest.mark.parametrize(("kind", "condition"), [("rabbitmq", "'rabbitmq'"), ("redis", "'redis'")])
+def test_managed_statefulset_names_fit_the_revision_hash_label(kind, condition):
+    """`<name>-<suffix>-<10-char hash>` is a label value: at most 63 characters."""
+    longest = 63 - 11 - len(naming.broker_name("", kind))
+    matching = [r for r in rules(SCHEMA) if condition in r and "metadata.name.size()" in r]
+    (rule,) = matching
+    assert rule.endswith(f"self.metadata.name.size() <= {longest}")
+    if kind == "redis":  # only a persistent Redis is a StatefulSet
+        assert "persistence.enabled" in rule

@@ -84,3 +84,89 @@ def test_switching_to_external_removes_only_owned_broker_objects():
         "containers"
     ][0]["env"]
     assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "tq-broker", "key": "url"}
+
+
+def rabbit_body(**managed) -> dict:
+    b = body()
+    b["spec"]["broker"] = {"type": "rabbitmq", "managed": managed}
+    return b
+
+
+def secret_url(cluster) -> str:
+    return asyncio.run(cluster.read_secret_value("ns", "tq-broker", "url"))
+
+
+def test_managed_rabbitmq_creates_secret_config_statefulset_service_and_policy():
+    cluster = MemoryCluster()
+    report = run(cluster, rabbit_body())
+    assert report == {
+        "Secret/tq-broker": "created",
+        "ConfigMap/tq-rabbitmq": "created",
+        "StatefulSet/tq-rabbitmq": "created",
+        "Service/tq-rabbitmq": "created",
+        "NetworkPolicy/tq-rabbitmq": "created",
+        "Deployment/tq-worker": "created",
+    }
+    assert secret_url(cluster).startswith("amqp://ebbtide-")
+    for key in cluster.objects:
+        refs = cluster.objects[key]["metadata"]["ownerReferences"]
+        assert [ref["uid"] for ref in refs] == ["u1"], key
+
+
+def test_rabbitmq_reconcile_is_idempotent_and_applies_config_changes():
+    cluster = MemoryCluster()
+    run(cluster, rabbit_body())
+    url = secret_url(cluster)
+    report = run(cluster, rabbit_body(resources={"limits": {"memory": "1Gi"}}))
+    assert report["Secret/tq-broker"] == "kept" and secret_url(cluster) == url
+    assert report["ConfigMap/tq-rabbitmq"] == "updated"
+    conf = cluster.objects[("ConfigMap", "ns", "tq-rabbitmq")]["data"]["rabbitmq.conf"]
+    assert "total_memory_available_override_value = 1073741824" in conf
+    assert not any(v == "deleted" for v in report.values())
+
+
+def test_switching_redis_to_rabbitmq_replaces_secret_and_broker_objects():
+    cluster = MemoryCluster()
+    run(cluster, body())
+    assert secret_url(cluster).startswith("redis://")
+    report = run(cluster, rabbit_body())
+    assert report["Secret/tq-broker"] == "replaced"
+    assert secret_url(cluster).startswith("amqp://")
+    for kind in ("Deployment", "Service", "NetworkPolicy"):
+        assert report[f"{kind}/tq-redis"] == "deleted"
+        assert (kind, "ns", "tq-redis") not in cluster.objects
+    assert ("StatefulSet", "ns", "tq-rabbitmq") in cluster.objects
+    # ...and back: the RabbitMQ objects, ConfigMap included, go.
+    report = run(cluster, body())
+    assert report["Secret/tq-broker"] == "replaced" and secret_url(cluster).startswith("redis://")
+    for kind in ("StatefulSet", "Service", "NetworkPolicy", "ConfigMap"):
+        assert report[f"{kind}/tq-rabbitmq"] == "deleted"
+
+
+def test_a_users_secret_is_never_replaced_even_for_another_type():
+    cluster = MemoryCluster()
+    run(cluster, body())
+    cluster.objects[("Secret", "ns", "tq-broker")]["metadata"]["ownerReferences"] = []
+    report = run(cluster, rabbit_body())
+    assert report["Secret/tq-broker"] == "kept"
+    assert secret_url(cluster).startswith("redis://")
+
+
+def test_rabbitmq_persistence_off_is_a_deployment_and_switching_replaces_it():
+    cluster = MemoryCluster()
+    run(cluster, rabbit_body())
+    report = run(cluster, rabbit_body(persistence={"enabled": False}))
+    assert report["Deployment/tq-rabbitmq"] == "created"
+    assert report["StatefulSet/tq-rabbitmq"] == "deleted"
+
+
+def test_switching_rabbitmq_to_external_removes_every_owned_broker_object():
+    cluster = MemoryCluster()
+    run(cluster, rabbit_body())
+    b = rabbit_body()
+    b["spec"]["broker"] = {"type": "rabbitmq", "external": {"secretRef": {"name": "mine"}}}
+    report = run(cluster, b)
+    for kind in ("StatefulSet", "Service", "NetworkPolicy", "ConfigMap"):
+        assert report[f"{kind}/tq-rabbitmq"] == "deleted"
+    assert report["Secret/tq-broker"] == "deleted"
+    assert {key[0] for key in cluster.objects} == {"Deployment"}

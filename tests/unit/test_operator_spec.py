@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from ebbtide_operator.spec import SpecError, parse_spec
+from ebbtide_operator.spec import (
+    DEFAULT_RABBITMQ_IMAGE,
+    DEFAULT_REDIS_IMAGE,
+    SpecError,
+    parse_spec,
+)
 
 
 def minimal() -> dict:
@@ -26,6 +31,28 @@ def test_defaults():
     assert spec.queue_order == "weighted"
 
 
+@pytest.mark.parametrize(
+    ("kind", "image", "persistent"),
+    [("redis", DEFAULT_REDIS_IMAGE, False), ("rabbitmq", DEFAULT_RABBITMQ_IMAGE, True)],
+)
+def test_managed_broker_defaults_depend_on_the_type(kind, image, persistent):
+    raw = minimal()
+    raw["broker"] = {"type": kind, "managed": {"persistence": {"size": "3Gi"}}}
+    managed = parse_spec(raw).broker.managed
+    assert managed.image == image
+    assert managed.persistence.enabled is persistent
+    assert managed.persistence.size == "3Gi" and managed.persistence.deletion_policy == "Retain"
+    raw["broker"]["managed"]["persistence"]["enabled"] = not persistent
+    assert parse_spec(raw).broker.managed.persistence.enabled is (not persistent)
+
+
+def test_managed_rabbitmq_is_accepted_with_its_own_image():
+    raw = minimal()
+    raw["broker"] = {"type": "rabbitmq", "managed": {"image": "rabbitmq:3.13.7"}}
+    spec = parse_spec(raw)
+    assert spec.broker.type == "rabbitmq" and spec.broker.managed.image == "rabbitmq:3.13.7"
+
+
 def test_queue_target_defaults_to_scaling_target():
     raw = minimal()
     raw["scaling"] = {"targetBacklogSeconds": 12}
@@ -40,6 +67,12 @@ def test_queue_target_defaults_to_scaling_target():
         (lambda s: s["broker"].update(managed={}), "spec.broker.managed"),
         (lambda s: s["broker"].pop("external"), "spec.broker.managed"),
         (lambda s: s["broker"].update(type="kafka"), "spec.broker.type"),
+        (
+            lambda s: s.update(
+                broker={"type": "rabbitmq", "managed": {"image": "docker.io/library/redis:7"}}
+            ),
+            "spec.broker.managed.image",
+        ),
         (lambda s: s.update(queues=[]), "spec.queues"),
         (lambda s: s.update(queues=[{"name": "a"}, {"name": "a"}]), "spec.queues[1].name"),
         (lambda s: s["worker"].update(app="nocolon"), "spec.worker.app"),

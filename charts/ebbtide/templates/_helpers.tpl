@@ -51,10 +51,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 The rules the operator needs on the objects it reconciles, shared by the ClusterRole
 (all namespaces) and the per-namespace Roles. Derived from what the operator does:
 - taskqueues: kopf watches them and patches them (finalizer, progress annotations, status);
-- deployments/statefulsets: the worker Deployment and the managed Redis; the scale
-  subresource is the only thing written on every tick;
-- services/secrets/persistentvolumeclaims/networkpolicies: the managed Redis and its Secret,
-  and reading the external broker's Secret;
+- deployments/statefulsets: the worker Deployment and the managed Redis or RabbitMQ; the
+  scale subresource is the only thing written on every tick;
+- services/secrets/persistentvolumeclaims/networkpolicies: the managed broker and its
+  Secret, and reading the external broker's Secret;
+- configmaps: the managed RabbitMQ's rabbitmq.conf and enabled_plugins (no list/watch);
 - pods: reading worker pods and annotating pod-deletion-cost before a scale-down;
 - events: kopf's and the operator's Events (core and events.k8s.io).
 No wildcards: every verb is listed.
@@ -75,6 +76,9 @@ No wildcards: every verb is listed.
 - apiGroups: [""]
   resources: ["services", "secrets", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]

@@ -1,0 +1,283 @@
+"""Pure builders for a managed RabbitMQ: Secret, ConfigMap, workload, Service, NetworkPolicy.
+
+One node, from the official `rabbitmq` image, with the management plugin on (the runtime
+reads ready/unacked/oldest-age/ack counts from its HTTP API). The Secret holds a generated
+user (never `guest`) as a definitions file that the node imports at every boot, so the
+credentials in the Secret are always the ones that work, even on a PVC kept from an
+earlier TaskQueue of the same name. No I/O here; every object is owned by the TaskQueue.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+from typing import Any
+
+from ebbtide_operator import naming
+from ebbtide_operator.build_broker import (
+    Body,
+    broker_network_policy,
+    broker_service,
+    broker_workload,
+    container_security,
+    owned,
+    pod_security,
+    secret_object,
+)
+from ebbtide_operator.build_worker import spec_hash
+from ebbtide_operator.spec import ManagedBrokerSpec
+
+RABBITMQ_UID = 999  # the `rabbitmq` user of the official images
+VHOST = "/"
+# `management` lets the user read its own vhost's queues over HTTP (all the runtime needs)
+# without the administrator rights to create users or change permissions.
+USER_TAGS = ["management"]
+CONFIG_DIR = "/etc/rabbitmq"  # the image's RABBITMQ_CONFIG_FILE / ENABLED_PLUGINS_FILE live here
+HOME_DIR = "/var/lib/rabbitmq"  # HOME: the Erlang cookie
+DATA_DIR = "/var/lib/rabbitmq/mnesia"  # RABBITMQ_MNESIA_BASE: queues and messages
+LOG_DIR = "/var/log/rabbitmq"  # upgrade log and crash dumps (log lines go to the console)
+STATISTICS_INTERVAL_MS = 2000  # management sampling; the default 5 s would lag the scaler
+GRACE_SECONDS = 60  # a clean stop flushes queue indexes; a killed node recovers slowly
+
+_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+
+
+def generate_username() -> str:
+    """A fresh user name per TaskQueue; `guest` is never created."""
+    return f"ebbtide-{secrets.token_hex(4)}"
+
+
+def rabbitmq_url(taskqueue: str, namespace: str, username: str, password: str) -> str:
+    """The runtime's URL: AMQP on the default vhost, management API on the same host."""
+    host = f"{naming.rabbitmq_name(taskqueue)}.{namespace}.svc"
+    return (
+        f"amqp://{username}:{password}@{host}:{naming.RABBITMQ_PORT}/%2F"
+        f"?management_port={naming.RABBITMQ_MANAGEMENT_PORT}"
+    )
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt + sha256(salt + password))."""
+    salt = secrets.token_bytes(4) if salt is None else salt
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def definitions(username: str, password: str) -> dict[str, Any]:
+    """The user, the vhost and its permissions, as RabbitMQ's definitions import wants them.
+    With definitions to load the node never seeds its default `guest` user."""
+    return {
+        "users": [
+            {
+                "name": username,
+                "password_hash": password_hash(password),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": USER_TAGS,
+            }
+        ],
+        "vhosts": [{"name": VHOST}],
+        "permissions": [
+            {"user": username, "vhost": VHOST, "configure": ".*", "write": ".*", "read": ".*"}
+        ],
+    }
+
+
+def rabbitmq_secret(owner: Body, username: str, password: str) -> dict[str, Any]:
+    """User, password, the full `amqp://` URL (for workers/producers) and the definitions
+    file the node loads (it only holds the salted hash)."""
+    name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    return secret_object(
+        owner,
+        {
+            naming.BROKER_USERNAME_KEY: username,
+            naming.BROKER_PASSWORD_KEY: password,
+            naming.BROKER_URL_KEY: rabbitmq_url(name, namespace, username, password),
+            naming.BROKER_DEFINITIONS_KEY: json.dumps(definitions(username, password)),
+        },
+    )
+
+
+def memory_bytes(quantity: object) -> int | None:
+    """A Kubernetes memory quantity in bytes (`512Mi`, `1G`, `1073741824`); None if odd."""
+    match = _QUANTITY.match(str(quantity).strip())
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+
+
+def rabbitmq_conf(managed: ManagedBrokerSpec) -> str:
+    """rabbitmq.conf. With a memory limit, RabbitMQ is told it (it does not always see the
+    cgroup limit) so its memory alarm throttles publishers before the OOM killer strikes."""
+    lines = [
+        "# Written by the Ebbtide operator; a change restarts the broker pod.",
+        f"listeners.tcp.default = {naming.RABBITMQ_PORT}",
+        f"management.tcp.port = {naming.RABBITMQ_MANAGEMENT_PORT}",
+        f"load_definitions = {CONFIG_DIR}/{naming.BROKER_DEFINITIONS_KEY}",
+        "log.console = true",
+        "log.console.level = info",
+        "log.file = false",
+        f"collect_statistics_interval = {STATISTICS_INTERVAL_MS}",
+    ]
+    limit = memory_bytes((managed.resources.get("limits") or {}).get("memory", ""))
+    if limit:
+        lines.append(f"total_memory_available_override_value = {limit}")
+    return "\n".join(lines) + "\n"
+
+
+def enabled_plugins() -> str:
+    return "[rabbitmq_management].\n"
+
+
+def rabbitmq_config_map(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    return owned(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": naming.rabbitmq_name(name),
+                "labels": naming.common_labels(name, "broker"),
+            },
+            "data": {"rabbitmq.conf": rabbitmq_conf(managed), "enabled_plugins": enabled_plugins()},
+        },
+        owner,
+    )
+
+
+def _secret_env(name: str, taskqueue: str, key: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "valueFrom": {"secretKeyRef": {"name": naming.broker_secret_name(taskqueue), "key": key}},
+    }
+
+
+def _rabbitmq_container(managed: ManagedBrokerSpec) -> dict[str, Any]:
+    probe = {"tcpSocket": {"port": "amqp"}, "timeoutSeconds": 5}
+    container: dict[str, Any] = {
+        "name": "rabbitmq",
+        "image": managed.image,
+        # The image's entrypoint and `rabbitmq-server` command are kept.
+        "env": [
+            # The image's defaults, spelled out so that they match the mounts below.
+            {"name": "HOME", "value": HOME_DIR},
+            {"name": "RABBITMQ_CONFIG_FILE", "value": f"{CONFIG_DIR}/rabbitmq.conf"},
+            {"name": "RABBITMQ_ENABLED_PLUGINS_FILE", "value": f"{CONFIG_DIR}/enabled_plugins"},
+            {"name": "RABBITMQ_MNESIA_BASE", "value": DATA_DIR},
+            {"name": "RABBITMQ_LOG_BASE", "value": LOG_DIR},
+            # The node's name (and so its data directory) must not follow the pod's hostname.
+            {"name": "RABBITMQ_NODENAME", "value": "rabbit@localhost"},
+            {"name": "RABBITMQ_USE_LONGNAME", "value": "false"},
+            # epmd and Erlang distribution stay on loopback: only AMQP and HTTP face the pod network.
+            {"name": "ERL_EPMD_ADDRESS", "value": "127.0.0.1"},
+            {
+                "name": "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "value": "-kernel inet_dist_use_interface {127,0,0,1}",
+            },
+        ],
+        "ports": [
+            {"name": "amqp", "containerPort": naming.RABBITMQ_PORT, "protocol": "TCP"},
+            {
+                "name": "management",
+                "containerPort": naming.RABBITMQ_MANAGEMENT_PORT,
+                "protocol": "TCP",
+            },
+        ],
+        # Booting (or recovering a big message store) can take minutes; after that the
+        # AMQP listener is the signal, as it only opens once the node is fully up.
+        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 120},
+        "readinessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 4},
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "home", "mountPath": HOME_DIR},
+            {"name": "data", "mountPath": DATA_DIR},
+            {"name": "logs", "mountPath": LOG_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": container_security(),
+    }
+    if managed.resources:
+        container["resources"] = dict(managed.resources)
+    return container
+
+
+def rabbitmq_workload(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]:
+    """A StatefulSet with a PVC (persistent, the default) or a Deployment with an emptyDir.
+
+    The root filesystem is read-only: the node writes only to its volumes. The config
+    directory is a read-only projection of the ConfigMap and the Secret's definitions;
+    HOME (the Erlang cookie, rewritten at every start) is an emptyDir apart from the data
+    PVC, because the kubelet's fsGroup chmod of a reused volume would make the cookie
+    group-readable and Erlang refuses such a cookie.
+    """
+    name = owner["metadata"]["name"]
+    security = pod_security(RABBITMQ_UID)
+    security["fsGroupChangePolicy"] = "OnRootMismatch"  # no recursive chown of a big PVC
+    config_sources = [
+        {"configMap": {"name": naming.rabbitmq_name(name)}},
+        {
+            "secret": {
+                "name": naming.broker_secret_name(name),
+                "items": [
+                    {
+                        "key": naming.BROKER_DEFINITIONS_KEY,
+                        "path": naming.BROKER_DEFINITIONS_KEY,
+                    }
+                ],
+            }
+        },
+    ]
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+        "securityContext": security,
+        "containers": [_rabbitmq_container(managed)],
+        "volumes": [
+            # 0440: readable by the rabbitmq group (fsGroup) only.
+            {"name": "config", "projected": {"sources": config_sources, "defaultMode": 0o440}},
+            {"name": "home", "emptyDir": {"sizeLimit": "16Mi"}},
+            {"name": "logs", "emptyDir": {"sizeLimit": "256Mi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        ],
+    }
+    config_hash = spec_hash(rabbitmq_config_map(owner, managed)["data"])
+    return broker_workload(
+        owner,
+        naming.rabbitmq_name(name),
+        pod_spec,
+        managed.persistence,
+        annotations={naming.CONFIG_HASH_ANNOTATION: config_hash},
+    )
+
+
+def rabbitmq_service(owner: Body) -> dict[str, Any]:
+    return broker_service(
+        owner,
+        naming.rabbitmq_name(owner["metadata"]["name"]),
+        {"amqp": naming.RABBITMQ_PORT, "management": naming.RABBITMQ_MANAGEMENT_PORT},
+    )
+
+
+def rabbitmq_network_policy(owner: Body) -> dict[str, Any]:
+    return broker_network_policy(
+        owner,
+        naming.rabbitmq_name(owner["metadata"]["name"]),
+        [naming.RABBITMQ_PORT, naming.RABBITMQ_MANAGEMENT_PORT],
+    )
