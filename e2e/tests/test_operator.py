@@ -379,3 +379,44 @@ def test_broker_down_holds_replicas_and_reports_degraded(
     tq = read_tq(custom, namespace, "fragile")
     assert condition(tq, "ScalingActive")["reason"] == "BrokerUnreachable"
     assert worker_replicas(apps, namespace, "fragile") == 2, "replicas are held, never dropped"
+
+
+# -- managed RabbitMQ: a StatefulSet with a PVC, credentials, the management plugin ------
+
+
+def test_managed_rabbitmq_objects(core, apps, custom, operator, namespace):
+    from kubernetes import client
+
+    tq = create_tq(custom, namespace, taskqueue("rabbit", {"type": "rabbitmq", "managed": {}}))
+    uid = tq["metadata"]["uid"]
+    net = client.NetworkingV1Api(core.api_client)
+
+    secret = wait_for(
+        lambda: core.read_namespaced_secret("rabbit-broker", namespace), 60, "the broker Secret"
+    )
+    broker = wait_for(
+        lambda: apps.read_namespaced_stateful_set("rabbit-rabbitmq", namespace),
+        60,
+        "the RabbitMQ StatefulSet",
+    )
+    service = core.read_namespaced_service("rabbit-rabbitmq", namespace)
+    config = core.read_namespaced_config_map("rabbit-rabbitmq", namespace)
+    policy = net.read_namespaced_network_policy("rabbit-rabbitmq", namespace)
+    for obj in (secret, broker, service, config, policy):
+        owners = obj.metadata.owner_references or []
+        assert [(o.kind, o.uid) for o in owners] == [("TaskQueue", uid)], obj.metadata.name
+
+    data = {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
+    assert data["username"] != "guest" and len(data["password"]) >= 24
+    assert data["url"].startswith(f"amqp://{data['username']}:")
+    assert "management_port=15672" in data["url"]
+    assert "rabbitmq_management" in config.data["enabled_plugins"]
+    assert {p.port for p in service.spec.ports} == {5672, 15672}
+
+    claim = broker.spec.volume_claim_templates[0]
+    assert claim.spec.resources.requests["storage"]
+    assert broker.spec.persistent_volume_claim_retention_policy.when_deleted == "Retain"
+    container = broker.spec.template.spec.containers[0]
+    assert broker.spec.template.spec.security_context.run_as_non_root is True
+    assert container.security_context.read_only_root_filesystem is True
+    assert container.security_context.capabilities.drop == ["ALL"]
