@@ -9,10 +9,8 @@ start fails the run. Outside CI, a missing Go toolchain skips loudly.
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -20,22 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from e2e.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
-from e2e.kubeconfig import write_token  # noqa: E402
 from e2e.tests.support import (  # noqa: E402
+    RELEASE,
     KubeletProcess,
     OperatorProcess,
+    install_chart,
+    service_account_kubeconfig,
+    uninstall_chart,
     wait_for,
 )
-
-RELEASE = "ebbtide"
-SYSTEM_NAMESPACE = "ebbtide-system"
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -153,7 +150,31 @@ def namespace(kube_env: KubeEnv, core) -> Iterator[str]:
 
     wait_for(has_default_sa, 60, f"the default ServiceAccount in {name}")
     yield name
-    core.delete_namespace(name, propagation_policy="Foreground")
+    delete_taskqueues(core, name)
+    core.delete_namespace(name)
+
+
+def delete_taskqueues(core, namespace: str) -> None:
+    """Delete a namespace's TaskQueues and wait until they are gone, while the operator is
+    still running: kopf keeps a finalizer on TaskQueues with a daemon, so a namespace
+    deleted after the operator stopped would hang in Terminating."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(core.api_client)
+
+    def remaining() -> list:
+        try:
+            return custom.list_namespaced_custom_object(
+                "ebbtide.dev", "v1alpha1", namespace, "taskqueues"
+            )["items"]
+        except client.ApiException:
+            return []  # no CRD installed: nothing to wait for
+
+    for tq in remaining():
+        custom.delete_namespaced_custom_object(
+            "ebbtide.dev", "v1alpha1", namespace, "taskqueues", tq["metadata"]["name"]
+        )
+    wait_for(lambda: not remaining(), 60, f"the TaskQueues in {namespace} deleted")
 
 
 @pytest.fixture(scope="session")
@@ -162,49 +183,10 @@ def chart(kube_env: KubeEnv) -> Iterator[str]:
     plane images cannot run, so the chart's operator Deployment gets 0 replicas and the
     `operator` fixture runs the same code as a local process instead."""
     helm = kube_env.tool("helm")
-    argv = [
-        helm,
-        "upgrade",
-        "--install",
-        RELEASE,
-        str(ROOT / "charts" / "ebbtide"),
-        "--namespace",
-        SYSTEM_NAMESPACE,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "120s",
-    ]
-    if kube_env.local:
-        argv += ["--set", "replicaCount=0"]
-    result = subprocess.run(argv, env=kube_env.env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"helm install failed:\n{result.stdout}\n{result.stderr}"
+    install_chart(helm, kube_env.env, operator_replicas=0 if kube_env.local else None)
     yield RELEASE
     if kube_env.local:
-        subprocess.run(
-            [helm, "uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait"],
-            env=kube_env.env,
-            capture_output=True,
-            check=False,
-        )
-
-
-def service_account_kubeconfig(kube_env: KubeEnv, core, path: Path) -> str:
-    """A kubeconfig holding a token of the chart's ServiceAccount, so the operator has
-    exactly the chart's RBAC: a missing rule fails the test instead of being masked by
-    admin credentials."""
-    from kubernetes import client
-
-    request = client.AuthenticationV1TokenRequest(
-        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=7200)
-    )
-    token = core.create_namespaced_service_account_token(
-        RELEASE, SYSTEM_NAMESPACE, request
-    ).status.token
-    cluster = yaml.safe_load(Path(kube_env.kubeconfig).read_text())["clusters"][0]["cluster"]
-    ca_path = path.parent / "ca.crt"
-    ca_path.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
-    return str(write_token(path, cluster["server"], ca_path, token, "operator", "default"))
+        uninstall_chart(helm, kube_env.env)
 
 
 @pytest.fixture(scope="session")
@@ -217,7 +199,9 @@ def operator(
         yield None
         return
     workdir = tmp_path_factory.mktemp("operator")
-    kubeconfig = service_account_kubeconfig(kube_env, core, workdir / "operator.kubeconfig")
+    kubeconfig = service_account_kubeconfig(
+        kube_env.kubeconfig, core, workdir / "operator.kubeconfig"
+    )
     process = OperatorProcess.start(kubeconfig, [], workdir, {})
     try:
         yield process

@@ -3,6 +3,7 @@ harness's own processes: the process kubelet and the operator."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -14,10 +15,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from e2e import processes
+from e2e.kubeconfig import write_token
 
 ROOT = Path(__file__).resolve().parents[2]
+RELEASE = "ebbtide"
+SYSTEM_NAMESPACE = "ebbtide-system"
 T = TypeVar("T")
+
+
+def install_chart(helm: str, env: dict[str, str], operator_replicas: int | None = None) -> None:
+    """`helm upgrade --install` charts/ebbtide into ebbtide-system, every namespace watched."""
+    argv = [helm, "upgrade", "--install", RELEASE, str(ROOT / "charts" / "ebbtide")]
+    argv += ["--namespace", SYSTEM_NAMESPACE, "--create-namespace", "--wait", "--timeout", "120s"]
+    if operator_replicas is not None:
+        argv += ["--set", f"replicaCount={operator_replicas}"]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"helm install failed:\n{result.stdout}\n{result.stderr}"
+
+
+def uninstall_chart(helm: str, env: dict[str, str]) -> None:
+    argv = [helm, "uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait"]
+    subprocess.run(argv, env=env, capture_output=True, check=False)
+
+
+def service_account_kubeconfig(admin_kubeconfig: str, core, path: Path) -> str:
+    """A kubeconfig holding a TokenRequest token of the chart's ServiceAccount, so the
+    operator has exactly the chart's RBAC: a missing rule fails instead of being masked by
+    admin credentials."""
+    from kubernetes import client
+
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=7200)
+    )
+    token = core.create_namespaced_service_account_token(
+        RELEASE, SYSTEM_NAMESPACE, request
+    ).status.token
+    cluster = yaml.safe_load(Path(admin_kubeconfig).read_text())["clusters"][0]["cluster"]
+    ca_path = path.parent / "ca.crt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ca_path.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+    return str(write_token(path, cluster["server"], ca_path, token, "operator", "default"))
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:

@@ -19,6 +19,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from ebbtide_operator import naming
+from ebbtide_operator.deployment_cache import DeploymentCache
 
 log = logging.getLogger(__name__)
 MERGE = "application/merge-patch+json"
@@ -37,7 +38,12 @@ def load_config() -> None:
 class KubeCluster:
     """Async facade over the typed clients, one shared connection pool."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient | None = None, threads: int = 16):
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient | None = None,
+        threads: int = 16,
+        deployments: DeploymentCache | None = None,
+    ):
         if api_client is None:
             configuration = kubernetes.client.Configuration.get_default_copy()
             configuration.connection_pool_maxsize = threads
@@ -50,6 +56,7 @@ class KubeCluster:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             threads, thread_name_prefix="ebbtide-kube"
         )
+        self.deployments = deployments
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one API call in the pool; returns the response as plain JSON. Responses are
@@ -131,7 +138,15 @@ class KubeCluster:
         return base64.b64decode(value).decode()
 
     async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self.read("Deployment", namespace, name)
+        """From the watch cache when there is one; a GET only for a Deployment not seen yet."""
+        if self.deployments is not None:
+            cached = self.deployments.get(namespace, name)
+            if cached is not None:
+                return cached
+        live = await self.read("Deployment", namespace, name)
+        if self.deployments is not None:
+            self.deployments.remember(live)
+        return live
 
     async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         """Writes only `spec.replicas`, through the scale subresource."""
@@ -142,6 +157,8 @@ class KubeCluster:
             {"spec": {"replicas": replicas}},
             _content_type=MERGE,
         )
+        if self.deployments is not None:
+            self.deployments.scaled(namespace, name, replicas)
 
     async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> bool:
         """False when the pod is already gone."""

@@ -19,6 +19,7 @@ import kopf
 
 from ebbtide_operator import kube, naming, provision
 from ebbtide_operator.broker_io import BrokerReader
+from ebbtide_operator.deployment_cache import DeploymentCache
 from ebbtide_operator.metrics import OperatorMetrics
 from ebbtide_operator.spec import SpecError, parse_spec
 from ebbtide_operator.tick import TaskQueueTicker, phase, run_periodically
@@ -30,6 +31,7 @@ class Runtime:
     """Process-wide clients, built at startup (not at import: tests import this module)."""
 
     cluster: kube.KubeCluster | None = None
+    deployments: DeploymentCache = DeploymentCache()
     reader: BrokerReader | None = None
     metrics: OperatorMetrics = OperatorMetrics()
 
@@ -45,7 +47,9 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     settings.persistence.finalizer = "ebbtide.dev/finalizer"
     settings.networking.request_timeout = 60
     await asyncio.to_thread(kube.load_config)
-    Runtime.cluster = kube.KubeCluster(threads=int(os.environ.get("EBBTIDE_KUBE_THREADS", "16")))
+    Runtime.cluster = kube.KubeCluster(
+        threads=int(os.environ.get("EBBTIDE_KUBE_THREADS", "16")), deployments=Runtime.deployments
+    )
     Runtime.reader = BrokerReader(max_threads=int(os.environ.get("EBBTIDE_BROKER_THREADS", "64")))
     port = int(os.environ.get("EBBTIDE_OPERATOR_METRICS_PORT", "8081"))
     if port:
@@ -83,6 +87,20 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, logger: logging.Logger, **
 async def forget(meta: kopf.Meta, **_: Any) -> None:
     """Owned objects go by garbage collection; only our metric series need dropping."""
     Runtime.metrics.forget(meta["namespace"], meta["name"])
+
+
+@kopf.on.event(
+    "apps",
+    "v1",
+    "deployments",
+    labels={
+        "app.kubernetes.io/managed-by": naming.MANAGED_BY,
+        "app.kubernetes.io/component": "worker",
+    },
+)
+def watch_worker_deployment(event: kopf.RawEvent, **_: Any) -> None:
+    """Feed the informer cache the ticks read replicas from (no GET per tick)."""
+    Runtime.deployments.apply(event.get("type"), event["object"])
 
 
 def poll_seconds(body: Mapping[str, Any]) -> float:

@@ -1,0 +1,259 @@
+"""The real operator on the real API server: are 200 TaskQueues' ticks on time, and how
+fast does a burst on an idle TaskQueue scale its workers up?
+
+Brings up the local control plane (e2e/controlplane.py; reuses a running one), installs the
+chart, starts `kopf run -m ebbtide_operator.main` as the chart's ServiceAccount, and creates
+N TaskQueues on one real redis-server (minReplicas 0, so no pods are needed). Then, over
+`--seconds`:
+
+- **tick lateness** comes from the operator's own `ebbtide_tick_lateness_seconds` histogram
+  (scraped before and after), next to the number of ticks expected from N / poll;
+- **reaction**: bursts land on idle TaskQueues at random moments; a watch on Deployments
+  times each one from the moment its tasks are in Redis to the first `spec.replicas` > 0
+  written by the operator. Target: one poll plus a second.
+
+    .venv/bin/python bench/operator_e2e.py [--taskqueues 200] [--poll 2] [--seconds 60] [--bursts 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import ebbtide  # noqa: E402
+from support.servers import redis_server  # noqa: E402
+
+from e2e.controlplane import ControlPlane  # noqa: E402
+from e2e.tests.support import (  # noqa: E402
+    OperatorProcess,
+    install_chart,
+    service_account_kubeconfig,
+    wait_for,
+)
+
+NS = "bench-operator"
+
+
+def taskqueue(i: int, poll: float) -> dict:
+    return {
+        "apiVersion": "ebbtide.dev/v1alpha1",
+        "kind": "TaskQueue",
+        "metadata": {"name": f"tq{i:03d}"},
+        "spec": {
+            "broker": {"type": "redis", "external": {"secretRef": {"name": "broker"}}},
+            "queues": [{"name": f"q{i:03d}"}],
+            "worker": {"image": "ebbtide/runtime:bench", "app": "m:app", "concurrency": 4},
+            "scaling": {
+                "minReplicas": 0,
+                "maxReplicas": 20,
+                "pollSeconds": poll,
+                "initialTaskSeconds": 0.1,
+            },
+        },
+    }
+
+
+def histogram(metrics_port: int, name: str) -> dict[str, float]:
+    """Cumulative bucket counts (le -> count) of one histogram, summed over label sets."""
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
+    buckets: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def lateness_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    delta = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
+    total = delta.get("+Inf", 0.0)
+    share = {le: (count / total if total else float("nan")) for le, count in delta.items()}
+    return {"ticks": total, **{f"share_le_{le}s": round(v, 4) for le, v in share.items()}}
+
+
+def watch_scale_ups(
+    apps, landed: dict[str, float], reactions: dict[str, float], stop: threading.Event
+) -> None:
+    """Record, per burst TaskQueue, seconds from its burst landing to replicas > 0."""
+    from kubernetes import watch
+
+    while not stop.is_set():
+        stream = watch.Watch()
+        for event in stream.stream(apps.list_namespaced_deployment, NS, timeout_seconds=5):
+            deployment = event["object"]
+            name = deployment.metadata.name.removesuffix("-worker")
+            if name in landed and name not in reactions and (deployment.spec.replicas or 0) > 0:
+                reactions[name] = time.monotonic() - landed[name]
+            if stop.is_set():
+                stream.stop()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--taskqueues", type=int, default=200)
+    parser.add_argument("--poll", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--bursts", type=int, default=12)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    from kubernetes import client, config
+
+    plane = ControlPlane(attached=True).up()
+    env = {"KUBECONFIG": str(plane.kubeconfig), "PATH": "/usr/bin:/bin"}
+    api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    operator = None
+    try:
+        install_chart(str(plane.bin_dir / "helm"), env, operator_replicas=0)
+        if NS in {n.metadata.name for n in core.list_namespace().items}:
+            core.delete_namespace(NS)
+            wait_for(
+                lambda: NS not in {n.metadata.name for n in core.list_namespace().items},
+                120,
+                "old namespace gone",
+            )
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+        with redis_server() as url:
+            core.create_namespaced_secret(
+                NS,
+                client.V1Secret(
+                    metadata=client.V1ObjectMeta(name="broker"), string_data={"url": url}
+                ),
+            )
+            for i in range(args.taskqueues):
+                custom.create_namespaced_custom_object(
+                    "ebbtide.dev", "v1alpha1", NS, "taskqueues", taskqueue(i, args.poll)
+                )
+            workdir = Path(plane.root) / "bench-operator"
+            kubeconfig = service_account_kubeconfig(
+                str(plane.kubeconfig), core, workdir / "operator.kubeconfig"
+            )
+            operator = OperatorProcess.start(kubeconfig, [NS], workdir, {})
+
+            def all_reporting() -> bool:
+                items = custom.list_namespaced_custom_object(
+                    "ebbtide.dev", "v1alpha1", NS, "taskqueues"
+                )["items"]
+                return (
+                    sum(1 for tq in items if tq.get("status", {}).get("conditions"))
+                    == args.taskqueues
+                )
+
+            settle_started = time.monotonic()
+            wait_for(all_reporting, 300, f"all {args.taskqueues} TaskQueues reporting status")
+            settle = time.monotonic() - settle_started
+            result = measure(args, url, apps, operator)
+            result["seconds_until_all_reporting"] = round(settle, 1)
+    finally:
+        # Delete while the operator still runs: kopf keeps a finalizer on TaskQueues with a
+        # daemon, and only a running operator releases it.
+        try:
+            core.delete_namespace(NS)
+            wait_for(
+                lambda: NS not in {n.metadata.name for n in core.list_namespace().items},
+                180,
+                "namespace gone",
+            )
+        except (client.ApiException, AssertionError) as error:
+            print(f"cleanup: {error}", file=sys.stderr)
+        if operator is not None:
+            operator.stop()
+        if plane.started_here:
+            plane.down()
+    report(result, args.json)
+    return 0
+
+
+def measure(args: argparse.Namespace, url: str, apps, operator: OperatorProcess) -> dict:
+    rng = random.Random(20261123)
+    burst_names = [
+        f"tq{i:03d}" for i in rng.sample(range(args.taskqueues), min(args.bursts, args.taskqueues))
+    ]
+    burst_times = sorted(
+        rng.uniform(2, max(3.0, args.seconds - 2 * args.poll - 3)) for _ in burst_names
+    )
+    landed: dict[str, float] = {}
+    reactions: dict[str, float] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=watch_scale_ups, args=(apps, landed, reactions, stop), daemon=True
+    )
+    watcher.start()
+    app = ebbtide.App(broker_url=url)
+    before = histogram(operator.metrics_port, "ebbtide_tick_lateness_seconds")
+    durations_before = histogram(operator.metrics_port, "ebbtide_tick_duration_seconds")
+    started = time.monotonic()
+    for name, at in zip(burst_names, burst_times, strict=True):
+        time.sleep(max(0.0, started + at - time.monotonic()))  # pacing the load, not synchronising
+        queue = "q" + name.removeprefix("tq")
+        task = app.task(name=f"bench.{name}", queue=queue)(lambda: None)
+        task.send_many([()] * 200)
+        landed[name] = time.monotonic()
+    time.sleep(max(0.0, started + args.seconds - time.monotonic()))  # the measurement window
+    after = histogram(operator.metrics_port, "ebbtide_tick_lateness_seconds")
+    durations = lateness_summary(
+        durations_before, histogram(operator.metrics_port, "ebbtide_tick_duration_seconds")
+    )
+    elapsed = time.monotonic() - started
+    stop.set()
+    watcher.join(timeout=10)
+    app.close()
+    values = sorted(reactions.values())
+    return {
+        "taskqueues": args.taskqueues,
+        "poll_seconds": args.poll,
+        "window_seconds": round(elapsed, 1),
+        "ticks_expected": int(args.taskqueues * elapsed / args.poll),
+        "lateness": lateness_summary(before, after),
+        "tick_duration": durations,
+        "reaction_seconds": {
+            "count": len(values),
+            "missed": len(landed) - len(values),
+            "p50": round(statistics.median(values), 3) if values else None,
+            "max": round(values[-1], 3) if values else None,
+            "target": args.poll + 1.0,
+            "within_target": sum(1 for v in values if v <= args.poll + 1.0),
+        },
+    }
+
+
+def report(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    late = result["lateness"]
+    r = result["reaction_seconds"]
+    print(
+        f"operator on a real API server: {result['taskqueues']} TaskQueues, poll {result['poll_seconds']}s, "
+        f"window {result['window_seconds']}s (all reporting {result['seconds_until_all_reporting']}s after start)"
+    )
+    print(f"  ticks: {late['ticks']:.0f} of {result['ticks_expected']} expected")
+    for key in ("share_le_0.05s", "share_le_0.1s", "share_le_0.5s", "share_le_1.0s"):
+        if key in late:
+            print(f"  ticks started <= {key.removeprefix('share_le_')} late: {late[key]:.2%}")
+    print(
+        f"  burst -> scale-up reaction (n={r['count']}, missed {r['missed']}): p50 {r['p50']}s, max {r['max']}s; "
+        f"{r['within_target']}/{r['count']} within one poll + 1s ({r['target']}s)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
