@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from kubernetes import client, config
 
     plane = ControlPlane(attached=True).up()
-    env = {"KUBECONFIG": str(plane.kubeconfig), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
     api = config.new_client_from_config(config_file=str(plane.kubeconfig))
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     custom = client.CustomObjectsApi(api)

@@ -26,16 +26,21 @@ class BrokerUnreachable(Exception):
     """The statistics could not be read; the message says why, for the condition."""
 
 
-def _redis_client(url: str) -> Any:
+def _redis_client(url: str, max_connections: int) -> Any:
+    """One client per broker URL, shared by every TaskQueue on that broker. Its pool
+    *blocks* when all connections are busy: redis-py's default pool raises "Too many
+    connections" instead, which made TaskQueues sharing a Redis look unreachable."""
     import redis
 
-    return redis.Redis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=SOCKET_TIMEOUT_SECONDS,  # waiting for a free connection
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
         health_check_interval=30,
-        max_connections=4,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 # pika's own defaults (10 s socket, 15 s stack timeout) would outlive the tick's timeout.
@@ -74,6 +79,9 @@ class BrokerReader:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_threads, thread_name_prefix="ebbtide-broker"
         )
+        # Enough connections per broker for every thread to read at once when all the
+        # TaskQueues share one broker, capped so one URL cannot open hundreds.
+        self._connections_per_url = max(4, min(max_threads, 32))
         self._reader = reader
         self._clients: dict[str, Any] = {}
         self._pending: set[str] = set()
@@ -87,7 +95,7 @@ class BrokerReader:
         with self._lock:
             client = self._clients.get(url)
             if client is None:
-                client = self._clients[url] = _redis_client(url)
+                client = self._clients[url] = _redis_client(url, self._connections_per_url)
             return client
 
     def _read(self, url: str, queues: list[str]) -> BrokerStats:

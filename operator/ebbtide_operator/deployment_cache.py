@@ -32,14 +32,15 @@ class DeploymentCache:
         seen = self._items.get(key)
         if seen is not None and _older(body, seen):
             return  # a late event must not undo a newer write we already recorded
-        self._items[key] = {
-            k: copy.deepcopy(body[k]) for k in ("metadata", "spec", "status") if k in body
-        }
+        stored = {k: copy.deepcopy(body[k]) for k in ("metadata", "spec", "status") if k in body}
+        stored.get("metadata", {}).pop("managedFields", None)  # most of the bytes, never read
+        self._items[key] = stored
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A copy of the cached Deployment, or None when it has not been seen."""
-        found = self._items.get((namespace, name))
-        return copy.deepcopy(found) if found is not None else None
+        """The cached Deployment, or None when it has not been seen. Read-only: it is not
+        copied, because every tick of every TaskQueue reads one (a deep copy per read was
+        a quarter of the operator's CPU at 200 TaskQueues)."""
+        return self._items.get((namespace, name))
 
     def remember(self, body: Mapping[str, Any] | None) -> None:
         """A Deployment we just read with a GET."""
@@ -51,7 +52,9 @@ class DeploymentCache:
         watch event is still on its way."""
         found = self._items.get((namespace, name))
         if found is not None:
-            found.setdefault("spec", {})["replicas"] = replicas
+            found = self._items[(namespace, name)] = {**found, "spec": {**found.get("spec", {})}}
+            found["metadata"] = dict(found.get("metadata", {}))
+            found["spec"]["replicas"] = replicas
             meta = found.setdefault("metadata", {})
             if isinstance(meta.get("generation"), int):
                 meta["generation"] += 1  # as the API server does: late events are now older

@@ -13,14 +13,25 @@ def deployment(name="tq-worker", replicas=2, generation=1, ready=None, deleting=
     return body
 
 
-def test_listed_and_modified_objects_are_served_as_copies():
+def test_listed_and_modified_objects_are_served_without_managed_fields():
     cache = DeploymentCache()
     cache.apply(None, deployment(replicas=2))
-    cache.apply("MODIFIED", deployment(replicas=2, ready=2))
+    body = deployment(replicas=2, ready=2)
+    body["metadata"]["managedFields"] = [{"manager": "kube-controller-manager"}]
+    cache.apply("MODIFIED", body)
     got = cache.get("ns", "tq-worker")
     assert got["status"]["readyReplicas"] == 2
-    got["spec"]["replicas"] = 99
-    assert cache.get("ns", "tq-worker")["spec"]["replicas"] == 2, "callers cannot corrupt it"
+    assert "managedFields" not in got["metadata"]
+    assert body["metadata"]["managedFields"], "the event's body is left alone"
+
+
+def test_a_scale_does_not_change_an_object_already_handed_out():
+    cache = DeploymentCache()
+    cache.apply("ADDED", deployment(replicas=1))
+    before = cache.get("ns", "tq-worker")
+    cache.scaled("ns", "tq-worker", 5)
+    assert before["spec"]["replicas"] == 1
+    assert cache.get("ns", "tq-worker")["spec"]["replicas"] == 5
 
 
 def test_unknown_and_deleted_objects_are_misses():
