@@ -284,6 +284,8 @@ class TaskQueueTicker:
         deployment_name = naming.worker_name(name)
         try:
             live = await self.cluster.read_deployment(namespace, deployment_name)
+            if live is None and body["metadata"].get("deletionTimestamp"):
+                return None  # the TaskQueue is going away: never recreate its workers
             if live is None:
                 replicas = spec.scaling.min_replicas
                 if self.memory.policy_state is not None and self.memory.written:

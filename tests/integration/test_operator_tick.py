@@ -261,3 +261,18 @@ def test_invalid_spec_is_reported_in_conditions(env):
     asyncio.run(ticker.tick(body))
     degraded = condition(cluster, "Degraded")
     assert degraded["reason"] == "InvalidSpec" and "spec.scaling.minReplicas" in degraded["message"]
+
+
+def test_a_deleted_deployment_is_recreated_but_not_while_the_taskqueue_is_deleted(env):
+    cluster, reader, url = env
+    body = taskqueue(minReplicas=1)
+    ticker = make_ticker(cluster, reader, body, url)
+    key = ("Deployment", NS, naming.worker_name("tq1"))
+    del cluster.objects[key]
+    asyncio.run(ticker.tick(body))
+    assert key in cluster.objects, "a missing worker Deployment is recreated"
+
+    del cluster.objects[key]
+    body["metadata"]["deletionTimestamp"] = "2026-11-23T18:00:00Z"
+    asyncio.run(ticker.tick(body))
+    assert key not in cluster.objects, "a TaskQueue being deleted gets no new workers"
