@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup deps-system binaries test lint unit integration e2e e2e-kind bench bench-policy bench-operator demo helm-lint cluster-up cluster-down clean
+.PHONY: help setup deps-system binaries test lint unit integration e2e e2e-kind bench bench-policy bench-operator bench-operator-e2e demo helm-lint cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -69,8 +69,11 @@ bench: setup ## Throughput benchmark: Ebbtide vs Celery vs Dramatiq on the same 
 bench-policy: setup ## Autoscaling policy benchmark: backlog time vs a KEDA-style baseline
 	$(PY) bench/policy.py
 
-bench-operator: setup ## Operator tick timeliness: 200 TaskQueues on one operator, real Redis
+bench-operator: setup ## Operator tick timeliness: 200 TaskQueues on one operator, real Redis, in-memory Kubernetes
 	$(PY) bench/operator_ticks.py --taskqueues 200 --poll 1 --seconds 60
+
+bench-operator-e2e: setup binaries ## The real operator on the real API server: 200 TaskQueues, tick timeliness, burst reaction
+	$(PY) bench/operator_e2e.py --taskqueues 200 --poll 2 --seconds 60
 
 demo: setup ## The demo: control plane, chart, operator, a burst, `kubectl get tq -w`; Ctrl-C tears down
 	scripts/demo.sh
