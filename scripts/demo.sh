@@ -33,6 +33,7 @@ TASK_SECONDS=${EBBTIDE_DEMO_TASK_SECONDS:-0.2}
 DURATION=${EBBTIDE_DEMO_SECONDS:-0}
 WORK=$(mktemp -d /tmp/ebbtide-demo.XXXXXX)
 STARTED_CLUSTER=0
+LOCAL_CLUSTER=0
 INSTALLED_CRD=0
 declare -A PIDS=()
 
@@ -121,6 +122,7 @@ if [[ -n "${KUBECONFIG:-}" ]]; then
 else
   say "bringing the control plane up (make cluster-up; the first build takes ~10 min, then it is cached)"
   # Reuse a control plane that is already running, and then leave it running.
+  LOCAL_CLUSTER=1
   "$PY" -m e2e.controlplane status >/dev/null 2>&1 || STARTED_CLUSTER=1
   KUBECONFIG=$("$PY" -m e2e.controlplane up) || die "the control plane did not start (see the line above)"
   export KUBECONFIG
@@ -134,7 +136,7 @@ wait_for 60 "the API server" kubectl get --raw /readyz
 
 # --- 2. process kubelet ----------------------------------------------------------------
 # On the local control plane it is needed; on another cluster only with EBBTIDE_DEMO_KUBELET=1.
-kubelet=${EBBTIDE_DEMO_KUBELET:-$STARTED_CLUSTER}
+kubelet=${EBBTIDE_DEMO_KUBELET:-$LOCAL_CLUSTER}
 if [[ "$kubelet" == 1 ]]; then
   say "starting the process kubelet (pods run as local processes)"
   read -r -a kubelet_cmd <<<"$(kubelet_command)"
