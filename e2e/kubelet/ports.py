@@ -15,6 +15,7 @@ inside a longer path or a URL), or a path under it, is rewritten to a per-pod di
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from collections.abc import Callable, Mapping
@@ -125,12 +126,23 @@ def empty_dir_mounts(
     return mounts
 
 
-def substitute_paths(value: str, mounts: Mapping[str, str]) -> str:
+def substitute_paths(
+    value: str, mounts: Mapping[str, str], exists: Callable[[str], bool] = os.path.exists
+) -> str:
     """Rewrite mount paths (and paths under them) that stand as paths of their own in
     `value`: `/data`, `/data/x`, `--dir=/data`, `test -e /data/ready`, but not `/var/data`,
-    `/database` or `http://host/data`."""
+    `/database` or `http://host/data`. A path under the mount that already exists on this
+    machine is left alone: with an emptyDir on `/tmp`, `PYTHONPATH=/tmp/checkout/apps`
+    names the host's files (a checkout under /tmp), not the pod's scratch space."""
     if not mounts:
         return value
     alternatives = "|".join(re.escape(path) for path in sorted(mounts, key=len, reverse=True))
-    pattern = re.compile(rf"(?<![\w./~-])(?:{alternatives})(?=/|$|[^\w.~-])")
-    return pattern.sub(lambda match: mounts[match.group(0)], value)
+    pattern = re.compile(rf"(?<![\w./~-])({alternatives})(/[^\s:=,;'\"]*)?(?=$|[^\w.~-])")
+
+    def replace(match: re.Match[str]) -> str:
+        mount, rest = match.group(1), match.group(2) or ""
+        if rest.strip("/") and exists(mount + rest):
+            return match.group(0)
+        return mounts[mount] + rest
+
+    return pattern.sub(replace, value)

@@ -107,3 +107,17 @@ def test_empty_dir_mounts_and_paths():
     assert substitute_paths("/var/tmp", mounts) == "/var/tmp"
     assert substitute_paths("http://host/tmp/x", mounts) == "http://host/tmp/x"
     assert substitute_paths("/tmp.d", mounts) == "/tmp.d"
+
+
+def test_a_path_that_exists_on_the_host_is_not_rewritten():
+    """An emptyDir on /tmp must not hide a checkout under /tmp from PYTHONPATH."""
+    mounts = {"/tmp": "/state/volumes/tmp"}
+    host = {"/tmp/ci-clone/e2e/tests/apps"}.__contains__
+    assert (
+        substitute_paths("/tmp/ci-clone/e2e/tests/apps", mounts, host)
+        == "/tmp/ci-clone/e2e/tests/apps"
+    )
+    assert substitute_paths("/tmp/ci-clone/e2e/tests/apps:/tmp/x", mounts, host) == (
+        "/tmp/ci-clone/e2e/tests/apps:/state/volumes/tmp/x"
+    )
+    assert substitute_paths("--dir=/tmp", mounts, host) == "--dir=/state/volumes/tmp"
