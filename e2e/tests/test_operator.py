@@ -59,6 +59,14 @@ def taskqueue(name: str, broker: dict, *, track_url: str = "", scaling: dict | N
     }
 
 
+def assert_controlled_by(uid: str, *objects) -> None:
+    """Each object has exactly one owner, the TaskQueue, as its controller: deleting the
+    TaskQueue garbage-collects it."""
+    for obj in objects:
+        owners = [(o.kind, o.uid, o.controller) for o in obj.metadata.owner_references or []]
+        assert owners == [("TaskQueue", uid, True)], obj.metadata.name
+
+
 def external(secret: str) -> dict:
     return {"type": "redis", "external": {"secretRef": {"name": secret}}}
 
@@ -199,11 +207,7 @@ def test_managed_redis_objects_and_garbage_collection(
         "the worker Deployment",
     )
 
-    for obj in (secret, broker, service, policy, worker):
-        owners = obj.metadata.owner_references or []
-        assert [(o.kind, o.uid, o.controller) for o in owners] == [("TaskQueue", uid, True)], (
-            obj.metadata.name
-        )
+    assert_controlled_by(uid, secret, broker, service, policy, worker)
 
     password = base64.b64decode(secret.data["password"]).decode()
     assert len(password) >= 24, "a generated password, not a default"
@@ -402,9 +406,7 @@ def test_managed_rabbitmq_objects(core, apps, custom, operator, namespace):
     service = core.read_namespaced_service("rabbit-rabbitmq", namespace)
     config = core.read_namespaced_config_map("rabbit-rabbitmq", namespace)
     policy = net.read_namespaced_network_policy("rabbit-rabbitmq", namespace)
-    for obj in (secret, broker, service, config, policy):
-        owners = obj.metadata.owner_references or []
-        assert [(o.kind, o.uid) for o in owners] == [("TaskQueue", uid)], obj.metadata.name
+    assert_controlled_by(uid, secret, broker, service, config, policy)
 
     data = {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
     assert data["username"] != "guest" and len(data["password"]) >= 24
