@@ -121,5 +121,6 @@ async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
         sleep=lambda seconds: stopped.wait(seconds),
         stopped=lambda: bool(stopped),
         lateness=Runtime.metrics.tick_lateness.observe,
+        skipped=Runtime.metrics.ticks_skipped.inc,
         initial_delay=phase(body["metadata"].get("uid", ""), poll_seconds(body)),
     )

@@ -65,6 +65,11 @@ class OperatorMetrics:
             registry=r,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self.ticks_skipped = Counter(
+            "ebbtide_tick_slots_skipped",
+            "Poll slots skipped because the previous tick overran them",
+            registry=r,
+        )
 
     def observe(
         self,

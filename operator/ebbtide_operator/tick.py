@@ -427,10 +427,12 @@ async def run_periodically(
     lateness: Callable[[float], None] = lambda _s: None,
     clock: Callable[[], float] | None = None,
     initial_delay: float = 0.0,
+    skipped: Callable[[int], None] = lambda _n: None,
 ) -> None:
     """Call `step` on a fixed schedule (not 'interval after the previous step ended'), so
     slow steps do not drift the cadence; missed slots are skipped, never bunched.
-    `initial_delay` spreads many loops over the interval instead of a herd every poll."""
+    `initial_delay` spreads many loops over the interval instead of a herd every poll.
+    `skipped` hears how many slots an overrunning step cost."""
     clock = clock or asyncio.get_running_loop().time
     due = clock() + initial_delay
     if initial_delay > 0:
@@ -438,9 +440,14 @@ async def run_periodically(
     while not stopped():
         lateness(max(0.0, clock() - due))
         await step()
-        due += interval()
-        if due < clock():
-            due = clock()
+        period = interval()
+        due += period
+        now = clock()
+        if due < now:
+            # The step overran whole slots: count them (lateness alone would read 0 for
+            # the next tick and hide them), then restart the cadence from now.
+            skipped(int((now - due) // period) + 1 if period > 0 else 1)
+            due = now
         delay = due - clock()
         if delay > 0:
             await sleep(delay)

@@ -49,12 +49,19 @@ def test_overrunning_step_is_not_followed_by_a_burst():
             now[0] += seconds
 
         await run_periodically(
-            step, lambda: 10.0, sleep, stopped=lambda: len(starts) >= 3, clock=lambda: now[0]
+            step,
+            lambda: 10.0,
+            sleep,
+            stopped=lambda: len(starts) >= 3,
+            clock=lambda: now[0],
+            skipped=skips.append,
         )
 
+    skips: list[int] = []
     asyncio.run(main())
     assert starts == [0.0, 25.0, 35.0]  # next slot right after the overrun, then the cadence
     assert sleeps == [9.0, 9.0]
+    assert skips == [2], "the slots at 10 s and 20 s were skipped, and are counted"
 
 
 def test_stats_timeout_bounds():
