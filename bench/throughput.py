@@ -89,7 +89,17 @@ class Bench:
         """Between systems: an empty Redis (and, on RabbitMQ, empty bench queues)."""
         self.counter.flushall()
         if self.broker == "rabbitmq":
-            _purge_amqp(self.broker_url, ["bench", "bench-raw", "bench.DQ", "bench.XQ"])
+            _purge_amqp(
+                self.broker_url,
+                [
+                    "bench",
+                    "bench-raw",
+                    "bench.DQ",
+                    "bench.XQ",
+                    "ebbtide.bench",
+                    "ebbtide.bench.dead",
+                ],
+            )
 
     def produce(self, system: str, mode: str, n: int) -> float:
         """Rate of one enqueue loop, run in a fresh child process."""
@@ -251,10 +261,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for broker, broker_url, counter_url in runs:
             bench = Bench(broker, broker_url, counter_url, sizes[broker], opts)
-            for system in systems:
-                if system == "bare" and broker != "redis":
-                    continue  # the task body touches Redis whatever the broker
-                rows.append(median_of([bench.run_system(system) for _ in range(opts.repeat)]))
+            here = [s for s in systems if not (s == "bare" and broker != "redis")]  # bare: Redis
+            # Round-robin (every system once per round), so slow drift in a shared
+            # machine's load hits every row alike instead of whichever ran last.
+            runs_of: dict[str, list[SystemResult]] = {s: [] for s in here}
+            for _ in range(opts.repeat):
+                for system in here:
+                    run = bench.run_system(system)
+                    runs_of[system].append(run)
+                    if run.processed_per_s:
+                        log(f"  {system}: {run.processed_per_s:,.0f}/s")
+            for system in here:
+                row = median_of(runs_of[system])
+                row.extra["processed_per_s_runs"] = [r.processed_per_s for r in runs_of[system]]
+                rows.append(row)
     finally:
         runs.close()  # stops the servers even when a step failed
 

@@ -145,6 +145,84 @@ def test_sigterm_finishes_running_tasks_and_hands_back_the_rest(app, rabbitmq_ur
     assert all(n == "1" for n in rec.hgetall("runs:term").values())  # each ran exactly once
 
 
+def consumers(rabbitmq_url: str, queue: str = "ebbtide.default") -> list[int]:
+    """The prefetch_count of each consumer on `queue`, from the management API."""
+    from urllib.parse import parse_qs, quote, urlsplit
+
+    from support.rabbitmq_admin import _request
+
+    parts = urlsplit(rabbitmq_url)
+    port = parse_qs(parts.query)["management_port"][0]
+    listed = _request(
+        f"http://guest:guest@127.0.0.1:{port}", "GET", f"/api/consumers/{quote(parts.path[1:])}"
+    )
+    return sorted(c["prefetch_count"] for c in listed if c["queue"]["name"] == queue)
+
+
+def test_many_fast_tasks_grow_the_window_batch_acks_and_run_exactly_once(
+    app, rabbitmq_url, redis_db, rec
+):
+    """Out-of-order completions on 8 threads, acked with `multiple` frames: a wrong
+    frame (a double ack, an unknown tag) would close the channel and redeliver."""
+    n = 5000
+    app.record.send_many([("fast", i) for i in range(n)])
+    windows: list[int] = []
+    with worker(rabbitmq_url, redis_db, "--concurrency", "8") as proc:
+        while rec.llen("done:fast") < n:
+            windows.append(sum(consumers(rabbitmq_url)))
+            assert proc.poll() is None
+            time.sleep(0.05)
+        # Drained: back to the fixed window (concurrency + prefetch) within ~1 s.
+        wait_for(lambda: consumers(rabbitmq_url) == [16], what="the window back at 16")
+        proc.terminate()
+        assert proc.wait(60) == 0
+        log = proc.stderr.read()
+    assert max(windows) > 16, windows  # grew while tasks were fast ...
+    assert max(windows) <= 16 + 256  # ... within its cap
+    assert len(rec.hgetall("runs:fast")) == n
+    assert set(rec.hvals("runs:fast")) == {"1"}  # each ran exactly once
+    assert "connection lost" not in log and "redelivered" not in log, log
+    q = wait_for(
+        lambda: (
+            (q := read_stats(rabbitmq_url, ["default"]).queues["default"]).completed_total == n
+            and q
+        ),
+        what="every ack counted by RabbitMQ",
+    )
+    assert (q.ready, q.in_flight) == (0, 0)
+
+
+def test_an_explicit_prefetch_keeps_the_window_fixed(app, rabbitmq_url, redis_db, rec):
+    app.record.send_many([("fixed", i) for i in range(2000)])
+    seen: set[tuple[int, ...]] = set()
+    with worker(rabbitmq_url, redis_db, "--concurrency", "2", "--prefetch", "1"):
+        while rec.llen("done:fixed") < 2000:
+            seen.add(tuple(consumers(rabbitmq_url)))
+            time.sleep(0.05)
+    assert seen <= {(), (3,)}, seen  # one consumer, prefetch = concurrency + prefetch
+
+
+def test_sigterm_hands_back_a_grown_window_at_once(app, rabbitmq_url, redis_db, rec):
+    """Fast tasks grow the window, so the worker holds the slow ones queued behind them;
+    on SIGTERM every unstarted one goes back at once, not when the running ones end."""
+    app.record.send_many([("warm", i) for i in range(3000)])
+    app.slow.send_many([("held", i, 5.0) for i in range(12)])
+    args = ("--concurrency", "2", "--grace-seconds", "20")
+    with worker(rabbitmq_url, redis_db, *args) as first:
+        wait_for(lambda: rec.llen("started:held") == 2, what="two slow tasks running")
+        first.send_signal(signal.SIGTERM)
+        with worker(rabbitmq_url, redis_db, "--concurrency", "12"):
+            wait_for(
+                lambda: rec.llen("started:held") == 12 or first.poll() is not None,
+                what="the other ten to start elsewhere",
+            )
+            assert first.poll() is None  # the first worker is still finishing its two
+            assert rec.llen("started:held") == 12
+            assert first.wait(60) == 0, first.stderr.read()
+            wait_for(lambda: rec.llen("done:held") == 12, what="all twelve done")
+    assert set(rec.hvals("runs:held")) == {"1"}  # none ran twice, none was cut short
+
+
 def test_backlog_limit_unique_keys_and_unreachable_broker_are_clear_errors(app, rabbitmq_url):
     from ebbtide.errors import BacklogFull
 

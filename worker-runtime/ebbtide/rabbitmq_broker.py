@@ -4,7 +4,7 @@ Durable queues, persistent messages, publisher confirms on every publish (a new 
 a task is always confirmed before the old one is acked), acks after completion, delays
 and retries in TTL + dead-letter queues (never held unacked by a worker). The producer
 and admin side is a BlockingConnection used from the caller's thread; the worker side
-is rabbitmq_consumer.Consumer, which owns its connection on a dedicated thread.
+is rabbitmq_consumer.Consumer, an AsyncioConnection on the worker's own event loop.
 See docs/rabbitmq.md.
 """
 
@@ -307,6 +307,22 @@ class RabbitMQBroker:
             await self._consumer.stop()  # closing the channel requeues anything unacked
             self._consumer = None
 
+    def configure_window(self, concurrency: int, prefetch: int, adaptive: bool) -> None:
+        """(Worker, before the first claim) The prefetch window: concurrency + prefetch,
+        sized by time above that when `adaptive` (no explicit --prefetch); see
+        rabbitmq_window."""
+        self._worker_side().configure(concurrency, prefetch, adaptive)
+
+    def window(self) -> int:
+        """The unacked deliveries RabbitMQ may push to this worker right now."""
+        consumer = self._consumer
+        return consumer.window if consumer is not None else 0
+
+    async def release(self) -> None:
+        """(Worker, stopping) Cancel the consumers and nack every delivery not handed to
+        the worker yet, with requeue, at once."""
+        self._worker_side().release()
+
     def _worker_side(self) -> Consumer:
         if self._consumer is None:
             raise ConnectionError("RabbitMQ worker connection is not open (aconnect first)")
@@ -319,9 +335,8 @@ class RabbitMQBroker:
         closes (see consumer_timeout in docs/rabbitmq.md)."""
         consumer = self._worker_side()
         if not self._subscribed:
-            queues = [q for q, _ in plan]
-            await consumer.call(lambda: consumer.subscribe(queues, n))
-            self._subscribed = True
+            self._subscribed = True  # a failed attempt is retried by the reconnect
+            await consumer.subscribe([q for q, _ in plan], n)
         got = consumer.take(plan, n)
         if got:
             return got
@@ -340,7 +355,7 @@ class RabbitMQBroker:
 
     async def settle(self, settlements: Sequence[Settlement], dead_ttl_ms: int) -> int:
         consumer = self._worker_side()
-        return await consumer.call(lambda: consumer.settle_now(settlements, dead_ttl_ms))
+        return await consumer.settle(settlements, dead_ttl_ms)
 
     async def heartbeat(
         self, worker_id: str, info: str, held: Sequence[Delivery], lease_ms: int, ttl_ms: int
@@ -349,7 +364,7 @@ class RabbitMQBroker:
         own last-value queue; an empty `info` deregisters the worker."""
         consumer = self._worker_side()
         if not info:
-            await consumer.call(lambda: consumer.delete_heartbeat(worker_id))
+            await consumer.delete_heartbeat(worker_id)
             return 0
         body = json.loads(info)
         by_queue: dict[str, int] = {}
@@ -359,7 +374,7 @@ class RabbitMQBroker:
         body["completed"] = dict(consumer.completed)
         body["held_by_queue"] = by_queue
         raw = json.dumps(body).encode()
-        await consumer.call(lambda: consumer.publish_heartbeat(worker_id, raw, ttl_ms))
+        await consumer.publish_heartbeat(worker_id, raw, ttl_ms)
         return len(held)
 
     async def acquire_rate(self, name: str, limit: int, window_ms: int) -> tuple[int, int]:

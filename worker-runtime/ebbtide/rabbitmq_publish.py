@@ -1,7 +1,9 @@
-"""Publishing on a pika BlockingChannel in confirm mode: ready, delayed and dead tasks.
+"""Publishing ready, delayed and dead tasks with publisher confirms.
 
-Shared by the producer (caller's thread) and the worker's I/O thread; each passes its own
-channel and declaration cache, since pika channels must stay on one thread.
+The message builders (`task_message`, `dead_message`) are shared by the producer, which
+publishes on a BlockingChannel from the caller's thread, and the worker, whose
+connection runs on its own event loop (rabbitmq_consumer). Each keeps its own channel
+and declaration cache.
 """
 
 from __future__ import annotations
@@ -81,20 +83,81 @@ class Declared:
     def __init__(self) -> None:
         self._at: dict[str, float] = {}
 
+    def due(self, name: str) -> bool:
+        return time.monotonic() - self._at.get(name, -1e9) >= REDECLARE_AFTER_S
+
+    def mark(self, name: str) -> None:
+        self._at[name] = time.monotonic()
+
     def ensure(self, channel, name: str, arguments: dict, durable: bool = True) -> None:
-        now = time.monotonic()
-        if now - self._at.get(name, -1e9) < REDECLARE_AFTER_S:
+        if not self.due(name):
             return
         channel.queue_declare(name, durable=durable, arguments=arguments)
-        self._at[name] = now
+        self.mark(name)
 
     def forget(self) -> None:
         self._at.clear()
 
 
+def queue_declarations(prefix: str, queue: str) -> list[tuple[str, dict]]:
+    """The (name, arguments) of the durable queues every app queue needs."""
+    return [
+        (topo.ready_queue(prefix, queue), topo.ready_args(prefix, queue)),
+        (topo.dead_queue(prefix, queue), {}),
+    ]
+
+
 def ensure_queue(channel, declared: Declared, prefix: str, queue: str) -> None:
-    declared.ensure(channel, topo.ready_queue(prefix, queue), topo.ready_args(prefix, queue))
-    declared.ensure(channel, topo.dead_queue(prefix, queue), {})
+    for name, arguments in queue_declarations(prefix, queue):
+        declared.ensure(channel, name, arguments)
+
+
+def task_message(
+    prefix: str,
+    queue: str,
+    priority: int,
+    delay_ms: int,
+    task_id: str,
+    headers: dict | None = None,
+) -> tuple[str, dict | None, pika.BasicProperties]:
+    """(routing key, the delay queue's arguments or None, properties) of one task, ready
+    now or after `delay_ms` (via a TTL + dead-letter queue).
+
+    The message is stamped with the time it becomes ready (timestamp property and a
+    millisecond header), which is what 'oldest age' is measured from."""
+    routing, delay_arguments = topo.ready_queue(prefix, queue), None
+    if delay_ms > 0:
+        delay_ms = topo.bucket_delay_ms(delay_ms)
+        routing = topo.delay_queue(prefix, queue, delay_ms)
+        delay_arguments = topo.delay_args(prefix, queue, delay_ms)
+    ready_ms = int(time.time() * 1000) + max(0, delay_ms)
+    props = pika.BasicProperties(
+        delivery_mode=2,
+        priority=priority,
+        message_id=task_id,
+        timestamp=ready_ms // 1000,
+        content_type="application/json",
+        headers={**(headers or {}), topo.READY_MS_HEADER: ready_ms},
+    )
+    return routing, delay_arguments, props
+
+
+def dead_message(
+    task_id: str, reason: str, dead_ttl_ms: int, priority: int = 0
+) -> pika.BasicProperties:
+    """A DLQ entry's properties: the reason in a header, expiring after dead_ttl."""
+    return pika.BasicProperties(
+        delivery_mode=2,
+        priority=priority,  # kept for a replay; the DLQ itself is FIFO
+        message_id=task_id,
+        timestamp=int(time.time()),
+        content_type="application/json",
+        expiration=str(max(1, dead_ttl_ms)) if dead_ttl_ms > 0 else None,
+        headers={
+            topo.REASON_HEADER: reason[:1000],
+            topo.DIED_AT_HEADER: int(time.time() * 1000),
+        },
+    )
 
 
 def publish_task(
@@ -109,54 +172,14 @@ def publish_task(
     headers: dict | None = None,
     confirmer: Confirmer | None = None,
 ) -> None:
-    """Publish one task, ready now or after `delay_ms` (via a TTL + dead-letter queue).
-
-    The message is stamped with the time it becomes ready (timestamp property and a
-    millisecond header), which is what 'oldest age' is measured from."""
+    """Publish one task on a BlockingChannel (see task_message)."""
     ensure_queue(channel, declared, prefix, queue)
-    routing = topo.ready_queue(prefix, queue)
-    if delay_ms > 0:
-        delay_ms = topo.bucket_delay_ms(delay_ms)
-        routing = topo.delay_queue(prefix, queue, delay_ms)
-        declared.ensure(channel, routing, topo.delay_args(prefix, queue, delay_ms))
-    ready_ms = int(time.time() * 1000) + max(0, delay_ms)
-    props = pika.BasicProperties(
-        delivery_mode=2,
-        priority=priority,
-        message_id=task_id,
-        timestamp=ready_ms // 1000,
-        content_type="application/json",
-        headers={**(headers or {}), topo.READY_MS_HEADER: ready_ms},
+    routing, delay_arguments, props = task_message(
+        prefix, queue, priority, delay_ms, task_id, headers
     )
+    if delay_arguments is not None:
+        declared.ensure(channel, routing, delay_arguments)
     if confirmer is not None:
         confirmer.publish(routing, payload, props)  # the caller waits for the batch
     else:
         channel.basic_publish("", routing, payload, props, mandatory=True)
-
-
-def publish_dead(
-    channel,
-    declared: Declared,
-    prefix: str,
-    queue: str,
-    payload: bytes,
-    task_id: str,
-    reason: str,
-    dead_ttl_ms: int,
-    priority: int = 0,
-) -> None:
-    """Into the DLQ, with the reason in a header; the DLQ entry expires after dead_ttl."""
-    ensure_queue(channel, declared, prefix, queue)
-    props = pika.BasicProperties(
-        delivery_mode=2,
-        priority=priority,  # kept for a replay; the DLQ itself is FIFO
-        message_id=task_id,
-        timestamp=int(time.time()),
-        content_type="application/json",
-        expiration=str(max(1, dead_ttl_ms)) if dead_ttl_ms > 0 else None,
-        headers={
-            topo.REASON_HEADER: reason[:1000],
-            topo.DIED_AT_HEADER: int(time.time() * 1000),
-        },
-    )
-    channel.basic_publish("", topo.dead_queue(prefix, queue), payload, props, mandatory=True)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 EXIT_HARD_TIMEOUT = 3  # a sync task overran its hard timeout: the pod must restart
 MIN_IDLE_S, MAX_IDLE_S = 0.005, 0.25  # poll back-off when every queue is empty
+DRAIN_S = 0.002  # while task threads keep finishing, their results are settled this often
 ACK, RETRY, DEAD, REQUEUE, POSTPONE = (o.value for o in Outcome)
 
 Job = tuple[Delivery, dict, "Task"]
@@ -75,6 +76,7 @@ class Worker:
         self.selection = selection
         self.concurrency = concurrency
         self.prefetch = concurrency if prefetch is None else prefetch
+        self.prefetch_explicit = prefetch is not None
         if self.prefetch < 0:
             raise ValueError(f"--prefetch must be >= 0, got {prefetch}")
         self.capacity = concurrency + self.prefetch
@@ -96,11 +98,13 @@ class Worker:
         self.metrics: Any = NullMetrics()
         self._last_broker_ok = 0.0
         self._claim_inflight = False
+        self._window: Any = None  # a push broker's current prefetch window (callable)
         # Sync tasks: threads, their queue, their results and their start times.
         self._threads: list[threading.Thread] = []
         self._thread_jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread_done: deque[Settlement] = deque()
         self._drain_scheduled = False
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._sync_started: dict[str, tuple[float, Job]] = {}
         self._abandoned: set[str] = set()
 
@@ -149,6 +153,12 @@ class Worker:
             if server:
                 server.close()
             return self.exit_code
+        configure = getattr(self.broker, "configure_window", None)
+        if configure is not None:  # push brokers (RabbitMQ): see rabbitmq_window
+            configure(self.concurrency, self.prefetch, adaptive=not self.prefetch_explicit)
+        # A push broker's prefetch window is what this worker holds anyway (claimed or
+        # still in the broker client's buffer), so the worker may claim all of it.
+        self._window = getattr(self.broker, "window", None)
         logs.log(
             "worker started",
             worker=self.worker_id,
@@ -197,6 +207,10 @@ class Worker:
         self.stopping = True
         with contextlib.suppress(asyncio.TimeoutError, Exception):
             await asyncio.wait_for(fetch, 10)
+        release = getattr(self.broker, "release", None)
+        if release is not None:  # push brokers: stop deliveries, return unclaimed ones
+            with contextlib.suppress(Exception):
+                await release()
         # Fetched but never started: back to the head of their lists right away.
         unstarted: list[Delivery] = []
         while not self.inbox.empty():
@@ -261,7 +275,10 @@ class Worker:
         """Claims when slots are free and no settle brought work back (see _write)."""
         idle, failing = MIN_IDLE_S, 0.2
         while not self._stop.is_set():
-            free = self.capacity - len(self.held)
+            capacity = self.capacity
+            if self._window is not None:
+                capacity = max(capacity, self._window())
+            free = capacity - len(self.held)
             if free <= 0 or self._claim_inflight:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -521,10 +538,23 @@ class Worker:
                     return  # the loop is gone: we are exiting, the lease covers this task
 
     def _drain_threads(self) -> None:
-        self._drain_scheduled = False
+        """Settle what the task threads finished. While results keep coming, drain again
+        every DRAIN_S on a timer and keep `_drain_scheduled` set, so busy threads do not
+        wake the loop once per task; the first result after a quiet DRAIN_S wakes it at
+        once."""
+        timer, self._drain_timer = self._drain_timer, None
+        if timer is not None:
+            timer.cancel()  # called directly (shutdown) while a timer was armed
         done = self._thread_done
-        while done:
-            self._settle(done.popleft())
+        if done:
+            while done:
+                self._settle(done.popleft())
+            self._drain_timer = self.loop.call_later(DRAIN_S, self._drain_threads)
+            return
+        self._drain_scheduled = False
+        if done:  # appended after the check above, by a thread that saw the flag still set
+            self._drain_scheduled = True
+            self._drain_timer = self.loop.call_later(DRAIN_S, self._drain_threads)
 
     def _hard_timeout(self, job: Job, seconds: float) -> None:
         """A thread cannot be killed: record the failure, hand back the rest, and exit
