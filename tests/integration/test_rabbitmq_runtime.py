@@ -262,3 +262,28 @@ def test_undecodable_and_unknown_tasks_go_to_the_dlq(app, rabbitmq_url, redis_db
         d["error"] for d in json.loads(cli(rabbitmq_url, "dlq", "list", "--json").stdout)
     )
     assert "undecodable" in errors[0] and "unknown task name 'nope'" in errors[1]
+
+
+def test_sigkill_mid_task_reruns_elsewhere_and_loses_nothing(app, rabbitmq_url, redis_db, rec):
+    """At-least-once across a SIGKILL: the broker requeues the dead worker's unacked
+    deliveries (in flight and prefetched) when its connection drops, at once."""
+    n = 1000
+    app.slow.send("kill", -1, 30.0)  # first in line: surely running when the worker dies
+    app.record.send_many([("kill", i) for i in range(n)])
+    with worker(rabbitmq_url, redis_db, "--concurrency", "4") as first:
+        wait_for(lambda: rec.lrange("started:kill", 0, -1), what="the slow task started")
+        wait_for(lambda: rec.llen("done:kill") > 50, what="some tasks done")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    rec.delete("started:kill")
+    with worker(rabbitmq_url, redis_db, "--concurrency", "8") as second:
+        wait_for(lambda: rec.lrange("started:kill", 0, -1), what="the killed task to run again")
+        # The slow task sleeps 30 s; all the others must be done meanwhile.
+        wait_for(
+            lambda: {int(x) for x in rec.lrange("done:kill", 0, -1)} >= set(range(n)),
+            what="every task done",
+        )
+        second.kill()
+    runs = rec.hgetall("runs:kill")
+    assert runs["-1"] == "2"  # the killed task ran again
+    assert all(int(runs[str(i)]) >= 1 for i in range(n))  # nothing lost
