@@ -6,6 +6,7 @@ tests observe effects, not timing.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -54,3 +55,15 @@ def flaky(tag: str, failures: int) -> None:
 def always_fails(tag: str) -> None:
     r().hincrby("attempts", tag, 1)
     raise RuntimeError(f"{tag} always fails")
+
+
+@app.task(name="async_timeout", timeout=0.3, max_retries=0)
+async def async_timeout(tag: str) -> None:
+    r().rpush(f"started:{tag}", 1)
+    await asyncio.sleep(60)
+
+
+@app.task(name="sync_timeout", timeout=0.3, max_retries=0)
+def sync_timeout(tag: str) -> None:
+    r().rpush(f"started:{tag}", 1)
+    time.sleep(60)

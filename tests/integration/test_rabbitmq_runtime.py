@@ -287,3 +287,35 @@ def test_sigkill_mid_task_reruns_elsewhere_and_loses_nothing(app, rabbitmq_url, 
     runs = rec.hgetall("runs:kill")
     assert runs["-1"] == "2"  # the killed task ran again
     assert all(int(runs[str(i)]) >= 1 for i in range(n))  # nothing lost
+
+
+def test_async_timeout_cancels_and_worker_keeps_going(app, rabbitmq_url, redis_db, rec):
+    app.async_timeout.send("at")
+    app.record.send("after-timeout", 1)
+    with worker(rabbitmq_url, redis_db, "--concurrency", "2") as proc:
+        wait_for(lambda: rec.llen("done:after-timeout") == 1, what="the next task done")
+        dead = wait_for(
+            lambda: json.loads(cli(rabbitmq_url, "dlq", "list", "--json").stdout),
+            what="the timed-out task in the DLQ",
+        )
+        assert proc.poll() is None, "a cancelled async task never stops the worker"
+    assert "TaskTimeout" in dead[0]["error"]
+
+
+def test_sync_hard_timeout_hands_back_work_and_exits_nonzero(app, rabbitmq_url, redis_db, rec):
+    app.sync_timeout.send("st")
+    app.slow.send_many([("held", i, 60.0) for i in range(3)])
+    with worker(rabbitmq_url, redis_db, "--concurrency", "2", "--prefetch", "2") as proc:
+        assert proc.wait(60) == 3  # a stuck thread cannot be killed: exit, the pod restarts
+    dead = wait_for(
+        lambda: json.loads(cli(rabbitmq_url, "dlq", "list", "--json").stdout),
+        what="the overrunning task in the DLQ",
+    )
+    assert "hard timeout" in dead[0]["error"]
+    wait_for(
+        lambda: (
+            (q := read_stats(rabbitmq_url, ["default"]).queues["default"]).ready == 3
+            and q.in_flight == 0
+        ),
+        what="the held tasks back in the queue",
+    )
