@@ -319,3 +319,51 @@ def test_sync_hard_timeout_hands_back_work_and_exits_nonzero(app, rabbitmq_url, 
         ),
         what="the held tasks back in the queue",
     )
+
+
+def test_metrics_and_probes(app, rabbitmq_url, redis_db, rec):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.record.send_many([("m", i) for i in range(5)])
+    args = ("--metrics-port", str(port), "--metrics-host", "127.0.0.1")
+    with worker(rabbitmq_url, redis_db, *args):
+        wait_for(lambda: rec.llen("done:m") == 5, what="5 tasks done")
+
+        def get(path):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+                    return resp.status, resp.read().decode()
+            except OSError:
+                return None
+
+        wait_for(lambda: get("/readyz") == (200, "ready\n"), what="readiness")
+        assert get("/healthz")[0] == 200
+        body = wait_for(
+            lambda: (
+                (g := get("/metrics"))
+                and 'ebbtide_tasks_total{outcome="success",task="record"} 5.0' in g[1]
+                and g[1]
+            ),
+            what="5 successes in the metrics",
+        )
+        for name in (
+            "ebbtide_task_duration_seconds_bucket",
+            "ebbtide_enqueue_to_start_seconds_bucket",
+        ):
+            assert name in body
+
+
+def test_stats_cli(app, rabbitmq_url):
+    app.record.options(queue="cli").send("s", 1)
+
+    def listed() -> dict | None:
+        data = json.loads(cli(rabbitmq_url, "stats", "--json", "--queues", "cli").stdout)
+        return data if data["queues"]["cli"]["ready"] == 1 else None
+
+    wait_for(listed, what="the task in `ebbtide stats --json` (management stats lag a little)")
+    table = cli(rabbitmq_url, "stats")
+    assert table.returncode == 0 and "cli" in table.stdout
