@@ -44,6 +44,8 @@ from e2e.tests.support import (  # noqa: E402
 )
 
 NS = "bench-operator"
+LATENESS = "ebbtide_tick_lateness_seconds"
+DURATION = "ebbtide_tick_duration_seconds"
 
 
 def taskqueue(i: int, poll: float) -> dict:
@@ -65,22 +67,27 @@ def taskqueue(i: int, poll: float) -> dict:
     }
 
 
-def histogram(metrics_port: int, name: str) -> dict[str, float]:
-    """Cumulative bucket counts (le -> count) of one histogram, summed over label sets."""
-    text = (
-        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-        .read()
-        .decode()
-    )
-    buckets: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(f"{name}_bucket{{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
-    return buckets
+def scrape(metrics_port: int) -> dict[str, dict[str, float]]:
+    """Cumulative bucket counts of every histogram (name -> le -> count), summed over label
+    sets, from one scrape of the operator's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    histograms: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.type != "histogram":
+            continue
+        buckets = histograms.setdefault(family.name, {})
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                le = sample.labels["le"]
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+    return histograms
 
 
-def lateness_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+def bucket_shares(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Over the window: how many observations, and the share at or below each bucket."""
     delta = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
     total = delta.get("+Inf", 0.0)
     share = {le: (count / total if total else float("nan")) for le, count in delta.items()}
@@ -199,8 +206,7 @@ def measure(args: argparse.Namespace, url: str, apps, operator: OperatorProcess)
     )
     watcher.start()
     app = ebbtide.App(broker_url=url)
-    before = histogram(operator.metrics_port, "ebbtide_tick_lateness_seconds")
-    durations_before = histogram(operator.metrics_port, "ebbtide_tick_duration_seconds")
+    before = scrape(operator.metrics_port)
     started = time.monotonic()
     for name, at in zip(burst_names, burst_times, strict=True):
         time.sleep(max(0.0, started + at - time.monotonic()))  # pacing the load, not synchronising
@@ -209,10 +215,7 @@ def measure(args: argparse.Namespace, url: str, apps, operator: OperatorProcess)
         task.send_many([()] * 200)
         landed[name] = time.monotonic()
     time.sleep(max(0.0, started + args.seconds - time.monotonic()))  # the measurement window
-    after = histogram(operator.metrics_port, "ebbtide_tick_lateness_seconds")
-    durations = lateness_summary(
-        durations_before, histogram(operator.metrics_port, "ebbtide_tick_duration_seconds")
-    )
+    after = scrape(operator.metrics_port)
     elapsed = time.monotonic() - started
     stop.set()
     watcher.join(timeout=10)
@@ -223,8 +226,8 @@ def measure(args: argparse.Namespace, url: str, apps, operator: OperatorProcess)
         "poll_seconds": args.poll,
         "window_seconds": round(elapsed, 1),
         "ticks_expected": int(args.taskqueues * elapsed / args.poll),
-        "lateness": lateness_summary(before, after),
-        "tick_duration": durations,
+        "lateness": bucket_shares(before[LATENESS], after[LATENESS]),
+        "tick_duration": bucket_shares(before[DURATION], after[DURATION]),
         "reaction_seconds": {
             "count": len(values),
             "missed": len(landed) - len(values),
@@ -250,6 +253,10 @@ def report(result: dict, as_json: bool) -> None:
     for key in ("share_le_0.05s", "share_le_0.1s", "share_le_0.5s", "share_le_1.0s"):
         if key in late:
             print(f"  ticks started <= {key.removeprefix('share_le_')} late: {late[key]:.2%}")
+    took = result["tick_duration"]
+    for key in ("share_le_0.1s", "share_le_1.0s", "share_le_2.5s"):
+        if key in took:
+            print(f"  ticks that took <= {key.removeprefix('share_le_')}: {took[key]:.2%}")
     print(
         f"  burst -> scale-up reaction (n={r['count']}, missed {r['missed']}): p50 {r['p50']}s, max {r['max']}s; "
         f"{r['within_target']}/{r['count']} within one poll + 1s ({r['target']}s)"

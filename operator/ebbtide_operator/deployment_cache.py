@@ -50,14 +50,16 @@ class DeploymentCache:
     def scaled(self, namespace: str, name: str, replicas: int) -> None:
         """We wrote spec.replicas: the next tick must not act on the old value, even if the
         watch event is still on its way."""
-        found = self._items.get((namespace, name))
-        if found is not None:
-            found = self._items[(namespace, name)] = {**found, "spec": {**found.get("spec", {})}}
-            found["metadata"] = dict(found.get("metadata", {}))
-            found["spec"]["replicas"] = replicas
-            meta = found.setdefault("metadata", {})
-            if isinstance(meta.get("generation"), int):
-                meta["generation"] += 1  # as the API server does: late events are now older
+        key = (namespace, name)
+        found = self._items.get(key)
+        if found is None:
+            return
+        # A new dict, so an object already handed out by get() keeps its old value.
+        meta = dict(found.get("metadata", {}))
+        if isinstance(meta.get("generation"), int):
+            meta["generation"] += 1  # as the API server does: late events are now older
+        spec = {**found.get("spec", {}), "replicas": replicas}
+        self._items[key] = {**found, "metadata": meta, "spec": spec}
 
     def forget(self, namespace: str, name: str) -> None:
         self._items.pop((namespace, name), None)

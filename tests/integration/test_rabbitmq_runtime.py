@@ -12,6 +12,8 @@ import pytest
 import redis
 from ebbtide.stats import read_stats
 from rabbitmq_testkit import cli, load_tasks, recorder, wait_for, worker
+from support import http
+from support.servers import free_port
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -322,23 +324,14 @@ def test_sync_hard_timeout_hands_back_work_and_exits_nonzero(app, rabbitmq_url, 
 
 
 def test_metrics_and_probes(app, rabbitmq_url, redis_db, rec):
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     app.record.send_many([("m", i) for i in range(5)])
     args = ("--metrics-port", str(port), "--metrics-host", "127.0.0.1")
     with worker(rabbitmq_url, redis_db, *args):
         wait_for(lambda: rec.llen("done:m") == 5, what="5 tasks done")
 
         def get(path):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-                    return resp.status, resp.read().decode()
-            except OSError:
-                return None
+            return http.get(port, path)
 
         wait_for(lambda: get("/readyz") == (200, "ready\n"), what="readiness")
         assert get("/healthz")[0] == 200

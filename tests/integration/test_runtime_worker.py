@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import runtime_tasks as rt  # noqa: E402
 from ebbtide.stats import read_stats  # noqa: E402
 from runtime_tasks import run_cli, wait_for, worker  # noqa: E402
+from support import http  # noqa: E402
 from support.servers import free_port  # noqa: E402
 
 pytestmark = pytest.mark.redis
@@ -243,11 +243,7 @@ def test_metrics_and_probes(r, redis_db):
         wait_for(lambda: len(done(r, "m")) == 5)
 
         def get(path):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-                    return resp.status, resp.read().decode()
-            except OSError:
-                return None
+            return http.get(port, path)
 
         wait_for(lambda: get("/readyz") == (200, "ready\n"), what="readiness")
         assert get("/healthz")[0] == 200
