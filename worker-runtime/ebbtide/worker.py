@@ -278,7 +278,7 @@ class Worker:
             capacity = self.capacity
             if self._window is not None:
                 capacity = max(capacity, self._window())
-            free = capacity - len(self.held)
+            free = capacity - self._unfinished()
             if free <= 0 or self._claim_inflight:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -323,7 +323,7 @@ class Worker:
         exchange = getattr(self.broker, "exchange", None)
         n = 0
         if exchange is not None and not self._stop.is_set() and not self._claim_inflight:
-            n = max(0, self.capacity - len(self.held) + len(batch))
+            n = max(0, self.capacity - self._unfinished())
         got: list[Delivery] = []
         owns_claim = False
         delay = 0.1
@@ -383,6 +383,11 @@ class Worker:
                 if timeout and now - started > timeout and entry not in self._abandoned:
                     self._abandoned.add(entry)
                     self._hard_timeout(job, now - started)
+
+    def _unfinished(self) -> int:
+        """Held tasks not yet done. A finished task waiting for its settlement to be
+        written is no longer work this worker hoards, so it does not use up capacity."""
+        return len(self.held) - len(self.settling)
 
     def _info(self) -> str:
         return json.dumps(
