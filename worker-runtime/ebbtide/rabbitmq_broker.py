@@ -14,7 +14,6 @@ import asyncio
 import json
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from . import rabbitmq_topology as topo
 from .broker import DeadTask, Delivery, Outgoing, Settlement, _redact
 from .rabbitmq_consumer import BrokerDown, Consumer
 from .rabbitmq_publish import Confirmer, Declared, ensure_queue, publish_task
+from .rabbitmq_rate import UNAVAILABLE_WAIT_MS, RateTokens
 from .rabbitmq_stats import (
     build_stats,
     build_stats_without_management,
@@ -56,7 +56,7 @@ class RabbitMQBroker:
         self._confirmer: Confirmer | None = None
         self._consumer: Consumer | None = None
         self._subscribed = False
-        self._rates: dict[str, deque[float]] = {}
+        self._rate: RateTokens | None = None
 
     # -- producer / admin (sync) ---------------------------------------------------------
     def _open_channel(self) -> Any:
@@ -301,8 +301,10 @@ class RabbitMQBroker:
             await self._consumer.stop()
             self._consumer = None
             raise
+        self._rate = RateTokens(self._consumer, self.prefix)
 
     async def aclose(self) -> None:
+        self._rate = None
         if self._consumer is not None:
             await self._consumer.stop()  # closing the channel requeues anything unacked
             self._consumer = None
@@ -378,16 +380,13 @@ class RabbitMQBroker:
         return len(held)
 
     async def acquire_rate(self, name: str, limit: int, window_ms: int) -> tuple[int, int]:
-        """Sliding-window rate limit, per worker process (RabbitMQ has no shared counter
-        to make it global; see docs/rabbitmq.md)."""
-        now = time.monotonic()
-        window = self._rates.setdefault(name, deque())
-        while window and now - window[0] >= window_ms / 1000:
-            window.popleft()
-        if len(window) < limit:
-            window.append(now)
-            return 1, 0
-        return 0, max(1, int((window[0] + window_ms / 1000 - now) * 1000))
+        """Sliding-window rate limit shared by every worker: a token is a confirmed
+        publish into a length-limited TTL queue (see rabbitmq_rate). Without a
+        connection it is (0, a short wait), never an exception."""
+        rate = self._rate
+        if rate is None:
+            return 0, UNAVAILABLE_WAIT_MS
+        return await rate.acquire(name, limit, window_ms)
 
 
 def _dead_task(queue: str, props: Any, body: bytes) -> DeadTask:

@@ -108,7 +108,7 @@ def build_stats(
     rows: dict[str, dict[str, Any]] = {}
     for q in queue_list:
         kind = classify(prefix, str(q.get("name", "")))
-        if kind is None or kind.kind == "worker":
+        if kind is None or kind.kind in ("worker", "rate"):
             continue
         row = rows.setdefault(kind.queue, {"delayed": 0, "dead": 0})
         depth = int(q.get("messages_ready") or 0) + int(q.get("messages_unacknowledged") or 0)

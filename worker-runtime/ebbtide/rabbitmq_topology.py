@@ -7,11 +7,16 @@ Every queue an app queue `q` needs (prefix `ebbtide`):
                               delayed sends and retries wait here, never in a worker
     ebbtide.q.dead            durable: the DLQ (the body carries the error and traceback)
     ebbtide.worker.<id>       x-max-length 1, x-expires: the worker's latest heartbeat
+
+and one per rate-limited task, shared by all its queues (see rabbitmq_rate):
+
+    ebbtide.rate.<task>.<limit>.<window_ms>   x-max-length, x-message-ttl: rate tokens
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -118,8 +123,11 @@ def bucket_delay_ms(delay_ms: int) -> int:
 class QueueName:
     """What an `ebbtide.*` queue name means."""
 
-    kind: str  # ready | delay | dead | worker
-    queue: str  # the app queue (worker: the worker id)
+    kind: str  # ready | delay | dead | worker | rate
+    queue: str  # the app queue (worker: the worker id; rate: the task name)
+
+
+_RATE_QUEUE = re.compile(r"rate\.(.+)\.\d+\.\d+")
 
 
 def classify(prefix: str, name: str) -> QueueName | None:
@@ -134,4 +142,8 @@ def classify(prefix: str, name: str) -> QueueName | None:
     base, sep, ms = rest.rpartition(".delay.")
     if sep and ms.isdigit():
         return QueueName("delay", base)
+    if rate := _RATE_QUEUE.fullmatch(rest):
+        # rate.<task>.<limit>.<window_ms> (an app queue of that very shape would be
+        # taken for one, and left out of the statistics)
+        return QueueName("rate", rate.group(1))
     return QueueName("ready", rest)

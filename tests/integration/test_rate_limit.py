@@ -1,0 +1,246 @@
+"""`@app.task(rate=...)` holds across all workers, on Redis and on RabbitMQ.
+
+Two real worker processes run the same rate-limited task; each run records when it
+started and in which process (rate_tasks.py), and the test counts runs per window from
+those records. Conditions are polled, never slept on. RabbitMQ's token queues (see
+ebbtide/rabbitmq_rate.py) are also driven directly: with a window far longer than the
+test, exactly `limit` tokens exist whatever the timing, which makes those checks exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import pytest
+import rate_tasks
+import redis
+from ebbtide.rabbitmq_broker import RabbitMQBroker
+from ebbtide.rabbitmq_rate import UNAVAILABLE_WAIT_MS, token_queue
+from ebbtide.stats import read_stats
+from rate_tasks import LIMIT, WINDOW_S
+from support.rabbitmq_admin import _request as admin
+
+HERE = Path(__file__).parent
+
+N = 6 * LIMIT  # six windows' worth of tasks
+
+
+def wait_for(condition, timeout: float = 60, what: str = "condition"):
+    """Poll until `condition()` is truthy; the deadline is generous, never an assertion."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextlib.contextmanager
+def worker(url: str, record_url: str, *args: str) -> Iterator[subprocess.Popen]:
+    """A real `python -m ebbtide worker rate_tasks:app` process, always reaped."""
+    env = {
+        **os.environ,
+        "EBBTIDE_BROKER_URL": url,
+        "EBBTIDE_TEST_RECORD_URL": record_url,
+        "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    cmd = [sys.executable, "-m", "ebbtide", "worker", "rate_tasks:app", "--lease-seconds", "2"]
+    proc = subprocess.Popen(
+        [*cmd, *args], cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def most_in_any_window(stamps: list[float], width: float) -> int:
+    """The most stamps in any half-open interval [t, t + width)."""
+    stamps, most, first = sorted(stamps), 0, 0
+    for last, t in enumerate(stamps):
+        while t - stamps[first] >= width:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
+def rate_broker(request, redis_db):
+    """(broker URL, URL of the Redis the tasks record into)."""
+    if request.param == "redis":
+        url = redis_db
+    else:
+        url = request.getfixturevalue("rabbitmq_url")
+    rate_tasks.app.use_broker_url(url)
+    yield request.param, url, redis_db
+    rate_tasks.app.close()
+
+
+def test_rate_limit_holds_across_two_workers(rate_broker):
+    kind, url, record_url = rate_broker
+    rec = redis.Redis.from_url(record_url, decode_responses=True)
+    with (
+        worker(url, record_url, "--concurrency", "4"),
+        worker(url, record_url, "--concurrency", "4"),
+    ):
+        wait_for(lambda: len(read_stats(url).workers) == 2, what="both workers' heartbeats")
+        rate_tasks.rated.send_many(("rate", i) for i in range(N))
+        wait_for(lambda: rec.llen("done:rate") >= N, timeout=120, what=f"{N} rated tasks")
+    runs = [line.split("|") for line in rec.lrange("done:rate", 0, -1)]
+    rec.close()
+    assert {int(i) for _, _, i in runs} == set(range(N))
+    assert len({pid for _, pid, _ in runs}) == 2, "both workers ran some"
+    stamps = sorted(float(t) for t, _, _ in runs)
+    span = stamps[-1] - stamps[0]
+    per_window = [0] * (int(span / WINDOW_S) + 1)
+    for t in stamps:
+        per_window[int((t - stamps[0]) / WINDOW_S)] += 1
+    summary = (
+        f"{kind}: {len(stamps)} runs of a {LIMIT}/{WINDOW_S:g}s task on 2 workers in "
+        f"{span:.2f}s; runs per {WINDOW_S:g}s window from the first run: {per_window}"
+    )
+    print(summary)
+    # Pace: N runs at LIMIT per window leave at least N/LIMIT - 1 windows between the
+    # first and the last (a sliding window), N/LIMIT - 2 with a fixed window whose first
+    # one was nearly over. A limit per worker process (two workers) would need only
+    # N/(2 LIMIT) - 1 windows.
+    assert span >= (N / LIMIT - 2) * WINDOW_S - 0.25, summary
+    # The stamps are taken a little after each grant, so runs are counted in windows a
+    # quarter shorter than the limit's (only a stamp late by more than that could break
+    # these bounds).
+    most = most_in_any_window(stamps, 0.75 * WINDOW_S)
+    if kind == "rabbitmq":
+        assert most <= LIMIT, summary  # a sliding window: never more than LIMIT in one
+    else:
+        # Redis counts in fixed windows: LIMIT at the end of one and LIMIT at the start of
+        # the next may fall close together, never more.
+        assert most <= 2 * LIMIT, summary
+
+
+# -- RabbitMQ's token queues, driven directly ---------------------------------------------
+LONG_WINDOW_MS = 600_000  # no token expires during a test: the counts are exact
+
+
+def _vhost(url: str) -> str:
+    return urlsplit(url).path[1:]
+
+
+@pytest.mark.rabbitmq
+def test_token_queue_is_shared_by_connections_and_exact(rabbitmq_url, rabbitmq):
+    limit = 7
+
+    async def main():
+        a, b = RabbitMQBroker(rabbitmq_url), RabbitMQBroker(rabbitmq_url)
+        await a.aconnect()
+        await b.aconnect()
+        try:
+            calls = [
+                broker.acquire_rate("shared", limit, LONG_WINDOW_MS)
+                for _ in range(3 * limit)
+                for broker in (a, b)
+            ]
+            return await asyncio.gather(*calls)
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    results = asyncio.run(main())
+    granted = [r for r in results if r[0]]
+    denied = [r for r in results if not r[0]]
+    assert len(granted) == limit  # of 42 concurrent attempts over two connections
+    assert {wait for _, wait in denied} == {LONG_WINDOW_MS // limit}
+
+    name = token_queue("ebbtide", "shared", limit, LONG_WINDOW_MS)
+    path = f"/api/queues/{quote(_vhost(rabbitmq_url))}/{name}"
+    q = admin(rabbitmq["management_url"], "GET", path)
+    assert q["durable"] is True
+    assert q["arguments"] == {
+        "x-queue-type": "classic",
+        "x-max-length": limit,
+        "x-overflow": "reject-publish",
+        "x-message-ttl": LONG_WINDOW_MS,
+        "x-expires": LONG_WINDOW_MS + 600_000,
+    }
+    assert read_stats(rabbitmq_url).queues == {}  # token queues are not app queues
+
+
+@pytest.mark.rabbitmq
+def test_rate_tokens_without_a_broker_deny_with_a_short_wait(rabbitmq_url, rabbitmq):
+    """Never connected, connection lost, queue deleted: denied with a short wait, never an
+    exception; after the reconnect the token queue is declared again and still counts."""
+    mgmt, vhost = rabbitmq["management_url"], _vhost(rabbitmq_url)
+
+    async def poll(condition, what: str, timeout: float = 30.0):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (value := await condition()):
+            if loop.time() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.05)
+        return value
+
+    async def main():
+        broker = RabbitMQBroker(rabbitmq_url)
+        assert await broker.acquire_rate("t", 1, LONG_WINDOW_MS) == (0, UNAVAILABLE_WAIT_MS)
+        await broker.aconnect()
+        try:
+            assert await broker.acquire_rate("t", 1, LONG_WINDOW_MS) == (1, 0)
+            assert await broker.acquire_rate("t", 1, LONG_WINDOW_MS) == (0, LONG_WINDOW_MS)
+
+            # Someone deletes the token queue: that token comes back (basic.return), and
+            # the next call declares the queue again.
+            name = quote(token_queue("ebbtide", "t", 1, LONG_WINDOW_MS), safe="")
+            await asyncio.to_thread(admin, mgmt, "DELETE", f"/api/queues/{quote(vhost)}/{name}")
+            assert await broker.acquire_rate("t", 1, LONG_WINDOW_MS) == (0, UNAVAILABLE_WAIT_MS)
+            assert await broker.acquire_rate("t", 1, LONG_WINDOW_MS) == (1, 0)
+
+            # The broker drops the worker's connection, and refuses it until we allow it
+            # again (so the test sees the worker disconnected, whatever the timing).
+            perms = f"/api/permissions/{quote(vhost)}/guest"
+            await asyncio.to_thread(admin, mgmt, "DELETE", perms)
+
+            async def ours():
+                listing = await asyncio.to_thread(admin, mgmt, "GET", "/api/connections")
+                return [c["name"] for c in listing if c.get("vhost") == vhost]
+
+            for conn in await poll(ours, "the connection in the management API"):
+                path = f"/api/connections/{quote(conn, safe='')}"
+                await asyncio.to_thread(admin, mgmt, "DELETE", path)
+            consumer = broker._consumer
+
+            async def down():
+                return not consumer.connected
+
+            async def up():
+                return consumer.connected
+
+            await poll(down, "the connection to drop")
+            assert await broker.acquire_rate("t", 1, LONG_WINDOW_MS) == (0, UNAVAILABLE_WAIT_MS)
+            everything = {"configure": ".*", "write": ".*", "read": ".*"}
+            await asyncio.to_thread(admin, mgmt, "PUT", perms, everything)
+            await poll(up, "the reconnect")
+            # A new channel, the queue declared again: its token is still there.
+            assert await broker.acquire_rate("t", 1, LONG_WINDOW_MS) == (0, LONG_WINDOW_MS)
+            assert await broker.acquire_rate("other", 1, LONG_WINDOW_MS) == (1, 0)
+        finally:
+            await broker.aclose()
+
+    asyncio.run(main())
