@@ -12,6 +12,7 @@ from ebbtide.lifecycle import (
     parse_queues,
     parse_rate,
     plan_claim,
+    rate_wait_ms,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -74,3 +75,10 @@ def test_parse_rate():
     for bad in ("", "0/s", "x/s", "10/d", "10"):
         with pytest.raises(ValueError, match="bad rate"):
             parse_rate(bad)
+
+
+def test_rate_wait_doubles_with_denials_in_a_row_up_to_one_window():
+    assert [rate_wait_ms(100, 1000, n) for n in range(6)] == [100, 200, 400, 800, 1000, 1000]
+    assert rate_wait_ms(0, 1000, 0) == 1  # never a zero postponement
+    assert rate_wait_ms(1500, 1000, 3) == 1500  # never shorter than the broker asked
+    assert rate_wait_ms(10, 1000, 10_000) == 1000  # no overflow on long streaks

@@ -122,3 +122,15 @@ def parse_rate(rate: str) -> tuple[int, int]:
         raise ValueError(f"bad rate {rate!r}: use e.g. '100/s', '10/m', '5/10s'")
     count = int(match.group(2) or 1)
     return int(match.group(1)), count * _UNIT_MS[match.group(3)]
+
+
+def rate_wait_ms(broker_wait_ms: int, window_ms: int, denials: int) -> int:
+    """How long to postpone a task that got no rate token: at least what the broker asked,
+    doubled for each denial in a row since this worker last got a token, up to a window.
+
+    A backlog of waiting tasks would otherwise all come back each time a token frees, and
+    every return is a postponement round trip for one token; with the doubling each
+    waiting task comes back about once a window, while a lone task after a short burst
+    still waits little."""
+    wait = max(1, broker_wait_ms)
+    return max(wait, min(window_ms, wait * 2 ** min(denials, 32)))

@@ -36,8 +36,9 @@ Why these choices:
 * Mandatory publishes: a token routed nowhere (the queue was deleted meanwhile) comes back
   as a basic.return and is not a grant; the queue is declared again next time.
 
-A denied token returns a wait of about `window_ms / limit` (at least 1 ms), the mean time
-between two tokens at the limit, and the worker postpones the task by that much. A broker
+A denied token returns a wait of `window_ms / limit` (at least 1 ms), the mean time
+between two tokens at the limit; the worker postpones the task by at least that much
+(lifecycle.rate_wait_ms doubles it while denials come in a row). A broker
 that cannot be asked (connection down, channel closed, no confirm in time) is a denial
 with a short wait, never an exception.
 """

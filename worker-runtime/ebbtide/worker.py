@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 from . import logs
 from .broker import Delivery, Settlement
 from .errors import BadPayload
-from .lifecycle import Outcome, QueueSelection, after_failure, backoff_seconds, plan_claim
+from .lifecycle import (
+    Outcome,
+    QueueSelection,
+    after_failure,
+    backoff_seconds,
+    plan_claim,
+    rate_wait_ms,
+)
 from .message import decode_payload, reencode
 
 if TYPE_CHECKING:
@@ -107,6 +114,7 @@ class Worker:
         self._drain_timer: asyncio.TimerHandle | None = None
         self._sync_started: dict[str, tuple[float, Job]] = {}
         self._abandoned: set[str] = set()
+        self._rate_denials: dict[str, int] = {}  # denials in a row since a token, by task
 
     # -- lifecycle -----------------------------------------------------------------------
     def run(self) -> int:
@@ -474,9 +482,14 @@ class Worker:
 
     async def _take_token(self, d: Delivery, task: Task) -> bool:
         granted, wait_ms = await self.broker.acquire_rate(task.name, *task.rate)
-        if not granted:
-            self._settle(Settlement(POSTPONE, d, delay_ms=max(1, wait_ms)))
-        return bool(granted)
+        if granted:
+            self._rate_denials.pop(task.name, None)
+            return True
+        denials = self._rate_denials.get(task.name, 0)
+        self._rate_denials[task.name] = denials + 1
+        delay = rate_wait_ms(wait_ms, task.rate[1], denials)
+        self._settle(Settlement(POSTPONE, d, delay_ms=delay))
+        return False
 
     async def _run_async(self, d: Delivery, body: dict, task: Task) -> None:
         args, kwargs = body.get("args", ()), body.get("kwargs", {})

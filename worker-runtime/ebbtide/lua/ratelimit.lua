@@ -1,14 +1,27 @@
--- Fixed-window rate limit shared by every worker: take up to `want` tokens.
+-- Sliding-window rate limit shared by every worker: take up to `want` tokens.
+-- A sorted set holds one member per token taken, scored by when; a token counts for
+-- exactly `window` ms, so no window of that length ever holds more than `limit` starts
+-- (a fixed window would let twice the limit through across its boundary).
 -- ARGV: prefix, task name, limit, window_ms, want
--- Returns {granted, ms until the window ends}
+-- Returns {granted, ms until the oldest token expires (0 if all were granted)}
 local name, limit, window, want = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = now_ms()
-local slot = math.floor(now / window)
-local key = P .. ':rate:' .. name .. ':' .. fmt(slot)
-local used = tonumber(redis.call('GET', key) or '0')
+local key = P .. ':rate:' .. name
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local used = redis.call('ZCARD', key)
 local granted = math.max(0, math.min(want, limit - used))
 if granted > 0 then
-  redis.call('INCRBY', key, granted)
-  redis.call('PEXPIRE', key, window * 2)
+  -- Unique members: a per-key sequence, since several tokens may share a millisecond.
+  local seq = P .. ':rate-seq:' .. name
+  local last = redis.call('INCRBY', seq, granted)
+  for i = last - granted + 1, last do
+    redis.call('ZADD', key, now, fmt(i))
+  end
+  redis.call('PEXPIRE', key, window)
+  redis.call('PEXPIRE', seq, window)
 end
-return {granted, (slot + 1) * window - now}
+if granted >= want then
+  return {granted, 0}
+end
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+return {granted, math.max(1, tonumber(oldest[2]) + window - now)}
