@@ -13,11 +13,16 @@ from typing import Any
 import redis
 
 from . import scripts
-from .broker import DeadTask, Delivery, Outgoing, Settlement
+from .broker import DeadTask, Delivery, Outgoing, Settlement, _redact
 from .message import MAX_PRIORITY
 from .stats import BrokerStats, QueueStats, WorkerInfo
 
 ENQUEUE_CHUNK = 1000  # messages per EVALSHA in send_many: bounds a script's run time
+
+
+class RedisUnreachable(ConnectionError, redis.exceptions.ConnectionError):
+    """`send()` cannot reach Redis: the built-in ConnectionError, as on RabbitMQ, and
+    still the redis-py one that callers may already catch."""
 
 
 class RedisBroker:
@@ -51,13 +56,16 @@ class RedisBroker:
         chunks = list(_chunks(messages))
         pipe = self.client.pipeline(transaction=False) if len(chunks) > 1 else None
         results = []
-        for chunk in chunks:
-            head = chunk[0]
-            args = [self.prefix, queue, max_backlog, unique_ttl_ms, head.priority,
-                    head.delay_ms, head.key, "\n".join(m.payload for m in chunk)]  # fmt: skip
-            results.append(script(args=args, client=pipe))
-        if pipe is not None:
-            results = pipe.execute()
+        try:
+            for chunk in chunks:
+                head = chunk[0]
+                args = [self.prefix, queue, max_backlog, unique_ttl_ms, head.priority,
+                        head.delay_ms, head.key, "\n".join(m.payload for m in chunk)]  # fmt: skip
+                results.append(script(args=args, client=pipe))
+            if pipe is not None:
+                results = pipe.execute()
+        except redis.exceptions.ConnectionError as exc:
+            raise RedisUnreachable(f"cannot reach Redis at {_redact(self.url)}: {exc}") from exc
         replies: list[str] = []
         for chunk, (status, dups) in zip(chunks, results, strict=True):
             pending = iter(dups)
