@@ -37,8 +37,14 @@ def redis_db(redis_url):
 
 
 # RabbitMQ's channel checks consumer_timeout every channel_tick_interval (60 s by default);
-# a short tick lets the consumer-timeout test see it within a second.
-RABBITMQ_TEST_CONFIG = "[{rabbit, [{channel_tick_interval, 500}]}].\n"
+# a short tick lets the consumer-timeout test see it within a second. The management API
+# keeps its queue figures in samples 5 s apart by default, so a test that reads `ebbtide
+# stats` would wait up to 5 s for a change: 1 s samples (the finest) make that ~1 s.
+RABBITMQ_TEST_CONFIG = (
+    "[{rabbit, [{channel_tick_interval, 500}]},\n"
+    " {rabbitmq_management_agent, [{sample_retention_policies,\n"
+    "   [{global, [{605, 1}]}, {basic, [{605, 1}]}, {detailed, [{10, 1}]}]}]}].\n"
+)
 
 
 @pytest.fixture(scope="session")

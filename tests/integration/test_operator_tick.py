@@ -15,7 +15,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import runtime_tasks as rt  # noqa: E402
+import worker_tasks as rt  # noqa: E402
 from ebbtide.stats import read_stats  # noqa: E402
 from ebbtide_operator import naming, provision  # noqa: E402
 from ebbtide_operator.broker_io import BrokerReader  # noqa: E402
@@ -23,9 +23,9 @@ from ebbtide_operator.metrics import OperatorMetrics  # noqa: E402
 from ebbtide_operator.policy import Decision, PolicyState  # noqa: E402
 from ebbtide_operator.spec import parse_spec  # noqa: E402
 from ebbtide_operator.tick import TaskQueueTicker  # noqa: E402
-from runtime_tasks import wait_for, worker  # noqa: E402
 from support.memory_cluster import MemoryCluster  # noqa: E402
 from support.servers import free_port  # noqa: E402
+from worker_testkit import wait_for, worker  # noqa: E402
 
 pytestmark = pytest.mark.redis
 NS = "apps"
@@ -39,7 +39,7 @@ def taskqueue(name: str = "tq1", **scaling) -> dict:
         "spec": {
             "broker": {"type": "redis", "external": {"secretRef": {"name": f"{name}-url"}}},
             "queues": [{"name": "default"}],
-            "worker": {"image": "w:1", "app": "runtime_tasks:app", "concurrency": 1},
+            "worker": {"image": "w:1", "app": "worker_tasks:app", "concurrency": 1},
             "scaling": {"minReplicas": 0, "maxReplicas": 8, "pollSeconds": 1, **scaling},
         },
     }

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-import redis
 from ebbtide.stats import read_stats
-from rabbitmq_testkit import load_tasks, recorder, wait_for, worker
+from worker_testkit import run_cli, wait_for, worker
 
 pytestmark = pytest.mark.rabbitmq
 
 
 @pytest.fixture
-def rec(redis_db) -> redis.Redis:
-    return recorder(redis_db)
+def app(rabbitmq_broker):
+    return rabbitmq_broker.tasks
 
 
 @pytest.fixture
-def app(rabbitmq_url):
-    tasks = load_tasks(rabbitmq_url)
-    yield tasks
-    tasks.app.close()
+def rec(rabbitmq_broker):
+    return rabbitmq_broker.rec
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ def test_broker_restart_mid_run_loses_no_confirmed_task(app, rabbitmq_url, redis
         app.record.send("restart", i)  # returns only once RabbitMQ confirmed it
         confirmed.append(i)
 
-    with worker(rabbitmq_url, redis_db, "--concurrency", "4") as proc:
+    with worker(rabbitmq_url, "--concurrency", "4", record_url=redis_db) as proc:
         for i in range(100):
             send(i)
         wait_for(lambda: rec.llen("done:restart") >= 20, what="the worker to get going")
@@ -71,7 +70,7 @@ def test_task_longer_than_consumer_timeout_ends_in_the_dlq_with_the_fix(
     try:
         task_id = app.slow.send("long", 1, 4.0)
         url = rabbitmq_url + "&max_redeliveries=1"
-        with worker(url, redis_db, "--concurrency", "2") as proc:
+        with worker(url, "--concurrency", "2", record_url=redis_db) as proc:
             wait_for(
                 lambda: read_stats(rabbitmq_url, ["default"]).queues["default"].dead == 1,
                 timeout=90,
@@ -83,16 +82,7 @@ def test_task_longer_than_consumer_timeout_ends_in_the_dlq_with_the_fix(
     finally:
         server.ctl("eval", set_timeout(1_800_000))
     assert "consumer_timeout" in log and "rabbitmq.conf" in log
-    import json
-    import subprocess
-    import sys
-
-    listed = subprocess.run(
-        [sys.executable, "-m", "ebbtide", "--broker-url", rabbitmq_url, "dlq", "list", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    listed = run_cli(rabbitmq_url, "dlq", "list", "--json")
     dead = json.loads(listed.stdout)
     assert [d["id"] for d in dead] == [task_id]
     assert "consumer_timeout" in dead[0]["error"]

@@ -1,0 +1,105 @@
+"""The tasks of the worker-runtime integration tests, on Redis and RabbitMQ alike.
+
+Worker subprocesses import this module as `worker_tasks:app`. Every task records what it
+did in a real Redis (env EBBTIDE_TEST_RECORD_URL, else the broker URL itself when that is
+a Redis), so the tests observe real effects instead of timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import ebbtide
+import redis
+
+app = ebbtide.App(retry_backoff=0.05)
+_client: redis.Redis | None = None
+GATE_LIMIT_S = 120.0  # a gated task never waits longer than this for its gate
+
+
+def r() -> redis.Redis:
+    global _client
+    if _client is None:
+        url = os.environ.get("EBBTIDE_TEST_RECORD_URL") or os.environ["EBBTIDE_BROKER_URL"]
+        _client = redis.Redis.from_url(url, decode_responses=True)
+    return _client
+
+
+@app.task(name="record")
+def record(tag: str, i: int) -> None:
+    r().hincrby(f"runs:{tag}", str(i), 1)
+    r().rpush(f"done:{tag}", i)
+
+
+@app.task(name="arecord")
+async def arecord(tag: str, i: int) -> None:
+    r().rpush(f"done:{tag}", i)
+
+
+@app.task(name="stamp")
+def stamp(tag: str, i: int) -> None:
+    r().rpush(f"done:{tag}", f"{i}|{time.time()}")
+
+
+@app.task(name="slow")
+def slow(tag: str, i: int, seconds: float) -> None:
+    r().hincrby(f"runs:{tag}", str(i), 1)
+    r().rpush(f"started:{tag}", i)
+    time.sleep(seconds)
+    r().rpush(f"done:{tag}", i)
+
+
+@app.task(name="gated")
+def gated(tag: str, i: int) -> None:
+    """Runs until the test opens the gate (sets `open:<tag>`), so a test decides when a
+    running task ends instead of guessing how long it takes."""
+    r().hincrby(f"runs:{tag}", str(i), 1)
+    r().rpush(f"started:{tag}", i)
+    deadline = time.monotonic() + GATE_LIMIT_S
+    while not r().exists(f"open:{tag}") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r().rpush(f"done:{tag}", i)
+
+
+@app.task(name="flaky", max_retries=3)
+def flaky(tag: str, failures: int) -> None:
+    attempt = r().hincrby("attempts", tag, 1)
+    if attempt <= failures:
+        raise ValueError(f"failure number {attempt}")
+    r().rpush(f"done:{tag}", attempt)
+
+
+@app.task(name="always_fails", max_retries=2)
+def always_fails(tag: str) -> None:
+    r().hincrby("attempts", tag, 1)
+    raise RuntimeError(f"{tag} always fails")
+
+
+@app.task(name="async_timeout", timeout=0.3, max_retries=0)
+async def async_timeout(tag: str) -> None:
+    r().rpush(f"started:{tag}", 1)
+    await asyncio.sleep(60)
+
+
+@app.task(name="sync_timeout", timeout=0.3, max_retries=0)
+def sync_timeout(tag: str) -> None:
+    r().rpush(f"started:{tag}", 1)
+    time.sleep(60)
+
+
+@app.task(name="limited", rate="4/s")
+def limited(tag: str, i: int) -> None:
+    r().rpush(f"done:{tag}", f"{time.time()}")
+
+
+@app.task(name="hold_loop")
+async def hold_loop(tag: str) -> None:
+    """Blocks the worker's event loop (never do that in a real task) until the test opens
+    the gate: meanwhile the worker claims nothing and reads nothing from its broker, so
+    whatever the broker sends it piles up unread, and is then read all at once."""
+    r().rpush(f"started:{tag}", 0)
+    deadline = time.monotonic() + GATE_LIMIT_S
+    while not r().exists(f"open:{tag}") and time.monotonic() < deadline:
+        time.sleep(0.01)
