@@ -10,12 +10,6 @@ test, exactly `limit` tokens exist whatever the timing, which makes those checks
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -27,44 +21,11 @@ from ebbtide.rabbitmq_rate import UNAVAILABLE_WAIT_MS, token_queue
 from ebbtide.stats import read_stats
 from rate_tasks import LIMIT, WINDOW_S
 from support.rabbitmq_admin import _request as admin
+from worker_testkit import wait_for, worker
 
 HERE = Path(__file__).parent
 
 N = 6 * LIMIT  # six windows' worth of tasks
-
-
-def wait_for(condition, timeout: float = 60, what: str = "condition"):
-    """Poll until `condition()` is truthy; the deadline is generous, never an assertion."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@contextlib.contextmanager
-def worker(url: str, record_url: str, *args: str) -> Iterator[subprocess.Popen]:
-    """A real `python -m ebbtide worker rate_tasks:app` process, always reaped."""
-    env = {
-        **os.environ,
-        "EBBTIDE_BROKER_URL": url,
-        "EBBTIDE_TEST_RECORD_URL": record_url,
-        "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
-    cmd = [sys.executable, "-m", "ebbtide", "worker", "rate_tasks:app", "--lease-seconds", "2"]
-    proc = subprocess.Popen(
-        [*cmd, *args], cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def most_in_any_window(stamps: list[float], width: float) -> int:
@@ -98,8 +59,8 @@ def test_rate_limit_holds_across_two_workers(rate_broker):
     kind, url, record_url = rate_broker
     rec = redis.Redis.from_url(record_url, decode_responses=True)
     with (
-        worker(url, record_url, "--concurrency", "4"),
-        worker(url, record_url, "--concurrency", "4"),
+        worker(url, "--concurrency", "4", record_url=record_url, app="rate_tasks:app"),
+        worker(url, "--concurrency", "4", record_url=record_url, app="rate_tasks:app"),
     ):
         wait_for(lambda: len(read_stats(url).workers) == 2, what="both workers' heartbeats")
         rate_tasks.rated.send_many(("rate", i) for i in range(N))

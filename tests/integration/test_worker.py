@@ -6,8 +6,8 @@ queue order, timeouts, shutdown, unique keys, bad input, metrics and the CLI.
 Where the brokers differ by design, the test asserts what the docs promise for each
 (docs/rabbitmq.md, "Differences from Redis" and "Guarantees"). Conditions are polled,
 never slept on; RabbitMQ's statistics lag (management API), so those are polled there.
-Broker-specific behaviour: test_worker_redis_only.py, test_worker_rabbitmq_only.py and
-test_rabbitmq_resilience.py.
+Broker-specific behaviour: test_worker_rabbitmq_only.py and test_rabbitmq_resilience.py;
+rate limits across workers (both brokers): test_rate_limit.py.
 """
 
 from __future__ import annotations

@@ -89,11 +89,6 @@ def sync_timeout(tag: str) -> None:
     time.sleep(60)
 
 
-@app.task(name="limited", rate="4/s")
-def limited(tag: str, i: int) -> None:
-    r().rpush(f"done:{tag}", f"{time.time()}")
-
-
 @app.task(name="hold_loop")
 async def hold_loop(tag: str) -> None:
     """Blocks the worker's event loop (never do that in a real task) until the test opens

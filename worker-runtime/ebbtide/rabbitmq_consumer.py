@@ -26,14 +26,21 @@ from typing import Any
 
 import pika
 import pika.exceptions
-from pika import spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from . import logs
 from . import rabbitmq_topology as topo
 from .broker import Delivery, Settlement
 from .rabbitmq_acks import AckBatcher
-from .rabbitmq_publish import Declared, Unconfirmed, dead_message, queue_declarations, task_message
+from .rabbitmq_publish import (
+    Declared,
+    Unconfirmed,
+    confirmed_tags,
+    dead_message,
+    queue_declarations,
+    task_message,
+)
+from .rabbitmq_rpc import await_reply
 from .rabbitmq_window import SAMPLE_S, Window
 
 CALL_TIMEOUT_S = 30.0
@@ -252,24 +259,9 @@ class Consumer:
 
     # -- awaitable AMQP calls --------------------------------------------------------------
     async def _rpc(self, start: Callable[[Callable[[Any], None]], Any]) -> Any:
-        """Start a pika call that replies through a callback; await the reply. A lost
-        connection or channel fails it with BrokerDown."""
+        """A pika call's reply; a lost connection or channel fails it with BrokerDown."""
         assert self.loop is not None
-        fut = self.loop.create_future()
-
-        def done(reply: Any) -> None:
-            if not fut.done():
-                fut.set_result(reply)
-
-        self._waiting.add(fut)
-        try:
-            try:
-                start(done)
-            except Exception as exc:
-                raise BrokerDown(f"RabbitMQ connection is down: {exc!r}") from None
-            return await asyncio.wait_for(fut, CALL_TIMEOUT_S)
-        finally:
-            self._waiting.discard(fut)
+        return await await_reply(self.loop, start, self._waiting, CALL_TIMEOUT_S, BrokerDown)
 
     def _channel(self) -> Any:
         if not self.connected:
@@ -304,12 +296,7 @@ class Consumer:
         return fut
 
     def _on_confirm(self, frame) -> None:
-        method = frame.method
-        nack = isinstance(method, spec.Basic.Nack)
-        if method.multiple:
-            tags = [t for t in self._confirms if t <= method.delivery_tag]
-        else:
-            tags = [method.delivery_tag]
+        tags, nack = confirmed_tags(frame.method, self._confirms)
         for tag in tags:
             entry = self._confirms.pop(tag, None)
             if entry is None:

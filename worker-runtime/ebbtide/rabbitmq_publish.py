@@ -9,8 +9,11 @@ and declaration cache.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from typing import Any
 
 import pika
+from pika import spec
 from pika.adapters import blocking_connection
 
 from . import rabbitmq_topology as topo
@@ -183,3 +186,12 @@ def publish_task(
         confirmer.publish(routing, payload, props)  # the caller waits for the batch
     else:
         channel.basic_publish("", routing, payload, props, mandatory=True)
+
+
+def confirmed_tags(method: Any, pending: Iterable[int]) -> tuple[list[int], bool]:
+    """The publish tags a basic.ack/basic.nack settles (one, or with `multiple` every
+    pending tag up to it), and whether it is a nack."""
+    nack = isinstance(method, spec.Basic.Nack)
+    if method.multiple:
+        return [t for t in pending if t <= method.delivery_tag], nack
+    return [method.delivery_tag], nack

@@ -56,10 +56,10 @@ from typing import Any
 
 import pika
 import pika.exceptions
-from pika import spec
 
 from . import logs
-from .rabbitmq_publish import Declared
+from .rabbitmq_publish import Declared, confirmed_tags
+from .rabbitmq_rpc import await_reply
 
 MAX_QUEUE_NAME_BYTES = 255  # AMQP 0-9-1 shortstr
 EXPIRES_SLACK_MS = 600_000  # an unused token queue outlives its last token by this
@@ -218,23 +218,10 @@ class RateTokens:
         self._rpcs.clear()
 
     async def _rpc(self, start: Callable[[Callable[[Any], None]], Any]) -> Any:
-        """Start a pika call that answers through a callback and await the answer; a
-        closed channel or connection fails it with Unavailable."""
-        fut = self.consumer.loop.create_future()
-
-        def done(reply: Any) -> None:
-            if not fut.done():
-                fut.set_result(reply)
-
-        self._rpcs.add(fut)
-        try:
-            try:
-                start(done)
-            except Exception as exc:
-                raise Unavailable(f"RabbitMQ connection is down: {exc!r}") from None
-            return await asyncio.wait_for(fut, CONFIRM_TIMEOUT_S)
-        finally:
-            self._rpcs.discard(fut)
+        """A pika call's reply; a closed channel or connection fails it with Unavailable."""
+        return await await_reply(
+            self.consumer.loop, start, self._rpcs, CONFIRM_TIMEOUT_S, Unavailable
+        )
 
     # -- tokens ------------------------------------------------------------------------------
     def _publish(self, channel: Any, name: str) -> asyncio.Future:
@@ -262,12 +249,7 @@ class RateTokens:
     def _on_confirm(self, channel: Any, frame: Any) -> None:
         if channel is not self.channel:
             return  # a replaced channel's late confirm: its waiters were failed then
-        method = frame.method
-        nack = isinstance(method, spec.Basic.Nack)
-        if method.multiple:
-            tags = [t for t in self._confirms if t <= method.delivery_tag]
-        else:
-            tags = [method.delivery_tag]
+        tags, nack = confirmed_tags(frame.method, self._confirms)
         for tag in tags:
             fut = self._confirms.pop(tag, None)
             returned = str(tag) in self._returned
