@@ -91,3 +91,14 @@ def test_stats_without_management_use_depths_and_heartbeats():
     q = build_stats_without_management(1.0, {"q": 3}, beats).queues["q"]
     assert (q.ready, q.in_flight, q.completed_total, q.enqueued_total) == (3, 2, 7, 12)
     assert q.oldest_ready_at is None
+
+
+def test_heartbeat_queues_are_classic_and_expire():
+    # Declared durable (RabbitMQ 4.x refuses shared non-durable queues); x-expires removes
+    # a dead worker's queue; never an expiry below a second.
+    assert topo.worker_args(5000) == {
+        "x-queue-type": "classic",
+        "x-max-length": 1,
+        "x-expires": 5000,
+    }
+    assert topo.worker_args(10)["x-expires"] == 1000

@@ -709,7 +709,7 @@ class Consumer:
         # Declared every time: that is what resets the queue's x-expires timer.
         await self._rpc(
             lambda done: channel.queue_declare(
-                name, durable=False, arguments=topo.worker_args(ttl_ms), callback=done
+                name, durable=True, arguments=topo.worker_args(ttl_ms), callback=done
             )
         )
         await self._publish(name, body, pika.BasicProperties(delivery_mode=1))

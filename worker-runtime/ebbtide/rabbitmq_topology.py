@@ -6,7 +6,7 @@ Every queue an app queue `q` needs (prefix `ebbtide`):
     ebbtide.q.delay.<ms>      durable, x-message-ttl <ms>, dead-letters into ebbtide.q:
                               delayed sends and retries wait here, never in a worker
     ebbtide.q.dead            durable: the DLQ (the body carries the error and traceback)
-    ebbtide.worker.<id>       x-max-length 1, x-expires: the worker's latest heartbeat
+    ebbtide.worker.<id>       durable, x-max-length 1, x-expires: the worker's latest heartbeat
 
 and one per rate-limited task, shared by all its queues (see rabbitmq_rate):
 
@@ -107,7 +107,10 @@ def delay_args(prefix: str, queue: str, delay_ms: int) -> dict:
 
 
 def worker_args(ttl_ms: int) -> dict:
-    return {"x-max-length": 1, "x-expires": max(1000, ttl_ms)}
+    """A heartbeat queue is durable, as RabbitMQ 4.x wants of shared queues (it refuses
+    non-durable non-exclusive ones by default), yet short-lived: x-expires removes it
+    once its worker stops declaring it, and its messages are transient."""
+    return {"x-queue-type": "classic", "x-max-length": 1, "x-expires": max(1000, ttl_ms)}
 
 
 def bucket_delay_ms(delay_ms: int) -> int:
