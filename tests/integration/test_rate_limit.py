@@ -1,7 +1,7 @@
 """`@app.task(rate=...)` holds across all workers, on Redis and on RabbitMQ.
 
 Two real worker processes run the same rate-limited task; each run records when it
-started and in which process (rate_tasks.py), and the test counts runs per window from
+started and in which process (`rated` in worker_tasks.py), and the test counts runs per window from
 those records. Conditions are polled, never slept on. RabbitMQ's token queues (see
 ebbtide/rabbitmq_rate.py) are also driven directly: with a window far longer than the
 test, exactly `limit` tokens exist whatever the timing, which makes those checks exact.
@@ -14,13 +14,12 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
-import rate_tasks
-import redis
 from ebbtide.rabbitmq_broker import RabbitMQBroker
 from ebbtide.rabbitmq_rate import UNAVAILABLE_WAIT_MS, token_queue
 from ebbtide.stats import read_stats
-from rate_tasks import LIMIT, WINDOW_S
 from support.rabbitmq_admin import _request as admin
+from worker_tasks import RATE_LIMIT as LIMIT
+from worker_tasks import RATE_WINDOW_S as WINDOW_S
 from worker_testkit import wait_for, worker
 
 HERE = Path(__file__).parent
@@ -38,35 +37,16 @@ def most_in_any_window(stamps: list[float], width: float) -> int:
     return most
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
-    ]
-)
-def rate_broker(request, redis_db):
-    """(broker URL, URL of the Redis the tasks record into)."""
-    if request.param == "redis":
-        url = redis_db
-    else:
-        url = request.getfixturevalue("rabbitmq_url")
-    rate_tasks.app.use_broker_url(url)
-    yield request.param, url, redis_db
-    rate_tasks.app.close()
-
-
-def test_rate_limit_holds_across_two_workers(rate_broker):
-    kind, url, record_url = rate_broker
-    rec = redis.Redis.from_url(record_url, decode_responses=True)
+def test_rate_limit_holds_across_two_workers(broker):
+    kind, url, rec = broker.name, broker.url, broker.rec
     with (
-        worker(url, "--concurrency", "4", record_url=record_url, app="rate_tasks:app"),
-        worker(url, "--concurrency", "4", record_url=record_url, app="rate_tasks:app"),
+        worker(url, "--concurrency", "4", record_url=broker.record_url),
+        worker(url, "--concurrency", "4", record_url=broker.record_url),
     ):
         wait_for(lambda: len(read_stats(url).workers) == 2, what="both workers' heartbeats")
-        rate_tasks.rated.send_many(("rate", i) for i in range(N))
+        broker.tasks.rated.send_many(("rate", i) for i in range(N))
         wait_for(lambda: rec.llen("done:rate") >= N, timeout=120, what=f"{N} rated tasks")
     runs = [line.split("|") for line in rec.lrange("done:rate", 0, -1)]
-    rec.close()
     assert {int(i) for _, _, i in runs} == set(range(N))
     assert len({pid for _, pid, _ in runs}) == 2, "both workers ran some"
     stamps = sorted(float(t) for t, _, _ in runs)

@@ -38,6 +38,16 @@ async def arecord(tag: str, i: int) -> None:
     r().rpush(f"done:{tag}", i)
 
 
+RATE_LIMIT, RATE_WINDOW_S = 10, 1.0  # `rated`: rate="10/s"
+
+
+@app.task(name="rated", rate=f"{RATE_LIMIT}/s")
+async def rated(tag: str, i: int) -> None:
+    # async: it runs on the worker's loop right after its token, so the stamp is close
+    # to the moment the token was granted (a `def` task would first wait for a thread).
+    r().rpush(f"done:{tag}", f"{time.time()}|{os.getpid()}|{i}")
+
+
 @app.task(name="stamp")
 def stamp(tag: str, i: int) -> None:
     r().rpush(f"done:{tag}", f"{i}|{time.time()}")

@@ -105,7 +105,7 @@ def check_scheme(url: str) -> str:
     if scheme in ("amqp", "amqps"):
         return scheme
     raise UnsupportedBroker(
-        f"unsupported broker URL scheme {scheme!r} in {_redact(url)!r}: "
+        f"unsupported broker URL scheme {scheme!r} in {redact(url)!r}: "
         "use redis://, rediss:// (TLS) or amqp://"
     )
 
@@ -126,7 +126,7 @@ def open_broker(url: str | None, prefix: str = "ebbtide") -> Broker:
     return RabbitMQBroker(url, prefix)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@")

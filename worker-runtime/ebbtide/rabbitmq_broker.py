@@ -22,7 +22,7 @@ import pika.exceptions
 
 from . import logs
 from . import rabbitmq_topology as topo
-from .broker import DeadTask, Delivery, Outgoing, Settlement, _redact
+from .broker import DeadTask, Delivery, Outgoing, Settlement, redact
 from .rabbitmq_consumer import BrokerDown, Consumer
 from .rabbitmq_publish import Confirmer, Declared, ensure_queue, publish_task
 from .rabbitmq_rate import UNAVAILABLE_WAIT_MS, RateTokens
@@ -48,7 +48,7 @@ class RabbitMQBroker:
         try:
             self.params = pika.URLParameters(self.options.amqp_url)
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"bad RabbitMQ URL {_redact(url)!r}: {exc}") from None
+            raise ValueError(f"bad RabbitMQ URL {redact(url)!r}: {exc}") from None
         self._lock = threading.RLock()
         self._conn: Any = None
         self._channel: Any = None
@@ -66,7 +66,7 @@ class RabbitMQBroker:
             except pika.exceptions.AMQPError as exc:
                 self._conn = None
                 raise ConnectionError(
-                    f"cannot reach RabbitMQ at {_redact(self.url)}: {exc!r}"
+                    f"cannot reach RabbitMQ at {redact(self.url)}: {exc!r}"
                 ) from None
             self._channel = None
             self._declared.forget()
@@ -95,7 +95,7 @@ class RabbitMQBroker:
                 self._reset()
                 if attempt == PUBLISH_ATTEMPTS - 1:
                     raise ConnectionError(
-                        f"RabbitMQ at {_redact(self.url)} unreachable: {exc!r}"
+                        f"RabbitMQ at {redact(self.url)} unreachable: {exc!r}"
                     ) from None
                 time.sleep(delay)
                 delay *= 2

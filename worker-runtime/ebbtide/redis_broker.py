@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from . import scripts
-from .broker import DeadTask, Delivery, Outgoing, Settlement, _redact
+from .broker import DeadTask, Delivery, Outgoing, Settlement, redact
 from .message import MAX_PRIORITY
 from .stats import BrokerStats, QueueStats, WorkerInfo
 
@@ -65,7 +65,7 @@ class RedisBroker:
             if pipe is not None:
                 results = pipe.execute()
         except redis.exceptions.ConnectionError as exc:
-            raise RedisUnreachable(f"cannot reach Redis at {_redact(self.url)}: {exc}") from exc
+            raise RedisUnreachable(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
         replies: list[str] = []
         for chunk, (status, dups) in zip(chunks, results, strict=True):
             pending = iter(dups)
