@@ -69,6 +69,8 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
             value = condition()
             if value:
                 return value
+        except AssertionError:
+            raise  # a failed check inside the condition is the answer, not a transient error
         except Exception as error:  # noqa: BLE001 - the API may be briefly unavailable
             last_error = error
         if time.monotonic() >= deadline:

@@ -199,8 +199,14 @@ def test_managed_redis_objects_and_garbage_collection(
         60,
         "the Redis Deployment",
     )
-    service = core.read_namespaced_service("managed-redis", namespace)
-    policy = net.read_namespaced_network_policy("managed-redis", namespace)
+    service = wait_for(
+        lambda: core.read_namespaced_service("managed-redis", namespace), 60, "the Redis Service"
+    )
+    policy = wait_for(
+        lambda: net.read_namespaced_network_policy("managed-redis", namespace),
+        60,
+        "the Redis NetworkPolicy",
+    )
     worker = wait_for(
         lambda: apps.read_namespaced_deployment("managed-worker", namespace),
         60,
@@ -335,9 +341,13 @@ def test_burst_scales_up_drains_and_scales_down(
     twice = {k: v for k, v in runs.items() if v != 1}
     assert not twice, f"tasks run more than once: {sorted(twice.items())[:10]}"
 
-    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=burst").items
-    reasons = {e.reason for e in events}
-    assert {"ScaledUp", "ScaledDown"} <= reasons, reasons
+    def scale_events() -> list:
+        events = core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=burst"
+        ).items
+        return events if {"ScaledUp", "ScaledDown"} <= {e.reason for e in events} else []
+
+    events = wait_for(scale_events, 60, "ScaledUp and ScaledDown Events")
     scaled_up = next(e.message for e in events if e.reason == "ScaledUp")
     assert "→" in scaled_up and "backlog" in scaled_up, scaled_up
 
@@ -403,9 +413,21 @@ def test_managed_rabbitmq_objects(core, apps, custom, operator, namespace):
         60,
         "the RabbitMQ StatefulSet",
     )
-    service = core.read_namespaced_service("rabbit-rabbitmq", namespace)
-    config = core.read_namespaced_config_map("rabbit-rabbitmq", namespace)
-    policy = net.read_namespaced_network_policy("rabbit-rabbitmq", namespace)
+    service = wait_for(
+        lambda: core.read_namespaced_service("rabbit-rabbitmq", namespace),
+        60,
+        "the RabbitMQ Service",
+    )
+    config = wait_for(
+        lambda: core.read_namespaced_config_map("rabbit-rabbitmq", namespace),
+        60,
+        "the RabbitMQ ConfigMap",
+    )
+    policy = wait_for(
+        lambda: net.read_namespaced_network_policy("rabbit-rabbitmq", namespace),
+        60,
+        "the RabbitMQ NetworkPolicy",
+    )
     assert_controlled_by(uid, secret, broker, service, config, policy)
 
     data = {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
