@@ -36,43 +36,68 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
 
 @contextlib.contextmanager
 def redis_server(port: int | None = None, password: str | None = None) -> Iterator[str]:
-    """Start `redis-server` on loopback; yield its URL."""
+    """Start `redis-server` on loopback, with no persistence; yield its URL."""
+    with redis_process(port=port, password=password) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def redis_process(
+    *extra: str, port: int | None = None, password: str | None = None
+) -> Iterator[RedisProcess]:
+    """Start `redis-server` on loopback; yield a handle that can `restart()` it on the
+    same port and data dir. `extra` are more `--option value` arguments (the last wins),
+    e.g. `"--appendonly", "yes"` for a broker that must survive its restart."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server is not installed: run `make setup`")
-    port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="ebbtide-redis-") as data_dir:
-        args = [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            data_dir,
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-        ]
-        if password:
-            args += ["--requirepass", password]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        server = RedisProcess(exe, port or free_port(), data_dir, password, extra)
+        server.start()
         try:
-            wait_for_port(port, 10, proc)
-            auth = f":{password}@" if password else ""
-            yield f"redis://{auth}127.0.0.1:{port}/0"
+            yield server
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            server.stop()
+
+
+class RedisProcess:
+    """One redis-server child; `stop()` is a clean SHUTDOWN (SIGTERM), `kill()` a crash."""
+
+    def __init__(
+        self, exe: str, port: int, data_dir: str, password: str | None, extra: tuple[str, ...]
+    ) -> None:
+        self.exe, self.port, self.data_dir, self.password = exe, port, data_dir, password
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", self.data_dir]
+        args += ["--daemonize", "no", "--loglevel", "warning"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        args += list(self.extra)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for_port(self.port, 10, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 RABBITMQ_BIN = "/usr/lib/rabbitmq/bin"  # Debian's scripts; /usr/sbin wrappers su to 'rabbitmq'

@@ -1,0 +1,73 @@
+"""Faults of the broker and of the link to it: a restart, a blackhole, a memory alarm."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+
+import chaos_tasks
+from ledger import known_gap, wait_for, worker
+from support.servers import free_port
+
+N = 1000
+LEASE_S = 30  # the worker's default lease
+
+
+def test_broker_restart(broker, ledger, redis_url):
+    """The broker stops cleanly and comes back on the same port with its data (Redis: AOF,
+    fsync every second, as the managed Redis runs; RabbitMQ: durable queues, persistent
+    messages). Workers reconnect; every task, ready or in flight, is still there."""
+    ledger.scenario = f"broker restart ({broker.name})"
+    ledger.send(chaos_tasks.flaky, N // 2)  # the retry path too: a write per failure
+    ledger.send(chaos_tasks.work, N // 2, 0.04)
+    with worker(broker.url, redis_url, "--concurrency", "4"):
+        wait_for(lambda: len(ledger.runs()) >= N // 10, 60, "a tenth of the tasks run")
+        assert len(ledger.runs()) < N // 2, "the restart must hit mid-run"
+        broker.server.restart()
+        back = time.monotonic()
+        row = ledger.check(broker.url, since=back)
+    assert row.completed == N
+
+
+def test_blackholed_link(request, proxied_broker, ledger, redis_url):
+    """The link to the broker silently drops everything (no RST, no FIN) while the worker
+    holds tasks. The worker notices within its lease (`/readyz` fails, so Kubernetes
+    would stop routing to it and restart it if it stays wedged); when the link heals it
+    finds its way back and nothing is lost."""
+    known_gap(
+        request,
+        "RabbitMQ: publishes do not wait for the broker and the AMQP heartbeat is 60 s, so "
+        "/readyz stays green behind a dead link",
+        only="rabbitmq",
+    )
+    broker = proxied_broker
+    ledger.scenario = f"blackholed link ({broker.name})"
+    ledger.send(chaos_tasks.work, N, 0.005)
+    port = free_port()
+    with worker(broker.url, redis_url, "--concurrency", "8", metrics_port=port):
+        wait_for(lambda: len(ledger.runs()) >= N // 10, 60, "a tenth of the tasks run")
+        assert probe(port, "/readyz") == 200
+        broker.toxiproxy.blackhole(broker.proxy)
+        cut = time.monotonic()
+        wait_for(
+            lambda: probe(port, "/readyz") == 503, LEASE_S, "/readyz to fail behind the blackhole"
+        )
+        detected = time.monotonic() - cut
+        broker.toxiproxy.heal(broker.proxy)
+        healed = time.monotonic()
+        wait_for(lambda: probe(port, "/readyz") == 200, 60, "/readyz to pass once healed")
+        row = ledger.check(broker.url, since=healed)
+    assert detected < LEASE_S, f"the blackhole was noticed after {detected:.1f}s, past the lease"
+    assert row.completed == N
+
+
+def probe(port: int, path: str) -> int:
+    """The HTTP status of a worker probe (0 while it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0

@@ -1,0 +1,56 @@
+"""Faults of the worker process itself: SIGKILL mid-batch, SIGSTOP past the lease."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import chaos_tasks
+from ledger import known_gap, wait_for, worker
+
+N = 2000
+
+
+def test_sigkill_mid_batch(broker, ledger, redis_url):
+    """A worker dies holding a full batch; another finishes everything it held."""
+    ledger.scenario = f"SIGKILL mid-batch ({broker.name})"
+    ledger.send(chaos_tasks.work, N, 0.002)
+    with worker(broker.url, redis_url, "--concurrency", "8") as victim:
+        wait_for(lambda: len(ledger.runs()) >= N // 10, 60, "a tenth of the tasks run")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        killed_at = time.monotonic()
+        with worker(broker.url, redis_url, "--concurrency", "8"):
+            row = ledger.check(broker.url, since=killed_at)
+    assert row.completed == N
+
+
+def test_sigstop_past_the_lease(request, broker, ledger, redis_url):
+    """A worker frozen past its lease (a long GC pause, a stopped VM) wakes up holding
+    tasks another worker took over. Both may run a task; none is lost or left behind."""
+    known_gap(
+        request,
+        "RabbitMQ: the AMQP heartbeat is pika's 60 s default, so a frozen worker keeps its "
+        "deliveries for minutes",
+        only="rabbitmq",
+    )
+    ledger.scenario = f"SIGSTOP past the lease ({broker.name})"
+    ledger.send(chaos_tasks.work, 200, 0.05)
+    lease = ("--lease-seconds", "2")
+    with worker(broker.url, redis_url, "--concurrency", "4", *lease) as frozen:
+        wait_for(lambda: ledger.runs(), 60, "the first tasks to run")
+        frozen.send_signal(signal.SIGSTOP)
+        try:
+            with worker(broker.url, redis_url, "--concurrency", "4", *lease):
+                # Every task run once means the frozen worker's were taken over too.
+                wait_for(
+                    lambda: len(ledger.runs()) == 200,
+                    120,
+                    "another worker to take over what the frozen one held",
+                )
+                frozen.send_signal(signal.SIGCONT)
+                resumed = time.monotonic()
+                row = ledger.check(broker.url, since=resumed)
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+    assert row.completed == 200
