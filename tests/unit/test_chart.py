@@ -214,7 +214,8 @@ def test_operator_deployment_is_locked_down():
 
 def test_operator_pods_carry_the_label_managed_broker_policies_admit():
     """The operator reads managed brokers' statistics through their NetworkPolicies."""
-    from ebbtide_operator import build_broker, naming
+    from ebbtide_operator import naming
+    from ebbtide_operator.build import redis
 
     labels = only(render(), "Deployment")["spec"]["template"]["metadata"]["labels"]
     owner = {
@@ -222,7 +223,7 @@ def test_operator_pods_carry_the_label_managed_broker_policies_admit():
         "kind": "TaskQueue",
         "metadata": {"name": "tq", "namespace": "team-a", "uid": "u"},
     }
-    peers = build_broker.redis_network_policy(owner)["spec"]["ingress"][0]["from"]
+    peers = redis.redis_network_policy(owner)["spec"]["ingress"][0]["from"]
     operator_peer = next(p for p in peers if "namespaceSelector" in p)
     assert operator_peer["podSelector"]["matchLabels"].items() <= labels.items()
     assert labels[naming.OPERATOR_LABEL] == "true"

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ebbtide_operator import build_broker, build_worker, naming, provision
-from ebbtide_operator.merge import is_subset
+from ebbtide_operator import naming, provision
+from ebbtide_operator.build import common, redis, worker
+from ebbtide_operator.build.merge import is_subset
 from ebbtide_operator.spec import parse_spec
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -42,7 +43,7 @@ def owner_ok(obj: dict) -> None:
 
 def test_secret_holds_password_and_url():
     owner = body(managed_spec())
-    secret = build_broker.broker_secret(owner, "s3cret")
+    secret = redis.redis_secret(owner, "s3cret")
     owner_ok(secret)
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert data["password"] == "s3cret"
@@ -50,14 +51,14 @@ def test_secret_holds_password_and_url():
 
 
 def test_generated_passwords_are_long_and_distinct():
-    a, b = build_broker.generate_password(), build_broker.generate_password()
+    a, b = common.generate_password(), common.generate_password()
     assert a != b and len(a) >= 40
 
 
 def test_ephemeral_redis_is_a_deployment_with_requirepass_and_hardening():
     owner = body(managed_spec())
     spec = parse_spec(owner["spec"])
-    workload = build_broker.redis_workload(owner, spec.broker.managed)
+    workload = redis.redis_workload(owner, spec.broker.managed)
     owner_ok(workload)
     assert workload["kind"] == "Deployment"
     pod = workload["spec"]["template"]["spec"]
@@ -74,7 +75,7 @@ def test_ephemeral_redis_is_a_deployment_with_requirepass_and_hardening():
 def test_persistent_redis_is_a_statefulset_with_aof_and_pvc_policy(policy):
     owner = body(managed_spec(enabled=True, size="5Gi", deletionPolicy=policy))
     spec = parse_spec(owner["spec"])
-    sts = build_broker.redis_workload(owner, spec.broker.managed)
+    sts = redis.redis_workload(owner, spec.broker.managed)
     owner_ok(sts)
     assert sts["kind"] == "StatefulSet"
     args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -86,8 +87,8 @@ def test_persistent_redis_is_a_statefulset_with_aof_and_pvc_policy(policy):
 
 def test_service_and_network_policy_select_the_redis_pods():
     owner = body(managed_spec())
-    service = build_broker.redis_service(owner)
-    policy = build_broker.redis_network_policy(owner)
+    service = redis.redis_service(owner)
+    policy = redis.redis_network_policy(owner)
     owner_ok(service)
     owner_ok(policy)
     assert service["spec"]["selector"] == naming.redis_selector("tq1")
@@ -102,7 +103,7 @@ def test_worker_deployment_command_env_probes_and_security():
     raw["queues"] = [{"name": "high"}, {"name": "low"}]
     raw["worker"].update(concurrency=8, metricsPort=9200, terminationGracePeriodSeconds=90)
     owner = body(raw)
-    deployment = build_worker.worker_deployment(owner, parse_spec(raw), replicas=3)
+    deployment = worker.worker_deployment(owner, parse_spec(raw), replicas=3)
     owner_ok(deployment)
     assert deployment["spec"]["replicas"] == 3
     template = deployment["spec"]["template"]
@@ -146,7 +147,7 @@ def test_worker_deployment_command_env_probes_and_security():
 def test_external_broker_url_comes_from_the_users_secret():
     raw = managed_spec()
     raw["broker"] = {"type": "redis", "external": {"secretRef": {"name": "mine", "key": "u"}}}
-    deployment = build_worker.worker_deployment(body(raw), parse_spec(raw), replicas=0)
+    deployment = worker.worker_deployment(body(raw), parse_spec(raw), replicas=0)
     env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "u"}
 
@@ -154,10 +155,10 @@ def test_external_broker_url_comes_from_the_users_secret():
 def test_strict_order_and_weights_reach_the_worker_args():
     raw = managed_spec()
     raw["queues"] = [{"name": "a", "weight": 3}, {"name": "b"}]
-    args = build_worker.worker_args(parse_spec(raw))
+    args = worker.worker_args(parse_spec(raw))
     assert args[args.index("--queues") + 1] == "a:3,b:1"
     raw["queueOrder"] = "strict"
-    args = build_worker.worker_args(parse_spec(raw))
+    args = worker.worker_args(parse_spec(raw))
     assert args[args.index("--queues") + 1] == "a,b"
     assert args[-1] == "--strict"
 
@@ -171,7 +172,7 @@ def test_pod_template_override_merges_without_breaking_selector():
             "containers": [{"name": "worker", "env": [{"name": "EXTRA", "value": "1"}]}],
         },
     }
-    template = build_worker.worker_pod_template("tq1", parse_spec(raw))
+    template = worker.worker_pod_template("tq1", parse_spec(raw))
     assert template["metadata"]["labels"]["team"] == "x"
     assert template["metadata"]["labels"][naming.TASKQUEUE_LABEL] == "tq1"
     assert template["spec"]["nodeSelector"] == {"disk": "ssd"}
@@ -183,10 +184,10 @@ def test_pod_template_override_merges_without_breaking_selector():
 
 def test_spec_changes_change_the_hash_and_equal_specs_do_not():
     raw = managed_spec()
-    a = build_worker.worker_pod_template("tq1", parse_spec(raw))
-    b = build_worker.worker_pod_template("tq1", parse_spec(copy.deepcopy(raw)))
+    a = worker.worker_pod_template("tq1", parse_spec(raw))
+    b = worker.worker_pod_template("tq1", parse_spec(copy.deepcopy(raw)))
     raw["worker"]["image"] = "w:2"
-    c = build_worker.worker_pod_template("tq1", parse_spec(raw))
+    c = worker.worker_pod_template("tq1", parse_spec(raw))
     key = naming.SPEC_HASH_ANNOTATION
     assert a["metadata"]["annotations"][key] == b["metadata"]["annotations"][key]
     assert a["metadata"]["annotations"][key] != c["metadata"]["annotations"][key]
@@ -194,16 +195,16 @@ def test_spec_changes_change_the_hash_and_equal_specs_do_not():
 
 def test_scaling_changes_do_not_roll_the_pods():
     raw = managed_spec()
-    a = build_worker.worker_pod_template("tq1", parse_spec(raw))
+    a = worker.worker_pod_template("tq1", parse_spec(raw))
     raw["scaling"] = {"maxReplicas": 50, "targetBacklogSeconds": 5}
-    b = build_worker.worker_pod_template("tq1", parse_spec(raw))
+    b = worker.worker_pod_template("tq1", parse_spec(raw))
     assert a == b
 
 
 def test_template_patch_never_touches_replicas():
     raw = managed_spec()
-    deployment = build_worker.worker_deployment(body(raw), parse_spec(raw), replicas=4)
-    patch = build_worker.template_patch(deployment)
+    deployment = worker.worker_deployment(body(raw), parse_spec(raw), replicas=4)
+    patch = worker.template_patch(deployment)
     assert "replicas" not in patch["spec"]
     assert patch["spec"]["template"] == deployment["spec"]["template"]
 
@@ -211,7 +212,7 @@ def test_template_patch_never_touches_replicas():
 def test_live_template_with_server_defaults_is_not_drift():
     raw = managed_spec()
     raw["worker"]["resources"] = {"requests": {"cpu": "0.5", "memory": "1024Mi"}}
-    wanted = build_worker.worker_pod_template("tq1", parse_spec(raw))
+    wanted = worker.worker_pod_template("tq1", parse_spec(raw))
     live = copy.deepcopy(wanted)
     container = live["spec"]["containers"][0]
     container.update(terminationMessagePath="/dev/termination-log", imagePullPolicy="IfNotPresent")
@@ -227,7 +228,7 @@ def test_examples_build(path):
     manifest = yaml.safe_load(path.read_text())
     manifest["metadata"].update(namespace="default", uid="u")
     spec = parse_spec(manifest["spec"])
-    deployment = build_worker.worker_deployment(manifest, spec, replicas=spec.scaling.min_replicas)
+    deployment = worker.worker_deployment(manifest, spec, replicas=spec.scaling.min_replicas)
     assert deployment["metadata"]["name"] == f"{manifest['metadata']['name']}-worker"
     for obj in provision.desired_broker_objects(manifest, spec):
         assert obj["metadata"]["name"].startswith(f"{manifest['metadata']['name']}-")
