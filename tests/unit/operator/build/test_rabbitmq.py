@@ -1,46 +1,25 @@
-"""The managed RabbitMQ builders: the exact objects, their credentials and hardening,
-and the operator reading its statistics through the Secret's URL."""
+"""The managed RabbitMQ builders: the exact objects, their credentials and hardening."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 
 import pytest
 from ebbtide.rabbitmq_topology import parse_options
-from ebbtide_operator import naming, provision
-from ebbtide_operator.broker_io import BrokerReader, with_amqp_timeouts
-from ebbtide_operator.build import rabbitmq, redis, worker
+from ebbtide_operator import naming
+from ebbtide_operator.build import rabbitmq, redis
 from ebbtide_operator.spec import DEFAULT_RABBITMQ_IMAGE, parse_spec
+from support.taskqueue import assert_owned, decoded, managed_spec, taskqueue
 
 
 def body(name: str = "tq1", **managed) -> dict:
-    return {
-        "apiVersion": "ebbtide.dev/v1alpha1",
-        "kind": "TaskQueue",
-        "metadata": {"name": name, "namespace": "ns1", "uid": "uid-123", "generation": 1},
-        "spec": {
-            "broker": {"type": "rabbitmq", "managed": managed},
-            "queues": [{"name": "default"}],
-            "worker": {"image": "w:1", "app": "m.tasks:app"},
-        },
-    }
+    return taskqueue(managed_spec("rabbitmq", **managed), name)
 
 
 def managed_of(b: dict):
     return parse_spec(b["spec"]).broker.managed
-
-
-def owner_ok(obj: dict) -> None:
-    (ref,) = obj["metadata"]["ownerReferences"]
-    assert ref["uid"] == "uid-123" and ref["kind"] == "TaskQueue" and ref["controller"] is True
-    assert obj["metadata"]["namespace"] == "ns1"
-
-
-def decoded(secret: dict) -> dict[str, str]:
-    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
 
 
 def workload_pod(b: dict) -> dict:
@@ -53,7 +32,7 @@ def workload_pod(b: dict) -> dict:
 def test_secret_holds_user_password_url_and_definitions():
     owner = body()
     secret = rabbitmq.rabbitmq_secret(owner, "ebbtide-0a1b2c3d", "s3cret")
-    owner_ok(secret)
+    assert_owned(secret)
     assert secret["metadata"]["name"] == "tq1-broker"
     data = decoded(secret)
     assert data["username"] == "ebbtide-0a1b2c3d" and data["password"] == "s3cret"
@@ -84,24 +63,13 @@ def test_password_hash_is_rabbitmqs_salted_sha256():
     assert rabbitmq.password_hash("x") != rabbitmq.password_hash("x")
 
 
-def test_generated_credentials_are_fresh_and_never_guest():
-    secrets = [provision.new_broker_secret(body(), "rabbitmq") for _ in range(5)]
-    users = {decoded(s)["username"] for s in secrets}
-    passwords = {decoded(s)["password"] for s in secrets}
-    assert len(users) == 5 and len(passwords) == 5
-    assert "guest" not in users and all(u.startswith("ebbtide-") for u in users)
-    assert all(len(p) >= 40 for p in passwords)
-    # URL-safe, so they go into the amqp:// URL unescaped.
-    assert all(parse_options(decoded(s)["url"]).amqp_url.count("@") == 1 for s in secrets)
-
-
 # --- ConfigMap: management plugin, definitions, memory ------------------------------------
 
 
 def test_config_map_enables_management_and_loads_the_definitions():
     owner = body()
     config_map = rabbitmq.rabbitmq_config_map(owner, managed_of(owner))
-    owner_ok(config_map)
+    assert_owned(config_map)
     assert config_map["metadata"]["name"] == "tq1-rabbitmq"
     assert config_map["data"]["enabled_plugins"] == "[rabbitmq_management].\n"
     conf = dict(
@@ -150,7 +118,7 @@ def test_a_config_change_restarts_the_node_and_equal_specs_do_not():
 def test_default_is_a_statefulset_with_a_pvc_and_its_retention_policy(policy):
     owner = body(persistence={"size": "5Gi", "storageClassName": "fast", "deletionPolicy": policy})
     sts = rabbitmq.rabbitmq_workload(owner, managed_of(owner))
-    owner_ok(sts)
+    assert_owned(sts)
     assert sts["kind"] == "StatefulSet" and sts["metadata"]["name"] == "tq1-rabbitmq"
     assert sts["spec"]["serviceName"] == "tq1-rabbitmq" and sts["spec"]["replicas"] == 1
     assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {
@@ -244,7 +212,7 @@ def test_image_and_resources_come_from_the_spec():
 
 def test_service_exposes_amqp_and_management_of_the_broker_pod():
     service = rabbitmq.rabbitmq_service(body())
-    owner_ok(service)
+    assert_owned(service)
     assert service["metadata"]["name"] == "tq1-rabbitmq"
     assert service["spec"]["selector"] == naming.broker_selector("tq1")
     assert service["spec"]["ports"] == [
@@ -255,7 +223,7 @@ def test_service_exposes_amqp_and_management_of_the_broker_pod():
 
 def test_network_policy_admits_only_workers_producers_and_the_operator():
     policy = rabbitmq.rabbitmq_network_policy(body())
-    owner_ok(policy)
+    assert_owned(policy)
     spec = policy["spec"]
     assert spec["podSelector"]["matchLabels"] == naming.broker_selector("tq1")
     assert spec["policyTypes"] == ["Ingress"]
@@ -276,47 +244,3 @@ def test_network_policy_selects_the_pods_the_workload_makes():
     sts = rabbitmq.rabbitmq_workload(owner, managed_of(owner))
     selector = rabbitmq.rabbitmq_network_policy(owner)["spec"]["podSelector"]
     assert selector["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
-
-
-# --- workers and the operator's reads ------------------------------------------------------
-
-
-def test_workers_read_the_url_from_the_managed_secret_and_roll_on_a_type_switch():
-    rabbit = parse_spec(body()["spec"])
-    template = worker.worker_pod_template("tq1", rabbit)
-    env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
-    assert env["EBBTIDE_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {
-        "name": "tq1-broker",
-        "key": "url",
-    }
-    assert template["metadata"]["annotations"][naming.BROKER_TYPE_ANNOTATION] == "rabbitmq"
-    redis_spec = body()["spec"]
-    redis_spec["broker"] = {"type": "redis", "managed": {}}
-    redis_template = worker.worker_pod_template("tq1", parse_spec(redis_spec))
-    assert naming.BROKER_TYPE_ANNOTATION not in redis_template["metadata"]["annotations"]
-    hash_key = naming.SPEC_HASH_ANNOTATION
-    assert (
-        template["metadata"]["annotations"][hash_key]
-        != redis_template["metadata"]["annotations"][hash_key]
-    )
-
-
-def test_amqp_urls_get_short_timeouts_unless_they_set_their_own():
-    url = "amqp://u:p@h:5672/%2F?management_port=15672&socket_timeout=9"
-    options = parse_options(with_amqp_timeouts(url))
-    assert options.management_url == "http://u:p@h:15672"
-    assert "socket_timeout=9" in options.amqp_url
-    assert "connection_attempts=1" in options.amqp_url and "stack_timeout=5" in options.amqp_url
-
-
-def test_the_reader_passes_amqp_urls_with_timeouts_to_read_stats():
-    seen = []
-    reader = BrokerReader(max_threads=1, reader=lambda handle, queues: seen.append(handle))
-    url = rabbitmq.rabbitmq_url("tq1", "ns1", "u", "p")
-    try:
-        asyncio.run(reader.read("ns1/tq1", url, ["default"], timeout=5))
-    finally:
-        reader.close()
-    (handle,) = seen
-    assert isinstance(handle, str) and handle.startswith(url)
-    assert "connection_attempts=1" in handle

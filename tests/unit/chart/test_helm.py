@@ -5,7 +5,7 @@ schema rejecting bad input with the field's name).
 
 helm is found by `find_helm()`: $EBBTIDE_HELM, then the control plane's build cache
 (~/.cache/ebbtide/k8s-*/helm, built by `make cluster-up`), then ~/.cache/ebbtide/helm-*/helm,
-then PATH. Without one the module is skipped (the static checks in test_chart_static.py
+then PATH. Without one the module is skipped (the static checks in test_static.py
 still run).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 CHART = ROOT / "charts" / "ebbtide"
 RELEASE, NAMESPACE = "ebbtide", "ebbtide-system"
 # helm built with plain `go install` assumes Kubernetes v1.20 offline; render for a current one.
