@@ -90,14 +90,14 @@ def _update_patch(obj: Mapping[str, Any]) -> dict[str, Any]:
     return patch
 
 
-async def ensure(objects: Cluster, obj: Mapping[str, Any]) -> str:
+async def ensure(cluster: Cluster, obj: Mapping[str, Any]) -> str:
     """'created', 'updated', or 'kept' (Secrets are never overwritten)."""
-    if await objects.create(obj):
+    if await cluster.create(obj):
         return "created"
     if obj["kind"] == "Secret":
         return "kept"
     meta = obj["metadata"]
-    await objects.patch(obj["kind"], meta["namespace"], meta["name"], _update_patch(obj))
+    await cluster.patch(obj["kind"], meta["namespace"], meta["name"], _update_patch(obj))
     return "updated"
 
 
@@ -131,24 +131,24 @@ def new_broker_secret(body: Mapping[str, Any], broker_type: str) -> dict[str, An
 
 
 async def ensure_broker_secret(
-    objects: Cluster, body: Mapping[str, Any], broker_type: str = "redis"
+    cluster: Cluster, body: Mapping[str, Any], broker_type: str = "redis"
 ) -> str:
     """Create the Secret with fresh credentials unless one exists already. Ours, made for
     the other broker type, is replaced; one the user made is never touched."""
     meta = body["metadata"]
     namespace, secret_name = meta["namespace"], naming.broker_secret_name(meta["name"])
-    existing = await objects.read("Secret", namespace, secret_name)
+    existing = await cluster.read("Secret", namespace, secret_name)
     if existing is None:
-        return await ensure(objects, new_broker_secret(body, broker_type))
+        return await ensure(cluster, new_broker_secret(body, broker_type))
     if not _owned_by(existing, meta.get("uid")) or secret_broker_type(existing) == broker_type:
         return "kept"
-    await objects.delete("Secret", namespace, secret_name)
-    await ensure(objects, new_broker_secret(body, broker_type))
+    await cluster.delete("Secret", namespace, secret_name)
+    await ensure(cluster, new_broker_secret(body, broker_type))
     return "replaced"
 
 
 async def reconcile(
-    objects: Cluster, body: Mapping[str, Any], spec: TaskQueueSpec
+    cluster: Cluster, body: Mapping[str, Any], spec: TaskQueueSpec
 ) -> dict[str, str]:
     """Bring the owned objects in line with `spec`; returns what happened to each."""
     meta = body["metadata"]
@@ -156,18 +156,18 @@ async def reconcile(
     report: dict[str, str] = {}
     if spec.broker.managed is not None:
         report[f"Secret/{naming.broker_secret_name(name)}"] = await ensure_broker_secret(
-            objects, body, spec.broker.type
+            cluster, body, spec.broker.type
         )
     for obj in desired_broker_objects(body, spec):
-        report[f"{obj['kind']}/{obj['metadata']['name']}"] = await ensure(objects, obj)
+        report[f"{obj['kind']}/{obj['metadata']['name']}"] = await ensure(cluster, obj)
     for kind, stale in stale_broker_objects(body, spec):
-        existing = await objects.read(kind, namespace, stale)
+        existing = await cluster.read(kind, namespace, stale)
         if existing is not None and _owned_by(existing, meta.get("uid")):
-            await objects.delete(kind, namespace, stale)
+            await cluster.delete(kind, namespace, stale)
             report[f"{kind}/{stale}"] = "deleted"
 
     deployment = naming.worker_name(name)
-    report[f"Deployment/{deployment}"] = await apply_worker_deployment(objects, body, spec)
+    report[f"Deployment/{deployment}"] = await apply_worker_deployment(cluster, body, spec)
     return report
 
 
@@ -175,21 +175,21 @@ async def reconcile(
 
 
 async def apply_worker_deployment(
-    objects: Cluster, body: Mapping[str, Any], spec: TaskQueueSpec
+    cluster: Cluster, body: Mapping[str, Any], spec: TaskQueueSpec
 ) -> str:
     """'created' (at minReplicas) or 'updated': our pod template re-applied, replicas kept."""
     deployment = worker.worker_deployment(body, spec, replicas=spec.scaling.min_replicas)
-    if await objects.create(deployment):
+    if await cluster.create(deployment):
         return "created"
     meta = deployment["metadata"]
-    await objects.patch(
+    await cluster.patch(
         "Deployment", meta["namespace"], meta["name"], worker.template_patch(deployment)
     )
     return "updated"
 
 
 async def sync_worker_deployment(
-    objects: Cluster,
+    cluster: Cluster,
     body: Mapping[str, Any],
     spec: TaskQueueSpec,
     replicas: int,
@@ -205,17 +205,17 @@ async def sync_worker_deployment(
     """
     meta = body["metadata"]
     namespace, deployment_name = meta["namespace"], naming.worker_name(meta["name"])
-    live = await objects.read_deployment(namespace, deployment_name)
+    live = await cluster.read_deployment(namespace, deployment_name)
     if live is None and meta.get("deletionTimestamp"):
         return None
     if live is None:
-        await objects.create(worker.worker_deployment(body, spec, replicas=replicas))
+        await cluster.create(worker.worker_deployment(body, spec, replicas=replicas))
         events(body, "Normal", "Created", f"worker Deployment {deployment_name}")
-        return await objects.read_deployment(namespace, deployment_name)
+        return await cluster.read_deployment(namespace, deployment_name)
     live_template = live.get("spec", {}).get("template", {})
     if not is_subset(template, live_template):
         wanted = worker.worker_deployment(body, spec, replicas=0)
-        await objects.patch("Deployment", namespace, deployment_name, worker.template_patch(wanted))
+        await cluster.patch("Deployment", namespace, deployment_name, worker.template_patch(wanted))
         hash_key = naming.SPEC_HASH_ANNOTATION
         live_hash = live_template.get("metadata", {}).get("annotations", {}).get(hash_key)
         if live_hash == template["metadata"]["annotations"][hash_key]:
@@ -227,9 +227,9 @@ async def sync_worker_deployment(
     return live
 
 
-async def scale_workers(objects: Cluster, namespace: str, taskqueue: str, replicas: int) -> None:
+async def scale_workers(cluster: Cluster, namespace: str, taskqueue: str, replicas: int) -> None:
     """Set the worker Deployment's replicas, and nothing else (the scale subresource)."""
-    await objects.scale_deployment(namespace, naming.worker_name(taskqueue), replicas)
+    await cluster.scale_deployment(namespace, naming.worker_name(taskqueue), replicas)
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:

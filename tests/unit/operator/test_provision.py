@@ -199,3 +199,71 @@ def test_examples_build(path):
     assert deployment["metadata"]["name"] == f"{manifest['metadata']['name']}-worker"
     for obj in provision.desired_broker_objects(manifest, spec):
         assert obj["metadata"]["name"].startswith(f"{manifest['metadata']['name']}-")
+
+
+# --- the worker Deployment, as the tick keeps it -------------------------------------------
+
+
+def sync(cluster: MemoryCluster, b: dict, replicas: int = 3) -> dict | None:
+    spec = parse_spec(b["spec"])
+    template = worker.worker_pod_template(b["metadata"]["name"], spec)
+    return asyncio.run(
+        provision.sync_worker_deployment(
+            cluster, b, spec, replicas=replicas, template=template, events=cluster.record_event
+        )
+    )
+
+
+def test_a_missing_worker_deployment_is_recreated_at_the_replicas_the_tick_wanted():
+    cluster = MemoryCluster()
+    live = sync(cluster, body(), replicas=3)
+    assert live is not None and live["spec"]["replicas"] == 3
+    assert cluster.events == [("Normal", "Created", "worker Deployment tq-worker")]
+
+
+def test_a_taskqueue_being_deleted_never_gets_its_workers_back():
+    cluster = MemoryCluster()
+    b = body()
+    b["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert sync(cluster, b) is None
+    assert cluster.objects == {} and cluster.events == []
+
+
+def test_a_live_template_that_holds_ours_is_left_alone():
+    cluster = MemoryCluster()
+    sync(cluster, body())
+    cluster.events.clear()
+    sync(cluster, body())
+    assert cluster.patches == [] and cluster.events == []
+
+
+def test_an_edited_template_is_restored_and_a_spec_change_rolls_out():
+    cluster = MemoryCluster()
+    b = body()
+    sync(cluster, b)
+    deployment = cluster.objects[("Deployment", "ns", "tq-worker")]
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    cluster.events.clear()
+    sync(cluster, b)
+    assert cluster.events == [
+        ("Warning", "DriftRepaired", "restored the pod template of tq-worker")
+    ]
+    assert (
+        cluster.objects[("Deployment", "ns", "tq-worker")]["spec"]["template"]["spec"][
+            "containers"
+        ][0]["image"]
+        == "w:1"
+    )
+    b["spec"]["worker"]["image"] = "w:2"
+    cluster.events.clear()
+    sync(cluster, b)
+    assert cluster.events == [("Normal", "Rollout", "pod template of tq-worker updated")]
+    assert cluster.objects[("Deployment", "ns", "tq-worker")]["spec"]["replicas"] == 3
+
+
+def test_scaling_writes_only_the_replicas_of_the_worker_deployment():
+    cluster = MemoryCluster()
+    run(cluster, body())
+    asyncio.run(provision.scale_workers(cluster, "ns", "tq", 7))
+    assert cluster.scales == [("ns", "tq-worker", 7)]
+    assert cluster.patches == []
