@@ -29,7 +29,7 @@ from ebbtide_operator import provision
 from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.build import rabbitmq
 from ebbtide_operator.spec import parse_spec
-from support.servers import RABBITMQ_BIN, _RabbitMQ, free_port, wait_for_port
+from support.servers import RABBITMQ_BIN, RabbitMQProcess, free_port, wait_for_port
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -95,7 +95,7 @@ class Node:
         )
         (self.etc / "rabbitmq.conf").write_text(conf)
         (self.etc / "enabled_plugins").write_text(config_map["data"]["enabled_plugins"])
-        self.server = _RabbitMQ(
+        self.server = RabbitMQProcess(
             os.path.join(RABBITMQ_BIN, "rabbitmq-server"),
             self.env,
             self.node,
