@@ -265,7 +265,7 @@ class TaskQueueTicker:
         try:
             replicas = spec.scaling.min_replicas
             if self.memory.policy_state is not None and self.memory.written:
-                # Recreated after a deletion: at what the policy last wanted, not from zero.
+                # Recreated after a deletion: at what the policy last wanted, not minReplicas.
                 replicas = int(self.memory.written.get("desiredReplicas") or replicas)
             return await provision.sync_worker_deployment(
                 self.cluster,
