@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup deps-system binaries test lint unit integration e2e e2e-kind bench bench-policy bench-operator bench-operator-e2e demo helm-lint cluster-up cluster-down clean
+.PHONY: help setup deps-system binaries test lint unit integration harness e2e e2e-kind bench bench-policy bench-operator bench-operator-e2e demo helm-lint cluster-up cluster-down clean
 
 help:
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 setup: deps-system $(STAMP) ## Install system packages (redis-server, rabbitmq-server) and the Python venv
 
@@ -40,7 +40,7 @@ unit: setup ## Unit tests (pure logic)
 integration: setup ## Integration tests against real Redis / RabbitMQ started on loopback
 	$(PY) -m pytest -q tests/integration
 
-test: setup lint binaries ## The whole suite: ruff, unit, integration (real brokers), e2e (real control plane)
+test: setup lint binaries ## The whole suite: ruff, unit, integration (real brokers), the harness's unit tests and e2e (real control plane)
 	$(PY) -m pytest -q -rs tests
 	$(MAKE) e2e
 
@@ -51,8 +51,13 @@ binaries:
 	@e2e/build-binaries.sh >/dev/null || { rc=$$?; if [ "$$rc" = 3 ] && [ "$${CI:-}" != true ]; then \
 	  echo "binaries: WARNING: no Go toolchain, the e2e suite will be skipped" >&2; else exit $$rc; fi; }
 
-e2e: setup ## e2e suite on a local control plane built from Go modules (see e2e/README.md)
-	$(PY) -m pytest -q -rs e2e/tests
+harness: setup ## Unit tests of the e2e harness itself (e2e/kubelet/tests: pure logic, no cluster)
+	$(PY) -m pytest -q e2e/kubelet/tests
+
+# The harness's own unit tests run first, in the same session: a broken kubelet helper
+# fails in a second, not as a confusing e2e failure.
+e2e: setup ## e2e suite on a local control plane built from Go modules (see e2e/README.md), after the harness's unit tests
+	$(PY) -m pytest -q -rs e2e/kubelet/tests e2e/tests
 
 e2e-kind: setup ## The same e2e suite on a kind cluster (needs Docker; not exercised on Docker-less machines)
 	scripts/e2e-kind.sh

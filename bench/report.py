@@ -1,6 +1,6 @@
 """Pure presentation: ratios, the issue's targets marked PASS/MISS, and the table.
 
-No I/O here, so the verdict logic is unit-tested (tests/unit/test_bench_report.py).
+No I/O here, so the verdict logic is unit-tested (tests/unit/bench/test_report.py).
 """
 
 from __future__ import annotations

@@ -7,5 +7,5 @@ process with the container's env, reporting status like a kubelet would. See the
 kubelet" section of e2e/README.md for what it maps and what it does not do.
 
 Pure logic (env resolution, $(VAR) expansion, image mapping, port remapping, status
-building) lives in modules without I/O so that tests/unit can test it without a cluster.
+building) lives in modules without I/O so that e2e/kubelet/tests can test it without a cluster.
 """

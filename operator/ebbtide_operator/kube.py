@@ -2,7 +2,8 @@
 
 Synchronous `kubernetes` client calls run in a dedicated thread pool so the event loop
 never blocks. Everything is plain dicts in and out. 404s become None/False, 409s on
-create mean "already there", so callers stay simple and idempotent.
+create mean "already there", so callers stay simple and idempotent. `KubeCluster` is the
+real implementation of cluster.Cluster.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def load_config() -> None:
 
 
 class KubeCluster:
-    """Async facade over the typed clients, one shared connection pool."""
+    """cluster.Cluster on the real API server: async over the typed clients, one shared
+    connection pool."""
 
     def __init__(
         self,

@@ -1,7 +1,8 @@
 """The kopf entry point: `kopf run -m ebbtide_operator.main [--all-namespaces | -n NS ...]`.
 
 Handlers stay thin: provisioning is `provision.reconcile`, each TaskQueue's poll loop is
-a kopf daemon driving `tick.TaskQueueTicker`. Environment:
+a kopf daemon driving `tick.TaskQueueTicker`; both reach Kubernetes through one
+`kube.KubeCluster` (the `cluster.Cluster` protocol). Environment:
   EBBTIDE_OPERATOR_METRICS_PORT  Prometheus port of the operator (default 8081, 0 = off)
   EBBTIDE_BROKER_THREADS         threads for broker reads (default 64)
   EBBTIDE_KUBE_THREADS           threads for API calls (default 16)

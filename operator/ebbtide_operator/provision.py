@@ -1,10 +1,15 @@
-"""Create or update everything a TaskQueue owns, idempotently.
+"""Create, update, scale and delete what a TaskQueue owns: the only writer of those objects.
 
-Called on create, on spec update and when the operator (re)starts. The broker Secret is
-created once and never overwritten (its password is the broker's identity), unless the
-managed broker changes type (a Redis URL is no use to a RabbitMQ); other objects are
-created or merge-patched to the builders' output. The worker Deployment's replicas are
-set only at creation; later only the tick changes them.
+The kopf handlers call `reconcile` on create, on spec update and when the operator
+(re)starts; the tick calls `sync_worker_deployment` (recreate a missing worker Deployment,
+repair a drifted pod template) and `scale_workers` every poll. The objects themselves come
+from the pure builders in build/; this module only decides create, patch or delete.
+
+The broker Secret is created once and never overwritten (its password is the broker's
+identity), unless the managed broker changes type (a Redis URL is no use to a RabbitMQ);
+other objects are created or merge-patched to the builders' output. The worker
+Deployment's replicas are set only at creation; after that only `scale_workers` (on the
+tick's decision) changes them.
 """
 
 from __future__ import annotations
@@ -13,21 +18,15 @@ import base64
 import binascii
 import logging
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
-from ebbtide_operator import build_broker, build_rabbitmq, build_worker, naming
+from ebbtide_operator import naming
+from ebbtide_operator.build import common, rabbitmq, redis, worker
+from ebbtide_operator.build.merge import is_subset
+from ebbtide_operator.cluster import Cluster, EventSink
 from ebbtide_operator.spec import TaskQueueSpec
 
 log = logging.getLogger(__name__)
-
-
-class Objects(Protocol):
-    async def create(self, obj: Mapping[str, Any]) -> bool: ...
-    async def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def patch(
-        self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
-    ) -> None: ...
-    async def delete(self, kind: str, namespace: str, name: str) -> bool: ...
 
 
 def desired_broker_objects(body: Mapping[str, Any], spec: TaskQueueSpec) -> list[dict[str, Any]]:
@@ -37,15 +36,15 @@ def desired_broker_objects(body: Mapping[str, Any], spec: TaskQueueSpec) -> list
         return []
     if spec.broker.type == "rabbitmq":
         return [
-            build_rabbitmq.rabbitmq_config_map(body, managed),
-            build_rabbitmq.rabbitmq_workload(body, managed),
-            build_rabbitmq.rabbitmq_service(body),
-            build_rabbitmq.rabbitmq_network_policy(body),
+            rabbitmq.rabbitmq_config_map(body, managed),
+            rabbitmq.rabbitmq_workload(body, managed),
+            rabbitmq.rabbitmq_service(body),
+            rabbitmq.rabbitmq_network_policy(body),
         ]
     return [
-        build_broker.redis_workload(body, managed),
-        build_broker.redis_service(body),
-        build_broker.redis_network_policy(body),
+        redis.redis_workload(body, managed),
+        redis.redis_service(body),
+        redis.redis_network_policy(body),
     ]
 
 
@@ -91,14 +90,14 @@ def _update_patch(obj: Mapping[str, Any]) -> dict[str, Any]:
     return patch
 
 
-async def ensure(objects: Objects, obj: Mapping[str, Any]) -> str:
+async def ensure(cluster: Cluster, obj: Mapping[str, Any]) -> str:
     """'created', 'updated', or 'kept' (Secrets are never overwritten)."""
-    if await objects.create(obj):
+    if await cluster.create(obj):
         return "created"
     if obj["kind"] == "Secret":
         return "kept"
     meta = obj["metadata"]
-    await objects.patch(obj["kind"], meta["namespace"], meta["name"], _update_patch(obj))
+    await cluster.patch(obj["kind"], meta["namespace"], meta["name"], _update_patch(obj))
     return "updated"
 
 
@@ -125,31 +124,31 @@ def secret_broker_type(secret: Mapping[str, Any]) -> str | None:
 
 def new_broker_secret(body: Mapping[str, Any], broker_type: str) -> dict[str, Any]:
     """A Secret with fresh credentials (user and password for RabbitMQ, password for Redis)."""
-    password = build_broker.generate_password()
+    password = common.generate_password()
     if broker_type == "rabbitmq":
-        return build_rabbitmq.rabbitmq_secret(body, build_rabbitmq.generate_username(), password)
-    return build_broker.broker_secret(body, password)
+        return rabbitmq.rabbitmq_secret(body, rabbitmq.generate_username(), password)
+    return redis.redis_secret(body, password)
 
 
 async def ensure_broker_secret(
-    objects: Objects, body: Mapping[str, Any], broker_type: str = "redis"
+    cluster: Cluster, body: Mapping[str, Any], broker_type: str = "redis"
 ) -> str:
     """Create the Secret with fresh credentials unless one exists already. Ours, made for
     the other broker type, is replaced; one the user made is never touched."""
     meta = body["metadata"]
     namespace, secret_name = meta["namespace"], naming.broker_secret_name(meta["name"])
-    existing = await objects.read("Secret", namespace, secret_name)
+    existing = await cluster.read("Secret", namespace, secret_name)
     if existing is None:
-        return await ensure(objects, new_broker_secret(body, broker_type))
+        return await ensure(cluster, new_broker_secret(body, broker_type))
     if not _owned_by(existing, meta.get("uid")) or secret_broker_type(existing) == broker_type:
         return "kept"
-    await objects.delete("Secret", namespace, secret_name)
-    await ensure(objects, new_broker_secret(body, broker_type))
+    await cluster.delete("Secret", namespace, secret_name)
+    await ensure(cluster, new_broker_secret(body, broker_type))
     return "replaced"
 
 
 async def reconcile(
-    objects: Objects, body: Mapping[str, Any], spec: TaskQueueSpec
+    cluster: Cluster, body: Mapping[str, Any], spec: TaskQueueSpec
 ) -> dict[str, str]:
     """Bring the owned objects in line with `spec`; returns what happened to each."""
     meta = body["metadata"]
@@ -157,28 +156,80 @@ async def reconcile(
     report: dict[str, str] = {}
     if spec.broker.managed is not None:
         report[f"Secret/{naming.broker_secret_name(name)}"] = await ensure_broker_secret(
-            objects, body, spec.broker.type
+            cluster, body, spec.broker.type
         )
     for obj in desired_broker_objects(body, spec):
-        report[f"{obj['kind']}/{obj['metadata']['name']}"] = await ensure(objects, obj)
+        report[f"{obj['kind']}/{obj['metadata']['name']}"] = await ensure(cluster, obj)
     for kind, stale in stale_broker_objects(body, spec):
-        existing = await objects.read(kind, namespace, stale)
+        existing = await cluster.read(kind, namespace, stale)
         if existing is not None and _owned_by(existing, meta.get("uid")):
-            await objects.delete(kind, namespace, stale)
+            await cluster.delete(kind, namespace, stale)
             report[f"{kind}/{stale}"] = "deleted"
 
-    deployment = build_worker.worker_deployment(body, spec, replicas=spec.scaling.min_replicas)
-    if await objects.create(deployment):
-        report[f"Deployment/{deployment['metadata']['name']}"] = "created"
-    else:
-        await objects.patch(
-            "Deployment",
-            namespace,
-            deployment["metadata"]["name"],
-            build_worker.template_patch(deployment),
-        )
-        report[f"Deployment/{deployment['metadata']['name']}"] = "updated"
+    deployment = naming.worker_name(name)
+    report[f"Deployment/{deployment}"] = await apply_worker_deployment(cluster, body, spec)
     return report
+
+
+# --- the worker Deployment -----------------------------------------------------------------
+
+
+async def apply_worker_deployment(
+    cluster: Cluster, body: Mapping[str, Any], spec: TaskQueueSpec
+) -> str:
+    """'created' (at minReplicas) or 'updated': our pod template re-applied, replicas kept."""
+    deployment = worker.worker_deployment(body, spec, replicas=spec.scaling.min_replicas)
+    if await cluster.create(deployment):
+        return "created"
+    meta = deployment["metadata"]
+    await cluster.patch(
+        "Deployment", meta["namespace"], meta["name"], worker.template_patch(deployment)
+    )
+    return "updated"
+
+
+async def sync_worker_deployment(
+    cluster: Cluster,
+    body: Mapping[str, Any],
+    spec: TaskQueueSpec,
+    replicas: int,
+    template: Mapping[str, Any],
+    events: EventSink,
+) -> dict[str, Any] | None:
+    """The live worker Deployment, as the tick needs it every poll.
+
+    A missing one is recreated with `replicas` (what the tick last wanted), except while
+    the TaskQueue is being deleted (then None: workers are never brought back). A live one
+    whose pod template no longer holds `template` (API-server defaults are fine) gets it
+    back: a `DriftRepaired` Warning when someone edited it, a `Rollout` when the spec changed.
+    """
+    meta = body["metadata"]
+    namespace, deployment_name = meta["namespace"], naming.worker_name(meta["name"])
+    live = await cluster.read_deployment(namespace, deployment_name)
+    if live is None and meta.get("deletionTimestamp"):
+        return None
+    if live is None:
+        await cluster.create(worker.worker_deployment(body, spec, replicas=replicas))
+        events(body, "Normal", "Created", f"worker Deployment {deployment_name}")
+        return await cluster.read_deployment(namespace, deployment_name)
+    live_template = live.get("spec", {}).get("template", {})
+    if not is_subset(template, live_template):
+        wanted = worker.worker_deployment(body, spec, replicas=0)
+        await cluster.patch("Deployment", namespace, deployment_name, worker.template_patch(wanted))
+        hash_key = naming.SPEC_HASH_ANNOTATION
+        live_hash = live_template.get("metadata", {}).get("annotations", {}).get(hash_key)
+        if live_hash == template["metadata"]["annotations"][hash_key]:
+            events(
+                body, "Warning", "DriftRepaired", f"restored the pod template of {deployment_name}"
+            )
+        else:
+            events(body, "Normal", "Rollout", f"pod template of {deployment_name} updated")
+    return live
+
+
+async def scale_workers(cluster: Cluster, namespace: str, taskqueue: str, replicas: int) -> None:
+    """Set the worker Deployment's replicas, and nothing else (the scale subresource)."""
+    await cluster.scale_deployment(namespace, naming.worker_name(taskqueue), replicas)
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ebbtide_operator import naming
 from ebbtide_operator.policy import ScalingSpec
 
 DEFAULT_REDIS_IMAGE = "redis:7.2-alpine"
@@ -60,6 +61,13 @@ class BrokerSpec:
     type: str = "redis"
     managed: ManagedBrokerSpec | None = None
     external: SecretRef | None = None
+
+    def url_secret(self, taskqueue: str) -> SecretRef:
+        """Where the broker URL lives: the user's Secret, or the one we generate. The
+        workers' env and the tick's statistics reads must agree on it."""
+        if self.external is not None:
+            return self.external
+        return SecretRef(naming.broker_secret_name(taskqueue), naming.BROKER_URL_KEY)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 `TaskQueueTicker.tick(body)` is the whole per-poll step and holds the memory between
 polls (previous snapshot, smoothed rates, policy state, last written status). It talks to
-Kubernetes only through the small `Cluster` protocol (see kube.KubeCluster) and to the
-broker only through `BrokerReader`, so the same engine runs under kopf and in the bench.
+Kubernetes only through the `Cluster` protocol (cluster.py) and to the broker only through
+`BrokerReader`, so the same engine runs under kopf and in the bench. It writes the
+TaskQueue's status and the pods' deletion costs itself; the worker Deployment (recreate,
+repair, scale) it leaves to provision.py, the only writer of the objects a TaskQueue owns.
 A failing step is logged, counted and reported in the conditions; it never raises.
 """
 
@@ -15,14 +17,15 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from ebbtide.stats import BrokerStats
 
-from ebbtide_operator import build_worker, drain, naming, observe
+from ebbtide_operator import drain, naming, observe, provision
 from ebbtide_operator import status as status_mod
 from ebbtide_operator.broker_io import BrokerReader, BrokerUnreachable
-from ebbtide_operator.merge import is_subset
+from ebbtide_operator.build import worker
+from ebbtide_operator.cluster import Cluster, EventSink
 from ebbtide_operator.metrics import OperatorMetrics
 from ebbtide_operator.policy import Decision, Observation, PolicyState, decide
 from ebbtide_operator.spec import SpecError, TaskQueueSpec, parse_spec
@@ -33,23 +36,6 @@ URL_REFRESH_SECONDS = 60.0  # re-read the broker Secret this often (rotations)
 MAX_STATS_TIMEOUT = 5.0
 
 
-class Cluster(Protocol):
-    async def read_secret_value(self, namespace: str, name: str, key: str) -> str | None: ...
-    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None: ...
-    async def annotate_pod(
-        self, namespace: str, name: str, annotations: Mapping[str, str]
-    ) -> bool: ...
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
-    async def create(self, obj: Mapping[str, Any]) -> bool: ...
-    async def patch(
-        self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
-    ) -> None: ...
-
-
-EventSink = Callable[[Mapping[str, Any], str, str, str], None]  # body, type, reason, message
-
-
 def phase(uid: str, poll_seconds: float) -> float:
     """A stable per-TaskQueue offset in [0, poll): ticks of many TaskQueues interleave."""
     return (zlib.crc32(uid.encode()) % 1000) / 1000 * poll_seconds
@@ -58,12 +44,6 @@ def phase(uid: str, poll_seconds: float) -> float:
 def stats_timeout(poll_seconds: float) -> float:
     """Leave most of the poll for the read, never more than MAX_STATS_TIMEOUT."""
     return max(0.5, min(MAX_STATS_TIMEOUT, 0.8 * poll_seconds))
-
-
-def broker_secret(name: str, spec: TaskQueueSpec) -> tuple[str, str]:
-    if spec.broker.external is not None:
-        return spec.broker.external.name, spec.broker.external.key
-    return naming.broker_secret_name(name), naming.BROKER_URL_KEY
 
 
 def scale_message(before: int, after: int, reason: str) -> tuple[str, str]:
@@ -190,7 +170,7 @@ class TaskQueueTicker:
             if target != replicas:
                 if target < replicas and stats is not None:
                     await self._set_deletion_costs(namespace, name, stats)
-                await self.cluster.scale_deployment(namespace, naming.worker_name(name), target)
+                await provision.scale_workers(self.cluster, namespace, name, target)
                 reason, message = scale_message(replicas, target, decision.reason)
                 self.events(body, "Normal", reason, message)
                 log.info("%s/%s %s %s", namespace, name, reason, message)
@@ -263,7 +243,8 @@ class TaskQueueTicker:
         memory = self.memory
         if memory.url is not None and now - memory.url_read_at < URL_REFRESH_SECONDS:
             return memory.url
-        secret, key = broker_secret(name, spec)
+        ref = spec.broker.url_secret(name)
+        secret, key = ref.name, ref.key
         try:
             url = await self.cluster.read_secret_value(namespace, secret, key)
         except Exception as error:
@@ -280,41 +261,20 @@ class TaskQueueTicker:
     async def _worker_deployment(
         self, body: Mapping[str, Any], namespace: str, name: str, spec: TaskQueueSpec
     ) -> dict[str, Any] | None:
-        """The live Deployment, recreated if missing and its template repaired if drifted."""
-        deployment_name = naming.worker_name(name)
+        """The live Deployment; provision recreates it if missing and repairs drift."""
         try:
-            live = await self.cluster.read_deployment(namespace, deployment_name)
-            if live is None and body["metadata"].get("deletionTimestamp"):
-                return None  # the TaskQueue is going away: never recreate its workers
-            if live is None:
-                replicas = spec.scaling.min_replicas
-                if self.memory.policy_state is not None and self.memory.written:
-                    replicas = int(self.memory.written.get("desiredReplicas") or replicas)
-                wanted = build_worker.worker_deployment(body, spec, replicas=replicas)
-                await self.cluster.create(wanted)
-                self.events(body, "Normal", "Created", f"worker Deployment {deployment_name}")
-                return await self.cluster.read_deployment(namespace, deployment_name)
-            wanted_template = self._desired_template(body, name, spec)
-            live_template = live.get("spec", {}).get("template", {})
-            if not is_subset(wanted_template, live_template):
-                wanted = build_worker.worker_deployment(body, spec, replicas=0)
-                await self.cluster.patch(
-                    "Deployment", namespace, deployment_name, build_worker.template_patch(wanted)
-                )
-                hash_key = naming.SPEC_HASH_ANNOTATION
-                live_hash = live_template.get("metadata", {}).get("annotations", {}).get(hash_key)
-                if live_hash == wanted_template["metadata"]["annotations"][hash_key]:
-                    self.events(
-                        body,
-                        "Warning",
-                        "DriftRepaired",
-                        f"restored the pod template of {deployment_name}",
-                    )
-                else:
-                    self.events(
-                        body, "Normal", "Rollout", f"pod template of {deployment_name} updated"
-                    )
-            return live
+            replicas = spec.scaling.min_replicas
+            if self.memory.policy_state is not None and self.memory.written:
+                # Recreated after a deletion: at what the policy last wanted, not minReplicas.
+                replicas = int(self.memory.written.get("desiredReplicas") or replicas)
+            return await provision.sync_worker_deployment(
+                self.cluster,
+                body,
+                spec,
+                replicas=replicas,
+                template=self._desired_template(body, name, spec),
+                events=self.events,
+            )
         except Exception:
             log.exception("worker Deployment of %s/%s", namespace, name)
             self.metrics.error(namespace, name, "deployment")
@@ -329,7 +289,7 @@ class TaskQueueTicker:
         if cached is None or cached[0] != generation or generation is None:
             cached = self.memory.template = (
                 generation,
-                build_worker.worker_pod_template(name, spec),
+                worker.worker_pod_template(name, spec),
             )
         return cached[1]
 

@@ -1,9 +1,12 @@
-"""An in-memory stand-in for the Kubernetes API, for the operator's tick tests and bench.
+"""An in-memory stand-in for the Kubernetes API, for the operator's provision and tick
+tests and the tick bench.
 
-It implements the operator's `Cluster` protocol with JSON-merge-patch semantics and
+It implements the operator's `Cluster` protocol (ebbtide_operator/cluster.py; the
+parameters are checked against it by tests/unit/operator/test_cluster.py) with
+JSON-merge-patch semantics and
 records every write, so tests can assert what the operator *did*. Pods become ready the
 moment a Deployment is scaled (there is no kubelet here). The real API server is
-exercised by e2e/tests/test_operator_*.py.
+exercised by e2e/tests/test_operator.py.
 """
 
 from __future__ import annotations

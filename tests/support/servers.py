@@ -158,7 +158,7 @@ def rabbitmq_server(
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        handle = _RabbitMQ(server, env, node, base, port, mgmt_port, management)
+        handle = RabbitMQProcess(server, env, node, base, port, mgmt_port, management)
         try:
             wait_for_port(epmd_port, 10, epmd)
             handle.start(timeout)
@@ -173,8 +173,9 @@ def rabbitmq_server(
                 epmd.wait()
 
 
-class _RabbitMQ:
-    """One rabbitmq-server process group; `restart()` keeps its data (durable queues)."""
+class RabbitMQProcess:
+    """One rabbitmq-server process group; `restart()` keeps its data (durable queues).
+    Public: the managed-RabbitMQ test runs the operator's own config with it."""
 
     def __init__(self, server, env, node, base, port, mgmt_port, management) -> None:
         self.server, self.env, self.node, self.base = server, env, node, base

@@ -1,49 +1,29 @@
-"""The managed RabbitMQ builders: the exact objects, their credentials and hardening,
-and the operator reading its statistics through the Secret's URL."""
+"""The managed RabbitMQ builders: the exact objects, their credentials and hardening."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 
 import pytest
 from ebbtide.rabbitmq_topology import parse_options
-from ebbtide_operator import build_broker, build_rabbitmq, build_worker, naming, provision
-from ebbtide_operator.broker_io import BrokerReader, with_amqp_timeouts
+from ebbtide_operator import naming
+from ebbtide_operator.build import rabbitmq, redis
 from ebbtide_operator.spec import DEFAULT_RABBITMQ_IMAGE, parse_spec
+from support.taskqueue import assert_owned, decoded, managed_spec, taskqueue
 
 
 def body(name: str = "tq1", **managed) -> dict:
-    return {
-        "apiVersion": "ebbtide.dev/v1alpha1",
-        "kind": "TaskQueue",
-        "metadata": {"name": name, "namespace": "ns1", "uid": "uid-123", "generation": 1},
-        "spec": {
-            "broker": {"type": "rabbitmq", "managed": managed},
-            "queues": [{"name": "default"}],
-            "worker": {"image": "w:1", "app": "m.tasks:app"},
-        },
-    }
+    return taskqueue(managed_spec("rabbitmq", **managed), name)
 
 
 def managed_of(b: dict):
     return parse_spec(b["spec"]).broker.managed
 
 
-def owner_ok(obj: dict) -> None:
-    (ref,) = obj["metadata"]["ownerReferences"]
-    assert ref["uid"] == "uid-123" and ref["kind"] == "TaskQueue" and ref["controller"] is True
-    assert obj["metadata"]["namespace"] == "ns1"
-
-
-def decoded(secret: dict) -> dict[str, str]:
-    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-
-
 def workload_pod(b: dict) -> dict:
-    return build_rabbitmq.rabbitmq_workload(b, managed_of(b))["spec"]["template"]["spec"]
+    return rabbitmq.rabbitmq_workload(b, managed_of(b))["spec"]["template"]["spec"]
 
 
 # --- the Secret ------------------------------------------------------------------------
@@ -51,8 +31,8 @@ def workload_pod(b: dict) -> dict:
 
 def test_secret_holds_user_password_url_and_definitions():
     owner = body()
-    secret = build_rabbitmq.rabbitmq_secret(owner, "ebbtide-0a1b2c3d", "s3cret")
-    owner_ok(secret)
+    secret = rabbitmq.rabbitmq_secret(owner, "ebbtide-0a1b2c3d", "s3cret")
+    assert_owned(secret)
     assert secret["metadata"]["name"] == "tq1-broker"
     data = decoded(secret)
     assert data["username"] == "ebbtide-0a1b2c3d" and data["password"] == "s3cret"
@@ -69,7 +49,7 @@ def test_secret_holds_user_password_url_and_definitions():
 
 
 def test_the_url_is_the_runtimes_convention_for_amqp_and_management():
-    url = build_rabbitmq.rabbitmq_url("tq1", "ns1", "u", "p")
+    url = rabbitmq.rabbitmq_url("tq1", "ns1", "u", "p")
     options = parse_options(url)
     assert options.management_url == "http://u:p@tq1-rabbitmq.ns1.svc:15672"
     assert "management_port" not in options.amqp_url  # pika never sees Ebbtide's params
@@ -77,21 +57,10 @@ def test_the_url_is_the_runtimes_convention_for_amqp_and_management():
 
 def test_password_hash_is_rabbitmqs_salted_sha256():
     salt = b"\x90\x8d\xe4\x1c"
-    raw = base64.b64decode(build_rabbitmq.password_hash("hunter2", salt))
+    raw = base64.b64decode(rabbitmq.password_hash("hunter2", salt))
     assert raw[:4] == salt and raw[4:] == hashlib.sha256(salt + b"hunter2").digest()
     # A fresh salt each time: equal passwords do not give equal hashes.
-    assert build_rabbitmq.password_hash("x") != build_rabbitmq.password_hash("x")
-
-
-def test_generated_credentials_are_fresh_and_never_guest():
-    secrets = [provision.new_broker_secret(body(), "rabbitmq") for _ in range(5)]
-    users = {decoded(s)["username"] for s in secrets}
-    passwords = {decoded(s)["password"] for s in secrets}
-    assert len(users) == 5 and len(passwords) == 5
-    assert "guest" not in users and all(u.startswith("ebbtide-") for u in users)
-    assert all(len(p) >= 40 for p in passwords)
-    # URL-safe, so they go into the amqp:// URL unescaped.
-    assert all(parse_options(decoded(s)["url"]).amqp_url.count("@") == 1 for s in secrets)
+    assert rabbitmq.password_hash("x") != rabbitmq.password_hash("x")
 
 
 # --- ConfigMap: management plugin, definitions, memory ------------------------------------
@@ -99,8 +68,8 @@ def test_generated_credentials_are_fresh_and_never_guest():
 
 def test_config_map_enables_management_and_loads_the_definitions():
     owner = body()
-    config_map = build_rabbitmq.rabbitmq_config_map(owner, managed_of(owner))
-    owner_ok(config_map)
+    config_map = rabbitmq.rabbitmq_config_map(owner, managed_of(owner))
+    assert_owned(config_map)
     assert config_map["metadata"]["name"] == "tq1-rabbitmq"
     assert config_map["data"]["enabled_plugins"] == "[rabbitmq_management].\n"
     conf = dict(
@@ -122,18 +91,18 @@ def test_config_map_enables_management_and_loads_the_definitions():
 )
 def test_a_memory_limit_is_told_to_rabbitmq(limit, expected):
     owner = body(resources={"limits": {"memory": limit}})
-    conf = build_rabbitmq.rabbitmq_conf(managed_of(owner))
+    conf = rabbitmq.rabbitmq_conf(managed_of(owner))
     assert f"total_memory_available_override_value = {expected}\n" in conf
 
 
 def test_an_unparseable_memory_limit_is_left_to_rabbitmq():
-    assert build_rabbitmq.memory_bytes("lots") is None
-    assert build_rabbitmq.memory_bytes("") is None
+    assert rabbitmq.memory_bytes("lots") is None
+    assert rabbitmq.memory_bytes("") is None
 
 
 def test_a_config_change_restarts_the_node_and_equal_specs_do_not():
     def config_hash(b: dict) -> str:
-        workload = build_rabbitmq.rabbitmq_workload(b, managed_of(b))
+        workload = rabbitmq.rabbitmq_workload(b, managed_of(b))
         return workload["spec"]["template"]["metadata"]["annotations"][
             naming.CONFIG_HASH_ANNOTATION
         ]
@@ -148,8 +117,8 @@ def test_a_config_change_restarts_the_node_and_equal_specs_do_not():
 @pytest.mark.parametrize("policy", ["Retain", "Delete"])
 def test_default_is_a_statefulset_with_a_pvc_and_its_retention_policy(policy):
     owner = body(persistence={"size": "5Gi", "storageClassName": "fast", "deletionPolicy": policy})
-    sts = build_rabbitmq.rabbitmq_workload(owner, managed_of(owner))
-    owner_ok(sts)
+    sts = rabbitmq.rabbitmq_workload(owner, managed_of(owner))
+    assert_owned(sts)
     assert sts["kind"] == "StatefulSet" and sts["metadata"]["name"] == "tq1-rabbitmq"
     assert sts["spec"]["serviceName"] == "tq1-rabbitmq" and sts["spec"]["replicas"] == 1
     assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {
@@ -169,7 +138,7 @@ def test_default_is_a_statefulset_with_a_pvc_and_its_retention_policy(policy):
 
 def test_persistence_off_is_a_deployment_with_an_empty_dir():
     owner = body(persistence={"enabled": False})
-    workload = build_rabbitmq.rabbitmq_workload(owner, managed_of(owner))
+    workload = rabbitmq.rabbitmq_workload(owner, managed_of(owner))
     assert workload["kind"] == "Deployment"
     assert workload["spec"]["strategy"] == {"type": "Recreate"}
     volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
@@ -242,8 +211,8 @@ def test_image_and_resources_come_from_the_spec():
 
 
 def test_service_exposes_amqp_and_management_of_the_broker_pod():
-    service = build_rabbitmq.rabbitmq_service(body())
-    owner_ok(service)
+    service = rabbitmq.rabbitmq_service(body())
+    assert_owned(service)
     assert service["metadata"]["name"] == "tq1-rabbitmq"
     assert service["spec"]["selector"] == naming.broker_selector("tq1")
     assert service["spec"]["ports"] == [
@@ -253,8 +222,8 @@ def test_service_exposes_amqp_and_management_of_the_broker_pod():
 
 
 def test_network_policy_admits_only_workers_producers_and_the_operator():
-    policy = build_rabbitmq.rabbitmq_network_policy(body())
-    owner_ok(policy)
+    policy = rabbitmq.rabbitmq_network_policy(body())
+    assert_owned(policy)
     spec = policy["spec"]
     assert spec["podSelector"]["matchLabels"] == naming.broker_selector("tq1")
     assert spec["policyTypes"] == ["Ingress"]
@@ -266,56 +235,12 @@ def test_network_policy_admits_only_workers_producers_and_the_operator():
     ]
     assert rule["ports"] == [{"protocol": "TCP", "port": 5672}, {"protocol": "TCP", "port": 15672}]
     # The same peers as the managed Redis, on its own port.
-    redis_rule = build_broker.redis_network_policy(body())["spec"]["ingress"][0]
+    redis_rule = redis.redis_network_policy(body())["spec"]["ingress"][0]
     assert redis_rule["from"] == rule["from"]
 
 
 def test_network_policy_selects_the_pods_the_workload_makes():
     owner = body()
-    sts = build_rabbitmq.rabbitmq_workload(owner, managed_of(owner))
-    selector = build_rabbitmq.rabbitmq_network_policy(owner)["spec"]["podSelector"]
+    sts = rabbitmq.rabbitmq_workload(owner, managed_of(owner))
+    selector = rabbitmq.rabbitmq_network_policy(owner)["spec"]["podSelector"]
     assert selector["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
-
-
-# --- workers and the operator's reads ------------------------------------------------------
-
-
-def test_workers_read_the_url_from_the_managed_secret_and_roll_on_a_type_switch():
-    rabbit = parse_spec(body()["spec"])
-    template = build_worker.worker_pod_template("tq1", rabbit)
-    env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
-    assert env["EBBTIDE_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {
-        "name": "tq1-broker",
-        "key": "url",
-    }
-    assert template["metadata"]["annotations"][naming.BROKER_TYPE_ANNOTATION] == "rabbitmq"
-    redis_spec = body()["spec"]
-    redis_spec["broker"] = {"type": "redis", "managed": {}}
-    redis_template = build_worker.worker_pod_template("tq1", parse_spec(redis_spec))
-    assert naming.BROKER_TYPE_ANNOTATION not in redis_template["metadata"]["annotations"]
-    hash_key = naming.SPEC_HASH_ANNOTATION
-    assert (
-        template["metadata"]["annotations"][hash_key]
-        != redis_template["metadata"]["annotations"][hash_key]
-    )
-
-
-def test_amqp_urls_get_short_timeouts_unless_they_set_their_own():
-    url = "amqp://u:p@h:5672/%2F?management_port=15672&socket_timeout=9"
-    options = parse_options(with_amqp_timeouts(url))
-    assert options.management_url == "http://u:p@h:15672"
-    assert "socket_timeout=9" in options.amqp_url
-    assert "connection_attempts=1" in options.amqp_url and "stack_timeout=5" in options.amqp_url
-
-
-def test_the_reader_passes_amqp_urls_with_timeouts_to_read_stats():
-    seen = []
-    reader = BrokerReader(max_threads=1, reader=lambda handle, queues: seen.append(handle))
-    url = build_rabbitmq.rabbitmq_url("tq1", "ns1", "u", "p")
-    try:
-        asyncio.run(reader.read("ns1/tq1", url, ["default"], timeout=5))
-    finally:
-        reader.close()
-    (handle,) = seen
-    assert isinstance(handle, str) and handle.startswith(url)
-    assert "connection_attempts=1" in handle

@@ -1,23 +1,20 @@
-"""Pure builder for the worker Deployment that the tick scales.
+"""Pure builder for the worker Deployment that the tick scales (provision.py writes it).
 
 The pod template carries a hash of itself, so any spec change that alters the pods rolls
 the Deployment, and the tick can repair drift by comparing the live template with this
-one. `replicas` is set only at creation; afterwards only the tick writes it.
+one. `replicas` is set only at creation; afterwards only the tick's decisions change it.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
-import kopf
-
 from ebbtide_operator import naming
-from ebbtide_operator.merge import deep_merge
-from ebbtide_operator.spec import TaskQueueSpec
+from ebbtide_operator.build.common import owned, spec_hash
+from ebbtide_operator.build.merge import deep_merge
+from ebbtide_operator.spec import SecretRef, TaskQueueSpec
 
 WORKER_UID = 10001  # the non-root user of the runtime base image
 GRACE_MARGIN_SECONDS = 5  # leave the runtime time to requeue before SIGKILL
@@ -59,18 +56,15 @@ def queues_arg(spec: TaskQueueSpec) -> str:
     return ",".join(f"{q.name}:{q.weight}" for q in spec.queues)
 
 
-def broker_url_source(taskqueue: str, spec: TaskQueueSpec) -> dict[str, str]:
-    """Where EBBTIDE_BROKER_URL comes from: our generated Secret or the user's."""
-    if spec.broker.external is not None:
-        return {"name": spec.broker.external.name, "key": spec.broker.external.key}
-    return {"name": naming.broker_secret_name(taskqueue), "key": naming.BROKER_URL_KEY}
+def _secret_key_ref(ref: SecretRef) -> dict[str, str]:
+    return {"name": ref.name, "key": ref.key}
 
 
 def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
     ours: list[dict[str, Any]] = [
         {
             "name": "EBBTIDE_BROKER_URL",
-            "valueFrom": {"secretKeyRef": broker_url_source(taskqueue, spec)},
+            "valueFrom": {"secretKeyRef": _secret_key_ref(spec.broker.url_secret(taskqueue))},
         },
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -152,12 +146,6 @@ def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
     return template
 
 
-def spec_hash(obj: Mapping[str, Any]) -> str:
-    """A short stable hash of a JSON-able object (key order does not matter)."""
-    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
 def worker_deployment(
     owner: Mapping[str, Any], spec: TaskQueueSpec, replicas: int
 ) -> dict[str, Any]:
@@ -168,7 +156,6 @@ def worker_deployment(
         "kind": "Deployment",
         "metadata": {
             "name": naming.worker_name(name),
-            "namespace": owner["metadata"]["namespace"],
             "labels": naming.common_labels(name, "worker"),
             "annotations": {
                 naming.SPEC_HASH_ANNOTATION: template["metadata"]["annotations"][
@@ -188,8 +175,7 @@ def worker_deployment(
             "template": template,
         },
     }
-    kopf.append_owner_reference(deployment, owner=owner)
-    return deployment
+    return owned(deployment, owner)
 
 
 def template_patch(deployment: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,31 +1,26 @@
 """The operator's tick against a real Redis fed by the real runtime (producers and worker
 processes). Kubernetes is the in-memory MemoryCluster; the API server itself is covered
-by e2e/tests/test_operator_*.py. Conditions are polled, never slept on."""
+by e2e/tests/test_operator.py. Conditions are polled, never slept on."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-import sys
-from pathlib import Path
 
 import pytest
 import redis
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-import worker_tasks as rt  # noqa: E402
-from ebbtide.stats import read_stats  # noqa: E402
-from ebbtide_operator import naming, provision  # noqa: E402
-from ebbtide_operator.broker_io import BrokerReader  # noqa: E402
-from ebbtide_operator.metrics import OperatorMetrics  # noqa: E402
-from ebbtide_operator.policy import Decision, PolicyState  # noqa: E402
-from ebbtide_operator.spec import parse_spec  # noqa: E402
-from ebbtide_operator.tick import TaskQueueTicker  # noqa: E402
-from support.memory_cluster import MemoryCluster  # noqa: E402
-from support.servers import free_port  # noqa: E402
-from worker_testkit import wait_for, worker  # noqa: E402
+import worker_tasks as rt
+from ebbtide.stats import read_stats
+from ebbtide_operator import naming, provision
+from ebbtide_operator.broker_io import BrokerReader
+from ebbtide_operator.metrics import OperatorMetrics
+from ebbtide_operator.policy import Decision, PolicyState
+from ebbtide_operator.spec import parse_spec
+from ebbtide_operator.tick import TaskQueueTicker
+from support.memory_cluster import MemoryCluster
+from support.servers import free_port
+from worker_testkit import wait_for, worker
 
 pytestmark = pytest.mark.redis
 NS = "apps"

@@ -4,14 +4,18 @@ objects the spec no longer wants (and only ours) are removed."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
+import pytest
+import yaml
+from ebbtide.rabbitmq_topology import parse_options
+from ebbtide_operator import provision
+from ebbtide_operator.build import worker
+from ebbtide_operator.spec import parse_spec
+from support.memory_cluster import MemoryCluster
+from support.taskqueue import decoded, managed_spec, taskqueue
 
-from ebbtide_operator import provision  # noqa: E402
-from ebbtide_operator.spec import parse_spec  # noqa: E402
-from support.memory_cluster import MemoryCluster  # noqa: E402
+EXAMPLES = Path(__file__).parents[3] / "examples"
 
 
 def body(**persistence) -> dict:
@@ -170,3 +174,96 @@ def test_switching_rabbitmq_to_external_removes_every_owned_broker_object():
         assert report[f"{kind}/tq-rabbitmq"] == "deleted"
     assert report["Secret/tq-broker"] == "deleted"
     assert {key[0] for key in cluster.objects} == {"Deployment"}
+
+
+def test_generated_credentials_are_fresh_and_never_guest():
+    secrets = [
+        provision.new_broker_secret(taskqueue(managed_spec("rabbitmq")), "rabbitmq")
+        for _ in range(5)
+    ]
+    users = {decoded(s)["username"] for s in secrets}
+    passwords = {decoded(s)["password"] for s in secrets}
+    assert len(users) == 5 and len(passwords) == 5
+    assert "guest" not in users and all(u.startswith("ebbtide-") for u in users)
+    assert all(len(p) >= 40 for p in passwords)
+    # URL-safe, so they go into the amqp:// URL unescaped.
+    assert all(parse_options(decoded(s)["url"]).amqp_url.count("@") == 1 for s in secrets)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("taskqueue-*.yaml")), ids=lambda p: p.name)
+def test_examples_build(path):
+    manifest = yaml.safe_load(path.read_text())
+    manifest["metadata"].update(namespace="default", uid="u")
+    spec = parse_spec(manifest["spec"])
+    deployment = worker.worker_deployment(manifest, spec, replicas=spec.scaling.min_replicas)
+    assert deployment["metadata"]["name"] == f"{manifest['metadata']['name']}-worker"
+    for obj in provision.desired_broker_objects(manifest, spec):
+        assert obj["metadata"]["name"].startswith(f"{manifest['metadata']['name']}-")
+
+
+# --- the worker Deployment, as the tick keeps it -------------------------------------------
+
+
+def sync(cluster: MemoryCluster, b: dict, replicas: int = 3) -> dict | None:
+    spec = parse_spec(b["spec"])
+    template = worker.worker_pod_template(b["metadata"]["name"], spec)
+    return asyncio.run(
+        provision.sync_worker_deployment(
+            cluster, b, spec, replicas=replicas, template=template, events=cluster.record_event
+        )
+    )
+
+
+def test_a_missing_worker_deployment_is_recreated_at_the_replicas_the_tick_wanted():
+    cluster = MemoryCluster()
+    live = sync(cluster, body(), replicas=3)
+    assert live is not None and live["spec"]["replicas"] == 3
+    assert cluster.events == [("Normal", "Created", "worker Deployment tq-worker")]
+
+
+def test_a_taskqueue_being_deleted_never_gets_its_workers_back():
+    cluster = MemoryCluster()
+    b = body()
+    b["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert sync(cluster, b) is None
+    assert cluster.objects == {} and cluster.events == []
+
+
+def test_a_live_template_that_holds_ours_is_left_alone():
+    cluster = MemoryCluster()
+    sync(cluster, body())
+    cluster.events.clear()
+    sync(cluster, body())
+    assert cluster.patches == [] and cluster.events == []
+
+
+def test_an_edited_template_is_restored_and_a_spec_change_rolls_out():
+    cluster = MemoryCluster()
+    b = body()
+    sync(cluster, b)
+    deployment = cluster.objects[("Deployment", "ns", "tq-worker")]
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    cluster.events.clear()
+    sync(cluster, b)
+    assert cluster.events == [
+        ("Warning", "DriftRepaired", "restored the pod template of tq-worker")
+    ]
+    assert (
+        cluster.objects[("Deployment", "ns", "tq-worker")]["spec"]["template"]["spec"][
+            "containers"
+        ][0]["image"]
+        == "w:1"
+    )
+    b["spec"]["worker"]["image"] = "w:2"
+    cluster.events.clear()
+    sync(cluster, b)
+    assert cluster.events == [("Normal", "Rollout", "pod template of tq-worker updated")]
+    assert cluster.objects[("Deployment", "ns", "tq-worker")]["spec"]["replicas"] == 3
+
+
+def test_scaling_writes_only_the_replicas_of_the_worker_deployment():
+    cluster = MemoryCluster()
+    run(cluster, body())
+    asyncio.run(provision.scale_workers(cluster, "ns", "tq", 7))
+    assert cluster.scales == [("ns", "tq-worker", 7)]
+    assert cluster.patches == []

@@ -17,7 +17,7 @@ import secrets
 from typing import Any
 
 from ebbtide_operator import naming
-from ebbtide_operator.build_broker import (
+from ebbtide_operator.build.common import (
     Body,
     broker_network_policy,
     broker_service,
@@ -26,8 +26,8 @@ from ebbtide_operator.build_broker import (
     owned,
     pod_security,
     secret_object,
+    spec_hash,
 )
-from ebbtide_operator.build_worker import spec_hash
 from ebbtide_operator.spec import ManagedBrokerSpec
 
 RABBITMQ_UID = 999  # the `rabbitmq` user of the official images

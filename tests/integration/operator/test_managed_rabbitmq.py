@@ -25,10 +25,11 @@ from pathlib import Path
 
 import pika
 import pytest
-from ebbtide_operator import build_rabbitmq, provision
+from ebbtide_operator import provision
 from ebbtide_operator.broker_io import BrokerReader
+from ebbtide_operator.build import rabbitmq
 from ebbtide_operator.spec import parse_spec
-from support.servers import RABBITMQ_BIN, _RabbitMQ, free_port, wait_for_port
+from support.servers import RABBITMQ_BIN, RabbitMQProcess, free_port, wait_for_port
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -58,7 +59,7 @@ class Node:
         for path in (self.etc, base / "home", base / "mnesia", base / "log"):
             path.mkdir(parents=True, exist_ok=True)
         spec = parse_spec(BODY["spec"])
-        workload = build_rabbitmq.rabbitmq_workload(BODY, spec.broker.managed)
+        workload = rabbitmq.rabbitmq_workload(BODY, spec.broker.managed)
         (container,) = workload["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e["value"] for e in container["env"]}
         self.node = env["RABBITMQ_NODENAME"]  # rabbit@localhost: unique on its own epmd
@@ -80,7 +81,7 @@ class Node:
             "RABBITMQ_CONF_ENV_FILE": str(self.etc / "rabbitmq-env.conf"),
             "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
         }
-        config_map = build_rabbitmq.rabbitmq_config_map(BODY, spec.broker.managed)
+        config_map = rabbitmq.rabbitmq_config_map(BODY, spec.broker.managed)
         conf = config_map["data"]["rabbitmq.conf"]
         conf = conf.replace(
             "listeners.tcp.default = 5672", f"listeners.tcp.default = 127.0.0.1:{self.port}"
@@ -94,7 +95,7 @@ class Node:
         )
         (self.etc / "rabbitmq.conf").write_text(conf)
         (self.etc / "enabled_plugins").write_text(config_map["data"]["enabled_plugins"])
-        self.server = _RabbitMQ(
+        self.server = RabbitMQProcess(
             os.path.join(RABBITMQ_BIN, "rabbitmq-server"),
             self.env,
             self.node,

@@ -1,14 +1,14 @@
-"""Pure builders for a managed Redis: Secret, workload, Service, NetworkPolicy, plus
-the pieces every managed broker shares (ownership, hardening, workload, Service and
-NetworkPolicy shapes; build_rabbitmq.py uses them too).
-
-Each returns a plain dict ready to send to the API server, already owned by the
-TaskQueue (so deleting the TaskQueue garbage-collects it). No I/O here.
+"""What every builder shares: ownership, the broker Secret's shape, pod hardening, the
+one-pod broker workload, its Service and NetworkPolicy, and the content hash that rolls
+pods on a change. Broker- and worker-specific builders compose these, so a third broker
+type would only add its container and config. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -16,9 +16,7 @@ from typing import Any
 import kopf
 
 from ebbtide_operator import naming
-from ebbtide_operator.spec import ManagedBrokerSpec, PersistenceSpec
-
-REDIS_UID = 999  # the `redis` user of the official images
+from ebbtide_operator.spec import PersistenceSpec
 
 Body = Mapping[str, Any]
 
@@ -32,23 +30,6 @@ def owned(obj: dict[str, Any], owner: Body) -> dict[str, Any]:
 def generate_password() -> str:
     """A fresh 256-bit URL-safe password (never reused across TaskQueues)."""
     return secrets.token_urlsafe(32)
-
-
-def redis_url(taskqueue: str, namespace: str, password: str) -> str:
-    host = f"{naming.redis_name(taskqueue)}.{namespace}.svc"
-    return f"redis://:{password}@{host}:{naming.REDIS_PORT}/0"
-
-
-def broker_secret(owner: Body, password: str) -> dict[str, Any]:
-    """Holds the password (for `requirepass`) and the full URL (for workers/producers)."""
-    name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
-    return secret_object(
-        owner,
-        {
-            naming.BROKER_PASSWORD_KEY: password,
-            naming.BROKER_URL_KEY: redis_url(name, namespace, password),
-        },
-    )
 
 
 def secret_object(owner: Body, data: Mapping[str, str]) -> dict[str, Any]:
@@ -69,49 +50,6 @@ def secret_object(owner: Body, data: Mapping[str, str]) -> dict[str, Any]:
     )
 
 
-def _redis_container(managed: ManagedBrokerSpec, taskqueue: str) -> dict[str, Any]:
-    args = [
-        "--requirepass",
-        "$(REDIS_PASSWORD)",
-        "--port",
-        str(naming.REDIS_PORT),
-        "--dir",
-        "/data",
-        "--protected-mode",
-        "no",
-    ]
-    if managed.persistence.enabled:
-        args += ["--appendonly", "yes", "--appendfsync", "everysec"]
-    else:
-        args += ["--save", "", "--appendonly", "no"]
-    probe = {"tcpSocket": {"port": "redis"}, "periodSeconds": 5}
-    container: dict[str, Any] = {
-        "name": "redis",
-        "image": managed.image,
-        "command": ["redis-server"],
-        "args": args,
-        "env": [
-            {
-                "name": "REDIS_PASSWORD",
-                "valueFrom": {
-                    "secretKeyRef": {
-                        "name": naming.broker_secret_name(taskqueue),
-                        "key": naming.BROKER_PASSWORD_KEY,
-                    }
-                },
-            }
-        ],
-        "ports": [{"name": "redis", "containerPort": naming.REDIS_PORT, "protocol": "TCP"}],
-        "readinessProbe": probe,
-        "livenessProbe": {**probe, "initialDelaySeconds": 10},
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-        "securityContext": container_security(),
-    }
-    if managed.resources:
-        container["resources"] = dict(managed.resources)
-    return container
-
-
 def container_security() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
@@ -128,17 +66,6 @@ def pod_security(uid: int) -> dict[str, Any]:
         "fsGroup": uid,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-
-
-def redis_workload(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]:
-    """A one-replica Deployment (ephemeral) or StatefulSet with a PVC and AOF (persistent)."""
-    name = owner["metadata"]["name"]
-    pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "securityContext": pod_security(REDIS_UID),
-        "containers": [_redis_container(managed, name)],
-    }
-    return broker_workload(owner, naming.redis_name(name), pod_spec, managed.persistence)
 
 
 def broker_workload(
@@ -203,16 +130,6 @@ def broker_workload(
     )
 
 
-def redis_service(owner: Body) -> dict[str, Any]:
-    name = owner["metadata"]["name"]
-    return broker_service(owner, naming.redis_name(name), {"redis": naming.REDIS_PORT})
-
-
-def redis_network_policy(owner: Body) -> dict[str, Any]:
-    name = owner["metadata"]["name"]
-    return broker_network_policy(owner, naming.redis_name(name), [naming.REDIS_PORT])
-
-
 def broker_service(owner: Body, object_name: str, ports: Mapping[str, int]) -> dict[str, Any]:
     """A ClusterIP Service on the broker pod's named ports."""
     name = owner["metadata"]["name"]
@@ -263,3 +180,9 @@ def broker_network_policy(owner: Body, object_name: str, ports: list[int]) -> di
         },
         owner,
     )
+
+
+def spec_hash(obj: Mapping[str, Any]) -> str:
+    """A short stable hash of a JSON-able object (key order does not matter)."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,6 +1,6 @@
 """Static checks of the CRD: structural schema, defaults that satisfy their own
 constraints, CEL messages that name fields, and the examples fitting the schema.
-(The real API server validates it in e2e/tests/test_operator_crd.py.)"""
+(The real API server validates it in e2e/tests/test_operator.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 from ebbtide_operator import naming
 from ebbtide_operator import spec as spec_module
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 CRD = yaml.safe_load((ROOT / "crds" / "taskqueue.yaml").read_text())
 VERSION = CRD["spec"]["versions"][0]
 SCHEMA = VERSION["schema"]["openAPIV3Schema"]

@@ -5,7 +5,7 @@ schema rejecting bad input with the field's name).
 
 helm is found by `find_helm()`: $EBBTIDE_HELM, then the control plane's build cache
 (~/.cache/ebbtide/k8s-*/helm, built by `make cluster-up`), then ~/.cache/ebbtide/helm-*/helm,
-then PATH. Without one the module is skipped (the static checks in test_chart_static.py
+then PATH. Without one the module is skipped (the static checks in test_static.py
 still run).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 CHART = ROOT / "charts" / "ebbtide"
 RELEASE, NAMESPACE = "ebbtide", "ebbtide-system"
 # helm built with plain `go install` assumes Kubernetes v1.20 offline; render for a current one.
@@ -214,7 +214,8 @@ def test_operator_deployment_is_locked_down():
 
 def test_operator_pods_carry_the_label_managed_broker_policies_admit():
     """The operator reads managed brokers' statistics through their NetworkPolicies."""
-    from ebbtide_operator import build_broker, naming
+    from ebbtide_operator import naming
+    from ebbtide_operator.build import redis
 
     labels = only(render(), "Deployment")["spec"]["template"]["metadata"]["labels"]
     owner = {
@@ -222,7 +223,7 @@ def test_operator_pods_carry_the_label_managed_broker_policies_admit():
         "kind": "TaskQueue",
         "metadata": {"name": "tq", "namespace": "team-a", "uid": "u"},
     }
-    peers = build_broker.redis_network_policy(owner)["spec"]["ingress"][0]["from"]
+    peers = redis.redis_network_policy(owner)["spec"]["ingress"][0]["from"]
     operator_peer = next(p for p in peers if "namespaceSelector" in p)
     assert operator_peer["podSelector"]["matchLabels"].items() <= labels.items()
     assert labels[naming.OPERATOR_LABEL] == "true"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from e2e.kubelet.probes import ProbeState, parse_probe  # noqa: E402
 from e2e.kubelet.restarts import Backoff, should_restart  # noqa: E402

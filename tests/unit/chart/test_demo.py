@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from ebbtide_operator.spec import parse_spec
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 DEMO = ROOT / "scripts" / "demo.sh"
 MANIFEST = ROOT / "examples" / "taskqueue-demo.yaml"
 

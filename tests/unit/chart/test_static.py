@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 CHART = ROOT / "charts" / "ebbtide"
 DOCKERFILES = {
     "operator": ROOT / "docker" / "operator.Dockerfile",

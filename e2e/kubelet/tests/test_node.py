@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from e2e.kubelet.handlers import static_env  # noqa: E402
 from e2e.kubelet.log import log  # noqa: E402

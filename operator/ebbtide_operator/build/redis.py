@@ -1,0 +1,105 @@
+"""Pure builders for a managed Redis: Secret, workload, Service, NetworkPolicy.
+
+Each returns a plain dict ready to send to the API server, already owned by the
+TaskQueue (so deleting the TaskQueue garbage-collects it). The shapes every broker shares
+are in common.py. No I/O here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ebbtide_operator import naming
+from ebbtide_operator.build.common import (
+    Body,
+    broker_network_policy,
+    broker_service,
+    broker_workload,
+    container_security,
+    pod_security,
+    secret_object,
+)
+from ebbtide_operator.spec import ManagedBrokerSpec
+
+REDIS_UID = 999  # the `redis` user of the official images
+
+
+def redis_url(taskqueue: str, namespace: str, password: str) -> str:
+    host = f"{naming.redis_name(taskqueue)}.{namespace}.svc"
+    return f"redis://:{password}@{host}:{naming.REDIS_PORT}/0"
+
+
+def redis_secret(owner: Body, password: str) -> dict[str, Any]:
+    """Holds the password (for `requirepass`) and the full URL (for workers/producers)."""
+    name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    return secret_object(
+        owner,
+        {
+            naming.BROKER_PASSWORD_KEY: password,
+            naming.BROKER_URL_KEY: redis_url(name, namespace, password),
+        },
+    )
+
+
+def _redis_container(managed: ManagedBrokerSpec, taskqueue: str) -> dict[str, Any]:
+    args = [
+        "--requirepass",
+        "$(REDIS_PASSWORD)",
+        "--port",
+        str(naming.REDIS_PORT),
+        "--dir",
+        "/data",
+        "--protected-mode",
+        "no",
+    ]
+    if managed.persistence.enabled:
+        args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+    else:
+        args += ["--save", "", "--appendonly", "no"]
+    probe = {"tcpSocket": {"port": "redis"}, "periodSeconds": 5}
+    container: dict[str, Any] = {
+        "name": "redis",
+        "image": managed.image,
+        "command": ["redis-server"],
+        "args": args,
+        "env": [
+            {
+                "name": "REDIS_PASSWORD",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": naming.broker_secret_name(taskqueue),
+                        "key": naming.BROKER_PASSWORD_KEY,
+                    }
+                },
+            }
+        ],
+        "ports": [{"name": "redis", "containerPort": naming.REDIS_PORT, "protocol": "TCP"}],
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "initialDelaySeconds": 10},
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "securityContext": container_security(),
+    }
+    if managed.resources:
+        container["resources"] = dict(managed.resources)
+    return container
+
+
+def redis_workload(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]:
+    """A one-replica Deployment (ephemeral) or StatefulSet with a PVC and AOF (persistent)."""
+    name = owner["metadata"]["name"]
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(REDIS_UID),
+        "containers": [_redis_container(managed, name)],
+    }
+    return broker_workload(owner, naming.redis_name(name), pod_spec, managed.persistence)
+
+
+def redis_service(owner: Body) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    return broker_service(owner, naming.redis_name(name), {"redis": naming.REDIS_PORT})
+
+
+def redis_network_policy(owner: Body) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    return broker_network_policy(owner, naming.redis_name(name), [naming.REDIS_PORT])

@@ -1,0 +1,70 @@
+"""The managed Redis builders: the exact objects, owned by the TaskQueue, hardened."""
+
+from __future__ import annotations
+
+import pytest
+from ebbtide_operator import naming
+from ebbtide_operator.build import common, redis
+from ebbtide_operator.spec import parse_spec
+from support.taskqueue import assert_owned, decoded, managed_spec, taskqueue
+
+
+def redis_spec(**persistence) -> dict:
+    return managed_spec("redis", persistence=persistence)
+
+
+def test_secret_holds_password_and_url():
+    owner = taskqueue(redis_spec())
+    secret = redis.redis_secret(owner, "s3cret")
+    assert_owned(secret)
+    data = decoded(secret)
+    assert data["password"] == "s3cret"
+    assert data["url"] == "redis://:s3cret@tq1-redis.ns1.svc:6379/0"
+
+
+def test_generated_passwords_are_long_and_distinct():
+    a, b = common.generate_password(), common.generate_password()
+    assert a != b and len(a) >= 40
+
+
+def test_ephemeral_redis_is_a_deployment_with_requirepass_and_hardening():
+    owner = taskqueue(redis_spec())
+    spec = parse_spec(owner["spec"])
+    workload = redis.redis_workload(owner, spec.broker.managed)
+    assert_owned(workload)
+    assert workload["kind"] == "Deployment"
+    pod = workload["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert "--appendonly" in container["args"]
+    assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "tq1-broker"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+@pytest.mark.parametrize("policy", ["Retain", "Delete"])
+def test_persistent_redis_is_a_statefulset_with_aof_and_pvc_policy(policy):
+    owner = taskqueue(redis_spec(enabled=True, size="5Gi", deletionPolicy=policy))
+    spec = parse_spec(owner["spec"])
+    sts = redis.redis_workload(owner, spec.broker.managed)
+    assert_owned(sts)
+    assert sts["kind"] == "StatefulSet"
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == policy
+    claim = sts["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+
+def test_service_and_network_policy_select_the_redis_pods():
+    owner = taskqueue(redis_spec())
+    service = redis.redis_service(owner)
+    policy = redis.redis_network_policy(owner)
+    assert_owned(service)
+    assert_owned(policy)
+    assert service["spec"]["selector"] == naming.redis_selector("tq1")
+    assert policy["spec"]["podSelector"]["matchLabels"] == naming.redis_selector("tq1")
+    peers = policy["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": naming.worker_selector("tq1")}} in peers
+    assert {"podSelector": {"matchLabels": {"ebbtide.dev/producer": "tq1"}}} in peers

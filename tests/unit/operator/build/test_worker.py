@@ -1,0 +1,142 @@
+"""The worker Deployment builder: command, env, probes, hardening, the pod-template
+override and the template hash that rolls the pods."""
+
+from __future__ import annotations
+
+import copy
+
+from ebbtide_operator import naming
+from ebbtide_operator.build import worker
+from ebbtide_operator.spec import parse_spec
+from support.taskqueue import assert_owned, managed_spec, taskqueue
+
+
+def test_worker_deployment_command_env_probes_and_security():
+    raw = managed_spec()
+    raw["queues"] = [{"name": "high"}, {"name": "low"}]
+    raw["worker"].update(concurrency=8, metricsPort=9200, terminationGracePeriodSeconds=90)
+    owner = taskqueue(raw)
+    deployment = worker.worker_deployment(owner, parse_spec(raw), replicas=3)
+    assert_owned(deployment)
+    assert deployment["spec"]["replicas"] == 3
+    template = deployment["spec"]["template"]
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["ebbtide"]
+    assert container["args"] == [
+        "worker",
+        "m.tasks:app",
+        "--queues",
+        "high,low",
+        "--concurrency",
+        "8",
+        "--metrics-port",
+        "9200",
+        "--grace-seconds",
+        "85",
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["EBBTIDE_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tq1-broker",
+        "key": "url",
+    }
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["ports"][0]["containerPort"] == 9200
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "9200"
+    assert pod["terminationGracePeriodSeconds"] == 90
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items()
+        <= template["metadata"]["labels"].items()
+    )
+
+
+def test_external_broker_url_comes_from_the_users_secret():
+    raw = managed_spec()
+    raw["broker"] = {"type": "redis", "external": {"secretRef": {"name": "mine", "key": "u"}}}
+    deployment = worker.worker_deployment(taskqueue(raw), parse_spec(raw), replicas=0)
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "u"}
+
+
+def test_strict_order_and_weights_reach_the_worker_args():
+    raw = managed_spec()
+    raw["queues"] = [{"name": "a", "weight": 3}, {"name": "b"}]
+    args = worker.worker_args(parse_spec(raw))
+    assert args[args.index("--queues") + 1] == "a:3,b:1"
+    raw["queueOrder"] = "strict"
+    args = worker.worker_args(parse_spec(raw))
+    assert args[args.index("--queues") + 1] == "a,b"
+    assert args[-1] == "--strict"
+
+
+def test_pod_template_override_merges_without_breaking_selector():
+    raw = managed_spec()
+    raw["worker"]["podTemplate"] = {
+        "metadata": {"labels": {"team": "x", naming.TASKQUEUE_LABEL: "hijack"}},
+        "spec": {
+            "nodeSelector": {"disk": "ssd"},
+            "containers": [{"name": "worker", "env": [{"name": "EXTRA", "value": "1"}]}],
+        },
+    }
+    template = worker.worker_pod_template("tq1", parse_spec(raw))
+    assert template["metadata"]["labels"]["team"] == "x"
+    assert template["metadata"]["labels"][naming.TASKQUEUE_LABEL] == "tq1"
+    assert template["spec"]["nodeSelector"] == {"disk": "ssd"}
+    (container,) = template["spec"]["containers"]
+    names = [e["name"] for e in container["env"]]
+    assert "EXTRA" in names and "EBBTIDE_BROKER_URL" in names
+    assert container["image"] == "w:1"
+
+
+def test_spec_changes_change_the_hash_and_equal_specs_do_not():
+    raw = managed_spec()
+    a = worker.worker_pod_template("tq1", parse_spec(raw))
+    b = worker.worker_pod_template("tq1", parse_spec(copy.deepcopy(raw)))
+    raw["worker"]["image"] = "w:2"
+    c = worker.worker_pod_template("tq1", parse_spec(raw))
+    key = naming.SPEC_HASH_ANNOTATION
+    assert a["metadata"]["annotations"][key] == b["metadata"]["annotations"][key]
+    assert a["metadata"]["annotations"][key] != c["metadata"]["annotations"][key]
+
+
+def test_scaling_changes_do_not_roll_the_pods():
+    raw = managed_spec()
+    a = worker.worker_pod_template("tq1", parse_spec(raw))
+    raw["scaling"] = {"maxReplicas": 50, "targetBacklogSeconds": 5}
+    b = worker.worker_pod_template("tq1", parse_spec(raw))
+    assert a == b
+
+
+def test_template_patch_never_touches_replicas():
+    raw = managed_spec()
+    deployment = worker.worker_deployment(taskqueue(raw), parse_spec(raw), replicas=4)
+    patch = worker.template_patch(deployment)
+    assert "replicas" not in patch["spec"]
+    assert patch["spec"]["template"] == deployment["spec"]["template"]
+
+
+def test_workers_read_the_url_from_the_managed_secret_and_roll_on_a_type_switch():
+    rabbit = parse_spec(taskqueue(managed_spec("rabbitmq"))["spec"])
+    template = worker.worker_pod_template("tq1", rabbit)
+    env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+    assert env["EBBTIDE_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tq1-broker",
+        "key": "url",
+    }
+    assert template["metadata"]["annotations"][naming.BROKER_TYPE_ANNOTATION] == "rabbitmq"
+    redis_spec = taskqueue(managed_spec("rabbitmq"))["spec"]
+    redis_spec["broker"] = {"type": "redis", "managed": {}}
+    redis_template = worker.worker_pod_template("tq1", parse_spec(redis_spec))
+    assert naming.BROKER_TYPE_ANNOTATION not in redis_template["metadata"]["annotations"]
+    hash_key = naming.SPEC_HASH_ANNOTATION
+    assert (
+        template["metadata"]["annotations"][hash_key]
+        != redis_template["metadata"]["annotations"][hash_key]
+    )
