@@ -195,9 +195,9 @@ def test_managed_redis_objects_and_garbage_collection(
         lambda: core.read_namespaced_secret("managed-broker", namespace), 60, "the broker Secret"
     )
     broker = wait_for(
-        lambda: apps.read_namespaced_deployment("managed-redis", namespace),
+        lambda: apps.read_namespaced_stateful_set("managed-redis", namespace),
         60,
-        "the Redis Deployment",
+        "the Redis StatefulSet (durable by default)",
     )
     service = wait_for(
         lambda: core.read_namespaced_service("managed-redis", namespace), 60, "the Redis Service"
@@ -214,6 +214,11 @@ def test_managed_redis_objects_and_garbage_collection(
     )
 
     assert_controlled_by(uid, secret, broker, service, policy, worker)
+
+    redis_args = broker.spec.template.spec.containers[0].args
+    assert redis_args[redis_args.index("--appendonly") + 1] == "yes"
+    assert redis_args[redis_args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert broker.spec.volume_claim_templates[0].spec.resources.requests["storage"]
 
     password = base64.b64decode(secret.data["password"]).decode()
     assert len(password) >= 24, "a generated password, not a default"
@@ -239,6 +244,7 @@ def test_managed_redis_objects_and_garbage_collection(
 
     def collected() -> bool:
         left = [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items]
+        left += [d.metadata.name for d in apps.list_namespaced_stateful_set(namespace).items]
         left += [
             s.metadata.name
             for s in core.list_namespaced_secret(namespace).items

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -20,6 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ebbtide.stats import BrokerStats, read_stats
 
 SOCKET_TIMEOUT_SECONDS = 3.0
+EVICTION_CHECK_SECONDS = 60.0  # how often a Redis's maxmemory-policy is read again
 
 
 class BrokerUnreachable(Exception):
@@ -68,6 +70,16 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"[:200]
 
 
+def evicting_policy(client: Any) -> str | None:
+    """`INFO memory`'s maxmemory_policy, when it lets Redis delete keys. INFO, unlike
+    CONFIG GET, is open to a least-privileged user; a refusal reads as unknown."""
+    try:
+        policy = client.info("memory").get("maxmemory_policy")
+    except Exception:  # noqa: BLE001 - a missing permission must not fail the statistics
+        return None
+    return str(policy) if policy and policy != "noeviction" else None
+
+
 class BrokerReader:
     """Bounded, concurrent-safe statistics reads, one client per broker URL."""
 
@@ -86,6 +98,7 @@ class BrokerReader:
         self._clients: dict[str, Any] = {}
         self._pending: set[str] = set()
         self._lock = threading.Lock()
+        self._eviction: dict[str, tuple[float, str | None]] = {}  # url -> (read at, policy)
 
     def _handle(self, url: str) -> Any:
         if url.startswith(("amqp://", "amqps://")):
@@ -99,7 +112,18 @@ class BrokerReader:
             return client
 
     def _read(self, url: str, queues: list[str]) -> BrokerStats:
-        return self._reader(self._handle(url), queues)
+        handle = self._handle(url)
+        stats = self._reader(handle, queues)
+        if not isinstance(handle, str):  # a Redis client: is it allowed to evict our keys?
+            read_at, _ = self._eviction.get(url, (0.0, None))
+            if time.monotonic() - read_at >= EVICTION_CHECK_SECONDS:
+                self._eviction[url] = (time.monotonic(), evicting_policy(handle))
+        return stats
+
+    def eviction_policy(self, url: str) -> str | None:
+        """The Redis's maxmemory-policy when it is one that deletes keys (None when it is
+        noeviction, unknown, or the broker is not a Redis). Read with the statistics."""
+        return self._eviction.get(url, (0.0, None))[1]
 
     async def read(self, key: str, url: str, queues: list[str], timeout: float) -> BrokerStats:
         """Stats for `queues`, or BrokerUnreachable within `timeout` seconds."""

@@ -81,6 +81,15 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, logger: logging.Logger, **
     changed = {k: v for k, v in report.items() if v in ("created", "deleted", "replaced")}
     if changed:
         post_event(body, "Normal", "Provisioned", ", ".join(f"{k} {v}" for k, v in changed.items()))
+    managed = parsed.broker.managed
+    if managed is not None and not managed.persistence.enabled:
+        post_event(
+            body,
+            "Warning",
+            "PersistenceDisabled",
+            "the managed broker keeps tasks in memory only: a pod restart loses every "
+            "queued task (spec.broker.managed.persistence.enabled is false)",
+        )
     logger.info("reconciled: %s", report)
 
 

@@ -23,7 +23,10 @@ DEFAULT_RABBITMQ_IMAGE = "rabbitmq:3.13-management"
 DEFAULT_IMAGES = {"redis": DEFAULT_REDIS_IMAGE, "rabbitmq": DEFAULT_RABBITMQ_IMAGE}
 # Persistence is on by default for RabbitMQ (durable queues are why one picks it) and off
 # for Redis (a cache-like broker unless asked). Also type-dependent, so also defaulted here.
-DEFAULT_PERSISTENCE = {"redis": False, "rabbitmq": True}
+# Durable by default on both: a managed broker that forgets its tasks on a pod restart
+# breaks the promise that an accepted task runs. `persistence.enabled: false` opts out,
+# and the Durable condition says so.
+DEFAULT_PERSISTENCE = {"redis": True, "rabbitmq": True}
 # An image named like this cannot run a RabbitMQ (a stale `redis:...` default, say).
 REDIS_IMAGE_PATTERN = re.compile(r"(^|/)redis(:|@|$)")
 

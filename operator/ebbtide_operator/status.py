@@ -14,7 +14,7 @@ from typing import Any
 
 from ebbtide_operator.policy import Decision, Observation
 
-CONDITION_TYPES = ("Ready", "BrokerReady", "WorkersReady", "ScalingActive", "Degraded")
+CONDITION_TYPES = ("Ready", "BrokerReady", "WorkersReady", "ScalingActive", "Degraded", "Durable")
 POLICY_STATE_REFRESH_SECONDS = 30.0  # the stabilization window may lag this much on restart
 # Policy memory that moves every poll: persisted at most every POLICY_STATE_REFRESH_SECONDS.
 VOLATILE_STATE_KEYS = ("recommendations", "lastPollTime", "arrivalRateSmoothed")
@@ -56,6 +56,11 @@ class Health:
     deployment_exists: bool = True
     paused: bool = False
     target_seconds: float = 30.0
+    # Durability: a managed broker that keeps tasks in memory only (an explicit opt-out),
+    # and a broker that may evict keys (maxmemory-policy other than noeviction).
+    persistence_disabled: bool = False
+    eviction_policy: str | None = None
+    external_broker: bool = False
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, str]:
@@ -63,7 +68,7 @@ def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, str]
 
 
 def conditions(health: Health, replicas: int, ready: int) -> list[dict[str, str]]:
-    """The five conditions, in a fixed order, without transition times."""
+    """The six conditions, in a fixed order, without transition times."""
     if health.broker_error:
         broker = _condition("BrokerReady", False, "BrokerUnreachable", health.broker_error)
     elif health.spec_error:
@@ -116,6 +121,8 @@ def conditions(health: Health, replicas: int, ready: int) -> list[dict[str, str]
         degraded = _condition(
             "Degraded", True, "DeploymentMissing", "the worker Deployment does not exist"
         )
+    elif health.eviction_policy:
+        degraded = _condition("Degraded", True, "BrokerEvicts", evicts_message(health))
     else:
         degraded = _condition("Degraded", False, "AsExpected", "all good")
 
@@ -124,7 +131,36 @@ def conditions(health: Health, replicas: int, ready: int) -> list[dict[str, str]
         ready_condition = _condition("Ready", True, "Ready", "broker reachable and workers ready")
     else:
         ready_condition = _condition("Ready", False, failing["reason"], failing["message"])
-    return [ready_condition, broker, workers, scaling, degraded]
+    return [ready_condition, broker, workers, scaling, degraded, durable_condition(health)]
+
+
+def evicts_message(health: Health) -> str:
+    return (
+        f"the broker's maxmemory-policy is {health.eviction_policy}: under memory pressure "
+        "it deletes keys, and with them queued tasks; set maxmemory-policy noeviction"
+    )
+
+
+def durable_condition(health: Health) -> dict[str, str]:
+    """Whether accepted tasks survive a broker restart: the safe default says so, and an
+    opt-out is visible in `kubectl describe` rather than discovered after a data loss."""
+    if health.persistence_disabled:
+        return _condition(
+            "Durable",
+            False,
+            "PersistenceDisabled",
+            "spec.broker.managed.persistence.enabled is false: the managed broker keeps "
+            "tasks in memory only, and a pod restart or eviction loses every queued task",
+        )
+    if health.eviction_policy:
+        return _condition("Durable", False, "BrokerEvicts", evicts_message(health))
+    if health.external_broker:
+        return _condition(
+            "Durable", True, "ExternalBroker", "durability is the external broker's own setting"
+        )
+    return _condition(
+        "Durable", True, "Persistent", "the managed broker keeps tasks on a PersistentVolume"
+    )
 
 
 def merge_conditions(

@@ -188,12 +188,16 @@ class TaskQueueTicker:
             ready,
             broker_up=stats is not None,
         )
+        managed = spec.broker.managed
         health = status_mod.Health(
             policy_error=policy_error,
             broker_error=outcome.broker_error,
             deployment_exists=deployment is not None,
             paused=scaling.paused,
             target_seconds=scaling.target_backlog_seconds,
+            persistence_disabled=managed is not None and not managed.persistence.enabled,
+            eviction_policy=self.reader.eviction_policy(self.memory.url or ""),
+            external_broker=managed is None,
         )
         new_status = self._status(
             body,

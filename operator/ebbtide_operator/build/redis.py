@@ -51,6 +51,10 @@ def _redis_container(managed: ManagedBrokerSpec, taskqueue: str) -> dict[str, An
         "/data",
         "--protected-mode",
         "no",
+        # Never delete keys under memory pressure: a full broker refuses new tasks (the
+        # producer sees the error) instead of silently dropping queued ones.
+        "--maxmemory-policy",
+        "noeviction",
     ]
     if managed.persistence.enabled:
         args += ["--appendonly", "yes", "--appendfsync", "everysec"]

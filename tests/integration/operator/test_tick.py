@@ -271,3 +271,32 @@ def test_a_deleted_deployment_is_recreated_but_not_while_the_taskqueue_is_delete
     body["metadata"]["deletionTimestamp"] = "2026-11-23T18:00:00Z"
     asyncio.run(ticker.tick(body))
     assert key not in cluster.objects, "a TaskQueue being deleted gets no new workers"
+
+
+def test_a_redis_that_evicts_keys_is_degraded_broker_evicts(env):
+    """An external Redis whose maxmemory-policy may delete queued tasks: the status says
+    so at once (Degraded, and not Durable), naming the policy; scaling carries on."""
+    cluster, reader, url = env
+    body = taskqueue()
+    ticker = make_ticker(cluster, reader, body, url)
+    admin = redis.Redis.from_url(url)
+    admin.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        asyncio.run(ticker.tick(body))
+        degraded = condition(cluster, "Degraded")
+        assert (degraded["status"], degraded["reason"]) == ("True", "BrokerEvicts")
+        assert "allkeys-lru" in degraded["message"]
+        assert condition(cluster, "Durable")["reason"] == "BrokerEvicts"
+        assert condition(cluster, "ScalingActive")["status"] == "True"
+    finally:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.close()
+
+
+def test_a_redis_with_noeviction_is_not_degraded(env):
+    cluster, reader, url = env
+    body = taskqueue()
+    ticker = make_ticker(cluster, reader, body, url)
+    asyncio.run(ticker.tick(body))
+    assert condition(cluster, "Degraded")["reason"] == "AsExpected"
+    assert condition(cluster, "Durable")["reason"] == "ExternalBroker"

@@ -41,7 +41,7 @@ def test_first_reconcile_creates_everything():
     report = run(cluster, body())
     assert report == {
         "Secret/tq-broker": "created",
-        "Deployment/tq-redis": "created",
+        "StatefulSet/tq-redis": "created",
         "Service/tq-redis": "created",
         "NetworkPolicy/tq-redis": "created",
         "Deployment/tq-worker": "created",
@@ -66,7 +66,7 @@ def test_second_reconcile_keeps_password_and_replicas():
 
 def test_switching_to_persistence_replaces_the_workload():
     cluster = MemoryCluster()
-    run(cluster, body())
+    run(cluster, body(enabled=False))
     report = run(cluster, body(enabled=True))
     assert report["StatefulSet/tq-redis"] == "created"
     assert report["Deployment/tq-redis"] == "deleted"
@@ -82,7 +82,7 @@ def test_switching_to_external_removes_only_owned_broker_objects():
         "ownerReferences"
     ] = []  # now the user's
     report = run(cluster, b)
-    assert report["Deployment/tq-redis"] == "deleted" and report["Service/tq-redis"] == "deleted"
+    assert report["StatefulSet/tq-redis"] == "deleted" and report["Service/tq-redis"] == "deleted"
     assert ("Secret", "ns", "tq-broker") in cluster.objects
     env = cluster.objects[("Deployment", "ns", "tq-worker")]["spec"]["template"]["spec"][
         "containers"
@@ -136,7 +136,7 @@ def test_switching_redis_to_rabbitmq_replaces_secret_and_broker_objects():
     report = run(cluster, rabbit_body())
     assert report["Secret/tq-broker"] == "replaced"
     assert secret_url(cluster).startswith("amqp://")
-    for kind in ("Deployment", "Service", "NetworkPolicy"):
+    for kind in ("StatefulSet", "Service", "NetworkPolicy"):
         assert report[f"{kind}/tq-redis"] == "deleted"
         assert (kind, "ns", "tq-redis") not in cluster.objects
     assert ("StatefulSet", "ns", "tq-rabbitmq") in cluster.objects

@@ -33,9 +33,9 @@ def test_defaults():
 
 @pytest.mark.parametrize(
     ("kind", "image", "persistent"),
-    [("redis", DEFAULT_REDIS_IMAGE, False), ("rabbitmq", DEFAULT_RABBITMQ_IMAGE, True)],
+    [("redis", DEFAULT_REDIS_IMAGE, True), ("rabbitmq", DEFAULT_RABBITMQ_IMAGE, True)],
 )
-def test_managed_broker_defaults_depend_on_the_type(kind, image, persistent):
+def test_managed_brokers_are_durable_by_default(kind, image, persistent):
     raw = minimal()
     raw["broker"] = {"type": kind, "managed": {"persistence": {"size": "3Gi"}}}
     managed = parse_spec(raw).broker.managed

@@ -66,9 +66,42 @@ def by_type(conditions):
 
 def test_all_good():
     c = by_type(status.conditions(status.Health(), replicas=3, ready=3))
-    assert list(c) == ["Ready", "BrokerReady", "WorkersReady", "ScalingActive", "Degraded"]
+    assert list(c) == [
+        "Ready",
+        "BrokerReady",
+        "WorkersReady",
+        "ScalingActive",
+        "Degraded",
+        "Durable",
+    ]
     assert c["Ready"]["status"] == "True" and c["Degraded"]["status"] == "False"
     assert c["ScalingActive"]["reason"] == "BacklogTime"
+    assert c["Durable"]["status"] == "True" and c["Durable"]["reason"] == "Persistent"
+
+
+def test_persistence_opt_out_is_visible_but_not_degraded():
+    c = by_type(status.conditions(status.Health(persistence_disabled=True), 3, 3))
+    assert c["Durable"]["status"] == "False" and c["Durable"]["reason"] == "PersistenceDisabled"
+    assert "loses every queued task" in c["Durable"]["message"]
+    assert c["Degraded"]["status"] == "False" and c["Ready"]["status"] == "True"
+
+
+def test_an_evicting_broker_is_degraded_naming_the_policy():
+    c = by_type(status.conditions(status.Health(eviction_policy="allkeys-lru"), 3, 3))
+    assert c["Degraded"]["status"] == "True" and c["Degraded"]["reason"] == "BrokerEvicts"
+    assert "allkeys-lru" in c["Degraded"]["message"] and "noeviction" in c["Degraded"]["message"]
+    assert c["Durable"]["reason"] == "BrokerEvicts"
+    assert c["Ready"]["status"] == "True", "it still works: degraded, not down"
+
+
+def test_external_brokers_own_their_durability():
+    c = by_type(status.conditions(status.Health(external_broker=True), 3, 3))
+    assert c["Durable"] == {
+        "type": "Durable",
+        "status": "True",
+        "reason": "ExternalBroker",
+        "message": "durability is the external broker's own setting",
+    }
 
 
 def test_broker_unreachable_is_degraded_and_not_ready():
