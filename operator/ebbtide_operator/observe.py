@@ -89,14 +89,24 @@ def build_observation(
     queues = []
     for queue in spec.queues:
         q = stats.queues.get(queue.name)
+        oldest_age = stats.oldest_age_s(queue.name)
+        next_due_in: float | None = None
+        if q is not None and q.next_due_at is not None:
+            # A due task is backlog that has waited since its due time (a claim promotes
+            # it); one not yet due is a wake-up time for the policy.
+            if q.next_due_at <= stats.now:
+                oldest_age = max(oldest_age, stats.now - q.next_due_at)
+            else:
+                next_due_in = q.next_due_at - stats.now
         queues.append(
             QueueObservation(
                 name=queue.name,
-                backlog=q.ready if q else 0,
+                backlog=(q.ready + q.due) if q else 0,
                 in_flight=q.in_flight if q else 0,
-                oldest_age_s=stats.oldest_age_s(queue.name),
+                oldest_age_s=oldest_age,
                 arrival_rate=rates.queue_arrival.get(queue.name, 0.0),
                 target_backlog_seconds=queue.target_backlog_seconds,
+                next_due_in_s=next_due_in,
             )
         )
     return Observation(

@@ -44,6 +44,9 @@ class QueueObservation:
     oldest_age_s: float  # age of the oldest ready task (0 when empty)
     arrival_rate: float  # lambda, tasks/s, from the enqueued counter
     target_backlog_seconds: float  # this queue's T
+    # Seconds until the earliest delayed task (a delay= or a retry) comes due; None when
+    # none is waiting. Due tasks are already counted in `backlog`.
+    next_due_in_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,7 @@ def compute_demand(
     in_flight = sum(max(q.in_flight, 0) for q in queues)
     busy = math.ceil(in_flight / max(spec.concurrency, 1))
     backlog = sum(max(q.backlog, 0) for q in queues)
-    if backlog > 0:
+    if backlog > 0 or due_soon(obs, spec):
         replicas = max(replicas, 1)
     capacity = obs.replicas * mu
     drain = backlog / capacity if capacity > 0 else (0.0 if backlog == 0 else None)
@@ -296,10 +299,20 @@ def compute_demand(
     )
 
 
+def due_soon(obs: Observation, spec: ScalingSpec) -> bool:
+    """A delayed task comes due before the next poll: a worker must be there for it,
+    even at minReplicas 0, or it would wait for unrelated work to arrive."""
+    return any(
+        q.next_due_in_s is not None and q.next_due_in_s <= spec.poll_seconds
+        for q in _queues(obs, spec)
+    )
+
+
 def _is_idle(obs: Observation, spec: ScalingSpec) -> bool:
     queues = _queues(obs, spec)
     return (
-        all(q.backlog <= 0 and q.in_flight <= 0 for q in queues)
+        not due_soon(obs, spec)
+        and all(q.backlog <= 0 and q.in_flight <= 0 for q in queues)
         and obs.backlog <= 0
         and obs.in_flight <= 0
         and obs.arrival_rate <= 0
@@ -320,7 +333,7 @@ def _hold(obs: Observation, spec: ScalingSpec, state: PolicyState, why: str, deg
     )
 
 
-def _up_reason(demand: Demand, obs: Observation) -> str:
+def _up_reason(demand: Demand, obs: Observation, spec: ScalingSpec) -> str:
     q = demand.worst_queue
     if q is not None:
         target = q.target_backlog_seconds
@@ -330,6 +343,8 @@ def _up_reason(demand: Demand, obs: Observation) -> str:
             return f"backlog {demand.backlog}, no workers"
         if demand.drain_seconds > target:
             return f"backlog {demand.backlog}, drain {demand.drain_seconds:.0f}s > target {target:.0f}s"
+    if demand.backlog == 0 and due_soon(obs, spec):
+        return "a delayed task comes due before the next poll: waking a worker"
     queued = f"backlog {demand.backlog}, " if demand.backlog else ""
     return (
         f"{queued}arrivals {demand.arrival_rate:.2f}/s: need {demand.replicas} replicas "
@@ -379,7 +394,7 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         target = raw
         if spec.max_scale_up_step > 0:
             target = min(target, current + spec.max_scale_up_step)
-        reason = _up_reason(demand, obs)
+        reason = _up_reason(demand, obs, spec)
     elif zero_ok and current > 0:
         target = spec.min_replicas
         reason = f"idle {idle_for:.0f}s >= {spec.scale_to_zero_idle_seconds:.0f}s: scaling to zero"
@@ -404,7 +419,7 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
     elif current > spec.max_replicas and target == spec.max_replicas:
         reason = f"lowered to maxReplicas {spec.max_replicas}"
     elif target == spec.max_replicas and demand.replicas > spec.max_replicas:
-        reason = f"{_up_reason(demand, obs)}; capped at maxReplicas {spec.max_replicas}"
+        reason = f"{_up_reason(demand, obs, spec)}; capped at maxReplicas {spec.max_replicas}"
 
     new_state = PolicyState(
         recommendations=recs,

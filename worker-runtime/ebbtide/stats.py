@@ -36,6 +36,8 @@ class QueueStats:
     ready_by_priority: dict[int, int] = field(default_factory=dict)
     in_flight: int = 0  # claimed under a lease, not yet acked
     delayed: int = 0  # scheduled (delay=) or waiting for a retry
+    due: int = 0  # of those, how many are due now (a claim promotes them to ready)
+    next_due_at: float | None = None  # unix seconds of the earliest delayed task (None = none)
     dead: int = 0  # in the dead-letter queue
     oldest_ready_at: float | None = None  # unix seconds when the oldest ready task became ready
     enqueued_total: int = 0  # cumulative, bumped atomically with every enqueue

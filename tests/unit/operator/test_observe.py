@@ -99,3 +99,20 @@ def test_unreachable_keeps_last_figures_and_says_so():
     assert obs.now == 2000 and obs.ready_replicas == 1
     blank = observe.unreachable_observation(2000, None, 2, 2)
     assert blank.broker_reachable is False and blank.replicas == 2
+
+
+def test_due_delayed_tasks_are_backlog_aged_from_their_due_time():
+    """A claim promotes due tasks, so they are backlog; one due 12 s ago has waited 12 s."""
+    a = QueueStats(queue="a", ready=3, delayed=10, due=4, next_due_at=988.0)
+    stats = BrokerStats(now=1000.0, queues={"a": a})
+    obs = observe.build_observation(stats, observe.Rates(), SPEC, 0, 0)
+    (qa, _) = obs.queues
+    assert (qa.backlog, qa.oldest_age_s, qa.next_due_in_s) == (7, 12.0, None)
+
+
+def test_a_future_delayed_task_is_a_wake_up_time():
+    a = QueueStats(queue="a", ready=0, delayed=1, due=0, next_due_at=1060.0)
+    stats = BrokerStats(now=1000.0, queues={"a": a})
+    (qa, qb) = observe.build_observation(stats, observe.Rates(), SPEC, 0, 0).queues
+    assert (qa.backlog, qa.next_due_in_s) == (0, 60.0)
+    assert qb.next_due_in_s is None

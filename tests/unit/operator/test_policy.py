@@ -191,3 +191,32 @@ def test_non_finite_rates_never_reach_the_persisted_state():
     )
     assert d.replicas == 1
     json.dumps(d.state.to_dict(), allow_nan=False)
+
+
+def delayed(next_due_in_s: float | None, **kw) -> Observation:
+    queue = QueueObservation(
+        name="q",
+        backlog=kw.pop("backlog", 0),
+        in_flight=0,
+        oldest_age_s=0.0,
+        arrival_rate=0.0,
+        target_backlog_seconds=30.0,
+        next_due_in_s=next_due_in_s,
+    )
+    return obs(queues=(queue,), **kw)
+
+
+def test_a_delayed_task_wakes_one_worker_from_zero_before_it_comes_due():
+    spec = ScalingSpec(min_replicas=0, max_replicas=5, poll_seconds=5.0)
+    far = decide(delayed(60.0, replicas=0, ready_replicas=0), spec, PolicyState())
+    assert far.replicas == 0, "nothing to do for a minute: no pod"
+    soon = decide(delayed(4.0, replicas=0, ready_replicas=0), spec, far.state)
+    assert soon.replicas == 1 and "comes due" in soon.reason
+
+
+def test_a_delayed_task_due_soon_blocks_scale_to_zero():
+    spec = ScalingSpec(
+        min_replicas=0, max_replicas=5, poll_seconds=5.0, scale_to_zero_idle_seconds=0
+    )
+    assert decide(delayed(3.0, replicas=1), spec, PolicyState()).replicas == 1
+    assert decide(delayed(600.0, replicas=1), spec, PolicyState()).replicas == 0
