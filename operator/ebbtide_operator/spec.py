@@ -23,6 +23,9 @@ DEFAULT_RABBITMQ_IMAGE = "rabbitmq:3.13-management"
 DEFAULT_IMAGES = {"redis": DEFAULT_REDIS_IMAGE, "rabbitmq": DEFAULT_RABBITMQ_IMAGE}
 # Persistence is on by default for RabbitMQ (durable queues are why one picks it) and off
 # for Redis (a cache-like broker unless asked). Also type-dependent, so also defaulted here.
+DEFAULT_KEY_PREFIX = "ebbtide"
+KEY_PREFIX_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
 # Durable by default on both: a managed broker that forgets its tasks on a pod restart
 # breaks the promise that an accepted task runs. `persistence.enabled: false` opts out,
 # and the Durable condition says so.
@@ -64,6 +67,9 @@ class BrokerSpec:
     type: str = "redis"
     managed: ManagedBrokerSpec | None = None
     external: SecretRef | None = None
+    # Namespaces Ebbtide's keys (Redis) and queues (RabbitMQ) on the broker: the workers
+    # get it as EBBTIDE_KEY_PREFIX and the operator reads the statistics under it.
+    key_prefix: str = DEFAULT_KEY_PREFIX
 
     def url_secret(self, taskqueue: str) -> SecretRef:
         """Where the broker URL lives: the user's Secret, or the one we generate. The
@@ -146,6 +152,12 @@ def parse_broker(data: Mapping[str, Any]) -> BrokerSpec:
     kind = data.get("type", "redis")
     if kind not in ("redis", "rabbitmq"):
         raise SpecError(f"spec.broker.type must be redis or rabbitmq, got {kind!r}")
+    prefix = data.get("keyPrefix", DEFAULT_KEY_PREFIX)
+    if not isinstance(prefix, str) or not KEY_PREFIX_PATTERN.match(prefix):
+        raise SpecError(
+            f"spec.broker.keyPrefix must be 1-32 of a-z, 0-9, '_' and '-', starting with a "
+            f"letter or digit, got {prefix!r}"
+        )
     managed_data, external_data = data.get("managed"), data.get("external")
     if (managed_data is None) == (external_data is None):
         raise SpecError("exactly one of spec.broker.managed and spec.broker.external must be set")
@@ -173,11 +185,12 @@ def parse_broker(data: Mapping[str, Any]) -> BrokerSpec:
             resources=dict(managed_data.get("resources") or {}),
             persistence=persistence,
         )
-        return BrokerSpec(type=kind, managed=managed)
+        return BrokerSpec(type=kind, managed=managed, key_prefix=prefix)
     ref = external_data.get("secretRef") or {}
     if not ref.get("name"):
         raise SpecError("spec.broker.external.secretRef.name is required")
-    return BrokerSpec(type=kind, external=SecretRef(name=ref["name"], key=ref.get("key") or "url"))
+    external = SecretRef(name=ref["name"], key=ref.get("key") or "url")
+    return BrokerSpec(type=kind, external=external, key_prefix=prefix)
 
 
 def parse_worker(data: Mapping[str, Any]) -> WorkerSpec:

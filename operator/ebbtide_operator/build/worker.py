@@ -69,6 +69,7 @@ def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "EBBTIDE_TASKQUEUE", "value": taskqueue},
+        {"name": "EBBTIDE_KEY_PREFIX", "value": spec.broker.key_prefix},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     taken = {item["name"] for item in ours}

@@ -90,3 +90,13 @@ def test_bad_specs_name_the_field(mutate, field):
     mutate(raw)
     with pytest.raises(SpecError, match=field.replace("[", r"\[").replace("]", r"\]")):
         parse_spec(raw)
+
+
+def test_key_prefix_defaults_and_is_checked_naming_the_field():
+    raw = minimal()
+    assert parse_spec(raw).broker.key_prefix == "ebbtide"
+    raw["broker"]["keyPrefix"] = "billing"
+    assert parse_spec(raw).broker.key_prefix == "billing"
+    raw["broker"]["keyPrefix"] = "Bad Prefix"
+    with pytest.raises(SpecError, match=r"spec\.broker\.keyPrefix .*'Bad Prefix'"):
+        parse_spec(raw)

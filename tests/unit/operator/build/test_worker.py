@@ -41,6 +41,7 @@ def test_worker_deployment_command_env_probes_and_security():
         "key": "url",
     }
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["EBBTIDE_KEY_PREFIX"]["value"] == "ebbtide"  # the operator reads stats under it
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["ports"][0]["containerPort"] == 9200
