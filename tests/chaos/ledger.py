@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -98,6 +99,31 @@ def worker(
             if proc.poll() is None:
                 proc.kill()
             proc.wait(30)
+
+
+@contextmanager
+def restarting(url: str, record_url: str, *args: str) -> Iterator[Callable[[], int]]:
+    """A worker that is started again whenever it dies, as the kubelet restarts a
+    container; yields a function that returns how many times it died."""
+    deaths = 0
+    stop = threading.Event()
+
+    def supervise() -> None:
+        nonlocal deaths
+        while not stop.is_set():
+            with worker(url, record_url, *args) as proc:
+                while proc.poll() is None and not stop.is_set():
+                    stop.wait(0.05)
+                if proc.poll() is not None and not stop.is_set():
+                    deaths += 1
+
+    thread = threading.Thread(target=supervise, daemon=True)
+    thread.start()
+    try:
+        yield lambda: deaths
+    finally:
+        stop.set()
+        thread.join(60)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import signal
 import time
 
 import chaos_tasks
-from ledger import known_gap, wait_for, worker
+from ledger import known_gap, restarting, wait_for, worker
 
 N = 2000
 
@@ -54,3 +54,23 @@ def test_sigstop_past_the_lease(request, broker, ledger, redis_url):
         finally:
             frozen.send_signal(signal.SIGCONT)
     assert row.completed == 200
+
+
+def test_poison_task_that_kills_its_worker(request, broker, ledger, redis_url):
+    """A task that takes its process down (a segfault, an OOM kill) runs again after each
+    restart only until `max_recoveries` (3): then it is dead, with the reason, and the
+    good tasks around it all ran. The pod's restarts are played by `restarting`."""
+    known_gap(
+        request,
+        "Redis: a lost lease is not counted as an attempt, so the poison task loops; "
+        "RabbitMQ: every redelivery counts, so tasks merely prefetched beside it die unrun",
+    )
+    ledger.scenario = f"poison task kills its worker ({broker.name})"
+    ledger.send(chaos_tasks.poison, 2)
+    ledger.send(chaos_tasks.work, 100)
+    with restarting(broker.url, redis_url, "--concurrency", "2", "--lease-seconds", "2") as crashes:
+        row = ledger.check(broker.url, since=ledger.started, timeout=120, dead_ok=True)
+    assert row.completed == 100 and row.dead == 2
+    dead = ledger.dead(broker.url)
+    assert all("worker lost" in dead[task_id] for task_id in dead), dead
+    assert crashes() >= 2
