@@ -91,6 +91,12 @@ def broker(request, toxiproxy) -> Iterator[ChaosBroker]:
         yield from _rabbitmq_broker(toxiproxy, request.getfixturevalue("chaos_rabbitmq"), False)
 
 
+@pytest.fixture
+def rabbitmq_broker(toxiproxy, chaos_rabbitmq) -> Iterator[ChaosBroker]:
+    """For the scenarios only RabbitMQ has (its memory alarm)."""
+    yield from _rabbitmq_broker(toxiproxy, chaos_rabbitmq, proxied=False)
+
+
 @pytest.fixture(
     params=[
         pytest.param("redis", marks=pytest.mark.redis),

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 
 import chaos_tasks
+import pytest
 from ledger import known_gap, wait_for, worker
 from support.servers import free_port
 
@@ -71,3 +72,44 @@ def probe(port: int, path: str) -> int:
         return error.code
     except OSError:
         return 0
+
+
+@pytest.mark.rabbitmq
+def test_rabbitmq_memory_alarm(rabbitmq_broker, chaos_rabbitmq, ledger, redis_url):
+    """RabbitMQ's memory alarm blocks every connection that publishes. Tasks that only
+    need an ack must keep completing through it (acks cannot wait for the alarm: the
+    broker would then never free the memory), retries resume when it clears, and
+    nothing is lost."""
+    broker = rabbitmq_broker
+    ledger.scenario = "memory alarm (rabbitmq)"
+    ledger.send(chaos_tasks.flaky, N // 2)  # each needs a publish (its retry)
+    ledger.send(chaos_tasks.work, N // 2, 0.02)  # each needs only an ack
+    server = chaos_rabbitmq["server"]
+    with worker(broker.url, redis_url, "--concurrency", "4"):
+        wait_for(lambda: len(ledger.runs()) >= N // 20, 60, "the first tasks to run")
+        raised = server.ctl("set_vm_memory_high_watermark", "0.000001")
+        assert raised.returncode == 0, raised.stderr
+        try:
+            wait_for(lambda: memory_alarm(server), 30, "the memory alarm to be raised")
+            acked = completed(broker.url)
+            wait_for(
+                lambda: completed(broker.url) >= acked + 50,
+                60,
+                "acks to go on during the alarm",
+            )
+        finally:
+            server.ctl("set_vm_memory_high_watermark", "0.4")
+        cleared = time.monotonic()
+        row = ledger.check(broker.url, since=cleared)
+    assert row.completed == N
+
+
+def memory_alarm(server) -> bool:
+    alarms = server.ctl("eval", "rabbit_alarm:get_alarms().")
+    return alarms.returncode == 0 and "memory" in alarms.stdout
+
+
+def completed(url: str) -> int:
+    from ebbtide.stats import read_stats
+
+    return read_stats(url, ["default"]).queues["default"].completed_total
