@@ -22,8 +22,9 @@ def recorder() -> redis.Redis:
 
 
 @app.task(name="work", max_retries=5)
-def work(tag: str, i: int, seconds: float = 0.0) -> None:
-    """Count the run, then take `seconds`: the unit of work every scenario tracks."""
+def work(tag: str, i: int, seconds: float = 0.0, padding: str = "") -> None:
+    """Count the run, then take `seconds`: the unit of work every scenario tracks
+    (`padding` only makes the payload bigger)."""
     recorder().hincrby(f"runs:{tag}", str(i), 1)
     if seconds:
         time.sleep(seconds)
