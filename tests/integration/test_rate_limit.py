@@ -14,8 +14,8 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
-from ebbtide.rabbitmq_broker import RabbitMQBroker
-from ebbtide.rabbitmq_rate import UNAVAILABLE_WAIT_MS, token_queue
+from ebbtide.brokers.rabbitmq.broker import RabbitMQBroker
+from ebbtide.brokers.rabbitmq.rate import UNAVAILABLE_WAIT_MS, token_queue
 from ebbtide.stats import read_stats
 from support.rabbitmq_admin import _request as admin
 from worker_tasks import RATE_LIMIT as LIMIT

@@ -9,7 +9,7 @@ import hashlib
 import json
 
 import pytest
-from ebbtide.rabbitmq_topology import parse_options
+from ebbtide.brokers.rabbitmq.topology import parse_options
 from ebbtide_operator import build_broker, build_rabbitmq, build_worker, naming, provision
 from ebbtide_operator.broker_io import BrokerReader, with_amqp_timeouts
 from ebbtide_operator.spec import DEFAULT_RABBITMQ_IMAGE, parse_spec

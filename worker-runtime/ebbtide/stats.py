@@ -10,7 +10,9 @@ on Redis), so one slow TaskQueue never slows the operator's other ticks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,34 @@ class BrokerStats:
         return max(0.0, self.now - q.oldest_ready_at)
 
 
-def read_stats(broker_url_or_client: object, queues: list[str] | None = None) -> BrokerStats:
+def worker_info(heartbeat: Mapping[str, Any], now: float) -> WorkerInfo | None:
+    """A WorkerInfo from one decoded heartbeat body (both brokers write the same JSON,
+    see worker.Worker.info); None for a foreign or corrupt one, which must never break
+    the operator's poll."""
+    try:
+        return WorkerInfo(
+            worker_id=str(heartbeat["worker_id"]),
+            pod=heartbeat.get("pod"),
+            busy=bool(heartbeat.get("running", 0)),
+            running=int(heartbeat.get("running", 0)),
+            concurrency=int(heartbeat.get("concurrency", 0)),
+            queues=tuple(heartbeat.get("queues", ())),
+            last_seen=float(heartbeat.get("at", now)),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def read_stats(
+    broker_url_or_client: object, queues: list[str] | None = None, prefix: str = "ebbtide"
+) -> BrokerStats:
     """One consistent snapshot from the broker, in one round trip.
 
     Accepts a broker URL, a `redis.Redis` client, or a Broker; `queues=None` means every
-    queue that has ever been enqueued to.
+    queue that has ever been enqueued to. `prefix` is the App's `key_prefix` (for a URL
+    or a client; a Broker knows its own). The brokers live above this module (they build
+    these dataclasses), hence the import at call time.
     """
-    from .stats_reader import read_stats as _read
+    from .brokers import read_stats as read
 
-    return _read(broker_url_or_client, queues)
+    return read(broker_url_or_client, queues, prefix)

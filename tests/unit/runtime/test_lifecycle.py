@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 from ebbtide.lifecycle import (
     Outcome,
+    TaskState,
     after_failure,
     backoff_seconds,
-    parse_queues,
+    is_final,
+    next_state,
     parse_rate,
-    plan_claim,
     rate_wait_ms,
 )
 from hypothesis import given
@@ -37,37 +36,6 @@ def test_after_failure():
     assert after_failure(0, 0) is Outcome.DEAD
 
 
-def test_parse_queues():
-    sel = parse_queues("high:3, low:1")
-    assert sel.queues == (("high", 3), ("low", 1)) and not sel.strict
-    assert parse_queues("a,b", strict=True).strict
-    assert parse_queues(None).names == ("default",)
-    for bad in ("a:0", "a:x", "a,a", "bad name", ","):
-        with pytest.raises(ValueError):
-            parse_queues(bad)
-
-
-def test_strict_plan_lets_the_first_queue_take_all():
-    assert plan_claim(parse_queues("a,b,c", strict=True), 10) == [("a", 10), ("b", 0), ("c", 0)]
-
-
-@given(st.integers(1, 200), st.integers(0, 2**32))
-def test_weighted_plan_covers_every_queue_and_n(n, seed):
-    rng = random.Random(seed)
-    plan = plan_claim(parse_queues("a:3,b:1,c:2"), n, rand=rng.random)
-    assert sorted(q for q, _ in plan) == ["a", "b", "c"]
-    assert sum(quota for _, quota in plan) == n
-
-
-def test_weighted_plan_follows_weights():
-    rng = random.Random(7)
-    totals = {"a": 0, "b": 0}
-    for _ in range(2000):
-        for q, quota in plan_claim(parse_queues("a:3,b:1"), 1, rand=rng.random):
-            totals[q] += quota
-    assert 0.7 < totals["a"] / 2000 < 0.8
-
-
 def test_parse_rate():
     assert parse_rate("100/s") == (100, 1000)
     assert parse_rate("10/m") == (10, 60_000)
@@ -82,3 +50,19 @@ def test_rate_wait_doubles_with_denials_in_a_row_up_to_one_window():
     assert rate_wait_ms(0, 1000, 0) == 1  # never a zero postponement
     assert rate_wait_ms(1500, 1000, 3) == 1500  # never shorter than the broker asked
     assert rate_wait_ms(10, 1000, 10_000) == 1000  # no overflow on long streaks
+
+
+def test_outcomes_keep_their_wire_names():
+    # The Lua scripts and the RabbitMQ consumer read these strings.
+    assert [o.value for o in Outcome] == ["ack", "retry", "dead", "requeue", "postpone"]
+    assert Outcome.ACK == "ack" and f"{Outcome.REQUEUE}" == "requeue"
+
+
+def test_every_outcome_moves_a_task_to_a_state_or_ends_it():
+    assert next_state(Outcome.ACK) is None
+    assert next_state(Outcome.RETRY) is TaskState.DELAYED
+    assert next_state(Outcome.POSTPONE) is TaskState.DELAYED
+    assert next_state(Outcome.DEAD) is TaskState.DEAD
+    assert next_state(Outcome.REQUEUE) is TaskState.READY
+    assert {o for o in Outcome if is_final(o)} == {Outcome.ACK, Outcome.DEAD}
+    assert [s.value for s in TaskState] == ["ready", "delayed", "in_flight", "dead"]

@@ -19,11 +19,21 @@ republished). `AckBatcher` tracks one channel's delivery tags in three states:
 
 No frame ever covers a delivery whose task has not finished or failed for good, so an
 ack still means what it meant with one frame per task (at-least-once).
+
+`AckSender` adds the timing (when the owed acks go out) on the event loop; the frames
+themselves are written by whoever owns the channel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
+
+ACK_HOLD_S = 0.005  # a finished task's ack waits about this long to join a batch
+ACK_MAX_WAIT_S = 0.025  # ... and an ack above a still-running delivery at most this long
+ACK_BATCH_MAX = 128  # a batch goes out when this many (at most a quarter window) are owed
+
+Frames = list[tuple[int, bool]]
 
 
 class AckBatcher:
@@ -93,3 +103,86 @@ class AckBatcher:
         """finish(tags) and flush everything owed at once."""
         self.finish(tags)
         return self.flush(everything=True)
+
+
+def batch_size(window: int) -> int:
+    """Owed acks that make a batch go out at once: a quarter of the prefetch window."""
+    return max(1, min(ACK_BATCH_MAX, window // 4))
+
+
+class AckSender:
+    """Owes acks for finished tasks and sends them in batches, on the event loop.
+
+    The contiguous finished prefix goes out as one multiple ack once `batch_size` acks
+    are owed, or ACK_HOLD_S after the first one. Acks above a still-running delivery
+    wait for it (it usually finishes within milliseconds and one frame then covers them
+    all), at most ACK_MAX_WAIT_S or until another batch is owed; then they go out one
+    frame each. `write(frames)` sends the frames when `connected()`."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        write: Callable[[Frames], None],
+        connected: Callable[[], bool],
+        batch: Callable[[], int],
+    ) -> None:
+        self.loop, self._write, self._connected, self._batch = loop, write, connected, batch
+        self.batcher = AckBatcher()
+        self._timer: asyncio.TimerHandle | None = None
+        self._owed_since: float | None = None
+
+    def reset(self) -> None:
+        """A new channel: acks owed on the old one are void (it requeued them)."""
+        self.batcher = AckBatcher()
+        self._cancel_timer()
+        self._owed_since = None
+
+    def delivered(self, tag: int) -> None:
+        self.batcher.delivered(tag)
+
+    def forget(self, tag: int) -> bool:
+        """`tag` is settled by another frame (a nack), which the caller sends next."""
+        return self.batcher.forget(tag)
+
+    def finish(self, tags: Iterable[int]) -> None:
+        """These deliveries' tasks are done: owe their acks and send them soon."""
+        acks = self.batcher
+        if not acks.finish(tags):
+            return
+        if self._owed_since is None:
+            self._owed_since = self.loop.time()
+        batch = self._batch()
+        if acks.owed >= batch:
+            self._flush(everything=False)
+            if acks.owed >= batch:
+                self._flush(everything=True)
+        if acks.owed and self._timer is None:
+            self._timer = self.loop.call_later(ACK_HOLD_S, self._on_timer)
+
+    def flush(self) -> None:
+        """Send every ack owed now (the worker is stopping)."""
+        self._cancel_timer()
+        self._flush(everything=True)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        since = self._owed_since
+        if not self.batcher.owed or since is None:  # a full batch went out meanwhile
+            self._owed_since = None
+            return
+        self._flush(everything=self.loop.time() - since >= ACK_MAX_WAIT_S)
+        if self.batcher.owed:
+            self._timer = self.loop.call_later(ACK_HOLD_S, self._on_timer)
+
+    def _flush(self, everything: bool) -> None:
+        if self._connected():
+            frames = self.batcher.flush(everything)
+            if frames:
+                self._write(frames)
+        if not self.batcher.owed:
+            self._owed_since = None

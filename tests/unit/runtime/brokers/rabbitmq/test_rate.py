@@ -3,15 +3,15 @@ how the statistics tell token queues from app queues."""
 
 from __future__ import annotations
 
-from ebbtide import rabbitmq_topology as topo
-from ebbtide.rabbitmq_rate import (
+from ebbtide.brokers.rabbitmq import topology as topo
+from ebbtide.brokers.rabbitmq.rate import (
     EXPIRES_SLACK_MS,
     MAX_QUEUE_NAME_BYTES,
     denied_wait_ms,
     token_queue,
     token_queue_args,
 )
-from ebbtide.rabbitmq_stats import build_stats
+from ebbtide.brokers.rabbitmq.stats import build_stats
 
 
 def test_token_queue_names_carry_the_limit_and_window():

@@ -10,6 +10,13 @@ LAG_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 360
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
 
 
+class NullMetrics:
+    """What a worker without --metrics-port records: nothing, at no cost."""
+
+    def finished(self, task: str, outcome: str, seconds: float | None) -> None: ...
+    def started(self, queue: str, lag_seconds: float) -> None: ...
+
+
 class Metrics:
     """Per-task label children are cached, so recording costs a dict lookup and an add."""
 

@@ -8,7 +8,7 @@ Every queue an app queue `q` needs (prefix `ebbtide`):
     ebbtide.q.dead            durable: the DLQ (the body carries the error and traceback)
     ebbtide.worker.<id>       durable, x-max-length 1, x-expires: the worker's latest heartbeat
 
-and one per rate-limited task, shared by all its queues (see rabbitmq_rate):
+and one per rate-limited task, shared by all its queues (see rate.py):
 
     ebbtide.rate.<task>.<limit>.<window_ms>   x-max-length, x-message-ttl: rate tokens
 """
@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .message import MAX_PRIORITY
+from ...message import MAX_PRIORITY
 
 DELAY_QUEUE_SLACK_MS = 600_000  # an idle delay queue outlives its last message by this
 READY_MS_HEADER = "x-ebbtide-ready-ms"

@@ -6,7 +6,7 @@ for an unknown tag exactly as the broker does."""
 
 from __future__ import annotations
 
-from ebbtide.rabbitmq_acks import AckBatcher
+from ebbtide.brokers.rabbitmq.acks import AckBatcher
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -4,7 +4,7 @@ Durable queues, persistent messages, publisher confirms on every publish (a new 
 a task is always confirmed before the old one is acked), acks after completion, delays
 and retries in TTL + dead-letter queues (never held unacked by a worker). The producer
 and admin side is a BlockingConnection used from the caller's thread; the worker side
-is rabbitmq_consumer.Consumer, an AsyncioConnection on the worker's own event loop.
+is consumer.Consumer, an AsyncioConnection on the worker's own event loop.
 See docs/rabbitmq.md.
 """
 
@@ -20,19 +20,21 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from . import logs
-from . import rabbitmq_topology as topo
-from .broker import DeadTask, Delivery, Outgoing, Settlement, redact
-from .rabbitmq_consumer import BrokerDown, Consumer
-from .rabbitmq_publish import Confirmer, Declared, ensure_queue, publish_task
-from .rabbitmq_rate import UNAVAILABLE_WAIT_MS, RateTokens
-from .rabbitmq_stats import (
+from ... import logs
+from ...message import replayed_payload
+from ...stats import BrokerStats
+from ..base import DeadTask, Delivery, Outgoing, Plan, Settlement, redact
+from . import topology as topo
+from .connection import BrokerDown
+from .consumer import Consumer
+from .publish import Confirmer, Declared, ensure_queue, publish_task
+from .rate import UNAVAILABLE_WAIT_MS, RateTokens
+from .stats import (
     build_stats,
     build_stats_without_management,
     fetch_queue_list,
     parse_workers,
 )
-from .stats import BrokerStats
 
 CLAIM_WAIT_S = 0.1  # claim() waits this long for a first delivery before returning []
 PUBLISH_ATTEMPTS = 3
@@ -40,6 +42,8 @@ CONFIRM_BATCH = 500  # publishes per publisher-confirm wait
 
 
 class RabbitMQBroker:
+    """The Broker protocol, plus the PushWindow capability (a prefetch window)."""
+
     def __init__(self, url: str, prefix: str = "ebbtide") -> None:
         self.url = url
         self.prefix = prefix
@@ -269,7 +273,7 @@ class RabbitMQBroker:
                 task = _dead_task(q, props, body)
                 if task.member not in ids:
                     return False
-                fresh = _fresh_payload(task.payload).encode()
+                fresh = replayed_payload(task.payload).encode()
                 prio = props.priority or 0
                 publish_task(ch, Declared(), self.prefix, q, fresh, prio, 0, task.task_id)
                 return True
@@ -301,7 +305,7 @@ class RabbitMQBroker:
             await self._consumer.stop()
             self._consumer = None
             raise
-        self._rate = RateTokens(self._consumer, self.prefix)
+        self._rate = RateTokens(self._consumer.link, self.prefix)
 
     async def aclose(self) -> None:
         self._rate = None
@@ -312,7 +316,7 @@ class RabbitMQBroker:
     def configure_window(self, concurrency: int, prefetch: int, adaptive: bool) -> None:
         """(Worker, before the first claim) The prefetch window: concurrency + prefetch,
         sized by time above that when `adaptive` (no explicit --prefetch); see
-        rabbitmq_window."""
+        window.py."""
         self._worker_side().configure(concurrency, prefetch, adaptive)
 
     def window(self) -> int:
@@ -330,7 +334,7 @@ class RabbitMQBroker:
             raise ConnectionError("RabbitMQ worker connection is not open (aconnect first)")
         return self._consumer
 
-    async def claim(self, plan: Sequence[tuple[str, int]], n: int, lease_ms: int) -> list[Delivery]:
+    async def claim(self, plan: Plan, n: int, lease_ms: int) -> list[Delivery]:
         """Deliveries RabbitMQ pushed to us, in plan order. The first claim subscribes
         with basic_qos prefetch = n (the worker's capacity: concurrency + prefetch).
         `lease_ms` has no AMQP equivalent: a delivery is ours until acked or the channel
@@ -381,7 +385,7 @@ class RabbitMQBroker:
 
     async def acquire_rate(self, name: str, limit: int, window_ms: int) -> tuple[int, int]:
         """Sliding-window rate limit shared by every worker: a token is a confirmed
-        publish into a length-limited TTL queue (see rabbitmq_rate). Without a
+        publish into a length-limited TTL queue (see rate.py). Without a
         connection it is (0, a short wait), never an exception."""
         rate = self._rate
         if rate is None:
@@ -408,9 +412,3 @@ def _ids_by_queue(dead: Sequence[DeadTask]) -> dict[str, set[str]]:
     for item in dead:
         grouped.setdefault(item.queue, set()).add(item.member)
     return grouped
-
-
-def _fresh_payload(payload: str) -> str:
-    from .redis_broker import _fresh_payload as fresh
-
-    return fresh(payload)

@@ -1,4 +1,4 @@
-"""The Lua sources, each with the shared helpers prepended (Redis Lua has no include)."""
+"""The Lua sources (lua/), each with the shared helpers prepended (Redis Lua has no include)."""
 
 from __future__ import annotations
 

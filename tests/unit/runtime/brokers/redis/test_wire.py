@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ebbtide.broker import Delivery, Settlement
-from ebbtide.redis_broker import parse_framed, settle_args
+from ebbtide.brokers.base import Delivery, Settlement
+from ebbtide.brokers.redis.wire import parse_framed, settle_args
+from ebbtide.lifecycle import Outcome
 
 
 def test_framed_claims_split_by_byte_length():
@@ -21,10 +22,10 @@ def test_plain_acks_are_grouped_per_queue_and_other_ops_keep_their_order():
     args = settle_args(
         "p",
         [
-            Settlement("ack", a1, busy_us=5),
-            Settlement("requeue", b1),
-            Settlement("ack", a2, busy_us=7),
-            Settlement("ack", b1, unique_key="k"),
+            Settlement(Outcome.ACK, a1, busy_us=5),
+            Settlement(Outcome.REQUEUE, b1),
+            Settlement(Outcome.ACK, a2, busy_us=7),
+            Settlement(Outcome.ACK, b1, unique_key="k"),
         ],
         1000,
     )

@@ -13,7 +13,7 @@ Which source gives which number (docs/rabbitmq.md has the table):
 
 Without the management plugin: ready from a passive queue.declare, in_flight,
 completed_total and busy from the live workers' heartbeats, no oldest age.
-Pure functions here; the HTTP call and basic_gets live in rabbitmq_broker.
+Pure functions here; the HTTP call and basic_gets live in broker.py.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .rabbitmq_topology import classify
-from .stats import BrokerStats, QueueStats, WorkerInfo
+from ...stats import BrokerStats, QueueStats, WorkerInfo, worker_info
+from .topology import classify
 
 MANAGEMENT_COLUMNS = (
     "name,messages_ready,messages_unacknowledged,head_message_timestamp,message_stats.ack"
@@ -67,23 +67,8 @@ def parse_workers(bodies: Iterable[str | bytes], now: float, ttl_s: float) -> li
 
 
 def worker_infos(heartbeats: Sequence[dict], now: float) -> tuple[WorkerInfo, ...]:
-    infos = []
-    for w in heartbeats:
-        try:
-            infos.append(
-                WorkerInfo(
-                    worker_id=str(w["worker_id"]),
-                    pod=w.get("pod"),
-                    busy=bool(w.get("running", 0)),
-                    running=int(w.get("running", 0)),
-                    concurrency=int(w.get("concurrency", 0)),
-                    queues=tuple(w.get("queues", ())),
-                    last_seen=float(w.get("at", now)),
-                )
-            )
-        except (ValueError, KeyError, TypeError):
-            continue
-    return tuple(infos)
+    infos = (worker_info(w, now) for w in heartbeats)
+    return tuple(info for info in infos if info is not None)
 
 
 def _per_queue(heartbeats: Sequence[dict], field: str) -> dict[str, float]:

@@ -28,7 +28,7 @@ Why these choices:
   tokens themselves do not survive a broker restart: the window starts empty again.
 * `x-queue-type: classic`, whatever the vhost's default queue type.
 * Publishing does not count as using a queue for `x-expires`, so a queue is declared once
-  per connection and again every minute while in use (rabbitmq_publish.Declared).
+  per connection and again every minute while in use (publish.Declared).
 * Its own channel on the worker's AsyncioConnection: a channel error here (a policy or
   permission that refuses the declare) closes only this channel, never the one the
   worker's deliveries are on. The channel is reopened, and the queues declared again,
@@ -57,9 +57,9 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from . import logs
-from .rabbitmq_publish import Declared, confirmed_tags
-from .rabbitmq_rpc import await_reply
+from ... import logs
+from .publish import Declared, confirmed_tags
+from .rpc import await_reply
 
 MAX_QUEUE_NAME_BYTES = 255  # AMQP 0-9-1 shortstr
 EXPIRES_SLACK_MS = 600_000  # an unused token queue outlives its last token by this
@@ -108,11 +108,11 @@ class Unavailable(Exception):
 class RateTokens:
     """Takes tokens for one worker, on its own channel of the worker's connection.
 
-    `consumer` is the worker's rabbitmq_consumer.Consumer; only its `conn` (the current
+    `link` is the worker's connection.Link; only its `conn` (the current
     AsyncioConnection, replaced on every reconnect), `connected` and `loop` are used."""
 
-    def __init__(self, consumer: Any, prefix: str) -> None:
-        self.consumer, self.prefix = consumer, prefix
+    def __init__(self, link: Any, prefix: str) -> None:
+        self.link, self.prefix = link, prefix
         self.channel: Any = None
         self._conn: Any = None  # the connection `channel` belongs to
         self._declared = Declared()
@@ -161,17 +161,17 @@ class RateTokens:
         return (
             channel is not None
             and channel.is_open
-            and self._conn is self.consumer.conn
-            and self.consumer.connected
+            and self._conn is self.link.conn
+            and self.link.connected
         )
 
     async def _open(self) -> None:
         """A new channel in confirm mode on the worker's current connection."""
-        if not self.consumer.connected:
+        if not self.link.connected:
             raise Unavailable("RabbitMQ connection is down (reconnecting)")
         if time.monotonic() < self._retry_at:
             raise Unavailable("the rate-limit channel failed a moment ago")
-        conn = self.consumer.conn
+        conn = self.link.conn
         old, self.channel = self.channel, None
         self._fail_all(Unavailable("the rate-limit channel was replaced"))
         if old is not None and old.is_open:
@@ -219,9 +219,7 @@ class RateTokens:
 
     async def _rpc(self, start: Callable[[Callable[[Any], None]], Any]) -> Any:
         """A pika call's reply; a closed channel or connection fails it with Unavailable."""
-        return await await_reply(
-            self.consumer.loop, start, self._rpcs, CONFIRM_TIMEOUT_S, Unavailable
-        )
+        return await await_reply(self.link.loop, start, self._rpcs, CONFIRM_TIMEOUT_S, Unavailable)
 
     # -- tokens ------------------------------------------------------------------------------
     def _publish(self, channel: Any, name: str) -> asyncio.Future:
@@ -229,7 +227,7 @@ class RateTokens:
         on its nack (the queue is full)."""
         tag = self._next_tag
         self._next_tag += 1
-        fut = self.consumer.loop.create_future()
+        fut = self.link.loop.create_future()
         self._confirms[tag] = fut
         props = pika.BasicProperties(delivery_mode=1, message_id=str(tag))
         try:

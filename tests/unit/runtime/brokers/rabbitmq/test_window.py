@@ -3,7 +3,7 @@ fixed concurrency + prefetch window, never above it when --prefetch was given.""
 
 from __future__ import annotations
 
-from ebbtide.rabbitmq_window import HOLD_S, MAX_EXTRA, SAMPLE_S, SHRINK_AFTER, Window
+from ebbtide.brokers.rabbitmq.window import HOLD_S, MAX_EXTRA, SAMPLE_S, SHRINK_AFTER, Window
 
 
 def run_at(window: Window, rate: float, samples: int) -> list[int | None]:

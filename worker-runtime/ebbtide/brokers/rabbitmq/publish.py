@@ -2,12 +2,13 @@
 
 The message builders (`task_message`, `dead_message`) are shared by the producer, which
 publishes on a BlockingChannel from the caller's thread, and the worker, whose
-connection runs on its own event loop (rabbitmq_consumer). Each keeps its own channel
+connection runs on its own event loop (consumer.py). Each keeps its own channel
 and declaration cache.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -16,7 +17,7 @@ import pika
 from pika import spec
 from pika.adapters import blocking_connection
 
-from . import rabbitmq_topology as topo
+from . import topology as topo
 
 REDECLARE_AFTER_S = 60.0  # keeps a delay queue's x-expires timer far from firing
 CONFIRM_TIMEOUT_S = 30.0
@@ -195,3 +196,26 @@ def confirmed_tags(method: Any, pending: Iterable[int]) -> tuple[list[int], bool
     if method.multiple:
         return [t for t in pending if t <= method.delivery_tag], nack
     return [method.delivery_tag], nack
+
+
+def dead_reason(payload: bytes) -> str:
+    """The DLQ reason header of a dead task: the error its payload carries."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return "undecodable payload"
+    return str(body.get("error", "")) if isinstance(body, dict) else "undecodable payload"
+
+
+def with_error(body: bytes, reason: str) -> bytes:
+    """A payload with `error` (and the time of death) set, for a task buried by the
+    consumer itself (redelivered too often); an undecodable one is kept as `raw`."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return json.dumps({"error": reason, "raw": body.decode("utf-8", "replace")}).encode()
+    if not isinstance(data, dict):
+        return json.dumps({"error": reason, "raw": data}).encode()
+    data["error"] = reason
+    data["died_at"] = time.time()
+    return json.dumps(data, separators=(",", ":")).encode()

@@ -1,0 +1,435 @@
+"""The worker side of RabbitMQ: deliveries in, settlements out, on the worker's own loop.
+
+There is no I/O thread: deliveries are decoded by the loop that dispatches them, and acks
+are written by the loop that learns the task finished. Acks are owed for a few
+milliseconds and go out as the fewest frames (acks.AckSender: one `multiple=True` frame
+for the contiguous finished prefix, single acks for the rest), and each queue's prefetch
+window follows the measured completion rate (window.py). Deliveries land in per-queue
+buffers the worker claims from. The connection itself, its reconnects and publisher
+confirms are connection.Link's. See docs/rabbitmq.md, "Performance".
+
+A delivery's entry is "<ready_ms>|<priority>|<generation>.<delivery tag>" (message.Entry),
+and what the consumer needs of it is kept in `pushed`, keyed by the entry, so it never
+parses one. The generation changes on every reconnect: a settlement for an older
+generation is skipped, because RabbitMQ already put that message back when the channel
+closed (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Coroutine, Sequence
+from typing import Any, NamedTuple
+
+import pika
+
+from ... import logs
+from ...lifecycle import TaskState, is_final, next_state
+from ..base import Delivery, Plan, Settlement
+from . import topology as topo
+from .acks import AckSender, Frames, batch_size
+from .connection import CALL_TIMEOUT_S, CONSUMER_TIMEOUT_HINT, BrokerDown, Link
+from .publish import dead_reason, with_error
+from .transport import corked
+from .window import SAMPLE_S, Window
+
+
+class Pushed(NamedTuple):
+    """What the consumer keeps of one unsettled delivery, by its entry."""
+
+    gen: int  # the channel it came on
+    tag: int  # its delivery tag there
+    priority: int
+    task_id: str  # the message id
+
+
+class Consumer:
+    def __init__(self, params: pika.URLParameters, prefix: str, options: topo.Options) -> None:
+        self.prefix, self.options = prefix, options
+        self.link = Link(params, prefix, self._on_channel, self._on_ready, self._on_lost)
+        self.buffers: dict[str, deque[Delivery]] = defaultdict(deque)
+        self.arrived: asyncio.Event | None = None
+        self.queues: tuple[str, ...] = ()
+        self.prefetch = 0
+        self.concurrency = 0  # 0: not configured, the window stays at `prefetch`
+        self.adaptive = False
+        self.windows: dict[str, Window] = {}
+        self.consumers: dict[str, list[tuple[str, int]]] = {}  # queue -> (tag, prefetch)
+        self.tag_queue: dict[str, str] = {}
+        self._cancelled: set[str] = set()  # consumer tags cancelled on this channel
+        self.pushed: dict[str, Pushed] = {}  # entry -> its delivery, until settled
+        self.acks: Any = None  # an AckSender once started
+        self.busy_us: dict[str, int] = defaultdict(int)
+        self.completed: dict[str, int] = defaultdict(int)
+        self.released = False
+        self._tuner: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+
+    # -- connection ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect once; raise BrokerDown if that fails (the worker retries with backoff).
+        Later connection losses are healed by the link's supervisor."""
+        loop = asyncio.get_running_loop()
+        self.arrived = asyncio.Event()
+        self.acks = AckSender(
+            loop, self._write_acks, lambda: self.link.connected, lambda: batch_size(self.window)
+        )
+        await self.link.start()
+
+    async def stop(self) -> None:
+        await self.link.stop_supervising()
+        for task in [*self._background, *([self._tuner] if self._tuner else [])]:
+            task.cancel()
+        if self.acks is not None:
+            self.flush_acks()  # written before Connection.Close, so RabbitMQ sees them first
+        await self.link.close()  # closing the channel requeues anything unacked
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
+
+    @property
+    def channel_close_reason(self) -> str:
+        return self.link.channel_close_reason
+
+    def _on_channel(self) -> None:
+        """A new channel: consumer tags and owed acks of the old one are void."""
+        self.tag_queue, self._cancelled = {}, set()
+        self.acks.reset()
+
+    async def _on_ready(self) -> None:
+        if self.queues and not self.released:
+            await self._consume()
+
+    def _on_lost(self) -> int:
+        """The channel is gone and RabbitMQ requeued everything unacked: drop the
+        buffered deliveries; returns how many."""
+        held = sum(len(b) for b in self.buffers.values())
+        for buf in self.buffers.values():
+            buf.clear()
+        self.pushed.clear()
+        return held
+
+    # -- consuming -----------------------------------------------------------------------
+    def configure(self, concurrency: int, prefetch: int, adaptive: bool) -> None:
+        """The worker's task slots and prefetch; `adaptive` sizes the window by time
+        (window.py), otherwise it stays at concurrency + prefetch."""
+        self.concurrency, self.adaptive = concurrency, adaptive
+        self.prefetch = max(1, concurrency + prefetch)
+
+    async def subscribe(self, queues: Sequence[str], prefetch: int) -> None:
+        """Start consuming. From then on every reconnect resubscribes by itself, so a
+        failed first attempt drops the connection and leaves it to the supervisor."""
+        self.queues = tuple(queues)
+        if not self.concurrency:
+            self.prefetch = max(1, prefetch)
+        self.windows = {
+            q: Window(self.prefetch, self.concurrency or self.prefetch, self.adaptive)
+            for q in self.queues
+        }
+        if self.adaptive and self._tuner is None:
+            self._tuner = asyncio.create_task(self._tune())
+        try:
+            await self._consume()
+        except Exception:
+            self.link.drop("subscribe failed")
+            raise
+
+    async def _consume(self) -> None:
+        """One consumer per queue with the floor window (a new channel starts there)."""
+        channel = self.link.open_channel()
+        self.consumers = {}
+        for queue in self.queues:
+            self.windows[queue].reset()
+            await self.link.ensure_queue(queue)
+            await self._add_consumer(channel, queue, self.windows[queue].floor)
+
+    async def _add_consumer(self, channel: Any, queue: str, prefetch: int) -> None:
+        # basic.qos (global=false) applies to the consumers started after it.
+        await self.link.rpc(
+            lambda done: channel.basic_qos(prefetch_count=prefetch, global_qos=False, callback=done)
+        )
+        tag = await asyncio.wait_for(self._start_consumer(channel, queue), CALL_TIMEOUT_S)
+        if channel is not self.link.channel:  # reconnected meanwhile: that channel resubscribed
+            raise BrokerDown("RabbitMQ channel replaced while subscribing")
+        if self.released:  # stopping began meanwhile: release() did not see this one
+            self._cancel(channel, tag)
+            return
+        self.consumers.setdefault(queue, []).append((tag, prefetch))
+
+    async def _tune(self) -> None:
+        """Resize each queue's window to the measured completion rate (see
+        window.py): grow by adding a consumer with the extra prefetch on the same
+        queue, shrink by cancelling the extra consumers."""
+        while self.link.running:
+            await asyncio.sleep(SAMPLE_S)
+            if self.released or not self.link.connected:
+                continue
+            now = time.monotonic()
+            for queue, window in self.windows.items():
+                want = window.tick(now)
+                if want is None or self.released:
+                    continue
+                try:
+                    await self._resize(queue, want)
+                except BrokerDown:
+                    pass  # the reconnect starts again at the floor
+                except Exception as exc:
+                    logs.warn("resizing the prefetch window failed", queue=queue, error=str(exc))
+
+    async def _resize(self, queue: str, want: int) -> None:
+        channel = self.link.open_channel()
+        window = self.windows[queue]
+        consumers = self.consumers.get(queue, [])
+        if want < window.current:
+            # Deliveries already pushed to a cancelled consumer stay ours (we run and
+            # ack them); pika rejects (requeues) the few that cross the cancel.
+            base, extra = consumers[:1], consumers[1:]
+            for tag, _n in extra:
+                self._cancel(channel, tag)
+            self.consumers[queue] = base
+            window.current = sum(n for _t, n in base)
+        if want > window.current:
+            await self._add_consumer(channel, queue, want - window.current)
+            window.current = want
+        logs.log("prefetch window", logging.DEBUG, queue=queue, window=window.current)
+
+    def _cancel(self, channel: Any, consumer_tag: str) -> None:
+        """basic.cancel (nowait), once per consumer; pika itself requeues (rejects) the
+        deliveries that cross it."""
+        if consumer_tag in self._cancelled:
+            return
+        self._cancelled.add(consumer_tag)
+        with contextlib.suppress(Exception):
+            channel.basic_cancel(consumer_tag)
+
+    def _start_consumer(self, channel: Any, queue: str) -> asyncio.Future:
+        """basic.consume; the future resolves to the consumer tag on ConsumeOk."""
+        assert self.link.loop is not None
+        fut = self.link.loop.create_future()
+        tag = ""
+
+        def done(_frame) -> None:
+            if not fut.done():
+                fut.set_result(tag)
+
+        tag = channel.basic_consume(
+            topo.ready_queue(self.prefix, queue), self._on_message, auto_ack=False, callback=done
+        )
+        self.tag_queue[tag] = queue  # before any delivery for it can be dispatched
+        self.link.watch(fut)
+        return fut
+
+    def take(self, plan: Plan, n: int) -> list[Delivery]:
+        """Up to `n` buffered deliveries: quotas first in plan order, then fill in order."""
+        out: list[Delivery] = []
+        for pass_no in (0, 1):
+            for queue, quota in plan:
+                buf = self.buffers.get(queue)
+                limit = quota if pass_no == 0 else n
+                taken = 0
+                while buf and len(out) < n and taken < limit:
+                    d = buf.popleft()
+                    if self._current(d.entry) is not None:
+                        out.append(d)
+                        taken += 1
+        return out
+
+    def _current(self, entry: str) -> Pushed | None:
+        """The delivery behind `entry`, if it came on the current channel and is not
+        settled yet (the entry itself is never parsed here)."""
+        pushed = self.pushed.get(entry)
+        return pushed if pushed is not None and pushed.gen == self.link.gen else None
+
+    def _on_message(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
+        if channel is not self.link.channel:
+            return  # a channel being closed: RabbitMQ requeues what it delivered
+        tag = method.delivery_tag
+        if self.released:
+            # Stopping: a delivery that crossed the cancel goes straight back.
+            self._cancel(channel, method.consumer_tag)
+            channel.basic_nack(tag, requeue=True)
+            return
+        self.acks.delivered(tag)
+        queue = self.tag_queue.get(method.consumer_tag, "")
+        if method.redelivered:
+            self._spawn(self._redelivered(queue, tag, props, body))
+            return
+        headers = props.headers
+        ready_ms = headers.get(topo.READY_MS_HEADER) if headers else None
+        if not isinstance(ready_ms, int):
+            ready_ms = int((props.timestamp or time.time()) * 1000)
+        gen, prio = self.link.gen, props.priority or 0
+        entry = f"{ready_ms}|{prio}|{gen}.{tag}"  # see message.Entry
+        self.pushed[entry] = Pushed(gen, tag, prio, props.message_id or "")
+        self.buffers[queue].append(Delivery(queue, entry, body.decode("utf-8", "replace")))
+        assert self.arrived is not None
+        self.arrived.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _redelivered(self, queue: str, tag: int, props: Any, body: bytes) -> None:
+        """Count unsettled deliveries, so a task that keeps killing its channel (consumer
+        timeout) or its worker ends in the DLQ instead of a silent redelivery loop.
+        RabbitMQ's classic queues keep no count, so the message is republished with one
+        (confirmed) and only then is the original acked."""
+        link = self.link
+        gen = link.gen
+        headers = dict(props.headers or {})
+        count = int(headers.get(topo.REDELIVERIES_HEADER, 0) or 0) + 1
+        task_id = props.message_id or ""
+        prio = props.priority or 0
+        try:
+            if count > self.options.max_redeliveries:
+                reason = (
+                    f"delivered {count} times without being settled: its worker died or lost "
+                    f"its channel mid-task each time. If the task runs long, "
+                    f"{CONSUMER_TIMEOUT_HINT}"
+                )
+                confirmed = await link.publish_dead(
+                    queue, with_error(body, reason), task_id, reason, 0, prio
+                )
+                await confirmed
+                logs.error("task redelivered too often, moved to the DLQ", queue=queue, id=task_id)
+            else:
+                headers[topo.REDELIVERIES_HEADER] = count
+                confirmed = await link.publish_task(queue, body, prio, 0, task_id, headers)
+                await confirmed
+                logs.warn(
+                    "task redelivered after an unsettled delivery",
+                    queue=queue,
+                    id=task_id,
+                    count=count,
+                )
+        except Exception as exc:
+            # Left unacked: RabbitMQ requeues it when this connection goes. Force that
+            # now, so the message is not stuck on a channel that cannot publish.
+            logs.warn("republishing a redelivered task failed", id=task_id, error=str(exc))
+            if gen == link.gen:
+                link.drop("republish failed")
+            return
+        if gen == link.gen:
+            self.acks.finish([tag])
+
+    # -- settling --------------------------------------------------------------------------
+    @property
+    def window(self) -> int:
+        """The current prefetch window, all queues together."""
+        return sum(w.current for w in self.windows.values()) or self.prefetch
+
+    def flush_acks(self) -> None:
+        """Send every ack owed now (the worker is stopping)."""
+        self.acks.flush()
+
+    def _write_acks(self, frames: Frames) -> None:
+        channel = self.link.channel
+        with corked(self.link.writes):
+            for tag, multiple in frames:
+                channel.basic_ack(tag, multiple)  # one send for the whole batch
+
+    async def settle(self, settlements: Sequence[Settlement], dead_ttl_ms: int) -> int:
+        """Apply a batch. Plain acks are owed and sent in batches (_send_acks); a retry,
+        postpone or DLQ copy is published and confirmed before its original is acked."""
+        link = self.link
+        channel = link.open_channel()
+        gen = link.gen
+        acks: list[int] = []
+        later: list[tuple[Settlement, Pushed]] = []
+        settled = 0
+        for s in settlements:
+            d = s.delivery
+            if s.busy_us:
+                self.busy_us[d.queue] += s.busy_us
+            pushed = self._current(d.entry)
+            if pushed is None:
+                # Its channel is gone (RabbitMQ already requeued the message), or a retried
+                # batch: acking a tag twice would make RabbitMQ close the channel.
+                continue
+            state = next_state(s.op)
+            if state is None:  # ack
+                del self.pushed[d.entry]
+                acks.append(pushed.tag)
+                self.completed[d.queue] += 1
+                self._count(d.queue)
+            elif state is TaskState.READY:  # requeue: handed back
+                del self.pushed[d.entry]
+                self.acks.forget(pushed.tag)
+                channel.basic_nack(pushed.tag, requeue=True)
+                self.release()
+            else:
+                later.append((s, pushed))
+                continue
+            settled += 1
+        self.acks.finish(acks)
+        if not later:
+            return settled
+        confirms = []
+        for s, pushed in later:
+            d = s.delivery
+            task_id, prio = pushed.task_id, pushed.priority
+            payload = (s.payload or d.payload).encode()
+            if next_state(s.op) is TaskState.DEAD:
+                reason = dead_reason(payload)
+                fut = await link.publish_dead(d.queue, payload, task_id, reason, dead_ttl_ms, prio)
+            else:  # retry, postpone: delayed
+                fut = await link.publish_task(d.queue, payload, prio, s.delay_ms, task_id)
+            confirms.append(fut)
+        results = await asyncio.wait_for(
+            asyncio.gather(*confirms, return_exceptions=True), CALL_TIMEOUT_S
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        if link.gen != gen:
+            raise BrokerDown("RabbitMQ connection lost while settling")
+        tags = []
+        for s, pushed in later:
+            if self.pushed.pop(s.delivery.entry, None) is None:
+                continue
+            tags.append(pushed.tag)
+            if is_final(s.op):
+                self.completed[s.delivery.queue] += 1
+            self._count(s.delivery.queue)
+            settled += 1
+        self.acks.finish(tags)
+        return settled
+
+    def _count(self, queue: str) -> None:
+        window = self.windows.get(queue)
+        if window is not None:
+            window.completed()
+
+    def release(self) -> None:
+        """The worker is stopping (or handed a task back): stop consuming and give every
+        buffered (never started) delivery back right away, for other workers."""
+        if self.released:
+            return
+        self.released = True  # a reconnect will not subscribe again
+        if not self.link.connected:
+            return  # the closed channel already gave everything back
+        channel = self.link.channel
+        with corked(self.link.writes):
+            for consumers in self.consumers.values():
+                for tag, _n in consumers:
+                    self._cancel(channel, tag)
+            for buf in self.buffers.values():
+                while buf:
+                    d = buf.popleft()
+                    if self._current(d.entry) is not None:
+                        tag = self.pushed.pop(d.entry).tag
+                        self.acks.forget(tag)
+                        channel.basic_nack(tag, requeue=True)
+
+    # -- heartbeats ----------------------------------------------------------------------
+    async def publish_heartbeat(self, worker_id: str, body: bytes, ttl_ms: int) -> None:
+        await self.link.publish_heartbeat(worker_id, body, ttl_ms)
+
+    async def delete_heartbeat(self, worker_id: str) -> None:
+        await self.link.delete_heartbeat(worker_id)
