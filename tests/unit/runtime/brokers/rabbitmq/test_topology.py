@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 from ebbtide.brokers.rabbitmq import topology as topo
-from ebbtide.brokers.rabbitmq.stats import build_stats, build_stats_without_management, parse_workers
+from ebbtide.brokers.rabbitmq.stats import (
+    build_stats,
+    build_stats_without_management,
+    parse_workers,
+)
 
 
 def test_delay_buckets_round_up_to_two_significant_digits():
