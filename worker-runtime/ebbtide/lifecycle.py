@@ -40,18 +40,18 @@ class Outcome(StrEnum):
     POSTPONE = "postpone"
 
 
-_NEXT_STATE: dict[Outcome, TaskState | None] = {
-    Outcome.ACK: None,
-    Outcome.RETRY: TaskState.DELAYED,
-    Outcome.POSTPONE: TaskState.DELAYED,
-    Outcome.DEAD: TaskState.DEAD,
-    Outcome.REQUEUE: TaskState.READY,
-}
-
-
 def next_state(outcome: Outcome) -> TaskState | None:
-    """The state an in-flight task moves to when settled so; None = done (removed)."""
-    return _NEXT_STATE[outcome]
+    """The state an in-flight task moves to when settled so; None = done (removed).
+    (Compared by value, so a plain "ack" works too: Enum members hash by name.)"""
+    if outcome == Outcome.ACK:
+        return None
+    if outcome == Outcome.DEAD:
+        return TaskState.DEAD
+    if outcome == Outcome.REQUEUE:
+        return TaskState.READY
+    if outcome in (Outcome.RETRY, Outcome.POSTPONE):
+        return TaskState.DELAYED
+    raise ValueError(f"not an outcome: {outcome!r}")
 
 
 def is_final(outcome: Outcome) -> bool:

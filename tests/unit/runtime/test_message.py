@@ -6,7 +6,14 @@ import json
 
 import pytest
 from ebbtide.errors import BadPayload, PayloadTooLarge
-from ebbtide.message import check_priority, decode_payload, encode_payload, parse_entry
+from ebbtide.message import (
+    check_priority,
+    check_queue,
+    decode_payload,
+    encode_payload,
+    parse_entry,
+    replayed_payload,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -68,3 +75,17 @@ def test_priority_bounds():
         check_priority(10)
     with pytest.raises(TypeError):
         check_priority(True)
+
+
+def test_one_queue_name_rule():
+    assert check_queue("a.b-c_1") == "a.b-c_1" and check_queue("x" * 200)
+    for bad in ("", "x" * 201, "a b", "a:b", 5):
+        with pytest.raises(ValueError, match="bad queue name"):
+            check_queue(bad)  # type: ignore[arg-type]
+
+
+def test_a_replayed_payload_starts_its_retries_afresh_and_counts_replays():
+    once = replayed_payload('{"id":"i","attempt":4,"error":"e"}')
+    assert json.loads(once) == {"id": "i", "attempt": 0, "error": "e", "replayed": 1}
+    assert json.loads(replayed_payload(once))["replayed"] == 2
+    assert replayed_payload("{oops") == "{oops" and replayed_payload("[1]") == "[1]"

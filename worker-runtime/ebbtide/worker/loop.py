@@ -1,15 +1,16 @@
 """The worker: one asyncio loop that claims in batches, runs tasks, and settles in batches.
 
-    fetch loop --claim(free slots)--> dispatch --async task--> inbox --> N runner coroutines
+    fetch loop --claim(free slots)--> executor --async task--> inbox --> N runner coroutines
                                               --sync task----> N task threads (pool.py)
     runners/threads --> settlements --> settle loop: one broker call per batch
     heartbeat --> renews every held lease + publishes the worker's info
 
 Async tasks run inline on the loop. Sync tasks run on `concurrency` plain threads. A task
 is "held" from claim until its settlement is written, and the heartbeat renews every held
-lease, so a long task is never reclaimed while its worker lives. What to settle is
-decided in outcomes.py, how much to claim and what to hand back in decisions.py; this
-module holds the state and does the I/O.
+lease, so a long task is never reclaimed while its worker lives. Running tasks is the
+executor's job (executor.py); what to settle is decided in outcomes.py, how much to claim
+and what to hand back in decisions.py. This module holds the leases and does the broker
+I/O.
 """
 
 from __future__ import annotations
@@ -20,22 +21,18 @@ import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import logs
 from ..brokers.base import Delivery, Exchanging, PushWindow, Settlement
-from ..errors import BadPayload, TaskTimeout
-from ..lifecycle import Outcome
-from ..message import decode_payload
 from ..selection import QueueSelection, plan_claim
 from . import decisions, outcomes
-from .decisions import EXIT_HARD_TIMEOUT, RateDenials, Settings
-from .execute import call_async, call_sync
-from .metrics import NullMetrics
-from .pool import Job, TaskThreads
+from .decisions import EXIT_HARD_TIMEOUT, Settings
+from .executor import Executor
+from .report import Report
 
 if TYPE_CHECKING:
-    from ..app import App, Task
+    from ..app import App
 
 MIN_IDLE_S, MAX_IDLE_S = 0.005, 0.25  # poll back-off when every queue is empty
 
@@ -65,18 +62,22 @@ class Worker:
         self.dead_ttl_ms = int(app.dead_ttl * 1000)
 
         self.held: dict[str, Delivery] = {}  # claimed and not yet settled in the broker
-        self.running: dict[str, Delivery] = {}  # started, by runners and threads
         self.settling: set[str] = set()  # entries with a settlement queued or being written
         self.pending: list[Settlement] = []
         self.exit_code = 0
         self.stopping = False
-        self.metrics: Any = NullMetrics()
+        self.report = Report()
         self._last_broker_ok = 0.0
         self._claim_inflight = False
         # The broker's optional capabilities, found once at start (brokers.base).
         self._exchanger: Exchanging | None = None
         self._push: PushWindow | None = None
-        self._rate = RateDenials()
+        self.executor: Executor | None = None
+
+    @property
+    def running(self) -> dict[str, Delivery]:
+        """Started and not finished, by runners and threads."""
+        return self.executor.running if self.executor is not None else {}
 
     # -- lifecycle -----------------------------------------------------------------------
     def run(self) -> int:
@@ -103,23 +104,23 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._settle_wakeup = asyncio.Event()
         self._closing = False
-        self.inbox: asyncio.Queue[Job | None] = asyncio.Queue()
-        self.threads = TaskThreads(self.concurrency, self.loop, self._run_sync, self._settle)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop, sig.name)
 
         server = None
         if self.metrics_port is not None:
-            from . import probes
-            from .metrics import Metrics
-
-            self.metrics = Metrics()
-            self.metrics.watch(lambda: len(self.running), lambda: len(self.held))
-            server = await probes.serve(
-                self.metrics_host, self.metrics_port, self.metrics.render, self._readiness
+            server = await self.report.serve(
+                self.metrics_host,
+                self.metrics_port,
+                lambda: len(self.running),
+                lambda: len(self.held),
+                self._readiness,
             )
 
         self.broker = broker = self.app.broker
+        self.executor = executor = Executor(
+            self.app, broker, self.concurrency, self._settle, self.report, self._hard_timeout
+        )
         self._exchanger = broker if isinstance(broker, Exchanging) else None
         self._push = broker if isinstance(broker, PushWindow) else None
         if not await self._connect():
@@ -144,13 +145,11 @@ class Worker:
             asyncio.create_task(self._settle_loop()),
             asyncio.create_task(self._heartbeat_loop()),
         ]
-        if any(t.timeout for t in self.app.tasks.values() if not t.is_async):
-            loops.append(asyncio.create_task(self._watchdog_loop()))
-        runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
+        loops += executor.start()
 
         await self._stop.wait()
         grace = 0.0 if self.exit_code == EXIT_HARD_TIMEOUT else self.settings.grace_seconds
-        await self._shutdown(loops, runners, grace)
+        await self._shutdown(executor, loops, grace)
         if server:
             server.close()
         await self.broker.aclose()
@@ -172,9 +171,7 @@ class Worker:
                 delay = min(delay * 2, 5.0)
         return False
 
-    async def _shutdown(
-        self, loops: list[asyncio.Task], runners: list[asyncio.Task], grace: float
-    ) -> None:
+    async def _shutdown(self, executor: Executor, loops: list[asyncio.Task], grace: float) -> None:
         fetch, settle, heartbeat, *others = loops
         self.stopping = True
         with contextlib.suppress(asyncio.TimeoutError, Exception):
@@ -183,33 +180,20 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self._push.release()
         # Fetched but never started: back to the head of their lists right away.
-        unstarted: list[Delivery] = []
-        while not self.inbox.empty():
-            job = self.inbox.get_nowait()
-            if job is not None:
-                unstarted.append(job[0])
-        unstarted += self.threads.unstarted()
-        self._hand_back(unstarted)
-        for _ in runners:
-            self.inbox.put_nowait(None)
-        self.threads.stop()
+        self._hand_back(executor.unstarted())
+        executor.stop()
         # Running tasks get the grace period to finish.
         deadline = time.monotonic() + grace
-        while (self.running or not all(r.done() for r in runners)) and (
-            time.monotonic() < deadline
-        ):
+        while executor.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        late = [r for r in runners if not r.done()]
-        still = decisions.cut_off(self.running, self.settling)
+        late = executor.late_runners()
+        still = decisions.cut_off(executor.running, self.settling)
         if still or late:
             logs.warn("grace period over: handing back running tasks", tasks=len(still))
-            for r in late:
-                r.cancel()
-            if late:
-                await asyncio.wait(late, timeout=5)
-            self.threads.abandoned.update(d.entry for d in still)
+            await executor.cancel(late)
+            executor.abandon(still)
             self._hand_back(decisions.cut_off({d.entry: d for d in still}, self.settling))
-        self.threads.drain()
+        executor.threads.drain()
         self._hand_back(decisions.leftovers(self.held, self.settling, self.running))
         self._closing = True
         self._settle_wakeup.set()
@@ -266,9 +250,10 @@ class Worker:
                 idle = min(idle * 2, MAX_IDLE_S)
 
     def _accept(self, got: list[Delivery]) -> None:
+        assert self.executor is not None
         for d in got:
             self.held[d.entry] = d
-            self._dispatch(d)
+            self.executor.dispatch(d)
 
     async def _settle_loop(self) -> None:
         while True:
@@ -342,14 +327,6 @@ class Worker:
                 logs.warn("heartbeat failed", error=str(exc))
             await asyncio.sleep(self.settings.heartbeat_s)
 
-    async def _watchdog_loop(self) -> None:
-        """Sync tasks cannot be interrupted: detect the overrun and exit (see _hard_timeout)."""
-        while True:
-            await asyncio.sleep(0.05)
-            for job, seconds in self.threads.overruns(time.monotonic()):
-                self.threads.abandoned.add(job[0].entry)
-                self._hard_timeout(job, seconds)
-
     def info(self) -> str:
         """This worker's heartbeat body."""
         return decisions.heartbeat_info(
@@ -366,145 +343,12 @@ class Worker:
         since = time.monotonic() - self._last_broker_ok
         return decisions.readiness(self.stopping, since, self.settings.heartbeat_s)
 
-    # -- dispatch ------------------------------------------------------------------------
     def _settle(self, s: Settlement) -> None:
         self.pending.append(s)
         self.settling.add(s.delivery.entry)
         self._settle_wakeup.set()
 
-    def _dispatch(self, d: Delivery) -> None:
-        """Decode a claimed message and route it; bad input goes to the DLQ with the reason."""
-        try:
-            body = decode_payload(d.payload)
-        except BadPayload as exc:
-            self._settle(outcomes.undecodable(d, str(exc), time.time()))
-            self.metrics.finished("<undecodable>", Outcome.DEAD.value, None)
-            logs.warn("undecodable payload moved to the DLQ", queue=d.queue, reason=str(exc))
-            return
-        name = body["task"]
-        task = self.app.tasks.get(name)
-        if task is None:
-            self._settle(outcomes.unknown_task(d, body, time.time()))
-            self.metrics.finished(name, Outcome.DEAD.value, None)
-            logs.warn("unknown task moved to the DLQ", queue=d.queue, task=name)
-            return
-        if task.is_async or task.rate is not None:
-            self.inbox.put_nowait((d, body, task))
-        else:
-            self.threads.submit((d, body, task))
-
-    def _started(self, d: Delivery) -> None:
-        self.running[d.entry] = d
-        if self.metrics.__class__ is not NullMetrics:
-            lag = decisions.enqueue_lag_s(d.ready_ms, time.time())
-            if lag is not None:
-                self.metrics.started(d.queue, lag)
-
-    # -- async tasks (and rate-limited ones) ---------------------------------------------
-    async def _runner(self) -> None:
-        while True:
-            job = await self.inbox.get()
-            if job is None:
-                return
-            d, body, task = job
-            try:
-                if task.rate is not None and not await self._take_token(d, task):
-                    continue
-                if not task.is_async:
-                    self.threads.submit(job)
-                    continue
-                self._started(d)
-                await self._run_async(d, body, task)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug here must not kill the runner: lease expiry recovers
-                logs.error("runner error", entry=d.entry, exc_info=True)
-            finally:
-                self.running.pop(d.entry, None)
-
-    async def _take_token(self, d: Delivery, task: Task) -> bool:
-        assert task.rate is not None
-        limit, window_ms = task.rate
-        granted, wait_ms = await self.broker.acquire_rate(task.name, limit, window_ms)
-        if granted:
-            self._rate.granted(task.name)
-            return True
-        self._settle(outcomes.postpone(d, self._rate.denied(task.name, wait_ms, window_ms)))
-        return False
-
-    async def _run_async(self, d: Delivery, body: dict, task: Task) -> None:
-        started = time.perf_counter()
-        try:
-            await call_async(task, body)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
-            self._settle(self._failure(d, body, task, exc, time.perf_counter() - started))
-            return
-        self._settle(self._success(d, body, task, time.perf_counter() - started))
-
-    # -- sync tasks (on the pool's threads) ----------------------------------------------
-    def _run_sync(self, job: Job) -> Settlement:
-        d, body, task = job
-        self._started(d)
-        started = time.perf_counter()
-        try:
-            call_sync(task, body)
-        except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
-            return self._failure(d, body, task, exc, time.perf_counter() - started)
-        else:
-            return self._success(d, body, task, time.perf_counter() - started)
-        finally:
-            self.running.pop(d.entry, None)
-
-    def _hard_timeout(self, job: Job, seconds: float) -> None:
-        """A thread cannot be killed: record the failure, hand back the rest, and exit
-        non-zero so the pod restarts with a fresh process."""
-        d, body, task = job
-        exc = TaskTimeout(f"sync task overran its hard timeout of {task.timeout}s")
-        self._settle(self._failure(d, body, task, exc, seconds))
-        logs.error(
-            "hard timeout: handing back other work and exiting",
-            task=task.name,
-            id=body.get("id"),
-            exit_code=EXIT_HARD_TIMEOUT,
-        )
+    def _hard_timeout(self) -> None:
+        """The executor recorded a sync task's overrun: hand back the rest and exit 3."""
         self.exit_code = EXIT_HARD_TIMEOUT
         self.request_stop("hard-timeout")
-
-    # -- outcomes (called from the loop and from task threads) ---------------------------
-    def _success(self, d: Delivery, body: dict, task: Task, seconds: float) -> Settlement:
-        self.metrics.finished(task.name, "success", seconds)
-        return outcomes.success(d, body, seconds)
-
-    def _failure(
-        self, d: Delivery, body: dict, task: Task, exc: BaseException, seconds: float
-    ) -> Settlement:
-        failed = outcomes.failure(
-            d,
-            body,
-            task.max_retries,
-            exc,
-            seconds,
-            backoff_base=self.app.retry_backoff,
-            now=time.time(),
-        )
-        self.metrics.finished(task.name, failed.outcome.value, seconds)
-        if failed.retry_in is not None:
-            logs.log(
-                "task failed, will retry",
-                task=task.name,
-                id=body.get("id"),
-                attempt=failed.attempts,
-                retry_in=round(failed.retry_in, 3),
-                error=failed.error,
-            )
-        else:
-            logs.warn(
-                "task failed for good, moved to the DLQ",
-                task=task.name,
-                id=body.get("id"),
-                attempts=failed.attempts,
-                error=failed.error,
-            )
-        return failed.settlement

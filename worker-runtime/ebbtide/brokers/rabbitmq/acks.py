@@ -117,16 +117,16 @@ class AckSender:
     are owed, or ACK_HOLD_S after the first one. Acks above a still-running delivery
     wait for it (it usually finishes within milliseconds and one frame then covers them
     all), at most ACK_MAX_WAIT_S or until another batch is owed; then they go out one
-    frame each. `write(frames)` sends the frames when `connected()`."""
+    frame each. `write(frames)` sends the frames when `connected()`. Used on the event
+    loop only (its timers are the running loop's)."""
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
         write: Callable[[Frames], None],
         connected: Callable[[], bool],
         batch: Callable[[], int],
     ) -> None:
-        self.loop, self._write, self._connected, self._batch = loop, write, connected, batch
+        self._write, self._connected, self._batch = write, connected, batch
         self.batcher = AckBatcher()
         self._timer: asyncio.TimerHandle | None = None
         self._owed_since: float | None = None
@@ -149,15 +149,16 @@ class AckSender:
         acks = self.batcher
         if not acks.finish(tags):
             return
+        loop = asyncio.get_running_loop()
         if self._owed_since is None:
-            self._owed_since = self.loop.time()
+            self._owed_since = loop.time()
         batch = self._batch()
         if acks.owed >= batch:
             self._flush(everything=False)
             if acks.owed >= batch:
                 self._flush(everything=True)
         if acks.owed and self._timer is None:
-            self._timer = self.loop.call_later(ACK_HOLD_S, self._on_timer)
+            self._timer = loop.call_later(ACK_HOLD_S, self._on_timer)
 
     def flush(self) -> None:
         """Send every ack owed now (the worker is stopping)."""
@@ -175,9 +176,10 @@ class AckSender:
         if not self.batcher.owed or since is None:  # a full batch went out meanwhile
             self._owed_since = None
             return
-        self._flush(everything=self.loop.time() - since >= ACK_MAX_WAIT_S)
+        loop = asyncio.get_running_loop()
+        self._flush(everything=loop.time() - since >= ACK_MAX_WAIT_S)
         if self.batcher.owed:
-            self._timer = self.loop.call_later(ACK_HOLD_S, self._on_timer)
+            self._timer = loop.call_later(ACK_HOLD_S, self._on_timer)
 
     def _flush(self, everything: bool) -> None:
         if self._connected():

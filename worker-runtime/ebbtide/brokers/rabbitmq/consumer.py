@@ -62,7 +62,9 @@ class Consumer:
         self.tag_queue: dict[str, str] = {}
         self._cancelled: set[str] = set()  # consumer tags cancelled on this channel
         self.pushed: dict[str, Pushed] = {}  # entry -> its delivery, until settled
-        self.acks: Any = None  # an AckSender once started
+        self.acks = AckSender(
+            self._write_acks, lambda: self.link.connected, lambda: batch_size(self.window)
+        )
         self.busy_us: dict[str, int] = defaultdict(int)
         self.completed: dict[str, int] = defaultdict(int)
         self.released = False
@@ -73,19 +75,14 @@ class Consumer:
     async def start(self) -> None:
         """Connect once; raise BrokerDown if that fails (the worker retries with backoff).
         Later connection losses are healed by the link's supervisor."""
-        loop = asyncio.get_running_loop()
         self.arrived = asyncio.Event()
-        self.acks = AckSender(
-            loop, self._write_acks, lambda: self.link.connected, lambda: batch_size(self.window)
-        )
         await self.link.start()
 
     async def stop(self) -> None:
         await self.link.stop_supervising()
         for task in [*self._background, *([self._tuner] if self._tuner else [])]:
             task.cancel()
-        if self.acks is not None:
-            self.flush_acks()  # written before Connection.Close, so RabbitMQ sees them first
+        self.flush_acks()  # written before Connection.Close, so RabbitMQ sees them first
         await self.link.close()  # closing the channel requeues anything unacked
 
     @property

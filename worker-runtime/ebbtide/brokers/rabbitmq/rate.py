@@ -52,7 +52,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
 import pika.exceptions
@@ -60,6 +60,9 @@ import pika.exceptions
 from ... import logs
 from .publish import Declared, confirmed_tags
 from .rpc import await_reply
+
+if TYPE_CHECKING:
+    from .connection import Link
 
 MAX_QUEUE_NAME_BYTES = 255  # AMQP 0-9-1 shortstr
 EXPIRES_SLACK_MS = 600_000  # an unused token queue outlives its last token by this
@@ -111,7 +114,7 @@ class RateTokens:
     `link` is the worker's connection.Link; only its `conn` (the current
     AsyncioConnection, replaced on every reconnect), `connected` and `loop` are used."""
 
-    def __init__(self, link: Any, prefix: str) -> None:
+    def __init__(self, link: Link, prefix: str) -> None:
         self.link, self.prefix = link, prefix
         self.channel: Any = None
         self._conn: Any = None  # the connection `channel` belongs to
