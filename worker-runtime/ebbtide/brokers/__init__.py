@@ -16,8 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import UnsupportedBroker
-from ..stats import BrokerStats
-from .base import Broker, redact
+from .base import Broker, BrokerStats, redact
 
 __all__ = ["Broker", "check_scheme", "open_broker", "read_stats", "redact", "resolve_url"]
 

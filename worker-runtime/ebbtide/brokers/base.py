@@ -8,16 +8,13 @@ the capabilities once, when it starts (`isinstance(broker, Exchanging)`), never 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from ..lifecycle import Outcome
 from ..message import parse_entry
-
-if TYPE_CHECKING:
-    from ..stats import BrokerStats
 
 Plan = Sequence[tuple[str, int]]  # (queue, quota) in claim order, see selection.plan_claim
 
@@ -67,6 +64,70 @@ class DeadTask:
     task_id: str
     died_at: float
     payload: str
+
+
+# -- statistics (what Broker.stats returns; ebbtide.stats is their public home) ----------
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One live worker process, from its heartbeat."""
+
+    worker_id: str
+    pod: str | None  # env POD_NAME, so the operator can set pod-deletion-cost
+    busy: bool  # running at least one task right now
+    running: int  # tasks executing now
+    concurrency: int  # task slots
+    queues: tuple[str, ...]
+    last_seen: float  # unix seconds (broker clock)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One queue's counters. Cumulative counters only ever grow; rates are derived by
+    the reader from two snapshots, so a missed poll loses no information."""
+
+    queue: str
+    ready: int  # claimable now, all priority levels
+    ready_by_priority: dict[int, int] = field(default_factory=dict)
+    in_flight: int = 0  # claimed under a lease, not yet acked
+    delayed: int = 0  # scheduled (delay=) or waiting for a retry
+    dead: int = 0  # in the dead-letter queue
+    oldest_ready_at: float | None = None  # unix seconds when the oldest ready task became ready
+    enqueued_total: int = 0  # cumulative, bumped atomically with every enqueue
+    completed_total: int = 0  # cumulative, bumped atomically with every final ack (success or dead)
+    busy_seconds_total: float = 0.0  # cumulative task-slot seconds spent executing (for mu)
+
+
+@dataclass(frozen=True)
+class BrokerStats:
+    """A consistent snapshot of the broker, taken at broker time `now`."""
+
+    now: float  # unix seconds, from the broker's clock (Redis TIME)
+    queues: dict[str, QueueStats]
+    workers: tuple[WorkerInfo, ...] = ()
+
+    def oldest_age_s(self, queue: str) -> float:
+        q = self.queues.get(queue)
+        if q is None or q.oldest_ready_at is None:
+            return 0.0
+        return max(0.0, self.now - q.oldest_ready_at)
+
+
+def worker_info(heartbeat: Mapping[str, Any], now: float) -> WorkerInfo | None:
+    """A WorkerInfo from one decoded heartbeat body (both brokers write the same JSON,
+    see worker.decisions.heartbeat_info); None for a foreign or corrupt one, which must never break
+    the operator's poll."""
+    try:
+        return WorkerInfo(
+            worker_id=str(heartbeat["worker_id"]),
+            pod=heartbeat.get("pod"),
+            busy=bool(heartbeat.get("running", 0)),
+            running=int(heartbeat.get("running", 0)),
+            concurrency=int(heartbeat.get("concurrency", 0)),
+            queues=tuple(heartbeat.get("queues", ())),
+            last_seen=float(heartbeat.get("at", now)),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def redact(url: str) -> str:

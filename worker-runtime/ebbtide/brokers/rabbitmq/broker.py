@@ -22,8 +22,7 @@ import pika.exceptions
 
 from ... import logs
 from ...message import replayed_payload
-from ...stats import BrokerStats
-from ..base import DeadTask, Delivery, Outgoing, Plan, Settlement, redact
+from ..base import BrokerStats, DeadTask, Delivery, Outgoing, Plan, Settlement, redact
 from . import topology as topo
 from .connection import BrokerDown
 from .consumer import Consumer

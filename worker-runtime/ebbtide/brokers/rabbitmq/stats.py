@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ...stats import BrokerStats, QueueStats, WorkerInfo, worker_info
+from ..base import BrokerStats, QueueStats, WorkerInfo, worker_info
 from .topology import classify
 
 MANAGEMENT_COLUMNS = (

@@ -13,8 +13,7 @@ from typing import Any
 import redis
 
 from ...message import replayed_payload
-from ...stats import BrokerStats
-from ..base import DeadTask, Delivery, Outgoing, Plan, Settlement, redact
+from ..base import BrokerStats, DeadTask, Delivery, Outgoing, Plan, Settlement, redact
 from . import scripts, wire
 
 

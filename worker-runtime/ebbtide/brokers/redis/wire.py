@@ -9,8 +9,7 @@ from typing import Any
 
 from ...lifecycle import Outcome
 from ...message import MAX_PRIORITY
-from ...stats import BrokerStats, QueueStats, worker_info
-from ..base import DeadTask, Delivery, Outgoing, Settlement
+from ..base import BrokerStats, DeadTask, Delivery, Outgoing, QueueStats, Settlement, worker_info
 
 ENQUEUE_CHUNK = 1000  # messages per EVALSHA in send_many: bounds a script's run time
 
