@@ -82,7 +82,7 @@ class Worker:
     # -- lifecycle -----------------------------------------------------------------------
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (exit 0) or a sync hard timeout (exit 3)."""
-        code = asyncio.run(self._main())
+        code = asyncio.run(self.main())
         if self.running:
             # Threads stuck in user code cannot be stopped; their work was handed back.
             logs.warn("exiting with task threads still running", threads=len(self.running))
@@ -98,7 +98,9 @@ class Worker:
             self._stop.set()
             self._slot_freed.set()
 
-    async def _main(self) -> int:
+    async def main(self) -> int:
+        """The worker on the running loop, until `request_stop` (or a signal); returns
+        the exit code. `run()` is this plus the exit of stuck task threads."""
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._slot_freed = asyncio.Event()

@@ -2,7 +2,8 @@
 
     broker.py      RabbitMQBroker: the producer/admin side (BlockingConnection) and the
                    Broker methods the worker calls
-    consumer.py    the worker's deliveries, settlements and prefetch windows
+    consumer.py    the worker's deliveries and settlements
+    subscriptions.py  its basic.consume consumers and their prefetch windows
     connection.py  the worker's supervised AsyncioConnection, RPCs, publisher confirms
     transport.py   the patch of pika's plaintext transport (write-through, corked sends)
     acks.py        the fewest basic.ack frames (pure) and when they go out

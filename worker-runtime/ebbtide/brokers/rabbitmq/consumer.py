@@ -4,9 +4,9 @@ There is no I/O thread: deliveries are decoded by the loop that dispatches them,
 are written by the loop that learns the task finished. Acks are owed for a few
 milliseconds and go out as the fewest frames (acks.AckSender: one `multiple=True` frame
 for the contiguous finished prefix, single acks for the rest), and each queue's prefetch
-window follows the measured completion rate (window.py). Deliveries land in per-queue
-buffers the worker claims from. The connection itself, its reconnects and publisher
-confirms are connection.Link's. See docs/rabbitmq.md, "Performance".
+window follows the measured completion rate (subscriptions.py, window.py). Deliveries
+land in per-queue buffers the worker claims from. The connection itself, its reconnects
+and publisher confirms are connection.Link's. See docs/rabbitmq.md, "Performance".
 
 A delivery's entry is "<ready_ms>|<priority>|<generation>.<delivery tag>" (message.Entry),
 and what the consumer needs of it is kept in `pushed`, keyed by the entry, so it never
@@ -18,8 +18,6 @@ closed (at-least-once).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Coroutine, Sequence
@@ -34,8 +32,8 @@ from . import topology as topo
 from .acks import AckSender, Frames, batch_size
 from .connection import CALL_TIMEOUT_S, CONSUMER_TIMEOUT_HINT, BrokerDown, Link
 from .publish import dead_reason, with_error
+from .subscriptions import Subscriptions
 from .transport import corked
-from .window import SAMPLE_S, Window
 
 
 class Pushed(NamedTuple):
@@ -53,22 +51,13 @@ class Consumer:
         self.link = Link(params, prefix, self._on_channel, self._on_ready, self._on_lost)
         self.buffers: dict[str, deque[Delivery]] = defaultdict(deque)
         self.arrived: asyncio.Event | None = None
-        self.queues: tuple[str, ...] = ()
-        self.prefetch = 0
-        self.concurrency = 0  # 0: not configured, the window stays at `prefetch`
-        self.adaptive = False
-        self.windows: dict[str, Window] = {}
-        self.consumers: dict[str, list[tuple[str, int]]] = {}  # queue -> (tag, prefetch)
-        self.tag_queue: dict[str, str] = {}
-        self._cancelled: set[str] = set()  # consumer tags cancelled on this channel
+        self.subs = Subscriptions(self.link, prefix, self.deliver)
         self.pushed: dict[str, Pushed] = {}  # entry -> its delivery, until settled
         self.acks = AckSender(
             self._write_acks, lambda: self.link.connected, lambda: batch_size(self.window)
         )
         self.busy_us: dict[str, int] = defaultdict(int)
         self.completed: dict[str, int] = defaultdict(int)
-        self.released = False
-        self._tuner: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
 
     # -- connection ----------------------------------------------------------------------
@@ -80,7 +69,8 @@ class Consumer:
 
     async def stop(self) -> None:
         await self.link.stop_supervising()
-        for task in [*self._background, *([self._tuner] if self._tuner else [])]:
+        self.subs.stop()
+        for task in self._background:
             task.cancel()
         self.flush_acks()  # written before Connection.Close, so RabbitMQ sees them first
         await self.link.close()  # closing the channel requeues anything unacked
@@ -95,12 +85,11 @@ class Consumer:
 
     def _on_channel(self) -> None:
         """A new channel: consumer tags and owed acks of the old one are void."""
-        self.tag_queue, self._cancelled = {}, set()
+        self.subs.new_channel()
         self.acks.reset()
 
     async def _on_ready(self) -> None:
-        if self.queues and not self.released:
-            await self._consume()
+        await self.subs.resume()
 
     def _on_lost(self) -> int:
         """The channel is gone and RabbitMQ requeued everything unacked: drop the
@@ -113,113 +102,12 @@ class Consumer:
 
     # -- consuming -----------------------------------------------------------------------
     def configure(self, concurrency: int, prefetch: int, adaptive: bool) -> None:
-        """The worker's task slots and prefetch; `adaptive` sizes the window by time
-        (window.py), otherwise it stays at concurrency + prefetch."""
-        self.concurrency, self.adaptive = concurrency, adaptive
-        self.prefetch = max(1, concurrency + prefetch)
+        """The worker's task slots and prefetch (see Subscriptions.configure)."""
+        self.subs.configure(concurrency, prefetch, adaptive)
 
     async def subscribe(self, queues: Sequence[str], prefetch: int) -> None:
-        """Start consuming. From then on every reconnect resubscribes by itself, so a
-        failed first attempt drops the connection and leaves it to the supervisor."""
-        self.queues = tuple(queues)
-        if not self.concurrency:
-            self.prefetch = max(1, prefetch)
-        self.windows = {
-            q: Window(self.prefetch, self.concurrency or self.prefetch, self.adaptive)
-            for q in self.queues
-        }
-        if self.adaptive and self._tuner is None:
-            self._tuner = asyncio.create_task(self._tune())
-        try:
-            await self._consume()
-        except Exception:
-            self.link.drop("subscribe failed")
-            raise
-
-    async def _consume(self) -> None:
-        """One consumer per queue with the floor window (a new channel starts there)."""
-        channel = self.link.open_channel()
-        self.consumers = {}
-        for queue in self.queues:
-            self.windows[queue].reset()
-            await self.link.ensure_queue(queue)
-            await self._add_consumer(channel, queue, self.windows[queue].floor)
-
-    async def _add_consumer(self, channel: Any, queue: str, prefetch: int) -> None:
-        # basic.qos (global=false) applies to the consumers started after it.
-        await self.link.rpc(
-            lambda done: channel.basic_qos(prefetch_count=prefetch, global_qos=False, callback=done)
-        )
-        tag = await asyncio.wait_for(self._start_consumer(channel, queue), CALL_TIMEOUT_S)
-        if channel is not self.link.channel:  # reconnected meanwhile: that channel resubscribed
-            raise BrokerDown("RabbitMQ channel replaced while subscribing")
-        if self.released:  # stopping began meanwhile: release() did not see this one
-            self._cancel(channel, tag)
-            return
-        self.consumers.setdefault(queue, []).append((tag, prefetch))
-
-    async def _tune(self) -> None:
-        """Resize each queue's window to the measured completion rate (see
-        window.py): grow by adding a consumer with the extra prefetch on the same
-        queue, shrink by cancelling the extra consumers."""
-        while self.link.running:
-            await asyncio.sleep(SAMPLE_S)
-            if self.released or not self.link.connected:
-                continue
-            now = time.monotonic()
-            for queue, window in self.windows.items():
-                want = window.tick(now)
-                if want is None or self.released:
-                    continue
-                try:
-                    await self._resize(queue, want)
-                except BrokerDown:
-                    pass  # the reconnect starts again at the floor
-                except Exception as exc:
-                    logs.warn("resizing the prefetch window failed", queue=queue, error=str(exc))
-
-    async def _resize(self, queue: str, want: int) -> None:
-        channel = self.link.open_channel()
-        window = self.windows[queue]
-        consumers = self.consumers.get(queue, [])
-        if want < window.current:
-            # Deliveries already pushed to a cancelled consumer stay ours (we run and
-            # ack them); pika rejects (requeues) the few that cross the cancel.
-            base, extra = consumers[:1], consumers[1:]
-            for tag, _n in extra:
-                self._cancel(channel, tag)
-            self.consumers[queue] = base
-            window.current = sum(n for _t, n in base)
-        if want > window.current:
-            await self._add_consumer(channel, queue, want - window.current)
-            window.current = want
-        logs.log("prefetch window", logging.DEBUG, queue=queue, window=window.current)
-
-    def _cancel(self, channel: Any, consumer_tag: str) -> None:
-        """basic.cancel (nowait), once per consumer; pika itself requeues (rejects) the
-        deliveries that cross it."""
-        if consumer_tag in self._cancelled:
-            return
-        self._cancelled.add(consumer_tag)
-        with contextlib.suppress(Exception):
-            channel.basic_cancel(consumer_tag)
-
-    def _start_consumer(self, channel: Any, queue: str) -> asyncio.Future:
-        """basic.consume; the future resolves to the consumer tag on ConsumeOk."""
-        assert self.link.loop is not None
-        fut = self.link.loop.create_future()
-        tag = ""
-
-        def done(_frame) -> None:
-            if not fut.done():
-                fut.set_result(tag)
-
-        tag = channel.basic_consume(
-            topo.ready_queue(self.prefix, queue), self._on_message, auto_ack=False, callback=done
-        )
-        self.tag_queue[tag] = queue  # before any delivery for it can be dispatched
-        self.link.watch(fut)
-        return fut
+        """Start consuming `queues` (see Subscriptions.subscribe)."""
+        await self.subs.subscribe(queues, prefetch)
 
     def take(self, plan: Plan, n: int) -> list[Delivery]:
         """Up to `n` buffered deliveries: quotas first in plan order, then fill in order."""
@@ -242,17 +130,18 @@ class Consumer:
         pushed = self.pushed.get(entry)
         return pushed if pushed is not None and pushed.gen == self.link.gen else None
 
-    def _on_message(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
+    def deliver(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
+        """basic_consume callback: buffer one delivery for the worker to claim."""
         if channel is not self.link.channel:
             return  # a channel being closed: RabbitMQ requeues what it delivered
         tag = method.delivery_tag
-        if self.released:
+        if self.subs.released:
             # Stopping: a delivery that crossed the cancel goes straight back.
-            self._cancel(channel, method.consumer_tag)
+            self.subs.cancel(channel, method.consumer_tag)
             channel.basic_nack(tag, requeue=True)
             return
         self.acks.delivered(tag)
-        queue = self.tag_queue.get(method.consumer_tag, "")
+        queue = self.subs.queue_of(method.consumer_tag)
         if method.redelivered:
             self._spawn(self._redelivered(queue, tag, props, body))
             return
@@ -319,7 +208,7 @@ class Consumer:
     @property
     def window(self) -> int:
         """The current prefetch window, all queues together."""
-        return sum(w.current for w in self.windows.values()) or self.prefetch
+        return self.subs.window
 
     def flush_acks(self) -> None:
         """Send every ack owed now (the worker is stopping)."""
@@ -354,7 +243,7 @@ class Consumer:
                 del self.pushed[d.entry]
                 acks.append(pushed.tag)
                 self.completed[d.queue] += 1
-                self._count(d.queue)
+                self.subs.completed(d.queue)
             elif state is TaskState.READY:  # requeue: handed back
                 del self.pushed[d.entry]
                 self.acks.forget(pushed.tag)
@@ -393,29 +282,22 @@ class Consumer:
             tags.append(pushed.tag)
             if is_final(s.op):
                 self.completed[s.delivery.queue] += 1
-            self._count(s.delivery.queue)
+            self.subs.completed(s.delivery.queue)
             settled += 1
         self.acks.finish(tags)
         return settled
 
-    def _count(self, queue: str) -> None:
-        window = self.windows.get(queue)
-        if window is not None:
-            window.completed()
-
     def release(self) -> None:
         """The worker is stopping (or handed a task back): stop consuming and give every
         buffered (never started) delivery back right away, for other workers."""
-        if self.released:
+        if self.subs.released:
             return
-        self.released = True  # a reconnect will not subscribe again
         if not self.link.connected:
+            self.subs.released = True  # a reconnect will not subscribe again
             return  # the closed channel already gave everything back
         channel = self.link.channel
         with corked(self.link.writes):
-            for consumers in self.consumers.values():
-                for tag, _n in consumers:
-                    self._cancel(channel, tag)
+            self.subs.release(channel)  # a reconnect will not subscribe again either
             for buf in self.buffers.values():
                 while buf:
                     d = buf.popleft()
