@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..lifecycle import Outcome
+
 LAG_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
 
@@ -63,7 +65,7 @@ class Metrics:
         self._child(self.tasks, task, outcome).inc()
         if seconds is not None:
             self._child(self.duration, task).observe(seconds)
-        if outcome == "retry":
+        if outcome == Outcome.RETRY:
             self._child(self.retries, task).inc()
 
     def started(self, queue: str, lag_seconds: float) -> None:
