@@ -40,9 +40,8 @@ def redis_db(redis_url):
 # a short tick lets the consumer-timeout test see it within a second. The management API
 # keeps its queue figures in samples 5 s apart by default, so a test that reads `ebbtide
 # stats` would wait up to 5 s for a change: 1 s samples (the finest) make that ~1 s.
-# Channels and consumers report to it every collect_statistics_interval (5 s by default),
-# so a consumer listing lagged a whole 2 s test run and the window-growth test flaked (it
-# failed 2 runs in 3 on the unchanged code); every 500 ms keeps the listing current.
+# Channels and consumers report to it every collect_statistics_interval (5 s by default);
+# every 500 ms keeps its consumer listing within about a second of the truth.
 RABBITMQ_TEST_CONFIG = (
     "[{rabbit, [{channel_tick_interval, 500}, {collect_statistics_interval, 500}]},\n"
     " {rabbitmq_management_agent, [{sample_retention_policies,\n"
