@@ -1,4 +1,4 @@
-"""How honest is RabbitMQ's global rate limit (ebbtide/rabbitmq_rate.py)?
+"""How honest is RabbitMQ's global rate limit (ebbtide/brokers/rabbitmq/rate.py)?
 
 Several processes, each with its own worker connection (RabbitMQBroker.aconnect), ask
 for tokens of one task in a tight loop through the real `acquire_rate`, never waiting,
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def _ask(url: str, task: str, limit: int, window_ms: int, seconds: float, out) -> None:
-    from ebbtide.rabbitmq_broker import RabbitMQBroker
+    from ebbtide.brokers.rabbitmq.broker import RabbitMQBroker
 
     async def ask() -> list[tuple[float, float]]:
         broker = RabbitMQBroker(url)

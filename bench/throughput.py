@@ -163,10 +163,10 @@ class Bench:
 
 
 def ebbtide_supports(url: str) -> bool:
-    import ebbtide.broker
+    import ebbtide.brokers
 
     try:
-        ebbtide.broker.check_scheme(url)
+        ebbtide.brokers.check_scheme(url)
     except Exception:
         return False
     return True

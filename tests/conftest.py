@@ -40,8 +40,10 @@ def redis_db(redis_url):
 # a short tick lets the consumer-timeout test see it within a second. The management API
 # keeps its queue figures in samples 5 s apart by default, so a test that reads `ebbtide
 # stats` would wait up to 5 s for a change: 1 s samples (the finest) make that ~1 s.
+# Channels and consumers report to it every collect_statistics_interval (5 s by default);
+# every 500 ms keeps its consumer listing within about a second of the truth.
 RABBITMQ_TEST_CONFIG = (
-    "[{rabbit, [{channel_tick_interval, 500}]},\n"
+    "[{rabbit, [{channel_tick_interval, 500}, {collect_statistics_interval, 500}]},\n"
     " {rabbitmq_management_agent, [{sample_retention_policies,\n"
     "   [{global, [{605, 1}]}, {basic, [{605, 1}]}, {detailed, [{10, 1}]}]}]}].\n"
 )

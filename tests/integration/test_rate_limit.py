@@ -3,7 +3,7 @@
 Two real worker processes run the same rate-limited task; each run records when it
 started and in which process (`rated` in worker_tasks.py), and the test counts runs per window from
 those records. Conditions are polled, never slept on. RabbitMQ's token queues (see
-ebbtide/rabbitmq_rate.py) are also driven directly: with a window far longer than the
+ebbtide/brokers/rabbitmq/rate.py) are also driven directly: with a window far longer than the
 test, exactly `limit` tokens exist whatever the timing, which makes those checks exact.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
-from ebbtide.rabbitmq_broker import RabbitMQBroker
-from ebbtide.rabbitmq_rate import UNAVAILABLE_WAIT_MS, token_queue
+from ebbtide.brokers.rabbitmq.broker import RabbitMQBroker
+from ebbtide.brokers.rabbitmq.rate import UNAVAILABLE_WAIT_MS, token_queue
 from ebbtide.stats import read_stats
 from support.rabbitmq_admin import _request as admin
 from worker_tasks import RATE_LIMIT as LIMIT

@@ -34,7 +34,7 @@ _WHERE = {
     "EbbtideError": "errors",
     "PayloadTooLarge": "errors",
     "UnsupportedBroker": "errors",
-    "TaskTimeout": "worker",
+    "TaskTimeout": "errors",
     "read_stats": "stats",
 }
 

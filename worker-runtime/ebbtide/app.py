@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .broker import Broker, Outgoing, check_scheme, open_broker
+from .brokers import check_scheme, open_broker
+from .brokers.base import Broker, Outgoing
 from .errors import BacklogFull
 from .lifecycle import parse_rate
 from .message import check_priority, check_queue, encode_payload, new_task_id

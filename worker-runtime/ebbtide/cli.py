@@ -97,7 +97,7 @@ def load_app(spec: str) -> Any:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from .lifecycle import parse_queues
+    from .selection import parse_queues
     from .worker import Worker
 
     url = _url(args)
@@ -121,13 +121,13 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> Any:
-    from .broker import open_broker
+    from .brokers import open_broker
 
     return open_broker(_url(args))
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from .stats_reader import read_stats
+    from .brokers import read_stats
 
     queues = [q for q in (args.queues or "").split(",") if q] or None
     stats = read_stats(_broker(args), queues)

@@ -36,3 +36,7 @@ class UnsupportedBroker(EbbtideError, ValueError):
 
 class BadPayload(EbbtideError, ValueError):
     """A message read from the broker cannot be decoded; it goes to the DLQ."""
+
+
+class TaskTimeout(Exception):
+    """A task ran past its `timeout` (recorded as the task's error: retried or dead)."""

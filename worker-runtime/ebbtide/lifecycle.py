@@ -1,29 +1,62 @@
-"""The message state machine's decisions, as pure functions (Asynq-style).
+"""The message state machine: its states, its transitions, and the decisions between
+them, as pure functions (Asynq-style: a TaskState enum, one script per transition).
 
     ready --claim--> in_flight --ack-------> done
                         |      --retry-----> delayed --due--> ready
+                        |      --postpone--> delayed (rate-limited, not an attempt)
                         |      --dead------> dead  --replay--> ready
                         |      --requeue---> ready (handed back, not an attempt)
                         '--lease expires--> ready (reclaimed by any worker)
 
-The Lua scripts apply the transitions atomically; this module decides which one.
+The brokers apply the transitions atomically (Lua scripts on Redis, confirmed publishes
+on RabbitMQ); this module names them and decides which one.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from enum import StrEnum
 
 
+class TaskState(StrEnum):
+    """Where a task is. `done` is not a state: a finished task is gone from the broker."""
+
+    READY = "ready"
+    DELAYED = "delayed"
+    IN_FLIGHT = "in_flight"
+    DEAD = "dead"
+
+
 class Outcome(StrEnum):
+    """How a claimed (in-flight) task is settled; the values are the wire names the Lua
+    scripts read, so they never change."""
+
     ACK = "ack"
     RETRY = "retry"
     DEAD = "dead"
     REQUEUE = "requeue"
     POSTPONE = "postpone"
+
+
+def next_state(outcome: Outcome) -> TaskState | None:
+    """The state an in-flight task moves to when settled so; None = done (removed).
+    (Compared by value, so a plain "ack" works too: Enum members hash by name.)"""
+    if outcome == Outcome.ACK:
+        return None
+    if outcome == Outcome.DEAD:
+        return TaskState.DEAD
+    if outcome == Outcome.REQUEUE:
+        return TaskState.READY
+    if outcome in (Outcome.RETRY, Outcome.POSTPONE):
+        return TaskState.DELAYED
+    raise ValueError(f"not an outcome: {outcome!r}")
+
+
+def is_final(outcome: Outcome) -> bool:
+    """Whether the task's life ends here (success or the DLQ): what `completed` counts."""
+    return outcome in (Outcome.ACK, Outcome.DEAD)
 
 
 def backoff_seconds(
@@ -38,77 +71,6 @@ def backoff_seconds(
 def after_failure(attempt: int, max_retries: int) -> Outcome:
     """`attempt` counts earlier tries (0 on the first run)."""
     return Outcome.RETRY if attempt < max_retries else Outcome.DEAD
-
-
-@dataclass(frozen=True)
-class QueueSelection:
-    """Which queues a worker consumes and how: strict order or weighted (Asynq)."""
-
-    queues: tuple[tuple[str, int], ...]  # (name, weight)
-    strict: bool
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.queues)
-
-
-def parse_queues(spec: str | None, strict: bool = False) -> QueueSelection:
-    """`q1,q2` (strict if --strict, else equal weights) or `q1:3,q2:1` (weighted)."""
-    items: list[tuple[str, int]] = []
-    for part in (spec or "default").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        name, _, weight = part.partition(":")
-        name = name.strip()
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-            raise ValueError(f"bad queue name {name!r} in --queues {spec!r}")
-        if weight:
-            if not weight.strip().isdigit() or int(weight) < 1:
-                raise ValueError(f"bad weight {weight!r} for queue {name!r}: a positive integer")
-            items.append((name, int(weight)))
-        else:
-            items.append((name, 1))
-    if not items:
-        raise ValueError(f"--queues {spec!r} names no queue")
-    if len({n for n, _ in items}) != len(items):
-        raise ValueError(f"--queues {spec!r} names a queue twice")
-    return QueueSelection(tuple(items), strict)
-
-
-def plan_claim(
-    selection: QueueSelection, n: int, rand: Callable[[], float] = random.random
-) -> list[tuple[str, int]]:
-    """Order and per-queue quotas for one batched claim of `n` tasks.
-
-    Strict: queues in the given order, the first may take everything; the claim script
-    fills the rest in order. Weighted: each of the `n` slots is drawn by weight, and the
-    order is a weighted random permutation, so over many claims each queue gets its share
-    while an empty queue's share falls through to the others.
-    """
-    if selection.strict or len(selection.queues) == 1:
-        names = selection.names
-        return [(names[0], n)] + [(name, 0) for name in names[1:]]
-    quotas = {name: 0 for name in selection.names}
-    total = sum(w for _, w in selection.queues)
-    for _ in range(n):
-        quotas[_pick(selection.queues, total, rand)] += 1
-    order: list[str] = []
-    remaining = list(selection.queues)
-    while remaining:
-        name = _pick(remaining, sum(w for _, w in remaining), rand)
-        order.append(name)
-        remaining = [(q, w) for q, w in remaining if q != name]
-    return [(name, quotas[name]) for name in order]
-
-
-def _pick(weighted: Sequence[tuple[str, int]], total: int, rand: Callable[[], float]) -> str:
-    x = rand() * total
-    for name, weight in weighted:
-        x -= weight
-        if x < 0:
-            return name
-    return weighted[-1][0]
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(ms|s|m|h)\s*$")

@@ -23,8 +23,10 @@ _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=F
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A ready-list entry "<ready_ms>|<prio>|<id>": carries its own age, so the oldest
-    ready task's age costs one LINDEX, and its priority, so it can be put back."""
+    """A queue entry "<ready_ms>|<prio>|<handle>", the one format both brokers use for
+    `Delivery.entry`: it carries its own age, so the oldest ready task's age costs one
+    LINDEX, and its priority, so it can be put back. The handle is the broker's own
+    (Redis: the task id; RabbitMQ: "<channel generation>.<delivery tag>")."""
 
     ready_ms: int
     priority: int
@@ -32,6 +34,8 @@ class Entry:
 
 
 def parse_entry(raw: str) -> Entry | None:
+    """The only parser of an entry in Python (the Lua twin is `split_entry`); None when
+    malformed."""
     parts = raw.split("|", 2)
     if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
         return None
@@ -60,9 +64,14 @@ new_task_id = _Ids()
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 
 
+def is_queue_name(name: object) -> bool:
+    """The one queue-name rule: names end up in Redis keys, AMQP queue names (255 bytes
+    at most, with our prefix and suffixes) and reply framing, so keep them plain."""
+    return isinstance(name, str) and _QUEUE_NAME.fullmatch(name) is not None
+
+
 def check_queue(name: str) -> str:
-    """Queue names end up in Redis keys and reply framing: keep them plain."""
-    if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
+    if not is_queue_name(name):
         raise ValueError(f"bad queue name {name!r}: use letters, digits, '_', '.', '-'")
     return name
 
@@ -148,3 +157,17 @@ def decode_payload(raw: str | bytes) -> dict[str, Any]:
     if not isinstance(body.get("kwargs", {}), dict):
         raise BadPayload("payload 'kwargs' is not an object")
     return body
+
+
+def replayed_payload(payload: str) -> str:
+    """The payload of a task replayed from the DLQ (either broker): its retries start
+    afresh and `replayed` counts the replays; its last error stays for the record."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return payload  # still undecodable: the worker will bury it again, with the reason
+    if isinstance(body, dict):
+        body["attempt"] = 0
+        body["replayed"] = int(body.get("replayed", 0)) + 1
+        return json.dumps(body, separators=(",", ":"))
+    return payload

@@ -1,8 +1,10 @@
-"""Broker-side statistics the operator scales from.
+"""Broker-side statistics the operator scales from: its door into the runtime.
 
 This module is the contract between the worker runtime (which writes the numbers,
 atomically with enqueue/claim/ack) and the operator (which reads them every poll).
 Keep the dataclasses stable: the operator, the simulator and `ebbtide stats` use them.
+They are defined with the broker contract (`brokers/base.py`: `Broker.stats()` returns
+them) and re-exported here, so this module only points down.
 
 `read_stats(url, queues)` must fetch everything in ONE broker round trip (a Lua script
 on Redis), so one slow TaskQueue never slows the operator's other ticks.
@@ -10,62 +12,19 @@ on Redis), so one slow TaskQueue never slows the operator's other ticks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .brokers import read_stats as _read_any
+from .brokers.base import BrokerStats, QueueStats, WorkerInfo, worker_info
+
+__all__ = ["BrokerStats", "QueueStats", "WorkerInfo", "read_stats", "worker_info"]
 
 
-@dataclass(frozen=True)
-class WorkerInfo:
-    """One live worker process, from its heartbeat."""
-
-    worker_id: str
-    pod: str | None  # env POD_NAME, so the operator can set pod-deletion-cost
-    busy: bool  # running at least one task right now
-    running: int  # tasks executing now
-    concurrency: int  # task slots
-    queues: tuple[str, ...]
-    last_seen: float  # unix seconds (broker clock)
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """One queue's counters. Cumulative counters only ever grow; rates are derived by
-    the reader from two snapshots, so a missed poll loses no information."""
-
-    queue: str
-    ready: int  # claimable now, all priority levels
-    ready_by_priority: dict[int, int] = field(default_factory=dict)
-    in_flight: int = 0  # claimed under a lease, not yet acked
-    delayed: int = 0  # scheduled (delay=) or waiting for a retry
-    due: int = 0  # of those, how many are due now (a claim promotes them to ready)
-    next_due_at: float | None = None  # unix seconds of the earliest delayed task (None = none)
-    dead: int = 0  # in the dead-letter queue
-    oldest_ready_at: float | None = None  # unix seconds when the oldest ready task became ready
-    enqueued_total: int = 0  # cumulative, bumped atomically with every enqueue
-    completed_total: int = 0  # cumulative, bumped atomically with every final ack (success or dead)
-    busy_seconds_total: float = 0.0  # cumulative task-slot seconds spent executing (for mu)
-
-
-@dataclass(frozen=True)
-class BrokerStats:
-    """A consistent snapshot of the broker, taken at broker time `now`."""
-
-    now: float  # unix seconds, from the broker's clock (Redis TIME)
-    queues: dict[str, QueueStats]
-    workers: tuple[WorkerInfo, ...] = ()
-
-    def oldest_age_s(self, queue: str) -> float:
-        q = self.queues.get(queue)
-        if q is None or q.oldest_ready_at is None:
-            return 0.0
-        return max(0.0, self.now - q.oldest_ready_at)
-
-
-def read_stats(broker_url_or_client: object, queues: list[str] | None = None) -> BrokerStats:
+def read_stats(
+    broker_url_or_client: object, queues: list[str] | None = None, prefix: str = "ebbtide"
+) -> BrokerStats:
     """One consistent snapshot from the broker, in one round trip.
 
     Accepts a broker URL, a `redis.Redis` client, or a Broker; `queues=None` means every
-    queue that has ever been enqueued to.
+    queue that has ever been enqueued to. `prefix` is the App's `key_prefix` (for a URL
+    or a client; a Broker knows its own).
     """
-    from .stats_reader import read_stats as _read
-
-    return _read(broker_url_or_client, queues)
+    return _read_any(broker_url_or_client, queues, prefix)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ebbtide.rabbitmq_topology import parse_options
+from ebbtide.brokers.rabbitmq.topology import parse_options
 from ebbtide_operator.broker_io import BrokerReader, describe, with_amqp_timeouts
 from ebbtide_operator.build import rabbitmq
 

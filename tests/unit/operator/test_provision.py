@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ebbtide.rabbitmq_topology import parse_options
+from ebbtide.brokers.rabbitmq.topology import parse_options
 from ebbtide_operator import provision
 from ebbtide_operator.build import worker
 from ebbtide_operator.spec import parse_spec

@@ -7,7 +7,7 @@ import hashlib
 import json
 
 import pytest
-from ebbtide.rabbitmq_topology import parse_options
+from ebbtide.brokers.rabbitmq.topology import parse_options
 from ebbtide_operator import naming
 from ebbtide_operator.build import rabbitmq, redis
 from ebbtide_operator.spec import DEFAULT_RABBITMQ_IMAGE, parse_spec

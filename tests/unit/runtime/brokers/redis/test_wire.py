@@ -1,0 +1,37 @@
+"""Pure encoding between the worker and the Lua scripts."""
+
+from __future__ import annotations
+
+from ebbtide.brokers.base import Delivery, Settlement
+from ebbtide.brokers.redis.wire import parse_framed, settle_args
+from ebbtide.lifecycle import Outcome
+
+
+def test_framed_claims_split_by_byte_length():
+    payloads = ['{"a":"é\\n"}'.encode(), b"\n\n", b""]
+    blob = b"".join(b"q%d\n1|0|id%d\n%d\n" % (i, i, len(p)) + p for i, p in enumerate(payloads))
+    got = parse_framed(blob)
+    assert [(d.queue, d.entry, d.payload) for d in got] == [
+        (f"q{i}", f"1|0|id{i}", p) for i, p in enumerate(payloads)
+    ]
+    assert parse_framed(b"") == []
+
+
+def test_plain_acks_are_grouped_per_queue_and_other_ops_keep_their_order():
+    a1, a2, b1 = Delivery("a", "1|0|x", ""), Delivery("a", "1|0|y", ""), Delivery("b", "1|0|z", "")
+    args = settle_args(
+        "p",
+        [
+            Settlement(Outcome.ACK, a1, busy_us=5),
+            Settlement(Outcome.REQUEUE, b1),
+            Settlement(Outcome.ACK, a2, busy_us=7),
+            Settlement(Outcome.ACK, b1, unique_key="k"),
+        ],
+        1000,
+    )
+    assert args == [
+        "p", 1000,
+        "A", "a", 12, 2, "1|0|x", "1|0|y",
+        "X", "requeue", "b", "1|0|z", "", 0, 0, "",
+        "X", "ack", "b", "1|0|z", "", 0, 0, "k",
+    ]  # fmt: skip

@@ -1,0 +1,86 @@
+"""The worker's non-outcome decisions: settings, claim sizes, hand-backs, readiness."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ebbtide.brokers.base import Delivery
+from ebbtide.worker import decisions
+from ebbtide.worker.decisions import RateDenials, Settings
+
+
+def test_settings_derive_the_heartbeat_and_the_worker_ttl_from_the_lease():
+    s = Settings.of(concurrency=4, prefetch=None, lease_seconds=30.0)
+    assert (s.prefetch, s.capacity, s.prefetch_explicit) == (4, 8, False)
+    assert (s.lease_ms, s.heartbeat_s, s.worker_ttl_ms) == (30_000, 5.0, 30_000)
+    short = Settings.of(concurrency=1, prefetch=0, lease_seconds=1.5)
+    assert short.prefetch_explicit and short.capacity == 1
+    assert short.heartbeat_s == 0.5 and short.worker_ttl_ms == 1500
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"concurrency": 0}, "--concurrency must be >= 1"),
+        ({"lease_seconds": 0.1}, "--lease-seconds must be >= 0.5"),
+        ({"prefetch": -1}, "--prefetch must be >= 0"),
+    ],
+)
+def test_settings_refuse_bad_flags(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.of(**kwargs)
+
+
+def test_free_slots_do_not_count_finished_tasks_awaiting_their_settlement():
+    assert decisions.free_slots(16, None, held=10, settling=4) == 10
+    assert decisions.free_slots(16, None, held=16, settling=0) == 0
+
+
+def test_a_push_window_above_capacity_may_be_claimed_whole():
+    assert decisions.free_slots(16, 40, held=10, settling=0) == 30
+    assert decisions.free_slots(16, 4, held=10, settling=0) == 6  # never below capacity
+
+
+def test_exchange_claims_the_freed_slots_unless_stopping_or_a_claim_is_on_its_way():
+    assert decisions.exchange_quota(16, 12, 4, stopping=False, claim_in_flight=False) == 8
+    assert decisions.exchange_quota(16, 20, 0, stopping=False, claim_in_flight=False) == 0
+    assert decisions.exchange_quota(16, 0, 0, stopping=True, claim_in_flight=False) == 0
+    assert decisions.exchange_quota(16, 0, 0, stopping=False, claim_in_flight=True) == 0
+
+
+def test_shutdown_hands_back_what_is_neither_settling_nor_running():
+    a, b, c = (Delivery("q", f"1|0|{x}", "") for x in "abc")
+    held = {d.entry: d for d in (a, b, c)}
+    assert decisions.cut_off({a.entry: a, b.entry: b}, {b.entry}) == [a]
+    assert decisions.leftovers(held, settling={a.entry}, running={b.entry}) == [c]
+
+
+def test_readiness():
+    assert decisions.readiness(True, 0.0, 5.0) == (False, "stopping")
+    assert decisions.readiness(False, 9.0, 5.0) == (True, "ready")
+    assert decisions.readiness(False, 16.0, 5.0) == (False, "no successful broker call for 16s")
+    assert decisions.readiness(False, 12.0, 1.0)[0] is False  # at least 10 s of slack
+
+
+def test_heartbeat_info_is_what_stats_reads_back():
+    from ebbtide.stats import worker_info
+
+    text = decisions.heartbeat_info("w1", "pod-1", 2, 5, 8, ("a", "b"), 100.0)
+    info = worker_info(json.loads(text), now=0.0)
+    assert info is not None
+    assert (info.worker_id, info.pod, info.busy, info.running) == ("w1", "pod-1", True, 2)
+    assert (info.concurrency, info.queues, info.last_seen) == (8, ("a", "b"), 100.0)
+
+
+def test_enqueue_lag():
+    assert decisions.enqueue_lag_s(1_000, 3.5) == 2.5
+    assert decisions.enqueue_lag_s(None, 3.5) is None
+
+
+def test_rate_denials_double_the_wait_until_a_token_is_granted():
+    rate = RateDenials()
+    assert [rate.denied("t", 100, 1000) for _ in range(3)] == [100, 200, 400]
+    assert rate.denied("other", 100, 1000) == 100  # counted per task
+    rate.granted("t")
+    assert rate.denied("t", 100, 1000) == 100

@@ -1,0 +1,39 @@
+"""Calling task functions: the async timeout becomes TaskTimeout, nothing else does."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from ebbtide.errors import TaskTimeout
+from ebbtide.worker.execute import call_async, call_sync
+
+
+def task(fn, timeout=None):
+    return SimpleNamespace(fn=fn, timeout=timeout)
+
+
+def test_arguments_come_from_the_payload():
+    seen = []
+    call_sync(task(lambda *a, **k: seen.append((a, k))), {"args": [1], "kwargs": {"x": 2}})
+    call_sync(task(lambda *a, **k: seen.append((a, k))), {})
+    assert seen == [((1,), {"x": 2}), ((), {})]
+
+
+def test_an_async_task_past_its_timeout_raises_task_timeout():
+    async def slow():
+        await asyncio.Event().wait()  # never set: only the timeout ends it
+
+    with pytest.raises(TaskTimeout, match="after its timeout of 0.01s"):
+        asyncio.run(call_async(task(slow, timeout=0.01), {}))
+
+
+def test_a_timeout_error_the_task_raises_itself_is_left_alone():
+    async def own():
+        raise TimeoutError("mine")
+
+    with pytest.raises(TimeoutError, match="mine"):
+        asyncio.run(call_async(task(own, timeout=5), {}))
+    with pytest.raises(TimeoutError, match="mine"):
+        asyncio.run(call_async(task(own), {}))

@@ -1,0 +1,213 @@
+"""The Worker against in-memory brokers: what it settles, and that it uses a broker's
+optional capabilities (found once, by type) and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import ebbtide
+import pytest
+from ebbtide.brokers.base import Broker, Delivery, Exchanging, PushWindow, Settlement
+from ebbtide.lifecycle import Outcome
+from ebbtide.message import encode_payload
+from ebbtide.selection import parse_queues
+from ebbtide.worker import Worker
+
+
+class MemoryBroker:
+    """The Broker protocol over a deque: a pull broker without capabilities."""
+
+    url = "memory://"
+
+    def __init__(self, payloads: Sequence[str]) -> None:
+        self.ready = deque(
+            Delivery("q", f"{int(time.time() * 1000)}|0|id{i}", p.encode())
+            for i, p in enumerate(payloads)
+        )
+        self.settled: list[Settlement] = []
+        self.calls: list[str] = []
+        self.heartbeats: list[str] = []
+
+    def enqueue(self, queue, messages, max_backlog, unique_ttl_ms):  # pragma: no cover
+        raise NotImplementedError
+
+    async def aconnect(self) -> None:
+        self.calls.append("aconnect")
+
+    async def aclose(self) -> None:
+        self.calls.append("aclose")
+
+    async def claim(self, plan, n: int, lease_ms: int) -> list[Delivery]:
+        assert [q for q, _ in plan] == ["q"] and n > 0
+        got = []
+        while self.ready and len(got) < n:
+            got.append(self.ready.popleft())
+        return got
+
+    async def settle(self, settlements, dead_ttl_ms: int) -> int:
+        self.calls.append("settle")
+        self.settled += settlements
+        return len(settlements)
+
+    async def heartbeat(self, worker_id, info, held, lease_ms, ttl_ms) -> int:
+        self.heartbeats.append(info)
+        return len(held)
+
+    async def acquire_rate(self, name, limit, window_ms):
+        return 1, 0
+
+    def stats(self, queues, worker_ttl_ms):  # pragma: no cover
+        raise NotImplementedError
+
+    def dlq_list(self, queue, limit):  # pragma: no cover
+        raise NotImplementedError
+
+    def dlq_replay(self, dead):  # pragma: no cover
+        raise NotImplementedError
+
+    def dlq_purge(self, dead):  # pragma: no cover
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class ExchangingBroker(MemoryBroker):
+    """Settles and claims in one call, as Redis does."""
+
+    async def exchange(self, settlements, plan, n, lease_ms, dead_ttl_ms):
+        self.calls.append("exchange")
+        self.settled += settlements
+        return await self.claim(plan, n, lease_ms) if n else []
+
+
+class PushBroker(MemoryBroker):
+    """A prefetch window, as RabbitMQ has."""
+
+    def configure_window(self, concurrency: int, prefetch: int, adaptive: bool) -> None:
+        self.calls.append(f"configure_window({concurrency},{prefetch},{adaptive})")
+
+    def window(self) -> int:
+        return 32
+
+    async def release(self) -> None:
+        self.calls.append("release")
+
+
+app = ebbtide.App(broker_url="redis://unused", retry_backoff=60.0)
+
+
+@app.task(name="ok")
+def ok(x):
+    return x
+
+
+@app.task(name="fails", max_retries=1)
+def fails():
+    raise ValueError("boom")
+
+
+gate = threading.Event()
+
+
+@app.task(name="gated")
+def gated():
+    assert gate.wait(10)
+
+
+@app.task(name="async_ok")
+async def async_ok():
+    await asyncio.sleep(0)
+
+
+def payload(task: str, **extra) -> str:
+    return encode_payload(f"id-{task}", task, (1,) if task == "ok" else (), {}, 1 << 20, **extra)
+
+
+def run_worker(broker: MemoryBroker, expected: int, **options) -> Worker:
+    app._broker = broker  # the App's lazily opened broker, replaced for the test
+    worker = Worker(app, parse_queues("q"), concurrency=2, lease_seconds=3, **options)
+
+    async def main() -> int:
+        running = asyncio.create_task(worker.main())
+        deadline = time.monotonic() + 10
+        while len(broker.settled) < expected:
+            assert time.monotonic() < deadline, broker.settled
+            assert not running.done()
+            await asyncio.sleep(0.005)
+        worker.request_stop("test")
+        return await asyncio.wait_for(running, 10)
+
+    assert asyncio.run(main()) == 0
+    return worker
+
+
+PAYLOADS = [
+    payload("ok"),
+    payload("fails"),
+    payload("fails", attempt=1),
+    payload("async_ok"),
+    payload("nobody"),
+    "{not json",
+]
+
+
+@pytest.mark.parametrize("kind", [MemoryBroker, ExchangingBroker, PushBroker])
+def test_every_delivery_is_settled_as_its_outcome_says(kind):
+    broker = kind(PAYLOADS)
+    run_worker(broker, len(PAYLOADS))
+    by_id = {s.delivery.entry.rsplit("|", 1)[1]: s for s in broker.settled}
+    assert by_id["id0"].op is Outcome.ACK
+    assert by_id["id1"].op is Outcome.RETRY and by_id["id1"].delay_ms >= 30_000
+    assert by_id["id2"].op is Outcome.DEAD  # its one retry was used
+    assert by_id["id3"].op is Outcome.ACK  # async
+    assert by_id["id4"].op is Outcome.DEAD and "unknown task" in by_id["id4"].payload
+    assert by_id["id5"].op is Outcome.DEAD and "undecodable" in by_id["id5"].payload
+    assert len(broker.settled) == len(PAYLOADS)
+    assert broker.heartbeats[-1] == ""  # deregistered on the way out
+
+
+def test_capabilities_are_used_when_offered_and_only_then():
+    plain, exchanging, push = (
+        MemoryBroker(PAYLOADS),
+        ExchangingBroker(PAYLOADS),
+        PushBroker(PAYLOADS),
+    )
+    assert isinstance(plain, Broker) and not isinstance(plain, Exchanging | PushWindow)
+    run_worker(plain, len(PAYLOADS))
+    run_worker(exchanging, len(PAYLOADS))
+    run_worker(push, len(PAYLOADS), prefetch=3)
+    assert "exchange" not in plain.calls and "settle" in plain.calls
+    assert "exchange" in exchanging.calls and "settle" not in exchanging.calls
+    assert push.calls.count("configure_window(2,3,False)") == 1  # an explicit --prefetch
+    assert push.calls.count("release") == 1 and "exchange" not in push.calls
+
+
+def test_sigterm_hands_back_what_never_started_in_order_and_lets_the_running_one_finish():
+    broker = MemoryBroker([payload("gated")] * 40)
+    app._broker = broker
+    worker = Worker(app, parse_queues("q"), concurrency=1, prefetch=39, lease_seconds=3)
+    gate.clear()
+
+    async def main() -> int:
+        running = asyncio.create_task(worker.main())
+        deadline = time.monotonic() + 10
+        while len(worker.held) < 40 or not worker.running:  # one runs, 39 wait
+            assert time.monotonic() < deadline and not running.done()
+            await asyncio.sleep(0.001)
+        worker.request_stop("test")
+        while not broker.settled:  # the hand-back is written before the grace period
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        gate.set()
+        return await asyncio.wait_for(running, 10)
+
+    assert asyncio.run(main()) == 0
+    ops = [s.op for s in broker.settled]
+    assert ops == [Outcome.REQUEUE] * 39 + [Outcome.ACK]
+    ids = [int(s.delivery.entry.rsplit("|id", 1)[1]) for s in broker.settled[:39]]
+    assert ids == list(range(39, 0, -1))  # LPUSHed newest first: the list keeps its order

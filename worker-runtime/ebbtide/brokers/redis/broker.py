@@ -1,0 +1,174 @@
+"""Redis broker: every state change is one Lua script, so it is atomic and one round trip.
+
+The synchronous client serves producers and admin commands; the asyncio client serves
+the worker. Both are created lazily, so importing this module opens no connection.
+Argument and reply framing is in wire.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from ...message import replayed_payload
+from ..base import BrokerStats, DeadTask, Delivery, Outgoing, Plan, Settlement, redact
+from . import scripts, wire
+
+
+class RedisUnreachable(ConnectionError, redis.exceptions.ConnectionError):
+    """`send()` cannot reach Redis: the built-in ConnectionError, as on RabbitMQ, and
+    still the redis-py one that callers may already catch."""
+
+
+class RedisBroker:
+    """The Broker protocol, plus the Exchanging capability (settle and claim at once)."""
+
+    def __init__(self, url: str, prefix: str = "ebbtide") -> None:
+        self.url = url
+        self.prefix = prefix
+        self._sync: redis.Redis | None = None
+        self._owns_sync = True  # False: the caller's client, left open by close()
+        self._sync_scripts: dict[str, Any] = {}
+        self._async: Any = None
+        self._async_scripts: dict[str, Any] = {}
+
+    @classmethod
+    def over_client(cls, client: redis.Redis, prefix: str = "ebbtide") -> RedisBroker:
+        """A broker on a client the caller owns (the operator's pooled one), for stats:
+        `close()` leaves that client open."""
+        broker = cls("", prefix)
+        broker._sync, broker._owns_sync = client, False
+        return broker
+
+    # -- producer / admin (sync) ---------------------------------------------------------
+    @property
+    def client(self) -> redis.Redis:
+        if self._sync is None:
+            self._sync = redis.Redis.from_url(self.url, decode_responses=True)
+        return self._sync
+
+    def _script(self, name: str) -> Any:
+        script = self._sync_scripts.get(name)
+        if script is None:
+            script = self._sync_scripts[name] = self.client.register_script(scripts.source(name))
+        return script
+
+    def enqueue(
+        self, queue: str, messages: Sequence[Outgoing], max_backlog: int, unique_ttl_ms: int
+    ) -> list[str]:
+        """One script call per chunk of messages sharing (priority, delay, key), pipelined;
+        returns per message its id, '=<pending id>' for a duplicate key, or '!full'."""
+        script = self._script("enqueue")
+        chunked = list(wire.chunks(messages))
+        pipe = self.client.pipeline(transaction=False) if len(chunked) > 1 else None
+        results = []
+        try:
+            for chunk in chunked:
+                head = chunk[0]
+                args = [self.prefix, queue, max_backlog, unique_ttl_ms, head.priority,
+                        head.delay_ms, head.key, "\n".join(m.payload for m in chunk)]  # fmt: skip
+                results.append(script(args=args, client=pipe))
+            if pipe is not None:
+                results = pipe.execute()
+        except redis.exceptions.ConnectionError as exc:
+            raise RedisUnreachable(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
+        return wire.enqueue_replies(chunked, results)
+
+    def stats(self, queues: Sequence[str] | None, worker_ttl_ms: int) -> BrokerStats:
+        raw = self._script("stats")(args=[self.prefix, worker_ttl_ms, *(queues or ())])
+        return wire.parse_stats(wire.decode(raw))
+
+    def dlq_list(self, queue: str | None, limit: int) -> list[DeadTask]:
+        names = [queue] if queue else sorted(self.client.smembers(f"{self.prefix}:queues"))
+        out: list[DeadTask] = []
+        for name in names:
+            members = self.client.zrange(
+                f"{self.prefix}:q:{name}:dead", 0, limit - 1, withscores=True
+            )
+            if not members:
+                continue
+            ids = [wire.member_id(m) for m, _ in members]
+            payloads = self.client.hmget(f"{self.prefix}:q:{name}:msgs", ids)
+            for (member, score), task_id, payload in zip(members, ids, payloads, strict=True):
+                out.append(DeadTask(name, member, task_id, score / 1000, payload or ""))
+        return out
+
+    def dlq_replay(self, dead: Sequence[DeadTask]) -> int:
+        done = 0
+        for queue, items in wire.by_queue(dead).items():
+            args: list[Any] = [self.prefix, "replay", queue]
+            for item in items:
+                args += [item.member, replayed_payload(item.payload)]
+            done += self._script("dlq")(args=args)
+        return done
+
+    def dlq_purge(self, dead: Sequence[DeadTask]) -> int:
+        done = 0
+        for queue, items in wire.by_queue(dead).items():
+            done += self._script("dlq")(
+                args=[self.prefix, "purge", queue, *(i.member for i in items)]
+            )
+        return done
+
+    def close(self) -> None:
+        if self._sync is not None and self._owns_sync:
+            self._sync.close()
+            self._sync = None
+
+    # -- worker (asyncio) ----------------------------------------------------------------
+    async def aconnect(self) -> None:
+        import redis.asyncio as aredis
+
+        # Raw bytes: claimed payloads are sliced out of one framed reply (wire.parse_framed).
+        self._async = aredis.Redis.from_url(self.url, decode_responses=False)
+        for name in ("claim", "settle", "exchange", "heartbeat", "ratelimit"):
+            self._async_scripts[name] = self._async.register_script(scripts.source(name))
+        await self._async.ping()
+
+    async def aclose(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
+
+    async def ping(self) -> bool:
+        return bool(await self._async.ping())
+
+    async def claim(self, plan: Plan, n: int, lease_ms: int) -> list[Delivery]:
+        args: list[Any] = [self.prefix, lease_ms, n, *wire.plan_args(plan)]
+        _, framed = await self._async_scripts["claim"](args=args)
+        return wire.parse_framed(framed)
+
+    async def settle(self, settlements: Sequence[Settlement], dead_ttl_ms: int) -> int:
+        return await self._async_scripts["settle"](
+            args=wire.settle_args(self.prefix, settlements, dead_ttl_ms)
+        )
+
+    async def exchange(
+        self,
+        settlements: Sequence[Settlement],
+        plan: Plan,
+        n: int,
+        lease_ms: int,
+        dead_ttl_ms: int,
+    ) -> list[Delivery]:
+        """Settle a batch and claim up to `n` more in the same script call."""
+        head: list[Any] = [self.prefix, dead_ttl_ms, lease_ms, n, len(plan), *wire.plan_args(plan)]
+        args = head + wire.settle_args("", settlements, 0)[2:]
+        _, framed = await self._async_scripts["exchange"](args=args)
+        return wire.parse_framed(framed)
+
+    async def heartbeat(
+        self, worker_id: str, info: str, held: Sequence[Delivery], lease_ms: int, ttl_ms: int
+    ) -> int:
+        args: list[Any] = [self.prefix, lease_ms, worker_id, info, ttl_ms]
+        for d in held:
+            args += [d.queue, d.entry]
+        return await self._async_scripts["heartbeat"](args=args)
+
+    async def acquire_rate(self, name: str, limit: int, window_ms: int) -> tuple[int, int]:
+        granted, wait_ms = await self._async_scripts["ratelimit"](
+            args=[self.prefix, name, limit, window_ms, 1]
+        )
+        return int(granted), int(wait_ms)

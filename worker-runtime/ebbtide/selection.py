@@ -1,0 +1,81 @@
+"""Which queues a worker consumes, and the per-claim plan over them (Asynq's strict or
+weighted priorities): pure functions, no I/O."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .message import is_queue_name
+
+
+@dataclass(frozen=True)
+class QueueSelection:
+    """Which queues a worker consumes and how: strict order or weighted (Asynq)."""
+
+    queues: tuple[tuple[str, int], ...]  # (name, weight)
+    strict: bool
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.queues)
+
+
+def parse_queues(spec: str | None, strict: bool = False) -> QueueSelection:
+    """`q1,q2` (strict if --strict, else equal weights) or `q1:3,q2:1` (weighted)."""
+    items: list[tuple[str, int]] = []
+    for part in (spec or "default").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, weight = part.partition(":")
+        name = name.strip()
+        if not is_queue_name(name):
+            raise ValueError(f"bad queue name {name!r} in --queues {spec!r}")
+        if weight:
+            if not weight.strip().isdigit() or int(weight) < 1:
+                raise ValueError(f"bad weight {weight!r} for queue {name!r}: a positive integer")
+            items.append((name, int(weight)))
+        else:
+            items.append((name, 1))
+    if not items:
+        raise ValueError(f"--queues {spec!r} names no queue")
+    if len({n for n, _ in items}) != len(items):
+        raise ValueError(f"--queues {spec!r} names a queue twice")
+    return QueueSelection(tuple(items), strict)
+
+
+def plan_claim(
+    selection: QueueSelection, n: int, rand: Callable[[], float] = random.random
+) -> list[tuple[str, int]]:
+    """Order and per-queue quotas for one batched claim of `n` tasks.
+
+    Strict: queues in the given order, the first may take everything; the claim script
+    fills the rest in order. Weighted: each of the `n` slots is drawn by weight, and the
+    order is a weighted random permutation, so over many claims each queue gets its share
+    while an empty queue's share falls through to the others.
+    """
+    if selection.strict or len(selection.queues) == 1:
+        names = selection.names
+        return [(names[0], n)] + [(name, 0) for name in names[1:]]
+    quotas = {name: 0 for name in selection.names}
+    total = sum(w for _, w in selection.queues)
+    for _ in range(n):
+        quotas[_pick(selection.queues, total, rand)] += 1
+    order: list[str] = []
+    remaining = list(selection.queues)
+    while remaining:
+        name = _pick(remaining, sum(w for _, w in remaining), rand)
+        order.append(name)
+        remaining = [(q, w) for q, w in remaining if q != name]
+    return [(name, quotas[name]) for name in order]
+
+
+def _pick(weighted: Sequence[tuple[str, int]], total: int, rand: Callable[[], float]) -> str:
+    x = rand() * total
+    for name, weight in weighted:
+        x -= weight
+        if x < 0:
+            return name
+    return weighted[-1][0]

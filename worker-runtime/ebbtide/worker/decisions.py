@@ -1,0 +1,164 @@
+"""The worker's decisions that are not outcomes, as pure functions: its settings, how
+much to claim, what to hand back at shutdown, when it is ready, what its heartbeat says.
+
+The Worker (loop.py) holds the state and does the I/O; everything it decides from that
+state is here, so it is unit-tested without a broker or an event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ..brokers.base import Delivery
+from ..lifecycle import rate_wait_ms
+
+EXIT_HARD_TIMEOUT = 3  # a sync task overran its hard timeout: the pod must restart
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A worker's numbers, checked once (the CLI's flags end up here)."""
+
+    concurrency: int
+    prefetch: int
+    prefetch_explicit: bool  # --prefetch given: RabbitMQ's window stays fixed
+    lease_ms: int
+    heartbeat_s: float
+    worker_ttl_ms: int  # a heartbeat older than this means the worker is gone
+    grace_seconds: float
+
+    @property
+    def capacity(self) -> int:
+        """Tasks held at most on a pull broker: running + prefetched."""
+        return self.concurrency + self.prefetch
+
+    @classmethod
+    def of(
+        cls,
+        concurrency: int = 8,
+        prefetch: int | None = None,
+        lease_seconds: float = 30.0,
+        grace_seconds: float = 30.0,
+    ) -> Settings:
+        if concurrency < 1:
+            raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
+        if lease_seconds < 0.5:
+            raise ValueError(f"--lease-seconds must be >= 0.5, got {lease_seconds}")
+        effective = concurrency if prefetch is None else prefetch
+        if effective < 0:
+            raise ValueError(f"--prefetch must be >= 0, got {prefetch}")
+        lease_ms = int(lease_seconds * 1000)
+        heartbeat_s = min(lease_seconds / 3, 5.0)  # three heartbeats per lease at least
+        return cls(
+            concurrency=concurrency,
+            prefetch=effective,
+            prefetch_explicit=prefetch is not None,
+            lease_ms=lease_ms,
+            heartbeat_s=heartbeat_s,
+            worker_ttl_ms=max(lease_ms, int(heartbeat_s * 3000)),
+            grace_seconds=grace_seconds,
+        )
+
+
+def default_worker_id() -> str:
+    """host-pid-random: unique across pods and restarts, readable in `ebbtide stats`."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def unfinished(held: int, settling: int) -> int:
+    """Held tasks not yet done. A finished task waiting for its settlement to be written
+    is no longer work this worker hoards, so it does not use up capacity."""
+    return held - settling
+
+
+def free_slots(capacity: int, window: int | None, held: int, settling: int) -> int:
+    """How many tasks to claim now. A push broker's prefetch window (`window`) is what
+    the worker holds anyway (claimed or in the client's buffer), so it may claim all of
+    it, even above `capacity`."""
+    if window is not None:
+        capacity = max(capacity, window)
+    return capacity - unfinished(held, settling)
+
+
+def exchange_quota(
+    capacity: int, held: int, settling: int, stopping: bool, claim_in_flight: bool
+) -> int:
+    """How many tasks a settle may claim in the same round trip: the slots it frees,
+    unless the worker is stopping or a claim is already on its way (it would double)."""
+    if stopping or claim_in_flight:
+        return 0
+    return max(0, capacity - unfinished(held, settling))
+
+
+def cut_off(running: Mapping[str, Delivery], settling: Iterable[str]) -> list[Delivery]:
+    """Shutdown, grace over: the running tasks to hand back (not those already settling)."""
+    done = set(settling)
+    return [d for d in running.values() if d.entry not in done]
+
+
+def leftovers(
+    held: Mapping[str, Delivery], settling: Iterable[str], running: Iterable[str]
+) -> list[Delivery]:
+    """Shutdown, last step: anything still held that is neither settling nor running
+    (should be nothing) goes back too."""
+    skip = set(settling) | set(running)
+    return [d for e, d in held.items() if e not in skip]
+
+
+def readiness(stopping: bool, since_broker_ok_s: float, heartbeat_s: float) -> tuple[bool, str]:
+    """/readyz: not while stopping, nor when no broker call succeeded for a while."""
+    if stopping:
+        return False, "stopping"
+    if since_broker_ok_s > max(10.0, 3 * heartbeat_s):
+        return False, f"no successful broker call for {since_broker_ok_s:.0f}s"
+    return True, "ready"
+
+
+def heartbeat_info(
+    worker_id: str,
+    pod: str | None,
+    running: int,
+    held: int,
+    concurrency: int,
+    queues: Iterable[str],
+    at: float,
+) -> str:
+    """The heartbeat JSON both brokers store and stats.worker_info reads back."""
+    return json.dumps(
+        {
+            "worker_id": worker_id,
+            "pod": pod,
+            "running": running,
+            "held": held,
+            "concurrency": concurrency,
+            "queues": list(queues),
+            "at": at,
+        }
+    )
+
+
+def enqueue_lag_s(ready_ms: int | None, now: float) -> float | None:
+    """Seconds from ready to started, None when the broker's entry does not say."""
+    return None if ready_ms is None else now - ready_ms / 1000
+
+
+class RateDenials:
+    """Rate-limit denials in a row per task since its last token (lifecycle.rate_wait_ms
+    doubles the postponement with each)."""
+
+    def __init__(self) -> None:
+        self._denials: dict[str, int] = {}
+
+    def granted(self, task: str) -> None:
+        self._denials.pop(task, None)
+
+    def denied(self, task: str, broker_wait_ms: int, window_ms: int) -> int:
+        """Count a denial; returns how long to postpone the task (ms)."""
+        denials = self._denials.get(task, 0)
+        self._denials[task] = denials + 1
+        return rate_wait_ms(broker_wait_ms, window_ms, denials)

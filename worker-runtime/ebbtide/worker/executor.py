@@ -1,0 +1,206 @@
+"""Running claimed tasks: decode and route each delivery, run async (and rate-limited)
+tasks on N runner coroutines and sync ones on the thread pool, and hand every outcome
+to `settle`. The Worker (loop.py) does the broker side: claims, settlements, leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import logs
+from ..brokers.base import Broker, Delivery, Settlement
+from ..errors import BadPayload, TaskTimeout
+from ..message import decode_payload
+from . import outcomes
+from .decisions import RateDenials
+from .execute import call_async, call_sync
+from .pool import Job, TaskThreads
+from .report import Report
+
+if TYPE_CHECKING:
+    from ..app import App, Task
+
+
+class Executor:
+    """Tracks what runs (`running`), and what was fetched but not started (its inbox and
+    the pool's queue), so the Worker can hand that back when it stops."""
+
+    def __init__(
+        self,
+        app: App,
+        broker: Broker,
+        concurrency: int,
+        settle: Callable[[Settlement], None],
+        report: Report,
+        on_hard_timeout: Callable[[], None],
+    ) -> None:
+        self.app, self.broker, self.concurrency = app, broker, concurrency
+        self._settle, self.report, self._on_hard_timeout = settle, report, on_hard_timeout
+        self.running: dict[str, Delivery] = {}  # started, by runners and threads
+        self.inbox: asyncio.Queue[Job | None] = asyncio.Queue()
+        self.threads = TaskThreads(concurrency, asyncio.get_running_loop(), self._run_sync, settle)
+        self.runners: list[asyncio.Task] = []
+        self._rate = RateDenials()
+
+    def start(self) -> list[asyncio.Task]:
+        """The runner coroutines, and the hard-timeout watchdog when a sync task has a
+        timeout; returns the watchdog task, if any, for the Worker to cancel."""
+        self.runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
+        if any(t.timeout for t in self.app.tasks.values() if not t.is_async):
+            return [asyncio.create_task(self._watchdog())]
+        return []
+
+    def dispatch(self, d: Delivery) -> None:
+        """Decode a claimed message and route it; bad input goes to the DLQ with the reason."""
+        try:
+            body = decode_payload(d.payload)
+        except BadPayload as exc:
+            self._settle(outcomes.undecodable(d, str(exc), time.time()))
+            self.report.undecodable(d, str(exc))
+            return
+        name = body["task"]
+        task = self.app.tasks.get(name)
+        if task is None:
+            self._settle(outcomes.unknown_task(d, body, time.time()))
+            self.report.unknown_task(d, name)
+            return
+        if task.is_async or task.rate is not None:
+            self.inbox.put_nowait((d, body, task))
+        else:
+            self.threads.submit((d, body, task))
+
+    # -- stopping ------------------------------------------------------------------------
+    def unstarted(self) -> list[Delivery]:
+        """Take back everything fetched and not started yet."""
+        out: list[Delivery] = []
+        while not self.inbox.empty():
+            job = self.inbox.get_nowait()
+            if job is not None:
+                out.append(job[0])
+        return out + self.threads.unstarted()
+
+    def stop(self) -> None:
+        """Runners and threads exit after their current task."""
+        for _ in self.runners:
+            self.inbox.put_nowait(None)
+        self.threads.stop()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running) or not all(r.done() for r in self.runners)
+
+    def late_runners(self) -> list[asyncio.Task]:
+        return [r for r in self.runners if not r.done()]
+
+    @staticmethod
+    async def cancel(late: list[asyncio.Task]) -> None:
+        """Grace over: cancel the runners still busy (their async tasks with them)."""
+        for r in late:
+            r.cancel()
+        if late:
+            await asyncio.wait(late, timeout=5)
+
+    def abandon(self, deliveries: list[Delivery]) -> None:
+        """Whatever their threads report later is dropped (they were handed back)."""
+        self.threads.abandoned.update(d.entry for d in deliveries)
+
+    # -- running -------------------------------------------------------------------------
+    def _started(self, d: Delivery) -> None:
+        self.running[d.entry] = d
+        self.report.started(d)
+
+    async def _runner(self) -> None:
+        while True:
+            job = await self.inbox.get()
+            if job is None:
+                return
+            d, body, task = job
+            try:
+                if task.rate is not None and not await self._take_token(d, task):
+                    continue
+                if not task.is_async:
+                    self.threads.submit(job)
+                    continue
+                self._started(d)
+                await self._run_async(d, body, task)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not kill the runner: lease expiry recovers
+                logs.error("runner error", entry=d.entry, exc_info=True)
+            finally:
+                self.running.pop(d.entry, None)
+
+    async def _take_token(self, d: Delivery, task: Task) -> bool:
+        assert task.rate is not None
+        limit, window_ms = task.rate
+        granted, wait_ms = await self.broker.acquire_rate(task.name, limit, window_ms)
+        if granted:
+            self._rate.granted(task.name)
+            return True
+        self._settle(outcomes.postpone(d, self._rate.denied(task.name, wait_ms, window_ms)))
+        return False
+
+    async def _run_async(self, d: Delivery, body: dict[str, Any], task: Task) -> None:
+        started = time.perf_counter()
+        try:
+            await call_async(task, body)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
+            self._settle(self._failure(d, body, task, exc, time.perf_counter() - started))
+            return
+        self._settle(self._success(d, body, task, time.perf_counter() - started))
+
+    def _run_sync(self, job: Job) -> Settlement:
+        """On a pool thread."""
+        d, body, task = job
+        self._started(d)
+        started = time.perf_counter()
+        try:
+            call_sync(task, body)
+        except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
+            return self._failure(d, body, task, exc, time.perf_counter() - started)
+        else:
+            return self._success(d, body, task, time.perf_counter() - started)
+        finally:
+            self.running.pop(d.entry, None)
+
+    async def _watchdog(self) -> None:
+        """Sync tasks cannot be interrupted: detect the overrun (see _hard_timeout)."""
+        while True:
+            await asyncio.sleep(0.05)
+            for job, seconds in self.threads.overruns(time.monotonic()):
+                self.threads.abandoned.add(job[0].entry)
+                self._hard_timeout(job, seconds)
+
+    def _hard_timeout(self, job: Job, seconds: float) -> None:
+        """A thread cannot be killed: record the failure; the Worker hands back the rest
+        and exits non-zero, so the pod restarts with a fresh process."""
+        d, body, task = job
+        exc = TaskTimeout(f"sync task overran its hard timeout of {task.timeout}s")
+        self._settle(self._failure(d, body, task, exc, seconds))
+        self.report.hard_timeout(task, body)
+        self._on_hard_timeout()
+
+    # -- outcomes (from the loop and from task threads) ----------------------------------
+    def _success(self, d: Delivery, body: dict[str, Any], task: Task, seconds: float) -> Settlement:
+        self.report.succeeded(task, seconds)
+        return outcomes.success(d, body, seconds)
+
+    def _failure(
+        self, d: Delivery, body: dict[str, Any], task: Task, exc: BaseException, seconds: float
+    ) -> Settlement:
+        failed = outcomes.failure(
+            d,
+            body,
+            task.max_retries,
+            exc,
+            seconds,
+            backoff_base=self.app.retry_backoff,
+            now=time.time(),
+        )
+        self.report.failed(task, body, failed, seconds)
+        return failed.settlement

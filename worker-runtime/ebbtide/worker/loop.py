@@ -1,0 +1,356 @@
+"""The worker: one asyncio loop that claims in batches, runs tasks, and settles in batches.
+
+    fetch loop --claim(free slots)--> executor --async task--> inbox --> N runner coroutines
+                                              --sync task----> N task threads (pool.py)
+    runners/threads --> settlements --> settle loop: one broker call per batch
+    heartbeat --> renews every held lease + publishes the worker's info
+
+Async tasks run inline on the loop. Sync tasks run on `concurrency` plain threads. A task
+is "held" from claim until its settlement is written, and the heartbeat renews every held
+lease, so a long task is never reclaimed while its worker lives. Running tasks is the
+executor's job (executor.py); what to settle is decided in outcomes.py, how much to claim
+and what to hand back in decisions.py. This module holds the leases and does the broker
+I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from .. import logs
+from ..brokers.base import Delivery, Exchanging, PushWindow, Settlement
+from ..selection import QueueSelection, plan_claim
+from . import decisions, outcomes
+from .decisions import EXIT_HARD_TIMEOUT, Settings
+from .executor import Executor
+from .report import Report
+
+if TYPE_CHECKING:
+    from ..app import App
+
+MIN_IDLE_S, MAX_IDLE_S = 0.005, 0.25  # poll back-off when every queue is empty
+
+
+class Worker:
+    def __init__(
+        self,
+        app: App,
+        selection: QueueSelection,
+        *,
+        concurrency: int = 8,
+        prefetch: int | None = None,
+        lease_seconds: float = 30.0,
+        grace_seconds: float = 30.0,
+        metrics_port: int | None = None,
+        metrics_host: str = "0.0.0.0",
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = s = Settings.of(concurrency, prefetch, lease_seconds, grace_seconds)
+        self.app = app
+        self.selection = selection
+        self.concurrency, self.prefetch, self.capacity = s.concurrency, s.prefetch, s.capacity
+        self.lease_ms = s.lease_ms
+        self.metrics_port, self.metrics_host = metrics_port, metrics_host
+        self.worker_id = worker_id or decisions.default_worker_id()
+        self.pod = os.environ.get("POD_NAME")
+        self.dead_ttl_ms = int(app.dead_ttl * 1000)
+
+        self.held: dict[str, Delivery] = {}  # claimed and not yet settled in the broker
+        self.settling: set[str] = set()  # entries with a settlement queued or being written
+        self.pending: list[Settlement] = []
+        self.exit_code = 0
+        self.stopping = False
+        self.report = Report()
+        self._last_broker_ok = 0.0
+        self._claim_inflight = False
+        # The broker's optional capabilities, found once at start (brokers.base).
+        self._exchanger: Exchanging | None = None
+        self._push: PushWindow | None = None
+        self.executor: Executor | None = None
+
+    @property
+    def running(self) -> dict[str, Delivery]:
+        """Started and not finished, by runners and threads."""
+        return self.executor.running if self.executor is not None else {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (exit 0) or a sync hard timeout (exit 3)."""
+        code = asyncio.run(self.main())
+        if self.running:
+            # Threads stuck in user code cannot be stopped; their work was handed back.
+            logs.warn("exiting with task threads still running", threads=len(self.running))
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(code)
+        return code
+
+    def request_stop(self, reason: str = "signal") -> None:
+        if not self._stop.is_set():
+            logs.log("stopping", reason=reason, held=len(self.held), running=len(self.running))
+            self._stop.set()
+            self._slot_freed.set()
+
+    async def main(self) -> int:
+        """The worker on the running loop, until `request_stop` (or a signal); returns
+        the exit code. `run()` is this plus the exit of stuck task threads."""
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._settle_wakeup = asyncio.Event()
+        self._closing = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop, sig.name)
+
+        server = None
+        if self.metrics_port is not None:
+            server = await self.report.serve(
+                self.metrics_host,
+                self.metrics_port,
+                lambda: len(self.running),
+                lambda: len(self.held),
+                self._readiness,
+            )
+
+        self.broker = broker = self.app.broker
+        self.executor = executor = Executor(
+            self.app, broker, self.concurrency, self._settle, self.report, self._hard_timeout
+        )
+        self._exchanger = broker if isinstance(broker, Exchanging) else None
+        self._push = broker if isinstance(broker, PushWindow) else None
+        if not await self._connect():
+            if server:
+                server.close()
+            return self.exit_code
+        if self._push is not None:
+            adaptive = not self.settings.prefetch_explicit
+            self._push.configure_window(self.concurrency, self.prefetch, adaptive=adaptive)
+        logs.log(
+            "worker started",
+            worker=self.worker_id,
+            queues=",".join(f"{q}:{w}" for q, w in self.selection.queues),
+            strict=self.selection.strict,
+            concurrency=self.concurrency,
+            prefetch=self.prefetch,
+            lease_s=self.lease_ms / 1000,
+            tasks=len(self.app.tasks),
+        )
+        loops = [
+            asyncio.create_task(self._fetch_loop()),
+            asyncio.create_task(self._settle_loop()),
+            asyncio.create_task(self._heartbeat_loop()),
+        ]
+        loops += executor.start()
+
+        await self._stop.wait()
+        grace = 0.0 if self.exit_code == EXIT_HARD_TIMEOUT else self.settings.grace_seconds
+        await self._shutdown(executor, loops, grace)
+        if server:
+            server.close()
+        await self.broker.aclose()
+        logs.log("worker stopped", worker=self.worker_id, exit_code=self.exit_code)
+        return self.exit_code
+
+    async def _connect(self) -> bool:
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                await self.broker.aconnect()
+                self._last_broker_ok = time.monotonic()
+                return True
+            except Exception as exc:  # unreachable broker: keep trying, never crash
+                logs.warn("broker unreachable", error=str(exc), retry_in=round(delay, 2))
+                with contextlib.suppress(Exception):
+                    await self.broker.aclose()
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return False
+
+    async def _shutdown(self, executor: Executor, loops: list[asyncio.Task], grace: float) -> None:
+        fetch, settle, heartbeat, *others = loops
+        self.stopping = True
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(fetch, 10)
+        if self._push is not None:  # stop deliveries, return unclaimed ones
+            with contextlib.suppress(Exception):
+                await self._push.release()
+        # Fetched but never started: back to the head of their lists right away.
+        self._hand_back(executor.unstarted())
+        executor.stop()
+        # Running tasks get the grace period to finish.
+        deadline = time.monotonic() + grace
+        while executor.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        late = executor.late_runners()
+        still = decisions.cut_off(executor.running, self.settling)
+        if still or late:
+            logs.warn("grace period over: handing back running tasks", tasks=len(still))
+            await executor.cancel(late)
+            executor.abandon(still)
+            self._hand_back(decisions.cut_off({d.entry: d for d in still}, self.settling))
+        executor.threads.drain()
+        self._hand_back(decisions.leftovers(self.held, self.settling, self.running))
+        self._closing = True
+        self._settle_wakeup.set()
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(settle, 15)
+        for task in [heartbeat, *others]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await self.broker.heartbeat(
+                self.worker_id, "", [], self.lease_ms, self.settings.worker_ttl_ms
+            )
+        if self.held:
+            logs.warn("leases left to expire", tasks=len(self.held))
+
+    def _hand_back(self, deliveries: list[Delivery]) -> None:
+        for s in outcomes.hand_back(deliveries):
+            self._settle(s)
+
+    # -- loops ---------------------------------------------------------------------------
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _fetch_loop(self) -> None:
+        """Claims when slots are free and no settle brought work back (see _write)."""
+        idle, failing = MIN_IDLE_S, 0.2
+        push = self._push
+        while not self._stop.is_set():
+            window = push.window() if push is not None else None
+            free = decisions.free_slots(self.capacity, window, len(self.held), len(self.settling))
+            if free <= 0 or self._claim_inflight:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._claim_inflight = True
+            try:
+                got = await self.broker.claim(plan_claim(self.selection, free), free, self.lease_ms)
+            except Exception as exc:
+                logs.warn("claim failed", error=str(exc), retry_in=round(failing, 2))
+                await self._sleep(failing)
+                failing = min(failing * 2, 5.0)
+                continue
+            finally:
+                self._claim_inflight = False
+            self._last_broker_ok = time.monotonic()
+            failing = 0.2
+            if got:
+                idle = MIN_IDLE_S
+                self._accept(got)
+            else:
+                await self._sleep(idle)
+                idle = min(idle * 2, MAX_IDLE_S)
+
+    def _accept(self, got: list[Delivery]) -> None:
+        assert self.executor is not None
+        for d in got:
+            self.held[d.entry] = d
+            self.executor.dispatch(d)
+
+    async def _settle_loop(self) -> None:
+        while True:
+            await self._settle_wakeup.wait()
+            self._settle_wakeup.clear()
+            if self.pending:
+                batch, self.pending = self.pending, []
+                await self._write(batch)
+            elif self._closing:
+                return
+
+    async def _write(self, batch: list[Settlement]) -> None:
+        """Write a batch of settlements; on an Exchanging broker (Redis), claim the slots
+        they free in the same round trip, which halves the calls per task."""
+        exchanger = self._exchanger
+        n = 0
+        if exchanger is not None:
+            n = decisions.exchange_quota(
+                self.capacity,
+                len(self.held),
+                len(self.settling),
+                self._stop.is_set(),
+                self._claim_inflight,
+            )
+        got: list[Delivery] = []
+        owns_claim = False
+        delay = 0.1
+        for attempt in range(1_000_000):
+            try:
+                if exchanger is None:
+                    await self.broker.settle(batch, self.dead_ttl_ms)
+                elif n:
+                    self._claim_inflight = owns_claim = True
+                    plan = plan_claim(self.selection, n)
+                    got = await exchanger.exchange(batch, plan, n, self.lease_ms, self.dead_ttl_ms)
+                else:
+                    await exchanger.exchange(batch, [], 0, self.lease_ms, self.dead_ttl_ms)
+                self._last_broker_ok = time.monotonic()
+                break
+            except Exception as exc:
+                n = 0  # a lost reply's claims come back when their leases expire
+                if self._closing and attempt >= 5:
+                    logs.error("settle failed; leases will expire instead", error=str(exc))
+                    break
+                logs.warn("settle failed", error=str(exc), retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                if owns_claim:
+                    self._claim_inflight = owns_claim = False
+        for s in batch:
+            self.held.pop(s.delivery.entry, None)
+            self.settling.discard(s.delivery.entry)
+        if got:
+            self._accept(got)
+        self._slot_freed.set()
+        self._settle_wakeup.set()  # settlements queued meanwhile go out next
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.broker.heartbeat(
+                    self.worker_id,
+                    self.info(),
+                    list(self.held.values()),
+                    self.lease_ms,
+                    self.settings.worker_ttl_ms,
+                )
+                self._last_broker_ok = time.monotonic()
+            except Exception as exc:
+                logs.warn("heartbeat failed", error=str(exc))
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    def info(self) -> str:
+        """This worker's heartbeat body."""
+        return decisions.heartbeat_info(
+            self.worker_id,
+            self.pod,
+            len(self.running),
+            len(self.held),
+            self.concurrency,
+            self.selection.names,
+            time.time(),
+        )
+
+    def _readiness(self) -> tuple[bool, str]:
+        since = time.monotonic() - self._last_broker_ok
+        return decisions.readiness(self.stopping, since, self.settings.heartbeat_s)
+
+    def _settle(self, s: Settlement) -> None:
+        self.pending.append(s)
+        self.settling.add(s.delivery.entry)
+        self._settle_wakeup.set()
+
+    def _hard_timeout(self) -> None:
+        """The executor recorded a sync task's overrun: hand back the rest and exit 3."""
+        self.exit_code = EXIT_HARD_TIMEOUT
+        self.request_stop("hard-timeout")

@@ -1,0 +1,77 @@
+"""Prometheus metrics of one worker. prometheus_client is imported only when a worker
+serves metrics, so producers never pay for it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..lifecycle import Outcome
+
+LAG_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
+
+
+class NullMetrics:
+    """What a worker without --metrics-port records: nothing, at no cost."""
+
+    def finished(self, task: str, outcome: str, seconds: float | None) -> None: ...
+    def started(self, queue: str, lag_seconds: float) -> None: ...
+
+
+class Metrics:
+    """Per-task label children are cached, so recording costs a dict lookup and an add."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.tasks = Counter(
+            "ebbtide_tasks", "Tasks finished, by outcome", ["task", "outcome"], registry=r
+        )
+        self.duration = Histogram(
+            "ebbtide_task_duration_seconds",
+            "Task run time",
+            ["task"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.lag = Histogram(
+            "ebbtide_enqueue_to_start_seconds",
+            "Time from ready to started",
+            ["queue"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("ebbtide_in_flight", "Tasks running now", registry=r)
+        self.held = Gauge("ebbtide_held", "Tasks held (running + prefetched)", registry=r)
+        self.retries = Counter("ebbtide_retries", "Retries scheduled", ["task"], registry=r)
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def watch(self, running: Callable[[], int], held: Callable[[], int]) -> None:
+        """Gauges read at scrape time: nothing to update on the hot path."""
+        self.in_flight.set_function(running)
+        self.held.set_function(held)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def finished(self, task: str, outcome: str, seconds: float | None) -> None:
+        self._child(self.tasks, task, outcome).inc()
+        if seconds is not None:
+            self._child(self.duration, task).observe(seconds)
+        if outcome == Outcome.RETRY:
+            self._child(self.retries, task).inc()
+
+    def started(self, queue: str, lag_seconds: float) -> None:
+        self._child(self.lag, queue).observe(max(0.0, lag_seconds))
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)

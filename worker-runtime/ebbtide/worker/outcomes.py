@@ -1,0 +1,105 @@
+"""How a claimed task is settled: each outcome as a pure function from what happened to
+the Settlement the broker applies (lifecycle.Outcome names the transition).
+
+No clock, no randomness, no logging here: the caller passes `now` and `rand`, and logs
+what came out, so every decision is a unit test away.
+"""
+
+from __future__ import annotations
+
+import random
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..brokers.base import Delivery, Settlement
+from ..lifecycle import Outcome, after_failure, backoff_seconds
+from ..message import reencode
+
+
+def unique_key(body: dict[str, Any]) -> str:
+    """The task's `key=` (released when it completes or dies), '' when none."""
+    key = body.get("key")
+    return key if isinstance(key, str) else ""
+
+
+def success(d: Delivery, body: dict[str, Any], seconds: float) -> Settlement:
+    """The task returned: ack it (and release its unique key)."""
+    return Settlement(Outcome.ACK, d, busy_us=int(seconds * 1e6), unique_key=unique_key(body))
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed run: what to write, and what to log about it."""
+
+    settlement: Settlement
+    attempts: int  # tries so far, this one included
+    error: str
+    retry_in: float | None  # seconds; None = dead
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.settlement.op
+
+
+def error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def failure(
+    d: Delivery,
+    body: dict[str, Any],
+    max_retries: int,
+    exc: BaseException,
+    seconds: float,
+    *,
+    backoff_base: float,
+    now: float,
+    rand: Callable[[], float] = random.random,
+) -> Failure:
+    """The task raised (or timed out): retry it after a backoff while it has retries
+    left, else bury it in the DLQ with its traceback and time of death."""
+    attempt = int(body.get("attempt", 0))
+    outcome = after_failure(attempt, max_retries)
+    body = {**body, "attempt": attempt + 1, "error": error_text(exc)}
+    busy = int(seconds * 1e6)
+    if outcome is Outcome.RETRY:
+        delay = backoff_seconds(attempt, base=backoff_base, rand=rand)
+        settlement = Settlement(Outcome.RETRY, d, reencode(body), int(delay * 1000), busy)
+        return Failure(settlement, attempt + 1, body["error"], delay)
+    body["traceback"] = "".join(traceback.format_exception(exc))
+    body["died_at"] = now
+    settlement = Settlement(Outcome.DEAD, d, reencode(body), 0, busy, unique_key(body))
+    return Failure(settlement, attempt + 1, body["error"], None)
+
+
+def undecodable(d: Delivery, reason: str, now: float) -> Settlement:
+    """A payload that is not a task: to the DLQ, kept raw, with the reason."""
+    raw = d.payload
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    return Settlement(Outcome.DEAD, d, reencode({"error": reason, "raw": raw, "died_at": now}))
+
+
+def unknown_task(d: Delivery, body: dict[str, Any], now: float) -> Settlement:
+    """A task this worker's app does not register: to the DLQ, saying so."""
+    name = body["task"]
+    body = {
+        **body,
+        "error": f"unknown task name {name!r}: not registered in this worker's app",
+        "died_at": now,
+    }
+    return Settlement(Outcome.DEAD, d, reencode(body), unique_key=unique_key(body))
+
+
+def postpone(d: Delivery, delay_ms: int) -> Settlement:
+    """No rate token: back to delayed for `delay_ms`, not an attempt."""
+    return Settlement(Outcome.POSTPONE, d, delay_ms=delay_ms)
+
+
+def hand_back(deliveries: Sequence[Delivery]) -> list[Settlement]:
+    """Requeue deliveries that never ran (or were cut off). Each requeue is an LPUSH
+    to the head of its list, so they are written newest first: the batch lands in its
+    original order."""
+    return [Settlement(Outcome.REQUEUE, d) for d in reversed(deliveries)]

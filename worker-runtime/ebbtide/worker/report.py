@@ -1,0 +1,86 @@
+"""What the worker tells about its tasks: the log lines and the Prometheus metrics of
+each start and each outcome, in one place (called from the loop and the task threads)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import logs
+from ..brokers.base import Delivery
+from ..lifecycle import Outcome
+from .decisions import EXIT_HARD_TIMEOUT, enqueue_lag_s
+from .metrics import NullMetrics
+from .outcomes import Failure
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..app import Task
+
+
+class Report:
+    def __init__(self) -> None:
+        self.metrics: Any = NullMetrics()
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        running: Callable[[], int],
+        held: Callable[[], int],
+        ready: Callable[[], tuple[bool, str]],
+    ) -> asyncio.Server:
+        """Start recording, and serve /metrics, /healthz and /readyz on the loop."""
+        from . import probes
+        from .metrics import Metrics
+
+        self.metrics = Metrics()
+        self.metrics.watch(running, held)
+        return await probes.serve(host, port, self.metrics.render, ready)
+
+    def started(self, d: Delivery) -> None:
+        if self.metrics.__class__ is not NullMetrics:
+            lag = enqueue_lag_s(d.ready_ms, time.time())
+            if lag is not None:
+                self.metrics.started(d.queue, lag)
+
+    def succeeded(self, task: Task, seconds: float) -> None:
+        self.metrics.finished(task.name, "success", seconds)
+
+    def failed(self, task: Task, body: dict[str, Any], failed: Failure, seconds: float) -> None:
+        self.metrics.finished(task.name, failed.outcome.value, seconds)
+        if failed.retry_in is not None:
+            logs.log(
+                "task failed, will retry",
+                task=task.name,
+                id=body.get("id"),
+                attempt=failed.attempts,
+                retry_in=round(failed.retry_in, 3),
+                error=failed.error,
+            )
+        else:
+            logs.warn(
+                "task failed for good, moved to the DLQ",
+                task=task.name,
+                id=body.get("id"),
+                attempts=failed.attempts,
+                error=failed.error,
+            )
+
+    def undecodable(self, d: Delivery, reason: str) -> None:
+        self.metrics.finished("<undecodable>", Outcome.DEAD.value, None)
+        logs.warn("undecodable payload moved to the DLQ", queue=d.queue, reason=reason)
+
+    def unknown_task(self, d: Delivery, name: str) -> None:
+        self.metrics.finished(name, Outcome.DEAD.value, None)
+        logs.warn("unknown task moved to the DLQ", queue=d.queue, task=name)
+
+    def hard_timeout(self, task: Task, body: dict[str, Any]) -> None:
+        logs.error(
+            "hard timeout: handing back other work and exiting",
+            task=task.name,
+            id=body.get("id"),
+            exit_code=EXIT_HARD_TIMEOUT,
+        )
