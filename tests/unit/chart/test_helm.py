@@ -63,7 +63,8 @@ def test_operator_deployment_is_locked_down():
 
 
 def test_operator_pods_carry_the_label_managed_broker_policies_admit():
-    """The operator reads managed brokers' statistics through their NetworkPolicies."""
+    """The operator reads managed brokers' statistics through their NetworkPolicies: its
+    pods carry the label, in the namespace the chart tells it (EBBTIDE_OPERATOR_NAMESPACE)."""
     from ebbtide_operator import naming
     from ebbtide_operator.build import redis
 
@@ -73,9 +74,12 @@ def test_operator_pods_carry_the_label_managed_broker_policies_admit():
         "kind": "TaskQueue",
         "metadata": {"name": "tq", "namespace": "team-a", "uid": "u"},
     }
-    peers = redis.redis_network_policy(owner)["spec"]["ingress"][0]["from"]
-    operator_peer = next(p for p in peers if "namespaceSelector" in p)
+    peers = redis.redis_network_policy(owner, NAMESPACE)["spec"]["ingress"][0]["from"]
+    operator_peer = next(p for p in peers if "podSelector" in p and "namespaceSelector" in p)
     assert operator_peer["podSelector"]["matchLabels"].items() <= labels.items()
+    assert operator_peer["namespaceSelector"] == {
+        "matchLabels": {naming.NAMESPACE_NAME_LABEL: NAMESPACE}
+    }
     assert labels[naming.OPERATOR_LABEL] == "true"
 
 
