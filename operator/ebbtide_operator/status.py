@@ -73,9 +73,10 @@ class Health:
 
 def conflict_message(keys: Sequence[str]) -> str:
     """Names every foreign object, and what to do about it."""
+    them = "them" if len(keys) > 1 else "it"
     return (
         f"not controlled by this TaskQueue, so left untouched: {', '.join(keys)}; "
-        "delete or rename them (or the TaskQueue) to let the operator create its own"
+        f"delete or rename {them} (or the TaskQueue) to let the operator create its own"
     )[:1000]
 
 
