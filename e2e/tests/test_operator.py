@@ -224,10 +224,15 @@ def test_managed_redis_objects_and_garbage_collection(
     assert len(password) >= 24, "a generated password, not a default"
     assert password in base64.b64decode(secret.data["url"]).decode()
 
-    # Only workers and labelled producers may reach the broker.
-    peers = [peer.pod_selector.match_labels for rule in policy.spec.ingress for peer in rule._from]
+    # Only workers and labelled producers (and the operator, from its own namespace) may
+    # reach the broker; no peer admits every namespace.
+    froms = [peer for rule in policy.spec.ingress for peer in rule._from]
+    peers = [peer.pod_selector.match_labels for peer in froms if peer.pod_selector]
     assert {"ebbtide.dev/taskqueue": "managed", "app.kubernetes.io/component": "worker"} in peers
     assert {"ebbtide.dev/producer": "managed"} in peers
+    for peer in froms:
+        if peer.namespace_selector is not None:
+            assert peer.namespace_selector.match_labels, "never namespaceSelector: {}"
 
     pod = worker.spec.template.spec
     container = pod.containers[0]
@@ -450,3 +455,92 @@ def test_managed_rabbitmq_objects(core, apps, custom, operator, namespace):
     assert broker.spec.template.spec.security_context.run_as_non_root is True
     assert container.security_context.read_only_root_filesystem is True
     assert container.security_context.capabilities.drop == ["ALL"]
+
+
+# -- no adoption: a user's same-named objects are never touched nor garbage-collected -----
+
+
+def users_objects(core, apps, namespace: str, prefix: str):
+    """A Deployment `<prefix>-worker` and a Service `<prefix>-redis` someone else made."""
+    from kubernetes import client
+
+    labels = {"app": "mine"}
+    deployment = client.V1Deployment(
+        metadata=client.V1ObjectMeta(name=f"{prefix}-worker", labels={"team": "mine"}),
+        spec=client.V1DeploymentSpec(
+            replicas=0,
+            selector=client.V1LabelSelector(match_labels=labels),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels=labels),
+                spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="mine:1")]),
+            ),
+        ),
+    )
+    service = client.V1Service(
+        metadata=client.V1ObjectMeta(name=f"{prefix}-redis", labels={"team": "mine"}),
+        spec=client.V1ServiceSpec(selector=labels, ports=[client.V1ServicePort(port=80)]),
+    )
+    apps.create_namespaced_deployment(namespace, deployment)
+    core.create_namespaced_service(namespace, service)
+
+
+def assert_untouched(core, apps, namespace: str, prefix: str) -> None:
+    deployment = apps.read_namespaced_deployment(f"{prefix}-worker", namespace)
+    assert not deployment.metadata.owner_references, deployment.metadata.owner_references
+    assert deployment.metadata.labels == {"team": "mine"}
+    assert deployment.spec.replicas == 0, "never scaled"
+    assert deployment.spec.template.spec.containers[0].image == "mine:1", "never repaired"
+    service = core.read_namespaced_service(f"{prefix}-redis", namespace)
+    assert not service.metadata.owner_references
+    assert service.spec.selector == {"app": "mine"}
+    assert [p.port for p in service.spec.ports] == [80]
+
+
+def test_foreign_objects_are_not_adopted_and_survive_the_taskqueue(
+    core, apps, custom, operator, namespace
+):
+    users_objects(core, apps, namespace, "squat")
+    tq = create_tq(custom, namespace, taskqueue("squat", {"type": "redis", "managed": {}}))
+    uid = tq["metadata"]["uid"]
+
+    def conflict() -> dict | None:
+        ready = condition(read_tq(custom, namespace, "squat"), "Ready")
+        message = ready.get("message", "")
+        named = "Deployment/squat-worker" in message and "Service/squat-redis" in message
+        return ready if ready.get("reason") == "NameConflict" and named else None
+
+    ready = wait_for(conflict, 60, "Ready=False, reason NameConflict, naming both objects")
+    assert ready["status"] == "False"
+
+    def warning() -> list:
+        events = core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=squat"
+        ).items
+        return [e for e in events if e.reason == "NameConflict" and e.type == "Warning"]
+
+    wait_for(warning, 30, "a NameConflict Warning Event")
+    # What is not in the way is still provisioned, and ours.
+    broker = wait_for(
+        lambda: apps.read_namespaced_stateful_set("squat-redis", namespace), 30, "the StatefulSet"
+    )
+    assert_controlled_by(uid, broker)
+    time.sleep(3)  # a few polls (pollSeconds 1) with a backlog-free queue at minReplicas 1
+    assert_untouched(core, apps, namespace, "squat")
+
+    # The user removes their Service: the operator's retry creates its own.
+    core.delete_namespaced_service("squat-redis", namespace)
+    service = wait_for(
+        lambda: core.read_namespaced_service("squat-redis", namespace), 90, "our Service"
+    )
+    assert_controlled_by(uid, service)
+
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "squat")
+
+    def ours_collected() -> bool:
+        names = [s.metadata.name for s in apps.list_namespaced_stateful_set(namespace).items]
+        names += [s.metadata.name for s in core.list_namespaced_service(namespace).items]
+        return "squat-redis" not in names
+
+    wait_for(ours_collected, 90, "garbage collection of the TaskQueue's own objects")
+    deployment = apps.read_namespaced_deployment("squat-worker", namespace)
+    assert not deployment.metadata.owner_references and deployment.spec.replicas == 0

@@ -13,6 +13,7 @@ import base64
 import concurrent.futures
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,24 @@ log = logging.getLogger(__name__)
 MERGE = "application/merge-patch+json"
 JSON = "application/json"  # the client sends no Content-Type on POST unless told
 TIMEOUT = (5.0, 15.0)  # connect, read seconds
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def operator_namespace(path: str = SERVICE_ACCOUNT_NAMESPACE) -> str | None:
+    """Where the operator runs, which managed brokers' NetworkPolicies admit:
+    EBBTIDE_OPERATOR_NAMESPACE (the chart sets it from the downward API), POD_NAMESPACE,
+    then the in-cluster ServiceAccount's namespace file; None outside a cluster."""
+    for variable in ("EBBTIDE_OPERATOR_NAMESPACE", "POD_NAMESPACE"):
+        value = os.environ.get(variable, "").strip()
+        if value:
+            return value
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
 
 
 def load_config() -> None:
@@ -146,7 +165,7 @@ class KubeCluster:
             if cached is not None:
                 return cached
         live = await self.read("Deployment", namespace, name)
-        if self.deployments is not None:
+        if self.deployments is not None and _watched(live):
             self.deployments.remember(live)
         return live
 
@@ -193,3 +212,10 @@ class KubeCluster:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.api_client.close()
+
+
+def _watched(deployment: Mapping[str, Any] | None) -> bool:
+    """Cache only what the watch keeps fresh: a foreign same-named Deployment (no such
+    labels) would otherwise stay cached after its owner deletes it."""
+    labels = ((deployment or {}).get("metadata") or {}).get("labels") or {}
+    return deployment is not None and naming.WORKER_WATCH_LABELS.items() <= labels.items()

@@ -6,6 +6,9 @@ a kopf daemon driving `tick.TaskQueueTicker`; both reach Kubernetes through one
   EBBTIDE_OPERATOR_METRICS_PORT  Prometheus port of the operator (default 8081, 0 = off)
   EBBTIDE_BROKER_THREADS         threads for broker reads (default 64)
   EBBTIDE_KUBE_THREADS           threads for API calls (default 16)
+  EBBTIDE_OPERATOR_NAMESPACE     the operator's namespace, admitted by managed brokers'
+                                 NetworkPolicies (else POD_NAMESPACE, else the pod's own)
+  EBBTIDE_OPERATOR_IDENTITY      who the audit log says acted (audit.py)
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from ebbtide_operator import kube, naming, provision
+from ebbtide_operator import kube, naming, provision, status
 from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.deployment_cache import DeploymentCache
 from ebbtide_operator.metrics import OperatorMetrics
@@ -26,6 +29,7 @@ from ebbtide_operator.spec import SpecError, parse_spec
 from ebbtide_operator.tick import TaskQueueTicker, phase, run_periodically
 
 RESOURCE = (naming.GROUP, naming.VERSION, naming.PLURAL)
+CONFLICT_RETRY_SECONDS = 20.0  # a name conflict is re-checked this often until it clears
 
 
 class Runtime:
@@ -35,6 +39,10 @@ class Runtime:
     deployments: DeploymentCache = DeploymentCache()
     reader: BrokerReader | None = None
     metrics: OperatorMetrics = OperatorMetrics()
+    operator_namespace: str | None = None
+    # TaskQueue uid -> `Kind/name` of the foreign objects its last reconcile left alone;
+    # each poll puts them in the status (the tick writes the conditions).
+    conflicts: dict[str, list[str]] = {}
 
 
 def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -48,6 +56,12 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     settings.persistence.finalizer = "ebbtide.dev/finalizer"
     settings.networking.request_timeout = 60
     await asyncio.to_thread(kube.load_config)
+    Runtime.operator_namespace = kube.operator_namespace()
+    if Runtime.operator_namespace is None:
+        logger.warning(
+            "operator namespace unknown (set EBBTIDE_OPERATOR_NAMESPACE): managed brokers' "
+            "NetworkPolicies will not admit the operator"
+        )
     Runtime.cluster = kube.KubeCluster(
         threads=int(os.environ.get("EBBTIDE_KUBE_THREADS", "16")), deployments=Runtime.deployments
     )
@@ -77,10 +91,11 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, logger: logging.Logger, **
         post_event(body, "Warning", "InvalidSpec", str(error))
         raise kopf.PermanentError(str(error)) from error
     assert Runtime.cluster is not None
-    report = await provision.reconcile(Runtime.cluster, body, parsed)
+    report = await provision.reconcile(Runtime.cluster, body, parsed, Runtime.operator_namespace)
     changed = {k: v for k, v in report.items() if v in ("created", "deleted", "replaced")}
     if changed:
         post_event(body, "Normal", "Provisioned", ", ".join(f"{k} {v}" for k, v in changed.items()))
+    conflicts = remember_conflicts(body, provision.conflicts(report))
     managed = parsed.broker.managed
     if managed is not None and not managed.persistence.enabled:
         post_event(
@@ -91,23 +106,33 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, logger: logging.Logger, **
             "queued task (spec.broker.managed.persistence.enabled is false)",
         )
     logger.info("reconciled: %s", report)
+    if conflicts:
+        # Retried until the foreign objects are gone; then ours are created.
+        raise kopf.TemporaryError(status.conflict_message(conflicts), delay=CONFLICT_RETRY_SECONDS)
+
+
+def remember_conflicts(body: Mapping[str, Any], conflicts: list[str]) -> list[str]:
+    """Keep the conflicts for the tick's status; a Warning Event when they change."""
+    uid = body["metadata"].get("uid", "")
+    previous = Runtime.conflicts.get(uid)
+    if conflicts:
+        Runtime.conflicts[uid] = conflicts
+        if conflicts != previous:
+            post_event(body, "Warning", "NameConflict", status.conflict_message(conflicts))
+    else:
+        Runtime.conflicts.pop(uid, None)
+    return conflicts
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
 async def forget(meta: kopf.Meta, **_: Any) -> None:
-    """Owned objects go by garbage collection; only our metric series need dropping."""
+    """Owned objects go by garbage collection; only our metric series (and remembered
+    conflicts) need dropping."""
     Runtime.metrics.forget(meta["namespace"], meta["name"])
+    Runtime.conflicts.pop(meta.get("uid", ""), None)
 
 
-@kopf.on.event(
-    "apps",
-    "v1",
-    "deployments",
-    labels={
-        "app.kubernetes.io/managed-by": naming.MANAGED_BY,
-        "app.kubernetes.io/component": "worker",
-    },
-)
+@kopf.on.event("apps", "v1", "deployments", labels=naming.WORKER_WATCH_LABELS)
 def watch_worker_deployment(event: kopf.RawEvent, **_: Any) -> None:
     """Feed the informer cache the ticks read replicas from (no GET per tick)."""
     Runtime.deployments.apply(event.get("type"), event["object"])
@@ -124,7 +149,14 @@ def poll_seconds(body: Mapping[str, Any]) -> float:
 async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
     """One loop per TaskQueue, on the live body, every spec.scaling.pollSeconds."""
     assert Runtime.cluster is not None and Runtime.reader is not None
-    ticker = TaskQueueTicker(Runtime.cluster, Runtime.reader, Runtime.metrics, post_event)
+    uid = body["metadata"].get("uid", "")
+    ticker = TaskQueueTicker(
+        Runtime.cluster,
+        Runtime.reader,
+        Runtime.metrics,
+        post_event,
+        conflicts=lambda _body: Runtime.conflicts.get(uid, ()),
+    )
     await run_periodically(
         step=lambda: ticker.tick(body),
         interval=lambda: poll_seconds(body),

@@ -12,6 +12,7 @@ MANAGED_BY = "ebbtide-operator"
 TASKQUEUE_LABEL = "ebbtide.dev/taskqueue"
 PRODUCER_LABEL = "ebbtide.dev/producer"  # value: the TaskQueue's name
 OPERATOR_LABEL = "ebbtide.dev/operator"  # "true" on the operator's pods (set by the chart)
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set by the API server on namespaces
 SPEC_HASH_ANNOTATION = "ebbtide.dev/spec-hash"
 CONFIG_HASH_ANNOTATION = "ebbtide.dev/config-hash"  # broker pods: restart on a config change
 BROKER_TYPE_ANNOTATION = "ebbtide.dev/broker-type"  # worker pods: roll when the broker changes
@@ -45,6 +46,14 @@ def broker_name(taskqueue: str, broker_type: str) -> str:
 
 def broker_secret_name(taskqueue: str) -> str:
     return f"{taskqueue}-broker"
+
+
+# What the operator's watch of worker Deployments selects (main.py): only Deployments with
+# these labels are kept in its cache, since only their changes reach it.
+WORKER_WATCH_LABELS = {
+    "app.kubernetes.io/managed-by": MANAGED_BY,
+    "app.kubernetes.io/component": "worker",
+}
 
 
 def worker_selector(taskqueue: str) -> dict[str, str]:

@@ -5,6 +5,13 @@ The kopf handlers call `reconcile` on create, on spec update and when the operat
 repair a drifted pod template) and `scale_workers` every poll. The objects themselves come
 from the pure builders in build/; this module only decides create, patch or delete.
 
+No adoption: an object is changed (patched, scaled, deleted, replaced) only when it
+carries this TaskQueue's controller ownerReference. Any other object with a name the
+TaskQueue needs is left exactly as it is and reported as a conflict ('conflict' in the
+reconcile report, `NameConflict` raised by the tick's calls); the TaskQueue's status then
+says Ready=False, reason NameConflict, naming it. Every create, delete, replace and scale
+is written to the audit log (audit.py).
+
 The broker Secret is created once and never overwritten (its password is the broker's
 identity), unless the managed broker changes type (a Redis URL is no use to a RabbitMQ);
 other objects are created or merge-patched to the builders' output. The worker
@@ -20,31 +27,66 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from ebbtide_operator import naming
+from ebbtide_operator import audit, naming
 from ebbtide_operator.build import common, rabbitmq, redis, worker
 from ebbtide_operator.build.merge import is_subset
 from ebbtide_operator.cluster import Cluster, EventSink
 from ebbtide_operator.spec import TaskQueueSpec
 
 log = logging.getLogger(__name__)
+CONFLICT = "conflict"
 
 
-def desired_broker_objects(body: Mapping[str, Any], spec: TaskQueueSpec) -> list[dict[str, Any]]:
-    """Everything of the managed broker but its Secret (which is made only once)."""
+class NameConflict(Exception):
+    """An object the TaskQueue needs by name exists, but is not controlled by it."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.key = f"{kind}/{name}"
+        super().__init__(f"{self.key} exists and is not controlled by this TaskQueue")
+
+
+def controlled_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    """Ours: a controller ownerReference to this TaskQueue's uid (not merely any owner
+    reference, and never a name match alone)."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return uid is not None and any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
+
+
+def _owner_uid(obj: Mapping[str, Any]) -> str | None:
+    """The TaskQueue uid a built object's controller reference names."""
+    refs = obj["metadata"].get("ownerReferences") or []
+    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
+
+
+def conflicts(report: Mapping[str, str]) -> list[str]:
+    """`Kind/name` of every object the reconcile refused to touch."""
+    return sorted(key for key, outcome in report.items() if outcome == CONFLICT)
+
+
+def _taskqueue(obj: Mapping[str, Any]) -> str:
+    return obj["metadata"].get("labels", {}).get(naming.TASKQUEUE_LABEL, "")
+
+
+def desired_broker_objects(
+    body: Mapping[str, Any], spec: TaskQueueSpec, operator_namespace: str | None = None
+) -> list[dict[str, Any]]:
+    """Everything of the managed broker but its Secret (which is made only once).
+    `operator_namespace` is admitted by the broker's NetworkPolicy."""
     managed = spec.broker.managed
     if managed is None:
         return []
+    allowed = spec.broker.allowed_namespaces
     if spec.broker.type == "rabbitmq":
         return [
             rabbitmq.rabbitmq_config_map(body, managed),
             rabbitmq.rabbitmq_workload(body, managed),
             rabbitmq.rabbitmq_service(body),
-            rabbitmq.rabbitmq_network_policy(body),
+            rabbitmq.rabbitmq_network_policy(body, operator_namespace, allowed),
         ]
     return [
         redis.redis_workload(body, managed),
         redis.redis_service(body),
-        redis.redis_network_policy(body),
+        redis.redis_network_policy(body, operator_namespace, allowed),
     ]
 
 
@@ -72,12 +114,8 @@ def stale_broker_objects(body: Mapping[str, Any], spec: TaskQueueSpec) -> list[t
 
 
 def _update_patch(obj: Mapping[str, Any]) -> dict[str, Any]:
-    patch: dict[str, Any] = {
-        "metadata": {
-            "labels": obj["metadata"].get("labels", {}),
-            "ownerReferences": obj["metadata"].get("ownerReferences", []),
-        }
-    }
+    """Labels, data and spec; never ownerReferences (only objects already ours get here)."""
+    patch: dict[str, Any] = {"metadata": {"labels": obj["metadata"].get("labels", {})}}
     if "data" in obj:  # ConfigMaps (Secrets are never patched)
         patch["data"] = dict(obj["data"])
     if "spec" in obj:
@@ -90,14 +128,37 @@ def _update_patch(obj: Mapping[str, Any]) -> dict[str, Any]:
     return patch
 
 
-async def ensure(cluster: Cluster, obj: Mapping[str, Any]) -> str:
-    """'created', 'updated', or 'kept' (Secrets are never overwritten)."""
-    if await cluster.create(obj):
-        return "created"
-    if obj["kind"] == "Secret":
-        return "kept"
+async def _create(cluster: Cluster, obj: Mapping[str, Any]) -> bool:
+    """Create, and audit it; False when the name is taken."""
+    if not await cluster.create(obj):
+        return False
     meta = obj["metadata"]
-    await cluster.patch(obj["kind"], meta["namespace"], meta["name"], _update_patch(obj))
+    audit.record("create", obj["kind"], meta["namespace"], meta["name"], _taskqueue(obj))
+    return True
+
+
+async def _delete(cluster: Cluster, kind: str, namespace: str, name: str, taskqueue: str) -> bool:
+    if not await cluster.delete(kind, namespace, name):
+        return False
+    audit.record("delete", kind, namespace, name, taskqueue)
+    return True
+
+
+async def ensure(cluster: Cluster, obj: Mapping[str, Any]) -> str:
+    """'created', 'updated', 'kept' (Secrets are never overwritten), or 'conflict' (an
+    object of that name that is not ours: left untouched)."""
+    if await _create(cluster, obj):
+        return "created"
+    meta = obj["metadata"]
+    kind, namespace, name = obj["kind"], meta["namespace"], meta["name"]
+    existing = await cluster.read(kind, namespace, name)
+    if existing is None:  # deleted between the two calls
+        return "created" if await _create(cluster, obj) else "kept"
+    if not controlled_by(existing, _owner_uid(obj)):
+        return CONFLICT
+    if kind == "Secret":
+        return "kept"
+    await cluster.patch(kind, namespace, name, _update_patch(obj))
     return "updated"
 
 
@@ -134,23 +195,30 @@ async def ensure_broker_secret(
     cluster: Cluster, body: Mapping[str, Any], broker_type: str = "redis"
 ) -> str:
     """Create the Secret with fresh credentials unless one exists already. Ours, made for
-    the other broker type, is replaced; one the user made is never touched."""
+    the other broker type, is replaced; one the user made is never touched ('conflict')."""
     meta = body["metadata"]
     namespace, secret_name = meta["namespace"], naming.broker_secret_name(meta["name"])
     existing = await cluster.read("Secret", namespace, secret_name)
     if existing is None:
         return await ensure(cluster, new_broker_secret(body, broker_type))
-    if not _owned_by(existing, meta.get("uid")) or secret_broker_type(existing) == broker_type:
+    if not controlled_by(existing, meta.get("uid")):
+        return CONFLICT
+    if secret_broker_type(existing) == broker_type:
         return "kept"
     await cluster.delete("Secret", namespace, secret_name)
-    await ensure(cluster, new_broker_secret(body, broker_type))
+    await cluster.create(new_broker_secret(body, broker_type))
+    audit.record("replace", "Secret", namespace, secret_name, meta["name"])
     return "replaced"
 
 
 async def reconcile(
-    cluster: Cluster, body: Mapping[str, Any], spec: TaskQueueSpec
+    cluster: Cluster,
+    body: Mapping[str, Any],
+    spec: TaskQueueSpec,
+    operator_namespace: str | None = None,
 ) -> dict[str, str]:
-    """Bring the owned objects in line with `spec`; returns what happened to each."""
+    """Bring the owned objects in line with `spec`; returns what happened to each
+    ('conflict' for a foreign object in the way: see `conflicts`)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     report: dict[str, str] = {}
@@ -158,13 +226,13 @@ async def reconcile(
         report[f"Secret/{naming.broker_secret_name(name)}"] = await ensure_broker_secret(
             cluster, body, spec.broker.type
         )
-    for obj in desired_broker_objects(body, spec):
+    for obj in desired_broker_objects(body, spec, operator_namespace):
         report[f"{obj['kind']}/{obj['metadata']['name']}"] = await ensure(cluster, obj)
     for kind, stale in stale_broker_objects(body, spec):
         existing = await cluster.read(kind, namespace, stale)
-        if existing is not None and _owned_by(existing, meta.get("uid")):
-            await cluster.delete(kind, namespace, stale)
-            report[f"{kind}/{stale}"] = "deleted"
+        if existing is not None and controlled_by(existing, meta.get("uid")):
+            if await _delete(cluster, kind, namespace, stale, name):
+                report[f"{kind}/{stale}"] = "deleted"
 
     deployment = naming.worker_name(name)
     report[f"Deployment/{deployment}"] = await apply_worker_deployment(cluster, body, spec)
@@ -177,11 +245,15 @@ async def reconcile(
 async def apply_worker_deployment(
     cluster: Cluster, body: Mapping[str, Any], spec: TaskQueueSpec
 ) -> str:
-    """'created' (at minReplicas) or 'updated': our pod template re-applied, replicas kept."""
+    """'created' (at minReplicas), 'updated' (our pod template re-applied, replicas kept),
+    or 'conflict' (a Deployment of that name that is not ours)."""
     deployment = worker.worker_deployment(body, spec, replicas=spec.scaling.min_replicas)
-    if await cluster.create(deployment):
+    if await _create(cluster, deployment):
         return "created"
     meta = deployment["metadata"]
+    existing = await cluster.read_deployment(meta["namespace"], meta["name"])
+    if existing is not None and not controlled_by(existing, body["metadata"].get("uid")):
+        return CONFLICT
     await cluster.patch(
         "Deployment", meta["namespace"], meta["name"], worker.template_patch(deployment)
     )
@@ -202,6 +274,7 @@ async def sync_worker_deployment(
     the TaskQueue is being deleted (then None: workers are never brought back). A live one
     whose pod template no longer holds `template` (API-server defaults are fine) gets it
     back: a `DriftRepaired` Warning when someone edited it, a `Rollout` when the spec changed.
+    A Deployment of that name that is not ours raises NameConflict, untouched.
     """
     meta = body["metadata"]
     namespace, deployment_name = meta["namespace"], naming.worker_name(meta["name"])
@@ -209,9 +282,13 @@ async def sync_worker_deployment(
     if live is None and meta.get("deletionTimestamp"):
         return None
     if live is None:
-        await cluster.create(worker.worker_deployment(body, spec, replicas=replicas))
-        events(body, "Normal", "Created", f"worker Deployment {deployment_name}")
-        return await cluster.read_deployment(namespace, deployment_name)
+        if await _create(cluster, worker.worker_deployment(body, spec, replicas=replicas)):
+            events(body, "Normal", "Created", f"worker Deployment {deployment_name}")
+        live = await cluster.read_deployment(namespace, deployment_name)
+        if live is None:
+            return None
+    if not controlled_by(live, meta.get("uid")):
+        raise NameConflict("Deployment", deployment_name)
     live_template = live.get("spec", {}).get("template", {})
     if not is_subset(template, live_template):
         wanted = worker.worker_deployment(body, spec, replicas=0)
@@ -227,13 +304,29 @@ async def sync_worker_deployment(
     return live
 
 
-async def scale_workers(cluster: Cluster, namespace: str, taskqueue: str, replicas: int) -> None:
-    """Set the worker Deployment's replicas, and nothing else (the scale subresource)."""
-    await cluster.scale_deployment(namespace, naming.worker_name(taskqueue), replicas)
-
-
-def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
-    """Never delete an object we did not create (a user's same-named Secret, say)."""
-    return any(
-        ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or []
+async def scale_workers(
+    cluster: Cluster, body: Mapping[str, Any], replicas: int, reason: str = ""
+) -> None:
+    """Set the worker Deployment's replicas, and nothing else (the scale subresource);
+    NameConflict, and no write, when the Deployment of that name is not ours."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], naming.worker_name(meta["name"])
+    live = await cluster.read_deployment(namespace, name)
+    if live is None:
+        log.warning("not scaling %s/%s: it does not exist", namespace, name)
+        return
+    if not controlled_by(live, meta.get("uid")):
+        raise NameConflict("Deployment", name)
+    before = int(live.get("spec", {}).get("replicas") or 0)
+    await cluster.scale_deployment(namespace, name, replicas)
+    audit.record(
+        "scale",
+        "Deployment",
+        namespace,
+        name,
+        meta["name"],
+        count=replicas,
+        replicas_before=before,
+        replicas_after=replicas,
+        reason=reason,
     )

@@ -32,6 +32,7 @@ KEY_PREFIX_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 DEFAULT_PERSISTENCE = {"redis": True, "rabbitmq": True}
 # An image named like this cannot run a RabbitMQ (a stale `redis:...` default, say).
 REDIS_IMAGE_PATTERN = re.compile(r"(^|/)redis(:|@|$)")
+NAMESPACE_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1123 label
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class BrokerSpec:
     # Namespaces Ebbtide's keys (Redis) and queues (RabbitMQ) on the broker: the workers
     # get it as EBBTIDE_KEY_PREFIX and the operator reads the statistics under it.
     key_prefix: str = DEFAULT_KEY_PREFIX
+    # Namespaces whose pods may reach the managed broker (its NetworkPolicy).
+    allowed_namespaces: tuple[str, ...] = ()
 
     def url_secret(self, taskqueue: str) -> SecretRef:
         """Where the broker URL lives: the user's Secret, or the one we generate. The
@@ -185,12 +188,32 @@ def parse_broker(data: Mapping[str, Any]) -> BrokerSpec:
             resources=dict(managed_data.get("resources") or {}),
             persistence=persistence,
         )
-        return BrokerSpec(type=kind, managed=managed, key_prefix=prefix)
+        return BrokerSpec(
+            type=kind,
+            managed=managed,
+            key_prefix=prefix,
+            allowed_namespaces=_allowed_namespaces(data),
+        )
+    if data.get("allowedNamespaces"):
+        raise SpecError(
+            "spec.broker.allowedNamespaces applies to a managed broker only "
+            "(an external broker's network access is yours to set)"
+        )
     ref = external_data.get("secretRef") or {}
     if not ref.get("name"):
         raise SpecError("spec.broker.external.secretRef.name is required")
     external = SecretRef(name=ref["name"], key=ref.get("key") or "url")
     return BrokerSpec(type=kind, external=external, key_prefix=prefix)
+
+
+def _allowed_namespaces(data: Mapping[str, Any]) -> tuple[str, ...]:
+    names = data.get("allowedNamespaces") or []
+    if not isinstance(names, list):
+        raise SpecError("spec.broker.allowedNamespaces must be a list of namespace names")
+    for name in names:
+        if not isinstance(name, str) or not NAMESPACE_PATTERN.fullmatch(name):
+            raise SpecError(f"spec.broker.allowedNamespaces: {name!r} is not a namespace name")
+    return tuple(sorted(set(names)))
 
 
 def parse_worker(data: Mapping[str, Any]) -> WorkerSpec:

@@ -61,6 +61,23 @@ class Health:
     persistence_disabled: bool = False
     eviction_policy: str | None = None
     external_broker: bool = False
+    # No adoption: `Kind/name` of objects the TaskQueue needs by name that are not its own
+    # (the reconcile's report), and the worker Deployment when the tick finds it foreign.
+    name_conflicts: tuple[str, ...] = ()
+    worker_conflict: str | None = None
+
+    def conflicts(self) -> tuple[str, ...]:
+        worker = (self.worker_conflict,) if self.worker_conflict else ()
+        return tuple(sorted(set(self.name_conflicts) | set(worker)))
+
+
+def conflict_message(keys: Sequence[str]) -> str:
+    """Names every foreign object, and what to do about it."""
+    them = "them" if len(keys) > 1 else "it"
+    return (
+        f"not controlled by this TaskQueue, so left untouched: {', '.join(keys)}; "
+        f"delete or rename {them} (or the TaskQueue) to let the operator create its own"
+    )[:1000]
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, str]:
@@ -78,7 +95,12 @@ def conditions(health: Health, replicas: int, ready: int) -> list[dict[str, str]
             "BrokerReady", True, "BrokerReachable", "broker statistics are readable"
         )
 
-    if not health.deployment_exists:
+    conflicting = health.conflicts()
+    if health.worker_conflict:
+        workers = _condition(
+            "WorkersReady", False, "NameConflict", conflict_message((health.worker_conflict,))
+        )
+    elif not health.deployment_exists:
         workers = _condition(
             "WorkersReady", False, "DeploymentMissing", "the worker Deployment does not exist yet"
         )
@@ -97,6 +119,10 @@ def conditions(health: Health, replicas: int, ready: int) -> list[dict[str, str]
         scaling = _condition("ScalingActive", False, "InvalidSpec", health.spec_error)
     elif health.policy_error:
         scaling = _condition("ScalingActive", False, "PolicyError", health.policy_error)
+    elif health.worker_conflict:
+        scaling = _condition(
+            "ScalingActive", False, "NameConflict", "the worker Deployment is not ours to scale"
+        )
     elif health.paused:
         scaling = _condition("ScalingActive", False, "Paused", "spec.scaling.paused is true")
     elif health.broker_error:
@@ -113,6 +139,8 @@ def conditions(health: Health, replicas: int, ready: int) -> list[dict[str, str]
 
     if health.spec_error:
         degraded = _condition("Degraded", True, "InvalidSpec", health.spec_error)
+    elif conflicting:
+        degraded = _condition("Degraded", True, "NameConflict", conflict_message(conflicting))
     elif health.broker_error:
         degraded = _condition("Degraded", True, "BrokerUnreachable", health.broker_error)
     elif health.policy_error:
@@ -127,7 +155,9 @@ def conditions(health: Health, replicas: int, ready: int) -> list[dict[str, str]
         degraded = _condition("Degraded", False, "AsExpected", "all good")
 
     failing = next((c for c in (broker, workers) if c["status"] != "True"), None)
-    if failing is None:
+    if conflicting:
+        ready_condition = _condition("Ready", False, "NameConflict", conflict_message(conflicting))
+    elif failing is None:
         ready_condition = _condition("Ready", True, "Ready", "broker reachable and workers ready")
     else:
         ready_condition = _condition("Ready", False, failing["reason"], failing["message"])

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -75,6 +75,7 @@ class _Memory:
     last_scale_time: str | None = None
     last_scale_reason: str | None = None
     template: tuple[Any, dict[str, Any]] | None = None  # (generation, desired pod template)
+    worker_conflict: str | None = None  # `Deployment/<name>-worker` when it is not ours
 
 
 class TaskQueueTicker:
@@ -86,13 +87,16 @@ class TaskQueueTicker:
         events: EventSink,
         clock: Callable[[], float] = time.time,
         policy: Callable[[Observation, Any, PolicyState], Decision] = decide,
+        conflicts: Callable[[Mapping[str, Any]], Sequence[str]] = lambda _body: (),
     ) -> None:
+        """`conflicts(body)`: the foreign objects the last reconcile found (main.py)."""
         self.cluster = cluster
         self.reader = reader
         self.metrics = metrics
         self.events = events
         self.clock = clock
         self.policy = policy
+        self.conflicts = conflicts
         self.memory = _Memory()
 
     # --- the step ---------------------------------------------------------------------
@@ -170,8 +174,8 @@ class TaskQueueTicker:
             if target != replicas:
                 if target < replicas and stats is not None:
                     await self._set_deletion_costs(namespace, name, stats)
-                await provision.scale_workers(self.cluster, namespace, name, target)
                 reason, message = scale_message(replicas, target, decision.reason)
+                await provision.scale_workers(self.cluster, body, target, reason=message)
                 self.events(body, "Normal", reason, message)
                 log.info("%s/%s %s %s", namespace, name, reason, message)
                 self.metrics.scaled(namespace, name, replicas, target)
@@ -198,6 +202,8 @@ class TaskQueueTicker:
             persistence_disabled=managed is not None and not managed.persistence.enabled,
             eviction_policy=self.reader.eviction_policy(self.memory.url or ""),
             external_broker=managed is None,
+            name_conflicts=self._reconcile_conflicts(body, name),
+            worker_conflict=memory.worker_conflict,
         )
         new_status = self._status(
             body,
@@ -211,6 +217,11 @@ class TaskQueueTicker:
         outcome.status_written = await self._write_status(namespace, name, now, new_status)
 
     # --- pieces -------------------------------------------------------------------------
+
+    def _reconcile_conflicts(self, body: Mapping[str, Any], name: str) -> tuple[str, ...]:
+        """The reconcile's conflicts, but the worker Deployment's: the tick sees it live."""
+        worker_key = f"Deployment/{naming.worker_name(name)}"
+        return tuple(key for key in self.conflicts(body) if key != worker_key)
 
     async def _read_stats(
         self, namespace: str, name: str, spec: TaskQueueSpec, now: float
@@ -271,7 +282,7 @@ class TaskQueueTicker:
             if self.memory.policy_state is not None and self.memory.written:
                 # Recreated after a deletion: at what the policy last wanted, not minReplicas.
                 replicas = int(self.memory.written.get("desiredReplicas") or replicas)
-            return await provision.sync_worker_deployment(
+            live = await provision.sync_worker_deployment(
                 self.cluster,
                 body,
                 spec,
@@ -279,6 +290,15 @@ class TaskQueueTicker:
                 template=self._desired_template(body, name, spec),
                 events=self.events,
             )
+            self.memory.worker_conflict = None
+            return live
+        except provision.NameConflict as conflict:
+            if self.memory.worker_conflict != conflict.key:
+                message = status_mod.conflict_message((conflict.key,))
+                self.events(body, "Warning", "NameConflict", message)
+                log.warning("%s/%s: %s", namespace, name, message)
+            self.memory.worker_conflict = conflict.key
+            return None
         except Exception:
             log.exception("worker Deployment of %s/%s", namespace, name)
             self.metrics.error(namespace, name, "deployment")

@@ -49,56 +49,61 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 The rules the operator needs on the objects it reconciles, shared by the ClusterRole
-(all namespaces) and the per-namespace Roles. Derived from what the operator does:
-- taskqueues: kopf watches them and patches them (finalizer, progress annotations, status);
-- deployments/statefulsets: the worker Deployment and the managed Redis or RabbitMQ; the
-  scale subresource is the only thing written on every tick;
-- services/secrets/persistentvolumeclaims/networkpolicies: the managed broker and its
-  Secret, and reading the external broker's Secret;
-- configmaps: the managed RabbitMQ's rabbitmq.conf and enabled_plugins (no list/watch);
-- pods: reading worker pods and annotating pod-deletion-cost before a scale-down;
-- events: kopf's and the operator's Events (core and events.k8s.io).
-No wildcards: every verb is listed.
+(all namespaces) and the per-namespace Roles. Derived from every Kubernetes call in
+operator/ebbtide_operator/kube.py and kopf's own (tests/unit/chart/test_rbac.py pins them):
+- taskqueues: kopf lists and watches them and patches them (finalizer, progress
+  annotations); taskqueues/status: the tick's status patch and kopf's progress;
+- deployments: the worker Deployment and an ephemeral broker (get, create, patch, delete
+  of our own objects); list/watch feed the worker-Deployment cache; deployments/scale is
+  the only thing written on a scale;
+- statefulsets/services/configmaps/networkpolicies: the managed broker, by name only;
+- secrets: get (the broker URL, by name) and create (the managed broker's); delete only
+  replaces our own Secret on a broker-type switch. Never list or watch: the operator
+  cannot enumerate the cluster's Secrets;
+- pods: patch only (pod-deletion-cost before a scale-down);
+- events: create (kopf.event, core v1 Events).
+PersistentVolumeClaims are the StatefulSet controller's business: no grant.
+No wildcards, no update: every verb is listed and used.
 */}}
 {{- define "ebbtide.operatorRules" -}}
 - apiGroups: ["ebbtide.dev"]
   resources: ["taskqueues"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["ebbtide.dev"]
   resources: ["taskqueues/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: ["apps"]
-  resources: ["deployments", "statefulsets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
-  resources: ["services", "secrets", "persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-- apiGroups: [""]
-  resources: ["configmaps"]
+  resources: ["services", "configmaps"]
   verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}
 
 {{/* Read-only, cluster-scoped discovery kopf uses: CRD changes and namespace lists. */}}
 {{- define "ebbtide.discoveryRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- end -}}

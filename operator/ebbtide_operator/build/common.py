@@ -10,7 +10,7 @@ import base64
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -150,11 +150,41 @@ def broker_service(owner: Body, object_name: str, ports: Mapping[str, int]) -> d
     )
 
 
-def broker_network_policy(owner: Body, object_name: str, ports: list[int]) -> dict[str, Any]:
-    """Only this TaskQueue's workers, pods labelled `ebbtide.dev/producer: <name>` (same
-    namespace) and the Ebbtide operator, which reads the broker's statistics every poll
-    (pods labelled `ebbtide.dev/operator: "true"` in any namespace), may reach the broker."""
+def broker_network_policy(
+    owner: Body,
+    object_name: str,
+    ports: list[int],
+    operator_namespace: str | None = None,
+    allowed_namespaces: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Who may reach the managed broker, and nobody else:
+    - this TaskQueue's worker pods and pods labelled `ebbtide.dev/producer: <name>`, both
+      in the TaskQueue's namespace only (a podSelector without namespaceSelector);
+    - every pod of the namespaces in `spec.broker.allowedNamespaces`;
+    - the operator, which reads the broker's statistics every poll: pods labelled
+      `ebbtide.dev/operator: "true"` in the operator's namespace (None: unknown, e.g. an
+      operator run outside the cluster, and then no such rule).
+    Namespaces are matched by `kubernetes.io/metadata.name`, which the API server sets and
+    nobody can forge; a pod label alone is never trusted across namespaces, since any pod
+    can set it on itself."""
     name = owner["metadata"]["name"]
+    peers: list[dict[str, Any]] = [
+        {"podSelector": {"matchLabels": naming.worker_selector(name)}},
+        {"podSelector": {"matchLabels": {naming.PRODUCER_LABEL: name}}},
+    ]
+    peers += [
+        {"namespaceSelector": {"matchLabels": {naming.NAMESPACE_NAME_LABEL: namespace}}}
+        for namespace in sorted(set(allowed_namespaces))
+    ]
+    if operator_namespace:
+        peers.append(
+            {
+                "namespaceSelector": {
+                    "matchLabels": {naming.NAMESPACE_NAME_LABEL: operator_namespace}
+                },
+                "podSelector": {"matchLabels": {naming.OPERATOR_LABEL: "true"}},
+            }
+        )
     return owned(
         {
             "apiVersion": "networking.k8s.io/v1",
@@ -165,14 +195,7 @@ def broker_network_policy(owner: Body, object_name: str, ports: list[int]) -> di
                 "policyTypes": ["Ingress"],
                 "ingress": [
                     {
-                        "from": [
-                            {"podSelector": {"matchLabels": naming.worker_selector(name)}},
-                            {"podSelector": {"matchLabels": {naming.PRODUCER_LABEL: name}}},
-                            {
-                                "namespaceSelector": {},
-                                "podSelector": {"matchLabels": {naming.OPERATOR_LABEL: "true"}},
-                            },
-                        ],
+                        "from": peers,
                         "ports": [{"protocol": "TCP", "port": port} for port in ports],
                     }
                 ],

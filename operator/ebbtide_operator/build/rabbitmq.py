@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from ebbtide_operator import naming
@@ -275,9 +276,13 @@ def rabbitmq_service(owner: Body) -> dict[str, Any]:
     )
 
 
-def rabbitmq_network_policy(owner: Body) -> dict[str, Any]:
+def rabbitmq_network_policy(
+    owner: Body, operator_namespace: str | None = None, allowed_namespaces: Sequence[str] = ()
+) -> dict[str, Any]:
     return broker_network_policy(
         owner,
         naming.rabbitmq_name(owner["metadata"]["name"]),
         [naming.RABBITMQ_PORT, naming.RABBITMQ_MANAGEMENT_PORT],
+        operator_namespace,
+        allowed_namespaces,
     )

@@ -7,6 +7,7 @@ are in common.py. No I/O here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ebbtide_operator import naming
@@ -104,6 +105,10 @@ def redis_service(owner: Body) -> dict[str, Any]:
     return broker_service(owner, naming.redis_name(name), {"redis": naming.REDIS_PORT})
 
 
-def redis_network_policy(owner: Body) -> dict[str, Any]:
+def redis_network_policy(
+    owner: Body, operator_namespace: str | None = None, allowed_namespaces: Sequence[str] = ()
+) -> dict[str, Any]:
     name = owner["metadata"]["name"]
-    return broker_network_policy(owner, naming.redis_name(name), [naming.REDIS_PORT])
+    return broker_network_policy(
+        owner, naming.redis_name(name), [naming.REDIS_PORT], operator_namespace, allowed_namespaces
+    )

@@ -300,3 +300,43 @@ def test_a_redis_with_noeviction_is_not_degraded(env):
     asyncio.run(ticker.tick(body))
     assert condition(cluster, "Degraded")["reason"] == "AsExpected"
     assert condition(cluster, "Durable")["reason"] == "ExternalBroker"
+
+
+def test_a_foreign_worker_deployment_is_never_scaled_and_shows_as_name_conflict(env):
+    cluster, reader, url = env
+    body = taskqueue(initialTaskSeconds=1, targetBacklogSeconds=30)
+    mine = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "tq1-worker", "namespace": NS, "labels": {"team": "mine"}},
+        "spec": {"replicas": 2, "template": {"spec": {"containers": [{"image": "mine:1"}]}}},
+    }
+    cluster.objects[("Deployment", NS, "tq1-worker")] = dict(mine)
+    cluster.add_secret(NS, "tq1-url", {"url": url})
+    ticker = TaskQueueTicker(
+        cluster,
+        reader,
+        OperatorMetrics(),
+        cluster.record_event,
+        conflicts=lambda _body: ["Service/tq1-redis", "Deployment/tq1-worker"],
+    )
+    rt.record.send_many(("burst", i) for i in range(600))
+
+    for _ in range(2):
+        outcome = asyncio.run(ticker.tick(body))
+        assert outcome.replicas_after == outcome.replicas_before == 0
+
+    assert cluster.objects[("Deployment", NS, "tq1-worker")] == mine
+    assert cluster.scales == [] and cluster.patches == []
+    ready = condition(cluster, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "NameConflict")
+    assert "Deployment/tq1-worker" in ready["message"] and "Service/tq1-redis" in ready["message"]
+    assert condition(cluster, "WorkersReady")["reason"] == "NameConflict"
+    warnings = [e for e in cluster.events if e[1] == "NameConflict"]
+    assert len(warnings) == 1 and warnings[0][0] == "Warning", "one Event, not one per poll"
+
+    # The user deletes theirs: the next tick creates ours and the worker conflict clears.
+    del cluster.objects[("Deployment", NS, "tq1-worker")]
+    asyncio.run(ticker.tick(body))
+    assert condition(cluster, "WorkersReady")["reason"] != "NameConflict"
+    assert condition(cluster, "Ready")["message"].count("Deployment/tq1-worker") == 0

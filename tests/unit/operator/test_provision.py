@@ -152,7 +152,7 @@ def test_a_users_secret_is_never_replaced_even_for_another_type():
     run(cluster, body())
     cluster.objects[("Secret", "ns", "tq-broker")]["metadata"]["ownerReferences"] = []
     report = run(cluster, rabbit_body())
-    assert report["Secret/tq-broker"] == "kept"
+    assert report["Secret/tq-broker"] == "conflict"
     assert secret_url(cluster).startswith("redis://")
 
 
@@ -264,6 +264,6 @@ def test_an_edited_template_is_restored_and_a_spec_change_rolls_out():
 def test_scaling_writes_only_the_replicas_of_the_worker_deployment():
     cluster = MemoryCluster()
     run(cluster, body())
-    asyncio.run(provision.scale_workers(cluster, "ns", "tq", 7))
+    asyncio.run(provision.scale_workers(cluster, body(), 7))
     assert cluster.scales == [("ns", "tq-worker", 7)]
     assert cluster.patches == []

@@ -83,6 +83,11 @@ def test_queue_target_defaults_to_scaling_target():
         ),
         (lambda s: s.update(scaling={"pollSeconds": "fast"}), "spec.scaling.pollSeconds"),
         (lambda s: s.update(queueOrder="random"), "spec.queueOrder"),
+        (lambda s: s["broker"].update(allowedNamespaces=["x"]), "spec.broker.allowedNamespaces"),
+        (
+            lambda s: s.update(broker={"managed": {}, "allowedNamespaces": ["Not_A_Name"]}),
+            "spec.broker.allowedNamespaces",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(mutate, field):
@@ -100,3 +105,10 @@ def test_key_prefix_defaults_and_is_checked_naming_the_field():
     raw["broker"]["keyPrefix"] = "Bad Prefix"
     with pytest.raises(SpecError, match=r"spec\.broker\.keyPrefix .*'Bad Prefix'"):
         parse_spec(raw)
+
+
+def test_allowed_namespaces_are_deduplicated_and_sorted():
+    raw = minimal()
+    raw["broker"] = {"type": "redis", "managed": {}, "allowedNamespaces": ["b", "a", "b"]}
+    assert parse_spec(raw).broker.allowed_namespaces == ("a", "b")
+    assert parse_spec(minimal()).broker.allowed_namespaces == ()

@@ -222,7 +222,7 @@ def test_service_exposes_amqp_and_management_of_the_broker_pod():
 
 
 def test_network_policy_admits_only_workers_producers_and_the_operator():
-    policy = rabbitmq.rabbitmq_network_policy(body())
+    policy = rabbitmq.rabbitmq_network_policy(body(), "ebbtide-system")
     assert_owned(policy)
     spec = policy["spec"]
     assert spec["podSelector"]["matchLabels"] == naming.broker_selector("tq1")
@@ -231,11 +231,14 @@ def test_network_policy_admits_only_workers_producers_and_the_operator():
     assert rule["from"] == [
         {"podSelector": {"matchLabels": naming.worker_selector("tq1")}},
         {"podSelector": {"matchLabels": {"ebbtide.dev/producer": "tq1"}}},
-        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"ebbtide.dev/operator": "true"}}},
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ebbtide-system"}},
+            "podSelector": {"matchLabels": {"ebbtide.dev/operator": "true"}},
+        },
     ]
     assert rule["ports"] == [{"protocol": "TCP", "port": 5672}, {"protocol": "TCP", "port": 15672}]
     # The same peers as the managed Redis, on its own port.
-    redis_rule = redis.redis_network_policy(body())["spec"]["ingress"][0]
+    redis_rule = redis.redis_network_policy(body(), "ebbtide-system")["spec"]["ingress"][0]
     assert redis_rule["from"] == rule["from"]
 
 
