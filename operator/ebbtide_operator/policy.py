@@ -9,18 +9,22 @@ persist it in the TaskQueue's status and scaling survives an operator restart.
 `BacklogTimePolicy` wraps `decide` as a stateful callable `policy(obs, spec) -> int`
 for the simulator.
 
-The maths (docs/scaling-policy.md explains every step):
+The maths (docs/scaling-policy.md explains every step; the sizing is in policy_demand):
 
-- demand, in tasks/s, per queue q: ``lambda_q + B_q / deadline_q`` where the drain
-  deadline is the queue's own T, shortened by the age of its oldest task (a task that
-  already waited leaves less time for the rest of the backlog), never below a floor;
-- desired = ceil(sum_q demand_q / mu), mu = measured tasks/s per replica, or
-  concurrency / initial_task_seconds while it is unknown; never below the busy pods;
-- lambda is smoothed (EWMA) so Poisson noise does not ratchet replicas up through the
-  scale-down window; the backlog term corrects any lag within one poll;
-- scale-up is immediate (bounded by max_scale_up_step); scale-down takes the highest
-  recommendation of the stabilization window (as the HPA does); zero only after
-  scale_to_zero_idle_seconds with nothing ready, running or arriving.
+- desired = ceil(max(backlog pods, (lambda + sum_q B_q / T_q) / mu)), never below the
+  busy pods; mu = measured tasks/s per replica, or concurrency / initial_task_seconds;
+- backlog pods: the fewest pods that start every queue's backlog before its oldest
+  task's deadline (T_q - age), earliest deadline first, where ready pods work for the
+  whole deadline, starting pods for what is left after their start-up, and new pods for
+  what is left after the (observed) pod start-up time. A burst is sized from its work,
+  and a pod that would be ready after the burst is drained is not started;
+- lambda is an EWMA with a change detector: a fall is believed at once, a rise when the
+  next poll confirms it (a bulk send is backlog, not a stream);
+- scale-up is immediate (bounded by max_scale_up_step). Scale-down is immediate too,
+  except that the stabilization window holds the highest count the arrivals alone asked
+  for (a fall beyond noise empties it) and pods started for a backlog stay until that
+  backlog shrinks; zero after scale_to_zero_idle_seconds with nothing ready, running or
+  arriving.
 
 Replicas are the Deployment's desired count, so pods that are still starting already
 count as capacity: the policy computes a total, never "ready + more".
