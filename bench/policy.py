@@ -37,7 +37,7 @@ from ebbtide_operator.simulate import (  # noqa: E402
     simulate,
     summarize,
 )
-from ebbtide_operator.simulate.run import make_policy, mean_service_s  # noqa: E402
+from ebbtide_operator.simulate.run import make_policy, mean_service_s, oracle_for  # noqa: E402
 
 SLO_TARGET = 0.99
 ORACLE_FACTOR = 1.3
@@ -73,12 +73,12 @@ class Run:
     summary: dict
 
 
-def run(tasks, policy, config: SimConfig, label: str) -> Run:
+def run(tasks, policy, config: SimConfig, label: str, oracle: float) -> Run:
     result = simulate(tasks, policy, config)
-    return Run(label, result, summarize(result, tasks, config, label))
+    return Run(label, result, summarize(result, tasks, config, label, oracle))
 
 
-def keda_tuned(tasks, config: SimConfig) -> Run:
+def keda_tuned(tasks, config: SimConfig, oracle: float) -> Run:
     """The cheapest KEDA setting on the grid that meets the SLO, else the best SLO."""
     rate = config.concurrency / max(mean_service_s(tasks), 1e-9)
     best: Run | None = None
@@ -87,7 +87,7 @@ def keda_tuned(tasks, config: SimConfig) -> Run:
             policy = KedaPolicy(
                 list_length=config.target_backlog_seconds * rate * fraction, polling_interval=poll
             )
-            r = run(tasks, policy, config, f"keda {fraction:g}xL p{poll:.0f}")
+            r = run(tasks, policy, config, f"keda {fraction:g}xL p{poll:.0f}", oracle)
             if best is None or _better(r.summary, best.summary):
                 best = r
     assert best is not None
@@ -134,11 +134,14 @@ def main() -> int:
     for name in names:
         config = TRACES[name]
         tasks = read_trace(Path(args.traces) / f"{name}.csv")
-        ours = run(tasks, make_policy("backlog-time", config, tasks), config, "ebbtide")
+        oracle = oracle_for(tasks, config)  # the windows do not change it
+        ours = run(tasks, make_policy("backlog-time", config, tasks), config, "ebbtide", oracle)
         tuned_config = replace(config, **TUNED)
-        tuned = run(tasks, make_policy("backlog-time", tuned_config, tasks), tuned_config, "")
+        tuned = run(
+            tasks, make_policy("backlog-time", tuned_config, tasks), tuned_config, "", oracle
+        )
         tuned.summary["policy"] = "ebbtide-tuned"
-        keda = keda_tuned(tasks, config)
+        keda = keda_tuned(tasks, config, oracle)
         runs = [ours, tuned, keda]
         lines += [row(name if i == 0 else "", r.summary) for i, r in enumerate(runs)]
         lines.append(oracle_row(ours.summary))
