@@ -415,8 +415,8 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
 
 
 def _fell(previous: float, now: float) -> bool:
-    """lambda dropped by more than the tolerance: the arrivals that filled the window are
-    over (the change detector jumped, or the load has decayed for a while)."""
+    """lambda fell to half or less since the last poll: the change detector believed a
+    fall, so the arrivals that filled the window are over."""
     return now < previous and now <= previous / 2.0
 
 

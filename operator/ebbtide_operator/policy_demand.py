@@ -89,17 +89,14 @@ def startup_seconds(obs: Observation, spec: ScalingSpec) -> float:
     return max(spec.pod_startup_seconds, 0.0)
 
 
-def backlog_pods(
-    backlog: float, deadline: float, mu: float, fleet: tuple[tuple[float, float], ...]
-) -> float:
-    """The fewest (fractional) pods that start `backlog` tasks within `deadline` s.
+def backlog_pods(backlog: float, mu: float, fleet: tuple[tuple[float, float], ...]) -> float:
+    """The fewest (fractional) pods that start `backlog` tasks in time.
 
-    `fleet` lists (pods, seconds until they can work) for the pods there are, best first
-    (ready, then starting); pods beyond them are new. A pod contributes mu tasks/s over
-    what is left of the deadline once it is ready, so a pod that would be ready after the
-    burst is drained adds nothing and is not asked for; the shorter the deadline, the more
-    of the fleet must exist already. When the deadline is gone anyway, every pod is given
-    `floor` seconds (the last entry of `fleet`: the new pods' horizon) to catch up."""
+    `fleet` lists (pods, seconds of the deadline they can work) best first: ready pods,
+    then starting ones, then new ones without limit (`fleet_horizons`). A pod contributes
+    mu tasks/s over its seconds, so a pod that would be ready after the burst is drained
+    adds nothing and is not asked for, and the shorter the deadline, the more of the
+    fleet must exist already."""
     if backlog <= 0:
         return 0.0
     need = backlog / mu  # pod-seconds of work to start
@@ -116,7 +113,9 @@ def backlog_pods(
 def fleet_horizons(
     obs: Observation, spec: ScalingSpec, state: PolicyState, deadline: float, target: float
 ) -> tuple[tuple[float, float], ...]:
-    """(pods, seconds of the deadline they can use): ready, starting, new."""
+    """(pods, seconds of the deadline they can use): ready, starting, new. Each horizon is
+    at least min_deadline_fraction * T: when the deadline is gone anyway (the oldest task
+    is older than T - S), the late backlog is given that long to catch up."""
     startup = startup_seconds(obs, spec)
     floor = max(target * spec.min_deadline_fraction, 1e-3)
     ready = max(0, min(obs.ready_replicas, obs.replicas))
@@ -152,7 +151,7 @@ def queue_backlog_pods(
     best, worst, total = 0.0, None, 0.0
     for deadline, target, q in pending:
         total += q.backlog
-        pods = backlog_pods(total, deadline, mu, fleet_horizons(obs, spec, state, deadline, target))
+        pods = backlog_pods(total, mu, fleet_horizons(obs, spec, state, deadline, target))
         if pods > best or worst is None:
             best, worst = max(best, pods), q
     return best, worst

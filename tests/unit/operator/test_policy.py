@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from ebbtide_operator.policy import (
     BacklogTimePolicy,
     Observation,
@@ -12,6 +13,7 @@ from ebbtide_operator.policy import (
     ScalingSpec,
     decide,
 )
+from ebbtide_operator.policy_demand import backlog_pods
 
 SPEC = ScalingSpec(min_replicas=0, max_replicas=50, target_backlog_seconds=30.0)
 
@@ -286,3 +288,13 @@ def test_a_delayed_task_due_soon_blocks_scale_to_zero():
     )
     assert decide(delayed(3.0, replicas=1), spec, PolicyState()).replicas == 1
     assert decide(delayed(600.0, replicas=1), spec, PolicyState()).replicas == 0
+
+
+def test_backlog_pods_fills_the_fleet_best_first():
+    inf = float("inf")
+    fleet = ((2.0, 30.0), (3.0, 25.0), (inf, 20.0))  # ready, starting, new
+    assert backlog_pods(0, 1.0, fleet) == 0.0
+    assert backlog_pods(30, 1.0, fleet) == 1.0  # one ready pod's 30 s will do
+    assert backlog_pods(60 + 75, 1.0, fleet) == 5.0  # the ready and starting pods
+    assert backlog_pods(60 + 75 + 40, 1.0, fleet) == 7.0  # and two new ones
+    assert backlog_pods(60 + 75 + 40, 2.0, fleet) == pytest.approx(2 + 27.5 / 25)
