@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ebbtide_operator.simulate import (  # noqa: E402
     KedaPolicy,
+    Policy,
     SimConfig,
     SimResult,
     read_trace,
@@ -76,6 +77,13 @@ class Run:
 def run(tasks, policy, config: SimConfig, label: str, oracle: float) -> Run:
     result = simulate(tasks, policy, config)
     return Run(label, result, summarize(result, tasks, config, label, oracle))
+
+
+def ebbtide(config: SimConfig, tasks, args: argparse.Namespace) -> Policy:
+    policy = make_policy("backlog-time", config, tasks)
+    if not args.ignore_observed_startup:
+        return policy
+    return lambda obs, spec: policy(replace(obs, pod_startup_s=None), spec)
 
 
 def keda_tuned(tasks, config: SimConfig, oracle: float) -> Run:
@@ -127,19 +135,27 @@ def main() -> int:
     parser.add_argument("--plots", default=str(ROOT / "docs"))
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--only", default="", help="comma-separated trace names")
+    parser.add_argument(
+        "--pod-startup-seconds", type=float, default=None, help="override the worlds' 10 s"
+    )
+    parser.add_argument(
+        "--ignore-observed-startup",
+        action="store_true",
+        help="hide the observed start-up from Ebbtide (it then plans with its 10 s guess)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     names = [n for n in TRACES if not args.only or n in args.only.split(",")]
     lines, checks, misses = [HEADER, "-" * len(HEADER)], [], 0
     for name in names:
         config = TRACES[name]
+        if args.pod_startup_seconds is not None:
+            config = replace(config, pod_startup_seconds=args.pod_startup_seconds)
         tasks = read_trace(Path(args.traces) / f"{name}.csv")
         oracle = oracle_for(tasks, config)  # the windows do not change it
-        ours = run(tasks, make_policy("backlog-time", config, tasks), config, "ebbtide", oracle)
+        ours = run(tasks, ebbtide(config, tasks, args), config, "ebbtide", oracle)
         tuned_config = replace(config, **TUNED)
-        tuned = run(
-            tasks, make_policy("backlog-time", tuned_config, tasks), tuned_config, "", oracle
-        )
+        tuned = run(tasks, ebbtide(tuned_config, tasks, args), tuned_config, "", oracle)
         tuned.summary["policy"] = "ebbtide-tuned"
         keda = keda_tuned(tasks, config, oracle)
         runs = [ours, tuned, keda]
@@ -157,9 +173,11 @@ def main() -> int:
             from plot_policy import plot
 
             plot(name, config, runs, Path(args.plots) / f"policy-{name}.png", ZOOM)
+    startup = args.pod_startup_seconds if args.pod_startup_seconds is not None else 10.0
+    hidden = " (hidden from ebbtide)" if args.ignore_observed_startup else ""
     print(
         f"World: target {BASE.target_backlog_seconds:.0f} s, poll {BASE.poll_seconds:.0f} s, "
-        f"pod start-up {BASE.pod_startup_seconds:.0f} s, replicas {BASE.min_replicas}.."
+        f"pod start-up {startup:g} s{hidden}, replicas {BASE.min_replicas}.."
         f"{BASE.max_replicas}, concurrency 1 (bursts, heavyburst: 4)"
     )
     print(
