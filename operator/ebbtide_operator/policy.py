@@ -9,18 +9,22 @@ persist it in the TaskQueue's status and scaling survives an operator restart.
 `BacklogTimePolicy` wraps `decide` as a stateful callable `policy(obs, spec) -> int`
 for the simulator.
 
-The maths (docs/scaling-policy.md explains every step):
+The maths (docs/scaling-policy.md explains every step; the sizing is in policy_demand):
 
-- demand, in tasks/s, per queue q: ``lambda_q + B_q / deadline_q`` where the drain
-  deadline is the queue's own T, shortened by the age of its oldest task (a task that
-  already waited leaves less time for the rest of the backlog), never below a floor;
-- desired = ceil(sum_q demand_q / mu), mu = measured tasks/s per replica, or
-  concurrency / initial_task_seconds while it is unknown; never below the busy pods;
-- lambda is smoothed (EWMA) so Poisson noise does not ratchet replicas up through the
-  scale-down window; the backlog term corrects any lag within one poll;
-- scale-up is immediate (bounded by max_scale_up_step); scale-down takes the highest
-  recommendation of the stabilization window (as the HPA does); zero only after
-  scale_to_zero_idle_seconds with nothing ready, running or arriving.
+- desired = ceil(max(backlog pods, (lambda + sum_q B_q / T_q) / mu)), never below the
+  busy pods; mu = measured tasks/s per replica, or concurrency / initial_task_seconds;
+- backlog pods: the fewest pods that start every queue's backlog before its oldest
+  task's deadline (T_q - age), earliest deadline first, where ready pods work for the
+  whole deadline, starting pods for what is left after their start-up, and new pods for
+  what is left after the (observed) pod start-up time. A burst is sized from its work,
+  and a pod that would be ready after the burst is drained is not started;
+- lambda is an EWMA with a change detector: a fall is believed at once, a rise when the
+  next poll confirms it (a bulk send is backlog, not a stream);
+- scale-up is immediate (bounded by max_scale_up_step). Scale-down is immediate too,
+  except that the stabilization window holds the highest count the arrivals alone asked
+  for (a fall beyond noise empties it) and pods started for a backlog stay until that
+  backlog shrinks; zero after scale_to_zero_idle_seconds with nothing ready, running or
+  arriving.
 
 Replicas are the Deployment's desired count, so pods that are still starting already
 count as capacity: the policy computes a total, never "ready + more".
@@ -32,6 +36,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ebbtide_operator.policy_demand import (
+    measured_service_rate,
+    queue_backlog_pods,
+    service_rate_per_replica,
+    smooth_arrival_rate,
+    smooth_service_rate,
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,9 @@ class Observation:
     service_rate: float | None = None  # mu: tasks/s per replica (smoothed); None = unknown yet
     queues: tuple[QueueObservation, ...] = ()  # empty = a single queue described by aggregates
     broker_reachable: bool = True
+    # Seconds from a worker pod's creation to Ready, as observed (e.g. a recent median);
+    # None = not measured yet, and ScalingSpec.pod_startup_seconds is used.
+    pod_startup_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,7 +88,7 @@ class ScalingSpec:
     target_backlog_seconds: float = 30.0
     poll_seconds: float = 5.0
     scale_down_stabilization_seconds: float = 60.0
-    scale_to_zero_idle_seconds: float = 120.0
+    scale_to_zero_idle_seconds: float = 0.0
     max_scale_up_step: int = 0  # 0 = unbounded
     initial_task_seconds: float = 1.0  # cold-start guess of one task's duration
     concurrency: int = 1  # task slots per replica
@@ -87,20 +102,25 @@ class ScalingSpec:
     arrival_smoothing_seconds: float = 60.0
     # Completions that move the policy's own mu EWMA by 1 - 1/e; 0 disables it.
     service_smoothing_tasks: float = 50.0
-    # Shortest drain deadline the oldest task's age may leave, as a fraction of T.
+    # Shortest drain deadline a late backlog is given, as a fraction of T.
     min_deadline_fraction: float = 0.25
+    # A new pod's creation-to-Ready time until one is observed (Observation.pod_startup_s).
+    pod_startup_seconds: float = 10.0
 
 
 @dataclass
 class PolicyState:
     """Memory the policy keeps between polls. Must stay JSON-serialisable."""
 
-    recommendations: list[tuple[float, int]] = field(default_factory=list)  # (time, replicas)
+    # (time, replicas) the arrival rate alone asked for: the scale-down window.
+    recommendations: list[tuple[float, int]] = field(default_factory=list)
     idle_since: float | None = None
     last_scale_time: float | None = None
     arrival_rate_smoothed: float | None = None  # EWMA of lambda, tasks/s
     service_rate_smoothed: float | None = None  # EWMA of mu, tasks/s per replica
     last_poll_time: float | None = None  # `now` of the previous decision (EWMA step)
+    arrival_jump: float | None = None  # an upward jump in lambda, awaiting confirmation
+    up_backlog: int | None = None  # the backlog at the last scale-up, until it shrinks
 
     def to_dict(self) -> dict:
         return {
@@ -110,6 +130,8 @@ class PolicyState:
             "arrivalRateSmoothed": self.arrival_rate_smoothed,
             "serviceRateSmoothed": self.service_rate_smoothed,
             "lastPollTime": self.last_poll_time,
+            "arrivalJump": self.arrival_jump,
+            "upBacklog": self.up_backlog,
         }
 
     @classmethod
@@ -132,6 +154,8 @@ class PolicyState:
             arrival_rate_smoothed=_float_or_none(data.get("arrivalRateSmoothed")),
             service_rate_smoothed=_float_or_none(data.get("serviceRateSmoothed")),
             last_poll_time=_float_or_none(data.get("lastPollTime")),
+            arrival_jump=_float_or_none(data.get("arrivalJump")),
+            up_backlog=_int_or_none(data.get("upBacklog")),
         )
 
 
@@ -139,6 +163,10 @@ def _float_or_none(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
@@ -150,45 +178,8 @@ class Decision:
     degraded: bool = False  # True when the broker was unreachable
 
 
-CHANGE_SIGMAS = 4.0  # arrival counts beyond this many Poisson sigmas mean a real change
-
-
 def _clamp(value: int, spec: ScalingSpec) -> int:
     return max(spec.min_replicas, min(spec.max_replicas, value))
-
-
-def measured_service_rate(obs: Observation) -> float | None:
-    mu = obs.service_rate
-    return mu if mu is not None and mu > 0 and math.isfinite(mu) else None
-
-
-def smooth_service_rate(obs: Observation, spec: ScalingSpec, state: PolicyState) -> float | None:
-    """A second EWMA over the operator's mu, weighted by how many tasks completed since
-    the last poll: weight = 1 - exp(-completed / service_smoothing_tasks).
-
-    Why by count, not by time: per-poll mu samples swing by +-10 % even at a steady load
-    (and the scale-down window keeps the highest recommendation), and the last few
-    completions of a burst are its longest tasks, which would otherwise leave a stale,
-    too-low mu for the start of the next burst. A poll with 3 completions barely moves
-    the estimate; one with 100 moves it almost all the way."""
-    mu = measured_service_rate(obs)
-    prev, last = state.service_rate_smoothed, state.last_poll_time
-    scale = spec.service_smoothing_tasks
-    if mu is None:
-        return prev
-    if prev is None or scale <= 0:
-        return mu
-    if last is None or obs.now <= last:
-        return prev
-    completed = max(obs.completion_rate, 0.0) * (obs.now - last)
-    return prev + (1.0 - math.exp(-completed / scale)) * (mu - prev)
-
-
-def service_rate_per_replica(mu: float | None, spec: ScalingSpec) -> float:
-    """mu: measured when known, else the cold-start guess (never zero)."""
-    if mu is not None and mu > 0 and math.isfinite(mu):
-        return mu
-    return max(1, spec.concurrency) / max(spec.initial_task_seconds, 1e-3)
 
 
 def _queues(obs: Observation, spec: ScalingSpec) -> tuple[QueueObservation, ...]:
@@ -206,42 +197,9 @@ def _queues(obs: Observation, spec: ScalingSpec) -> tuple[QueueObservation, ...]
     )
 
 
-def drain_deadline(queue: QueueObservation, spec: ScalingSpec) -> float:
-    """Seconds in which the queue's backlog should be started.
-
-    T while the oldest task is younger than T/2: with tasks arriving over time the binding
-    constraint is the newest task, which needs B / T of capacity. Past T/2 the queue is
-    falling behind (capacity arrived late, or mu was overestimated), so the deadline
-    shrinks linearly to the floor `min_deadline_fraction * T` when the oldest task reaches
-    T, and stays there while it is older: the later the backlog, the harder the scale-up."""
-    target = queue.target_backlog_seconds
-    if not (target > 0):
-        target = spec.target_backlog_seconds
-    floor = max(target * spec.min_deadline_fraction, 1e-3)
-    age = max(queue.oldest_age_s, 0.0)
-    return max(floor, min(target, 2.0 * (target - age)))
-
-
-def smooth_arrival_rate(obs: Observation, spec: ScalingSpec, state: PolicyState) -> float:
-    """EWMA of lambda with time constant `arrival_smoothing_seconds`, with a Poisson change
-    detector: when this poll's arrival count is far outside the noise expected from the
-    smoothed rate (|observed - expected| > CHANGE_SIGMAS * sqrt(expected) + 2), the load
-    has really changed (a burst began or ended) and the EWMA jumps to the new rate at once.
-    So noise is damped but a burst is seen within one poll."""
-    raw = obs.arrival_rate if math.isfinite(obs.arrival_rate) else 0.0
-    raw = max(raw, 0.0)
-    prev, last = state.arrival_rate_smoothed, state.last_poll_time
-    tau = spec.arrival_smoothing_seconds
-    if prev is None or tau <= 0:
-        return raw
-    if last is None or obs.now <= last:
-        return prev
-    dt = obs.now - last
-    expected, observed = prev * dt, raw * dt
-    if abs(observed - expected) > CHANGE_SIGMAS * math.sqrt(expected) + 2.0:
-        return raw
-    weight = 1.0 - math.exp(-dt / tau)
-    return prev + weight * (raw - prev)
+def _target(q: QueueObservation, spec: ScalingSpec) -> float:
+    t = q.target_backlog_seconds
+    return t if t > 0 else max(spec.target_backlog_seconds, 1e-3)
 
 
 @dataclass(frozen=True)
@@ -250,6 +208,7 @@ class Demand:
 
     replicas: int
     need: float  # fractional replicas before rounding
+    arrival_need: float  # the part that keeps up with arrivals (what the window holds)
     backlog: int
     drain_seconds: float | None  # backlog / current capacity
     worst_queue: QueueObservation | None  # the queue with the tightest deadline
@@ -258,28 +217,28 @@ class Demand:
 
 
 def compute_demand(
-    obs: Observation, spec: ScalingSpec, arrival_rate: float, service_rate: float | None = None
+    obs: Observation,
+    spec: ScalingSpec,
+    arrival_rate: float,
+    service_rate: float | None = None,
+    state: PolicyState | None = None,
 ) -> Demand:
-    """ceil((lambda + sum_q B_q / deadline_q) / mu), at least the busy pods."""
+    """lambda / mu + the pods that start every queue's backlog by its deadline (see
+    `policy_demand.queue_backlog_pods`), at least the busy pods."""
     mu = service_rate_per_replica(
         service_rate if service_rate is not None else measured_service_rate(obs), spec
     )
     queues = _queues(obs, spec)
-    # lambda enters as the (smoothed) total: sum_q lambda_q / mu == (sum_q lambda_q) / mu.
-    backlog_rate = 0.0
-    worst: QueueObservation | None = None
-    worst_slack = math.inf
-    for q in queues:
-        if q.backlog <= 0:
-            continue
-        deadline = drain_deadline(q, spec)
-        backlog_rate += q.backlog / deadline
-        if deadline < worst_slack:
-            worst, worst_slack = q, deadline
+    backlog_need, worst = queue_backlog_pods(obs, spec, state or PolicyState(), queues, mu)
     lam = max(arrival_rate, 0.0)
     if obs.arrival_rate <= 0 and all(q.backlog <= 0 and q.in_flight <= 0 for q in queues):
         lam = 0.0  # nothing queued, running or arriving: no smoothed tail keeps pods
-    need = (lam + backlog_rate) / mu
+    # The start-up-aware backlog term sizes a burst; the stream term (lambda + B/T) / mu
+    # keeps a queue that keeps up with its arrivals short. Under FIFO the backlog is
+    # served before the arrivals behind it, so the two are not added: once the backlog
+    # has started within its deadline, capacity >= lambda keeps every later task in time.
+    stream = sum(max(q.backlog, 0) / _target(q, spec) for q in queues)
+    need = max(backlog_need, (lam + stream) / mu)
     replicas = math.ceil(need - 1e-9)
     in_flight = sum(max(q.in_flight, 0) for q in queues)
     busy = math.ceil(in_flight / max(spec.concurrency, 1))
@@ -291,6 +250,7 @@ def compute_demand(
     return Demand(
         replicas=max(replicas, busy),
         need=need,
+        arrival_need=lam / mu,
         backlog=backlog,
         drain_seconds=drain,
         worst_queue=worst,
@@ -365,9 +325,9 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         return _hold(obs, spec, state, "broker unreachable", degraded=True)
 
     now = obs.now
-    lam = smooth_arrival_rate(obs, spec, state)
+    lam, jump = smooth_arrival_rate(obs, spec, state)
     mu = smooth_service_rate(obs, spec, state)
-    demand = compute_demand(obs, spec, lam, mu)
+    demand = compute_demand(obs, spec, lam, mu, state)
     idle = _is_idle(obs, spec)
     idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
     idle_for = now - idle_since if idle_since is not None else 0.0
@@ -384,11 +344,24 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         raw = min(obs.replicas, max(raw, math.ceil(demand.need * (1.0 + spec.tolerance) - 1e-9)))
     raw = _clamp(raw, spec)
 
+    # The window holds what the arrivals asked for, not the backlog: a drained backlog is
+    # gone for certain, Poisson noise in lambda is not. A fall the change detector
+    # believed (state.arrival_rate_smoothed above lam beyond noise) empties the window.
     window = spec.scale_down_stabilization_seconds
-    recs = [(t, r) for t, r in state.recommendations if now - window < t <= now]
-    recs.append((now, raw))
+    fell = state.arrival_rate_smoothed is not None and _fell(state.arrival_rate_smoothed, lam)
+    recs = [] if fell else [(t, r) for t, r in state.recommendations if now - window < t <= now]
+    arrival_rec = _clamp(math.ceil(demand.arrival_need * (1.0 + spec.tolerance) - 1e-9), spec)
+    recs.append((now, arrival_rec))
     current = obs.replicas
-    stabilized = max(r for _, r in recs)
+    stabilized = max(raw, max(r for _, r in recs))
+    # Flap guard: pods started for a backlog stay until that backlog shrinks. (They were
+    # sized as pods still to start; once Ready, the same backlog would need fewer, and
+    # dropping them then would bounce the count under a load that has not changed.)
+    up_backlog = state.up_backlog if 0 < demand.backlog else None
+    if up_backlog is not None and demand.backlog >= up_backlog:
+        stabilized = max(stabilized, current)
+    if zero_ok:
+        stabilized = raw
 
     if raw > current:
         target = raw
@@ -402,14 +375,14 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         target = stabilized
         reason = (
             f"backlog {demand.backlog}, arrivals {demand.arrival_rate:.2f}/s: "
-            f"{raw} replicas suffice (highest in {window:.0f}s window {stabilized})"
+            f"{stabilized} replicas suffice"
         )
     else:
         target = current
         if raw < current:
             reason = (
                 f"holding {current}: scale-down stabilization "
-                f"({window:.0f}s window recommends {stabilized})"
+                f"(arrivals in the {window:.0f}s window need {stabilized})"
             )
         else:
             reason = f"backlog {demand.backlog}, arrivals {demand.arrival_rate:.2f}/s: steady at {current}"
@@ -428,6 +401,10 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         arrival_rate_smoothed=lam,
         service_rate_smoothed=mu,
         last_poll_time=now,
+        arrival_jump=jump,
+        up_backlog=demand.backlog
+        if target > current
+        else (up_backlog if target == current else None),
     )
     return Decision(
         replicas=target,
@@ -435,6 +412,12 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         state=new_state,
         drain_seconds=demand.drain_seconds,
     )
+
+
+def _fell(previous: float, now: float) -> bool:
+    """lambda fell to half or less since the last poll: the change detector believed a
+    fall, so the arrivals that filled the window are over."""
+    return now < previous and now <= previous / 2.0
 
 
 class BacklogTimePolicy:

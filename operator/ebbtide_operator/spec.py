@@ -134,7 +134,7 @@ def parse_scaling(data: Mapping[str, Any], concurrency: int) -> ScalingSpec:
         target_backlog_seconds=_number(data, "targetBacklogSeconds", 30.0, path),
         poll_seconds=_number(data, "pollSeconds", 5.0, path),
         scale_down_stabilization_seconds=_number(data, "scaleDownStabilizationSeconds", 60.0, path),
-        scale_to_zero_idle_seconds=_number(data, "scaleToZeroIdleSeconds", 120.0, path),
+        scale_to_zero_idle_seconds=_number(data, "scaleToZeroIdleSeconds", 0.0, path),
         max_scale_up_step=_integer(data, "maxScaleUpStep", 0, path),
         initial_task_seconds=_number(data, "initialTaskSeconds", 1.0, path),
         concurrency=concurrency,

@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scale-to-zero-idle-seconds",
         type=float,
         default=SimConfig.scale_to_zero_idle_seconds,
-        help="backlog-time only (default: the CRD's, 120)",
+        help="backlog-time only (default: the CRD's, 0)",
     )
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = p.parse_args(argv)

@@ -18,7 +18,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 from ebbtide.stats import BrokerStats, QueueStats
@@ -98,6 +98,7 @@ class SimResult:
 @dataclass
 class _Pod:
     pid: int
+    created: float = 0.0
     ready: bool = False
     draining: bool = False
     alive: bool = True
@@ -126,6 +127,13 @@ class _World:
         self.now = 0.0
         self.replica_seconds = 0.0
         self.done = 0
+        self.startups: list[float] = []  # creation to Ready, per pod, as the operator sees it
+
+    def observed_startup(self) -> float | None:
+        """The median of the last pods' start-up times (what the operator would report
+        from pod conditions); None until a pod started after t = 0 became ready."""
+        recent = sorted(self.startups[-9:])
+        return recent[len(recent) // 2] if recent else None
 
     # -- time and events -------------------------------------------------------------
     def advance_to(self, t: float) -> None:
@@ -141,7 +149,7 @@ class _World:
         return [p for p in self.pods if p.alive and not p.draining]
 
     def add_pod(self, ready_now: bool) -> None:
-        pod = _Pod(pid=len(self.pods))
+        pod = _Pod(pid=len(self.pods), created=self.now)
         self.pods.append(pod)
         self.alive += 1
         if ready_now:
@@ -154,6 +162,7 @@ class _World:
         if not pod.alive or pod.draining:
             return
         pod.ready = True
+        self.startups.append(self.now - pod.created)
         for _ in range(self.config.concurrency):
             heapq.heappush(self.free_slots, pid)
 
@@ -247,6 +256,7 @@ def simulate(tasks: list[Task], policy: Policy, config: SimConfig) -> SimResult:
     )
     for _ in range(config.min_replicas):
         world.add_pod(ready_now=True)
+    world.startups.clear()  # the initial pods were not observed starting
     n = len(tasks)
     give_up = (tasks[-1].arrival_s if tasks else 0.0) + GIVE_UP_AFTER_S
     next_arrival, next_poll = 0, 0.0
@@ -282,6 +292,7 @@ def simulate(tasks: list[Task], policy: Policy, config: SimConfig) -> SimResult:
                 replicas=len(active),
                 ready_replicas=sum(1 for p in active if p.ready),
             )
+            obs = replace(obs, pod_startup_s=world.observed_startup())
             desired = max(config.min_replicas, min(config.max_replicas, int(policy(obs, spec))))
             scale_events += world.scale_to(desired)
             active = world.active()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from ebbtide_operator.policy import (
     BacklogTimePolicy,
     Observation,
@@ -12,6 +13,7 @@ from ebbtide_operator.policy import (
     ScalingSpec,
     decide,
 )
+from ebbtide_operator.policy_demand import backlog_pods
 
 SPEC = ScalingSpec(min_replicas=0, max_replicas=50, target_backlog_seconds=30.0)
 
@@ -27,6 +29,7 @@ def obs(**kw) -> Observation:
         replicas=1,
         ready_replicas=1,
         service_rate=1.0,
+        pod_startup_s=0.0,  # instant pods: the arithmetic below is B / T; start-up has its tests
     )
     base.update(kw)
     return Observation(**base)
@@ -50,14 +53,66 @@ def test_cold_start_uses_initial_task_seconds():
     assert d.replicas == 10  # mu = 4 / 2 s = 2 tasks/s per replica; 600/30/2
 
 
-def test_old_task_means_behind():
+def test_the_oldest_tasks_real_deadline_sizes_the_backlog():
     young = decide(obs(backlog=300, oldest_age_s=0.0), SPEC, PolicyState())
     old = decide(obs(backlog=300, oldest_age_s=20.0), SPEC, PolicyState())
     very_old = decide(obs(backlog=300, oldest_age_s=300.0), SPEC, PolicyState())
-    assert young.replicas == 10
-    assert old.replicas == 15  # past T/2 the deadline shrinks: 2 * (30 - 20) = 20 s
-    assert very_old.replicas == 40  # the floor: T/4 = 7.5 s
+    assert young.replicas == 10  # 300 tasks to start within 30 s
+    assert old.replicas == 30  # within the 10 s the oldest task has left
+    assert very_old.replicas == 40  # late already: caught up within T/4 = 7.5 s
     assert very_old.reason == "backlog 300, oldest task 300s > target 30s"
+
+
+BURST_SPEC = ScalingSpec(max_replicas=50, concurrency=4, pod_startup_seconds=10.0)
+
+
+QUIET = PolicyState(arrival_rate_smoothed=0.0, last_poll_time=995.0)  # nothing arrived before
+
+
+def burst(**kw) -> Observation:
+    """The issue's trace: 500 one-second tasks at once, 4 slots per pod, 10 s start-up."""
+    base = dict(backlog=500, oldest_age_s=5.0, arrival_rate=100.0, service_rate=4.0)
+    base.update(pod_startup_s=None, replicas=0, ready_replicas=0)
+    base.update(kw)
+    return obs(**base)
+
+
+def test_a_bulk_burst_is_sized_from_its_work_and_the_startup():
+    d = decide(burst(), BURST_SPEC, QUIET)
+    # 125 pod-seconds of work, 25 s left for the oldest task, 10 of them starting: 8.3.
+    # (It used to be 30: lambda = 100/s for one poll counted as a stream on top.)
+    assert d.replicas == 9
+    # Five seconds later the 9 are still starting: they are counted with the 5 s they
+    # still need, so the same burst asks for no more.
+    again = decide(
+        burst(now=1005.0, oldest_age_s=10.0, arrival_rate=0.0, replicas=9), BURST_SPEC, d.state
+    )
+    assert again.replicas == 9
+
+
+def test_observed_startup_time_replaces_the_guess():
+    guess = decide(burst(), BURST_SPEC, QUIET).replicas
+    slow = decide(burst(pod_startup_s=18.0), BURST_SPEC, QUIET).replicas
+    fast = decide(burst(pod_startup_s=0.0), BURST_SPEC, QUIET).replicas
+    assert (fast, guess, slow) == (5, 9, 17)  # 125 pod-s over 25, 15 and (the T/4 floor) 7.5 s
+
+
+def test_ready_pods_are_used_before_new_ones_are_started():
+    # 4 ready pods start 4 * 4 * 25 = 400 of the 500 tasks; 100 more need 100 / 4 / 15.
+    assert decide(burst(replicas=4, ready_replicas=4), BURST_SPEC, QUIET).replicas == 6
+
+
+def test_pods_started_for_a_backlog_stay_until_it_shrinks():
+    spec = ScalingSpec(max_replicas=10, target_backlog_seconds=1.0, pod_startup_seconds=10.0)
+    first = decide(
+        obs(backlog=1, arrival_rate=1.0, pod_startup_s=None, replicas=0), spec, PolicyState()
+    )
+    assert first.replicas == 4  # a new pod has only the T/4 floor for a 1 s target
+    # Ready now, the same backlog would need 2: held, as the load did not change.
+    held = decide(obs(now=1005.0, backlog=1, arrival_rate=1.0, replicas=4), spec, first.state)
+    assert held.replicas == 4
+    drained = decide(obs(now=1010.0, arrival_rate=1.0, replicas=4), spec, held.state)
+    assert drained.replicas == 2
 
 
 def test_starting_pods_count_as_capacity():
@@ -82,18 +137,23 @@ def test_step_limit_bounds_scale_up():
     assert d.replicas == 6
 
 
-def test_scale_down_waits_for_stabilization_window():
+def test_stabilization_holds_what_arrivals_asked_for_not_a_drained_backlog():
     spec = ScalingSpec(max_replicas=50, scale_down_stabilization_seconds=60.0)
-    state = decide(obs(now=0.0, backlog=600, replicas=1), spec, PolicyState()).state
-    t, replicas = 5.0, 20
+    state = decide(obs(now=0.0, backlog=600, arrival_rate=8.0, replicas=1), spec, PolicyState())
+    assert state.replicas == 28  # 600 / 30 + 8
+    # The backlog is drained, arrivals go on: down at once to what they need (+10 %).
+    d = decide(obs(now=5.0, replicas=28, arrival_rate=8.0), spec, state.state)
+    assert d.replicas == 9 and "suffice" in d.reason
+    # Arrivals dip within Poisson noise: the window keeps the 9.
+    state, t = d.state, 10.0
     while t < 60.0:
-        d = decide(obs(now=t, replicas=replicas, arrival_rate=2.0), spec, state)
-        assert d.replicas == 20, t
-        assert "stabilization" in d.reason
-        state = d.state
-        t += 5.0
-    d = decide(obs(now=t, replicas=replicas, arrival_rate=2.0), spec, state)
-    assert d.replicas < 20
+        d = decide(obs(now=t, replicas=9, arrival_rate=6.5), spec, state)
+        assert d.replicas == 9, t
+        state, t = d.state, t + 5.0
+    assert "stabilization" in d.reason
+    # A fall beyond noise is believed at once.
+    gone = decide(obs(now=t, replicas=9, arrival_rate=1.0, in_flight=1), spec, state)
+    assert gone.replicas == 2
 
 
 def test_scale_to_zero_only_after_idle_period_and_back_within_one_poll():
@@ -145,13 +205,18 @@ def test_clamped_to_min_and_max():
     assert capped.replicas == 8 and "capped at maxReplicas 8" in capped.reason
 
 
-def test_arrival_rate_noise_is_smoothed_but_a_burst_is_seen_at_once():
+def test_arrival_noise_is_smoothed_and_a_rise_believed_when_it_persists():
     state = decide(obs(now=0.0, arrival_rate=10.0, replicas=10), SPEC, PolicyState()).state
     noisy = decide(obs(now=5.0, arrival_rate=11.0, replicas=10), SPEC, state)
     assert 10.0 < noisy.state.arrival_rate_smoothed < 11.0  # 55 arrivals vs 50 expected
-    burst = decide(obs(now=5.0, arrival_rate=30.0, replicas=10), SPEC, state)
-    assert burst.state.arrival_rate_smoothed == 30.0  # 150 vs 50: a real change
-    assert burst.replicas == 30
+    # 150 vs 50: a real change, or a bulk send (then its backlog says it all): not yet.
+    first = decide(obs(now=5.0, arrival_rate=30.0, replicas=10), SPEC, state)
+    assert first.state.arrival_rate_smoothed == 10.0 and first.state.arrival_jump == 30.0
+    second = decide(obs(now=10.0, arrival_rate=30.0, replicas=10), SPEC, first.state)
+    assert second.state.arrival_rate_smoothed == 30.0 and second.replicas == 30
+    # A fall is believed at once.
+    fell = decide(obs(now=15.0, arrival_rate=2.0, replicas=30), SPEC, second.state)
+    assert fell.state.arrival_rate_smoothed == 2.0 and fell.replicas == 3
 
 
 def test_tolerance_skips_a_marginal_scale_up():
@@ -162,10 +227,13 @@ def test_tolerance_skips_a_marginal_scale_up():
 
 def test_mu_moves_with_the_number_of_completions():
     state = decide(obs(now=0.0, service_rate=1.0), SPEC, PolicyState()).state
-    few = decide(obs(now=5.0, service_rate=2.0, completion_rate=0.4), SPEC, state)
-    many = decide(obs(now=5.0, service_rate=2.0, completion_rate=40.0), SPEC, state)
+    few = decide(obs(now=5.0, service_rate=2.0, completion_rate=0.4, backlog=1), SPEC, state)
+    many = decide(obs(now=5.0, service_rate=2.0, completion_rate=40.0, backlog=1), SPEC, state)
     assert 1.0 < few.state.service_rate_smoothed < 1.05  # 2 completions: barely moves
     assert 1.95 < many.state.service_rate_smoothed < 2.0  # 200 completions: follows
+    # Nothing queued or arriving: these are a burst's last (longest) tasks; mu stays.
+    tail = decide(obs(now=5.0, service_rate=0.5, completion_rate=40.0), SPEC, state)
+    assert tail.state.service_rate_smoothed == 1.0
 
 
 def test_state_round_trips_through_json_and_survives_garbage():
@@ -181,8 +249,8 @@ def test_state_round_trips_through_json_and_survives_garbage():
 def test_callable_adapter_keeps_state():
     policy = BacklogTimePolicy()
     assert policy(obs(now=0.0, backlog=600), SPEC) == 20
-    assert policy(obs(now=5.0, replicas=20), SPEC) == 20  # stabilization remembered
-    assert policy.last is not None and policy.state.recommendations
+    assert policy(obs(now=5.0, replicas=20, backlog=600), SPEC) == 20  # flap guard remembered
+    assert policy.last is not None and policy.state.up_backlog == 600
 
 
 def test_non_finite_rates_never_reach_the_persisted_state():
@@ -220,3 +288,13 @@ def test_a_delayed_task_due_soon_blocks_scale_to_zero():
     )
     assert decide(delayed(3.0, replicas=1), spec, PolicyState()).replicas == 1
     assert decide(delayed(600.0, replicas=1), spec, PolicyState()).replicas == 0
+
+
+def test_backlog_pods_fills_the_fleet_best_first():
+    inf = float("inf")
+    fleet = ((2.0, 30.0), (3.0, 25.0), (inf, 20.0))  # ready, starting, new
+    assert backlog_pods(0, 1.0, fleet) == 0.0
+    assert backlog_pods(30, 1.0, fleet) == 1.0  # one ready pod's 30 s will do
+    assert backlog_pods(60 + 75, 1.0, fleet) == 5.0  # the ready and starting pods
+    assert backlog_pods(60 + 75 + 40, 1.0, fleet) == 7.0  # and two new ones
+    assert backlog_pods(60 + 75 + 40, 2.0, fleet) == pytest.approx(2 + 27.5 / 25)

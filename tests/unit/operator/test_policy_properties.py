@@ -35,6 +35,9 @@ def states(draw) -> PolicyState:
         idle_since=draw(st.one_of(st.none(), st.floats(0.0, 1000.0))),
         arrival_rate_smoothed=draw(st.one_of(st.none(), rates)),
         last_poll_time=draw(st.one_of(st.none(), st.floats(0.0, 1000.0))),
+        last_scale_time=draw(st.one_of(st.none(), st.floats(0.0, 2000.0))),
+        arrival_jump=draw(st.one_of(st.none(), rates)),
+        up_backlog=draw(st.one_of(st.none(), st.integers(0, 100_000))),
     )
 
 
@@ -53,6 +56,7 @@ obs_kwargs = st.fixed_dictionaries(
         "ready_replicas": st.integers(0, 300),
         "service_rate": st.one_of(st.none(), st.floats(0.01, 100.0)),
         "broker_reachable": st.booleans(),
+        "pod_startup_s": st.one_of(st.none(), st.floats(0.0, 120.0)),
     }
 )
 

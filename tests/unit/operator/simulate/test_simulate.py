@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from ebbtide_operator.policy import Observation, ScalingSpec
+from ebbtide_operator.policy import BacklogTimePolicy, Observation, ScalingSpec
 from ebbtide_operator.simulate import (
     KedaPolicy,
     SimConfig,
@@ -158,3 +158,32 @@ def test_queues_are_fifo_each_and_report_their_own_figures():
     first = seen[0]
     assert [q.name for q in first.queues] == ["a", "b"]
     assert all(q.target_backlog_seconds == 30.0 for q in first.queues)
+
+
+def test_the_policy_sees_the_pod_startup_it_observed():
+    seen: list[float | None] = []
+
+    def one_pod(obs: Observation, spec: ScalingSpec) -> int:
+        seen.append(obs.pod_startup_s)
+        return 1
+
+    simulate([Task(0.0, 1.0), Task(20.0, 1.0)], one_pod, SimConfig(pod_startup_seconds=7.0))
+    assert seen[0] is None and seen[-1] == 7.0
+
+
+def test_a_bulk_burst_at_the_defaults_meets_the_target_without_a_fleet_it_cannot_use():
+    """The issue's shape, small: 200 one-second tasks at once, 4 slots per pod, 10 s
+    start-up. It used to peak at 4x the pods the burst could use and hold them."""
+    import random
+
+    rng = random.Random(14)
+    tasks = sorted(
+        (Task(round(rng.uniform(0.0, 1.0), 3), round(rng.expovariate(1.0), 3)) for _ in range(200)),
+        key=lambda t: t.arrival_s,
+    )
+    config = SimConfig(concurrency=4)
+    result = simulate(tasks, BacklogTimePolicy(), config)
+    oracle = oracle_replica_seconds(tasks, 30.0, concurrency=4, pod_startup_s=10.0)
+    assert result.slo_attainment(30.0) == 1.0
+    assert result.peak_replicas <= 5  # 50 pod-seconds of work, 15 s to do it in: 4
+    assert result.replica_seconds <= 1.6 * oracle

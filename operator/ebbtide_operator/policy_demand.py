@@ -1,0 +1,157 @@
+"""How many replicas the work needs: the estimators and the sizing behind `policy.decide`.
+
+Pure functions of the policy's inputs (no I/O, no clock). Kept apart from policy.py so
+the contract (the dataclasses and `decide`) stays short; docs/scaling-policy.md derives
+every formula.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ebbtide_operator.policy import Observation, PolicyState, QueueObservation, ScalingSpec
+
+CHANGE_SIGMAS = 4.0  # arrival counts beyond this many Poisson sigmas mean a real change
+
+
+def measured_service_rate(obs: Observation) -> float | None:
+    mu = obs.service_rate
+    return mu if mu is not None and mu > 0 and math.isfinite(mu) else None
+
+
+def smooth_service_rate(obs: Observation, spec: ScalingSpec, state: PolicyState) -> float | None:
+    """A second EWMA over the operator's mu, weighted by how many tasks completed since
+    the last poll: weight = 1 - exp(-completed / service_smoothing_tasks).
+
+    Why by count, not by time: per-poll mu samples swing by +-10 % even at a steady load,
+    and the last few completions of a burst are its longest tasks, which would otherwise
+    leave a stale, too-low mu for the start of the next burst."""
+    mu = measured_service_rate(obs)
+    prev, last = state.service_rate_smoothed, state.last_poll_time
+    scale = spec.service_smoothing_tasks
+    if mu is None or (prev is not None and obs.backlog <= 0 and obs.arrival_rate <= 0):
+        # Nothing new started: what completes now is the tail of a burst, its longest
+        # tasks, and would leave a mu too low for the start of the next one.
+        return prev
+    if prev is None or scale <= 0:
+        return mu
+    if last is None or obs.now <= last:
+        return prev
+    completed = max(obs.completion_rate, 0.0) * (obs.now - last)
+    return prev + (1.0 - math.exp(-completed / scale)) * (mu - prev)
+
+
+def service_rate_per_replica(mu: float | None, spec: ScalingSpec) -> float:
+    """mu: measured when known, else the cold-start guess (never zero)."""
+    if mu is not None and mu > 0 and math.isfinite(mu):
+        return mu
+    return max(1, spec.concurrency) / max(spec.initial_task_seconds, 1e-3)
+
+
+def smooth_arrival_rate(
+    obs: Observation, spec: ScalingSpec, state: PolicyState
+) -> tuple[float, float | None]:
+    """(lambda to plan with, an upward jump still to be confirmed).
+
+    An EWMA with time constant `arrival_smoothing_seconds` and a Poisson change detector
+    (|observed - expected| > CHANGE_SIGMAS * sqrt(expected) + 2 arrivals in the poll):
+    - a fall is believed at once: the pods it frees can go now;
+    - a rise is believed when the next poll confirms it. A bulk send (500 tasks in one
+      second) looks like 100/s for one poll, but it is backlog, already sized by the
+      backlog term; counting it again as a stream started 25 pods it never used. A real
+      step is confirmed one poll later, when its backlog has already raised the count.
+    Small changes are noise and only move the EWMA."""
+    raw = obs.arrival_rate if math.isfinite(obs.arrival_rate) else 0.0
+    raw = max(raw, 0.0)
+    prev, last = state.arrival_rate_smoothed, state.last_poll_time
+    tau = spec.arrival_smoothing_seconds
+    if prev is None or tau <= 0:
+        return raw, None
+    if last is None or obs.now <= last:
+        return prev, state.arrival_jump
+    dt = obs.now - last
+    expected, observed = prev * dt, raw * dt
+    if abs(observed - expected) > CHANGE_SIGMAS * math.sqrt(expected) + 2.0:
+        if raw < prev or state.arrival_jump is not None:
+            return raw, None
+        return prev, raw
+    return prev + (1.0 - math.exp(-dt / tau)) * (raw - prev), None
+
+
+def startup_seconds(obs: Observation, spec: ScalingSpec) -> float:
+    """How long a new pod takes to be Ready: observed when the operator measured it,
+    else the spec's guess."""
+    seen = obs.pod_startup_s
+    if seen is not None and math.isfinite(seen) and seen >= 0:
+        return seen
+    return max(spec.pod_startup_seconds, 0.0)
+
+
+def backlog_pods(backlog: float, mu: float, fleet: tuple[tuple[float, float], ...]) -> float:
+    """The fewest (fractional) pods that start `backlog` tasks in time.
+
+    `fleet` lists (pods, seconds of the deadline they can work) best first: ready pods,
+    then starting ones, then new ones without limit (`fleet_horizons`). A pod contributes
+    mu tasks/s over its seconds, so a pod that would be ready after the burst is drained
+    adds nothing and is not asked for, and the shorter the deadline, the more of the
+    fleet must exist already."""
+    if backlog <= 0:
+        return 0.0
+    need = backlog / mu  # pod-seconds of work to start
+    pods = 0.0
+    for count, horizon in fleet:
+        take = min(count, need / horizon)
+        pods += take
+        need -= take * horizon
+        if need <= 1e-9:
+            break
+    return pods
+
+
+def fleet_horizons(
+    obs: Observation, spec: ScalingSpec, state: PolicyState, deadline: float, target: float
+) -> tuple[tuple[float, float], ...]:
+    """(pods, seconds of the deadline they can use): ready, starting, new. Each horizon is
+    at least min_deadline_fraction * T: when the deadline is gone anyway (the oldest task
+    is older than T - S), the late backlog is given that long to catch up."""
+    startup = startup_seconds(obs, spec)
+    floor = max(target * spec.min_deadline_fraction, 1e-3)
+    ready = max(0, min(obs.ready_replicas, obs.replicas))
+    starting = max(0, obs.replicas - ready)
+    since = obs.now - state.last_scale_time if state.last_scale_time is not None else 0.0
+    pending_in = min(startup, max(0.0, startup - since))
+    return (
+        (float(ready), max(deadline, floor)),
+        (float(starting), max(deadline - pending_in, floor)),
+        (math.inf, max(deadline - startup, floor)),
+    )
+
+
+def queue_backlog_pods(
+    obs: Observation,
+    spec: ScalingSpec,
+    state: PolicyState,
+    queues: tuple[QueueObservation, ...],
+    mu: float,
+) -> tuple[float, QueueObservation | None]:
+    """Pods for the backlog of all queues, earliest deadline first: the tasks of the k
+    queues with the nearest deadlines must all start by the k-th deadline. Each queue's
+    deadline is its own T minus the age of its oldest task (the real one: what is left
+    for the task that has waited longest). Returns the pods and the binding queue."""
+    pending = []
+    for q in queues:
+        if q.backlog > 0:
+            target = q.target_backlog_seconds
+            if not (target > 0):
+                target = spec.target_backlog_seconds
+            pending.append((target - max(q.oldest_age_s, 0.0), target, q))
+    pending.sort(key=lambda item: item[0])
+    best, worst, total = 0.0, None, 0.0
+    for deadline, target, q in pending:
+        total += q.backlog
+        pods = backlog_pods(total, mu, fleet_horizons(obs, spec, state, deadline, target))
+        if pods > best or worst is None:
+            best, worst = max(best, pods), q
+    return best, worst
