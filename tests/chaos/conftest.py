@@ -77,38 +77,36 @@ def _rabbitmq_broker(toxiproxy: Toxiproxy, rabbit: dict, proxied: bool) -> Itera
     delete_vhost(rabbit["management_url"], vhost)
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
-    ]
-)
+BROKERS = [
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+]
+
+
+def _either(request, toxiproxy: Toxiproxy, proxied: bool) -> Iterator[ChaosBroker]:
+    if request.param == "redis":
+        yield from _redis_broker(toxiproxy, proxied)
+    else:
+        rabbit = request.getfixturevalue("chaos_rabbitmq")
+        yield from _rabbitmq_broker(toxiproxy, rabbit, proxied)
+
+
+@pytest.fixture(params=BROKERS)
 def broker(request, toxiproxy) -> Iterator[ChaosBroker]:
     """The broker under test, reached directly."""
-    if request.param == "redis":
-        yield from _redis_broker(toxiproxy, proxied=False)
-    else:
-        yield from _rabbitmq_broker(toxiproxy, request.getfixturevalue("chaos_rabbitmq"), False)
+    yield from _either(request, toxiproxy, proxied=False)
+
+
+@pytest.fixture(params=BROKERS)
+def proxied_broker(request, toxiproxy) -> Iterator[ChaosBroker]:
+    """The broker under test, reached through a toxiproxy link the test can cut."""
+    yield from _either(request, toxiproxy, proxied=True)
 
 
 @pytest.fixture
 def rabbitmq_broker(toxiproxy, chaos_rabbitmq) -> Iterator[ChaosBroker]:
     """For the scenarios only RabbitMQ has (its memory alarm)."""
     yield from _rabbitmq_broker(toxiproxy, chaos_rabbitmq, proxied=False)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
-    ]
-)
-def proxied_broker(request, toxiproxy) -> Iterator[ChaosBroker]:
-    """The broker under test, reached through a toxiproxy link the test can cut."""
-    if request.param == "redis":
-        yield from _redis_broker(toxiproxy, proxied=True)
-    else:
-        yield from _rabbitmq_broker(toxiproxy, request.getfixturevalue("chaos_rabbitmq"), True)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
