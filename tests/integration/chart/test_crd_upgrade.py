@@ -201,7 +201,13 @@ def test_helm_upgrade_adds_a_field_and_uninstall_keeps_the_crd(cluster: Cluster)
     stored = yaml.safe_load(cluster.ok("kubectl", "get", "tq", "after", "-o", "yaml"))
     assert stored["spec"]["scaling"]["paused"] is True  # stored, not pruned
 
-    explained = cluster.ok("kubectl", "explain", "taskqueue.spec.scaling")
+    # The API server republishes the CRD's OpenAPI a moment after the update.
+    deadline = time.monotonic() + 60
+    while True:
+        explained = " ".join(cluster.ok("kubectl", "explain", "taskqueue.spec.scaling").split())
+        if "Stop changing replicas" in explained or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert "Stop changing replicas" in explained and "Fewest worker replicas" in explained
 
     done = cluster.run("helm", "uninstall", RELEASE, "--namespace", NAMESPACE)
