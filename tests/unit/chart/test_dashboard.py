@@ -2,8 +2,8 @@
 ask only for series Ebbtide really exports: every metric name in every query is one a
 scrape of a real `OperatorMetrics` or a real worker `Metrics` registry contains.
 
-A name check, not a data check: whether the queries return series during a burst needs a
-real Prometheus scraping the operator and the workers (issue 15, left for the e2e suite).
+A name check, not a data check: tests/integration/chart/test_prometheus_queries.py runs the
+queries on a real Prometheus; during the e2e burst, with real pods, they are not run yet.
 """
 
 from __future__ import annotations
