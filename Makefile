@@ -11,13 +11,14 @@ STAMP := $(VENV)/.installed
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-setup: deps-system $(STAMP) ## Install system packages (redis-server, rabbitmq-server) and the Python venv
+setup: deps-system $(STAMP) ## Install system packages (redis-server, rabbitmq-server, prometheus for promtool) and the Python venv
 
 # Debian packages are installed only when missing, so a warm machine pays nothing.
 deps-system:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

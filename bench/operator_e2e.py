@@ -6,7 +6,7 @@ chart, starts `kopf run -m ebbtide_operator.main` as the chart's ServiceAccount,
 N TaskQueues on one real redis-server (minReplicas 0, so no pods are needed). Then, over
 `--seconds`:
 
-- **tick lateness** comes from the operator's own `ebbtide_tick_lateness_seconds` histogram
+- **tick lateness** comes from the operator's own `ebbtide_operator_tick_lateness_seconds` histogram
   (scraped before and after), next to the number of ticks expected from N / poll;
 - **reaction**: bursts land on idle TaskQueues at random moments; a watch on Deployments
   times each one from the moment its tasks are in Redis to the first `spec.replicas` > 0
@@ -44,8 +44,8 @@ from e2e.tests.support import (  # noqa: E402
 )
 
 NS = "bench-operator"
-LATENESS = "ebbtide_tick_lateness_seconds"
-DURATION = "ebbtide_tick_duration_seconds"
+LATENESS = "ebbtide_operator_tick_lateness_seconds"
+DURATION = "ebbtide_operator_tick_duration_seconds"
 
 
 def taskqueue(i: int, poll: float) -> dict:

@@ -107,6 +107,9 @@ def build_observation(
                 arrival_rate=rates.queue_arrival.get(queue.name, 0.0),
                 target_backlog_seconds=queue.target_backlog_seconds,
                 next_due_in_s=next_due_in,
+                delayed=q.delayed if q else 0,
+                due=q.due if q else 0,
+                dead=q.dead if q else 0,
             )
         )
     return Observation(

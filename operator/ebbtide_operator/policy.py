@@ -59,6 +59,11 @@ class QueueObservation:
     # Seconds until the earliest delayed task (a delay= or a retry) comes due; None when
     # none is waiting. Due tasks are already counted in `backlog`.
     next_due_in_s: float | None = None
+    # Reported, not decided on: delayed (scheduled or retrying) tasks, how many of those
+    # are due now (already in `backlog`), and the dead-letter queue's depth.
+    delayed: int = 0
+    due: int = 0
+    dead: int = 0
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,8 @@ class TaskQueueTicker:
             outcome.replicas_after,
             ready,
             broker_up=stats is not None,
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
         )
         managed = spec.broker.managed
         health = status_mod.Health(

@@ -9,6 +9,7 @@ is skipped (the static checks in test_static.py still run).
 
 from __future__ import annotations
 
+import re
 import tarfile
 from typing import Any
 
@@ -127,10 +128,97 @@ def test_service_monitor_is_off_by_default_and_renders_when_enabled():
     )
 
 
-def test_crd_in_the_chart_is_identical_to_crds_taskqueue_yaml():
-    docs = render(include_crds=True)
-    crds = by_kind(docs, "CustomResourceDefinition")
-    assert crds == [yaml.safe_load((ROOT / "crds" / "taskqueue.yaml").read_text())]
+def test_crd_is_a_template_identical_to_crds_taskqueue_yaml_and_kept():
+    """In templates (so `helm upgrade` updates it), with the chart's labels and
+    helm.sh/resource-policy: keep added, and otherwise crds/taskqueue.yaml verbatim."""
+    crd = only(render(), "CustomResourceDefinition")
+    source = yaml.safe_load((ROOT / "crds" / "taskqueue.yaml").read_text())
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert source["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+    assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    assert {k: v for k, v in crd.items() if k != "metadata"} == {
+        k: v for k, v in source.items() if k != "metadata"
+    }
+    assert crd["metadata"]["name"] == source["metadata"]["name"]
+    assert not by_kind(render(include_crds=True), "CustomResourceDefinition")[1:]
+
+
+def test_crds_install_false_leaves_the_crd_out():
+    assert not by_kind(render("crds.install=false"), "CustomResourceDefinition")
+
+
+def test_log_format_reaches_kopf():
+    """plain is kopf's default (`full`: time, logger, level, message); json is asked for."""
+    assert not [a for a in operator_container(render())["args"] if a.startswith("--log-format")]
+    assert "--log-format=json" in operator_container(render("logFormat=json"))["args"]
+
+
+def test_extra_volumes_and_mounts_and_a_linux_node_selector():
+    docs = render(
+        "extraVolumes[0].name=ca",
+        "extraVolumes[0].configMap.name=corp-ca",
+        "extraVolumeMounts[0].name=ca",
+        "extraVolumeMounts[0].mountPath=/etc/ssl/corp",
+        "extraVolumeMounts[0].readOnly=true",
+    )
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "ca", "configMap": {"name": "corp-ca"}} in pod["volumes"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+    mounts = operator_container(docs)["volumeMounts"]
+    assert {"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True} in mounts
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    default = only(render(), "Deployment")["spec"]["template"]["spec"]
+    assert [v["name"] for v in default["volumes"]] == ["tmp"]
+
+
+def test_pod_monitor_scrapes_the_workers_the_operator_builds():
+    from ebbtide_operator import naming
+    from ebbtide_operator.build import worker
+    from ebbtide_operator.spec import parse_spec
+
+    assert not by_kind(render(), "PodMonitor")
+    spec = parse_spec(
+        {
+            "broker": {"type": "redis", "external": {"secretRef": {"name": "s"}}},
+            "queues": [{"name": "q"}],
+            "worker": {"image": "i", "app": "m:app"},
+        }
+    )
+    template = worker.worker_pod_template("tq", spec)
+    (container,) = template["spec"]["containers"]
+    for sets, namespaces in (
+        ((), {"any": True}),
+        (("watchNamespaces={team-a,team-b}",), {"matchNames": ["team-a", "team-b"]}),
+    ):
+        monitor = only(render("podMonitor.enabled=true", *sets), "PodMonitor")
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= template["metadata"]["labels"].items()
+        assert monitor["spec"]["namespaceSelector"] == namespaces
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        assert endpoint["port"] in {p["name"] for p in container["ports"]}
+        taskqueue_label = "__meta_kubernetes_pod_label_" + re.sub(
+            r"[^a-zA-Z0-9_]", "_", naming.TASKQUEUE_LABEL
+        )
+        assert {"sourceLabels": [taskqueue_label], "targetLabel": "taskqueue"} in endpoint[
+            "relabelings"
+        ]
+
+
+def test_service_monitor_honours_labels_and_takes_relabelings():
+    monitor = only(
+        render(
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.serviceMonitor.relabelings[0].targetLabel=cluster",
+            "metrics.serviceMonitor.relabelings[0].replacement=prod",
+        ),
+        "ServiceMonitor",
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True  # the series' own namespace label wins
+    assert endpoint["relabelings"] == [{"targetLabel": "cluster", "replacement": "prod"}]
+    plain = only(render("metrics.serviceMonitor.enabled=true"), "ServiceMonitor")
+    assert "relabelings" not in plain["spec"]["endpoints"][0]
 
 
 def test_every_object_is_labelled_and_namespaced_in_the_release_namespace():
@@ -138,7 +226,7 @@ def test_every_object_is_labelled_and_namespaced_in_the_release_namespace():
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding"}:
+        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}:
             assert doc["metadata"]["namespace"] == NAMESPACE
 
 
@@ -151,6 +239,10 @@ def test_every_object_is_labelled_and_namespaced_in_the_release_namespace():
         ("replicaCount=2", "replicaCount"),
         ("metrics.port=70000", "port"),
         ("unknownKey=1", "unknownKey"),
+        ("logFormat=xml", "logFormat"),
+        ("podMonitor.interval=often", "interval"),
+        ("prometheusRule.alerts.backlogHigh.for=soon", "for"),
+        ("extraVolumeMounts[0].name=ca", "mountPath"),
     ],
 )
 def test_values_schema_rejects_bad_values_naming_the_field(setting, field):
@@ -160,11 +252,12 @@ def test_values_schema_rejects_bad_values_naming_the_field(setting, field):
 
 
 def test_packaged_chart_carries_the_crd_file_not_the_symlink(tmp_path):
+    """helm packages the symlink's target: the chart archive stands alone."""
     done = helm("package", str(CHART), "--destination", str(tmp_path))
     assert done.returncode == 0, done.stderr
     (archive,) = tmp_path.glob("ebbtide-*.tgz")
     with tarfile.open(archive) as tar:
-        member = tar.getmember("ebbtide/crds/taskqueue.yaml")
+        member = tar.getmember("ebbtide/files/taskqueue.yaml")
         assert member.isfile()
         packaged = tar.extractfile(member).read()
     assert packaged == (ROOT / "crds" / "taskqueue.yaml").read_bytes()

@@ -23,9 +23,12 @@ PINNED_PYTHON = re.compile(r"^python:\d+\.\d+\.\d+-slim-bookworm(@sha256:[0-9a-f
 
 
 def test_chart_crd_is_the_repository_crd():
-    """One source of truth: the chart's CRD is a symlink to crds/, so they cannot drift."""
-    chart_crd = CHART / "crds" / "taskqueue.yaml"
-    assert chart_crd.is_symlink(), "charts/ebbtide/crds/taskqueue.yaml must link to crds/"
+    """One source of truth: the chart's CRD is a symlink to crds/, so they cannot drift.
+    It is a file the CRD template reads, not in the chart's crds/ (which helm installs once
+    and never upgrades, and which would collide with the template's object)."""
+    chart_crd = CHART / "files" / "taskqueue.yaml"
+    assert chart_crd.is_symlink(), "charts/ebbtide/files/taskqueue.yaml must link to crds/"
+    assert not (CHART / "crds").exists()
     assert chart_crd.resolve() == (ROOT / "crds" / "taskqueue.yaml").resolve()
     assert chart_crd.read_bytes() == (ROOT / "crds" / "taskqueue.yaml").read_bytes()
 
@@ -48,6 +51,11 @@ def test_default_values_follow_the_security_rules():
     assert container["capabilities"] == {"drop": ["ALL"]}
     assert values["resources"]["requests"] and values["resources"]["limits"]
     assert values["metrics"]["serviceMonitor"]["enabled"] is False
+    for optional in ("podMonitor", "prometheusRule", "dashboards"):  # need extra CRDs or Grafana
+        assert values[optional]["enabled"] is False, optional
+    assert values["crds"]["install"] is True
+    assert values["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert values["logFormat"] == "plain"
     assert values["image"]["tag"] != "latest"
 
 

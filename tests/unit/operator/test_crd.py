@@ -38,6 +38,12 @@ def walk(node: dict, path: str = ""):
 def violations(node: dict, value: Any, path: str) -> list[str]:
     """The subset of OpenAPI v3 validation the CRD uses."""
     kind = node.get("type")
+    if node.get("x-kubernetes-int-or-string"):
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            return [f"{path}: expected an int or a string, got {value!r}"]
+        if isinstance(value, int):
+            return []
+        kind = "string"
     if kind and (
         not isinstance(value, TYPES[kind])
         or (kind in ("integer", "number") and isinstance(value, bool))
@@ -82,7 +88,40 @@ def test_identity():
 
 def test_schema_is_structural():
     for path, node in walk(SCHEMA):
-        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        open_ended = node.get("x-kubernetes-preserve-unknown-fields")
+        int_or_string = node.get("x-kubernetes-int-or-string")
+        assert "type" in node or open_ended or int_or_string, path
+        if int_or_string:
+            assert "type" not in node, path  # structural: no type beside int-or-string
+
+
+def test_every_field_has_a_description():
+    """`kubectl explain taskqueue.spec...` shows them: no field without one."""
+    undocumented = [
+        path or "<root>"
+        for path, node in walk(SCHEMA)
+        if not node.get("description") and path != ".metadata"
+    ]
+    assert undocumented == []
+    # The API server rejects a CRD whose metadata schema says anything but its type.
+    assert SCHEMA["properties"]["metadata"] == {"type": "object"}
+
+
+# The API machinery's resource.Quantity regex (k8s.io/apimachinery, OpenAPI of Quantity).
+QUANTITY = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+def test_the_pvc_size_is_a_kubernetes_quantity():
+    size = MANAGED["properties"]["persistence"]["properties"]["size"]
+    assert size["x-kubernetes-int-or-string"] is True
+    assert size["pattern"] == QUANTITY
+    for good in ("1Gi", "512Mi", "10G", "1.5Gi", "1e3", "100", "0.5Ti", "2Pi"):
+        assert re.search(size["pattern"], good), good
+    for bad in ("1GB", "Gi", "1 Gi", "-", "1Gi ", "ten"):
+        assert not re.search(size["pattern"], bad), bad
 
 
 def test_defaults_satisfy_their_own_constraints():
@@ -112,6 +151,8 @@ def test_printer_columns():
         assert name in columns and columns[name].get("priority", 0) == 0
     for name in ("In-Flight", "Lambda", "Mu", "Desired"):
         assert columns[name]["priority"] == 1
+    # Degraded reads True/False, not a reason (`AsExpected` when nothing was wrong).
+    assert columns["Degraded"]["jsonPath"] == '.status.conditions[?(@.type=="Degraded")].status'
     status_props = SCHEMA["properties"]["status"]["properties"]
     for column in columns.values():
         path = column["jsonPath"]

@@ -116,3 +116,11 @@ def test_a_future_delayed_task_is_a_wake_up_time():
     (qa, qb) = observe.build_observation(stats, observe.Rates(), SPEC, 0, 0).queues
     assert (qa.backlog, qa.next_due_in_s) == (0, 60.0)
     assert qb.next_due_in_s is None
+
+
+def test_delayed_due_and_dead_are_carried_per_queue_for_the_metrics():
+    a = QueueStats(queue="a", ready=1, delayed=10, due=4, dead=3, next_due_at=990.0)
+    stats = BrokerStats(now=1000.0, queues={"a": a})
+    (qa, qb) = observe.build_observation(stats, observe.Rates(), SPEC, 0, 0).queues
+    assert (qa.delayed, qa.due, qa.dead) == (10, 4, 3)
+    assert (qb.delayed, qb.due, qb.dead) == (0, 0, 0)  # not on the broker yet
