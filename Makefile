@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup deps-system binaries test lint unit integration e2e e2e-kind bench bench-policy bench-operator bench-operator-e2e demo helm-lint cluster-up cluster-down clean
+.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-policy bench-operator bench-operator-e2e demo helm-lint cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -22,6 +22,22 @@ deps-system:
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The real node and the image builds (make cluster-up, make images): Debian's containerd,
+# runc, CNI plugins, podman and debootstrap; installed only when missing.
+deps-node:
+	@missing=""; \
+	for pair in containerd:containerd runc:runc ctr:containerd podman:podman debootstrap:debootstrap \
+	    iptables:iptables ipset:ipset gcc:gcc; do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
+	[ -x /usr/lib/cni/bridge ] || missing="$$missing containernetworking-plugins"; \
+	[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -n "$$(ls /usr/lib/*/libc.a 2>/dev/null)" ] || missing="$$missing libc6-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -57,11 +73,14 @@ e2e: setup ## e2e suite on a local control plane built from Go modules (see e2e/
 e2e-kind: setup ## The same e2e suite on a kind cluster (needs Docker; not exercised on Docker-less machines)
 	scripts/e2e-kind.sh
 
-cluster-up: setup ## Build (once, cached) and start etcd + kube-apiserver + kube-controller-manager on loopback
-	$(PY) -m e2e.controlplane up
+images: setup deps-node ## Build the operator, runtime, e2e worker, Redis/RabbitMQ stand-in and pause images with podman; import them into the node
+	PY=$(PY) scripts/build-images.sh
 
-cluster-down: setup ## Stop the local control plane; no process is left behind
-	$(PY) -m e2e.controlplane down
+cluster-up: setup deps-node images ## A one-node cluster (control plane, kube-scheduler, kubelet on containerd, kube-proxy, CoreDNS, kube-router), built once and cached
+	$(PY) -m e2e.controlplane up --node
+
+cluster-down: setup ## Stop the cluster: every process and container; the bridge and iptables chains removed
+	$(PY) -m e2e.controlplane down --node
 
 bench: setup ## Throughput benchmark: Ebbtide vs Celery vs Dramatiq on the same broker
 	$(PY) bench/throughput.py
