@@ -89,7 +89,7 @@ def preflight(node_bin: Path) -> None:
             raise NodeError(
                 f"no {node_bin / binary}: run `e2e/build-binaries.sh node` to see why it was not built"
             )
-    if not archive(PAUSE_IMAGE).exists() and not _image_present(PAUSE_IMAGE):
+    if not archive(PAUSE_IMAGE).exists() and not image_present(PAUSE_IMAGE):
         raise NodeError("image not built: the pause (sandbox) image is missing: run `make images`")
 
 
@@ -104,10 +104,12 @@ def archive(image: str) -> Path:
     return IMAGES / "archives" / (image.replace("/", "_").replace(":", "_") + ".tar")
 
 
-def _image_present(image: str) -> bool:
+def image_present(image: str) -> bool:
+    """Whether the node's containerd holds `image` (a full name: docker.io/library/...)."""
     if not SOCKET.exists():
         return False
-    return ctr("images", "check", f"name=={image}", check=False).stdout.count(image) > 0
+    listed = ctr("images", "list", "--quiet", f"name=={image}", check=False).stdout.split()
+    return image in listed
 
 
 # -- the bridge ------------------------------------------------------------------------------
