@@ -67,7 +67,7 @@ binaries:
 	@e2e/build-binaries.sh >/dev/null || { rc=$$?; if [ "$$rc" = 3 ] && [ "$${CI:-}" != true ]; then \
 	  echo "binaries: WARNING: no Go toolchain, the e2e suite will be skipped" >&2; else exit $$rc; fi; }
 
-e2e: setup ## e2e suite on a local control plane built from Go modules (see e2e/README.md)
+e2e: setup deps-node images ## e2e suite on the one-node cluster (real kubelet, containerd, images from docker/; see e2e/README.md)
 	$(PY) -m pytest -q -rs e2e/tests
 
 e2e-kind: setup ## The same e2e suite on a kind cluster (needs Docker; not exercised on Docker-less machines)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import urllib.request
 
 from e2e import node
-from e2e.realpods.kit import RUNTIME_IMAGE, cluster_ip, run_pod, security
+from e2e.tests.kit import RUNTIME_IMAGE, cluster_ip, kubectl, run_pod, security
 from e2e.tests.support import wait_for
 
 
@@ -36,7 +36,7 @@ def test_pod_runs_non_root_with_a_read_only_root_filesystem(core, namespace):
     assert "write refused: Read-only file system" in log
 
 
-def test_services_dns_and_the_api_from_a_pod_and_clusterip_from_the_host(core, namespace, cluster):
+def test_services_dns_and_the_api_from_a_pod_and_clusterip_from_the_host(core, namespace, kube_env):
     labels = {"app": "web"}
     core.create_namespaced_pod(
         namespace,
@@ -97,9 +97,9 @@ def test_services_dns_and_the_api_from_a_pod_and_clusterip_from_the_host(core, n
     assert phase == "Succeeded", log
     assert f"dns {ip}" in log and "http 200" in log and "api 200" in log, log
     # kubectl logs and exec reach the kubelet at the node's InternalIP.
-    logs = cluster.kubectl("logs", "-n", namespace, "web")
+    logs = kubectl(kube_env, "logs", "-n", namespace, "web")
     assert "GET /hostname" in logs.stdout + logs.stderr
-    exec_ = cluster.kubectl("exec", "-n", namespace, "web", "--", "id", "-u")
+    exec_ = kubectl(kube_env, "exec", "-n", namespace, "web", "--", "id", "-u")
     assert exec_.stdout.strip() == "10001"
 
 

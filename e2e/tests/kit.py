@@ -4,6 +4,7 @@ e2e worker image, test pods, and reaching a Service from the host through kube-p
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 import urllib.parse
@@ -15,9 +16,12 @@ from e2e.tests.support import wait_for
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "e2e" / "tests" / "apps"
 TAG = "0.1.0"  # EBBTIDE_IMAGE_TAG in e2e/versions.env
-OPERATOR_IMAGE = f"docker.io/ebbtide/operator:{TAG}"
-RUNTIME_IMAGE = f"docker.io/ebbtide/runtime:{TAG}"
-WORKER_IMAGE = f"docker.io/ebbtide/e2e-worker:{TAG}"
+# Images of `make images` (imported into the node); on another cluster (`make e2e-kind`)
+# the ones named by the environment, loaded there.
+OPERATOR_IMAGE = os.environ.get("EBBTIDE_E2E_OPERATOR_IMAGE", f"docker.io/ebbtide/operator:{TAG}")
+RUNTIME_IMAGE = os.environ.get("EBBTIDE_E2E_RUNTIME_IMAGE", f"docker.io/ebbtide/runtime:{TAG}")
+WORKER_IMAGE = os.environ.get("EBBTIDE_E2E_WORKER_IMAGE", f"docker.io/ebbtide/e2e-worker:{TAG}")
+PULL_POLICY = os.environ.get("EBBTIDE_E2E_PULL_POLICY", "Never")
 REDIS_IMAGE = "docker.io/library/redis:7.2-alpine"
 RABBITMQ_IMAGE = "docker.io/library/rabbitmq:3.13-management"
 IMAGES = (OPERATOR_IMAGE, RUNTIME_IMAGE, WORKER_IMAGE, REDIS_IMAGE, RABBITMQ_IMAGE)
@@ -45,7 +49,7 @@ def taskqueue(
             "queues": [{"name": "default"}],
             "worker": {
                 "image": WORKER_IMAGE,
-                "imagePullPolicy": "Never",
+                "imagePullPolicy": PULL_POLICY,
                 "app": "tracked:app",
                 "concurrency": 4,
                 "terminationGracePeriodSeconds": 30,
@@ -63,6 +67,18 @@ def taskqueue(
             },
         },
     }
+
+
+def kubectl(kube_env: Any, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`kubectl ARGS` against the cluster under test, as a user runs it."""
+    return subprocess.run(
+        [kube_env.tool("kubectl"), *args],
+        env=kube_env.env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
+    )
 
 
 def create_tq(custom, namespace: str, body: dict) -> dict:
@@ -111,16 +127,17 @@ def security() -> dict[str, Any]:
     }
 
 
-def tracker(core, apps, namespace: str) -> str:
-    """A plain Redis pod and Service (no password, no NetworkPolicy) where the workers count
-    their runs; returns the in-cluster URL. Tests read it through its ClusterIP."""
-    labels = {"app": TRACKER}
+def tracker(core, apps, namespace: str, name: str = TRACKER) -> str:
+    """A plain Redis pod and Service (no password, no NetworkPolicy): where the workers count
+    their runs, or an "external" broker; returns the in-cluster URL. Tests reach it through
+    its ClusterIP (`via_cluster_ip`)."""
+    labels = {"app": name}
     apps.create_namespaced_deployment(
         namespace,
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {"name": TRACKER},
+            "metadata": {"name": name},
             "spec": {
                 "selector": {"matchLabels": labels},
                 "template": {
@@ -131,7 +148,7 @@ def tracker(core, apps, namespace: str) -> str:
                             {
                                 "name": "redis",
                                 "image": REDIS_IMAGE,
-                                "imagePullPolicy": "Never",
+                                "imagePullPolicy": PULL_POLICY,
                                 "command": ["redis-server"],
                                 "args": [
                                     "--save",
@@ -161,12 +178,12 @@ def tracker(core, apps, namespace: str) -> str:
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": TRACKER},
+            "metadata": {"name": name},
             "spec": {"selector": labels, "ports": [{"name": "redis", "port": 6379}]},
         },
     )
-    wait_for(lambda: ready_pods(core, namespace, "app=tracker"), 90, "the tracker Redis pod Ready")
-    return f"redis://{TRACKER}.{namespace}.svc:6379/0"
+    wait_for(lambda: ready_pods(core, namespace, f"app={name}"), 90, f"the {name} Redis pod Ready")
+    return f"redis://{name}.{namespace}.svc:6379/0"
 
 
 def run_pod(
@@ -186,7 +203,7 @@ def run_pod(
                     {
                         "name": "probe",
                         "image": RUNTIME_IMAGE,
-                        "imagePullPolicy": "Never",
+                        "imagePullPolicy": PULL_POLICY,
                         "command": ["python", "-c", code],
                         "securityContext": security(),
                     }

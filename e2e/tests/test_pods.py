@@ -13,12 +13,13 @@ import time
 import pytest
 import redis
 
-from e2e.realpods.kit import (
+from e2e.tests.kit import (
     OPERATOR_IMAGE,
     RUNS,
     condition,
     create_tq,
     enqueue,
+    kubectl,
     read_tq,
     ready_pods,
     run_pod,
@@ -54,7 +55,7 @@ def host_tracker(core, apps, namespace: str) -> tuple[str, redis.Redis]:
     return url, redis.Redis.from_url(via_cluster_ip(core, namespace, url))
 
 
-def test_operator_runs_from_its_image_as_its_service_account(core, cluster, operator):
+def test_operator_runs_from_its_image_as_its_service_account(core, kube_env, operator):
     pod = core.read_namespaced_pod(operator, SYSTEM_NAMESPACE)
     container = pod.spec.containers[0]
     assert container.image == OPERATOR_IMAGE
@@ -62,10 +63,11 @@ def test_operator_runs_from_its_image_as_its_service_account(core, cluster, oper
     assert container.security_context.read_only_root_filesystem is True
     status = pod.status.container_statuses[0]
     assert status.ready and status.image_id, status
-    uid = cluster.kubectl("exec", "-n", SYSTEM_NAMESPACE, operator, "--", "id", "-u")
+    uid = kubectl(kube_env, "exec", "-n", SYSTEM_NAMESPACE, operator, "--", "id", "-u")
     assert uid.stdout.strip() == "10001"
     # The in-cluster credentials are the ServiceAccount's token, not an admin's.
-    whoami = cluster.kubectl(
+    whoami = kubectl(
+        kube_env,
         "exec",
         "-n",
         SYSTEM_NAMESPACE,
@@ -249,5 +251,5 @@ def test_a_worker_image_that_cannot_be_found_surfaces_in_the_conditions(
                 return c
         return None
 
-    found = wait_for(surfaced, 60, "ErrImageNeverPull in the TaskQueue's conditions")
+    found = wait_for(surfaced, 20, "ErrImageNeverPull in the TaskQueue's conditions")
     assert "not-built" in found["message"], found
