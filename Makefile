@@ -94,7 +94,7 @@ bench-operator: setup ## Operator tick timeliness: 200 TaskQueues on one operato
 bench-operator-e2e: setup binaries ## The real operator on the real API server: 200 TaskQueues, tick timeliness, burst reaction
 	$(PY) bench/operator_e2e.py --taskqueues 200 --poll 2 --seconds 60
 
-demo: setup ## The demo: control plane, chart, operator, a burst, `kubectl get tq -w`; Ctrl-C tears down
+demo: setup deps-node images ## The demo on the one-node cluster: chart, operator pod, a burst, `kubectl get pods -w` and `kubectl get tq -w`; Ctrl-C tears down
 	scripts/demo.sh
 
 helm-lint: ## helm lint --strict the chart in both RBAC modes (helm from `make cluster-up`, or EBBTIDE_HELM)
