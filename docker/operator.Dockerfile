@@ -20,7 +20,10 @@ COPY worker-runtime /src/worker-runtime
 COPY operator /src/operator
 COPY docker/wheels/ /wheels/
 COPY docker/pip-install.sh /usr/local/lib/ebbtide-pip-install.sh
-RUN sh /usr/local/lib/ebbtide-pip-install.sh "/src[operator]"
+# The operator uses the kubernetes client's synchronous API only: its asyncio copy
+# (kubernetes/aio, ~70 MB with bytecode) is never imported, and goes.
+RUN sh /usr/local/lib/ebbtide-pip-install.sh "/src[operator]" \
+    && rm -rf /opt/ebbtide/lib/python3*/site-packages/kubernetes/aio
 
 USER 10001:10001
 # 8080: kopf's liveness endpoint; 8081: Prometheus metrics (EBBTIDE_OPERATOR_METRICS_PORT).
