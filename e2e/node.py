@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -325,18 +326,28 @@ def containerd_ready() -> bool:
     return SOCKET.exists() and ctr("version", check=False).returncode == 0
 
 
+def archive_names(tar: Path) -> list[str]:
+    """The image names a `podman save --format docker-archive` tar carries (RepoTags)."""
+    with tarfile.open(tar) as archive:
+        member = archive.extractfile("manifest.json")
+        manifest = json.loads(member.read()) if member else []
+    return [name for entry in manifest for name in entry.get("RepoTags") or []]
+
+
 def import_images(quiet: bool = False) -> list[str]:
-    """Import every archive of `make images` whose image id differs from the last import."""
+    """Import every archive of `make images` whose image id differs from the last import,
+    or whose image containerd does not hold (its root was wiped, say)."""
     imported = []
     archives = IMAGES / "archives"
+    present = set(ctr("images", "list", "--quiet", check=False).stdout.split())
     for tar in sorted(archives.glob("*.tar")) if archives.is_dir() else []:
         id_file, done = tar.with_suffix(".id"), tar.with_suffix(".imported")
         image_id = id_file.read_text().strip() if id_file.exists() else ""
         if done.exists() and done.read_text().strip() == image_id:
-            continue
-        result = ctr("images", "import", "--no-unpack=false", str(tar), check=False)
-        if result.returncode != 0:
-            result = ctr("images", "import", str(tar), check=False)
+            names = archive_names(tar)
+            if names and all(name in present for name in names):
+                continue
+        result = ctr("images", "import", str(tar), check=False)
         if result.returncode != 0:
             raise NodeError(
                 f"importing {tar.name} into containerd failed: {result.stderr.strip()[-200:]}"
