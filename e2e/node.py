@@ -426,7 +426,24 @@ def remove_iptables() -> None:
                 run("ipset", "destroy", name, check=False)
 
 
+def unmount_kubelet() -> None:
+    """The kubelet's mounts under its root dir: the bind mount of the dir onto itself that
+    it makes at start, and the pods' volume mounts (tmpfs for Secrets and tokens) that a
+    kubelet stopped with its pods running leaves; deepest first."""
+    root = str(STATE / "kubelet")
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == root or point.startswith(root + "/"):
+            mounts.append(point)
+    for point in sorted(mounts, key=len, reverse=True):
+        if run("umount", point, check=False).returncode != 0:
+            run("umount", "-l", point, check=False)
+
+
 def teardown_network() -> None:
+    """Everything of the node but its processes: mounts, namespaces, chains, the bridge."""
+    unmount_kubelet()
     remove_netns()
     remove_iptables()
     remove_bridge()
