@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup deps-system binaries test lint unit integration harness e2e e2e-kind bench bench-policy bench-operator bench-operator-e2e demo helm-lint cluster-up cluster-down clean
+.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-policy bench-operator bench-operator-e2e demo helm-lint cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,6 +23,22 @@ deps-system:
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The real node and the image builds (make cluster-up, make images): Debian's containerd,
+# runc, CNI plugins, podman and debootstrap; installed only when missing.
+deps-node:
+	@missing=""; \
+	for pair in containerd:containerd runc:runc ctr:containerd podman:podman debootstrap:debootstrap \
+	    iptables:iptables ipset:ipset gcc:gcc; do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
+	[ -x /usr/lib/cni/bridge ] || missing="$$missing containernetworking-plugins"; \
+	[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -n "$$(ls /usr/lib/*/libc.a 2>/dev/null)" ] || missing="$$missing libc6-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -52,22 +68,20 @@ binaries:
 	@e2e/build-binaries.sh >/dev/null || { rc=$$?; if [ "$$rc" = 3 ] && [ "$${CI:-}" != true ]; then \
 	  echo "binaries: WARNING: no Go toolchain, the e2e suite will be skipped" >&2; else exit $$rc; fi; }
 
-harness: setup ## Unit tests of the e2e harness itself (e2e/kubelet/tests: pure logic, no cluster)
-	$(PY) -m pytest -q e2e/kubelet/tests
-
-# The harness's own unit tests run first, in the same session: a broken kubelet helper
-# fails in a second, not as a confusing e2e failure.
-e2e: setup ## e2e suite on a local control plane built from Go modules (see e2e/README.md), after the harness's unit tests
-	$(PY) -m pytest -q -rs e2e/kubelet/tests e2e/tests
+e2e: setup deps-node images ## e2e suite on the one-node cluster (real kubelet, containerd, images from docker/; see e2e/README.md)
+	$(PY) -m pytest -q -rs e2e/tests
 
 e2e-kind: setup ## The same e2e suite on a kind cluster (needs Docker; not exercised on Docker-less machines)
 	scripts/e2e-kind.sh
 
-cluster-up: setup ## Build (once, cached) and start etcd + kube-apiserver + kube-controller-manager on loopback
-	$(PY) -m e2e.controlplane up
+images: setup deps-node ## Build the operator, runtime, e2e worker, Redis/RabbitMQ stand-in and pause images with podman; import them into the node
+	PY=$(PY) scripts/build-images.sh
 
-cluster-down: setup ## Stop the local control plane; no process is left behind
-	$(PY) -m e2e.controlplane down
+cluster-up: setup deps-node images ## A one-node cluster (control plane, kube-scheduler, kubelet on containerd, kube-proxy, CoreDNS, kube-router), built once and cached
+	$(PY) -m e2e.controlplane up --node
+
+cluster-down: setup ## Stop the cluster: every process and container; the bridge and iptables chains removed
+	$(PY) -m e2e.controlplane down --node
 
 bench: setup ## Throughput benchmark: Ebbtide vs Celery vs Dramatiq on the same broker
 	$(PY) bench/throughput.py
@@ -81,7 +95,7 @@ bench-operator: setup ## Operator tick timeliness: 200 TaskQueues on one operato
 bench-operator-e2e: setup binaries ## The real operator on the real API server: 200 TaskQueues, tick timeliness, burst reaction
 	$(PY) bench/operator_e2e.py --taskqueues 200 --poll 2 --seconds 60
 
-demo: setup ## The demo: control plane, chart, operator, a burst, `kubectl get tq -w`; Ctrl-C tears down
+demo: setup deps-node images ## The demo on the one-node cluster: chart, operator pod, a burst, `kubectl get pods -w` and `kubectl get tq -w`; Ctrl-C tears down
 	scripts/demo.sh
 
 helm-lint: ## helm lint --strict the chart in both RBAC modes (helm from `make cluster-up`, or EBBTIDE_HELM)

@@ -1,7 +1,10 @@
-"""The local Kubernetes control plane: etcd, kube-apiserver and kube-controller-manager on
-loopback, built from Go modules (e2e/build-binaries.sh) because there is no Docker here.
+"""The local Kubernetes cluster: etcd, kube-apiserver and kube-controller-manager on
+loopback, built from Go modules (e2e/build-binaries.sh) because there is no Docker here;
+with `--node` (what `make cluster-up` runs) also kube-scheduler and a real node
+(e2e/node.py: kubelet on containerd, kube-proxy, CoreDNS, kube-router's NetworkPolicy
+firewall, a host-path provisioner), a one-node cluster as `kind create cluster` makes.
 
-    python -m e2e.controlplane up      # build once (cached), start, wait for /readyz
+    python -m e2e.controlplane up [--node]   # build once (cached), start, wait until ready
     python -m e2e.controlplane down    # stop everything, leave no process behind
     python -m e2e.controlplane status
 
@@ -26,10 +29,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from e2e import kubeconfig, pki, processes
+from e2e import kubeconfig, node, pki, processes
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_ROOT = Path(os.environ.get("EBBTIDE_CACHE", Path.home() / ".cache" / "ebbtide")) / "cluster"
+CACHE = Path(os.environ.get("EBBTIDE_CACHE", Path.home() / ".cache" / "ebbtide"))
+DEFAULT_ROOT = CACHE / "cluster"
+# A cluster with a real node lives apart, so that a suite expecting a bare control plane
+# (the process kubelet's) never picks it up, nor the reverse.
+NODE_ROOT = CACHE / "cluster-node"
 SERVICE_CIDR = "10.96.0.0/16"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 READY_TIMEOUT = float(os.environ.get("EBBTIDE_CLUSTER_READY_TIMEOUT", "90"))
@@ -40,6 +47,17 @@ PORT_ENV = {
     "apiserver": "EBBTIDE_APISERVER_PORT",
     "controller-manager": "EBBTIDE_KCM_PORT",
 }
+# The node's ports (all on loopback but the kubelet's, on the bridge): free ones, always.
+NODE_PORTS = (
+    "kube-scheduler",
+    "kubelet",
+    "kubelet-healthz",
+    "kube-proxy-healthz",
+    "kube-proxy-metrics",
+    "coredns-ready",
+    "kube-router-health",
+)
+NODE_CLIENTS = {**node.CLIENTS, "kube-scheduler": ("system:kube-scheduler", None)}
 CLIENTS = {
     "admin": ("ebbtide-admin", "system:masters"),
     "controller-manager": ("system:kube-controller-manager", None),
@@ -50,10 +68,10 @@ class ControlPlaneError(RuntimeError):
     """A failure the user can act on; its message is one line that says how."""
 
 
-def build_binaries() -> Path:
-    """The cached bin dir, building it on first use (e2e/build-binaries.sh)."""
+def build_binaries(what: str = "controlplane") -> Path:
+    """The cached bin dir, building it on first use (e2e/build-binaries.sh [node])."""
     result = subprocess.run(
-        [str(HERE / "build-binaries.sh")], stdout=subprocess.PIPE, text=True, check=False
+        [str(HERE / "build-binaries.sh"), what], stdout=subprocess.PIPE, text=True, check=False
     )
     if result.returncode == 3:
         raise ControlPlaneError(
@@ -61,7 +79,7 @@ def build_binaries() -> Path:
         )
     if result.returncode != 0:
         raise ControlPlaneError(
-            f"building the control plane failed (exit {result.returncode}): rerun e2e/build-binaries.sh to see why"
+            f"building the {what} binaries failed (exit {result.returncode}): rerun e2e/build-binaries.sh {what} to see why"
         )
     return Path(result.stdout.strip().splitlines()[-1])
 
@@ -82,8 +100,8 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def choose_ports() -> dict[str, int]:
-    ports: dict[str, int] = {}
+def choose_ports(with_node: bool = False) -> dict[str, int]:
+    ports: dict[str, int] = {name: free_port() for name in NODE_PORTS} if with_node else {}
     for name, env in PORT_ENV.items():
         if os.environ.get(env):
             port = int(os.environ[env])
@@ -104,13 +122,21 @@ class State:
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, tuple[int, str | None]] = field(default_factory=dict)
     bin_dir: str = ""
+    node_bin: str = ""  # set when the cluster has a real node
 
     def alive(self) -> dict[str, bool]:
         return {name: processes.alive(pid, started) for name, (pid, started) in self.pids.items()}
 
     def save(self, path: Path) -> None:
         path.write_text(
-            json.dumps({"ports": self.ports, "pids": self.pids, "bin_dir": self.bin_dir})
+            json.dumps(
+                {
+                    "ports": self.ports,
+                    "pids": self.pids,
+                    "bin_dir": self.bin_dir,
+                    "node_bin": self.node_bin,
+                }
+            )
         )
 
     @classmethod
@@ -120,15 +146,23 @@ class State:
         except (OSError, ValueError):
             return None
         pids = {name: (int(p[0]), p[1]) for name, p in raw.get("pids", {}).items()}
-        return cls(ports=raw.get("ports", {}), pids=pids, bin_dir=raw.get("bin_dir", ""))
+        return cls(
+            ports=raw.get("ports", {}),
+            pids=pids,
+            bin_dir=raw.get("bin_dir", ""),
+            node_bin=raw.get("node_bin", ""),
+        )
 
 
 class ControlPlane:
     """One control plane under `root`. `attached=True` ties its processes' lives to ours."""
 
-    def __init__(self, root: Path = DEFAULT_ROOT, *, attached: bool = True) -> None:
+    def __init__(
+        self, root: Path = DEFAULT_ROOT, *, attached: bool = True, with_node: bool = False
+    ) -> None:
         self.root = root
         self.attached = attached
+        self.with_node = with_node
         self.state_path = root / "state.json"
         self.kubeconfig = root / "admin.kubeconfig"
         self.pki = pki.Pki(root / "pki")
@@ -152,7 +186,7 @@ class ControlPlane:
         previous = State.load(self.state_path)
         if previous is not None:
             alive = previous.alive()
-            if alive and all(alive.values()):
+            if alive and all(alive.values()) and bool(previous.node_bin) == self.with_node:
                 self.state = previous
                 if self._ready():
                     log(
@@ -162,13 +196,23 @@ class ControlPlane:
                 raise ControlPlaneError(
                     f"a control plane in {self.root} is running but not ready: run `make cluster-down` and retry (logs: {self.logs})"
                 )
+            if alive and all(alive.values()):
+                raise ControlPlaneError(
+                    f"a cluster {'without' if self.with_node else 'with'} a real node is running in {self.root}: run `make cluster-down` first"
+                )
             log(f"cleaning up stale state in {self.root} from a run that was killed")
             self._stop(previous)
         if (self.root / "etcd").exists() and previous is None:
             log(f"removing a stale etcd data dir in {self.root} (no running control plane owns it)")
         self._wipe()
         started = time.monotonic()
-        self.state = State(ports=choose_ports(), bin_dir=str(build_binaries()))
+        self.state = State(ports=choose_ports(self.with_node), bin_dir=str(build_binaries()))
+        if self.with_node:
+            self.state.node_bin = str(build_binaries("node"))
+            try:
+                node.preflight(Path(self.state.node_bin))
+            except node.NodeError as error:
+                raise ControlPlaneError(str(error)) from None
         self.started_here = True
         try:
             self._start_all()
@@ -195,6 +239,7 @@ class ControlPlane:
             "state.json",
             "admin.kubeconfig",
             "controller-manager.kubeconfig",
+            "node",
         ):
             path = self.root / name
             if path.is_dir():
@@ -203,11 +248,21 @@ class ControlPlane:
                 path.unlink(missing_ok=True)
 
     def _stop(self, state: State) -> None:
-        # Reverse start order: the controller-manager and API server before their storage.
+        # Reverse start order: the node before the control plane, the controller-manager and
+        # API server before their storage; the pods' containers after the kubelet and before
+        # containerd (a container outlives containerd unless it is stopped).
         for name in reversed(list(state.pids)):
             pid, started = state.pids[name]
+            if name == "containerd":
+                node.kill_pods()
             if processes.terminate(pid, started, grace=15.0):
                 log(f"stopped {name} (pid {pid})")
+        if state.node_bin or self.with_node:
+            node.kill_pods()
+            node.teardown_network()
+            log(
+                f"removed {node.BRIDGE}, the pods' network namespaces and the KUBE-*/CNI-* iptables chains"
+            )
         self.state_path.unlink(missing_ok=True)
 
     # -- starting ----------------------------------------------------------------------
@@ -215,8 +270,10 @@ class ControlPlane:
     def _start_all(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        pki.create(self.pki.root, CLIENTS)
+        pki.create(self.pki.root, {**CLIENTS, **(NODE_CLIENTS if self.with_node else {})})
         ports = self.state.ports
+        if self.with_node:
+            node.make_bridge()  # the API server advertises the bridge address to pods
 
         self._start("etcd", self._etcd_args())
         self._wait("etcd", lambda: self._http_ok(f"http://127.0.0.1:{ports['etcd']}/health"))
@@ -232,18 +289,23 @@ class ControlPlane:
         self._start("kube-controller-manager", self._controller_manager_args(kcm_kubeconfig))
         # Ready when its service-account controller has done something observable.
         self._wait("kube-controller-manager", self._default_service_account_exists)
+        if self.with_node:
+            self._start_node()
 
-    def _start(self, name: str, args: list[str]) -> None:
-        argv = [str(self.bin_dir / args[0]), *args[1:]]
-        child = processes.spawn(argv, self.logs / f"{name}.log", attached=self.attached)
+    def _start(
+        self, name: str, args: list[str], *, where: Path | None = None, env: dict | None = None
+    ) -> None:
+        binary = shutil.which(args[0]) if where is None and args[0] == "containerd" else None
+        argv = [binary or str((where or self.bin_dir) / args[0]), *args[1:]]
+        child = processes.spawn(argv, self.logs / f"{name}.log", env=env, attached=self.attached)
         if self.attached:
             self._children.append(child)
         self.state.pids[name] = (child.pid, processes.start_time(child.pid))
         self.state.save(self.state_path)
 
-    def _wait(self, name: str, ready) -> None:
+    def _wait(self, name: str, ready, timeout: float = READY_TIMEOUT) -> None:
         pid, started = self.state.pids[name]
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not processes.alive(pid, started):
                 raise ControlPlaneError(
@@ -253,7 +315,7 @@ class ControlPlane:
                 return
             time.sleep(0.2)
         raise ControlPlaneError(
-            f"{name} not ready after {READY_TIMEOUT:.0f}s: {self._last_line(name)} (log: {self.logs / name}.log)"
+            f"{name} not ready after {timeout:.0f}s: {self._last_line(name)} (log: {self.logs / name}.log)"
         )
 
     def _last_line(self, name: str) -> str:
@@ -262,6 +324,113 @@ class ControlPlane:
         except OSError:
             return "no log"
         return lines[-1][:300] if lines else "empty log"
+
+    # -- the node ----------------------------------------------------------------------
+
+    def _client_kubeconfig(self, name: str) -> Path:
+        path = self.root / "node" / f"{name}.kubeconfig"
+        cert, key = self.pki.client(name)
+        return kubeconfig.write(path, self.url(), self.pki.ca_cert, cert, key, "ebbtide-e2e")
+
+    def _start_node(self) -> None:
+        ports = self.state.ports
+        where = Path(self.state.node_bin)
+        files = self.root / "node"
+        files.mkdir(parents=True, exist_ok=True)
+
+        self._start(
+            "kube-scheduler",
+            [
+                "kube-scheduler",
+                f"--kubeconfig={self._client_kubeconfig('kube-scheduler')}",
+                f"--authentication-kubeconfig={self._client_kubeconfig('kube-scheduler')}",
+                f"--authorization-kubeconfig={self._client_kubeconfig('kube-scheduler')}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['kube-scheduler']}",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+            where=where,
+        )
+        self._wait(
+            "kube-scheduler",
+            lambda: self._http_ok(
+                f"https://127.0.0.1:{ports['kube-scheduler']}/healthz", _insecure()
+            ),
+        )
+
+        # Stale containers of a killed run would hold the bridge's addresses and mounts.
+        node.kill_pods()
+        node.remove_netns()
+        self._start("containerd", ["containerd", f"--config={node.write_containerd_config(files)}"])
+        self._wait("containerd", node.containerd_ready, 30)
+        try:
+            node.import_images()
+        except node.NodeError as error:
+            raise ControlPlaneError(str(error)) from None
+
+        self._start(
+            "kubelet",
+            node.kubelet_args(
+                node.write_kubelet_config(files, self.pki.ca_cert, ports),
+                self._client_kubeconfig("kubelet"),
+            ),
+            where=where,
+        )
+        self._wait("kubelet", self._node_ready, 120)
+
+        proxy_config = node.write_kube_proxy_config(
+            files, self._client_kubeconfig("kube-proxy"), ports
+        )
+        self._start("kube-proxy", ["kube-proxy", f"--config={proxy_config}", "--v=1"], where=where)
+        self._wait(
+            "kube-proxy",
+            lambda: self._http_ok(f"http://127.0.0.1:{ports['kube-proxy-healthz']}/healthz"),
+        )
+
+        # CoreDNS, kube-router and the provisioner are the cluster's add-ons: admin identity.
+        corefile = node.write_corefile(files, self.kubeconfig, ports)
+        self._start("coredns", ["coredns", f"-conf={corefile}"], where=where)
+        self._wait(
+            "coredns", lambda: self._http_ok(f"http://127.0.0.1:{ports['coredns-ready']}/ready")
+        )
+
+        self._start("kube-router", node.kube_router_args(self.kubeconfig, ports), where=where)
+        self._wait(
+            "kube-router",
+            lambda: self._http_ok(f"http://127.0.0.1:{ports['kube-router-health']}/healthz"),
+        )
+
+        self._start(
+            "provisioner",
+            [
+                Path(sys.executable).name,
+                "-m",
+                "e2e.provisioner",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--root={node.STATE / 'volumes'}",
+            ],
+            where=Path(sys.executable).parent,
+            env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+        )
+        self._wait("provisioner", self._storage_class_exists)
+
+    def _get(self, path: str) -> dict | None:
+        try:
+            with urllib.request.urlopen(
+                f"{self.url()}{path}", timeout=2, context=self._tls()
+            ) as response:
+                return json.loads(response.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+
+    def _node_ready(self) -> bool:
+        found = self._get(f"/api/v1/nodes/{node.NODE_NAME}")
+        conditions = (found or {}).get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    def _storage_class_exists(self) -> bool:
+        return self._get(f"/apis/storage.k8s.io/v1/storageclasses/{node.STORAGE_CLASS}") is not None
 
     # -- readiness probes --------------------------------------------------------------
 
@@ -307,11 +476,30 @@ class ControlPlane:
 
     def _apiserver_args(self) -> list[str]:
         p = self.pki
+        if self.with_node:
+            # Pods reach the API server at the bridge address (the `kubernetes` Service's
+            # endpoint); the kubelet's KUBE-FIREWALL drops pod traffic to 127.0.0.0/8.
+            address = [
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={node.NODE_IP}",
+                "--authorization-mode=Node,RBAC",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={p.client('admin')[0]}",
+                f"--kubelet-client-key={p.client('admin')[1]}",
+            ]
+        else:
+            address = [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--authorization-mode=RBAC",
+                # A loopback address cannot be an Endpoints address; nothing here needs the
+                # `kubernetes` Service's endpoints.
+                "--endpoint-reconciler-type=none",
+            ]
         return [
             "kube-apiserver",
             f"--etcd-servers=http://127.0.0.1:{self.state.ports['etcd']}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            *address,
             f"--secure-port={self.state.ports['apiserver']}",
             f"--tls-cert-file={p.serving_cert}",
             f"--tls-private-key-file={p.serving_key}",
@@ -321,11 +509,7 @@ class ControlPlane:
             f"--service-account-key-file={p.sa_public}",
             f"--service-account-signing-key-file={p.sa_private}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=RBAC",
             "--allow-privileged=true",
-            # A loopback address cannot be an Endpoints address; nothing here needs the
-            # `kubernetes` Service's endpoints.
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
             "--v=1",
         ]
@@ -346,9 +530,26 @@ class ControlPlane:
             f"--cluster-signing-cert-file={p.ca_cert}",
             f"--cluster-signing-key-file={p.ca_key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            *(
+                [
+                    f"--cluster-cidr={node.CLUSTER_CIDR}",
+                    "--allocate-node-cidrs=true",
+                    "--node-cidr-mask-size=24",
+                ]
+                if self.with_node
+                else []
+            ),
             "--profiling=false",
             "--v=1",
         ]
+
+
+def _insecure() -> ssl.SSLContext:
+    """For the health endpoints of components with self-signed serving certificates."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def log(message: str) -> None:
@@ -361,10 +562,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=["up", "down", "status", "kubeconfig"])
     parser.add_argument(
-        "--root", type=Path, default=DEFAULT_ROOT, help="state dir (default %(default)s)"
+        "--node",
+        action="store_true",
+        help="up: also kube-scheduler and a real node (kubelet, containerd, kube-proxy, CoreDNS, kube-router)",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        help=f"state dir (default {DEFAULT_ROOT}, with --node {NODE_ROOT})",
     )
     args = parser.parse_args(argv)
-    plane = ControlPlane(args.root, attached=False)
+    root = args.root or (NODE_ROOT if args.node else DEFAULT_ROOT)
+    plane = ControlPlane(root, attached=False, with_node=args.node)
     try:
         if args.command == "up":
             plane.up()

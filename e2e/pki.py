@@ -18,7 +18,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 # The in-cluster names a pod would use for the API server, so a kubeconfig built from a
 # service-account token verifies too.
 SERVING_DNS = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
-SERVING_IPS = ["127.0.0.1", "10.96.0.1"]
+SERVING_IPS = [
+    "127.0.0.1",
+    "10.96.0.1",
+    "10.244.0.1",
+]  # loopback, the `kubernetes` Service, the node's bridge
 VALIDITY = dt.timedelta(days=30)
 
 

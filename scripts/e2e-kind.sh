@@ -25,9 +25,15 @@ export KUBECONFIG="$KUBECONFIG_FILE"
 
 docker build -f docker/runtime.Dockerfile -t "ebbtide/runtime:$TAG" .
 docker build -f docker/operator.Dockerfile -t "ebbtide/operator:$TAG" .
-kind load docker-image --name "$CLUSTER" "ebbtide/runtime:$TAG" "ebbtide/operator:$TAG"
+docker build -f docker/e2e-worker.Dockerfile --build-arg "RUNTIME_IMAGE=ebbtide/runtime:$TAG" -t "ebbtide/e2e-worker:$TAG" .
+# (redis and rabbitmq: kind pulls the real images the operator names)
+kind load docker-image --name "$CLUSTER" "ebbtide/runtime:$TAG" "ebbtide/operator:$TAG" "ebbtide/e2e-worker:$TAG"
 
 helm upgrade --install ebbtide charts/ebbtide -n ebbtide-system --create-namespace \
   --set image.repository=ebbtide/operator --set image.tag="$TAG" --wait --timeout 180s
 
-EBBTIDE_E2E_RUNTIME_IMAGE="ebbtide/runtime:$TAG" .venv/bin/python -m pytest -q -rs e2e/tests
+EBBTIDE_E2E_OPERATOR_IMAGE="docker.io/ebbtide/operator:$TAG" \
+  EBBTIDE_E2E_RUNTIME_IMAGE="docker.io/ebbtide/runtime:$TAG" \
+  EBBTIDE_E2E_WORKER_IMAGE="docker.io/ebbtide/e2e-worker:$TAG" \
+  EBBTIDE_E2E_PULL_POLICY=IfNotPresent \
+  .venv/bin/python -m pytest -q -rs e2e/tests

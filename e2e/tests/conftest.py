@@ -1,16 +1,21 @@
-"""e2e fixtures: a real control plane for the session, the process kubelet, a fresh
-namespace per test, and the operator as a local process.
+"""e2e fixtures: the one-node cluster of `make cluster-up` (a real kubelet on containerd,
+kube-proxy, CoreDNS, kube-router), the images of `make images` imported into it, the
+chart's operator Deployment running from the operator image as its own ServiceAccount,
+and a fresh namespace per test. Nothing of Ebbtide runs on the host: tests reach brokers
+through their Services' ClusterIPs (kube-proxy routes them from the host) or from pods.
 
-With KUBECONFIG set (a kind cluster, say) the suite uses that cluster and its real
-kubelets. Otherwise it brings up the local control plane (e2e/controlplane.py), building
-it on first use. In CI (CI=true) nothing here may skip: a control plane that does not
-start fails the run. Outside CI, a missing Go toolchain skips loudly.
+A cluster from `make cluster-up` that is already running is used and left running;
+otherwise the session starts one (its processes die with it) and stops it. With
+KUBECONFIG set (a kind cluster, `make e2e-kind`) the suite uses that cluster, with the
+images named by EBBTIDE_E2E_OPERATOR_IMAGE and EBBTIDE_E2E_WORKER_IMAGE. In CI (CI=true)
+nothing may skip.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -23,16 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from e2e.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
-from e2e.tests.support import (  # noqa: E402
-    RELEASE,
-    KubeletProcess,
-    OperatorProcess,
-    install_chart,
-    service_account_kubeconfig,
-    uninstall_chart,
-    wait_for,
-)
+from e2e import node  # noqa: E402
+from e2e.controlplane import NODE_ROOT, ControlPlane, ControlPlaneError  # noqa: E402
+from e2e.tests.kit import IMAGES, OPERATOR_IMAGE, PULL_POLICY, kubectl  # noqa: E402
+from e2e.tests.support import RELEASE, SYSTEM_NAMESPACE, tail, wait_for  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -42,9 +41,10 @@ class KubeEnv:
     """How subprocesses and clients reach the cluster under test."""
 
     kubeconfig: str
-    local: bool  # our own control plane (process kubelet, loopback brokers)
+    local: bool  # our own one-node cluster (e2e.controlplane --node)
     env: dict[str, str] = field(default_factory=dict)
     bin_dir: str = ""  # helm and kubectl built with the control plane; else from PATH
+    logs: Path | None = None
 
     def tool(self, name: str) -> str:
         """Path of `helm` or `kubectl`: the control plane's build cache first, then PATH."""
@@ -56,6 +56,16 @@ class KubeEnv:
                 f"e2e: no {name} binary: run `make cluster-up` (it builds one)", pytrace=False
             )
         return found
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [self.tool("kubectl"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+        )
 
 
 def _skip_or_fail(message: str) -> None:
@@ -71,13 +81,23 @@ def kube_env() -> Iterator[KubeEnv]:
     if external:
         yield KubeEnv(kubeconfig=external, local=False, env={**os.environ, "KUBECONFIG": external})
         return
-    plane = ControlPlane(attached=True)
+    if os.geteuid() != 0:
+        _skip_or_fail("the real node needs root (containerd, iptables, a bridge)")
+    plane = ControlPlane(NODE_ROOT, attached=True, with_node=True)
     try:
         plane.up()
     except ControlPlaneError as error:
         if "no Go toolchain" in str(error):
             _skip_or_fail(str(error))
-        pytest.fail(f"e2e: the control plane did not start: {error}", pytrace=False)
+        pytest.fail(f"e2e: the cluster did not start: {error}", pytrace=False)
+    missing = [image for image in IMAGES if not node.image_present(image.split("@")[0])]
+    if missing:
+        if plane.started_here:
+            plane.down()
+        pytest.fail(
+            f"e2e: image not built: {', '.join(missing)} not in the node's containerd: run `make images`",
+            pytrace=False,
+        )
     kubeconfig = str(plane.kubeconfig)
     try:
         yield KubeEnv(
@@ -85,6 +105,7 @@ def kube_env() -> Iterator[KubeEnv]:
             local=True,
             env={**os.environ, "KUBECONFIG": kubeconfig},
             bin_dir=plane.state.bin_dir,
+            logs=plane.logs,
         )
     finally:
         if plane.started_here:
@@ -122,33 +143,65 @@ def custom(api_client):
 
 
 @pytest.fixture(scope="session")
-def kubelet(kube_env: KubeEnv, core, tmp_path_factory) -> Iterator[KubeletProcess | None]:
-    """The process kubelet on our own control plane; real kubelets elsewhere (None)."""
-    if not kube_env.local:
-        yield None
-        return
-    process = KubeletProcess.start(kube_env, tmp_path_factory.mktemp("kubelet"))
-    try:
-        process.wait_node_ready(core)
-        yield process
-    finally:
-        process.stop()
+def chart(kube_env: KubeEnv) -> Iterator[str]:
+    """`helm upgrade --install` of charts/ebbtide (every namespace: a ClusterRole), its
+    operator Deployment from the operator image; uninstalled at the end on our cluster."""
+    repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
+    helm = kube_env.tool("helm")
+    argv = [helm, "upgrade", "--install", RELEASE, str(ROOT / "charts" / "ebbtide")]
+    argv += ["--namespace", SYSTEM_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s"]
+    argv += ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}"]
+    argv += ["--set", f"image.pullPolicy={PULL_POLICY}"]
+    result = subprocess.run(argv, env=kube_env.env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pods = kubectl(kube_env, "get", "pods", "-n", SYSTEM_NAMESPACE, "-o", "wide", check=False)
+        kubelet_log = tail(kube_env.logs / "kubelet.log", 20) if kube_env.logs else ""
+        pytest.fail(
+            f"helm install failed:\n{result.stdout}\n{result.stderr}\n{pods.stdout}\n{kubelet_log}",
+            pytrace=False,
+        )
+    yield RELEASE
+    if kube_env.local:
+        uninstall = [helm, "uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait"]
+        subprocess.run(uninstall, env=kube_env.env, capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def operator(kube_env: KubeEnv, chart: str, core) -> Iterator[str]:
+    """The chart's operator pod, Ready (kopf's liveness probe), running as the chart's
+    ServiceAccount: a rule missing from the chart's RBAC fails the tests. Yields its name."""
+
+    def operator_pod() -> str | None:
+        pods = core.list_namespaced_pod(
+            SYSTEM_NAMESPACE, label_selector="ebbtide.dev/operator=true"
+        ).items
+        for pod in pods:
+            conditions = pod.status.conditions or []
+            if any(c.type == "Ready" and c.status == "True" for c in conditions):
+                return pod.metadata.name
+        return None
+
+    name = wait_for(operator_pod, 120, "the operator pod Ready")
+    yield name
+    logs = kubectl(kube_env, "logs", "-n", SYSTEM_NAMESPACE, name, "--tail=40", check=False)
+    sys.stderr.write(f"\n-- operator pod log (tail) --\n{logs.stdout}\n")
 
 
 @pytest.fixture
-def namespace(kube_env: KubeEnv, core) -> Iterator[str]:
-    """A fresh namespace, with its default ServiceAccount, deleted afterwards."""
+def namespace(core) -> Iterator[str]:
+    """A fresh namespace, with its default ServiceAccount, deleted afterwards (TaskQueues
+    first, while the operator still runs: kopf's finalizers)."""
     from kubernetes import client
 
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-
-    def has_default_sa() -> bool:
-        return any(
+    wait_for(
+        lambda: any(
             sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
-        )
-
-    wait_for(has_default_sa, 60, f"the default ServiceAccount in {name}")
+        ),
+        60,
+        f"the default ServiceAccount in {name}",
+    )
     yield name
     delete_taskqueues(core, name)
     core.delete_namespace(name)
@@ -175,35 +228,3 @@ def delete_taskqueues(core, namespace: str) -> None:
             "ebbtide.dev", "v1alpha1", namespace, "taskqueues", tq["metadata"]["name"]
         )
     wait_for(lambda: not remaining(), 60, f"the TaskQueues in {namespace} deleted")
-
-
-@pytest.fixture(scope="session")
-def chart(kube_env: KubeEnv) -> Iterator[str]:
-    """`helm install` of charts/ebbtide (every namespace: a ClusterRole). On our control
-    plane images cannot run, so the chart's operator Deployment gets 0 replicas and the
-    `operator` fixture runs the same code as a local process instead."""
-    helm = kube_env.tool("helm")
-    install_chart(helm, kube_env.env, operator_replicas=0 if kube_env.local else None)
-    yield RELEASE
-    if kube_env.local:
-        uninstall_chart(helm, kube_env.env)
-
-
-@pytest.fixture(scope="session")
-def operator(
-    kube_env: KubeEnv, chart: str, core, kubelet, tmp_path_factory
-) -> Iterator[OperatorProcess | None]:
-    """The operator, watching every namespace as the chart's ServiceAccount. On another
-    cluster the chart's own Deployment runs it (None here)."""
-    if not kube_env.local:
-        yield None
-        return
-    workdir = tmp_path_factory.mktemp("operator")
-    kubeconfig = service_account_kubeconfig(
-        kube_env.kubeconfig, core, workdir / "operator.kubeconfig"
-    )
-    process = OperatorProcess.start(kubeconfig, [], workdir, {})
-    try:
-        yield process
-    finally:
-        process.stop()

@@ -1,5 +1,6 @@
-"""Helpers for the e2e suite: polling with a deadline (never a bare sleep), and the
-harness's own processes: the process kubelet and the operator."""
+"""Helpers for the e2e suite and bench/operator_e2e.py: polling with a deadline (never a
+bare sleep), the chart, and the operator as a local process (the benchmark's; the e2e
+suite runs the chart's operator Deployment)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import yaml
 
@@ -84,55 +85,6 @@ def tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return f"(no log at {path})"
-
-
-@dataclass
-class KubeletProcess:
-    """The process kubelet (e2e/kubelet), as an attached child of the test session."""
-
-    popen: subprocess.Popen
-    node_name: str
-    state_dir: Path
-    log_path: Path
-
-    @classmethod
-    def start(cls, kube_env: Any, state_dir: Path) -> KubeletProcess:
-        node = f"e2e-node-{os.getpid()}"
-        log_path = state_dir / "kubelet.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "e2e.kubelet",
-            "--kubeconfig",
-            kube_env.kubeconfig,
-            "--node-name",
-            node,
-            "--state-dir",
-            str(state_dir),
-        ]
-        env = {**kube_env.env, "PYTHONPATH": str(ROOT)}
-        popen = processes.spawn(argv, log_path, env=env, attached=True)
-        return cls(popen, node, state_dir, log_path)
-
-    def wait_node_ready(self, core) -> None:
-        def ready() -> bool:
-            if self.popen.poll() is not None:
-                raise AssertionError(f"the process kubelet exited:\n{tail(self.log_path)}")
-            node = core.read_node(self.node_name)
-            return any(
-                c.type == "Ready" and c.status == "True" for c in node.status.conditions or []
-            )
-
-        wait_for(ready, 60, f"Node {self.node_name} Ready")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
 
 
 @dataclass

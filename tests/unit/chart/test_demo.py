@@ -28,11 +28,11 @@ def test_demo_tears_down_on_exit_and_ctrl_c():
     assert "set -euo pipefail" in text
 
 
-def test_demo_runs_the_operator_as_the_charts_service_account():
+def test_demo_runs_the_operator_as_the_charts_deployment_from_its_image():
     text = DEMO.read_text()
-    assert 'create token "$RELEASE"' in text
-    assert "--standalone" in text and '--namespace="$NS"' in text
-    assert "replicaCount=0" in text and "watchNamespaces={$NS}" in text
+    assert "watchNamespaces={$NS}" in text and "image.repository=" in text
+    assert "replicaCount=0" not in text and "kopf" not in text
+    assert '--as="system:serviceaccount:$SYSTEM_NS:$RELEASE"' in text
 
 
 def test_demo_taskqueue_is_valid_and_uses_the_demo_secret():

@@ -1,2 +1,0 @@
-"""Unit tests of the process kubelet's pure logic (no cluster): `make harness`, and part of
-`make e2e` and `make test`."""

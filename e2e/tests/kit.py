@@ -1,0 +1,236 @@
+"""Helpers of the real-pods suite: the images of `make images`, TaskQueue bodies for the
+e2e worker image, test pods, and reaching a Service from the host through kube-proxy."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from e2e.tests.support import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+APPS = ROOT / "e2e" / "tests" / "apps"
+TAG = "0.1.0"  # EBBTIDE_IMAGE_TAG in e2e/versions.env
+# Images of `make images` (imported into the node); on another cluster (`make e2e-kind`)
+# the ones named by the environment, loaded there.
+OPERATOR_IMAGE = os.environ.get("EBBTIDE_E2E_OPERATOR_IMAGE", f"docker.io/ebbtide/operator:{TAG}")
+RUNTIME_IMAGE = os.environ.get("EBBTIDE_E2E_RUNTIME_IMAGE", f"docker.io/ebbtide/runtime:{TAG}")
+WORKER_IMAGE = os.environ.get("EBBTIDE_E2E_WORKER_IMAGE", f"docker.io/ebbtide/e2e-worker:{TAG}")
+PULL_POLICY = os.environ.get("EBBTIDE_E2E_PULL_POLICY", "Never")
+REDIS_IMAGE = "docker.io/library/redis:7.2-alpine"
+RABBITMQ_IMAGE = "docker.io/library/rabbitmq:3.13-management"
+IMAGES = (OPERATOR_IMAGE, RUNTIME_IMAGE, WORKER_IMAGE, REDIS_IMAGE, RABBITMQ_IMAGE)
+GROUP, VERSION, PLURAL = "ebbtide.dev", "v1alpha1", "taskqueues"
+RUNS = "e2e:runs"  # tracked.RUNS_KEY
+TRACKER = "tracker"
+
+
+def taskqueue(
+    name: str,
+    broker: dict,
+    *,
+    track_url: str = "",
+    scaling: dict | None = None,
+    worker: dict | None = None,
+) -> dict:
+    """A TaskQueue running e2e/tests/apps/tracked.py from the e2e worker image."""
+    env = [{"name": "EBBTIDE_TRACK_URL", "value": track_url}] if track_url else []
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TaskQueue",
+        "metadata": {"name": name},
+        "spec": {
+            "broker": broker,
+            "queues": [{"name": "default"}],
+            "worker": {
+                "image": WORKER_IMAGE,
+                "imagePullPolicy": PULL_POLICY,
+                "app": "tracked:app",
+                "concurrency": 4,
+                "terminationGracePeriodSeconds": 30,
+                "env": env,
+                **(worker or {}),
+            },
+            "scaling": {
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                "targetBacklogSeconds": 10,
+                "pollSeconds": 1,
+                "scaleDownStabilizationSeconds": 5,
+                "initialTaskSeconds": 0.05,
+                **(scaling or {}),
+            },
+        },
+    }
+
+
+def kubectl(kube_env: Any, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`kubectl ARGS` against the cluster under test, as a user runs it."""
+    return subprocess.run(
+        [kube_env.tool("kubectl"), *args],
+        env=kube_env.env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
+    )
+
+
+def create_tq(custom, namespace: str, body: dict) -> dict:
+    return custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+def read_tq(custom, namespace: str, name: str) -> dict:
+    return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def condition(tq: dict, kind: str) -> dict:
+    return next((c for c in tq.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def pod_ready(pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def ready_pods(core, namespace: str, selector: str) -> list:
+    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    return [p for p in pods if p.metadata.deletion_timestamp is None and pod_ready(p)]
+
+
+def secret_value(core, namespace: str, name: str, key: str) -> str:
+    return base64.b64decode(core.read_namespaced_secret(name, namespace).data[key]).decode()
+
+
+def cluster_ip(core, namespace: str, service: str) -> str:
+    return core.read_namespaced_service(service, namespace).spec.cluster_ip
+
+
+def via_cluster_ip(core, namespace: str, url: str) -> str:
+    """`url` (a broker URL naming `SERVICE.NAMESPACE.svc`) with the host replaced by the
+    Service's ClusterIP: the host has no cluster DNS, but kube-proxy routes ClusterIPs."""
+    parts = urllib.parse.urlsplit(url)
+    service = parts.hostname.split(".")[0]
+    netloc = parts.netloc.replace(parts.hostname, cluster_ip(core, namespace, service))
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def security() -> dict[str, Any]:
+    return {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def tracker(core, apps, namespace: str, name: str = TRACKER) -> str:
+    """A plain Redis pod and Service (no password, no NetworkPolicy): where the workers count
+    their runs, or an "external" broker; returns the in-cluster URL. Tests reach it through
+    its ClusterIP (`via_cluster_ip`)."""
+    labels = {"app": name}
+    apps.create_namespaced_deployment(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "securityContext": {"runAsUser": 999, "runAsNonRoot": True},
+                        "containers": [
+                            {
+                                "name": "redis",
+                                "image": REDIS_IMAGE,
+                                "imagePullPolicy": PULL_POLICY,
+                                "command": ["redis-server"],
+                                "args": [
+                                    "--save",
+                                    "",
+                                    "--appendonly",
+                                    "no",
+                                    "--protected-mode",
+                                    "no",
+                                ],
+                                "ports": [{"name": "redis", "containerPort": 6379}],
+                                "readinessProbe": {
+                                    "tcpSocket": {"port": "redis"},
+                                    "periodSeconds": 1,
+                                },
+                                "securityContext": security(),
+                                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                            }
+                        ],
+                        "volumes": [{"name": "data", "emptyDir": {}}],
+                    },
+                },
+            },
+        },
+    )
+    core.create_namespaced_service(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": labels, "ports": [{"name": "redis", "port": 6379}]},
+        },
+    )
+    wait_for(lambda: ready_pods(core, namespace, f"app={name}"), 90, f"the {name} Redis pod Ready")
+    return f"redis://{name}.{namespace}.svc:6379/0"
+
+
+def run_pod(
+    core, namespace: str, name: str, code: str, labels: dict | None = None
+) -> tuple[str, str]:
+    """Run `python -c code` in a pod of the runtime image to its end: (phase, log)."""
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": labels or {}},
+            "spec": {
+                "restartPolicy": "Never",
+                "securityContext": {"runAsUser": 10001, "runAsNonRoot": True},
+                "containers": [
+                    {
+                        "name": "probe",
+                        "image": RUNTIME_IMAGE,
+                        "imagePullPolicy": PULL_POLICY,
+                        "command": ["python", "-c", code],
+                        "securityContext": security(),
+                    }
+                ],
+            },
+        },
+    )
+
+    def finished() -> str | None:
+        phase = core.read_namespaced_pod(name, namespace).status.phase
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    phase = wait_for(finished, 90, f"pod {name} to finish")
+    return phase, core.read_namespaced_pod_log(name, namespace)
+
+
+def enqueue(broker_url: str, count: int, seconds: float) -> None:
+    """Enqueue through the runtime's producer API in a fresh host process, as an app would."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import tracked; "
+        "tracked.app.use_broker_url(sys.argv[2]); "
+        "n = int(sys.argv[3]); "
+        "[tracked.work.send_many([(i, float(sys.argv[4])) for i in range(s, min(n, s + 500))]) "
+        "for s in range(0, n, 500)]"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(APPS), broker_url, str(count), str(seconds)],
+        check=True,
+        timeout=120,
+    )
