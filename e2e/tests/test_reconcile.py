@@ -5,20 +5,31 @@ again with its replicas held. (This file runs last: it replaces the session's op
 
 from __future__ import annotations
 
+import redis
+
 from e2e.tests.kit import (
+    GROUP,
+    PLURAL,
+    RUNS,
     RUNTIME_IMAGE,
+    VERSION,
     WORKER_IMAGE,
     condition,
     create_tq,
+    enqueue,
     pod_ready,
     read_tq,
     taskqueue,
     tracker,
+    via_cluster_ip,
 )
 from e2e.tests.support import SYSTEM_NAMESPACE, wait_for
 
 
-def external_taskqueue(core, apps, custom, namespace: str, name: str, replicas: int) -> None:
+def external_taskqueue(
+    core, apps, custom, namespace: str, name: str, replicas: int, **extra
+) -> str:
+    """A TaskQueue on a Redis pod standing in for an external broker; returns its URL."""
     url = tracker(core, apps, namespace, "external")
     core.create_namespaced_secret(
         namespace,
@@ -29,16 +40,100 @@ def external_taskqueue(core, apps, custom, namespace: str, name: str, replicas: 
             "stringData": {"url": url},
         },
     )
+    scaling = {"minReplicas": replicas, **extra.pop("scaling", {})}
     body = taskqueue(
         name,
         {"type": "redis", "external": {"secretRef": {"name": "broker"}}},
-        scaling={"minReplicas": replicas},
+        scaling=scaling,
+        **extra,
     )
     create_tq(custom, namespace, body)
     wait_for(
         lambda: condition(read_tq(custom, namespace, name), "WorkersReady").get("status") == "True",
         180,
         f"{name}'s workers ready",
+    )
+    return url
+
+
+def worker_pods(core, namespace: str, name: str) -> list:
+    pods = core.list_namespaced_pod(
+        namespace, label_selector=f"ebbtide.dev/taskqueue={name},app.kubernetes.io/component=worker"
+    ).items
+    return [p for p in pods if p.metadata.deletion_timestamp is None]
+
+
+def replicas(apps, namespace: str, name: str) -> int:
+    return apps.read_namespaced_deployment(f"{name}-worker", namespace).spec.replicas or 0
+
+
+def test_scaling_up_from_zero_and_back(core, apps, custom, operator, namespace):
+    track_url = f"redis://external.{namespace}.svc:6379/1"  # the broker pod's database 1
+    url = external_taskqueue(
+        core,
+        apps,
+        custom,
+        namespace,
+        "idle",
+        0,
+        track_url=track_url,
+        scaling={"maxReplicas": 3, "scaleDownStabilizationSeconds": 5, "scaleToZeroIdleSeconds": 5},
+    )
+    wait_for(
+        lambda: replicas(apps, namespace, "idle") == 0 and not worker_pods(core, namespace, "idle"),
+        60,
+        "no worker pods while the queue is empty",
+    )
+    enqueue(via_cluster_ip(core, namespace, url), 200, 0.05)
+    wait_for(lambda: replicas(apps, namespace, "idle") >= 1, 60, "a scale-up from zero")
+    track = redis.Redis.from_url(via_cluster_ip(core, namespace, track_url))
+    wait_for(lambda: track.hlen(RUNS) == 200, 180, "the 200 tasks run")
+    wait_for(
+        lambda: replicas(apps, namespace, "idle") == 0 and not worker_pods(core, namespace, "idle"),
+        120,
+        "back to zero worker pods",
+    )
+
+
+def test_fallback_replicas_while_the_broker_is_down(core, apps, custom, operator, namespace):
+    external_taskqueue(
+        core,
+        apps,
+        custom,
+        namespace,
+        "fallback",
+        1,
+        scaling={"maxReplicas": 3, "fallbackReplicas": 2},
+    )
+    assert replicas(apps, namespace, "fallback") == 1
+    apps.delete_namespaced_deployment("external", namespace)
+    wait_for(
+        lambda: (
+            condition(read_tq(custom, namespace, "fallback"), "Degraded").get("status") == "True"
+            and replicas(apps, namespace, "fallback") == 2
+        ),
+        120,
+        "Degraded, and fallbackReplicas (2) applied",
+    )
+
+
+def test_a_spec_change_rolls_the_worker_deployment(core, apps, custom, operator, namespace):
+    external_taskqueue(core, apps, custom, namespace, "rolling", 1)
+    [old] = [p.metadata.name for p in worker_pods(core, namespace, "rolling")]
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "rolling", {"spec": {"worker": {"concurrency": 2}}}
+    )
+
+    def rolled() -> bool:
+        pods = [p for p in worker_pods(core, namespace, "rolling") if pod_ready(p)]
+        args = [p.spec.containers[0].args for p in pods if p.metadata.name != old]
+        return bool(args) and all("2" == a[a.index("--concurrency") + 1] for a in args)
+
+    wait_for(rolled, 120, "a new worker pod with --concurrency 2 ready")
+    wait_for(
+        lambda: old not in [p.metadata.name for p in worker_pods(core, namespace, "rolling")],
+        90,
+        "the old pod gone",
     )
 
 
