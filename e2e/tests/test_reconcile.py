@@ -19,6 +19,7 @@ from e2e.tests.kit import (
     enqueue,
     pod_ready,
     read_tq,
+    secret_value,
     taskqueue,
     tracker,
     via_cluster_ip,
@@ -140,6 +141,69 @@ def test_a_spec_change_rolls_the_worker_deployment(core, apps, custom, operator,
 def worker_image(apps, namespace: str, name: str) -> str | None:
     deployment = apps.read_namespaced_deployment(f"{name}-worker", namespace)
     return deployment.spec.template.spec.containers[0].image
+
+
+def test_re_reconciling_a_managed_redis_keeps_its_secret_and_broker(
+    core, apps, custom, operator, namespace
+):
+    create_tq(custom, namespace, taskqueue("kept", {"type": "redis", "managed": {}}))
+    wait_for(
+        lambda: (
+            condition(read_tq(custom, namespace, "kept"), "BrokerReady").get("status") == "True"
+        ),
+        180,
+        "the managed Redis ready",
+    )
+    password = secret_value(core, namespace, "kept-broker", "password")
+    broker_uid = apps.read_namespaced_deployment("kept-redis", namespace).metadata.uid
+    patched = custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "kept", {"spec": {"scaling": {"maxReplicas": 5}}}
+    )
+    generation = patched["metadata"]["generation"]
+    wait_for(
+        lambda: (
+            read_tq(custom, namespace, "kept").get("status", {}).get("observedGeneration")
+            == generation
+        ),
+        60,
+        f"generation {generation} reconciled",
+    )
+    assert secret_value(core, namespace, "kept-broker", "password") == password
+    assert apps.read_namespaced_deployment("kept-redis", namespace).metadata.uid == broker_uid
+    assert condition(read_tq(custom, namespace, "kept"), "BrokerReady").get("status") == "True"
+
+
+def test_a_managed_rabbitmq_is_garbage_collected(core, apps, custom, operator, namespace):
+    from kubernetes import client
+
+    create_tq(custom, namespace, taskqueue("gone", {"type": "rabbitmq", "managed": {}}))
+    wait_for(
+        lambda: apps.read_namespaced_stateful_set("gone-rabbitmq", namespace),
+        60,
+        "the RabbitMQ StatefulSet",
+    )
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
+    net = client.NetworkingV1Api(core.api_client)
+
+    def left() -> list[str]:
+        names = [s.metadata.name for s in apps.list_namespaced_stateful_set(namespace).items]
+        names += [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items]
+        names += [s.metadata.name for s in core.list_namespaced_service(namespace).items]
+        names += [
+            c.metadata.name
+            for c in core.list_namespaced_config_map(namespace).items
+            if c.metadata.name.startswith("gone")
+        ]
+        names += [
+            s.metadata.name
+            for s in core.list_namespaced_secret(namespace).items
+            if s.metadata.name.startswith("gone")
+        ]
+        names += [n.metadata.name for n in net.list_namespaced_network_policy(namespace).items]
+        names += [p.metadata.name for p in core.list_namespaced_pod(namespace).items]
+        return names
+
+    wait_for(lambda: not left(), 120, "the managed RabbitMQ's objects and pods garbage-collected")
 
 
 def test_an_edited_worker_deployment_is_repaired_and_a_deleted_one_recreated(
