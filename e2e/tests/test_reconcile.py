@@ -5,20 +5,32 @@ again with its replicas held. (This file runs last: it replaces the session's op
 
 from __future__ import annotations
 
+import redis
+
 from e2e.tests.kit import (
+    GROUP,
+    PLURAL,
+    RUNS,
     RUNTIME_IMAGE,
+    VERSION,
     WORKER_IMAGE,
     condition,
     create_tq,
+    enqueue,
     pod_ready,
     read_tq,
+    secret_value,
     taskqueue,
     tracker,
+    via_cluster_ip,
 )
 from e2e.tests.support import SYSTEM_NAMESPACE, wait_for
 
 
-def external_taskqueue(core, apps, custom, namespace: str, name: str, replicas: int) -> None:
+def external_taskqueue(
+    core, apps, custom, namespace: str, name: str, replicas: int, **extra
+) -> str:
+    """A TaskQueue on a Redis pod standing in for an external broker; returns its URL."""
     url = tracker(core, apps, namespace, "external")
     core.create_namespaced_secret(
         namespace,
@@ -29,10 +41,12 @@ def external_taskqueue(core, apps, custom, namespace: str, name: str, replicas: 
             "stringData": {"url": url},
         },
     )
+    scaling = {"minReplicas": replicas, **extra.pop("scaling", {})}
     body = taskqueue(
         name,
         {"type": "redis", "external": {"secretRef": {"name": "broker"}}},
-        scaling={"minReplicas": replicas},
+        scaling=scaling,
+        **extra,
     )
     create_tq(custom, namespace, body)
     wait_for(
@@ -40,11 +54,156 @@ def external_taskqueue(core, apps, custom, namespace: str, name: str, replicas: 
         180,
         f"{name}'s workers ready",
     )
+    return url
+
+
+def worker_pods(core, namespace: str, name: str) -> list:
+    pods = core.list_namespaced_pod(
+        namespace, label_selector=f"ebbtide.dev/taskqueue={name},app.kubernetes.io/component=worker"
+    ).items
+    return [p for p in pods if p.metadata.deletion_timestamp is None]
+
+
+def replicas(apps, namespace: str, name: str) -> int:
+    return apps.read_namespaced_deployment(f"{name}-worker", namespace).spec.replicas or 0
+
+
+def test_scaling_up_from_zero_and_back(core, apps, custom, operator, namespace):
+    track_url = f"redis://external.{namespace}.svc:6379/1"  # the broker pod's database 1
+    url = external_taskqueue(
+        core,
+        apps,
+        custom,
+        namespace,
+        "idle",
+        0,
+        track_url=track_url,
+        scaling={"maxReplicas": 3, "scaleDownStabilizationSeconds": 5, "scaleToZeroIdleSeconds": 5},
+    )
+    wait_for(
+        lambda: replicas(apps, namespace, "idle") == 0 and not worker_pods(core, namespace, "idle"),
+        60,
+        "no worker pods while the queue is empty",
+    )
+    enqueue(via_cluster_ip(core, namespace, url), 200, 0.05)
+    wait_for(lambda: replicas(apps, namespace, "idle") >= 1, 60, "a scale-up from zero")
+    track = redis.Redis.from_url(via_cluster_ip(core, namespace, track_url))
+    wait_for(lambda: track.hlen(RUNS) == 200, 180, "the 200 tasks run")
+    wait_for(
+        lambda: replicas(apps, namespace, "idle") == 0 and not worker_pods(core, namespace, "idle"),
+        120,
+        "back to zero worker pods",
+    )
+
+
+def test_fallback_replicas_while_the_broker_is_down(core, apps, custom, operator, namespace):
+    external_taskqueue(
+        core,
+        apps,
+        custom,
+        namespace,
+        "fallback",
+        1,
+        scaling={"maxReplicas": 3, "fallbackReplicas": 2},
+    )
+    assert replicas(apps, namespace, "fallback") == 1
+    apps.delete_namespaced_deployment("external", namespace)
+    wait_for(
+        lambda: (
+            condition(read_tq(custom, namespace, "fallback"), "Degraded").get("status") == "True"
+            and replicas(apps, namespace, "fallback") == 2
+        ),
+        120,
+        "Degraded, and fallbackReplicas (2) applied",
+    )
+
+
+def test_a_spec_change_rolls_the_worker_deployment(core, apps, custom, operator, namespace):
+    external_taskqueue(core, apps, custom, namespace, "rolling", 1)
+    [old] = [p.metadata.name for p in worker_pods(core, namespace, "rolling")]
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "rolling", {"spec": {"worker": {"concurrency": 2}}}
+    )
+
+    def rolled() -> bool:
+        pods = [p for p in worker_pods(core, namespace, "rolling") if pod_ready(p)]
+        args = [p.spec.containers[0].args for p in pods if p.metadata.name != old]
+        return bool(args) and all("2" == a[a.index("--concurrency") + 1] for a in args)
+
+    wait_for(rolled, 120, "a new worker pod with --concurrency 2 ready")
+    wait_for(
+        lambda: old not in [p.metadata.name for p in worker_pods(core, namespace, "rolling")],
+        90,
+        "the old pod gone",
+    )
 
 
 def worker_image(apps, namespace: str, name: str) -> str | None:
     deployment = apps.read_namespaced_deployment(f"{name}-worker", namespace)
     return deployment.spec.template.spec.containers[0].image
+
+
+def test_re_reconciling_a_managed_redis_keeps_its_secret_and_broker(
+    core, apps, custom, operator, namespace
+):
+    create_tq(custom, namespace, taskqueue("kept", {"type": "redis", "managed": {}}))
+    wait_for(
+        lambda: (
+            condition(read_tq(custom, namespace, "kept"), "BrokerReady").get("status") == "True"
+        ),
+        180,
+        "the managed Redis ready",
+    )
+    password = secret_value(core, namespace, "kept-broker", "password")
+    broker_uid = apps.read_namespaced_deployment("kept-redis", namespace).metadata.uid
+    patched = custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "kept", {"spec": {"scaling": {"maxReplicas": 5}}}
+    )
+    generation = patched["metadata"]["generation"]
+    wait_for(
+        lambda: (
+            read_tq(custom, namespace, "kept").get("status", {}).get("observedGeneration")
+            == generation
+        ),
+        60,
+        f"generation {generation} reconciled",
+    )
+    assert secret_value(core, namespace, "kept-broker", "password") == password
+    assert apps.read_namespaced_deployment("kept-redis", namespace).metadata.uid == broker_uid
+    assert condition(read_tq(custom, namespace, "kept"), "BrokerReady").get("status") == "True"
+
+
+def test_a_managed_rabbitmq_is_garbage_collected(core, apps, custom, operator, namespace):
+    from kubernetes import client
+
+    create_tq(custom, namespace, taskqueue("gone", {"type": "rabbitmq", "managed": {}}))
+    wait_for(
+        lambda: apps.read_namespaced_stateful_set("gone-rabbitmq", namespace),
+        60,
+        "the RabbitMQ StatefulSet",
+    )
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
+    net = client.NetworkingV1Api(core.api_client)
+
+    def left() -> list[str]:
+        names = [s.metadata.name for s in apps.list_namespaced_stateful_set(namespace).items]
+        names += [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items]
+        names += [s.metadata.name for s in core.list_namespaced_service(namespace).items]
+        names += [
+            c.metadata.name
+            for c in core.list_namespaced_config_map(namespace).items
+            if c.metadata.name.startswith("gone")
+        ]
+        names += [
+            s.metadata.name
+            for s in core.list_namespaced_secret(namespace).items
+            if s.metadata.name.startswith("gone")
+        ]
+        names += [n.metadata.name for n in net.list_namespaced_network_policy(namespace).items]
+        names += [p.metadata.name for p in core.list_namespaced_pod(namespace).items]
+        return names
+
+    wait_for(lambda: not left(), 120, "the managed RabbitMQ's objects and pods garbage-collected")
 
 
 def test_an_edited_worker_deployment_is_repaired_and_a_deleted_one_recreated(
