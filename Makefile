@@ -57,7 +57,7 @@ unit: setup ## Unit tests (pure logic)
 integration: setup ## Integration tests against real Redis / RabbitMQ started on loopback
 	$(PY) -m pytest -q tests/integration
 
-test: setup lint binaries ## The whole suite: ruff, unit, integration (real brokers), the harness's unit tests and e2e (real control plane)
+test: setup lint binaries ## The whole suite: ruff, unit, integration and chaos (real brokers, real faults), e2e (real pods on a one-node cluster)
 	$(PY) -m pytest -q -rs tests
 	$(MAKE) e2e
 

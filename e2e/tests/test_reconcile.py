@@ -143,7 +143,7 @@ def worker_image(apps, namespace: str, name: str) -> str | None:
     return deployment.spec.template.spec.containers[0].image
 
 
-def test_re_reconciling_a_managed_redis_keeps_its_secret_and_broker(
+def test_re_reconciling_a_managed_redis_keeps_its_secret_and_statefulset(
     core, apps, custom, operator, namespace
 ):
     create_tq(custom, namespace, taskqueue("kept", {"type": "redis", "managed": {}}))
@@ -155,7 +155,7 @@ def test_re_reconciling_a_managed_redis_keeps_its_secret_and_broker(
         "the managed Redis ready",
     )
     password = secret_value(core, namespace, "kept-broker", "password")
-    broker_uid = apps.read_namespaced_deployment("kept-redis", namespace).metadata.uid
+    broker_uid = apps.read_namespaced_stateful_set("kept-redis", namespace).metadata.uid
     patched = custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "kept", {"spec": {"scaling": {"maxReplicas": 5}}}
     )
@@ -169,7 +169,7 @@ def test_re_reconciling_a_managed_redis_keeps_its_secret_and_broker(
         f"generation {generation} reconciled",
     )
     assert secret_value(core, namespace, "kept-broker", "password") == password
-    assert apps.read_namespaced_deployment("kept-redis", namespace).metadata.uid == broker_uid
+    assert apps.read_namespaced_stateful_set("kept-redis", namespace).metadata.uid == broker_uid
     assert condition(read_tq(custom, namespace, "kept"), "BrokerReady").get("status") == "True"
 
 
