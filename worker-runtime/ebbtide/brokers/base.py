@@ -199,9 +199,11 @@ class Exchanging(Protocol):
         running: Collection[str],
         lease_ms: int,
         ttl_ms: int,
+        sweep: bool = False,
     ) -> list[str]:
-        """The heartbeat: renew the held leases, mark the `running` entries started;
-        returns the held entries this worker no longer owns."""
+        """The heartbeat: renew the held leases, mark the `running` entries started, and
+        with `sweep` release the claims recorded for this worker that it does not hold
+        (a claim whose reply was lost); returns the held entries it no longer owns."""
 
 
 @runtime_checkable

@@ -69,6 +69,7 @@ class Worker:
         self.report = Report()
         self._last_broker_ok = 0.0
         self._claim_inflight = False
+        self._sweep = False  # a claim reply was lost: the next heartbeat sweeps
         self._loops: dict[str, asyncio.Task] = {}  # fetch, settle, heartbeat: /readyz watches
         # The broker's optional capabilities, found once at start (brokers.base).
         self._exchanger: Exchanging | None = None
@@ -239,6 +240,7 @@ class Worker:
             try:
                 got = await self._claim(free)
             except Exception as exc:
+                self._sweep = True  # its claims may be recorded: the heartbeat puts them back
                 logs.warn("claim failed", error=str(exc), retry_in=round(failing, 2))
                 await self._sleep(failing)
                 failing = min(failing * 2, 5.0)
@@ -316,7 +318,8 @@ class Worker:
                     self.report.stale(len(batch) - settled, 0)
                 break
             except Exception as exc:
-                n = 0  # a lost reply's claims come back when their leases expire
+                self._sweep = self._sweep or n > 0  # a lost reply's claims: see _heartbeat
+                n = 0
                 if self._closing and attempt >= 5:
                     logs.error("settle failed; leases will expire instead", error=str(exc))
                     break
@@ -349,9 +352,14 @@ class Worker:
             await self.broker.heartbeat(self.worker_id, self.info(), held, self.lease_ms, ttl)
             return
         running = set(self.running)
+        # No claim on its way (single loop: every reply so far is in `held`), so the
+        # claims recorded for this worker that it does not hold had their reply lost.
+        sweep = self._sweep and not self._claim_inflight
         lost = await self._exchanger.renew(
-            self.worker_id, self.info(), held, running, self.lease_ms, ttl
+            self.worker_id, self.info(), held, running, self.lease_ms, ttl, sweep
         )
+        if sweep:
+            self._sweep = False
         self._fenced_out(lost)
 
     def _fenced_out(self, lost: list[str]) -> None:

@@ -91,7 +91,7 @@ class ExchangingBroker(MemoryBroker):
         mine = [s for s in settlements if s.delivery.entry not in fenced]
         return len(mine), (await self.claim(plan, n, lease_ms) if n else [])
 
-    async def renew(self, worker_id, info, held, running, lease_ms, ttl_ms):
+    async def renew(self, worker_id, info, held, running, lease_ms, ttl_ms, sweep=False):
         self.heartbeats.append(info)
         return [d.entry for d in held if d.entry in self.lost]
 

@@ -220,10 +220,14 @@ class RedisBroker:
         running: Collection[str],
         lease_ms: int,
         ttl_ms: int,
+        sweep: bool = False,
     ) -> list[str]:
         """The heartbeat: renew every held lease, mark the running tasks started, keep
-        the worker alive; returns the entries it no longer holds (fenced out)."""
+        the worker alive, and with `sweep` put back the claims recorded for this worker
+        that it does not hold (a lost claim reply); returns the entries it no longer
+        holds (fenced out)."""
         args: list[Any] = [self.prefix, lease_ms, worker_id, info, ttl_ms, self.alive_ms]
+        args.append(1 if sweep else 0)
         lost = await self._async_scripts["heartbeat"](
             args=args + wire.heartbeat_args(held, running)
         )
