@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from support import http
 from support.servers import free_port
-from worker_testkit import run_cli, wait_for
+from worker_testkit import HERE, run_cli, wait_for
 
 
 def runs_once(broker, tag: str, n: int) -> bool:
@@ -421,7 +423,20 @@ def test_stats_cli(broker):
 def test_cli_reports_bad_app_clearly(broker):
     out = broker.cli("worker", "no_such_module:app")
     assert out.returncode == 2 and "no_such_module" in out.stderr
+    # No broker URL anywhere (no flag, no EBBTIDE_BROKER_URL): a clear usage error.
     env_less = {k: v for k, v in os.environ.items() if k != "EBBTIDE_BROKER_URL"}
-    assert env_less  # a worker with an unknown scheme exits with a clear message
+    env_less["PYTHONPATH"] = str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    for command in (["stats"], ["worker", "worker_tasks:app"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "ebbtide", *command],
+            env=env_less,
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 2, (command, out.stderr)
+        assert "no broker URL" in out.stderr and "EBBTIDE_BROKER_URL" in out.stderr, out.stderr
+    # A URL with a scheme Ebbtide does not speak: named in the message.
     out = run_cli("ftp://x", "stats")
     assert out.returncode == 2 and "unsupported broker URL scheme 'ftp'" in out.stderr
