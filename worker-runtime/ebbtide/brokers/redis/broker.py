@@ -186,7 +186,8 @@ class RedisBroker:
         self.worker_id, self.alive_ms = worker_id, alive_ms
 
     async def claim(self, plan: Plan, n: int, lease_ms: int, run_now: int = 0) -> list[Delivery]:
-        args: list[Any] = [self.prefix, lease_ms, n, self.worker_id, run_now, *wire.plan_args(plan)]
+        args: list[Any] = [self.prefix, lease_ms, n, self.worker_id, run_now, self.alive_ms]
+        args += wire.plan_args(plan)
         _, framed = await self._async_scripts["claim"](args=args)
         return wire.parse_framed(framed)
 
@@ -207,6 +208,7 @@ class RedisBroker:
         """Settle a batch and claim up to `n` more in the same script call; returns how
         many settlements applied (the rest were fenced out) and the claims."""
         head: list[Any] = [self.prefix, dead_ttl_ms, lease_ms, n, self.worker_id, run_now]
+        head.append(self.alive_ms)
         head += [len(plan), *wire.plan_args(plan)]
         args = head + wire.settle_args("", settlements, 0)[2:]
         settled, framed = await self._async_scripts["exchange"](args=args)

@@ -214,9 +214,12 @@ end
 -- Returns one string framing every claimed task as
 -- "<queue>\n<handle>\n<recoveries>\n<payload length>\n<payload>": one bulk reply is
 -- parsed far faster by the client than several per task.
-local function claim_framed(queues, quotas, n, now, deadline, worker, run_now)
+local function claim_framed(queues, quotas, n, now, deadline, worker, run_now, alive)
   local out = {}
   reclaim_dead_workers(now)
+  -- A claim is a sign of life too: a worker that dies before its first heartbeat is
+  -- still noticed by its liveness, not its lease.
+  if worker ~= '' and alive > 0 then redis.call('ZADD', K_ALIVE, now + alive, worker) end
   for _, q in ipairs(queues) do
     promote_due(q, now, 500)
     reclaim_expired(q, now, 500)
