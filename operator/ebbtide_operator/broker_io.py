@@ -86,7 +86,7 @@ class BrokerReader:
     def __init__(
         self,
         max_threads: int = 64,
-        reader: Callable[[Any, list[str]], BrokerStats] = read_stats,
+        reader: Callable[[Any, list[str], str], BrokerStats] = read_stats,
     ) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_threads, thread_name_prefix="ebbtide-broker"
@@ -111,9 +111,9 @@ class BrokerReader:
                 client = self._clients[url] = _redis_client(url, self._connections_per_url)
             return client
 
-    def _read(self, url: str, queues: list[str]) -> BrokerStats:
+    def _read(self, url: str, queues: list[str], prefix: str) -> BrokerStats:
         handle = self._handle(url)
-        stats = self._reader(handle, queues)
+        stats = self._reader(handle, queues, prefix)
         if not isinstance(handle, str):  # a Redis client: is it allowed to evict our keys?
             read_at, _ = self._eviction.get(url, (0.0, None))
             if time.monotonic() - read_at >= EVICTION_CHECK_SECONDS:
@@ -125,13 +125,16 @@ class BrokerReader:
         noeviction, unknown, or the broker is not a Redis). Read with the statistics."""
         return self._eviction.get(url, (0.0, None))[1]
 
-    async def read(self, key: str, url: str, queues: list[str], timeout: float) -> BrokerStats:
-        """Stats for `queues`, or BrokerUnreachable within `timeout` seconds."""
+    async def read(
+        self, key: str, url: str, queues: list[str], timeout: float, prefix: str = "ebbtide"
+    ) -> BrokerStats:
+        """Stats for `queues` under the TaskQueue's key prefix (spec.broker.keyPrefix, what
+        its workers use), or BrokerUnreachable within `timeout` seconds."""
         if key in self._pending:
             raise BrokerUnreachable("the previous statistics read is still hanging")
         self._pending.add(key)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, self._read, url, queues)
+        future = loop.run_in_executor(self._pool, self._read, url, queues, prefix)
 
         # The thread may outlive a timeout; the key stays pending until it really ends,
         # and its late exception is retrieved here so asyncio does not log it as lost.

@@ -235,6 +235,7 @@ class TaskQueueTicker:
                 url,
                 [q.name for q in spec.queues],
                 stats_timeout(spec.scaling.poll_seconds),
+                prefix=spec.broker.key_prefix,
             )
         except BrokerUnreachable as error:
             return error

@@ -4,6 +4,8 @@ management API and lag a little, so they are polled there (BrokerUnderTest.shows
 
 from __future__ import annotations
 
+import json
+
 import ebbtide
 import pytest
 import redis
@@ -55,10 +57,19 @@ def test_send_many_is_ordered_and_accepts_args_and_kwargs(app, broker):
     @app.task(name="t")
     def t(a, b=0): ...
 
-    ids = t.send_many([(1,), ((2,), {"b": 3}), 4] + [(i,) for i in range(2500)])
-    assert len(ids) == 2503
+    items = [(1,), ((2,), {"b": 3}), 4] + [(i,) for i in range(2500)]
+    ids = t.send_many(items)
+    assert len(ids) == 2503 and len(set(ids)) == 2503
     broker.queue_shows(lambda q: q.ready == 2503, "2503 ready")
-    assert broker.ready_ids(3) == ids[:3]
+    # Every id, so the order holds across the 1,000-message chunks of the pipeline too.
+    assert broker.ready_ids(2503) == ids
+    if broker.is_redis:  # and each id is the task of its item, at the chunk boundaries too
+        client = redis.Redis.from_url(broker.url, decode_responses=True)
+        for k in (0, 1, 2, 999, 1000, 1001, 1999, 2000, 2502):
+            body = json.loads(client.hget("ebbtide:q:default:msgs", ids[k]))
+            want = [2] if k == 1 else [items[k]] if k == 2 else list(items[k])
+            assert body["args"] == want, k
+        client.close()
 
 
 def test_delayed_tasks_are_counted_as_delayed(app, broker):

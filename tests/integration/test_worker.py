@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from support import http
 from support.servers import free_port
-from worker_testkit import run_cli, wait_for
+from worker_testkit import HERE, run_cli, wait_for
 
 
 def runs_once(broker, tag: str, n: int) -> bool:
@@ -348,7 +350,7 @@ def test_bad_input_goes_to_the_dlq_with_the_reason(broker):
         broker.rec.rpush("ebbtide:q:default:ready:0", "no-pipes-here")
     t.record.send("ok-after", 1)
     bad = 4 if broker.is_redis else 3
-    with broker.worker() as proc:
+    with broker.worker("--unknown-task-grace-seconds", "0") as proc:
         wait_for(lambda: broker.done("ok-after") and broker.done("ok-before"))
         wait_for(lambda: len(broker.dlq()) == bad, what="the bad messages in the DLQ")
         wait_for(lambda: broker.queue().dead == bad, what="the dead counted")
@@ -358,6 +360,19 @@ def test_bad_input_goes_to_the_dlq_with_the_reason(broker):
         assert errors.pop(0) == "malformed queue entry"
     assert "undecodable payload" in errors[0] and "undecodable payload" in errors[1], errors
     assert "unknown task name 'nope'" in errors[2]
+
+
+def test_unknown_task_names_wait_out_the_grace_period_before_the_dlq(broker):
+    """A rolling deploy: a producer sends a task no running worker knows yet. It is
+    retried (delayed), not buried, until the grace period has passed."""
+    broker.tasks.record.send("first", 1)  # declares the queue
+    broker.inject("newer", json.dumps({"id": "newer", "task": "added.later", "args": []}).encode())
+    with broker.worker("--unknown-task-grace-seconds", "3"):
+        wait_for(lambda: broker.queue().delayed == 1, what="the unknown task delayed, not dead")
+        assert broker.queue().dead == 0
+        wait_for(lambda: len(broker.dlq()) == 1, what="the unknown task in the DLQ after 3 s")
+    (dead,) = broker.dlq()
+    assert "unknown task name 'added.later'" in dead["error"] and "(for 3s)" in dead["error"]
 
 
 def test_metrics_and_probes(broker):
@@ -408,7 +423,20 @@ def test_stats_cli(broker):
 def test_cli_reports_bad_app_clearly(broker):
     out = broker.cli("worker", "no_such_module:app")
     assert out.returncode == 2 and "no_such_module" in out.stderr
+    # No broker URL anywhere (no flag, no EBBTIDE_BROKER_URL): a clear usage error.
     env_less = {k: v for k, v in os.environ.items() if k != "EBBTIDE_BROKER_URL"}
-    assert env_less  # a worker with an unknown scheme exits with a clear message
+    env_less["PYTHONPATH"] = str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    for command in (["stats"], ["worker", "worker_tasks:app"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "ebbtide", *command],
+            env=env_less,
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 2, (command, out.stderr)
+        assert "no broker URL" in out.stderr and "EBBTIDE_BROKER_URL" in out.stderr, out.stderr
+    # A URL with a scheme Ebbtide does not speak: named in the message.
     out = run_cli("ftp://x", "stats")
     assert out.returncode == 2 and "unsupported broker URL scheme 'ftp'" in out.stderr

@@ -94,6 +94,30 @@ def test_burst_scales_up_from_zero_in_one_tick(env):
     assert condition(cluster, "Ready")["status"] == "True"
 
 
+def test_the_backlog_is_read_under_the_taskqueues_key_prefix(env, monkeypatch):
+    """Workers of a TaskQueue with spec.broker.keyPrefix get EBBTIDE_KEY_PREFIX, so their
+    App writes under it: the operator must read the statistics there too."""
+    import ebbtide
+
+    cluster, reader, url = env
+    body = taskqueue(initialTaskSeconds=1, targetBacklogSeconds=30)
+    body["spec"]["broker"]["keyPrefix"] = "tenant-b"
+    ticker = make_ticker(cluster, reader, body, url)
+    monkeypatch.setenv("EBBTIDE_KEY_PREFIX", "tenant-b")
+    app = ebbtide.App(broker_url=url)  # as a producer in the workers' environment
+    try:
+        app.task(lambda i: None, name="record").send_many(range(300))
+    finally:
+        app.close()
+    assert redis.Redis.from_url(url).exists("tenant-b:q:default:msgs")
+
+    outcome = asyncio.run(ticker.tick(body))
+
+    assert outcome.broker_error is None
+    assert cluster.statuses[(NS, "tq1")]["backlog"] == 300
+    assert outcome.replicas_after > 0
+
+
 def test_rates_and_service_rate_come_from_a_real_worker(env):
     cluster, reader, url = env
     body = taskqueue(minReplicas=1)

@@ -4,6 +4,7 @@ optional capabilities (found once, by type) and nothing else."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections import deque
@@ -79,10 +80,21 @@ class MemoryBroker:
 class ExchangingBroker(MemoryBroker):
     """Settles and claims in one call, as Redis does."""
 
-    async def exchange(self, settlements, plan, n, lease_ms, dead_ttl_ms):
+    lost: list[str] = []  # entries the next renew reports given away
+
+    def bind_worker(self, worker_id: str, alive_ms: int) -> None:
+        self.calls.append("bind_worker")
+
+    async def exchange(self, settlements, plan, n, lease_ms, dead_ttl_ms, run_now=0):
         self.calls.append("exchange")
-        self.settled += settlements
-        return await self.claim(plan, n, lease_ms) if n else []
+        fenced = set(self.lost)
+        self.settled += [s for s in settlements if s.delivery.entry not in fenced]
+        mine = [s for s in settlements if s.delivery.entry not in fenced]
+        return len(mine), (await self.claim(plan, n, lease_ms) if n else [])
+
+    async def renew(self, worker_id, info, held, running, lease_ms, ttl_ms, sweep=False):
+        self.heartbeats.append(info)
+        return [d.entry for d in held if d.entry in self.lost]
 
 
 class PushBroker(MemoryBroker):
@@ -165,7 +177,7 @@ def test_every_delivery_is_settled_as_its_outcome_says(kind):
     assert by_id["id1"].op is Outcome.RETRY and by_id["id1"].delay_ms >= 30_000
     assert by_id["id2"].op is Outcome.DEAD  # its one retry was used
     assert by_id["id3"].op is Outcome.ACK  # async
-    assert by_id["id4"].op is Outcome.DEAD and "unknown task" in by_id["id4"].payload
+    assert by_id["id4"].op is Outcome.RETRY and "unknown task" in by_id["id4"].payload
     assert by_id["id5"].op is Outcome.DEAD and "undecodable" in by_id["id5"].payload
     assert len(broker.settled) == len(PAYLOADS)
     assert broker.heartbeats[-1] == ""  # deregistered on the way out
@@ -211,3 +223,93 @@ def test_sigterm_hands_back_what_never_started_in_order_and_lets_the_running_one
     assert ops == [Outcome.REQUEUE] * 39 + [Outcome.ACK]
     ids = [int(s.delivery.entry.rsplit("|id", 1)[1]) for s in broker.settled[:39]]
     assert ids == list(range(39, 0, -1))  # LPUSHed newest first: the list keeps its order
+
+
+def test_bad_input_never_stops_the_loops_and_each_one_dies_naming_its_field():
+    """NaN with an unknown name, and an attempt that is not a number on the failure
+    path: both used to kill a loop. Now they die and the good task behind them runs."""
+    bad = [
+        '{"id":"n","task":"nobody","args":[NaN]}',
+        '{"id":"a","task":"fails","args":[],"attempt":"three"}',
+        '{"id":"e","task":"fails","kwargs":{"x":1e999}}',
+    ]
+    broker = ExchangingBroker([*bad, payload("ok")])
+    worker = run_worker(broker, 4)
+    by_id = {s.delivery.entry.rsplit("|", 1)[1]: s for s in broker.settled}
+    assert by_id["id3"].op is Outcome.ACK
+    for i, field in enumerate(["args", "attempt", "kwargs"]):
+        assert by_id[f"id{i}"].op is Outcome.DEAD
+        assert f"field '{field}'" in json.loads(by_id[f"id{i}"].payload)["error"]
+    assert all(not t.done() for t in worker._loops.values()) or worker.stopping
+
+
+def test_a_delivery_lost_too_often_is_buried_unrun():
+    broker = ExchangingBroker([payload("ok"), payload("ok")])
+    broker.ready[0].recoveries = 4  # lost 4 times: over the default max_recoveries of 3
+    broker.ready[1].recoveries = 3  # lost 3 times: may run once more
+    run_worker(broker, 2)
+    by_id = {s.delivery.entry.rsplit("|", 1)[1]: s for s in broker.settled}
+    assert by_id["id0"].op is Outcome.DEAD
+    assert json.loads(by_id["id0"].payload)["error"] == "worker lost 4 times"
+    assert by_id["id1"].op is Outcome.ACK
+
+
+def test_readyz_fails_when_the_fetch_loop_has_stopped():
+    broker = ExchangingBroker([payload("ok")])
+    app._broker = broker
+    worker = Worker(app, parse_queues("q"), concurrency=1, lease_seconds=3)
+
+    def bug(got) -> None:
+        raise RuntimeError("a bug in the fetch loop")
+
+    async def main() -> tuple[bool, str]:
+        running = asyncio.create_task(worker.main())
+        deadline = time.monotonic() + 10
+        while not broker.settled:
+            assert time.monotonic() < deadline and not running.done()
+            await asyncio.sleep(0.005)
+        assert worker._readiness() == (True, "ready")
+        worker._accept = bug  # the next claim kills the fetch loop
+        broker.ready.append(Delivery("q", "1|0|late", payload("ok").encode()))
+        while not worker._loops["fetch"].done():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        verdict = worker._readiness()
+        worker.request_stop("test")
+        await asyncio.wait_for(running, 10)
+        return verdict
+
+    assert asyncio.run(main()) == (False, "fetch loop stopped")
+
+
+async_gate = asyncio.Event()
+
+
+@app.task(name="async_waits")
+async def async_waits():
+    await asyncio.wait_for(async_gate.wait(), 10)
+
+
+def test_a_task_whose_claim_went_to_another_worker_is_cancelled_and_never_settled():
+    broker = ExchangingBroker([payload("async_waits"), payload("ok")])
+    app._broker = broker
+    worker = Worker(app, parse_queues("q"), concurrency=2, lease_seconds=3)
+
+    async def main() -> None:
+        running = asyncio.create_task(worker.main())
+        deadline = time.monotonic() + 10
+        while len(worker.running) < 1 or not broker.settled:  # the async one runs, ok acked
+            assert time.monotonic() < deadline and not running.done()
+            await asyncio.sleep(0.005)
+        (entry,) = worker.running
+        broker.lost.append(entry)  # the next heartbeat learns it was given away
+        while worker.running or entry in worker.held:
+            assert time.monotonic() < deadline and not running.done()
+            await asyncio.sleep(0.005)
+        assert not any(r.done() for r in worker.executor.runners)  # only the task stopped
+        worker.request_stop("test")
+        await asyncio.wait_for(running, 10)
+
+    asyncio.run(main())
+    assert [s.op for s in broker.settled] == [Outcome.ACK]  # only the ok one: nothing stale
+    assert worker.report.leases_lost == 1
