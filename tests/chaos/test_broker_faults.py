@@ -31,17 +31,11 @@ def test_broker_restart(broker, ledger, redis_url):
     assert row.completed == N
 
 
-def test_blackholed_link(request, proxied_broker, ledger, redis_url):
+def test_blackholed_link(proxied_broker, ledger, redis_url):
     """The link to the broker silently drops everything (no RST, no FIN) while the worker
     holds tasks. The worker notices within its lease (`/readyz` fails, so Kubernetes
     would stop routing to it and restart it if it stays wedged); when the link heals it
     finds its way back and nothing is lost."""
-    known_gap(
-        request,
-        "RabbitMQ: publishes do not wait for the broker and the AMQP heartbeat is 60 s, so "
-        "/readyz stays green behind a dead link",
-        only="rabbitmq",
-    )
     broker = proxied_broker
     ledger.scenario = f"blackholed link ({broker.name})"
     ledger.send(chaos_tasks.work, N, 0.005)

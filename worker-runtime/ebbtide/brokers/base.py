@@ -37,6 +37,7 @@ class Delivery:
     queue: str
     entry: str  # the broker's handle, "<ready_ms>|<prio>|<broker's own id>" (message.Entry)
     payload: str | bytes  # JSON text, as stored
+    recoveries: int = 0  # times a worker lost this task (lease expired, connection lost); graceful hand-backs do not count
 
     @property
     def ready_ms(self) -> int | None:
