@@ -8,7 +8,7 @@ import urllib.request
 
 import chaos_tasks
 import pytest
-from ledger import known_gap, wait_for, worker
+from ledger import wait_for, worker
 from support.servers import free_port
 
 N = 1000

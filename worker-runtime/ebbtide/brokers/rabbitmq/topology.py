@@ -27,15 +27,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
 
-from ...message import MAX_PRIORITY
+from ...message import MAX_PRIORITY, RESERVED_INFIXES
 
 DELAY_QUEUE_SLACK_MS = 600_000  # an idle delay queue outlives its last message by this
 READY_MS_HEADER = "x-ebbtide-ready-ms"
 RECOVERIES_HEADER = "x-ebbtide-recoveries"  # losses counted before this copy was published
 DELIVERY_COUNT_HEADER = "x-delivery-count"  # a quorum queue's count of returns
-RESERVED_PREFIXES = ("worker.", "rate.")
-RESERVED_SUFFIXES = (".dead", ".lost")
-RESERVED_INFIXES = (".delay.", ".wait.")
 REASON_HEADER = "x-ebbtide-reason"
 DIED_AT_HEADER = "x-ebbtide-died-at-ms"
 
@@ -96,33 +93,6 @@ def delay_queue(prefix: str, queue: str, delay_ms: int) -> str:
 
 def lost_queue(prefix: str, queue: str) -> str:
     return f"{prefix}.{queue}.lost"
-
-
-def reserved_name(queue: str) -> str | None:
-    """Why an app queue name would collide with one of Ebbtide's own queues (`x.dead` is
-    the DLQ of `x`, `worker.<id>` a heartbeat queue), or None when it cannot."""
-    for head in RESERVED_PREFIXES:
-        if queue.startswith(head):
-            return f"it starts with {head!r}"
-    for tail in RESERVED_SUFFIXES:
-        if queue.endswith(tail):
-            return f"it ends with {tail!r}"
-    for part in RESERVED_INFIXES:
-        if part in queue:
-            return f"it contains {part!r}"
-    return None
-
-
-def check_not_reserved(queue: str) -> str:
-    """The queue name, or ValueError naming it and the rule it breaks."""
-    why = reserved_name(queue)
-    if why is not None:
-        raise ValueError(
-            f"queue name {queue!r} is reserved: {why}, which would collide with Ebbtide's "
-            "own RabbitMQ queues (names may not start with 'worker.' or 'rate.', end with "
-            "'.dead' or '.lost', or contain '.delay.' or '.wait.')"
-        )
-    return queue
 
 
 def worker_queue(prefix: str, worker_id: str) -> str:
