@@ -72,12 +72,17 @@ def probe(port: int, path: str) -> int:
 def test_rabbitmq_memory_alarm(rabbitmq_broker, chaos_rabbitmq, ledger, redis_url):
     """RabbitMQ's memory alarm blocks every connection that publishes. Tasks that only
     need an ack must keep completing through it (acks cannot wait for the alarm: the
-    broker would then never free the memory), retries resume when it clears, and
-    nothing is lost."""
+    broker would then never free the memory) while a retry's publish is held back by it,
+    retries resume when it clears, and nothing is lost."""
     broker = rabbitmq_broker
     ledger.scenario = "memory alarm (rabbitmq)"
-    ledger.send(chaos_tasks.flaky, N // 2)  # each needs a publish (its retry)
-    ledger.send(chaos_tasks.work, N // 2, 0.02)  # each needs only an ack
+    # A few retrying tasks spread through the backlog, fewer than the worker's window
+    # (8), so some reach the worker while the alarm holds their retry's publish back.
+    for _ in range(3):
+        ledger.send(chaos_tasks.work, N // 4, 0.02)  # each needs only an ack
+        ledger.send(chaos_tasks.flaky, 1)  # needs a publish (its retry)
+    ledger.send(chaos_tasks.work, N // 4, 0.02)
+    flaky = {i for i in ledger.ids.values() if i % (N // 4 + 1) == N // 4}
     server = chaos_rabbitmq["server"]
     with worker(broker.url, redis_url, "--concurrency", "4"):
         wait_for(lambda: len(ledger.runs()) >= N // 20, 60, "the first tasks to run")
@@ -85,17 +90,28 @@ def test_rabbitmq_memory_alarm(rabbitmq_broker, chaos_rabbitmq, ledger, redis_ur
         assert raised.returncode == 0, raised.stderr
         try:
             wait_for(lambda: memory_alarm(server), 30, "the memory alarm to be raised")
+            held_back = wait_for(
+                lambda: retry_held_back(ledger, flaky), 90, "a retry to wait for the alarm"
+            )
             acked = completed(broker.url)
             wait_for(
                 lambda: completed(broker.url) >= acked + 50,
                 60,
-                "acks to go on during the alarm",
+                "acks to go on during the alarm while a retry is held back",
             )
+            assert not set(ledger.runs()) & held_back, "a retry got through the alarm"
         finally:
             server.ctl("set_vm_memory_high_watermark", "0.4")
         cleared = time.monotonic()
         row = ledger.check(broker.url, since=cleared)
-    assert row.completed == N
+    assert row.completed == len(ledger.ids)
+
+
+def retry_held_back(ledger, flaky: set[int]) -> set[int]:
+    """The retrying tasks whose first attempt failed and whose retry has not run."""
+    attempts = {int(k): int(v) for k, v in ledger.rec.hgetall(f"attempts:{ledger.tag}").items()}
+    runs = ledger.runs()
+    return {i for i in flaky if attempts.get(i, 0) >= 1 and i not in runs}
 
 
 def memory_alarm(server) -> bool:

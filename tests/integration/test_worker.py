@@ -18,6 +18,7 @@ import signal
 import time
 
 import pytest
+from ebbtide.brokers.rabbitmq import topology as topo
 from support import http
 from support.servers import free_port
 from worker_testkit import run_cli, wait_for
@@ -160,21 +161,25 @@ def test_retries_then_dlq_list_replay_purge(broker):
 def test_delayed_task_runs_after_its_delay(broker):
     t = broker.tasks
     sent_at = time.time()
+    t.stamp.options(delay=3600).send("parked", 2)  # still waiting when the test ends
     t.stamp.options(delay=1.0).send("later", 1)
     t.stamp.send("now", 0)
     # Waiting in the broker, held by no worker (RabbitMQ: in a TTL queue; its statistics
-    # lag by about a second, longer than the delay, so the queue itself is asked).
+    # lag, so the queue itself is asked). The parked task is looked at, not the 1 s one,
+    # so no budget of a second is raced on a loaded machine.
     if broker.is_redis:
-        assert broker.queue().delayed == 1
+        assert broker.queue().delayed == 2
     else:
+        wait_queue = topo.delay_queue("ebbtide", "default", topo.bucket_delay_ms(3_600_000))
         with broker.amqp() as conn:
-            ok = conn.channel().queue_declare("ebbtide.default.delay.1000", passive=True)
+            ok = conn.channel().queue_declare(wait_queue, passive=True)
             assert ok.method.message_count == 1
     with broker.worker():
         wait_for(lambda: broker.done("later"), what="the delayed task to run")
         assert len(broker.done("now")) == 1
     ran_at = float(broker.done("later")[0].split("|")[1])
     assert ran_at - sent_at >= 1.0  # never early (a lower bound, not a timing race)
+    assert broker.done("parked") == []
 
 
 def test_priority_levels_within_a_queue(broker):
@@ -247,7 +252,10 @@ def test_weighted_queues_share_by_weight(broker):
     share_a = sum(1 for x in first if x < 1000) / len(first)
     if broker.is_redis:
         assert 0.6 < share_a < 0.9  # expected 0.75
-    assert 0.0 < share_a < 1.0  # both queues are served
+    else:
+        # Best-effort across queues (docs/rabbitmq.md, "Priorities"): each consumer keeps
+        # its own window of one full, so the worker serves them about equally.
+        assert 0.35 < share_a < 0.65, share_a  # expected 0.5, not the weights' 0.75
 
 
 def test_async_timeout_cancels_and_worker_keeps_going(broker):
