@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 import chaos_tasks
+import ebbtide
 import pytest
 import redis
-from ledger import known_gap, worker
+from ledger import worker
 from support.servers import redis_process
 
 pytestmark = pytest.mark.redis
@@ -31,14 +32,15 @@ def test_redis_at_maxmemory_refuses_instead_of_dropping(ledger, redis_url):
     assert row.completed == len(ledger.ids)
 
 
-def test_redis_that_may_evict_keys_is_refused_by_name(request, ledger):
+def test_redis_that_may_evict_keys_is_refused_by_name(ledger):
     """allkeys-* policies delete any key under pressure, queued tasks included: sending
     there would break the promise, so the producer refuses, naming the policy."""
-    known_gap(request, "nothing checks maxmemory-policy: send() accepts tasks Redis may evict")
     with redis_process("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru") as server:
         chaos_tasks.app.use_broker_url(server.url)
         try:
-            with pytest.raises(Exception, match="maxmemory-policy.*allkeys-lru"):
+            with pytest.raises(
+                ebbtide.BrokerEvicts, match="maxmemory-policy allkeys-lru.*noeviction"
+            ):
                 chaos_tasks.work.send(ledger.tag, 0)
         finally:
             chaos_tasks.app.close()

@@ -6,7 +6,7 @@ import signal
 import time
 
 import chaos_tasks
-from ledger import known_gap, restarting, wait_for, worker
+from ledger import restarting, wait_for, worker
 
 N = 2000
 
@@ -50,15 +50,10 @@ def test_sigstop_past_the_lease(broker, ledger, redis_url):
     assert row.completed == 200
 
 
-def test_poison_task_that_kills_its_worker(request, broker, ledger, redis_url):
+def test_poison_task_that_kills_its_worker(broker, ledger, redis_url):
     """A task that takes its process down (a segfault, an OOM kill) runs again after each
     restart only until `max_recoveries` (3): then it is dead, with the reason, and the
     good tasks around it all ran. The pod's restarts are played by `restarting`."""
-    known_gap(
-        request,
-        "Redis: a lost lease is not counted as an attempt, so the poison task loops",
-        only="redis",
-    )
     ledger.scenario = f"poison task kills its worker ({broker.name})"
     ledger.send(chaos_tasks.poison, 2)
     ledger.send(chaos_tasks.work, 100)

@@ -356,7 +356,7 @@ def test_bad_input_goes_to_the_dlq_with_the_reason(broker):
         broker.rec.rpush("ebbtide:q:default:ready:0", "no-pipes-here")
     t.record.send("ok-after", 1)
     bad = 4 if broker.is_redis else 3
-    with broker.worker() as proc:
+    with broker.worker("--unknown-task-grace-seconds", "0") as proc:
         wait_for(lambda: broker.done("ok-after") and broker.done("ok-before"))
         wait_for(lambda: len(broker.dlq()) == bad, what="the bad messages in the DLQ")
         wait_for(lambda: broker.queue().dead == bad, what="the dead counted")
@@ -366,6 +366,19 @@ def test_bad_input_goes_to_the_dlq_with_the_reason(broker):
         assert errors.pop(0) == "malformed queue entry"
     assert "undecodable payload" in errors[0] and "undecodable payload" in errors[1], errors
     assert "unknown task name 'nope'" in errors[2]
+
+
+def test_unknown_task_names_wait_out_the_grace_period_before_the_dlq(broker):
+    """A rolling deploy: a producer sends a task no running worker knows yet. It is
+    retried (delayed), not buried, until the grace period has passed."""
+    broker.tasks.record.send("first", 1)  # declares the queue
+    broker.inject("newer", json.dumps({"id": "newer", "task": "added.later", "args": []}).encode())
+    with broker.worker("--unknown-task-grace-seconds", "3"):
+        wait_for(lambda: broker.queue().delayed == 1, what="the unknown task delayed, not dead")
+        assert broker.queue().dead == 0
+        wait_for(lambda: len(broker.dlq()) == 1, what="the unknown task in the DLQ after 3 s")
+    (dead,) = broker.dlq()
+    assert "unknown task name 'added.later'" in dead["error"] and "(for 3s)" in dead["error"]
 
 
 def test_metrics_and_probes(broker):

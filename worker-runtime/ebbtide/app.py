@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,8 @@ class App:
         unique_ttl: float = 3600.0,
         dead_ttl: float = 7 * 86400.0,
         retry_backoff: float = 1.0,
-        key_prefix: str = "ebbtide",
+        key_prefix: str | None = None,
+        unknown_task_grace_seconds: float = 600.0,
     ) -> None:
         if broker_url:
             check_scheme(broker_url)
@@ -42,7 +44,11 @@ class App:
         self.unique_ttl = unique_ttl
         self.dead_ttl = dead_ttl
         self.retry_backoff = retry_backoff  # first retry waits ~this many seconds, doubling
-        self.key_prefix = key_prefix
+        # The operator sets EBBTIDE_KEY_PREFIX on workers from spec.broker.keyPrefix.
+        self.key_prefix = key_prefix or os.environ.get("EBBTIDE_KEY_PREFIX") or "ebbtide"
+        # A task name this worker does not know is retried this long before it dies:
+        # in a rolling deploy the producers may be ahead of the workers.
+        self.unknown_task_grace_seconds = unknown_task_grace_seconds
         self.tasks: dict[str, Task] = {}
         self.queues: dict[str, QueueConfig] = {}
         self._broker: Broker | None = None
@@ -75,6 +81,7 @@ class App:
         timeout: float | None = None,
         priority: int = 0,
         rate: str | None = None,
+        max_recoveries: int = 3,
     ) -> Any:
         """Register a def or async def as a task: `@app.task` or `@app.task(queue=...)`."""
 
@@ -88,6 +95,7 @@ class App:
                 timeout,
                 check_priority(priority),
                 rate,
+                max_recoveries,
             )
             if task.name in self.tasks and self.tasks[task.name].fn is not f:
                 raise ValueError(f"two tasks are named {task.name!r}: pass name= to one")
@@ -114,13 +122,18 @@ class Task:
         timeout: float | None,
         priority: int,
         rate: str | None,
+        max_recoveries: int = 3,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         self.app, self.fn, self.name, self.queue = app, fn, name, queue
+        if max_recoveries < 0:
+            raise ValueError(f"max_recoveries must be >= 0, got {max_recoveries}")
         self.max_retries, self.timeout, self.priority = max_retries, timeout, priority
+        # Runs lost with their worker (a crash, a lost lease) before the task is buried.
+        self.max_recoveries = max_recoveries
         self.rate = parse_rate(rate) if rate else None
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__

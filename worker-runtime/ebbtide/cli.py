@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--metrics-host", default="0.0.0.0", help="bind address of the metrics port")
     w.add_argument("--grace-seconds", type=float, default=30.0, help="SIGTERM budget (default 30)")
     w.add_argument("--lease-seconds", type=float, default=30.0, help="claim lease (default 30)")
+    w.add_argument(
+        "--unknown-task-grace-seconds",
+        type=float,
+        default=None,
+        help="retry a task name this worker does not know this long before the DLQ "
+        "(default: the App's unknown_task_grace_seconds, 600)",
+    )
     w.add_argument("--broker-url", dest="worker_broker_url", default=None, help=argparse.SUPPRESS)
     w.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     w.set_defaults(run=_worker)
@@ -106,6 +113,10 @@ def _worker(args: argparse.Namespace) -> int:
     app = load_app(args.app)
     if url:
         app.use_broker_url(url)
+    if args.unknown_task_grace_seconds is not None:
+        if args.unknown_task_grace_seconds < 0:
+            raise ValueError("--unknown-task-grace-seconds must be >= 0")
+        app.unknown_task_grace_seconds = args.unknown_task_grace_seconds
     spec = args.queues or ",".join(dict.fromkeys(t.queue for t in app.tasks.values())) or None
     worker = Worker(
         app,

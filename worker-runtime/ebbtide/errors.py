@@ -34,6 +34,32 @@ class UnsupportedBroker(EbbtideError, ValueError):
     """The broker URL's scheme is not one Ebbtide speaks."""
 
 
+class BrokerEvicts(EbbtideError):
+    """The Redis may delete any key under memory pressure (an `allkeys-*`
+    maxmemory-policy), queued tasks included, so the producer refuses to enqueue there."""
+
+    def __init__(self, policy: str, where: str) -> None:
+        self.policy = policy
+        super().__init__(
+            f"Redis at {where} runs with maxmemory-policy {policy}, which may evict queued "
+            "tasks: set maxmemory-policy noeviction (a full Redis then refuses new tasks "
+            "instead of dropping stored ones)"
+        )
+
+
+class PartiallyEnqueued(EbbtideError):
+    """`send_many` failed part-way (e.g. Redis ran out of memory on a later chunk):
+    `accepted` holds the ids of the tasks that were stored and will run; the others
+    were not stored. The broker's error is the `__cause__`."""
+
+    def __init__(self, queue: str, accepted: list[str], total: int, error: BaseException) -> None:
+        self.queue, self.accepted, self.total = queue, accepted, total
+        super().__init__(
+            f"send_many to queue {queue!r} failed part-way: {len(accepted)} of {total} tasks "
+            f"were stored (their ids are in .accepted), the rest were not: {error}"
+        )
+
+
 class BadPayload(EbbtideError, ValueError):
     """A message read from the broker cannot be decoded; it goes to the DLQ."""
 

@@ -6,7 +6,9 @@ them, as pure functions (Asynq-style: a TaskState enum, one script per transitio
                         |      --postpone--> delayed (rate-limited, not an attempt)
                         |      --dead------> dead  --replay--> ready
                         |      --requeue---> ready (handed back, not an attempt)
-                        '--lease expires--> ready (reclaimed by any worker)
+                        '--lost---------> ready (lease expired or worker dead; a started
+                                                 task counts a recovery) or dead
+                                                 (lost more than max_recoveries times)
 
 The brokers apply the transitions atomically (Lua scripts on Redis, confirmed publishes
 on RabbitMQ); this module names them and decides which one.
@@ -71,6 +73,34 @@ def backoff_seconds(
 def after_failure(attempt: int, max_retries: int) -> Outcome:
     """`attempt` counts earlier tries (0 on the first run)."""
     return Outcome.RETRY if attempt < max_retries else Outcome.DEAD
+
+
+DEFAULT_MAX_RECOVERIES = 3  # @app.task(max_recoveries=...), also for unknown task names
+
+
+def lost_too_often(recoveries: int, max_recoveries: int) -> bool:
+    """The poison limit: a task whose worker was lost more than `max_recoveries` times
+    (it crashed its process, or never let its lease be renewed) is not run again."""
+    return recoveries >= max_recoveries + 1
+
+
+def lost_reason(recoveries: int) -> str:
+    """The DLQ reason of a task past its poison limit."""
+    return f"worker lost {recoveries} times"
+
+
+UNKNOWN_RETRY_CAP_S = 60.0  # an unknown task name is looked at again at least this often
+
+
+def unknown_task_wait(
+    first_seen: float, now: float, tries: int, grace_s: float, rand: Callable[[], float]
+) -> float | None:
+    """How long to put back a task whose name this worker does not register (a rolling
+    deploy: producers ahead of workers), with backoff; None once `grace_s` has passed
+    since a worker first saw it: then it dies."""
+    if now - first_seen >= grace_s:
+        return None
+    return backoff_seconds(tries, base=1.0, cap=UNKNOWN_RETRY_CAP_S, rand=rand)
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(ms|s|m|h)\s*$")

@@ -176,22 +176,53 @@ def _json_problem(value: Any) -> str | None:
     return None
 
 
+def _non_finite(token: str) -> Any:
+    raise ValueError(f"non-finite number {token}")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def decode_payload(raw: str | bytes) -> dict[str, Any]:
-    """Decode a payload read from the broker; BadPayload says why it cannot run."""
+    """Decode a payload read from the broker; BadPayload names the field that keeps it
+    from running. What passes here can be run, retried and re-encoded: NaN and
+    Infinity (which `json.loads` accepts but JSON does not) are refused up front."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadPayload(f"undecodable payload: {exc}") from None
+        body = json.loads(raw, parse_constant=_non_finite)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadPayload(f"undecodable payload: {_where_not_finite(raw) or exc}") from None
     if not isinstance(body, dict):
         raise BadPayload(f"payload is a JSON {type(body).__name__}, not an object")
     task = body.get("task")
     if not isinstance(task, str) or not task:
-        raise BadPayload("payload has no 'task' name")
+        raise BadPayload("payload field 'task' is not a task name")
     if not isinstance(body.get("args", []), list):
-        raise BadPayload("payload 'args' is not a list")
+        raise BadPayload("payload field 'args' is not a list")
     if not isinstance(body.get("kwargs", {}), dict):
-        raise BadPayload("payload 'kwargs' is not an object")
+        raise BadPayload("payload field 'kwargs' is not an object")
+    if not _is_count(body.get("attempt", 0)):
+        raise BadPayload("payload field 'attempt' is not a non-negative integer")
+    try:
+        _dumps(body)  # a float that overflowed to inf (1e999) cannot be written back
+    except (ValueError, TypeError, RecursionError) as exc:
+        bad = [name for name, value in body.items() if _json_problem(value) is not None]
+        field = f" field {bad[0]!r}" if bad else ""
+        raise BadPayload(f"payload{field} cannot be re-encoded: {exc}") from None
     return body
+
+
+def _where_not_finite(raw: str | bytes) -> str | None:
+    """'payload field X holds a non-finite number' when that is why decoding failed."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if isinstance(body, dict):
+        for name, value in body.items():
+            if _json_problem(value) is not None:
+                return f"payload field {name!r} holds a non-finite number (NaN or Infinity)"
+    return "payload holds a non-finite number (NaN or Infinity)"
 
 
 def replayed_payload(payload: str) -> str:

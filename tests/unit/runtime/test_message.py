@@ -52,7 +52,11 @@ def test_payload_limit():
     [
         ("{oops", "undecodable payload"),
         ("[1, 2]", "not an object"),
-        ('{"args": []}', "no 'task' name"),
+        ('{"args": []}', "field 'task' is not a task name"),
+        ('{"task": "t", "args": [NaN]}', "field 'args' holds a non-finite number"),
+        ('{"task": "t", "kwargs": {"x": 1e999}}', "field 'kwargs' cannot be re-encoded"),
+        ('{"task": "t", "attempt": "three"}', "field 'attempt' is not a non-negative integer"),
+        ('{"task": "t", "attempt": -1}', "field 'attempt' is not a non-negative integer"),
         ('{"task": "t", "args": {}}', "'args' is not a list"),
         ('{"task": "t", "kwargs": []}', "'kwargs' is not an object"),
         (b"\xff\xfe", "undecodable payload"),

@@ -8,7 +8,7 @@ the capabilities once, when it starts (`isinstance(broker, Exchanging)`), never 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -169,8 +169,15 @@ class Broker(Protocol):
 
 @runtime_checkable
 class Exchanging(Protocol):
-    """A pull broker that can settle a batch and claim the slots it frees in one round
-    trip (Redis: exchange.lua), which halves the worker's calls per task."""
+    """A pull broker whose worker holds fenced leases (Redis): it settles a batch and
+    claims the slots it frees in one round trip (exchange.lua), which halves the
+    worker's calls per task; every claim gets a fresh token, so a stale worker's writes
+    are refused and counted; claims record their worker, which stays alive by its
+    heartbeat, and which of them started (only those count as recoveries when lost)."""
+
+    def bind_worker(self, worker_id: str, alive_ms: int) -> None:
+        """Before the first claim: whose claims these are, and how long a heartbeat keeps
+        that worker alive (past it, any claim takes its tasks back)."""
 
     async def exchange(
         self,
@@ -179,7 +186,22 @@ class Exchanging(Protocol):
         n: int,
         lease_ms: int,
         dead_ttl_ms: int,
-    ) -> list[Delivery]: ...
+        run_now: int = 0,
+    ) -> tuple[int, list[Delivery]]:
+        """Settle, then claim up to `n` (the first `run_now` marked started); returns how
+        many settlements applied (the others were fenced out) and the claims."""
+
+    async def renew(
+        self,
+        worker_id: str,
+        info: str,
+        held: Sequence[Delivery],
+        running: Collection[str],
+        lease_ms: int,
+        ttl_ms: int,
+    ) -> list[str]:
+        """The heartbeat: renew the held leases, mark the `running` entries started;
+        returns the held entries this worker no longer owns."""
 
 
 @runtime_checkable

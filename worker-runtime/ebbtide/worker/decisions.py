@@ -18,6 +18,8 @@ from ..brokers.base import Delivery
 from ..lifecycle import rate_wait_ms
 
 EXIT_HARD_TIMEOUT = 3  # a sync task overran its hard timeout: the pod must restart
+HEARTBEAT_MAX_S = 1.0  # heartbeat at least this often
+ALIVE_S = 4.0  # a worker silent this long (at most its lease) is taken for dead
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,7 @@ class Settings:
     lease_ms: int
     heartbeat_s: float
     worker_ttl_ms: int  # a heartbeat older than this means the worker is gone
+    alive_ms: int  # no heartbeat for this long: the worker's claims come back (Redis)
     grace_seconds: float
 
     @property
@@ -53,7 +56,10 @@ class Settings:
         if effective < 0:
             raise ValueError(f"--prefetch must be >= 0, got {prefetch}")
         lease_ms = int(lease_seconds * 1000)
-        heartbeat_s = min(lease_seconds / 3, 5.0)  # three heartbeats per lease at least
+        # Three heartbeats per lease at least, and one a second: a dead worker's tasks
+        # come back when its liveness (a few heartbeats) runs out, not its lease.
+        heartbeat_s = min(lease_seconds / 3, HEARTBEAT_MAX_S)
+        alive_ms = int(max(3 * heartbeat_s, min(lease_seconds, ALIVE_S)) * 1000)
         return cls(
             concurrency=concurrency,
             prefetch=effective,
@@ -61,6 +67,7 @@ class Settings:
             lease_ms=lease_ms,
             heartbeat_s=heartbeat_s,
             worker_ttl_ms=max(lease_ms, int(heartbeat_s * 3000)),
+            alive_ms=alive_ms,
             grace_seconds=grace_seconds,
         )
 
@@ -83,6 +90,13 @@ def free_slots(capacity: int, window: int | None, held: int, settling: int) -> i
     if window is not None:
         capacity = max(capacity, window)
     return capacity - unfinished(held, settling)
+
+
+def run_now(concurrency: int, held: int, settling: int, claimed: int) -> int:
+    """Of `claimed` tasks about to be claimed, how many go straight to an idle slot:
+    the claim marks those started (a crash then counts against them); the rest wait
+    in the prefetch buffer, and the heartbeat marks them when they run."""
+    return max(0, min(claimed, concurrency - unfinished(held, settling)))
 
 
 def exchange_quota(
@@ -110,10 +124,16 @@ def leftovers(
     return [d for e, d in held.items() if e not in skip]
 
 
-def readiness(stopping: bool, since_broker_ok_s: float, heartbeat_s: float) -> tuple[bool, str]:
-    """/readyz: not while stopping, nor when no broker call succeeded for a while."""
+def readiness(
+    stopping: bool, since_broker_ok_s: float, heartbeat_s: float, stopped: Iterable[str] = ()
+) -> tuple[bool, str]:
+    """/readyz: not while stopping, nor when a loop the worker needs has stopped (a
+    wedged pod must be restarted), nor when no broker call succeeded for a while."""
     if stopping:
         return False, "stopping"
+    dead = sorted(stopped)
+    if dead:
+        return False, f"{', '.join(dead)} loop stopped"
     if since_broker_ok_s > max(10.0, 3 * heartbeat_s):
         return False, f"no successful broker call for {since_broker_ok_s:.0f}s"
     return True, "ready"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .. import logs
 from ..brokers.base import Broker, Delivery, Settlement
 from ..errors import BadPayload, TaskTimeout
+from ..lifecycle import DEFAULT_MAX_RECOVERIES, lost_too_often
 from ..message import decode_payload
 from . import outcomes
 from .decisions import RateDenials
@@ -22,6 +23,9 @@ from .report import Report
 
 if TYPE_CHECKING:
     from ..app import App, Task
+
+
+RATE_ERROR_POSTPONE_MS = 1000  # a task whose rate token could not be asked for comes back
 
 
 class Executor:
@@ -44,6 +48,8 @@ class Executor:
         self.threads = TaskThreads(concurrency, asyncio.get_running_loop(), self._run_sync, settle)
         self.runners: list[asyncio.Task] = []
         self._rate = RateDenials()
+        self.revoked: set[str] = set()  # entries no longer ours (fenced): never run or settled
+        self._runner_of: dict[str, asyncio.Task] = {}  # async entry -> the runner running it
 
     def start(self) -> list[asyncio.Task]:
         """The runner coroutines, and the hard-timeout watchdog when a sync task has a
@@ -54,7 +60,16 @@ class Executor:
         return []
 
     def dispatch(self, d: Delivery) -> None:
-        """Decode a claimed message and route it; bad input goes to the DLQ with the reason."""
+        """Decode a claimed message and route it; bad input goes to the DLQ with the
+        reason. Nothing raises out of here: the fetch loop must go on, whatever the input."""
+        try:
+            self._route(d)
+        except Exception as exc:  # input nobody foresaw, or a bug: bury it, carry on
+            logs.error("cannot route a delivery", entry=d.entry, exc_info=True)
+            reason = f"cannot be handled: {outcomes.error_text(exc)}"
+            self._settle(outcomes.undecodable(d, reason, time.time()))
+
+    def _route(self, d: Delivery) -> None:
         try:
             body = decode_payload(d.payload)
         except BadPayload as exc:
@@ -63,9 +78,16 @@ class Executor:
             return
         name = body["task"]
         task = self.app.tasks.get(name)
+        limit = task.max_recoveries if task is not None else DEFAULT_MAX_RECOVERIES
+        if lost_too_often(d.recoveries, limit):
+            self._settle(outcomes.lost(d, body, time.time()))
+            self.report.lost(d, name)
+            return
         if task is None:
-            self._settle(outcomes.unknown_task(d, body, time.time()))
-            self.report.unknown_task(d, name)
+            grace = self.app.unknown_task_grace_seconds
+            settlement = outcomes.unknown_task(d, body, time.time(), grace)
+            self._settle(settlement)
+            self.report.unknown_task(d, name, settlement.op)
             return
         if task.is_async or task.rate is not None:
             self.inbox.put_nowait((d, body, task))
@@ -107,6 +129,16 @@ class Executor:
         """Whatever their threads report later is dropped (they were handed back)."""
         self.threads.abandoned.update(d.entry for d in deliveries)
 
+    def revoke(self, entry: str) -> None:
+        """The broker gave this claim to another worker (fenced out): an async task is
+        cancelled, a sync one cannot be stopped but its outcome is dropped, and one not
+        started yet never starts."""
+        self.revoked.add(entry)
+        self.threads.abandoned.add(entry)
+        runner = self._runner_of.get(entry)
+        if runner is not None:
+            runner.cancel()
+
     # -- running -------------------------------------------------------------------------
     def _started(self, d: Delivery) -> None:
         self.running[d.entry] = d
@@ -118,6 +150,8 @@ class Executor:
             if job is None:
                 return
             d, body, task = job
+            if d.entry in self.revoked:
+                continue
             try:
                 if task.rate is not None and not await self._take_token(d, task):
                     continue
@@ -125,18 +159,33 @@ class Executor:
                     self.threads.submit(job)
                     continue
                 self._started(d)
+                self._runner_of[d.entry] = asyncio.current_task()  # type: ignore[assignment]
                 await self._run_async(d, body, task)
             except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug here must not kill the runner: lease expiry recovers
+                if d.entry not in self.revoked:
+                    raise
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()  # only the revoked task stops, not the runner
+                logs.warn("task cancelled: its claim was given to another worker", entry=d.entry)
+            except Exception as exc:  # a bug here must not kill the runner, nor strand the task
                 logs.error("runner error", entry=d.entry, exc_info=True)
+                reason = f"worker error: {outcomes.error_text(exc)}"
+                self._settle(outcomes.undecodable(d, reason, time.time()))
             finally:
                 self.running.pop(d.entry, None)
+                self._runner_of.pop(d.entry, None)
+                self.revoked.discard(d.entry)
 
     async def _take_token(self, d: Delivery, task: Task) -> bool:
         assert task.rate is not None
         limit, window_ms = task.rate
-        granted, wait_ms = await self.broker.acquire_rate(task.name, limit, window_ms)
+        try:
+            granted, wait_ms = await self.broker.acquire_rate(task.name, limit, window_ms)
+        except Exception as exc:  # the broker is away: postpone, never strand the task
+            logs.warn("rate limit unavailable, postponing", task=task.name, error=str(exc))
+            self._settle(outcomes.postpone(d, RATE_ERROR_POSTPONE_MS))
+            return False
         if granted:
             self._rate.granted(task.name)
             return True
@@ -193,14 +242,18 @@ class Executor:
     def _failure(
         self, d: Delivery, body: dict[str, Any], task: Task, exc: BaseException, seconds: float
     ) -> Settlement:
-        failed = outcomes.failure(
-            d,
-            body,
-            task.max_retries,
-            exc,
-            seconds,
-            backoff_base=self.app.retry_backoff,
-            now=time.time(),
-        )
+        try:
+            failed = outcomes.failure(
+                d,
+                body,
+                task.max_retries,
+                exc,
+                seconds,
+                backoff_base=self.app.retry_backoff,
+                now=time.time(),
+            )
+        except Exception as err:  # e.g. a payload field the failure path cannot write back
+            reason = f"cannot record the failure {outcomes.error_text(exc)!r}: {err}"
+            return outcomes.undecodable(d, reason, time.time())
         self.report.failed(task, body, failed, seconds)
         return failed.settlement

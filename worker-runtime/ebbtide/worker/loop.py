@@ -69,6 +69,7 @@ class Worker:
         self.report = Report()
         self._last_broker_ok = 0.0
         self._claim_inflight = False
+        self._loops: dict[str, asyncio.Task] = {}  # fetch, settle, heartbeat: /readyz watches
         # The broker's optional capabilities, found once at start (brokers.base).
         self._exchanger: Exchanging | None = None
         self._push: PushWindow | None = None
@@ -125,6 +126,8 @@ class Worker:
         )
         self._exchanger = broker if isinstance(broker, Exchanging) else None
         self._push = broker if isinstance(broker, PushWindow) else None
+        if self._exchanger is not None:
+            self._exchanger.bind_worker(self.worker_id, self.settings.alive_ms)
         if not await self._connect():
             if server:
                 server.close()
@@ -142,12 +145,12 @@ class Worker:
             lease_s=self.lease_ms / 1000,
             tasks=len(self.app.tasks),
         )
-        loops = [
-            asyncio.create_task(self._fetch_loop()),
-            asyncio.create_task(self._settle_loop()),
-            asyncio.create_task(self._heartbeat_loop()),
-        ]
-        loops += executor.start()
+        self._loops = {
+            "fetch": asyncio.create_task(self._fetch_loop()),
+            "settle": asyncio.create_task(self._settle_loop()),
+            "heartbeat": asyncio.create_task(self._heartbeat_loop()),
+        }
+        loops = [*self._loops.values(), *executor.start()]
 
         await self._stop.wait()
         grace = 0.0 if self.exit_code == EXIT_HARD_TIMEOUT else self.settings.grace_seconds
@@ -234,7 +237,7 @@ class Worker:
                 continue
             self._claim_inflight = True
             try:
-                got = await self.broker.claim(plan_claim(self.selection, free), free, self.lease_ms)
+                got = await self._claim(free)
             except Exception as exc:
                 logs.warn("claim failed", error=str(exc), retry_in=round(failing, 2))
                 await self._sleep(failing)
@@ -251,7 +254,16 @@ class Worker:
                 await self._sleep(idle)
                 idle = min(idle * 2, MAX_IDLE_S)
 
+    async def _claim(self, n: int) -> list[Delivery]:
+        plan = plan_claim(self.selection, n)
+        if self._exchanger is None:
+            return await self.broker.claim(plan, n, self.lease_ms)
+        now = decisions.run_now(self.concurrency, len(self.held), len(self.settling), n)
+        _, got = await self._exchanger.exchange([], plan, n, self.lease_ms, self.dead_ttl_ms, now)
+        return got
+
     def _accept(self, got: list[Delivery]) -> None:
+        """Hold and dispatch what was claimed (dispatch never raises: bad input is buried)."""
         assert self.executor is not None
         for d in got:
             self.held[d.entry] = d
@@ -287,13 +299,21 @@ class Worker:
             try:
                 if exchanger is None:
                     await self.broker.settle(batch, self.dead_ttl_ms)
+                    settled = len(batch)
                 elif n:
                     self._claim_inflight = owns_claim = True
                     plan = plan_claim(self.selection, n)
-                    got = await exchanger.exchange(batch, plan, n, self.lease_ms, self.dead_ttl_ms)
+                    now = decisions.run_now(self.concurrency, len(self.held), len(self.settling), n)
+                    settled, got = await exchanger.exchange(
+                        batch, plan, n, self.lease_ms, self.dead_ttl_ms, now
+                    )
                 else:
-                    await exchanger.exchange(batch, [], 0, self.lease_ms, self.dead_ttl_ms)
+                    settled, _ = await exchanger.exchange(
+                        batch, [], 0, self.lease_ms, self.dead_ttl_ms
+                    )
                 self._last_broker_ok = time.monotonic()
+                if settled < len(batch):
+                    self.report.stale(len(batch) - settled, 0)
                 break
             except Exception as exc:
                 n = 0  # a lost reply's claims come back when their leases expire
@@ -317,17 +337,36 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             try:
-                await self.broker.heartbeat(
-                    self.worker_id,
-                    self.info(),
-                    list(self.held.values()),
-                    self.lease_ms,
-                    self.settings.worker_ttl_ms,
-                )
+                await self._heartbeat()
                 self._last_broker_ok = time.monotonic()
             except Exception as exc:
                 logs.warn("heartbeat failed", error=str(exc))
             await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _heartbeat(self) -> None:
+        held, ttl = list(self.held.values()), self.settings.worker_ttl_ms
+        if self._exchanger is None:
+            await self.broker.heartbeat(self.worker_id, self.info(), held, self.lease_ms, ttl)
+            return
+        running = set(self.running)
+        lost = await self._exchanger.renew(
+            self.worker_id, self.info(), held, running, self.lease_ms, ttl
+        )
+        self._fenced_out(lost)
+
+    def _fenced_out(self, lost: list[str]) -> None:
+        """Claims the broker gave to another worker (this one was paused or cut off past
+        its liveness): stop those tasks where possible and stop holding them."""
+        assert self.executor is not None
+        gone = 0
+        for entry in lost:
+            if entry in self.held and entry not in self.settling:
+                del self.held[entry]
+                self.executor.revoke(entry)
+                gone += 1
+        if gone:
+            self.report.stale(0, gone)
+            self._slot_freed.set()
 
     def info(self) -> str:
         """This worker's heartbeat body."""
@@ -343,7 +382,8 @@ class Worker:
 
     def _readiness(self) -> tuple[bool, str]:
         since = time.monotonic() - self._last_broker_ok
-        return decisions.readiness(self.stopping, since, self.settings.heartbeat_s)
+        stopped = [name for name, task in self._loops.items() if task.done()]
+        return decisions.readiness(self.stopping, since, self.settings.heartbeat_s, stopped)
 
     def _settle(self, s: Settlement) -> None:
         self.pending.append(s)

@@ -17,6 +17,7 @@ class NullMetrics:
 
     def finished(self, task: str, outcome: str, seconds: float | None) -> None: ...
     def started(self, queue: str, lag_seconds: float) -> None: ...
+    def stale(self, settlements: int, leases: int) -> None: ...
 
 
 class Metrics:
@@ -47,6 +48,14 @@ class Metrics:
         self.in_flight = Gauge("ebbtide_in_flight", "Tasks running now", registry=r)
         self.held = Gauge("ebbtide_held", "Tasks held (running + prefetched)", registry=r)
         self.retries = Counter("ebbtide_retries", "Retries scheduled", ["task"], registry=r)
+        self.stale_settlements = Counter(
+            "ebbtide_stale_settlements",
+            "Settlements the broker refused: the claim had gone to another worker (fencing)",
+            registry=r,
+        )
+        self.leases_lost = Counter(
+            "ebbtide_leases_lost", "Held claims the heartbeat found given away", registry=r
+        )
         self._children: dict[tuple[str, ...], Any] = {}
 
     def watch(self, running: Callable[[], int], held: Callable[[], int]) -> None:
@@ -70,6 +79,12 @@ class Metrics:
 
     def started(self, queue: str, lag_seconds: float) -> None:
         self._child(self.lag, queue).observe(max(0.0, lag_seconds))
+
+    def stale(self, settlements: int, leases: int) -> None:
+        if settlements:
+            self.stale_settlements.inc(settlements)
+        if leases:
+            self.leases_lost.inc(leases)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

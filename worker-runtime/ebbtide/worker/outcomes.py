@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..brokers.base import Delivery, Settlement
-from ..lifecycle import Outcome, after_failure, backoff_seconds
+from ..lifecycle import (
+    Outcome,
+    after_failure,
+    backoff_seconds,
+    lost_reason,
+    unknown_task_wait,
+)
 from ..message import reencode
 
 
@@ -82,14 +88,34 @@ def undecodable(d: Delivery, reason: str, now: float) -> Settlement:
     return Settlement(Outcome.DEAD, d, reencode({"error": reason, "raw": raw, "died_at": now}))
 
 
-def unknown_task(d: Delivery, body: dict[str, Any], now: float) -> Settlement:
-    """A task this worker's app does not register: to the DLQ, saying so."""
+def unknown_task(
+    d: Delivery,
+    body: dict[str, Any],
+    now: float,
+    grace_s: float,
+    rand: Callable[[], float] = random.random,
+) -> Settlement:
+    """A task this worker's app does not register: retried with backoff (not an
+    attempt) for `grace_s` since a worker first saw it, as a newer worker may know it;
+    then to the DLQ, saying so. The first sighting and the tries travel in the payload."""
     name = body["task"]
-    body = {
-        **body,
-        "error": f"unknown task name {name!r}: not registered in this worker's app",
-        "died_at": now,
-    }
+    first = body.get("unknown_since")
+    if not isinstance(first, int | float) or isinstance(first, bool) or not first <= now:
+        first = now
+    tries = body.get("unknown_tries")
+    tries = tries if isinstance(tries, int) and not isinstance(tries, bool) else 0
+    wait = unknown_task_wait(first, now, max(0, tries), grace_s, rand)
+    error = f"unknown task name {name!r}: not registered in this worker's app"
+    if wait is not None:
+        body = {**body, "unknown_since": first, "unknown_tries": max(0, tries) + 1, "error": error}
+        return Settlement(Outcome.RETRY, d, reencode(body), int(wait * 1000))
+    body = {**body, "error": f"{error} (for {grace_s:g}s)", "died_at": now}
+    return Settlement(Outcome.DEAD, d, reencode(body), unique_key=unique_key(body))
+
+
+def lost(d: Delivery, body: dict[str, Any], now: float) -> Settlement:
+    """Past the poison limit (its worker was lost too often): to the DLQ unrun."""
+    body = {**body, "error": lost_reason(d.recoveries), "died_at": now}
     return Settlement(Outcome.DEAD, d, reencode(body), unique_key=unique_key(body))
 
 

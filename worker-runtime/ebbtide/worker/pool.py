@@ -87,6 +87,8 @@ class TaskThreads:
             if job is None:
                 return
             entry = job[0].entry
+            if entry in self.abandoned:
+                continue  # revoked before it started: another worker owns it now
             if job[2].timeout:
                 self.started[entry] = (time.monotonic(), job)
             try:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 class Report:
     def __init__(self) -> None:
         self.metrics: Any = NullMetrics()
+        self.stale_settlements = 0  # refused by the broker (fencing), metrics or not
+        self.leases_lost = 0
 
     async def serve(
         self,
@@ -73,9 +75,30 @@ class Report:
         self.metrics.finished("<undecodable>", Outcome.DEAD.value, None)
         logs.warn("undecodable payload moved to the DLQ", queue=d.queue, reason=reason)
 
-    def unknown_task(self, d: Delivery, name: str) -> None:
+    def unknown_task(self, d: Delivery, name: str, op: Outcome) -> None:
+        self.metrics.finished(name, op.value, None)
+        if op == Outcome.DEAD:
+            logs.warn("unknown task moved to the DLQ", queue=d.queue, task=name)
+        else:
+            logs.warn("unknown task name, retrying: a newer worker may know it", task=name)
+
+    def lost(self, d: Delivery, name: str) -> None:
         self.metrics.finished(name, Outcome.DEAD.value, None)
-        logs.warn("unknown task moved to the DLQ", queue=d.queue, task=name)
+        logs.warn(
+            "task lost its worker too often, moved to the DLQ unrun",
+            queue=d.queue,
+            task=name,
+            recoveries=d.recoveries,
+        )
+
+    def stale(self, settlements: int, leases: int) -> None:
+        """Writes the broker refused: this worker's claim went to another worker."""
+        self.stale_settlements += settlements
+        self.leases_lost += leases
+        self.metrics.stale(settlements, leases)
+        logs.warn(
+            "fenced out: claims lost to another worker", settlements=settlements, leases=leases
+        )
 
     def hard_timeout(self, task: Task, body: dict[str, Any]) -> None:
         logs.error(

@@ -13,10 +13,12 @@ from ebbtide.worker.decisions import RateDenials, Settings
 def test_settings_derive_the_heartbeat_and_the_worker_ttl_from_the_lease():
     s = Settings.of(concurrency=4, prefetch=None, lease_seconds=30.0)
     assert (s.prefetch, s.capacity, s.prefetch_explicit) == (4, 8, False)
-    assert (s.lease_ms, s.heartbeat_s, s.worker_ttl_ms) == (30_000, 5.0, 30_000)
+    assert (s.lease_ms, s.heartbeat_s, s.worker_ttl_ms) == (30_000, 1.0, 30_000)
+    assert s.alive_ms == 4000  # a dead worker's tasks come back after 4 s, not 30
     short = Settings.of(concurrency=1, prefetch=0, lease_seconds=1.5)
     assert short.prefetch_explicit and short.capacity == 1
     assert short.heartbeat_s == 0.5 and short.worker_ttl_ms == 1500
+    assert short.alive_ms == 1500  # never longer than the lease, three heartbeats at least
 
 
 @pytest.mark.parametrize(
@@ -84,3 +86,21 @@ def test_rate_denials_double_the_wait_until_a_token_is_granted():
     assert rate.denied("other", 100, 1000) == 100  # counted per task
     rate.granted("t")
     assert rate.denied("t", 100, 1000) == 100
+
+
+def test_only_the_claims_that_go_straight_to_an_idle_slot_run_now():
+    from ebbtide.worker.decisions import run_now
+
+    assert run_now(concurrency=2, held=0, settling=0, claimed=4) == 2
+    assert run_now(concurrency=2, held=3, settling=2, claimed=4) == 1  # one still running
+    assert run_now(concurrency=2, held=4, settling=0, claimed=4) == 0  # all busy: prefetch
+    assert run_now(concurrency=8, held=0, settling=0, claimed=3) == 3
+
+
+def test_readiness_fails_when_a_loop_stopped():
+    from ebbtide.worker.decisions import readiness
+
+    assert readiness(False, 0.0, 1.0) == (True, "ready")
+    assert readiness(False, 0.0, 1.0, ["settle", "fetch"]) == (False, "fetch, settle loop stopped")
+    assert readiness(True, 0.0, 1.0, ["fetch"])[0] is False
+    assert readiness(False, 11.0, 1.0)[0] is False

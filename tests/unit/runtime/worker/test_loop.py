@@ -79,10 +79,21 @@ class MemoryBroker:
 class ExchangingBroker(MemoryBroker):
     """Settles and claims in one call, as Redis does."""
 
-    async def exchange(self, settlements, plan, n, lease_ms, dead_ttl_ms):
+    lost: list[str] = []  # entries the next renew reports given away
+
+    def bind_worker(self, worker_id: str, alive_ms: int) -> None:
+        self.calls.append("bind_worker")
+
+    async def exchange(self, settlements, plan, n, lease_ms, dead_ttl_ms, run_now=0):
         self.calls.append("exchange")
-        self.settled += settlements
-        return await self.claim(plan, n, lease_ms) if n else []
+        fenced = set(self.lost)
+        self.settled += [s for s in settlements if s.delivery.entry not in fenced]
+        mine = [s for s in settlements if s.delivery.entry not in fenced]
+        return len(mine), (await self.claim(plan, n, lease_ms) if n else [])
+
+    async def renew(self, worker_id, info, held, running, lease_ms, ttl_ms):
+        self.heartbeats.append(info)
+        return [d.entry for d in held if d.entry in self.lost]
 
 
 class PushBroker(MemoryBroker):
@@ -165,7 +176,7 @@ def test_every_delivery_is_settled_as_its_outcome_says(kind):
     assert by_id["id1"].op is Outcome.RETRY and by_id["id1"].delay_ms >= 30_000
     assert by_id["id2"].op is Outcome.DEAD  # its one retry was used
     assert by_id["id3"].op is Outcome.ACK  # async
-    assert by_id["id4"].op is Outcome.DEAD and "unknown task" in by_id["id4"].payload
+    assert by_id["id4"].op is Outcome.RETRY and "unknown task" in by_id["id4"].payload
     assert by_id["id5"].op is Outcome.DEAD and "undecodable" in by_id["id5"].payload
     assert len(broker.settled) == len(PAYLOADS)
     assert broker.heartbeats[-1] == ""  # deregistered on the way out

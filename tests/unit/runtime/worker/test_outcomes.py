@@ -59,11 +59,32 @@ def test_undecodable_payloads_are_kept_raw_with_the_reason():
     }
 
 
-def test_unknown_tasks_go_to_the_dlq_saying_so():
-    s = outcomes.unknown_task(delivery(), {"id": "i", "task": "nope", "key": "k"}, 2.0)
+def test_unknown_tasks_are_retried_for_the_grace_period_then_go_to_the_dlq_saying_so():
+    body = {"id": "i", "task": "nope", "key": "k"}
+    first = outcomes.unknown_task(delivery(), body, 2.0, 600, rand=lambda: 1.0)
+    again = json.loads(first.payload)
+    assert first.op is Outcome.RETRY and first.delay_ms == 1000
+    assert (again["unknown_since"], again["unknown_tries"]) == (2.0, 1)
+    second = outcomes.unknown_task(delivery(), again, 100.0, 600, rand=lambda: 1.0)
+    assert second.op is Outcome.RETRY and second.delay_ms == 2000  # backoff
+    assert json.loads(second.payload)["unknown_since"] == 2.0  # the first sighting stays
+    s = outcomes.unknown_task(delivery(), again, 602.0, 600)
     written = json.loads(s.payload)
     assert s.op is Outcome.DEAD and s.unique_key == "k"
-    assert "unknown task name 'nope'" in written["error"] and written["died_at"] == 2.0
+    assert "unknown task name 'nope'" in written["error"] and written["died_at"] == 602.0
+    odd = outcomes.unknown_task(delivery(), {**body, "unknown_since": "x"}, 5.0, 600)
+    assert odd.op is Outcome.RETRY  # a garbled field counts from now
+
+
+def test_a_task_lost_too_often_dies_unrun_saying_how_often():
+    from ebbtide.lifecycle import lost_too_often
+
+    assert not lost_too_often(3, 3) and lost_too_often(4, 3) and lost_too_often(1, 0)
+    d = delivery()
+    d.recoveries = 4
+    s = outcomes.lost(d, {"id": "i", "task": "t", "key": "k"}, 3.0)
+    assert s.op is Outcome.DEAD and s.unique_key == "k"
+    assert json.loads(s.payload)["error"] == "worker lost 4 times"
 
 
 def test_postpone_is_a_delay_without_a_new_payload():

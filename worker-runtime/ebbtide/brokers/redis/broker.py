@@ -7,11 +7,12 @@ Argument and reply framing is in wire.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import redis
 
+from ...errors import BrokerEvicts, PartiallyEnqueued
 from ...message import replayed_payload
 from ..base import BrokerStats, DeadTask, Delivery, Outgoing, Plan, Settlement, redact
 from . import scripts, wire
@@ -20,6 +21,24 @@ from . import scripts, wire
 class RedisUnreachable(ConnectionError, redis.exceptions.ConnectionError):
     """`send()` cannot reach Redis: the built-in ConnectionError, as on RabbitMQ, and
     still the redis-py one that callers may already catch."""
+
+
+# Every connection: a connect and a read timeout, and TCP keepalive, so a half-open
+# connection (a blackholed link, a vanished node) fails a call within seconds instead
+# of hanging heartbeats for the kernel's ~15 minutes. Every script is short.
+TIMEOUTS: dict[str, Any] = {
+    "socket_connect_timeout": 5.0,
+    "socket_timeout": 5.0,
+    "socket_keepalive": True,
+    "health_check_interval": 15,
+}
+
+
+def evicting_policy(info: dict[str, Any]) -> str | None:
+    """The maxmemory-policy from `INFO memory` when it may evict queued tasks (any
+    `allkeys-*`; `volatile-*` only evicts keys with a TTL, which tasks never have)."""
+    policy = str(info.get("maxmemory_policy", ""))
+    return policy if policy.startswith("allkeys-") else None
 
 
 class RedisBroker:
@@ -33,6 +52,9 @@ class RedisBroker:
         self._sync_scripts: dict[str, Any] = {}
         self._async: Any = None
         self._async_scripts: dict[str, Any] = {}
+        self._policy_checked = False  # INFO memory read once per connection
+        self.worker_id = ""  # bind_worker: who holds the claims this broker makes
+        self.alive_ms = 0
 
     @classmethod
     def over_client(cls, client: redis.Redis, prefix: str = "ebbtide") -> RedisBroker:
@@ -46,8 +68,23 @@ class RedisBroker:
     @property
     def client(self) -> redis.Redis:
         if self._sync is None:
-            self._sync = redis.Redis.from_url(self.url, decode_responses=True)
+            self._sync = redis.Redis.from_url(self.url, decode_responses=True, **TIMEOUTS)
+            self._policy_checked = False
         return self._sync
+
+    def _check_policy(self) -> None:
+        """Refuse a Redis that may evict queued tasks (once per connection)."""
+        if self._policy_checked:
+            return
+        try:
+            info = self.client.info("memory")
+        except redis.exceptions.ResponseError:
+            info = {}  # INFO renamed away (some managed Redis): nothing to check
+        self._policy_checked = True
+        policy = evicting_policy(info)
+        if policy is not None:
+            self._policy_checked = False
+            raise BrokerEvicts(policy, redact(self.url))
 
     def _script(self, name: str) -> Any:
         script = self._sync_scripts.get(name)
@@ -65,15 +102,22 @@ class RedisBroker:
         pipe = self.client.pipeline(transaction=False) if len(chunked) > 1 else None
         results = []
         try:
+            self._check_policy()
             for chunk in chunked:
                 head = chunk[0]
                 args = [self.prefix, queue, max_backlog, unique_ttl_ms, head.priority,
                         head.delay_ms, head.key, "\n".join(m.payload for m in chunk)]  # fmt: skip
                 results.append(script(args=args, client=pipe))
             if pipe is not None:
-                results = pipe.execute()
+                results = pipe.execute(raise_on_error=False)
         except redis.exceptions.ConnectionError as exc:
             raise RedisUnreachable(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
+        if pipe is not None:
+            accepted, error = wire.stored_ids(chunked, results)
+            if error is not None and not accepted:
+                raise error
+            if error is not None:
+                raise PartiallyEnqueued(queue, accepted, len(messages), error) from error
         return wire.enqueue_replies(chunked, results)
 
     def stats(self, queues: Sequence[str] | None, worker_ttl_ms: int) -> BrokerStats:
@@ -122,7 +166,7 @@ class RedisBroker:
         import redis.asyncio as aredis
 
         # Raw bytes: claimed payloads are sliced out of one framed reply (wire.parse_framed).
-        self._async = aredis.Redis.from_url(self.url, decode_responses=False)
+        self._async = aredis.Redis.from_url(self.url, decode_responses=False, **TIMEOUTS)
         for name in ("claim", "settle", "exchange", "heartbeat", "ratelimit"):
             self._async_scripts[name] = self._async.register_script(scripts.source(name))
         await self._async.ping()
@@ -135,8 +179,14 @@ class RedisBroker:
     async def ping(self) -> bool:
         return bool(await self._async.ping())
 
-    async def claim(self, plan: Plan, n: int, lease_ms: int) -> list[Delivery]:
-        args: list[Any] = [self.prefix, lease_ms, n, *wire.plan_args(plan)]
+    def bind_worker(self, worker_id: str, alive_ms: int) -> None:
+        """Claims record this worker, and its heartbeat keeps it alive for `alive_ms`:
+        past that, any claim takes its tasks back (a dead worker's work resumes in
+        seconds, not when the lease runs out)."""
+        self.worker_id, self.alive_ms = worker_id, alive_ms
+
+    async def claim(self, plan: Plan, n: int, lease_ms: int, run_now: int = 0) -> list[Delivery]:
+        args: list[Any] = [self.prefix, lease_ms, n, self.worker_id, run_now, *wire.plan_args(plan)]
         _, framed = await self._async_scripts["claim"](args=args)
         return wire.parse_framed(framed)
 
@@ -152,20 +202,38 @@ class RedisBroker:
         n: int,
         lease_ms: int,
         dead_ttl_ms: int,
-    ) -> list[Delivery]:
-        """Settle a batch and claim up to `n` more in the same script call."""
-        head: list[Any] = [self.prefix, dead_ttl_ms, lease_ms, n, len(plan), *wire.plan_args(plan)]
+        run_now: int = 0,
+    ) -> tuple[int, list[Delivery]]:
+        """Settle a batch and claim up to `n` more in the same script call; returns how
+        many settlements applied (the rest were fenced out) and the claims."""
+        head: list[Any] = [self.prefix, dead_ttl_ms, lease_ms, n, self.worker_id, run_now]
+        head += [len(plan), *wire.plan_args(plan)]
         args = head + wire.settle_args("", settlements, 0)[2:]
-        _, framed = await self._async_scripts["exchange"](args=args)
-        return wire.parse_framed(framed)
+        settled, framed = await self._async_scripts["exchange"](args=args)
+        return int(settled), wire.parse_framed(framed)
+
+    async def renew(
+        self,
+        worker_id: str,
+        info: str,
+        held: Sequence[Delivery],
+        running: Collection[str],
+        lease_ms: int,
+        ttl_ms: int,
+    ) -> list[str]:
+        """The heartbeat: renew every held lease, mark the running tasks started, keep
+        the worker alive; returns the entries it no longer holds (fenced out)."""
+        args: list[Any] = [self.prefix, lease_ms, worker_id, info, ttl_ms, self.alive_ms]
+        lost = await self._async_scripts["heartbeat"](
+            args=args + wire.heartbeat_args(held, running)
+        )
+        return [h.decode() if isinstance(h, bytes) else h for h in lost]
 
     async def heartbeat(
         self, worker_id: str, info: str, held: Sequence[Delivery], lease_ms: int, ttl_ms: int
     ) -> int:
-        args: list[Any] = [self.prefix, lease_ms, worker_id, info, ttl_ms]
-        for d in held:
-            args += [d.queue, d.entry]
-        return await self._async_scripts["heartbeat"](args=args)
+        lost = await self.renew(worker_id, info, held, (), lease_ms, ttl_ms)
+        return len(held) - len(lost)
 
     async def acquire_rate(self, name: str, limit: int, window_ms: int) -> tuple[int, int]:
         granted, wait_ms = await self._async_scripts["ratelimit"](

@@ -4,7 +4,7 @@ unit-tested directly. The formats are the scripts' (see the ARGV comments in lua
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from ...lifecycle import Outcome
@@ -43,22 +43,52 @@ def plan_args(plan: Sequence[tuple[str, int]]) -> list[Any]:
 
 
 def parse_framed(blob: bytes) -> list[Delivery]:
-    """Split "<queue>\\n<entry>\\n<payload length>\\n<payload>"* (lengths in bytes)."""
+    """Split "<queue>\\n<handle>\\n<recoveries>\\n<payload length>\\n<payload>"*
+    (lengths in bytes)."""
     out: list[Delivery] = []
     pos, end, find = 0, len(blob), blob.find
     names: dict[bytes, str] = {}
     while pos < end:
         a = find(b"\n", pos)
         b = find(b"\n", a + 1)
-        c = find(b"\n", b + 1)
-        stop = c + 1 + int(blob[b + 1 : c])
+        r = find(b"\n", b + 1)
+        c = find(b"\n", r + 1)
+        stop = c + 1 + int(blob[r + 1 : c])
         raw_queue = blob[pos:a]
         queue = names.get(raw_queue)
         if queue is None:
             queue = names[raw_queue] = raw_queue.decode()
-        out.append(Delivery(queue, blob[a + 1 : b].decode(), blob[c + 1 : stop]))
+        recoveries = int(blob[b + 1 : r])
+        out.append(Delivery(queue, blob[a + 1 : b].decode(), blob[c + 1 : stop], recoveries))
         pos = stop
     return out
+
+
+def heartbeat_args(held: Sequence[Delivery], running: Collection[str]) -> list[Any]:
+    """(queue, handle, running 0|1) triples, as heartbeat.lua reads them: a running task
+    is marked started, so losing it counts as a recovery (a prefetched one does not)."""
+    args: list[Any] = []
+    for d in held:
+        args += [d.queue, d.entry, 1 if d.entry in running else 0]
+    return args
+
+
+def stored_ids(
+    chunked: Sequence[Sequence[Outgoing]], results: Sequence[Any]
+) -> tuple[list[str], BaseException | None]:
+    """After a pipelined send_many whose replies may hold errors: the ids of the tasks
+    stored (in order, up to the first failed chunk; later chunks may have been stored
+    too, and are listed as well), and the first error."""
+    accepted: list[str] = []
+    first: BaseException | None = None
+    for chunk, result in zip(chunked, results, strict=True):
+        if isinstance(result, BaseException):
+            first = first or result
+            continue
+        for reply in enqueue_replies([chunk], [result]):
+            if reply != "!full":
+                accepted.append(reply[1:] if reply.startswith("=") else reply)
+    return accepted, first
 
 
 def chunks(messages: Sequence[Outgoing]) -> Iterator[Sequence[Outgoing]]:
@@ -120,7 +150,7 @@ def parse_stats(raw: list[Any]) -> BrokerStats:
     (sec, usec), rows, workers = raw
     now = int(sec) + int(usec) / 1e6
     queues: dict[str, QueueStats] = {}
-    for name, ready, oldest, inflight, delayed, dead, enq, done, busy_us in rows:
+    for name, ready, oldest, inflight, delayed, dead, enq, done, busy_us, due, nxt in rows:
         by_prio = {p: int(n) for p, n in zip(range(MAX_PRIORITY + 1), ready, strict=True) if n}
         queues[name] = QueueStats(
             queue=name,
@@ -128,6 +158,8 @@ def parse_stats(raw: list[Any]) -> BrokerStats:
             ready_by_priority=by_prio,
             in_flight=int(inflight),
             delayed=int(delayed),
+            due=int(due),
+            next_due_at=int(nxt) / 1000 if int(nxt) >= 0 else None,
             dead=int(dead),
             oldest_ready_at=int(oldest) / 1000 if int(oldest) >= 0 else None,
             enqueued_total=int(enq),

@@ -47,11 +47,15 @@ def test_plan_args_and_members():
 def test_stats_replies_become_broker_stats_and_skip_corrupt_heartbeats():
     beat = json.dumps({"worker_id": "w", "running": 1, "concurrency": 8, "queues": ["q"]})
     # Lua numbers arrive as ints, strings as bytes (decode_responses=False).
-    row = [b"q", [1, 0, 0, 0, 0, 0, 0, 0, 0, 2], 1500, 4, 5, 6, 7, 8, 2_500_000]
+    row = [b"q", [1, 0, 0, 0, 0, 0, 0, 0, 0, 2], 1500, 4, 5, 6, 7, 8, 2_500_000, 3, 9000]
     raw = [[b"10", b"500000"], [row], [beat.encode(), b"not json", b"[1]"]]
     stats = wire.parse_stats(wire.decode(raw))
     q = stats.queues["q"]
     assert stats.now == 10.5 and q.ready == 3 and q.ready_by_priority == {0: 1, 9: 2}
     assert (q.oldest_ready_at, q.in_flight, q.delayed, q.dead) == (1.5, 4, 5, 6)
     assert (q.enqueued_total, q.completed_total, q.busy_seconds_total) == (7, 8, 2.5)
+    assert (q.due, q.next_due_at) == (3, 9.0)
+    idle = [b"r", [0] * 10, -1, 0, 0, 0, 0, 0, 0, 0, -1]
+    r = wire.parse_stats(wire.decode([[b"1", b"0"], [idle], []])).queues["r"]
+    assert (r.due, r.next_due_at, r.oldest_ready_at) == (0, None, None)
     assert [w.worker_id for w in stats.workers] == ["w"] and stats.workers[0].last_seen == 10.5

@@ -1,15 +1,18 @@
 -- Claim up to n ready tasks across queues under a lease, highest priority first.
--- Also promotes due delayed tasks and reclaims expired leases, so no separate
--- scheduler process is needed: any fetching worker keeps the queues moving.
--- ARGV: prefix, lease_ms, n, then pairs (queue, quota). Pass 1 takes up to each
--- queue's quota (weighted mode); pass 2 fills what is left in the given order (strict).
+-- Also promotes due delayed tasks and reclaims expired leases and the claims of dead
+-- workers, so no separate scheduler process is needed: any fetching worker keeps the
+-- queues moving.
+-- ARGV: prefix, lease_ms, n, worker_id ('' = none), run_now, then pairs (queue, quota).
+-- Pass 1 takes up to each queue's quota (weighted mode); pass 2 fills what is left in
+-- the given order (strict).
 -- Returns {now_ms, framed deliveries} (see claim_framed in common.lua)
 local lease = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
+local worker, run_now = ARGV[4], tonumber(ARGV[5])
 local now = now_ms()
 local queues, quotas = {}, {}
-for i = 4, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   queues[#queues + 1] = ARGV[i]
   quotas[#quotas + 1] = tonumber(ARGV[i + 1])
 end
-return {now, claim_framed(queues, quotas, n, now, now + lease)}
+return {now, claim_framed(queues, quotas, n, now, now + lease, worker, run_now)}

@@ -3,7 +3,9 @@
 --
 -- Data model, per queue q (see docs/runtime.md):
 --   P:q:q:ready:<prio>  LIST  of entries "<ready_ms>|<prio>|<id>", FIFO (RPUSH / LPOP)
---   P:q:q:inflight      ZSET  entry -> lease deadline (ms)
+--   P:q:q:inflight      ZSET  claim handle "<ready_ms>|<prio>|<token>.<id>" -> lease deadline (ms)
+--   P:q:q:claims        HASH  claim handle -> "<started 0|1>|<worker id>"
+--   P:q:q:lost          HASH  id -> recoveries (started claims whose worker was lost)
 --   P:q:q:delayed       ZSET  "<prio>|<id>" -> due time (ms), for delay= and retries
 --   P:q:q:dead          ZSET  "<prio>|<id>" -> time of death (ms)
 --   P:q:q:msgs          HASH  id -> JSON payload (one copy, whatever the state)
@@ -11,6 +13,8 @@
 --   P:q:q:uniq:<key>    STRING id, with a TTL, while a keyed task is pending
 --   P:queues            SET   of known queue names
 --   P:workers           ZSET  worker id -> last heartbeat (ms); P:worker:<id> its info
+--   P:alive             ZSET  worker id -> liveness deadline (ms): past it, its claims come back
+--   P:epoch             STRING the claim-token counter (one INCR per claiming call)
 local P = ARGV[1]
 local MAX_PRIO = 9
 
@@ -20,9 +24,13 @@ local function k_delayed(q) return P .. ':q:' .. q .. ':delayed' end
 local function k_dead(q) return P .. ':q:' .. q .. ':dead' end
 local function k_msgs(q) return P .. ':q:' .. q .. ':msgs' end
 local function k_counters(q) return P .. ':q:' .. q .. ':counters' end
+local function k_claims(q) return P .. ':q:' .. q .. ':claims' end
+local function k_lost(q) return P .. ':q:' .. q .. ':lost' end
 local function k_uniq(q, key) return P .. ':q:' .. q .. ':uniq:' .. key end
 local K_QUEUES = P .. ':queues'
 local K_WORKERS = P .. ':workers'
+local K_ALIVE = P .. ':alive'
+local K_EPOCH = P .. ':epoch'
 local function k_worker(id) return P .. ':worker:' .. id end
 
 -- Broker clock in integer milliseconds, so every worker agrees on deadlines.
@@ -37,6 +45,15 @@ local function fmt(n) return string.format('%d', n) end
 local function split_entry(entry)
   local ready, p, id = string.match(entry, '^(%d+)|(%d)|(.+)$')
   return tonumber(ready), p, id
+end
+
+-- A claim handle "<ready_ms>|<prio>|<token>.<id>" -> ready_ms, prio, id (the token,
+-- unique per claim, is what fences a stale worker out). A handle without a token (left
+-- in flight by an older worker) parses as a plain entry.
+local function split_handle(handle)
+  local ready, p, id = string.match(handle, '^(%d+)|(%d)|%d+%.(.+)$')
+  if ready then return tonumber(ready), p, id end
+  return split_entry(handle)
 end
 
 -- "<prio>|<id>" -> prio, id
@@ -56,14 +73,59 @@ local function promote_due(q, now, limit)
   end
 end
 
--- Leases nobody renewed (a dead or frozen worker) go back to the head of their list.
+-- An accepted task whose payload is gone (evicted, or deleted behind Ebbtide's back)
+-- cannot run, but it must not vanish either: it is buried with the reason.
+local function bury_missing(q, p, id, now)
+  redis.call('HSET', k_msgs(q), id, cjson.encode({
+    id = id, error = 'payload evicted: the task payload is missing from Redis'}))
+  redis.call('ZADD', k_dead(q), now, p .. '|' .. id)
+  redis.call('HINCRBY', k_counters(q), 'completed', 1)
+end
+
+-- Forget a claim's record (it was settled or lost); true when its task had started.
+local function drop_claim(q, handle)
+  local rec = redis.call('HGET', k_claims(q), handle)
+  if not rec then return false end
+  redis.call('HDEL', k_claims(q), handle)
+  return string.sub(rec, 1, 1) == '1'
+end
+
+-- A claim whose worker was lost (lease expired, or its liveness ran out): the task goes
+-- back to the head of its list. A started task counts one recovery (the poison limit,
+-- checked by the worker that claims it next); a prefetched, never started one does not.
+local function recover(q, handle, now)
+  if redis.call('ZREM', k_inflight(q), handle) ~= 1 then return end
+  local started = drop_claim(q, handle)
+  local ready, p, id = split_handle(handle)
+  if not p then return end
+  if redis.call('HEXISTS', k_msgs(q), id) == 0 then
+    bury_missing(q, p, id, now)
+    return
+  end
+  if started then redis.call('HINCRBY', k_lost(q), id, 1) end
+  redis.call('LPUSH', k_ready(q, p), fmt(ready) .. '|' .. p .. '|' .. id)
+end
+
+-- Leases nobody renewed (a dead or frozen worker) come back.
 local function reclaim_expired(q, now, limit)
   local expired = redis.call('ZRANGEBYSCORE', k_inflight(q), '-inf', now, 'LIMIT', 0, limit)
-  for _, entry in ipairs(expired) do
-    redis.call('ZREM', k_inflight(q), entry)
-    local _, p, id = split_entry(entry)
-    if p and redis.call('HEXISTS', k_msgs(q), id) == 1 then
-      redis.call('LPUSH', k_ready(q, p), entry)
+  for _, handle in ipairs(expired) do recover(q, handle, now) end
+end
+
+-- Workers whose liveness ran out (no heartbeat for a few seconds): every claim they
+-- hold comes back now, long before its lease would run out. Rare, so a scan is fine.
+local function reclaim_dead_workers(now)
+  local dead = redis.call('ZRANGEBYSCORE', K_ALIVE, '-inf', now, 'LIMIT', 0, 20)
+  if #dead == 0 then return end
+  local gone = {}
+  for _, w in ipairs(dead) do
+    gone[w] = true
+    redis.call('ZREM', K_ALIVE, w)
+  end
+  for _, q in ipairs(redis.call('SMEMBERS', K_QUEUES)) do
+    local claims = redis.call('HGETALL', k_claims(q))
+    for i = 1, #claims, 2 do
+      if gone[string.sub(claims[i + 1], 3)] then recover(q, claims[i], now) end
     end
   end
 end
@@ -74,13 +136,20 @@ local function release_key(q, key, id)
   end
 end
 
-local function apply_one(st, op, q, entry, payload, delay, key)
-  if redis.call('ZREM', k_inflight(q), entry) ~= 1 then return end
+-- The task's life ended (acked or dead): its recovery count goes with it.
+local function finished(q, id)
+  redis.call('HDEL', k_lost(q), id)
+end
+
+local function apply_one(st, op, q, handle, payload, delay, key)
+  if redis.call('ZREM', k_inflight(q), handle) ~= 1 then return end  -- fenced: not ours
   st.settled = st.settled + 1
-  local _, p, id = split_entry(entry)
+  drop_claim(q, handle)
+  local ready, p, id = split_handle(handle)
   if op == 'ack' then
     redis.call('HDEL', k_msgs(q), id)
     redis.call('HINCRBY', k_counters(q), 'completed', 1)
+    finished(q, id)
     release_key(q, key, id)
   elseif op == 'retry' or op == 'postpone' then
     if payload ~= '' then redis.call('HSET', k_msgs(q), id, payload) end
@@ -89,6 +158,7 @@ local function apply_one(st, op, q, entry, payload, delay, key)
     if payload ~= '' then redis.call('HSET', k_msgs(q), id, payload) end
     redis.call('ZADD', k_dead(q), st.now, p .. '|' .. id)
     redis.call('HINCRBY', k_counters(q), 'completed', 1)
+    finished(q, id)
     release_key(q, key, id)
     if not st.trimmed[q] then
       st.trimmed[q] = true
@@ -100,7 +170,8 @@ local function apply_one(st, op, q, entry, payload, delay, key)
       end
     end
   elseif op == 'requeue' then
-    redis.call('LPUSH', k_ready(q, p), entry)
+    -- A graceful hand-back: the plain entry, its recovery count untouched.
+    redis.call('LPUSH', k_ready(q, p), fmt(ready) .. '|' .. p .. '|' .. id)
   end
 end
 
@@ -114,8 +185,10 @@ local function settle_records(i, dead_ttl, now)
       local done = 0
       for j = i + 4, i + 3 + n do
         if redis.call('ZREM', k_inflight(q), ARGV[j]) == 1 then
-          local _, _, id = split_entry(ARGV[j])
+          local _, _, id = split_handle(ARGV[j])
+          redis.call('HDEL', k_claims(q), ARGV[j])
           redis.call('HDEL', k_msgs(q), id)
+          finished(q, id)
           done = done + 1
         end
       end
@@ -135,23 +208,28 @@ local function settle_records(i, dead_ttl, now)
 end
 
 -- Claim up to n ready tasks, highest priority first: pass 1 takes up to each queue's
--- quota, pass 2 fills what is left in order. Returns one string framing every claimed
--- task as "<queue>\n<entry>\n<payload length>\n<payload>": one bulk reply is parsed far
--- faster by the client than three per task.
-local function claim_framed(queues, quotas, n, now, deadline)
+-- quota, pass 2 fills what is left in order. Each claim gets a handle with a fresh token
+-- and a record of its worker; the first `run_now` are marked started (they go straight
+-- to an idle slot), the rest are prefetched until the worker's heartbeat says otherwise.
+-- Returns one string framing every claimed task as
+-- "<queue>\n<handle>\n<recoveries>\n<payload length>\n<payload>": one bulk reply is
+-- parsed far faster by the client than several per task.
+local function claim_framed(queues, quotas, n, now, deadline, worker, run_now)
   local out = {}
+  reclaim_dead_workers(now)
   for _, q in ipairs(queues) do
     promote_due(q, now, 500)
     reclaim_expired(q, now, 500)
   end
   local got = 0
+  local token = nil
   local function take(q, want)
     for p = MAX_PRIO, 0, -1 do
       if want <= 0 then return end
       local entries = redis.call('LPOP', k_ready(q, p), want)
       if entries then
         for _, entry in ipairs(entries) do
-          local _, ep, id = split_entry(entry)
+          local ready, ep, id = split_entry(entry)
           if not ep then
             -- A malformed entry cannot be run: keep it, with the reason, in the DLQ.
             local dead_id = 'malformed-' .. fmt(now) .. '-' .. redis.call('INCR', P .. ':seq')
@@ -160,9 +238,16 @@ local function claim_framed(queues, quotas, n, now, deadline)
             redis.call('ZADD', k_dead(q), now, '0|' .. dead_id)
           else
             local payload = redis.call('HGET', k_msgs(q), id)
-            if payload then
-              redis.call('ZADD', k_inflight(q), deadline, entry)
-              out[#out + 1] = q .. '\n' .. entry .. '\n' .. #payload .. '\n' .. payload
+            if not payload then
+              bury_missing(q, ep, id, now)
+            else
+              token = token or redis.call('INCR', K_EPOCH)
+              local handle = fmt(ready) .. '|' .. ep .. '|' .. fmt(token) .. '.' .. id
+              redis.call('ZADD', k_inflight(q), deadline, handle)
+              local started = (got < run_now) and '1|' or '0|'
+              redis.call('HSET', k_claims(q), handle, started .. worker)
+              local lost = redis.call('HGET', k_lost(q), id) or '0'
+              out[#out + 1] = q .. '\n' .. handle .. '\n' .. lost .. '\n' .. #payload .. '\n' .. payload
               want = want - 1
               got = got + 1
             end

@@ -10,6 +10,7 @@ if op == 'replay' then
     if redis.call('ZREM', k_dead(q), member) == 1 then
       local p, id = split_member(member)
       redis.call('HSET', k_msgs(q), id, payload)
+      redis.call('HDEL', k_lost(q), id)  -- a replayed task starts afresh
       redis.call('RPUSH', k_ready(q, p), fmt(now) .. '|' .. p .. '|' .. id)
       redis.call('HINCRBY', k_counters(q), 'enqueued', 1)
       done = done + 1
@@ -19,7 +20,10 @@ elseif op == 'purge' then
   for i = 4, #ARGV do
     if redis.call('ZREM', k_dead(q), ARGV[i]) == 1 then
       local _, id = split_member(ARGV[i])
-      if id then redis.call('HDEL', k_msgs(q), id) end
+      if id then
+        redis.call('HDEL', k_msgs(q), id)
+        redis.call('HDEL', k_lost(q), id)
+      end
       done = done + 1
     end
   end
