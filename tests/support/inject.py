@@ -20,7 +20,6 @@ def inject(url: str, task_id: str, payload: bytes, queue: str = "default") -> No
             raw.close()
         return
     import pika
-
     from ebbtide.brokers.rabbitmq.publish import queue_declarations
 
     with pika.BlockingConnection(pika.URLParameters(url.split("?")[0])) as conn:
