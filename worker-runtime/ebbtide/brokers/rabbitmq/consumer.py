@@ -270,9 +270,7 @@ class Consumer:
             reason = lost_reason(count, CONSUMER_TIMEOUT_HINT)
             payload = with_error(body, reason)
             logs.error("task lost too often, moved to the DLQ", queue=queue, id=pushed.task_id)
-            self._spawn(
-                self._replace(queue, entry, lambda: self._publish_dead(queue, payload, pushed))
-            )
+            self._replace(queue, entry, lambda: self._publish_dead(queue, payload, pushed))
             return []
         self.taken.add(entry)
         return [Delivery(queue, entry, body.decode("utf-8", "replace"), recoveries=count)]
@@ -326,7 +324,7 @@ class Consumer:
                     job = self._dead_job(d.queue, payload, pushed, dead_ttl_ms)
                 else:  # retry, postpone: delayed, the losses so far carried
                     job = self._delayed_job(d.queue, payload, pushed, s.delay_ms)
-                self._spawn(self._replace(d.queue, d.entry, job, final=is_final(s.op)))
+                self._replace(d.queue, d.entry, job, final=is_final(s.op))
         self.acks.finish(acks)
         return settled
 
@@ -374,21 +372,32 @@ class Consumer:
             await self.out.ensure_queue(queue)
             return self.out.publish(routing, body, props)
 
-        self._spawn(self._replace(queue, entry, publish, final=False))
+        self._replace(queue, entry, publish, final=False)
 
-    async def _replace(
+    def _replace(
         self,
         queue: str,
         entry: str,
         publish: Callable[[], Awaitable[asyncio.Future]],
         final: bool = True,
     ) -> None:
-        """Publish a delivery's new copy until RabbitMQ confirms it, then ack the
-        original; give up only when the original's channel is gone (RabbitMQ then
-        requeued it). A copy held back by a memory alarm waits for the alarm, alone."""
-        pushed = self.pushed.get(entry)
-        if pushed is None:
-            return
+        """Replace a delivery by a new copy, in a background job (_copy_then_ack). The
+        entry is settled from now on: a second settlement of it is skipped, so a task
+        handed back twice (a hard timeout's exit) is not copied twice."""
+        pushed = self.pushed.pop(entry, None)
+        if pushed is not None:
+            self._spawn(self._copy_then_ack(queue, pushed, publish, final))
+
+    async def _copy_then_ack(
+        self,
+        queue: str,
+        pushed: Pushed,
+        publish: Callable[[], Awaitable[asyncio.Future]],
+        final: bool,
+    ) -> None:
+        """Publish the new copy until RabbitMQ confirms it, then ack the original; give
+        up only when the original's channel is gone (RabbitMQ then requeued it). A copy
+        held back by a memory alarm waits for the alarm, alone."""
         delay = 0.2
         while pushed.gen == self.link.gen:
             try:
@@ -399,9 +408,7 @@ class Consumer:
                 logs.warn("republishing a task failed", id=pushed.task_id, error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        else:
-            return
-        if pushed.gen != self.link.gen or self.pushed.pop(entry, None) is None:
+        if pushed.gen != self.link.gen:
             return
         self.acks.finish([pushed.tag])
         if final:

@@ -209,3 +209,19 @@ def test_a_redelivery_moves_into_the_lost_lane_uncounted_and_is_not_run_from_the
         assert c.isolation.due(0.0)  # the lanes are looked at on the next claim
 
     asyncio.run(main())
+
+
+def test_a_task_handed_back_twice_is_copied_once():
+    """A hard timeout's exit can hand the same running task back twice (cut off, then
+    left over): the entry is settled by the first, so the second is skipped."""
+
+    async def main():
+        c, link = consumer()
+        deliver(c, 1)
+        (d,) = c.take([("q", 1)], 1)
+        assert await c.settle([Settlement(Outcome.REQUEUE, d)], 0) == 1
+        assert await c.settle([Settlement(Outcome.REQUEUE, d)], 0) == 0
+        await c.finish_jobs(5)
+        assert [p[1] for p in c.out.published] == ["ebbtide.q"]
+
+    asyncio.run(main())
