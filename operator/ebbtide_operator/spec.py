@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ebbtide.message import RESERVED_RULE, reserved_queue_name
+
 from ebbtide_operator import naming
 from ebbtide_operator.policy import ScalingSpec
 
@@ -250,6 +252,11 @@ def parse_queues(items: Any, default_target: float) -> tuple[QueueSpec, ...]:
             raise SpecError(f"spec.queues[{index}].name is required")
         if name in seen:
             raise SpecError(f"spec.queues[{index}].name {name!r} is listed twice")
+        if isinstance(name, str) and (why := reserved_queue_name(name)) is not None:
+            raise SpecError(
+                f"spec.queues[{index}].name {name!r} is reserved: {why}, which would collide "
+                f"with Ebbtide's own queues ({RESERVED_RULE})"
+            )
         seen.add(name)
         queues.append(
             QueueSpec(

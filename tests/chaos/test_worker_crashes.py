@@ -6,7 +6,7 @@ import signal
 import time
 
 import chaos_tasks
-from ledger import known_gap, restarting, wait_for, worker
+from ledger import restarting, wait_for, worker
 
 N = 2000
 
@@ -25,15 +25,9 @@ def test_sigkill_mid_batch(broker, ledger, redis_url):
     assert row.completed == N
 
 
-def test_sigstop_past_the_lease(request, broker, ledger, redis_url):
+def test_sigstop_past_the_lease(broker, ledger, redis_url):
     """A worker frozen past its lease (a long GC pause, a stopped VM) wakes up holding
     tasks another worker took over. Both may run a task; none is lost or left behind."""
-    known_gap(
-        request,
-        "RabbitMQ: the AMQP heartbeat is pika's 60 s default, so a frozen worker keeps its "
-        "deliveries for minutes",
-        only="rabbitmq",
-    )
     ledger.scenario = f"SIGSTOP past the lease ({broker.name})"
     ledger.send(chaos_tasks.work, 200, 0.05)
     lease = ("--lease-seconds", "2")
@@ -56,15 +50,10 @@ def test_sigstop_past_the_lease(request, broker, ledger, redis_url):
     assert row.completed == 200
 
 
-def test_poison_task_that_kills_its_worker(request, broker, ledger, redis_url):
+def test_poison_task_that_kills_its_worker(broker, ledger, redis_url):
     """A task that takes its process down (a segfault, an OOM kill) runs again after each
     restart only until `max_recoveries` (3): then it is dead, with the reason, and the
     good tasks around it all ran. The pod's restarts are played by `restarting`."""
-    known_gap(
-        request,
-        "RabbitMQ: every redelivery counts, so tasks merely prefetched beside it die unrun",
-        only="rabbitmq",
-    )
     ledger.scenario = f"poison task kills its worker ({broker.name})"
     ledger.send(chaos_tasks.poison, 2)
     ledger.send(chaos_tasks.work, 100)

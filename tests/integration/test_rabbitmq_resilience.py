@@ -63,8 +63,9 @@ def test_task_longer_than_consumer_timeout_ends_in_the_dlq_with_the_fix(
     app, rabbitmq_url, redis_db, rec, server
 ):
     """RabbitMQ 3.10 closes the channel of a delivery unacked past consumer_timeout and
-    requeues it. The worker logs the setting to change, and the redelivery count sends
-    the task to the DLQ after max_redeliveries instead of looping silently."""
+    requeues it. The worker logs the setting to change; the redelivery moves the task to
+    the lost lane, where each loss of it held alone counts, and past max_redeliveries it
+    goes to the DLQ instead of looping silently."""
     set_timeout = "application:set_env(rabbit, consumer_timeout, {}).".format
     assert server.ctl("eval", set_timeout(1500)).returncode == 0
     try:
@@ -86,4 +87,6 @@ def test_task_longer_than_consumer_timeout_ends_in_the_dlq_with_the_fix(
     dead = json.loads(listed.stdout)
     assert [d["id"] for d in dead] == [task_id]
     assert "consumer_timeout" in dead[0]["error"]
-    assert int(rec.hget("runs:long", "1")) == 2  # ran, redelivered once, then dead-lettered
+    # ran; then alone from the lost lane, lost once (counted: 1), ran again, lost again
+    # (2 > max_redeliveries), dead-lettered without a fourth run
+    assert int(rec.hget("runs:long", "1")) == 3

@@ -162,13 +162,14 @@ def test_rate_tokens_without_a_broker_deny_with_a_short_wait(rabbitmq_url, rabbi
             for conn in await poll(ours, "the connection in the management API"):
                 path = f"/api/connections/{quote(conn, safe='')}"
                 await asyncio.to_thread(admin, mgmt, "DELETE", path)
-            consumer = broker._consumer
+            assert broker._consumer is not None
+            publishing = broker._consumer.out  # tokens go on the publishing link
 
             async def down():
-                return not consumer.connected
+                return not publishing.connected
 
             async def up():
-                return consumer.connected
+                return publishing.connected
 
             await poll(down, "the connection to drop")
             assert await broker.acquire_rate("t", 1, LONG_WINDOW_MS) == (0, UNAVAILABLE_WAIT_MS)

@@ -20,6 +20,7 @@ import sys
 import time
 
 import pytest
+from ebbtide.brokers.rabbitmq import topology as topo
 from support import http
 from support.servers import free_port
 from worker_testkit import HERE, run_cli, wait_for
@@ -162,21 +163,25 @@ def test_retries_then_dlq_list_replay_purge(broker):
 def test_delayed_task_runs_after_its_delay(broker):
     t = broker.tasks
     sent_at = time.time()
+    t.stamp.options(delay=3600).send("parked", 2)  # still waiting when the test ends
     t.stamp.options(delay=1.0).send("later", 1)
     t.stamp.send("now", 0)
     # Waiting in the broker, held by no worker (RabbitMQ: in a TTL queue; its statistics
-    # lag by about a second, longer than the delay, so the queue itself is asked).
+    # lag, so the queue itself is asked). The parked task is looked at, not the 1 s one,
+    # so no budget of a second is raced on a loaded machine.
     if broker.is_redis:
-        assert broker.queue().delayed == 1
+        assert broker.queue().delayed == 2
     else:
+        wait_queue = topo.delay_queue("ebbtide", "default", topo.bucket_delay_ms(3_600_000))
         with broker.amqp() as conn:
-            ok = conn.channel().queue_declare("ebbtide.default.delay.1000", passive=True)
+            ok = conn.channel().queue_declare(wait_queue, passive=True)
             assert ok.method.message_count == 1
     with broker.worker():
         wait_for(lambda: broker.done("later"), what="the delayed task to run")
         assert len(broker.done("now")) == 1
     ran_at = float(broker.done("later")[0].split("|")[1])
     assert ran_at - sent_at >= 1.0  # never early (a lower bound, not a timing race)
+    assert broker.done("parked") == []
 
 
 def test_priority_levels_within_a_queue(broker):
@@ -249,7 +254,10 @@ def test_weighted_queues_share_by_weight(broker):
     share_a = sum(1 for x in first if x < 1000) / len(first)
     if broker.is_redis:
         assert 0.6 < share_a < 0.9  # expected 0.75
-    assert 0.0 < share_a < 1.0  # both queues are served
+    else:
+        # Best-effort across queues (docs/rabbitmq.md, "Priorities"): each consumer keeps
+        # its own window of one full, so the worker serves them about equally.
+        assert 0.35 < share_a < 0.65, share_a  # expected 0.5, not the weights' 0.75
 
 
 def test_async_timeout_cancels_and_worker_keeps_going(broker):
@@ -303,8 +311,12 @@ def test_sigterm_finishes_running_and_hands_back_the_rest(broker):
         assert proc.wait(30) == 0, proc.stderr.read()
     done = broker.done("term")
     assert len(done) == 2 and sorted(done) == sorted(broker.started("term"))  # none cut short
+    # RabbitMQ: a hand-back is a copy and an ack (a nack would read as a lost worker), and
+    # RabbitMQ counts every ack, so the 4 delivered but unstarted ones count as acks too
+    # (docs/rabbitmq.md, "Statistics"); the other 4 were never delivered.
+    acks = 2 if broker.is_redis else 2 + 4
     broker.queue_shows(
-        lambda q: (q.in_flight, q.ready, q.completed_total) == (0, 8, 2),
+        lambda q: (q.in_flight, q.ready, q.completed_total) == (0, 8, acks),
         "two completed, eight ready, none held",
     )
     with broker.worker("--concurrency", "8"):
@@ -368,11 +380,14 @@ def test_unknown_task_names_wait_out_the_grace_period_before_the_dlq(broker):
     broker.tasks.record.send("first", 1)  # declares the queue
     broker.inject("newer", json.dumps({"id": "newer", "task": "added.later", "args": []}).encode())
     with broker.worker("--unknown-task-grace-seconds", "3"):
-        wait_for(lambda: broker.queue().delayed == 1, what="the unknown task delayed, not dead")
-        assert broker.queue().dead == 0
+        if broker.is_redis:  # RabbitMQ's statistics of its quorum wait queues lag seconds
+            wait_for(lambda: broker.queue().delayed == 1, what="the unknown task delayed")
+            assert broker.queue().dead == 0
         wait_for(lambda: len(broker.dlq()) == 1, what="the unknown task in the DLQ after 3 s")
     (dead,) = broker.dlq()
     assert "unknown task name 'added.later'" in dead["error"] and "(for 3s)" in dead["error"]
+    assert dead["unknown_tries"] >= 1  # retried through the delayed set before it was buried
+    assert dead["died_at"] - dead["unknown_since"] >= 3
 
 
 def test_metrics_and_probes(broker):

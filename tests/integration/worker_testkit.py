@@ -153,7 +153,17 @@ class BrokerUnderTest:
         self, check: Callable[[QueueStats], Any], what: str, name: str = "default"
     ) -> QueueStats:
         """One queue's statistics once `check` holds on them (see `shows`)."""
-        return self.shows(lambda: q if check(q := self.queue(name)) else None, what)
+        seen: list[QueueStats] = []
+
+        def current() -> QueueStats | None:
+            q = self.queue(name)
+            seen[:] = [q]
+            return q if check(q) else None
+
+        try:
+            return self.shows(current, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last seen: {seen[0] if seen else None}") from None
 
     def dlq(self) -> list[dict]:
         """`ebbtide dlq list --json`."""

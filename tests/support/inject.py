@@ -20,7 +20,13 @@ def inject(url: str, task_id: str, payload: bytes, queue: str = "default") -> No
             raw.close()
         return
     import pika
+    from ebbtide.brokers.rabbitmq.publish import queue_declarations
 
     with pika.BlockingConnection(pika.URLParameters(url.split("?")[0])) as conn:
+        channel = conn.channel()
+        # Declared first, as a producer would: a publish to a missing queue is dropped.
+        for name, arguments in queue_declarations("ebbtide", queue):
+            channel.queue_declare(name, durable=True, arguments=arguments)
+        channel.confirm_delivery()
         properties = pika.BasicProperties(message_id=task_id, delivery_mode=2)
-        conn.channel().basic_publish("", f"ebbtide.{queue}", payload, properties)
+        channel.basic_publish("", f"ebbtide.{queue}", payload, properties, mandatory=True)

@@ -64,13 +64,48 @@ new_task_id = _Ids()
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 
 
+# Names Ebbtide's own RabbitMQ queues use beside `<prefix>.<queue>` (brokers/rabbitmq/
+# topology.py): an app queue `x.dead` would be the DLQ of `x`, `worker.<id>` a heartbeat.
+RESERVED_PREFIXES = ("worker.", "rate.")
+RESERVED_SUFFIXES = (".dead", ".lost")
+RESERVED_INFIXES = (".delay.", ".wait.")
+RESERVED_RULE = (
+    "queue names may not start with 'worker.' or 'rate.', end with '.dead' or '.lost', "
+    "or contain '.delay.' or '.wait.'"
+)
+
+
+def reserved_queue_name(name: str) -> str | None:
+    """Why `name` would collide with one of Ebbtide's own queues, or None."""
+    for head in RESERVED_PREFIXES:
+        if name.startswith(head):
+            return f"it starts with {head!r}"
+    for tail in RESERVED_SUFFIXES:
+        if name.endswith(tail):
+            return f"it ends with {tail!r}"
+    for part in RESERVED_INFIXES:
+        if part in name:
+            return f"it contains {part!r}"
+    return None
+
+
 def is_queue_name(name: object) -> bool:
     """The one queue-name rule: names end up in Redis keys, AMQP queue names (255 bytes
-    at most, with our prefix and suffixes) and reply framing, so keep them plain."""
-    return isinstance(name, str) and _QUEUE_NAME.fullmatch(name) is not None
+    at most, with our prefix and suffixes) and reply framing, so keep them plain, and
+    clear of the names Ebbtide's own queues use."""
+    return (
+        isinstance(name, str)
+        and _QUEUE_NAME.fullmatch(name) is not None
+        and reserved_queue_name(name) is None
+    )
 
 
 def check_queue(name: str) -> str:
+    if isinstance(name, str) and (why := reserved_queue_name(name)) is not None:
+        raise ValueError(
+            f"queue name {name!r} is reserved: {why}, which would collide with Ebbtide's "
+            f"own queues ({RESERVED_RULE})"
+        )
     if not is_queue_name(name):
         raise ValueError(f"bad queue name {name!r}: use letters, digits, '_', '.', '-'")
     return name

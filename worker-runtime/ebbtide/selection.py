@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .message import is_queue_name
+from .message import check_queue, is_queue_name
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,10 @@ def parse_queues(spec: str | None, strict: bool = False) -> QueueSelection:
         name, _, weight = part.partition(":")
         name = name.strip()
         if not is_queue_name(name):
+            try:
+                check_queue(name)  # says why: a reserved name, or a bad character
+            except ValueError as exc:
+                raise ValueError(f"{exc}, in --queues {spec!r}") from None
             raise ValueError(f"bad queue name {name!r} in --queues {spec!r}")
         if weight:
             if not weight.strip().isdigit() or int(weight) < 1:

@@ -221,3 +221,27 @@ def test_managed_statefulset_names_fit_the_revision_hash_label(kind, condition):
     assert rule.endswith(f"self.metadata.name.size() <= {longest}")
     if kind == "redis":  # only a persistent Redis is a StatefulSet
         assert "persistence.enabled" in rule
+
+
+def cel_queue_name_rule(name: str) -> bool:
+    """The CEL rule on spec.queues[].name, evaluated for the handful of string functions
+    it uses (startsWith, endsWith, contains joined by && and !)."""
+    node = SCHEMA["properties"]["spec"]["properties"]["queues"]["items"]["properties"]["name"]
+    (rule,) = [r["rule"] for r in node["x-kubernetes-validations"]]
+    ok = True
+    for clause in rule.split("&&"):
+        m = re.fullmatch(r"\s*!self\.(startsWith|endsWith|contains)\('([^']*)'\)\s*", clause)
+        assert m, f"unexpected clause {clause!r}"
+        fn, arg = m.groups()
+        hit = {"startsWith": name.startswith, "endsWith": name.endswith}.get(fn, name.__contains__)
+        ok = ok and not hit(arg)
+    return ok
+
+
+@pytest.mark.parametrize(
+    "name", ["x.dead", "x.lost", "x.delay.100", "x.wait.5", "worker.a", "rate.t.1.2", "ok", "a.b"]
+)
+def test_the_crd_reserves_the_same_queue_names_as_the_runtime_and_the_operator(name):
+    from ebbtide.message import reserved_queue_name
+
+    assert cel_queue_name_rule(name) == (reserved_queue_name(name) is None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from ebbtide_operator.spec import (
     DEFAULT_RABBITMQ_IMAGE,
@@ -112,3 +114,22 @@ def test_allowed_namespaces_are_deduplicated_and_sorted():
     raw["broker"] = {"type": "redis", "managed": {}, "allowedNamespaces": ["b", "a", "b"]}
     assert parse_spec(raw).broker.allowed_namespaces == ("a", "b")
     assert parse_spec(minimal()).broker.allowed_namespaces == ()
+
+
+@pytest.mark.parametrize(
+    "name", ["x.dead", "x.lost", "x.delay.100", "x.wait.1300", "worker.a", "rate.t.1.2"]
+)
+def test_a_queue_name_that_collides_with_ebbtides_own_queues_is_refused_naming_it(name):
+    raw = minimal()
+    raw["queues"] = [{"name": name}]
+    with pytest.raises(
+        SpecError, match=rf"spec\.queues\[0\]\.name '{re.escape(name)}' is reserved"
+    ):
+        parse_spec(raw)
+
+
+@pytest.mark.parametrize("name", ["dead", "x.deadline", "delay.x", "worker", "rates.x", "a.b"])
+def test_names_near_the_reserved_ones_are_fine(name):
+    raw = minimal()
+    raw["queues"] = [{"name": name}]
+    assert parse_spec(raw).queues[0].name == name

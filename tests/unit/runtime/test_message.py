@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from ebbtide.errors import BadPayload, PayloadTooLarge
@@ -93,3 +94,14 @@ def test_a_replayed_payload_starts_its_retries_afresh_and_counts_replays():
     assert json.loads(once) == {"id": "i", "attempt": 0, "error": "e", "replayed": 1}
     assert json.loads(replayed_payload(once))["replayed"] == 2
     assert replayed_payload("{oops") == "{oops" and replayed_payload("[1]") == "[1]"
+
+
+@pytest.mark.parametrize(
+    "name", ["x.dead", "x.lost", "x.delay.5", "x.wait.5", "worker.w", "rate.r"]
+)
+def test_a_queue_name_of_ebbtides_own_queues_is_refused_naming_it(name):
+    from ebbtide.message import check_queue, is_queue_name
+
+    with pytest.raises(ValueError, match=rf"queue name '{re.escape(name)}' is reserved"):
+        check_queue(name)
+    assert not is_queue_name(name)

@@ -296,7 +296,9 @@ class RabbitMQBroker:
 
     # -- worker (asyncio) ----------------------------------------------------------------
     async def aconnect(self) -> None:
-        self._consumer = Consumer(self.params, self.prefix, self.options)
+        """Open the publishing link (the consuming one opens on the first claim, whose
+        lease sets its heartbeat)."""
+        self._consumer = Consumer(self.params, self.options.amqp_url, self.prefix, self.options)
         self._subscribed = False
         try:
             await self._consumer.start()
@@ -304,7 +306,7 @@ class RabbitMQBroker:
             await self._consumer.stop()
             self._consumer = None
             raise
-        self._rate = RateTokens(self._consumer.link, self.prefix)
+        self._rate = RateTokens(self._consumer.out, self.prefix)
 
     async def aclose(self) -> None:
         self._rate = None
@@ -339,14 +341,24 @@ class RabbitMQBroker:
         `lease_ms` has no AMQP equivalent: a delivery is ours until acked or the channel
         closes (see consumer_timeout in docs/rabbitmq.md)."""
         consumer = self._worker_side()
+        if not consumer.link.started:
+            try:
+                await consumer.open(lease_ms)
+            except BrokerDown:
+                raise
+            except Exception as exc:
+                raise BrokerDown(f"cannot reach RabbitMQ: {exc}") from None
         if not self._subscribed:
             self._subscribed = True  # a failed attempt is retried by the reconnect
             await consumer.subscribe([q for q, _ in plan], n)
+        if not consumer.connected:
+            raise BrokerDown("RabbitMQ connection is down (reconnecting)")
+        lost = await consumer.take_lost(consumer.subs.queues)
+        if lost is not None:
+            return lost  # a lost task alone, or nothing while others are still held
         got = consumer.take(plan, n)
         if got:
             return got
-        if not consumer.connected:
-            raise BrokerDown("RabbitMQ connection is down (reconnecting)")
         assert consumer.arrived is not None
         consumer.arrived.clear()
         got = consumer.take(plan, n)

@@ -1,9 +1,13 @@
-"""The worker's one pika AsyncioConnection and its one channel, kept alive.
+"""One of the worker's pika AsyncioConnections and its channel, kept alive.
 
-`Link` connects, reconnects with backoff when the connection or the channel goes (a
-supervisor task), turns pika's callbacks into awaitables (`rpc`), and publishes with
-publisher confirms (`publish`: a future per message). Its owner (consumer.Consumer)
-hears of every new channel and every loss through three hooks, and does the consuming.
+A worker has two: one consumes and acks, one publishes (retries, dead letters,
+hand-backs, heartbeats, rate tokens), so a memory alarm, which blocks connections that
+publish, never blocks an ack. `Link` connects, reconnects with backoff when the
+connection or the channel goes (a supervisor task), pings an idle link so a silent one
+(blackholed, broker frozen) is dropped within a couple of ping periods, turns pika's
+callbacks into awaitables (`rpc`), and publishes with publisher confirms (`publish`: a
+future per message). Its owner (consumer.Consumer) hears of every new channel and every
+loss through three hooks.
 
 `gen` counts channels: it changes on every loss and every new channel, so whatever was
 delivered on an older channel can be told apart (RabbitMQ requeued it when that channel
@@ -58,8 +62,11 @@ class Link:
         on_channel: Callable[[], None],
         on_ready: Callable[[], Awaitable[None]],
         on_lost: Callable[[], int],
+        ping_s: float = 5.0,
+        name: str = "consume",
     ) -> None:
-        self.params, self.prefix = params, prefix
+        self.params, self.prefix, self.ping_s, self.name = params, prefix, ping_s, name
+        self.blocked = False  # RabbitMQ blocked this connection (an alarm: it published)
         self._on_channel, self._on_ready, self._on_lost = on_channel, on_ready, on_lost
         self.loop: asyncio.AbstractEventLoop | None = None
         self.gen = 0
@@ -75,6 +82,7 @@ class Link:
         self._returned: set[str | None] = set()
         self._next_publish = 1
         self._supervisor: asyncio.Task | None = None
+        self._pinger: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
 
     # -- lifetime ------------------------------------------------------------------------
@@ -91,12 +99,20 @@ class Link:
             await self.close()
             raise BrokerDown(f"cannot reach RabbitMQ: {exc}") from None
         self._supervisor = asyncio.create_task(self._supervise())
+        self._pinger = asyncio.create_task(self._ping())
+
+    @property
+    def started(self) -> bool:
+        return self._supervisor is not None
 
     async def stop_supervising(self) -> None:
         """No more reconnects (the worker is stopping); the connection stays open."""
         self._running = False
         if self._wake is not None:
             self._wake.set()
+        if self._pinger is not None:
+            self._pinger.cancel()
+            self._pinger = None
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -118,6 +134,37 @@ class Link:
         if self.conn is not None and self.conn.is_open:
             with contextlib.suppress(Exception):
                 self.conn.close(320, reason)
+
+    def abandon(self, reason: str) -> None:
+        """Give up on a silent connection at once: a graceful close would wait for a
+        CloseOk that never comes, so the supervisor reconnects without waiting for it
+        (pika aborts the old socket when its own heartbeat check fails)."""
+        logs.warn("rabbitmq link silent, reconnecting", link=self.name, reason=reason)
+        self.drop(reason)
+        if self._down is not None and not self._down.done():
+            self._down.set_result(ConnectionError(reason))
+
+    async def _ping(self) -> None:
+        """A round trip every `ping_s` (a passive declare of amq.direct, which always
+        exists) on the current channel; no answer within two periods drops the link.
+        Skipped while RabbitMQ blocks the connection: blocked is not dead."""
+        while self._running:
+            await asyncio.sleep(self.ping_s)
+            if not self.connected or self.blocked:
+                continue
+            channel, gen = self.channel, self.gen
+            try:
+                await asyncio.wait_for(self._ping_once(channel), 2 * self.ping_s)
+            except TimeoutError:
+                if gen == self.gen and not self.blocked:
+                    self.abandon(f"no answer to a ping within {2 * self.ping_s:.0f}s")
+            except Exception:  # noqa: S110 - a lost link is the supervisor's to heal
+                pass
+
+    async def _ping_once(self, channel: Any) -> None:
+        await self.rpc(
+            lambda done: channel.exchange_declare("amq.direct", passive=True, callback=done)
+        )
 
     async def _supervise(self) -> None:
         delay = 0.2
@@ -176,6 +223,9 @@ class Link:
             custom_ioloop=loop,
         )
         await asyncio.wait_for(opened, CALL_TIMEOUT_S)
+        self.blocked = False
+        self.conn.add_on_connection_blocked_callback(lambda *_a: self._set_blocked(True))
+        self.conn.add_on_connection_unblocked_callback(lambda *_a: self._set_blocked(False))
         self.writes = WriteThrough.install(self.conn)
         channel = await self.rpc(lambda done: self.conn.channel(on_open_callback=done))
         channel.add_on_close_callback(self._on_channel_closed)
@@ -188,6 +238,10 @@ class Link:
         self._confirms, self._returned, self._next_publish = {}, set(), 1
         await self.rpc(lambda done: channel.confirm_delivery(self._on_confirm, callback=done))
         await self._on_ready()
+
+    def _set_blocked(self, blocked: bool) -> None:
+        self.blocked = blocked
+        logs.warn("rabbitmq connection " + ("blocked" if blocked else "unblocked"), link=self.name)
 
     def _on_channel_closed(self, channel: Any, reason: Any) -> None:
         self.channel_close_reason = str(reason)
@@ -204,7 +258,7 @@ class Link:
     def _lost(self, exc: BaseException | None) -> None:
         buffered = self._on_lost()
         error = (str(exc) or type(exc).__name__) if exc else "closed"
-        logs.warn("rabbitmq connection lost", error=error, buffered=buffered)
+        logs.warn("rabbitmq connection lost", link=self.name, error=error, buffered=buffered)
         self.gen += 1  # every delivery of the old channel is stale now
         self._fail_waiting(BrokerDown(f"RabbitMQ connection lost: {error}"))
 
@@ -326,15 +380,20 @@ class Link:
 
     # -- heartbeats ----------------------------------------------------------------------
     async def publish_heartbeat(self, worker_id: str, body: bytes, ttl_ms: int) -> None:
+        """Declare (which resets x-expires) and publish, confirmed: a heartbeat that
+        returns proves the publishing link works, which is what /readyz reports."""
         name = topo.worker_queue(self.prefix, worker_id)
         channel = self.open_channel()
-        # Declared every time: that is what resets the queue's x-expires timer.
-        await self.rpc(
-            lambda done: channel.queue_declare(
-                name, durable=True, arguments=topo.worker_args(ttl_ms), callback=done
+
+        async def beat() -> None:
+            await self.rpc(
+                lambda done: channel.queue_declare(
+                    name, durable=True, arguments=topo.worker_args(ttl_ms), callback=done
+                )
             )
-        )
-        await self.publish(name, body, pika.BasicProperties(delivery_mode=1))
+            await self.publish(name, body, pika.BasicProperties(delivery_mode=1))
+
+        await asyncio.wait_for(beat(), max(2 * self.ping_s, ttl_ms / 2000))
 
     async def delete_heartbeat(self, worker_id: str) -> None:
         channel = self.open_channel()

@@ -108,6 +108,7 @@ def queue_declarations(prefix: str, queue: str) -> list[tuple[str, dict]]:
     return [
         (topo.ready_queue(prefix, queue), topo.ready_args(prefix, queue)),
         (topo.dead_queue(prefix, queue), {}),
+        (topo.lost_queue(prefix, queue), topo.lost_args()),
     ]
 
 

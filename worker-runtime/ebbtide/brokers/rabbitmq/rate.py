@@ -29,7 +29,7 @@ Why these choices:
 * `x-queue-type: classic`, whatever the vhost's default queue type.
 * Publishing does not count as using a queue for `x-expires`, so a queue is declared once
   per connection and again every minute while in use (publish.Declared).
-* Its own channel on the worker's AsyncioConnection: a channel error here (a policy or
+* Its own channel on the worker's publishing connection (never the consuming one): a channel error here (a policy or
   permission that refuses the declare) closes only this channel, never the one the
   worker's deliveries are on. The channel is reopened, and the queues declared again,
   after a reconnect.

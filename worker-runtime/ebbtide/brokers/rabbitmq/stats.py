@@ -97,12 +97,15 @@ def build_stats(
             continue
         row = rows.setdefault(kind.queue, {"delayed": 0, "dead": 0})
         depth = int(q.get("messages_ready") or 0) + int(q.get("messages_unacknowledged") or 0)
-        if kind.kind == "ready":
-            row["seen"] = True
-            row["ready"] = int(q.get("messages_ready") or 0)
-            row["in_flight"] = int(q.get("messages_unacknowledged") or 0)
-            row["oldest"] = q.get("head_message_timestamp")
-            row["acks"] = int((q.get("message_stats") or {}).get("ack") or 0)
+        if kind.kind in ("ready", "lost"):
+            # The lost lane (lost.py) is ready work too, run one at a time.
+            row["seen"] = row.get("seen", False) or kind.kind == "ready"
+            row["ready"] = row.get("ready", 0) + int(q.get("messages_ready") or 0)
+            row["in_flight"] = row.get("in_flight", 0) + int(q.get("messages_unacknowledged") or 0)
+            row["acks"] = row.get("acks", 0) + int((q.get("message_stats") or {}).get("ack") or 0)
+            head = q.get("head_message_timestamp")
+            if isinstance(head, int | float) and int(q.get("messages_ready") or 0):
+                row["oldest"] = min(head, row.get("oldest") or head)
         elif kind.kind == "delay":
             row["delayed"] += depth
         else:

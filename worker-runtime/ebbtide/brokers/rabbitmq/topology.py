@@ -3,9 +3,13 @@
 Every queue an app queue `q` needs (prefix `ebbtide`):
 
     ebbtide.q                 durable, x-max-priority 9: the ready tasks
-    ebbtide.q.delay.<ms>      durable, x-message-ttl <ms>, dead-letters into ebbtide.q:
-                              delayed sends and retries wait here, never in a worker
+    ebbtide.q.wait.<ms>       quorum, x-message-ttl <ms>, dead-letters into ebbtide.q
+                              at-least-once: delayed sends and retries wait here, never
+                              in a worker (`ebbtide.q.delay.<ms>`: the classic ones of
+                              older versions, still read and drained)
     ebbtide.q.dead            durable: the DLQ (the body carries the error and traceback)
+    ebbtide.q.lost            quorum: deliveries a lost connection gave back, run one at
+                              a time (x-delivery-count is how often a worker lost them)
     ebbtide.worker.<id>       durable, x-max-length 1, x-expires: the worker's latest heartbeat
 
 and one per rate-limited task, shared by all its queues (see rate.py):
@@ -15,16 +19,20 @@ and one per rate-limited task, shared by all its queues (see rate.py):
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ...message import MAX_PRIORITY
+import pika
+
+from ...message import MAX_PRIORITY, RESERVED_INFIXES
 
 DELAY_QUEUE_SLACK_MS = 600_000  # an idle delay queue outlives its last message by this
 READY_MS_HEADER = "x-ebbtide-ready-ms"
-REDELIVERIES_HEADER = "x-ebbtide-redeliveries"
+RECOVERIES_HEADER = "x-ebbtide-recoveries"  # losses counted before this copy was published
+DELIVERY_COUNT_HEADER = "x-delivery-count"  # a quorum queue's count of returns
 REASON_HEADER = "x-ebbtide-reason"
 DIED_AT_HEADER = "x-ebbtide-died-at-ms"
 
@@ -35,7 +43,7 @@ class Options:
 
     amqp_url: str
     management_url: str | None  # http://user:pass@host:port, None = not used
-    max_redeliveries: int  # unsettled deliveries before a task is dead-lettered
+    max_redeliveries: int  # losses (see lost.py) before the consumer itself dead-letters
 
 
 def parse_options(url: str) -> Options:
@@ -80,7 +88,11 @@ def dead_queue(prefix: str, queue: str) -> str:
 
 
 def delay_queue(prefix: str, queue: str, delay_ms: int) -> str:
-    return f"{prefix}.{queue}.delay.{delay_ms}"
+    return f"{prefix}.{queue}.wait.{delay_ms}"
+
+
+def lost_queue(prefix: str, queue: str) -> str:
+    return f"{prefix}.{queue}.lost"
 
 
 def worker_queue(prefix: str, worker_id: str) -> str:
@@ -97,13 +109,73 @@ def ready_args(prefix: str, queue: str) -> dict:
 
 
 def delay_args(prefix: str, queue: str, delay_ms: int) -> dict:
+    """A quorum queue: a classic one dead-letters at most once (a crash between its
+    expiry and the ready queue's write loses the task); a quorum queue with the
+    at-least-once strategy keeps the message until the ready queue confirmed it, which
+    RabbitMQ allows only with `x-overflow: reject-publish`."""
     return {
+        "x-queue-type": "quorum",
         "x-message-ttl": delay_ms,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": ready_queue(prefix, queue),
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
         "x-expires": delay_ms + DELAY_QUEUE_SLACK_MS,
-        "x-max-priority": MAX_PRIORITY,
     }
+
+
+def lost_args() -> dict:
+    """Quorum: its x-delivery-count says how often a worker holding the task alone was
+    lost, kept by RabbitMQ across crashes (see lost.py)."""
+    return {"x-queue-type": "quorum", "x-overflow": "reject-publish"}
+
+
+@dataclass(frozen=True)
+class LinkTuning:
+    """A worker connection's timeouts, derived from the lease (see link_tuning)."""
+
+    heartbeat_s: int  # AMQP heartbeat: both sides drop a silent peer after about this
+    ping_s: float  # the worker's own round trip on an idle link, and its deadline
+    socket_timeout_s: float
+    stack_timeout_s: float
+    tcp_options: dict
+
+
+def tuned(params: pika.URLParameters, tuning: LinkTuning, url: str) -> pika.URLParameters:
+    """`params` with the tuning applied, except what the URL sets itself."""
+    given = {k for k, _v in parse_qsl(urlsplit(url).query)}
+    out = copy.deepcopy(params)
+    if "heartbeat" not in given:
+        out.heartbeat = tuning.heartbeat_s
+    if "socket_timeout" not in given:
+        out.socket_timeout = tuning.socket_timeout_s
+    if "stack_timeout" not in given:
+        out.stack_timeout = tuning.stack_timeout_s
+    if "tcp_options" not in given:
+        out.tcp_options = dict(tuning.tcp_options)
+    if "connection_attempts" not in given:
+        out.connection_attempts = 1  # the supervisor retries, with its own backoff
+    return out
+
+
+def link_tuning(lease_ms: int) -> LinkTuning:
+    """A lost worker (frozen, blackholed) must be noticed within its lease, and its
+    deliveries given back by RabbitMQ a few seconds after: heartbeat a sixth of the
+    lease, 1-5 s. The worker pings its own link at that period too (pika alone only
+    notices a missed heartbeat after timeout + 5 s)."""
+    lease_s = max(0.5, lease_ms / 1000)
+    heartbeat = max(1, min(5, int(lease_s / 6)))
+    return LinkTuning(
+        heartbeat_s=heartbeat,
+        ping_s=float(heartbeat),
+        socket_timeout_s=max(2.0, min(10.0, lease_s / 3)),
+        stack_timeout_s=max(5.0, min(15.0, lease_s / 2)),
+        tcp_options={
+            "TCP_KEEPIDLE": heartbeat,
+            "TCP_KEEPINTVL": 1,
+            "TCP_KEEPCNT": 3,
+        },  # no TCP_USER_TIMEOUT: a memory alarm's zero window is not a dead link
+    )
 
 
 def worker_args(ttl_ms: int) -> dict:
@@ -126,7 +198,7 @@ def bucket_delay_ms(delay_ms: int) -> int:
 class QueueName:
     """What an `ebbtide.*` queue name means."""
 
-    kind: str  # ready | delay | dead | worker | rate
+    kind: str  # ready | delay | dead | lost | worker | rate
     queue: str  # the app queue (worker: the worker id; rate: the task name)
 
 
@@ -142,9 +214,12 @@ def classify(prefix: str, name: str) -> QueueName | None:
         return QueueName("worker", rest[len("worker.") :])
     if rest.endswith(".dead"):
         return QueueName("dead", rest[: -len(".dead")])
-    base, sep, ms = rest.rpartition(".delay.")
-    if sep and ms.isdigit():
-        return QueueName("delay", base)
+    if rest.endswith(".lost"):
+        return QueueName("lost", rest[: -len(".lost")])
+    for infix in RESERVED_INFIXES:
+        base, sep, ms = rest.rpartition(infix)
+        if sep and ms.isdigit():
+            return QueueName("delay", base)
     if rate := _RATE_QUEUE.fullmatch(rest):
         # rate.<task>.<limit>.<window_ms> (an app queue of that very shape would be
         # taken for one, and left out of the statistics)

@@ -56,18 +56,47 @@ class FakeLink:
         self.published.append(("dead", queue, payload, task_id, reason, prio))
         return self._confirmed()
 
+    async def ensure_queue(self, queue: str) -> None:
+        pass
+
+    def publish(self, routing: str, body: bytes, props: Any) -> asyncio.Future:
+        self.published.append(("copy", routing, body, props.headers.get(topo.RECOVERIES_HEADER)))
+        return self._confirmed()
+
+
+def acked(frames: list[tuple[Any, ...]], delivered: int) -> set[int]:
+    """The delivery tags (1..delivered) the ack frames cover."""
+    out: set[int] = set()
+    for frame in frames:
+        if frame[0] == "ack":
+            _op, tag, multiple = frame
+            out |= set(range(1, tag + 1)) if multiple else {tag}
+    return out & set(range(1, delivered + 1))
+
 
 def consumer() -> tuple[Consumer, FakeLink]:
-    c = Consumer(pika.URLParameters(URL), "ebbtide", topo.parse_options(URL))
+    """A Consumer whose consuming link and publishing link (`c.out`) are fakes; the
+    publishes the tests look at are on `c.out`, the frames on the consuming channel."""
+    c = Consumer(pika.URLParameters(URL), URL, "ebbtide", topo.parse_options(URL))
     c.link = c.subs.link = link = FakeLink()  # type: ignore[assignment]
+    c.out = FakeLink()  # type: ignore[assignment]
     c.subs.tag_queue["ctag"] = "q"
     c.arrived = asyncio.Event()
     return c, link
 
 
-def deliver(c: Consumer, tag: int, priority: int = 3, message_id: str = "") -> None:
-    method = SimpleNamespace(delivery_tag=tag, consumer_tag="ctag", redelivered=False)
-    headers = {topo.READY_MS_HEADER: 1_700_000_000_000 + tag}
+def deliver(
+    c: Consumer,
+    tag: int,
+    priority: int = 3,
+    message_id: str = "",
+    redelivered: bool = False,
+    recoveries: int = 0,
+) -> None:
+    method = SimpleNamespace(delivery_tag=tag, consumer_tag="ctag", redelivered=redelivered)
+    headers: dict[str, Any] = {topo.READY_MS_HEADER: 1_700_000_000_000 + tag}
+    if recoveries:
+        headers[topo.RECOVERIES_HEADER] = recoveries
     props = SimpleNamespace(
         headers=headers, priority=priority, message_id=message_id or f"m{tag}", timestamp=None
     )
@@ -119,33 +148,80 @@ def test_a_retry_or_a_dead_letter_is_published_before_its_original_is_acked():
             ],
             dead_ttl_ms=9000,
         )
-        assert n == 2
-        assert link.published == [
+        assert n == 2 and link.channel.frames == []  # nothing acked before its copy
+        await c.finish_jobs(5)
+        assert c.out.published == [
             ("task", "q", b'{"task":"t","attempt":1}', 4, 1500, "m1"),
             ("dead", "q", b'{"task":"t","error":"E: x"}', "m2", "E: x", 0),
         ]
-        assert link.channel.frames == [("ack", 2, True)]
+        assert link.published == []  # the consuming link never publishes
+        c.flush_acks()
+        assert acked(link.channel.frames, 2) == {1, 2}
         assert c.completed["q"] == 1  # only the dead one's life ended
 
     asyncio.run(main())
 
 
-def test_a_requeue_nacks_at_once_and_releases_everything_buffered():
+def test_a_hand_back_is_a_copy_then_an_ack_never_a_nack_and_releases_everything_buffered():
+    """A nack would mark the message redelivered, which reads as a loss: a graceful
+    hand-back republishes it (with the losses it carries) and acks it instead."""
+
     async def main():
         c, link = consumer()
         c.subs.consumers = {"q": [("ctag", 16)]}
         for tag in (1, 2, 3):
-            deliver(c, tag)
+            deliver(c, tag, recoveries=2 if tag == 1 else 0)
         (first,) = c.take([("q", 1)], 1)
         assert await c.settle([Settlement(Outcome.REQUEUE, first)], 0) == 1
-        assert link.channel.frames == [
-            ("nack", 1, True),
-            ("cancel", "ctag"),
-            ("nack", 2, True),
-            ("nack", 3, True),
+        assert link.channel.frames == [("cancel", "ctag")]
+        await c.finish_jobs(5)
+        c.flush_acks()
+        assert c.out.published == [
+            ("copy", "ebbtide.q", b'{"task":"t","error":"E: x"}', 2),
+            ("copy", "ebbtide.q", b'{"task":"t","error":"E: x"}', None),
+            ("copy", "ebbtide.q", b'{"task":"t","error":"E: x"}', None),
         ]
+        assert link.channel.frames[0] == ("cancel", "ctag")
+        assert acked(link.channel.frames, 3) == {1, 2, 3}
+        assert not any(f[0] == "nack" for f in link.channel.frames)
         assert c.subs.released and c.take([("q", 5)], 5) == []
-        deliver(c, 4)  # crossed the cancel: straight back
-        assert link.channel.frames[-1] == ("nack", 4, True)
+        deliver(c, 4)  # crossed the cancel: straight back, as a copy
+        await c.finish_jobs(5)
+        assert c.out.published[-1][1] == "ebbtide.q"
+
+    asyncio.run(main())
+
+
+def test_a_redelivery_moves_into_the_lost_lane_uncounted_and_is_not_run_from_the_buffer():
+    """RabbitMQ cannot say whether a lost worker had started a redelivered message, so
+    it is not counted here: it moves to the lost lane, where only losses of a task held
+    alone count (lost.py)."""
+
+    async def main():
+        c, link = consumer()
+        deliver(c, 1, redelivered=True, recoveries=1)
+        deliver(c, 2)
+        assert [d.entry for d in c.take([("q", 5)], 5)] == ["1700000000002|3|1.2"]
+        await c.finish_jobs(5)
+        assert c.out.published == [("copy", "ebbtide.q.lost", b'{"task":"t","error":"E: x"}', 1)]
+        c.flush_acks()
+        assert acked(link.channel.frames, 2) == {1}  # tag 2 is still running
+        assert c.isolation.due(0.0)  # the lanes are looked at on the next claim
+
+    asyncio.run(main())
+
+
+def test_a_task_handed_back_twice_is_copied_once():
+    """A hard timeout's exit can hand the same running task back twice (cut off, then
+    left over): the entry is settled by the first, so the second is skipped."""
+
+    async def main():
+        c, link = consumer()
+        deliver(c, 1)
+        (d,) = c.take([("q", 1)], 1)
+        assert await c.settle([Settlement(Outcome.REQUEUE, d)], 0) == 1
+        assert await c.settle([Settlement(Outcome.REQUEUE, d)], 0) == 0
+        await c.finish_jobs(5)
+        assert [p[1] for p in c.out.published] == ["ebbtide.q"]
 
     asyncio.run(main())

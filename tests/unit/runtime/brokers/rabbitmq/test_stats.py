@@ -50,3 +50,21 @@ def test_stats_without_management_use_depths_and_heartbeats():
     q = build_stats_without_management(1.0, {"q": 3}, beats).queues["q"]
     assert (q.ready, q.in_flight, q.completed_total, q.enqueued_total) == (3, 2, 7, 12)
     assert q.oldest_ready_at is None
+
+
+def test_the_lost_lane_counts_as_ready_work_and_the_wait_queues_as_delayed():
+    listing = [
+        {"name": "ebbtide.q", "messages_ready": 0, "message_stats": {"ack": 10}},
+        {
+            "name": "ebbtide.q.lost",
+            "messages_ready": 3,
+            "messages_unacknowledged": 1,
+            "head_message_timestamp": 995,
+            "message_stats": {"ack": 2},
+        },
+        {"name": "ebbtide.q.wait.1300", "messages_ready": 2},
+        {"name": "ebbtide.q.dead", "messages_ready": 1},
+    ]
+    q = build_stats("ebbtide", 1000.0, listing, [], None).queues["q"]
+    assert (q.ready, q.in_flight, q.delayed, q.dead) == (3, 1, 2, 1)
+    assert q.completed_total == 12 and q.oldest_ready_at == 995.0

@@ -45,8 +45,42 @@ def test_vhost_and_queue_names_round_trip():
     assert topo.classify(p, topo.delay_queue(p, "q", 1300)) == topo.QueueName("delay", "q")
     assert topo.classify(p, topo.worker_queue(p, "w-1")) == topo.QueueName("worker", "w-1")
     assert topo.classify(p, "celery") is None
+    assert topo.classify(p, "ebbtide.q.delay.1300") == topo.QueueName("delay", "q")  # older ones
+    assert topo.classify(p, topo.lost_queue(p, "q")) == topo.QueueName("lost", "q")
     args = topo.delay_args(p, "q", 1300)
     assert args["x-dead-letter-routing-key"] == "ebbtide.q" and args["x-message-ttl"] == 1300
+
+
+def test_delays_wait_in_quorum_queues_that_dead_letter_at_least_once():
+    args = topo.delay_args("ebbtide", "q", 1300)
+    assert args["x-queue-type"] == "quorum"
+    assert args["x-dead-letter-strategy"] == "at-least-once"
+    assert args["x-overflow"] == "reject-publish"  # RabbitMQ's condition for at-least-once
+    assert topo.lost_args()["x-queue-type"] == "quorum"
+
+
+@pytest.mark.parametrize(
+    ("lease_ms", "heartbeat"), [(500, 1), (2000, 1), (12_000, 2), (30_000, 5), (600_000, 5)]
+)
+def test_the_links_heartbeat_follows_the_lease(lease_ms, heartbeat):
+    tuning = topo.link_tuning(lease_ms)
+    assert tuning.heartbeat_s == heartbeat and tuning.ping_s == heartbeat
+    # a silent link is dropped after two unanswered ping periods, within the lease
+    assert 2 * tuning.ping_s <= max(2.0, lease_ms / 1000)
+    assert tuning.tcp_options["TCP_KEEPIDLE"] == heartbeat
+    assert "TCP_USER_TIMEOUT" not in tuning.tcp_options  # an alarm's zero window is not dead
+
+
+def test_the_url_keeps_the_timeouts_it_sets():
+    import pika
+
+    url = "amqp://u:p@h:5672/%2F?heartbeat=30&socket_timeout=1"
+    params = topo.tuned(pika.URLParameters(url), topo.link_tuning(30_000), url)
+    assert (params.heartbeat, params.socket_timeout) == (30, 1)
+    assert params.stack_timeout == 15 and params.connection_attempts == 1
+    plain = "amqp://u:p@h:5672/%2F"
+    params = topo.tuned(pika.URLParameters(plain), topo.link_tuning(2_000), plain)
+    assert params.heartbeat == 1 and params.tcp_options["TCP_KEEPCNT"] == 3
 
 
 def test_heartbeat_queues_are_classic_and_expire():
