@@ -31,7 +31,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 from e2e import node  # noqa: E402
 from e2e.controlplane import NODE_ROOT, ControlPlane, ControlPlaneError  # noqa: E402
 from e2e.tests.kit import IMAGES, OPERATOR_IMAGE, PULL_POLICY, kubectl  # noqa: E402
-from e2e.tests.support import RELEASE, SYSTEM_NAMESPACE, tail, wait_for  # noqa: E402
+from e2e.tests.support import (  # noqa: E402
+    RELEASE,
+    SYSTEM_NAMESPACE,
+    forbidden_lines,
+    tail,
+    wait_for,
+)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -185,6 +191,16 @@ def operator(kube_env: KubeEnv, chart: str, core) -> Iterator[str]:
     yield name
     logs = kubectl(kube_env, "logs", "-n", SYSTEM_NAMESPACE, name, "--tail=40", check=False)
     sys.stderr.write(f"\n-- operator pod log (tail) --\n{logs.stdout}\n")
+    # The operator logs and carries on after an API error, so an RBAC rule missing from
+    # the chart on a path no test asserts would pass unseen: any 403 fails the run.
+    denied = []
+    for pod in core.list_namespaced_pod(
+        SYSTEM_NAMESPACE, label_selector="ebbtide.dev/operator=true"
+    ).items:
+        full = kubectl(kube_env, "logs", "-n", SYSTEM_NAMESPACE, pod.metadata.name, check=False)
+        denied += [f"{pod.metadata.name}: {line}" for line in forbidden_lines(full.stdout)]
+    if denied:
+        pytest.fail("the operator was refused by the API server (RBAC):\n" + "\n".join(denied[:10]))
 
 
 @pytest.fixture

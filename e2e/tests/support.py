@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,28 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
             suffix = f" (last error: {last_error})" if last_error else ""
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{suffix}")
         time.sleep(interval)
+
+
+FORBIDDEN = re.compile(
+    r"\(403\)|Reason: Forbidden|APIForbiddenError|\b403\b.*[Ff]orbidden|[Ff]orbidden.*\b403\b"
+)
+
+
+def forbidden_lines(log: str) -> list[str]:
+    """The lines of an operator log that record a 403 from the API server: the kubernetes
+    client's ApiException prints "(403)" and "Reason: Forbidden" on lines of their own,
+    kopf says APIForbiddenError."""
+    return [line for line in log.splitlines() if FORBIDDEN.search(line)]
+
+
+def holds_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Check that `condition()` stays true for `seconds`, failing the moment it does not:
+    how a test shows that something does NOT happen (a scale-down while the broker is
+    away), for longer than the policy would take to do it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert condition(), f"no longer true: {what}"
+        time.sleep(0.2)
 
 
 def tail(path: Path, lines: int = 40) -> str:

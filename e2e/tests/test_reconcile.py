@@ -5,9 +5,14 @@ again with its replicas held. (This file runs last: it replaces the session's op
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import redis
 
 from e2e.tests.kit import (
+    APPS,
     GROUP,
     PLURAL,
     RUNS,
@@ -94,6 +99,58 @@ def test_scaling_up_from_zero_and_back(core, apps, custom, operator, namespace):
         120,
         "back to zero worker pods",
     )
+
+
+DELAY_S = 60
+
+
+def send_delayed(broker_url: str, delay_s: int) -> None:
+    """One `work` task with `options(delay=...)`, from a fresh host process, as an app
+    would send it."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import tracked; "
+        "tracked.app.use_broker_url(sys.argv[2]); "
+        "tracked.work.options(delay=int(sys.argv[3])).send(0, 0.0)"
+    )
+    argv = [sys.executable, "-c", code, str(APPS), broker_url, str(delay_s)]
+    subprocess.run(argv, check=True, timeout=60)
+
+
+def test_a_delayed_task_wakes_a_worker_from_zero(core, apps, custom, operator, namespace):
+    """minReplicas 0 and an idle queue: a task sent with a 60 s delay still runs, within
+    60 s plus one poll plus a pod's start-up. The statistics say when the next delayed
+    task is due, and the policy wakes one worker for it: nothing else would arrive to
+    start a pod."""
+    track_url = f"redis://external.{namespace}.svc:6379/1"
+    url = external_taskqueue(
+        core,
+        apps,
+        custom,
+        namespace,
+        "later",
+        0,
+        track_url=track_url,
+        scaling={"maxReplicas": 2, "scaleToZeroIdleSeconds": 0},
+    )
+    wait_for(
+        lambda: (
+            replicas(apps, namespace, "later") == 0 and not worker_pods(core, namespace, "later")
+        ),
+        60,
+        "no worker pods while the queue is empty",
+    )
+    track = redis.Redis.from_url(via_cluster_ip(core, namespace, track_url))
+    sent = time.monotonic()
+    send_delayed(via_cluster_ip(core, namespace, url), DELAY_S)
+    poll_s, pod_start_budget_s = 1, 60
+    wait_for(
+        lambda: track.hlen(RUNS) == 1,
+        DELAY_S + poll_s + pod_start_budget_s,
+        "the delayed task to run, woken from zero replicas",
+    )
+    ran_after = time.monotonic() - sent
+    assert ran_after >= DELAY_S - 1, f"ran {ran_after:.0f}s after send, before its delay"
+    wait_for(lambda: replicas(apps, namespace, "later") == 0, 120, "back to zero replicas")
 
 
 def test_fallback_replicas_while_the_broker_is_down(core, apps, custom, operator, namespace):
