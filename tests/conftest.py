@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from support.ci import pytest_runtest_makereport  # noqa: E402, F401 - the hook
 from support.servers import rabbitmq_server, redis_server  # noqa: E402
 
 

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from support.ci import pytest_runtest_makereport  # noqa: E402, F401 - the hook
+
 from e2e import node  # noqa: E402
 from e2e.controlplane import NODE_ROOT, ControlPlane, ControlPlaneError  # noqa: E402
 from e2e.tests.kit import IMAGES, OPERATOR_IMAGE, PULL_POLICY, kubectl  # noqa: E402

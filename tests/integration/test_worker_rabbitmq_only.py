@@ -36,9 +36,11 @@ def test_many_fast_tasks_grow_the_window_batch_acks_and_run_exactly_once(rabbitm
     b.tasks.record.send_many([("fast", i) for i in range(n)])
     windows: list[int] = []
     with b.worker("--concurrency", "8", "--log-level", "DEBUG") as proc:
+        deadline = time.monotonic() + 120
         while b.rec.llen("done:fast") < n:  # sampling the window, not synchronising
             windows.append(sum(consumers(b.url)))
             assert proc.poll() is None
+            assert time.monotonic() < deadline, f"{b.rec.llen('done:fast')} of {n} done in 120 s"
             time.sleep(0.05)
         # Drained: back to the fixed window (concurrency + prefetch) within ~1 s.
         wait_for(lambda: consumers(b.url) == [16], what="the window back at 16")
@@ -68,8 +70,10 @@ def test_an_explicit_prefetch_keeps_the_window_fixed(rabbitmq_broker):
     b.tasks.record.send_many([("fixed", i) for i in range(2000)])
     seen: set[tuple[int, ...]] = set()
     with b.worker("--concurrency", "2", "--prefetch", "1"):
+        deadline = time.monotonic() + 120
         while b.rec.llen("done:fixed") < 2000:  # sampling the window, not synchronising
             seen.add(tuple(consumers(b.url)))
+            assert time.monotonic() < deadline, f"{b.rec.llen('done:fixed')} of 2000 in 120 s"
             time.sleep(0.05)
     # one consumer, prefetch = concurrency + prefetch, seen at least once, never another
     assert (3,) in seen and seen <= {(), (3,)}, seen
