@@ -123,11 +123,14 @@ def test_rates_and_service_rate_come_from_a_real_worker(env):
     body = taskqueue(minReplicas=1)
     ticker = make_ticker(cluster, reader, body, url)
     asyncio.run(ticker.tick(body))
-    rt.record.send_many(("rates", i) for i in range(400))
+    # 2 ms each: 400 of them are 0.8 s of busy slot-time, well past the floor below which
+    # mu is not sampled (observe.MIN_BUSY_SECONDS); near-instant tasks could fall under it.
+    rt.slow.send_many(("rates", i, 0.002) for i in range(400))
     with worker(url, "--concurrency", "2", env={"POD_NAME": "tq1-worker-a-1"}):
-        r = redis.Redis.from_url(url)
-        wait_for(lambda: r.llen("done:rates") == 400, what="400 tasks done")
-        r.close()
+        wait_for(
+            lambda: read_stats(url, ["default"]).queues["default"].completed_total == 400,
+            what="400 tasks completed",
+        )
         asyncio.run(ticker.tick(body))
     rates = ticker.memory.rates
     assert rates.service_rate is not None and rates.service_rate > 0
