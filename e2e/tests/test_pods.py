@@ -92,7 +92,7 @@ def test_managed_redis_burst_scales_real_pods_and_runs_each_task_once(
     wait_for(
         lambda: workers_ready(custom, namespace, "burst"), 180, "the broker and a worker ready"
     )
-    assert worker_replicas(apps, namespace, "burst") == 1
+    wait_for(lambda: worker_replicas(apps, namespace, "burst") == 1, 60, "1 replica at rest")
 
     # The broker runs from its image with the Secret's password.
     broker_url = secret_value(core, namespace, "burst-broker", "url")

@@ -163,7 +163,15 @@ def test_fallback_replicas_while_the_broker_is_down(core, apps, custom, operator
         1,
         scaling={"maxReplicas": 3, "fallbackReplicas": 2},
     )
-    assert replicas(apps, namespace, "fallback") == 1
+    # Until the broker pod answers, the fallback applies too: wait for the healthy state.
+    wait_for(
+        lambda: (
+            condition(read_tq(custom, namespace, "fallback"), "BrokerReady").get("status") == "True"
+            and replicas(apps, namespace, "fallback") == 1
+        ),
+        120,
+        "the broker reachable and the minimum of 1 replica",
+    )
     apps.delete_namespaced_deployment("external", namespace)
     wait_for(
         lambda: (
