@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 HERE = Path(__file__).parent
@@ -36,14 +35,6 @@ class Row:
     dead: int
     duplicates: int
     recovery_s: float
-
-
-def known_gap(request, reason: str, *, only: str | None = None) -> None:
-    """Mark this test as a known, not yet fixed, break of the promise (issue 11): it must
-    fail (strict xfail), so the marker goes as soon as the fix lands. `only` limits it to
-    one broker's parametrisation."""
-    if only is None or request.node.callspec.id == only:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1):
