@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from support.logged_process import LoggedProcess, logged_process
 
 HERE = Path(__file__).parent
 RESULTS: list[Row] = []  # printed as a table at the end of the session (conftest.py)
@@ -65,7 +65,7 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess:
 @contextmanager
 def worker(
     url: str, record_url: str, *args: str, metrics_port: int | None = None
-) -> Iterator[subprocess.Popen]:
+) -> Iterator[LoggedProcess]:
     """A real `python -m ebbtide worker chaos_tasks:app` process, always reaped. Its log
     goes to a file (a pipe nobody reads would fill and block the worker), and its tail is
     printed when the test fails."""
@@ -78,18 +78,8 @@ def worker(
     cmd = [sys.executable, "-m", "ebbtide", "worker", "chaos_tasks:app", "--grace-seconds", "5"]
     if metrics_port is not None:
         cmd += ["--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"]
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen([*cmd, *args], cwd=HERE, env=env, stdout=log, stderr=log)
-        try:
-            yield proc
-        except BaseException:
-            log.seek(0)
-            print(f"--- worker {proc.pid} log (tail) ---\n" + "".join(log.readlines()[-30:]))
-            raise
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(30)
+    with logged_process([*cmd, *args], cwd=HERE, env=env) as proc:
+        yield proc
 
 
 @contextmanager

@@ -79,7 +79,7 @@ def test_task_longer_than_consumer_timeout_ends_in_the_dlq_with_the_fix(
             )
             proc.terminate()
             proc.wait(60)
-            log = proc.stderr.read()
+            log = proc.log()
     finally:
         server.ctl("eval", set_timeout(1_800_000))
     assert "consumer_timeout" in log and "rabbitmq.conf" in log

@@ -308,7 +308,7 @@ def test_sigterm_finishes_running_and_hands_back_the_rest(broker):
         )
         assert proc.poll() is None and len(broker.started("term")) == 2
         broker.open_gate("term")
-        assert proc.wait(30) == 0, proc.stderr.read()
+        assert proc.wait(30) == 0, proc.tail()
     done = broker.done("term")
     assert len(done) == 2 and sorted(done) == sorted(broker.started("term"))  # none cut short
     # RabbitMQ: a hand-back is a copy and an ack (a nack would read as a lost worker), and

@@ -46,7 +46,7 @@ def test_many_fast_tasks_grow_the_window_batch_acks_and_run_exactly_once(rabbitm
         wait_for(lambda: consumers(b.url) == [16], what="the window back at 16")
         proc.terminate()
         assert proc.wait(60) == 0
-        log = proc.stderr.read()
+        log = proc.log()
     # The run takes about a second, and the management API's consumer listing can lag
     # all of it, so the growth itself is read from the worker's log of every resize.
     resized = [int(w) for w in re.findall(r'"prefetch window" queue=default window=(\d+)', log)]
@@ -92,6 +92,6 @@ def test_sigterm_hands_back_a_grown_window_at_once(rabbitmq_broker):
             wait_for(lambda: len(b.started("held")) == 12, what="the other ten to start elsewhere")
             assert first.poll() is None  # the first worker is still finishing its two
             b.open_gate("held")
-            assert first.wait(60) == 0, first.stderr.read()
+            assert first.wait(60) == 0, first.log()
             wait_for(lambda: len(b.done("held")) == 12, what="all twelve done")
     assert set(b.rec.hvals("runs:held")) == {"1"}  # none ran twice, none was cut short

@@ -20,20 +20,25 @@ from urllib.parse import urlsplit
 
 import redis
 from ebbtide.stats import BrokerStats, QueueStats, read_stats
+from support.logged_process import LoggedProcess, logged_process
 
 HERE = Path(__file__).parent
 TASKS_APP = "worker_tasks:app"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "condition"):
-    """Poll until `condition()` is truthy; the deadline is generous, never an assertion."""
+def wait_for(
+    condition: Callable[[], Any], timeout: float = 60, what: str | Callable[[], str] = "condition"
+):
+    """Poll until `condition()` is truthy; the deadline is generous, never an assertion.
+    `what` may be a callable, asked at the deadline, to say how far things got."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    said = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout}s waiting for {said}")
 
 
 def is_redis(url: str) -> bool:
@@ -47,8 +52,9 @@ def worker(
     record_url: str | None = None,
     env: dict[str, str] | None = None,
     app: str = TASKS_APP,
-) -> Iterator[subprocess.Popen]:
-    """A real `python -m ebbtide worker worker_tasks:app` process, always reaped.
+) -> Iterator[LoggedProcess]:
+    """A real `python -m ebbtide worker worker_tasks:app` process, always reaped; its log
+    is a file (`proc.log()`), printed when the test fails.
 
     Tasks record into `record_url` (default: `url`, when that is a Redis). The lease
     (on RabbitMQ: the heartbeat interval, a third of it) is 2 s and the grace 5 s unless
@@ -65,17 +71,8 @@ def worker(
     }
     cmd = [sys.executable, "-m", "ebbtide", "worker", app]
     cmd += ["--lease-seconds", "2", "--grace-seconds", "5", *args]
-    proc = subprocess.Popen(
-        cmd, cwd=HERE, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
+    with logged_process(cmd, cwd=HERE, env=full_env) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def run_cli(url: str, *args: str) -> subprocess.CompletedProcess:
