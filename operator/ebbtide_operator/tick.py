@@ -271,9 +271,7 @@ class TaskQueueTicker:
             ) from error
         if not url:
             raise BrokerUnreachable(f"Secret {secret} (key {key!r}) not found or empty")
-        if memory.url is not None and memory.url != url:
-            self.reader.forget(memory.url)
-        memory.url, memory.url_read_at = url, now
+        memory.url, memory.url_read_at = url, now  # a changed URL: the reader moves us
         return url
 
     async def _worker_deployment(

@@ -26,18 +26,22 @@ from ..base import BrokerStats, DeadTask, Delivery, Outgoing, Plan, Settlement, 
 from . import topology as topo
 from .connection import BrokerDown
 from .consumer import Consumer
+from .management import ManagementSession
 from .publish import Confirmer, Declared, ensure_queue, publish_task
 from .rate import UNAVAILABLE_WAIT_MS, RateTokens
-from .stats import (
-    build_stats,
-    build_stats_without_management,
-    fetch_queue_list,
-    parse_workers,
-)
+from .stats import build_stats, build_stats_without_management, parse_workers
 
 CLAIM_WAIT_S = 0.1  # claim() waits this long for a first delivery before returning []
 PUBLISH_ATTEMPTS = 3
 CONFIRM_BATCH = 500  # publishes per publisher-confirm wait
+# What a kept connection that RabbitMQ closed meanwhile raises on its next use.
+STALE_LINK_ERRORS = (
+    pika.exceptions.StreamLostError,
+    pika.exceptions.ConnectionClosed,
+    pika.exceptions.ChannelWrongStateError,
+    ConnectionResetError,
+    BrokenPipeError,
+)
 
 
 class RabbitMQBroker:
@@ -60,6 +64,9 @@ class RabbitMQBroker:
         self._consumer: Consumer | None = None
         self._subscribed = False
         self._rate: RateTokens | None = None
+        self.management = (
+            ManagementSession(self.options.management_url) if self.options.management_url else None
+        )
 
     # -- producer / admin (sync) ---------------------------------------------------------
     def _open_channel(self) -> Any:
@@ -157,31 +164,42 @@ class RabbitMQBroker:
         self._retrying(step)
         return replies
 
-    def stats(self, queues: Sequence[str] | None, worker_ttl_ms: int) -> BrokerStats:
+    def stats(
+        self, queues: Sequence[str] | None, worker_ttl_ms: int, prefix: str | None = None
+    ) -> BrokerStats:
+        """Statistics under `prefix` (default: this broker's). A kept broker reuses its
+        AMQP connection and its management HTTP connection across calls; an AMQP
+        connection the server dropped while idle is reopened once, within the call."""
+        prefix = prefix or self.prefix
         now = time.time()
         queue_list = None
-        if self.options.management_url:
+        if self.management is not None:
             try:
-                queue_list = fetch_queue_list(self.options.management_url, self.vhost)
+                queue_list = self.management.queues(self.vhost)
             except Exception as exc:  # unreachable plugin: fall back to AMQP + heartbeats
                 logs.warn("rabbitmq management API unavailable", error=str(exc))
         names = [
             q["name"]
             for q in queue_list or ()
-            if (kind := topo.classify(self.prefix, str(q.get("name", ""))))
-            and kind.kind == "worker"
+            if (kind := topo.classify(prefix, str(q.get("name", "")))) and kind.kind == "worker"
         ]
-        heartbeats = parse_workers(self._peek_all(names), now, worker_ttl_ms / 1000)
+        try:
+            bodies = self._peek_all(names)
+        except STALE_LINK_ERRORS:
+            with self._lock:
+                self._reset()
+            bodies = self._peek_all(names)
+        heartbeats = parse_workers(bodies, now, worker_ttl_ms / 1000)
         if queue_list is not None:
-            return build_stats(self.prefix, now, queue_list, heartbeats, queues)
-        ready = {q: self._depth(q) for q in queues or ()}
+            return build_stats(prefix, now, queue_list, heartbeats, queues)
+        ready = {q: self._depth(q, prefix) for q in queues or ()}
         return build_stats_without_management(now, ready, heartbeats)
 
-    def _depth(self, queue: str) -> int:
+    def _depth(self, queue: str, prefix: str) -> int:
         with self._lock:
             channel = self._open_channel().connection.channel()
             try:
-                ok = channel.queue_declare(topo.ready_queue(self.prefix, queue), passive=True)
+                ok = channel.queue_declare(topo.ready_queue(prefix, queue), passive=True)
                 return ok.method.message_count
             except pika.exceptions.ChannelClosedByBroker:
                 return 0  # never declared yet
@@ -212,10 +230,10 @@ class RabbitMQBroker:
         return bodies
 
     def _known_queues(self) -> list[str]:
-        if not self.options.management_url:
+        if self.management is None:
             return []
         try:
-            listing = fetch_queue_list(self.options.management_url, self.vhost)
+            listing = self.management.queues(self.vhost)
         except Exception as exc:
             raise ConnectionError(
                 f"listing queues needs the RabbitMQ management API ({exc}); pass --queue"
@@ -293,6 +311,8 @@ class RabbitMQBroker:
     def close(self) -> None:
         with self._lock:
             self._reset()
+        if self.management is not None:
+            self.management.close()
 
     # -- worker (asyncio) ----------------------------------------------------------------
     async def aconnect(self) -> None:

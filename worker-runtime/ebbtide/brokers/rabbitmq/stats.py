@@ -13,17 +13,14 @@ Which source gives which number (docs/rabbitmq.md has the table):
 
 Without the management plugin: ready from a passive queue.declare, in_flight,
 completed_total and busy from the live workers' heartbeats, no oldest age.
-Pure functions here; the HTTP call and basic_gets live in broker.py.
+Pure functions here; the HTTP call is management.py, the basic_gets live in broker.py.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import urllib.request
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 from ..base import BrokerStats, QueueStats, WorkerInfo, worker_info
 from .topology import classify
@@ -31,22 +28,6 @@ from .topology import classify
 MANAGEMENT_COLUMNS = (
     "name,messages_ready,messages_unacknowledged,head_message_timestamp,message_stats.ack"
 )
-
-
-def fetch_queue_list(management_url: str, vhost: str, timeout: float = 5.0) -> list[dict]:
-    """GET /api/queues/<vhost> with only the columns we need: one HTTP round trip."""
-    parts = urlsplit(management_url)
-    base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}"
-    req = urllib.request.Request(
-        f"{base}/api/queues/{quote(vhost, safe='')}?columns={MANAGEMENT_COLUMNS}"
-    )
-    if parts.username:
-        from urllib.parse import unquote
-
-        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        req.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) only
-        return json.load(resp)
 
 
 def parse_workers(bodies: Iterable[str | bytes], now: float, ttl_s: float) -> list[dict]:
