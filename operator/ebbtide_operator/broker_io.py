@@ -314,13 +314,14 @@ class BrokerReader:
             except RuntimeError:  # the pool is shut down: close here
                 _close_quietly(link)
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
+        """Close every link; `wait` for the closes to finish (tests: never on the loop)."""
         entries = list(self._urls.values())
         self._urls.clear()
         self._user_url.clear()
         for entry in entries:
             self._close_link(entry)
-        self._pool.shutdown(wait=False, cancel_futures=False)
+        self._pool.shutdown(wait=wait, cancel_futures=False)
 
 
 def _close_quietly(link: StatsLink) -> None:

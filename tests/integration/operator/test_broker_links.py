@@ -76,7 +76,7 @@ def test_rabbitmq_polls_reuse_one_amqp_connection_and_one_http_session(rabbitmq,
         reader.release("ns/b")  # nobody reads this broker any more: its connection closes
         wait_for(lambda: not amqp_connections(admin, vhost), 30, "the unused connection closed")
     finally:
-        reader.close()
+        reader.close(wait=True)
 
 
 @pytest.mark.redis
@@ -104,5 +104,5 @@ def test_redis_polls_reuse_one_connection(redis_db):
             reader.release(key)
         wait_for(lambda: not clients() - before, 10, "the unused pool disconnected")
     finally:
-        reader.close()
+        reader.close(wait=True)
         admin.close()

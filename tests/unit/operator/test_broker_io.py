@@ -37,7 +37,7 @@ def test_an_amqp_link_keeps_a_broker_with_short_timeouts_and_a_management_sessio
     assert isinstance(link, RabbitMQLink)
     assert link.broker.params.connection_attempts == 1
     assert link.broker.params.socket_timeout == SOCKET_TIMEOUT_SECONDS
-    assert link.broker.management is not None and link.broker._management.opened == 0
+    assert link.broker.management is not None and link.broker.management.opened == 0
     link.close()
 
 

@@ -34,6 +34,7 @@ from .stats import build_stats, build_stats_without_management, parse_workers
 CLAIM_WAIT_S = 0.1  # claim() waits this long for a first delivery before returning []
 PUBLISH_ATTEMPTS = 3
 CONFIRM_BATCH = 500  # publishes per publisher-confirm wait
+WAKE_INTERVAL_S = 1.0  # a producer wakes the operator about one queue at most this often
 # What a kept connection that RabbitMQ closed meanwhile raises on its next use.
 STALE_LINK_ERRORS = (
     pika.exceptions.StreamLostError,
@@ -64,6 +65,7 @@ class RabbitMQBroker:
         self._consumer: Consumer | None = None
         self._subscribed = False
         self._rate: RateTokens | None = None
+        self._woken: dict[str, float] = {}  # queue -> when a wake-up was last published
         self.management = (
             ManagementSession(self.options.management_url) if self.options.management_url else None
         )
@@ -155,6 +157,8 @@ class RabbitMQBroker:
                         m.task_id,
                         confirmer=self._confirmer,
                     )
+                if start + CONFIRM_BATCH >= len(todo) and any(m.delay_ms <= 0 for m in todo):
+                    self._wake(channel, queue)  # after the tasks: they are routed first
                 self._confirmer.wait()  # only confirmed ids are reported as sent
                 replies.extend(m.task_id for m in chunk)
             if full:
@@ -163,6 +167,21 @@ class RabbitMQBroker:
 
         self._retrying(step)
         return replies
+
+    def _wake(self, channel: Any, queue: str) -> None:
+        """Tell the operator the queue got tasks (topology.wake_exchange), at most once
+        per WAKE_INTERVAL_S per queue: a producer cannot tell cheaply whether the queue
+        has a consumer, so it always tells, rate-limited; the operator acts only on
+        TaskQueues with no ready worker. Not mandatory: with no operator bound it is
+        simply dropped. Confirmed with the tasks' batch (no extra round trip)."""
+        now = time.monotonic()
+        if now - self._woken.get(queue, -WAKE_INTERVAL_S) < WAKE_INTERVAL_S:
+            return
+        assert self._confirmer is not None
+        exchange = topo.wake_exchange(self.prefix)
+        self._declared.ensure_exchange(channel, exchange)
+        self._confirmer.publish("", queue.encode(), None, exchange=exchange, mandatory=False)
+        self._woken[queue] = now
 
     def stats(
         self, queues: Sequence[str] | None, worker_ttl_ms: int, prefix: str | None = None
@@ -185,15 +204,39 @@ class RabbitMQBroker:
         ]
         try:
             bodies = self._peek_all(names)
+            live = self._depths(queues or (), prefix) if queue_list is not None else {}
         except STALE_LINK_ERRORS:
             with self._lock:
                 self._reset()
             bodies = self._peek_all(names)
+            live = self._depths(queues or (), prefix) if queue_list is not None else {}
         heartbeats = parse_workers(bodies, now, worker_ttl_ms / 1000)
         if queue_list is not None:
-            return build_stats(prefix, now, queue_list, heartbeats, queues)
+            return build_stats(prefix, now, queue_list, heartbeats, queues, live_ready=live)
         ready = {q: self._depth(q, prefix) for q in queues or ()}
         return build_stats_without_management(now, ready, heartbeats)
+
+    def _depths(self, queues: Sequence[str], prefix: str) -> dict[str, int]:
+        """Ready counts now, from passive declares on one channel: the management API's
+        figures are samples up to collect_statistics_interval old, too stale to see the
+        task that just woke the operator."""
+        if not queues:
+            return {}
+        depths: dict[str, int] = {}
+        with self._lock:
+            channel = self._open_channel().connection.channel()
+            try:
+                for queue in queues:
+                    try:
+                        ok = channel.queue_declare(topo.ready_queue(prefix, queue), passive=True)
+                    except pika.exceptions.ChannelClosedByBroker:
+                        channel = self._open_channel().connection.channel()  # never declared
+                        continue
+                    depths[queue] = ok.method.message_count
+            finally:
+                if channel.is_open:
+                    channel.close()
+        return depths
 
     def _depth(self, queue: str, prefix: str) -> int:
         with self._lock:
