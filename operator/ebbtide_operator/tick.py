@@ -21,7 +21,7 @@ from typing import Any
 
 from ebbtide.stats import BrokerStats
 
-from ebbtide_operator import drain, naming, observe, provision
+from ebbtide_operator import drain, naming, observe, pod_health, provision
 from ebbtide_operator import status as status_mod
 from ebbtide_operator.broker_io import BrokerReader, BrokerUnreachable
 from ebbtide_operator.build import worker
@@ -145,6 +145,7 @@ class TaskQueueTicker:
             stats = stats_or_error
         replicas = int((deployment or {}).get("spec", {}).get("replicas") or 0)
         ready = int((deployment or {}).get("status", {}).get("readyReplicas") or 0)
+        worker_problem = await self._worker_problem(namespace, name, deployment)
         outcome.replicas_before = outcome.replicas_after = replicas
 
         if stats is not None:
@@ -206,6 +207,7 @@ class TaskQueueTicker:
             external_broker=managed is None,
             name_conflicts=self._reconcile_conflicts(body, name),
             worker_conflict=memory.worker_conflict,
+            worker_problem=worker_problem,
         )
         new_status = self._status(
             body,
@@ -319,6 +321,20 @@ class TaskQueueTicker:
                 worker.worker_pod_template(name, spec),
             )
         return cached[1]
+
+    async def _worker_problem(
+        self, namespace: str, name: str, deployment: Mapping[str, Any] | None
+    ) -> pod_health.PodProblem | None:
+        """Why worker pods are stuck, read from the pods only while some are not ready."""
+        if not pod_health.should_look(deployment):
+            return None
+        try:
+            pods = await self.cluster.list_pods(namespace, naming.worker_selector(name))
+        except Exception:
+            log.warning("could not list the worker pods of %s/%s", namespace, name, exc_info=True)
+            self.metrics.error(namespace, name, "pods")
+            return None
+        return pod_health.worker_problem(pods)
 
     async def _set_deletion_costs(self, namespace: str, name: str, stats: BrokerStats) -> None:
         """Idle pods cheapest, so the ReplicaSet removes them first."""
