@@ -42,6 +42,21 @@ from e2e.tests.support import (  # noqa: E402
 )
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REPLACES_OPERATOR = "replaces_operator"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{REPLACES_OPERATOR}: the test kills, stops or replaces the session's operator pod "
+        "(it runs after every other test, and leaves an operator Ready)",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that replace the operator pod run last, in their file order: the others may
+    hold the session operator's pod name (`operator`)."""
+    items.sort(key=lambda item: item.get_closest_marker(REPLACES_OPERATOR) is not None)
 
 
 @dataclass

@@ -71,6 +71,7 @@ class _Memory:
     written_at: float | None = None
     url: str | None = None
     url_read_at: float = 0.0
+    url_ref: tuple[str, str] | None = None  # (Secret, key) that `url` was read from
     costs: dict[str, int] = field(default_factory=dict)
     last_scale_time: str | None = None
     last_scale_reason: str | None = None
@@ -261,10 +262,11 @@ class TaskQueueTicker:
 
     async def _broker_url(self, namespace: str, name: str, spec: TaskQueueSpec, now: float) -> str:
         memory = self.memory
-        if memory.url is not None and now - memory.url_read_at < URL_REFRESH_SECONDS:
-            return memory.url
         ref = spec.broker.url_secret(name)
         secret, key = ref.name, ref.key
+        fresh = now - memory.url_read_at < URL_REFRESH_SECONDS
+        if memory.url is not None and fresh and memory.url_ref == (secret, key):
+            return memory.url  # a switch to another Secret (managed -> external) re-reads
         try:
             url = await self.cluster.read_secret_value(namespace, secret, key)
         except Exception as error:
@@ -275,7 +277,7 @@ class TaskQueueTicker:
             raise BrokerUnreachable(f"Secret {secret} (key {key!r}) not found or empty")
         if memory.url is not None and memory.url != url:
             self.reader.forget(memory.url)
-        memory.url, memory.url_read_at = url, now
+        memory.url, memory.url_read_at, memory.url_ref = url, now, (secret, key)
         return url
 
     async def _worker_deployment(

@@ -413,3 +413,25 @@ def test_a_worker_pod_whose_image_cannot_be_found_shows_in_the_conditions(env):
     assert condition(cluster, "WorkersReady")["reason"] == "AllReplicasReady"
     assert condition(cluster, "Degraded")["status"] == "False"
     assert cluster.pod_lists == 1, "all ready: the pods are not listed"
+
+
+def test_a_switch_to_another_secret_is_read_at_once_not_after_the_url_cache(env):
+    """The broker URL is cached for a minute; a spec naming another Secret (managed ->
+    external) is read on the next poll."""
+    cluster, reader, url = env
+    body = taskqueue(minReplicas=1)
+    ticker = make_ticker(cluster, reader, body, url)
+    assert asyncio.run(ticker.tick(body)).broker_error is None
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"  # nothing listens once closed
+    cluster.add_secret(NS, "other-url", {"url": dead})
+    switched = {
+        **body,
+        "spec": {
+            **body["spec"],
+            "broker": {"type": "redis", "external": {"secretRef": {"name": "other-url"}}},
+        },
+    }
+    assert asyncio.run(ticker.tick(switched)).broker_error is not None
+    assert ticker.memory.url == dead
