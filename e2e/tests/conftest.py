@@ -32,7 +32,7 @@ from support.ci import pytest_runtest_makereport  # noqa: E402, F401 - the hook
 
 from e2e import node  # noqa: E402
 from e2e.controlplane import NODE_ROOT, ControlPlane, ControlPlaneError  # noqa: E402
-from e2e.tests.kit import IMAGES, OPERATOR_IMAGE, PULL_POLICY, kubectl  # noqa: E402
+from e2e.tests.kit import IMAGES, install_operator_chart, kubectl  # noqa: E402
 from e2e.tests.support import (  # noqa: E402
     RELEASE,
     SYSTEM_NAMESPACE,
@@ -169,13 +169,8 @@ def custom(api_client):
 def chart(kube_env: KubeEnv) -> Iterator[str]:
     """`helm upgrade --install` of charts/ebbtide (every namespace: a ClusterRole), its
     operator Deployment from the operator image; uninstalled at the end on our cluster."""
-    repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
     helm = kube_env.tool("helm")
-    argv = [helm, "upgrade", "--install", RELEASE, str(ROOT / "charts" / "ebbtide")]
-    argv += ["--namespace", SYSTEM_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s"]
-    argv += ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}"]
-    argv += ["--set", f"image.pullPolicy={PULL_POLICY}"]
-    result = subprocess.run(argv, env=kube_env.env, capture_output=True, text=True, check=False)
+    result = install_operator_chart(kube_env)
     if result.returncode != 0:
         pods = kubectl(kube_env, "get", "pods", "-n", SYSTEM_NAMESPACE, "-o", "wide", check=False)
         kubelet_log = tail(kube_env.logs / "kubelet.log", 20) if kube_env.logs else ""

@@ -81,6 +81,27 @@ def kubectl(kube_env: Any, *args: str, check: bool = True) -> subprocess.Complet
     )
 
 
+def install_operator_chart(kube_env: Any) -> subprocess.CompletedProcess:
+    """`helm upgrade --install` of charts/ebbtide as the session runs it: every namespace
+    (a ClusterRole), the operator Deployment from OPERATOR_IMAGE."""
+    from e2e.tests.support import RELEASE, SYSTEM_NAMESPACE
+
+    repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
+    argv = [
+        kube_env.tool("helm"),
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(ROOT / "charts" / "ebbtide"),
+    ]
+    argv += ["--namespace", SYSTEM_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s"]
+    argv += ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}"]
+    argv += ["--set", f"image.pullPolicy={PULL_POLICY}"]
+    return subprocess.run(
+        argv, env=kube_env.env, capture_output=True, text=True, check=False, timeout=240
+    )
+
+
 def create_tq(custom, namespace: str, body: dict) -> dict:
     return custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
