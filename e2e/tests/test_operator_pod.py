@@ -72,12 +72,15 @@ def test_a_held_scale_down_survives_a_killed_operator_pod(core, apps, custom, op
         120,
         "the broker reachable",
     )
+    sent_at = time.time()
     enqueue(via_cluster_ip(core, namespace, url), 20, 0.01)
     wait_for(lambda: replicas(apps, namespace, "held") >= 1, 60, "a scale-up from zero")
 
     def idle_since() -> float | None:
-        state = policy_state(custom, namespace, "held")
-        return state.get("idleSince") if replicas(apps, namespace, "held") >= 1 else None
+        """The idle timer that began after the tasks ran (not the one from before the
+        send, which the status may still show right after the scale-up)."""
+        since = policy_state(custom, namespace, "held").get("idleSince")
+        return since if since and since > sent_at and replicas(apps, namespace, "held") else None
 
     # The tasks ran and the queue is idle: the hold has begun and is in the status.
     since = float(wait_for(idle_since, 120, "the tasks run and the idle timer persisted"))

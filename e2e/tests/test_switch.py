@@ -91,7 +91,7 @@ def settled_on(kube_env, core, custom, namespace: str, url: str, what: str) -> N
             for p in ready
         )
 
-    wait_for(settled, 180, f"every worker pod on {what}, Ready, the TaskQueue healthy")
+    wait_for(settled, 240, f"every worker pod on {what}, Ready, the TaskQueue healthy")
 
 
 def runs_through(core, namespace: str, url: str, track: redis.Redis, first: int, n: int) -> None:
