@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from . import logs
+from .broker_url import url_from_environment
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ebbtide", description=__doc__)
-    p.add_argument("--broker-url", help="default: env EBBTIDE_BROKER_URL")
+    p.add_argument(
+        "--broker-url",
+        help="default: the file env EBBTIDE_BROKER_URL_FILE names, else env EBBTIDE_BROKER_URL",
+    )
     p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -81,13 +85,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _url(args: argparse.Namespace) -> str | None:
+def _flag_url(args: argparse.Namespace) -> str | None:
     return (
         getattr(args, "worker_broker_url", None)
         or getattr(args, "sub_broker_url", None)
         or args.broker_url
-        or os.environ.get("EBBTIDE_BROKER_URL")
     )
+
+
+def _url(args: argparse.Namespace) -> str | None:
+    """--broker-url, else EBBTIDE_BROKER_URL_FILE's file, else EBBTIDE_BROKER_URL."""
+    return _flag_url(args) or url_from_environment()
 
 
 def load_app(spec: str) -> Any:
@@ -108,8 +116,10 @@ def _worker(args: argparse.Namespace) -> int:
     from .worker import Worker
 
     url = _url(args)
-    if url:
-        os.environ["EBBTIDE_BROKER_URL"] = url  # before the task module builds its App
+    if flag_url := _flag_url(args):
+        # Before the task module builds its App. A URL from the file is never copied
+        # into the env: subprocesses of tasks would inherit it.
+        os.environ["EBBTIDE_BROKER_URL"] = flag_url
     app = load_app(args.app)
     if url:
         app.use_broker_url(url)
