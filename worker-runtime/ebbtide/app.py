@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ from .brokers.base import Broker, Outgoing
 from .errors import BacklogFull
 from .lifecycle import parse_rate
 from .message import check_priority, check_queue, encode_payload, new_task_id
+from .validation import ArgumentCheck
 
 DEFAULT_QUEUE = "default"
 
@@ -82,8 +83,13 @@ class App:
         priority: int = 0,
         rate: str | None = None,
         max_recoveries: int = 3,
+        validate: bool = True,
+        schema: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Register a def or async def as a task: `@app.task` or `@app.task(queue=...)`."""
+        """Register a def or async def as a task: `@app.task` or `@app.task(queue=...)`.
+        Its arguments are checked against its signature and type hints at `send()` and
+        in the worker (`validate=False` opts out), and against `schema`, a JSON Schema
+        of the arguments by name, when given (docs/runtime.md, "Payload validation")."""
 
         def register(f: Callable[..., Any]) -> Task:
             task = Task(
@@ -96,6 +102,8 @@ class App:
                 check_priority(priority),
                 rate,
                 max_recoveries,
+                validate=validate,
+                schema=schema,
             )
             if task.name in self.tasks and self.tasks[task.name].fn is not f:
                 raise ValueError(f"two tasks are named {task.name!r}: pass name= to one")
@@ -123,6 +131,9 @@ class Task:
         priority: int,
         rate: str | None,
         max_recoveries: int = 3,
+        *,
+        validate: bool = True,
+        schema: Mapping[str, Any] | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -136,6 +147,8 @@ class Task:
         self.max_recoveries = max_recoveries
         self.rate = parse_rate(rate) if rate else None
         self.is_async = inspect.iscoroutinefunction(fn)
+        # The one argument check, shared by send() and the worker.
+        self.arguments = ArgumentCheck(name, fn, hints=validate, schema=schema)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -190,6 +203,7 @@ class TaskCall:
         return self._enqueue([self._outgoing(*_split_item(item)) for item in items], None)
 
     def _outgoing(self, args: tuple | list, kwargs: dict[str, Any]) -> Outgoing:
+        self.task.arguments.check(args, kwargs)  # InvalidArguments names the argument
         task_id = new_task_id()
         app = self.task.app
         extra = {"key": self.key} if self.key else {}
