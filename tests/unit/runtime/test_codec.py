@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+import ebbtide
 import pytest
 from ebbtide.brokers.base import Delivery
 from ebbtide.codec import (
@@ -333,3 +334,18 @@ def test_codec_settings_are_checked():
         Codec.build("pickle")
     with pytest.raises(ValueError, match="compress_threshold must be"):
         Codec.build(compress_threshold=-1)
+
+
+def test_the_app_reads_its_keys_from_a_mounted_secret_folder(tmp_path, monkeypatch):
+    (tmp_path / "a").write_text(KEY_A)
+    (tmp_path / "b").write_text(base64.b64encode(KEY_B).decode())
+    monkeypatch.setenv("EBBTIDE_ENCRYPTION_KEYS_DIR", str(tmp_path))
+    monkeypatch.setenv("EBBTIDE_ENCRYPT_WITH", "b")
+    app = ebbtide.App("redis://127.0.0.1:1/0")  # never connects: the codec is built up front
+    assert app.codec.encrypt_with == "b" and set(app.codec.keys) == {"a", "b"}
+    assert ebbtide.App(encrypt_with="a").codec.encrypt_with == "a"
+    monkeypatch.delenv("EBBTIDE_ENCRYPT_WITH")
+    with pytest.raises(ValueError, match="encrypt_with must name one of the encryption keys"):
+        ebbtide.App()
+    with pytest.raises(ValueError, match="serializer must be one of"):
+        ebbtide.App(serializer="yaml", encryption_keys={})
