@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import importlib
 import json
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,7 +246,7 @@ class Codec:
         codec under its threshold)."""
         compressed = False
         if self.may_compress(len(data)):
-            squeezed = _optional("zstandard").ZstdCompressor().compress(data)
+            squeezed = _zstd().compressor.compress(data)
             if len(squeezed) < len(data):
                 data, compressed = squeezed, True
         if self.plain and not compressed:
@@ -335,11 +337,33 @@ def associated_data(task_id: str, task: str, fmt: str, kid: str) -> bytes:
     return _dumps(["ebbtide/1", task_id, task, fmt, kid]).encode()
 
 
+@functools.lru_cache(maxsize=64)
 def _aead(key: bytes) -> Any:
+    """One AESGCM per key (it holds no per-message state, so threads may share it)."""
     _optional("cryptography")
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM as Aead
 
     return Aead(key)
+
+
+class _ZstdContexts(threading.local):
+    """A zstd (de)compressor per thread: building one costs more than compressing a small
+    body, and one context must not be used by two threads at once."""
+
+    def __init__(self) -> None:
+        zstandard = _optional("zstandard")
+        self.compressor = zstandard.ZstdCompressor()
+        self.decompressor = zstandard.ZstdDecompressor()
+
+
+_contexts: _ZstdContexts | None = None
+
+
+def _zstd() -> _ZstdContexts:
+    global _contexts
+    if _contexts is None:
+        _contexts = _ZstdContexts()
+    return _contexts
 
 
 class _ZstdFailed(ValueError):
@@ -352,6 +376,6 @@ def _inflate(data: bytes) -> bytes:
         size = zstandard.frame_content_size(data)
         if size > MAX_DECODED_BYTES:
             raise _ZstdFailed(f"it inflates to {size} bytes, over {MAX_DECODED_BYTES}")
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_DECODED_BYTES)
+        return _zstd().decompressor.decompress(data, max_output_size=MAX_DECODED_BYTES)
     except zstandard.ZstdError as exc:
         raise _ZstdFailed(str(exc)) from None
