@@ -10,6 +10,7 @@ from typing import Any
 
 from .brokers import check_scheme, open_broker
 from .brokers.base import Broker, Outgoing
+from .codec import DEFAULT_COMPRESS_THRESHOLD, Codec, keys_from_dir
 from .errors import BacklogFull
 from .lifecycle import parse_rate
 from .message import check_priority, check_queue, encode_payload, new_task_id
@@ -37,7 +38,17 @@ class App:
         retry_backoff: float = 1.0,
         key_prefix: str | None = None,
         unknown_task_grace_seconds: float = 600.0,
+        serializer: str = "json",
+        compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
+        encryption_keys: Mapping[str, bytes | str] | None = None,
+        encrypt_with: str | None = None,
     ) -> None:
+        """`serializer` ("json" or "msgpack") and `compress_threshold` (zstd above this
+        many bytes of arguments, None = never) shape what this app sends; any worker reads
+        any format. `encryption_keys` ({key id: 32-byte key, raw or base64}; default: the
+        files of $EBBTIDE_ENCRYPTION_KEYS_DIR, a mounted Secret) are all read with, and
+        `encrypt_with` (default: $EBBTIDE_ENCRYPT_WITH, or the only key) seals what is sent
+        (docs/runtime.md, "Payload formats" and "Encryption")."""
         if broker_url:
             check_scheme(broker_url)
         self._broker_url = broker_url
@@ -50,6 +61,10 @@ class App:
         # A task name this worker does not know is retried this long before it dies:
         # in a rolling deploy the producers may be ahead of the workers.
         self.unknown_task_grace_seconds = unknown_task_grace_seconds
+        if encryption_keys is None and os.environ.get("EBBTIDE_ENCRYPTION_KEYS_DIR"):
+            encryption_keys = keys_from_dir(os.environ["EBBTIDE_ENCRYPTION_KEYS_DIR"])
+        encrypt_with = encrypt_with or os.environ.get("EBBTIDE_ENCRYPT_WITH") or None
+        self.codec = Codec.build(serializer, compress_threshold, encryption_keys, encrypt_with)
         self.tasks: dict[str, Task] = {}
         self.queues: dict[str, QueueConfig] = {}
         self._broker: Broker | None = None
@@ -208,7 +223,7 @@ class TaskCall:
         app = self.task.app
         extra = {"key": self.key} if self.key else {}
         payload = encode_payload(
-            task_id, self.task.name, args, kwargs, app.max_payload_bytes, **extra
+            task_id, self.task.name, args, kwargs, app.max_payload_bytes, codec=app.codec, **extra
         )
         return Outgoing(task_id, self.priority, int(self.delay * 1000), self.key or "", payload)
 

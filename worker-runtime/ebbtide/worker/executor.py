@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import logs
 from ..brokers.base import Broker, Delivery, Settlement
+from ..codec import UnreadableBody
 from ..errors import BadPayload, InvalidArguments, TaskTimeout
 from ..lifecycle import DEFAULT_MAX_RECOVERIES, lost_too_often
 from ..message import decode_payload
@@ -77,7 +78,11 @@ class Executor:
             self.report.undecodable(d, too_big)
             return
         try:
-            body = decode_payload(d.payload)
+            body = decode_payload(d.payload, self.app.codec)
+        except UnreadableBody as exc:  # a task, but its body is closed to this worker
+            self._settle(outcomes.unreadable(d, exc.envelope or {}, str(exc), time.time()))
+            self.report.undecodable(d, str(exc))
+            return
         except BadPayload as exc:
             self._settle(outcomes.undecodable(d, str(exc), time.time()))
             self.report.undecodable(d, str(exc))
