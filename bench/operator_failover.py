@@ -58,7 +58,7 @@ def peering_crds(helm: str, env: dict[str, str]) -> list[dict]:
 
     out = subprocess.run(
         [helm, "template", "ebbtide", str(ROOT / "charts" / "ebbtide"), "--set", "replicaCount=2",
-         "--show-only", "templates/peering-crds.yaml"],
+         "--show-only", "templates/peering-crds.yaml", "--kube-version", "1.36.3"],
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return [doc for doc in yaml.safe_load_all(out) if doc]
@@ -147,7 +147,7 @@ def scaled(operator: OperatorProcess, name: str) -> bool:
 def measure(url: str, apps, operators: list[OperatorProcess]) -> dict:
     app = ebbtide.App(broker_url=url)
     wait_for(lambda: replicas(apps, "a") == 0 and replicas(apps, "b") == 0, 120, "workers at 0")
-    app.task(name="noop", queue="q-a")(lambda: None).send_many([()] * 100)
+    app.task(name="noop-a", queue="q-a")(lambda: None).send_many([()] * 100)
     started = time.monotonic()
     wait_for(lambda: replicas(apps, "a") > 0, 60, "a's replicas rising")
     first = time.monotonic() - started
@@ -156,7 +156,7 @@ def measure(url: str, apps, operators: list[OperatorProcess]) -> dict:
     (standby,) = [op for op in operators if op is not active[0]]
     active[0].popen.kill()  # SIGKILL: no goodbye to the peering
     killed = time.monotonic()
-    app.task(name="noop", queue="q-b")(lambda: None).send_many([()] * 100)
+    app.task(name="noop-b", queue="q-b")(lambda: None).send_many([()] * 100)
     wait_for(lambda: replicas(apps, "b") > 0, 120, "b's replicas rising after the kill")
     takeover = time.monotonic() - killed
     app.close()
