@@ -160,7 +160,10 @@ def wait_ready(url: str, expected: int, timeout: float = 20.0):
     deadline = time.monotonic() + timeout
     while True:
         stats = read_stats(url)
-        if stats.queues["jobs"].ready == expected or time.monotonic() > deadline:
+        jobs = stats.queues["jobs"]
+        # The live ready count comes first; the oldest age waits for a management sample.
+        sampled = jobs.oldest_ready_at is not None or not expected
+        if (jobs.ready == expected and sampled) or time.monotonic() > deadline:
             return stats
         time.sleep(0.5)
 
