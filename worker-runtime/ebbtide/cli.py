@@ -12,23 +12,36 @@ from dataclasses import asdict
 from typing import Any
 
 from . import logs
+from .buildinfo import version
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logs.setup(getattr(args, "sub_log_level", None) or args.log_level)
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command. Every command fails the same way: one line on stderr and
+    exit 1 (2 for a usage error), as cli_errors decides; only a bug shows a traceback."""
+    from .cli_errors import describe
+
     try:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, TypeError, ImportError, AttributeError) as exc:
-        print(f"ebbtide: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        failure = describe(exc, _url(args))
+        if failure is None:
+            raise
+        print(failure.message, file=sys.stderr)
+        return failure.code
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ebbtide", description=__doc__)
+    p.add_argument("--version", action="version", version=f"ebbtide {version()}")
     p.add_argument("--broker-url", help="default: env EBBTIDE_BROKER_URL")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
     sub = p.add_subparsers(dest="command", required=True)
