@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .brokers import check_scheme, open_broker
+from . import tracing
+from .brokers import check_scheme, open_broker, resolve_url
 from .brokers.base import Broker, Outgoing
 from .codec import DEFAULT_COMPRESS_THRESHOLD, Codec, keys_from_dir
 from .errors import BacklogFull
@@ -74,6 +75,11 @@ class App:
         if self._broker is None:
             self._broker = open_broker(self._broker_url, self.key_prefix)
         return self._broker
+
+    @property
+    def broker_url(self) -> str:
+        """The URL the broker is (or will be) opened at: the App's, else the environment's."""
+        return resolve_url(self._broker_url)
 
     def use_broker_url(self, url: str) -> None:
         """Point the app at another broker (the CLI's --broker-url)."""
@@ -207,21 +213,25 @@ class TaskCall:
     queue: str
 
     def send(self, *args: Any, **kwargs: Any) -> str:
-        """Enqueue one task; returns its id (for a duplicate `key=`, the pending one's id)."""
-        return self._enqueue([self._outgoing(args, kwargs)], self.key)[0]
+        """Enqueue one task; returns its id (for a duplicate `key=`, the pending one's id).
+        The current trace context goes with it (tracing.py)."""
+        return self._enqueue([self._outgoing(args, kwargs, tracing.context_field())], self.key)[0]
 
     def send_many(self, items: Iterable[Any]) -> list[str]:
         """Pipelined bulk enqueue, in order. Each item is a tuple of args, or
         (args, kwargs); a non-tuple item is a single argument."""
         if self.key:
             raise ValueError("send_many() cannot share one key=; send keyed tasks one by one")
-        return self._enqueue([self._outgoing(*_split_item(item)) for item in items], None)
+        trace = tracing.context_field()  # one context for the whole batch
+        return self._enqueue([self._outgoing(*_split_item(i), trace) for i in items], None)
 
-    def _outgoing(self, args: tuple | list, kwargs: dict[str, Any]) -> Outgoing:
+    def _outgoing(
+        self, args: tuple | list, kwargs: dict[str, Any], trace: dict[str, Any]
+    ) -> Outgoing:
         self.task.arguments.check(args, kwargs)  # InvalidArguments names the argument
         task_id = new_task_id()
         app = self.task.app
-        extra = {"key": self.key} if self.key else {}
+        extra = {"key": self.key, **trace} if self.key else trace
         payload = encode_payload(
             task_id, self.task.name, args, kwargs, app.max_payload_bytes, codec=app.codec, **extra
         )
