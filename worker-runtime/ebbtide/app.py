@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .batch import Batch
-
 from .brokers import check_scheme, open_broker
 from .brokers.base import Broker, Outgoing
 from .errors import BacklogFull
