@@ -108,3 +108,14 @@ async def hold_loop(tag: str) -> None:
     deadline = time.monotonic() + GATE_LIMIT_S
     while not r().exists(f"open:{tag}") and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+@app.task(name="pid_gated")
+def pid_gated(tag: str, i: int) -> None:
+    """`gated`, recording which process ran it (the --processes tests)."""
+    r().hincrby(f"runs:{tag}", str(i), 1)
+    r().rpush(f"started:{tag}", f"{i}|{os.getpid()}")
+    deadline = time.monotonic() + GATE_LIMIT_S
+    while not r().exists(f"open:{tag}") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r().rpush(f"done:{tag}", f"{i}|{os.getpid()}")

@@ -50,6 +50,7 @@ class Worker:
         metrics_port: int | None = None,
         metrics_host: str = "0.0.0.0",
         worker_id: str | None = None,
+        child_socket: str | None = None,
     ) -> None:
         self.settings = s = Settings.of(concurrency, prefetch, lease_seconds, grace_seconds)
         self.app = app
@@ -57,6 +58,7 @@ class Worker:
         self.concurrency, self.prefetch, self.capacity = s.concurrency, s.prefetch, s.capacity
         self.lease_ms = s.lease_ms
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
+        self.child_socket = child_socket  # a child of --processes N: probes for the supervisor
         self.worker_id = worker_id or decisions.default_worker_id()
         self.pod = os.environ.get("POD_NAME")
         self.dead_ttl_ms = int(app.dead_ttl * 1000)
@@ -120,6 +122,8 @@ class Worker:
                 lambda: len(self.held),
                 self._readiness,
             )
+        elif self.child_socket is not None:
+            server = await self.report.serve_child(self.child_socket, self._readiness)
 
         self.broker = broker = self.app.broker
         self.executor = executor = Executor(
@@ -152,6 +156,8 @@ class Worker:
             "heartbeat": asyncio.create_task(self._heartbeat_loop()),
         }
         loops = [*self._loops.values(), *executor.start()]
+        if self.child_socket is not None:
+            loops.append(asyncio.create_task(self._gauge_loop()))
 
         await self._stop.wait()
         grace = 0.0 if self.exit_code == EXIT_HARD_TIMEOUT else self.settings.grace_seconds
@@ -336,6 +342,12 @@ class Worker:
             self._accept(got)
         self._slot_freed.set()
         self._settle_wakeup.set()  # settlements queued meanwhile go out next
+
+    async def _gauge_loop(self) -> None:
+        """A child's in-flight and held gauges, into the shared metrics files."""
+        while True:
+            self.report.metrics.sample(len(self.running), len(self.held))
+            await asyncio.sleep(0.5)
 
     async def _heartbeat_loop(self) -> None:
         while True:
