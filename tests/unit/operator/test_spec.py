@@ -29,6 +29,7 @@ def test_defaults():
     assert spec.scaling.poll_seconds == 5.0 and spec.scaling.target_backlog_seconds == 30.0
     assert spec.scaling.fallback_replicas is None and spec.scaling.paused is False
     assert spec.worker.concurrency == 4 and spec.scaling.concurrency == 4
+    assert spec.worker.processes == 1
     assert spec.queues[0].target_backlog_seconds == 30.0
     assert spec.queue_order == "weighted"
 
@@ -133,3 +134,11 @@ def test_names_near_the_reserved_ones_are_fine(name):
     raw = minimal()
     raw["queues"] = [{"name": name}]
     assert parse_spec(raw).queues[0].name == name
+
+
+@pytest.mark.parametrize("value", [0, 65, "2", True])
+def test_bad_processes_name_the_field(value):
+    raw = minimal()
+    raw["worker"]["processes"] = value
+    with pytest.raises(SpecError, match=r"spec\.worker\.processes"):
+        parse_spec(raw)
