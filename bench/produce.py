@@ -30,12 +30,24 @@ def ebbtide_sender(mode: str, task_name: str = "incr") -> Callable[[int], None]:
 
     if mode == "bulk":
         return lambda n: incr.send_many(() for _ in range(n))
+    if mode == "batch":  # one send() at a time, in `with app.batch():` blocks of BATCH_BLOCK
+        return lambda n: _batched(ebbtide_app.app, incr, n)
 
     def single(n: int) -> None:
         for _ in range(n):
             incr.send()
 
     return single
+
+
+BATCH_BLOCK = 100
+
+
+def _batched(app, task, n: int) -> None:
+    for start in range(0, n, BATCH_BLOCK):
+        with app.batch():
+            for _ in range(min(BATCH_BLOCK, n - start)):
+                task.send()
 
 
 def celery_sender(mode: str) -> Callable[[int], None]:

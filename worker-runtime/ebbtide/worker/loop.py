@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from .. import logs
 from ..brokers.base import Delivery, Exchanging, PushWindow, Settlement
+from ..brokers.rabbitmq.window import HOLD_S, Window  # pure: no pika behind it
 from ..selection import QueueSelection, plan_claim
 from . import decisions, outcomes
 from .decisions import EXIT_HARD_TIMEOUT, Settings
@@ -77,6 +78,9 @@ class Worker:
         self._exchanger: Exchanging | None = None
         self._push: PushWindow | None = None
         self.executor: Executor | None = None
+        # Redis without --prefetch: the held bound grows with rate x round trip.
+        self._window: Window | None = None
+        self._exchange_rtt_s = 0.0
 
     @property
     def running(self) -> dict[str, Delivery]:
@@ -133,6 +137,8 @@ class Worker:
         self._push = broker if isinstance(broker, PushWindow) else None
         if self._exchanger is not None:
             self._exchanger.bind_worker(self.worker_id, self.settings.alive_ms)
+            adaptive = not self.settings.prefetch_explicit
+            self._window = Window(self.capacity, self.concurrency, adaptive=adaptive)
         if not await self._connect():
             if server:
                 server.close()
@@ -267,8 +273,25 @@ class Worker:
         if self._exchanger is None:
             return await self.broker.claim(plan, n, self.lease_ms)
         now = decisions.run_now(self.concurrency, len(self.held), len(self.settling), n)
+        started = time.perf_counter()
         _, got = await self._exchanger.exchange([], plan, n, self.lease_ms, self.dead_ttl_ms, now)
+        self._exchanged(time.perf_counter() - started, 0)
         return got
+
+    def _exchanged(self, seconds: float, settled: int) -> None:
+        """One exchange's round trip and settlements: resize the held bound (Redis, no
+        --prefetch) to cover a few round trips of work at the measured rate."""
+        window = self._window
+        if window is None or not window.adaptive:
+            return
+        rtt = self._exchange_rtt_s
+        self._exchange_rtt_s = seconds if rtt == 0 else 0.8 * rtt + 0.2 * seconds
+        window.completed(settled)
+        window.hold_s = decisions.prefetch_hold_s(self._exchange_rtt_s, HOLD_S)
+        resized = window.tick(time.monotonic())
+        if resized is not None:
+            window.current = self.capacity = resized
+            self._slot_freed.set()
 
     def _accept(self, got: list[Delivery]) -> None:
         """Hold and dispatch what was claimed (dispatch never raises: bad input is buried)."""
@@ -312,13 +335,17 @@ class Worker:
                     self._claim_inflight = owns_claim = True
                     plan = plan_claim(self.selection, n)
                     now = decisions.run_now(self.concurrency, len(self.held), len(self.settling), n)
+                    started = time.perf_counter()
                     settled, got = await exchanger.exchange(
                         batch, plan, n, self.lease_ms, self.dead_ttl_ms, now
                     )
+                    self._exchanged(time.perf_counter() - started, len(batch))
                 else:
+                    started = time.perf_counter()
                     settled, _ = await exchanger.exchange(
                         batch, [], 0, self.lease_ms, self.dead_ttl_ms
                     )
+                    self._exchanged(time.perf_counter() - started, len(batch))
                 self._last_broker_ok = time.monotonic()
                 if settled < len(batch):
                     self.report.stale(len(batch) - settled, 0)
