@@ -64,9 +64,11 @@ def celery_sender(mode: str) -> Callable[[int], None]:
     return single
 
 
-def dramatiq_sender(mode: str) -> Callable[[int], None]:
-    from anchors.dramatiq_app import incr
+def dramatiq_sender(mode: str, actor_name: str = "incr") -> Callable[[int], None]:
+    from anchors import dramatiq_app
     from dramatiq import group
+
+    incr = getattr(dramatiq_app, actor_name)
 
     if mode == "bulk":
         return lambda n: group(incr.message() for _ in range(n)).run()
@@ -136,6 +138,8 @@ SENDERS = {
     "ebbtide-async": lambda mode: ebbtide_sender(mode, "aincr"),
     "celery": celery_sender,
     "dramatiq": dramatiq_sender,
+    "ebbtide-cpu": lambda mode: ebbtide_sender(mode, "burn"),
+    "dramatiq-cpu": lambda mode: dramatiq_sender(mode, "burn"),
     "raw": raw_sender,
     "bare": bare_sender,
 }
