@@ -104,8 +104,8 @@ bench-policy: setup ## Autoscaling policy benchmark: backlog time vs a KEDA-styl
 bench-operator: setup ## Operator tick timeliness: 200 TaskQueues on one operator, real Redis, in-memory Kubernetes
 	$(PY) bench/operator_ticks.py --taskqueues 200 --poll 1 --seconds 60
 
-bench-operator-e2e: setup binaries ## The real operator on the real API server: 200 TaskQueues, tick timeliness, burst reaction
-	$(PY) bench/operator_e2e.py --taskqueues 200 --poll 2 --seconds 60
+bench-operator-e2e: setup binaries ## The real operator on the real API server: 200 TaskQueues, tick timeliness, enqueue -> replicas p50/p99 from 0
+	$(PY) bench/operator_e2e.py --taskqueues 200 --poll 5 --seconds 60
 
 demo: setup deps-node images ## The demo on the one-node cluster: chart, operator pod, a burst, `kubectl get pods -w` and `kubectl get tq -w`; Ctrl-C tears down
 	scripts/demo.sh
