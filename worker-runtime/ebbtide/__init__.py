@@ -25,6 +25,7 @@ __all__ = [
     "Task",
     "TaskTimeout",
     "UnsupportedBroker",
+    "keys_from_dir",
     "read_stats",
 ]
 
@@ -40,6 +41,7 @@ _WHERE = {
     "UnsupportedBroker": "errors",
     "TaskTimeout": "errors",
     "read_stats": "stats",
+    "keys_from_dir": "codec",
 }
 
 

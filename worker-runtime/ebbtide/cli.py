@@ -12,7 +12,9 @@ from dataclasses import asdict
 from typing import Any
 
 from . import logs
+from .broker_url import url_from_environment
 from .buildinfo import version
+from .errors import BrokerUrlFileError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +34,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        failure = describe(exc, _url(args))
+        failure = describe(exc, _known_url(args))
         if failure is None:
             raise
         print(failure.message, file=sys.stderr)
@@ -42,7 +44,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ebbtide", description=__doc__)
     p.add_argument("--version", action="version", version=f"ebbtide {version()}")
-    p.add_argument("--broker-url", help="default: env EBBTIDE_BROKER_URL")
+    p.add_argument(
+        "--broker-url",
+        help="default: the file env EBBTIDE_BROKER_URL_FILE names, else env EBBTIDE_BROKER_URL",
+    )
     p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -88,19 +93,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--limit", type=int, default=1000)
     d.add_argument("--json", action="store_true")
+    d.add_argument(
+        "--yes", "-y", action="store_true", help="purge without asking (no terminal needed)"
+    )
     d.add_argument("--broker-url", dest="sub_broker_url", default=None, help=argparse.SUPPRESS)
     d.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     d.set_defaults(run=_dlq)
     return p
 
 
-def _url(args: argparse.Namespace) -> str | None:
+def _flag_url(args: argparse.Namespace) -> str | None:
     return (
         getattr(args, "worker_broker_url", None)
         or getattr(args, "sub_broker_url", None)
         or args.broker_url
-        or os.environ.get("EBBTIDE_BROKER_URL")
     )
+
+
+def _url(args: argparse.Namespace) -> str | None:
+    """--broker-url, else EBBTIDE_BROKER_URL_FILE's file, else EBBTIDE_BROKER_URL."""
+    return _flag_url(args) or url_from_environment()
+
+
+def _known_url(args: argparse.Namespace) -> str | None:
+    """The URL to name in a failure line; None when the URL itself is what failed (an
+    unreadable EBBTIDE_BROKER_URL_FILE must not raise again while being reported)."""
+    try:
+        return _url(args)
+    except BrokerUrlFileError:
+        return None
 
 
 def load_app(spec: str) -> Any:
@@ -121,8 +142,10 @@ def _worker(args: argparse.Namespace) -> int:
     from .worker import Worker
 
     url = _url(args)
-    if url:
-        os.environ["EBBTIDE_BROKER_URL"] = url  # before the task module builds its App
+    if flag_url := _flag_url(args):
+        # Before the task module builds its App. A URL from the file is never copied
+        # into the env: subprocesses of tasks would inherit it.
+        os.environ["EBBTIDE_BROKER_URL"] = flag_url
     app = load_app(args.app)
     if url:
         app.use_broker_url(url)
@@ -213,6 +236,9 @@ def _table(rows: list[tuple]) -> None:
 
 
 def _dlq(args: argparse.Namespace) -> int:
+    from . import audit
+    from .brokers import redact
+
     broker = _broker(args)
     dead = broker.dlq_list(args.queue, args.limit)
     if args.ids:
@@ -221,20 +247,73 @@ def _dlq(args: argparse.Namespace) -> int:
     if args.action == "list":
         if args.json:
             print(json.dumps([_dead_json(d) for d in dead], indent=2))
-            return 0
-        rows = [("queue", "id", "task", "died", "error")]
-        for d in dead:
-            body = _dead_json(d)
-            died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.died_at))
-            rows.append(
-                (d.queue, d.task_id, body.get("task", "?"), died, str(body.get("error", ""))[:100])
-            )
-        _table(rows)
+        else:
+            _dead_table(dead)
         return 0
-    done = broker.dlq_replay(dead) if args.action == "replay" else broker.dlq_purge(dead)
+    if args.action == "purge" and (refused := _confirm_purge(args, dead)) is not None:
+        return refused
+    done, outcome = 0, "done"
+    try:
+        done = broker.dlq_replay(dead) if args.action == "replay" else broker.dlq_purge(dead)
+    except Exception as exc:
+        outcome = f"failed: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        ids = [d.task_id for d in dead]
+        audit.record(
+            f"dlq.{args.action}",
+            queue=args.queue,
+            count=done,
+            selected=len(dead),
+            broker=redact(_url(args) or ""),
+            ids=ids[:AUDIT_IDS],
+            **({"ids_not_listed": len(ids) - AUDIT_IDS} if len(ids) > AUDIT_IDS else {}),
+            outcome=outcome,
+        )
     verb = "replayed" if args.action == "replay" else "purged"
     print(f"{verb} {done} dead task(s)")
     return 0
+
+
+AUDIT_IDS = 100  # task ids named in one audit line; past that, only how many more
+
+
+def _confirm_purge(args: argparse.Namespace, dead: list[Any]) -> int | None:
+    """None when the purge may go on, else the exit code: with a terminal, show what
+    goes and ask y/N; without one, refuse unless --yes."""
+    from .confirm import Step, confirmed, purge_step
+
+    step = purge_step(len(dead), args.yes, sys.stdin.isatty())
+    where = f"of queue {args.queue!r}" if args.queue else "of all queues"
+    if step is Step.REFUSE:
+        print(
+            f"ebbtide: error: dlq purge would delete {len(dead)} dead task(s) {where} and "
+            "there is no terminal to confirm on: pass --yes",
+            file=sys.stderr,
+        )
+        return 2
+    if step is Step.ASK:
+        _dead_table(dead)
+        print(f"\n{len(dead)} dead task(s) {where} will be deleted for good.")
+        try:
+            answer = input("Purge them? [y/N] ")
+        except EOFError:
+            answer = ""
+        if not confirmed(answer):
+            print("nothing purged")
+            return 1
+    return None
+
+
+def _dead_table(dead: list[Any]) -> None:
+    rows = [("queue", "id", "task", "died", "error")]
+    for d in dead:
+        body = _dead_json(d)
+        died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.died_at))
+        rows.append(
+            (d.queue, d.task_id, body.get("task", "?"), died, str(body.get("error", ""))[:100])
+        )
+    _table(rows)
 
 
 def _dead_json(d: Any) -> dict[str, Any]:

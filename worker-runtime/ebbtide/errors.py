@@ -30,6 +30,19 @@ class PayloadTooLarge(EbbtideError, ValueError):
         )
 
 
+class InvalidArguments(EbbtideError, TypeError, ValueError):
+    """A task's arguments do not fit its signature, type hints or JSON Schema. Both a
+    TypeError (wrong arity) and a ValueError (wrong value), so either `except` catches it.
+    `argument` names the first bad one (None when no single argument is to blame, e.g.
+    too many positional arguments); `problems` lists every (argument, reason)."""
+
+    def __init__(self, task: str, problems: list[tuple[str | None, str]]) -> None:
+        self.task, self.problems = task, problems
+        self.argument = problems[0][0] if problems else None
+        said = "; ".join(f"argument {name!r}: {why}" if name else why for name, why in problems)
+        super().__init__(f"task {task!r}: invalid arguments: {said}")
+
+
 class UnsupportedBroker(EbbtideError, ValueError):
     """The broker URL's scheme is not one Ebbtide speaks."""
 
@@ -58,6 +71,10 @@ class PartiallyEnqueued(EbbtideError):
             f"send_many to queue {queue!r} failed part-way: {len(accepted)} of {total} tasks "
             f"were stored (their ids are in .accepted), the rest were not: {error}"
         )
+
+
+class BrokerUrlFileError(EbbtideError, ValueError):
+    """EBBTIDE_BROKER_URL_FILE names a file that cannot be read, or that is empty."""
 
 
 class BadPayload(EbbtideError, ValueError):

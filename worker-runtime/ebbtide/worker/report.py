@@ -75,6 +75,17 @@ class Report:
         self.metrics.finished("<undecodable>", Outcome.DEAD.value, None)
         logs.warn("undecodable payload moved to the DLQ", queue=d.queue, reason=reason)
 
+    def rejected(self, d: Delivery, body: dict[str, Any], reason: str) -> None:
+        name = str(body.get("task"))
+        self.metrics.finished(name, Outcome.DEAD.value, None)
+        logs.warn(
+            "task rejected unrun, moved to the DLQ",
+            queue=d.queue,
+            task=name,
+            id=body.get("id"),
+            reason=reason,
+        )
+
     def unknown_task(self, d: Delivery, name: str, op: Outcome) -> None:
         self.metrics.finished(name, op.value, None)
         if op == Outcome.DEAD:
