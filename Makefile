@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-payloads bench-policy bench-operator bench-operator-e2e bench-operator-failover demo helm-lint cluster-up cluster-down clean
+.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-payloads bench-latency bench-cpu bench-memory bench-policy bench-operator bench-operator-e2e bench-operator-failover demo helm-lint cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -88,6 +88,15 @@ bench: setup ## Throughput benchmark: Ebbtide vs Celery vs Dramatiq on the same 
 
 bench-payloads: setup ## Payload formats: stored size and send+run throughput, json vs msgpack, with/without zstd, small and 100 KiB, real Redis
 	$(PY) bench/payloads.py
+
+bench-latency: setup ## Latency benchmark: Redis behind toxiproxy (0.5, 2, 10 ms round trip), Ebbtide vs Dramatiq vs Celery in one run
+	$(PY) bench/latency.py
+
+bench-cpu: setup ## CPU-bound tasks: Ebbtide --processes 1 vs 2 beside Dramatiq -p 1 vs -p 2
+	$(PY) bench/cpu.py
+
+bench-memory: setup ## Worker RSS per process and per 1,000 held tasks: Ebbtide vs Dramatiq vs Celery
+	$(PY) bench/memory.py
 
 bench-policy: setup ## Autoscaling policy benchmark: backlog time vs a KEDA-style baseline
 	$(PY) bench/policy.py

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import logs
+from .. import logs, tracing
 from ..brokers.base import Broker, Delivery, Settlement
 from ..codec import UnreadableBody
 from ..errors import BadPayload, InvalidArguments, TaskTimeout
@@ -18,7 +18,7 @@ from ..lifecycle import DEFAULT_MAX_RECOVERIES, lost_too_often
 from ..message import decode_payload
 from ..validation import content_problem, stored_size_problem
 from . import outcomes
-from .decisions import RateDenials
+from .decisions import SUCCESS, RateDenials
 from .execute import arguments, call_async, call_sync
 from .pool import Job, TaskThreads
 from .report import Report
@@ -52,6 +52,7 @@ class Executor:
         self._rate = RateDenials()
         self.revoked: set[str] = set()  # entries no longer ours (fenced): never run or settled
         self._runner_of: dict[str, asyncio.Task] = {}  # async entry -> the runner running it
+        self.system = tracing.messaging_system(app.broker_url)  # for the tasks' spans
 
     def start(self) -> list[asyncio.Task]:
         """The runner coroutines, and the hard-timeout watchdog when a sync task has a
@@ -219,27 +220,32 @@ class Executor:
     async def _run_async(
         self, d: Delivery, body: dict[str, Any], task: Task, call: tuple[tuple, dict[str, Any]]
     ) -> None:
-        started = time.perf_counter()
-        try:
-            await call_async(task, *call)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
-            self._settle(self._failure(d, body, task, exc, time.perf_counter() - started))
-            return
-        self._settle(self._success(d, body, task, time.perf_counter() - started))
+        with tracing.running(body, d.queue, self.system) as span:
+            started = time.perf_counter()
+            try:
+                await call_async(task, *call)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
+                settlement = self._ended(d, body, task, span, started, exc)
+            else:
+                settlement = self._ended(d, body, task, span, started)
+        self._settle(settlement)
 
     def _run_sync(self, job: Job) -> Settlement:
         """On a pool thread."""
         d, body, task, call = job
         self._started(d)
-        started = time.perf_counter()
         try:
-            call_sync(task, *call)
-        except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
-            return self._failure(d, body, task, exc, time.perf_counter() - started)
-        else:
-            return self._success(d, body, task, time.perf_counter() - started)
+            with tracing.running(body, d.queue, self.system) as span:
+                started = time.perf_counter()
+                try:
+                    call_sync(task, *call)
+                except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
+                    settlement = self._ended(d, body, task, span, started, exc)
+                else:
+                    settlement = self._ended(d, body, task, span, started)
+            return settlement
         finally:
             self.running.pop(d.entry, None)
 
@@ -261,6 +267,24 @@ class Executor:
         self._on_hard_timeout()
 
     # -- outcomes (from the loop and from task threads) ----------------------------------
+    def _ended(
+        self,
+        d: Delivery,
+        body: dict[str, Any],
+        task: Task,
+        span: tracing.NullSpan | tracing.TaskSpan,
+        started: float,
+        exc: BaseException | None = None,
+    ) -> Settlement:
+        """A run returned (exc None) or raised: its settlement, its span's outcome."""
+        seconds = time.perf_counter() - started
+        if exc is None:
+            span.finish(SUCCESS)
+            return self._success(d, body, task, seconds)
+        settlement = self._failure(d, body, task, exc, seconds)
+        span.finish(settlement.op.value, exc)
+        return settlement
+
     def _success(self, d: Delivery, body: dict[str, Any], task: Task, seconds: float) -> Settlement:
         self.report.succeeded(task, seconds)
         return outcomes.success(d, body, seconds)

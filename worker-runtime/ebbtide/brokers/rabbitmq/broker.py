@@ -228,6 +228,9 @@ class RabbitMQBroker:
         heartbeats = parse_workers(bodies, now, worker_ttl_ms / 1000)
         if queue_list is not None:
             return build_stats(prefix, now, queue_list, heartbeats, queues, live_ready=live)
+        if not queues:  # nothing to read over AMQP: still, an unreachable broker raises
+            with self._lock:
+                self._open_channel()
         ready = {q: self._depth(q, prefix) for q in queues or ()}
         return build_stats_without_management(now, ready, heartbeats)
 
