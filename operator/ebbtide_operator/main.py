@@ -62,7 +62,10 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     settings.persistence.finalizer = "ebbtide.dev/finalizer"
     settings.networking.request_timeout = 60
     await asyncio.to_thread(kube.load_config)
-    peering = ha.from_env(os.environ)  # a bad setting fails the start, naming it
+    try:
+        peering = ha.from_env(os.environ)
+    except ha.PeeringConfigError as error:  # the start fails, naming the setting
+        raise kopf.PermanentError(str(error)) from error
     if peering is None:
         settings.peering.standalone = True  # one replica
     else:
