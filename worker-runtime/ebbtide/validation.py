@@ -59,13 +59,20 @@ def schema_validator(task: str, schema: Mapping[str, Any]) -> jsonschema.protoco
     return jsonschema.validators.extend(cls, type_checker=checker)(dict(schema))
 
 
+_EXACT = (str, int, float, bool)  # a value of exactly this type passes pydantic unchanged
+_PLAIN = inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+
 class ArgumentCheck:
     """`check(args, kwargs)` returns the (args, kwargs) to call the function with (type
     hints applied: `"3"` for an `int` is 3, a dict for a pydantic model is the model) or
     raises InvalidArguments naming the argument.
 
     `hints=False` skips the type hints; a `schema` is still enforced (it was asked for).
-    With neither, arguments pass as they are."""
+    With neither, arguments pass as they are. A signature of plain parameters (no `*`,
+    `**`, `/` or keyword-only) is bound without `inspect`, and a value whose type is
+    exactly its hint's `str`/`int`/`float`/`bool` skips pydantic: both give the same
+    result, at a fraction of the cost on the `send_many` path."""
 
     def __init__(
         self,
@@ -79,25 +86,53 @@ class ArgumentCheck:
         self.schema = schema_validator(task, schema) if schema is not None else None
         self.enabled = hints or self.schema is not None
         self._signature: inspect.Signature | None = None
+        self._kinds: dict[str, Any] = {}
         self._adapters: dict[str, TypeAdapter[Any]] = {}
+        self._exact: dict[str, type] = {}
+        self._plain: tuple[str, ...] | None = None  # names, when every parameter is plain
+        self._required: frozenset[str] = frozenset()
         self._lock = threading.Lock()
 
     def check(self, args: tuple | list, kwargs: dict[str, Any]) -> CallArgs:
         if not self.enabled:
             return tuple(args), kwargs
         signature = self._signature or self._build()
-        try:
-            bound = signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise InvalidArguments(self.task, [(_named_in(str(exc)), str(exc))]) from None
+        arguments = self._bind_plain(args, kwargs) if self._plain is not None else None
+        bound = None
+        if arguments is None:
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise InvalidArguments(self.task, [(_named_in(str(exc)), str(exc))]) from None
+            arguments = bound.arguments
         problems: Problems = []
         if self.schema is not None:
-            problems += self._schema_problems(signature, bound.arguments)
+            problems += self._schema_problems(arguments)
         if self.hints and not problems:
-            problems += self._hint_problems(signature, bound.arguments)
+            problems += self._hint_problems(arguments)
         if problems:
             raise InvalidArguments(self.task, problems)
-        return bound.args, bound.kwargs
+        if bound is not None:
+            return bound.args, bound.kwargs
+        assert self._plain is not None
+        positional = tuple(arguments[name] for name in self._plain[: len(args)])
+        return positional, {name: arguments[name] for name in kwargs}
+
+    def _bind_plain(self, args: tuple | list, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """The arguments by name, or None when they do not bind cleanly (then
+        `inspect` binds them again, to raise its own error)."""
+        names = self._plain
+        assert names is not None
+        if len(args) > len(names):
+            return None
+        arguments = dict(zip(names, args, strict=False))
+        for name in kwargs:
+            if name in arguments or name not in self._kinds:
+                return None
+        arguments.update(kwargs)
+        if not self._required.issubset(arguments):
+            return None
+        return arguments
 
     def _build(self) -> inspect.Signature:
         """The signature and one TypeAdapter per annotated parameter (once per task)."""
@@ -105,7 +140,9 @@ class ArgumentCheck:
             if self._signature is not None:
                 return self._signature
             signature = inspect.signature(self.fn)
+            params = signature.parameters
             adapters: dict[str, TypeAdapter[Any]] = {}
+            exact: dict[str, type] = {}
             if self.hints:
                 try:
                     hints = typing.get_type_hints(self.fn, include_extras=True)
@@ -114,20 +151,32 @@ class ArgumentCheck:
                         f"task {self.task!r}: cannot resolve its type hints ({exc}); define "
                         "the types at module level, or pass validate=False"
                     ) from None
-                for name in signature.parameters:
-                    if name in hints and hints[name] is not Any:
-                        adapters[name] = TypeAdapter(hints[name])
-            self._adapters, self._signature = adapters, signature
+                for name in params:
+                    hint = hints.get(name, Any)
+                    if hint is not Any:
+                        adapters[name] = TypeAdapter(hint)
+                    if hint in _EXACT:
+                        exact[name] = hint
+            self._kinds = {name: p.kind for name, p in params.items()}
+            if all(p.kind is _PLAIN for p in params.values()):
+                self._plain = tuple(params)
+                self._required = frozenset(
+                    name for name, p in params.items() if p.default is inspect.Parameter.empty
+                )
+            self._adapters, self._exact, self._signature = adapters, exact, signature
             return signature
 
-    def _hint_problems(self, signature: inspect.Signature, arguments: dict[str, Any]) -> Problems:
+    def _hint_problems(self, arguments: dict[str, Any]) -> Problems:
         """Validate each annotated argument; validated values replace the given ones."""
         problems: Problems = []
+        exact, adapters = self._exact, self._adapters
         for name, value in arguments.items():
-            adapter = self._adapters.get(name)
+            if type(value) is exact.get(name):
+                continue
+            adapter = adapters.get(name)
             if adapter is None:
                 continue
-            kind = signature.parameters[name].kind
+            kind = self._kinds[name]
             try:
                 if kind is inspect.Parameter.VAR_POSITIONAL:
                     checked: list[Any] = []
@@ -144,13 +193,13 @@ class ArgumentCheck:
                 continue
         return problems
 
-    def _schema_problems(self, signature: inspect.Signature, arguments: dict[str, Any]) -> Problems:
+    def _schema_problems(self, arguments: dict[str, Any]) -> Problems:
         """The schema sees one object of the arguments by parameter name (positional ones
         bound to their names); `**kwargs` are merged in, `*args` is a list."""
         assert self.schema is not None
         instance: dict[str, Any] = {}
         for name, value in arguments.items():
-            if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            if self._kinds[name] is inspect.Parameter.VAR_KEYWORD:
                 instance.update(value)
             else:
                 instance[name] = value

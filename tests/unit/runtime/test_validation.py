@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated
 
 import ebbtide
@@ -204,3 +205,41 @@ def test_content_size_leaves_out_what_the_worker_wrote():
     assert content_problem(body, 1000) is None
     reason = content_problem(body, 50)
     assert reason is not None and "payload of task 't' is" in reason and "limit of 50" in reason
+
+
+def plain(tag: str, i: int, ratio: float = 1.0, flag: bool = False, extra=None) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        (["t", 1], {}),
+        (["t"], {"i": "2"}),
+        ([], {"tag": "t", "i": 3, "flag": True}),
+        (["t", 1, 2], {"extra": [1]}),
+        (["t", True], {}),
+        (["t", 1.0, "2.5"], {}),
+        (["t", "x"], {}),
+        (["t"], {}),
+        (["t", 1], {"nope": 1}),
+        (["t", 1], {"tag": "again"}),
+        (["t", 1, 1.0, False, None, "too many"], {}),
+    ],
+)
+def test_the_plain_fast_path_agrees_with_inspect(args, kwargs):
+    """Plain parameters are bound without `inspect` and exact-typed values skip
+    pydantic: the outcome (values, or the error) is the one the full path gives."""
+
+    def outcome(checker: ArgumentCheck):
+        try:
+            call_args, call_kwargs = checker.check(args, kwargs)
+        except InvalidArguments as exc:
+            return ("error", exc.argument, [why for _, why in exc.problems])
+        bound = inspect.signature(plain).bind(*call_args, **call_kwargs)
+        bound.apply_defaults()
+        return ("ok", [(v, type(v)) for v in bound.arguments.values()])
+
+    full = ArgumentCheck("t", plain)
+    full._build()
+    full._plain, full._exact = None, {}  # force inspect's binding and pydantic for all
+    assert outcome(check(plain)) == outcome(full)
