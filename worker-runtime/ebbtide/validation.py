@@ -264,13 +264,23 @@ def _named_in(message: str) -> str | None:
 # -- payload size, worker side --------------------------------------------------------------
 
 
-def stored_size_problem(size: int, limit: int) -> str | None:
-    """Why a stored payload of `size` bytes is too big to even decode, or None. The
+def most_bytes(payload: str | bytes) -> int:
+    """An upper bound of a stored payload's size in bytes, without encoding it: a str
+    (Redis decodes to text) is at most 4 UTF-8 bytes a character."""
+    return len(payload) if isinstance(payload, bytes) else 4 * len(payload)
+
+
+def stored_size_problem(payload: str | bytes, limit: int) -> str | None:
+    """Why a stored `payload` is too big to even decode, or None. The
     worker's own fields (error, traceback) and an encoding (compression, encryption,
     base64) may make a stored payload bigger than what its producer sent, so only past
     twice the limit is it refused unread; between that and the limit, `content_problem`
     decides on what the producer sent."""
-    if size > 2 * limit + (64 << 10):
+    ceiling = 2 * limit + (64 << 10)
+    if most_bytes(payload) <= ceiling:
+        return None
+    size = len(payload) if isinstance(payload, bytes) else len(payload.encode())
+    if size > ceiling:
         return (
             f"stored payload is {size} bytes, far over the limit of {limit} bytes "
             "(App(max_payload_bytes=...)): not decoded"

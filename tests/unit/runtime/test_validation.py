@@ -12,6 +12,7 @@ from ebbtide.validation import (
     ArgumentCheck,
     content_problem,
     content_size,
+    most_bytes,
     stored_size_problem,
 )
 from pydantic import BaseModel, Field
@@ -192,10 +193,19 @@ def test_the_task_decorator_wires_the_check_into_send():
 
 
 def test_stored_size_is_refused_unread_only_far_over_the_limit():
-    assert stored_size_problem(1000, 1000) is None
-    assert stored_size_problem(2000 + (64 << 10), 1000) is None
-    reason = stored_size_problem(2001 + (64 << 10), 1000)
+    ceiling = 2000 + (64 << 10)
+    assert stored_size_problem(b"x" * 1000, 1000) is None
+    assert stored_size_problem(b"x" * ceiling, 1000) is None
+    reason = stored_size_problem(b"x" * (ceiling + 1), 1000)
     assert reason is not None and "limit of 1000 bytes" in reason and "not decoded" in reason
+    assert f"is {ceiling + 1} bytes" in reason
+    assert stored_size_problem("x" * ceiling, 1000) is None
+    assert stored_size_problem("é" * (ceiling // 2 + 1), 1000) is not None  # 2 bytes each
+
+
+def test_most_bytes_bounds_text_without_encoding_it():
+    assert most_bytes(b"abc") == 3
+    assert most_bytes("ab") == 8
 
 
 def test_content_size_leaves_out_what_the_worker_wrote():

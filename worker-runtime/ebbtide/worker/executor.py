@@ -15,7 +15,7 @@ from ..brokers.base import Broker, Delivery, Settlement
 from ..errors import BadPayload, InvalidArguments, TaskTimeout
 from ..lifecycle import DEFAULT_MAX_RECOVERIES, lost_too_often
 from ..message import decode_payload
-from ..validation import content_problem, stored_size_problem
+from ..validation import content_problem, most_bytes, stored_size_problem
 from . import outcomes
 from .decisions import RateDenials
 from .execute import arguments, call_async, call_sync
@@ -72,7 +72,7 @@ class Executor:
 
     def _route(self, d: Delivery) -> None:
         limit = self.app.max_payload_bytes
-        if (too_big := stored_size_problem(len(d.payload), limit)) is not None:
+        if (too_big := stored_size_problem(d.payload, limit)) is not None:
             self._settle(outcomes.undecodable(d, too_big, time.time()))
             self.report.undecodable(d, too_big)
             return
@@ -82,7 +82,7 @@ class Executor:
             self._settle(outcomes.undecodable(d, str(exc), time.time()))
             self.report.undecodable(d, str(exc))
             return
-        if len(d.payload) > limit and (too_big := content_problem(body, limit)) is not None:
+        if most_bytes(d.payload) > limit and (too_big := content_problem(body, limit)):
             self._reject(d, body, too_big)
             return
         name = body["task"]
