@@ -124,6 +124,8 @@ def _worker(args: argparse.Namespace) -> int:
         # into the env: subprocesses of tasks would inherit it.
         os.environ["EBBTIDE_BROKER_URL"] = flag_url
     app = load_app(args.app)
+    for task in app.tasks.values():
+        task.arguments.prepare()  # a type hint that cannot be resolved: exit 2, saying so
     if url:
         app.use_broker_url(url)
     if args.unknown_task_grace_seconds is not None:

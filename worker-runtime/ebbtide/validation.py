@@ -93,6 +93,12 @@ class ArgumentCheck:
         self._required: frozenset[str] = frozenset()
         self._lock = threading.Lock()
 
+    def prepare(self) -> None:
+        """Build the check now (the worker does, at start: a type hint that cannot be
+        resolved stops it with the reason, instead of burying every such task)."""
+        if self.enabled and self._signature is None:
+            self._build()
+
     def check(self, args: tuple | list, kwargs: dict[str, Any]) -> CallArgs:
         if not self.enabled:
             return tuple(args), kwargs

@@ -116,6 +116,9 @@ def test_unresolvable_hints_fail_on_first_use_with_the_way_out():
     c = check(f)  # registration never fails on a forward reference
     with pytest.raises(TypeError, match="cannot resolve its type hints.*validate=False"):
         c.check([1], {})
+    with pytest.raises(TypeError, match="cannot resolve its type hints"):
+        check(f).prepare()  # what the worker does at start
+    check(f, hints=False).prepare()  # nothing to resolve
 
 
 SCHEMA = {
@@ -253,3 +256,21 @@ def test_the_plain_fast_path_agrees_with_inspect(args, kwargs):
     full._build()
     full._plain, full._exact = None, {}  # force inspect's binding and pydantic for all
     assert outcome(check(plain)) == outcome(full)
+
+
+def test_a_worker_whose_task_hints_cannot_be_resolved_stops_at_start(tmp_path, monkeypatch, capsys):
+    from ebbtide import cli
+
+    (tmp_path / "unresolved_hints_app.py").write_text(
+        "from __future__ import annotations\n"
+        "import ebbtide\n"
+        "app = ebbtide.App()\n"
+        "@app.task(name='t')\n"
+        "def t(a: Missing) -> None: ...\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EBBTIDE_BROKER_URL", raising=False)
+    monkeypatch.delenv("EBBTIDE_BROKER_URL_FILE", raising=False)
+    assert cli.main(["worker", "unresolved_hints_app:app"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "task 't': cannot resolve its type hints" in line and "Missing" in line
