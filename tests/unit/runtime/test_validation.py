@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Annotated
 
 import ebbtide
@@ -269,6 +270,8 @@ def test_a_worker_whose_task_hints_cannot_be_resolved_stops_at_start(tmp_path, m
         "def t(a: Missing) -> None: ...\n"
     )
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_app adds the cwd
+    monkeypatch.delitem(sys.modules, "unresolved_hints_app", raising=False)
     monkeypatch.delenv("EBBTIDE_BROKER_URL", raising=False)
     monkeypatch.delenv("EBBTIDE_BROKER_URL_FILE", raising=False)
     assert cli.main(["worker", "unresolved_hints_app:app"]) == 2
