@@ -271,9 +271,11 @@ def test_a_worker_whose_task_hints_cannot_be_resolved_stops_at_start(tmp_path, m
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))  # load_app adds the cwd
-    monkeypatch.delitem(sys.modules, "unresolved_hints_app", raising=False)
     monkeypatch.delenv("EBBTIDE_BROKER_URL", raising=False)
     monkeypatch.delenv("EBBTIDE_BROKER_URL_FILE", raising=False)
-    assert cli.main(["worker", "unresolved_hints_app:app"]) == 2
+    try:
+        assert cli.main(["worker", "unresolved_hints_app:app"]) == 2
+    finally:
+        sys.modules.pop("unresolved_hints_app", None)
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "task 't': cannot resolve its type hints" in line and "Missing" in line
