@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-policy bench-operator bench-operator-e2e demo helm-lint cluster-up cluster-down clean
+.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-payloads bench-policy bench-operator bench-operator-e2e demo helm-lint cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -85,6 +85,9 @@ cluster-down: setup ## Stop the cluster: every process and container; the bridge
 
 bench: setup ## Throughput benchmark: Ebbtide vs Celery vs Dramatiq on the same broker
 	$(PY) bench/throughput.py
+
+bench-payloads: setup ## Payload formats: stored size and send+run throughput, json vs msgpack, with/without zstd, small and 100 KiB, real Redis
+	$(PY) bench/payloads.py
 
 bench-policy: setup ## Autoscaling policy benchmark: backlog time vs a KEDA-style baseline
 	$(PY) bench/policy.py

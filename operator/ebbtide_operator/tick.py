@@ -21,7 +21,7 @@ from typing import Any
 
 from ebbtide.stats import BrokerStats
 
-from ebbtide_operator import drain, naming, observe, provision
+from ebbtide_operator import drain, naming, observe, pod_health, provision
 from ebbtide_operator import status as status_mod
 from ebbtide_operator.broker_io import BrokerReader, BrokerUnreachable
 from ebbtide_operator.build import worker
@@ -71,6 +71,7 @@ class _Memory:
     written_at: float | None = None
     url: str | None = None
     url_read_at: float = 0.0
+    url_ref: tuple[str, str] | None = None  # (Secret, key) that `url` was read from
     costs: dict[str, int] = field(default_factory=dict)
     last_scale_time: str | None = None
     last_scale_reason: str | None = None
@@ -145,6 +146,7 @@ class TaskQueueTicker:
             stats = stats_or_error
         replicas = int((deployment or {}).get("spec", {}).get("replicas") or 0)
         ready = int((deployment or {}).get("status", {}).get("readyReplicas") or 0)
+        worker_problem = await self._worker_problem(namespace, name, deployment)
         outcome.replicas_before = outcome.replicas_after = replicas
 
         if stats is not None:
@@ -206,6 +208,7 @@ class TaskQueueTicker:
             external_broker=managed is None,
             name_conflicts=self._reconcile_conflicts(body, name),
             worker_conflict=memory.worker_conflict,
+            worker_problem=worker_problem,
         )
         new_status = self._status(
             body,
@@ -259,10 +262,11 @@ class TaskQueueTicker:
 
     async def _broker_url(self, namespace: str, name: str, spec: TaskQueueSpec, now: float) -> str:
         memory = self.memory
-        if memory.url is not None and now - memory.url_read_at < URL_REFRESH_SECONDS:
-            return memory.url
         ref = spec.broker.url_secret(name)
         secret, key = ref.name, ref.key
+        fresh = now - memory.url_read_at < URL_REFRESH_SECONDS
+        if memory.url is not None and fresh and memory.url_ref == (secret, key):
+            return memory.url  # a switch to another Secret (managed -> external) re-reads
         try:
             url = await self.cluster.read_secret_value(namespace, secret, key)
         except Exception as error:
@@ -273,7 +277,7 @@ class TaskQueueTicker:
             raise BrokerUnreachable(f"Secret {secret} (key {key!r}) not found or empty")
         if memory.url is not None and memory.url != url:
             self.reader.forget(memory.url)
-        memory.url, memory.url_read_at = url, now
+        memory.url, memory.url_read_at, memory.url_ref = url, now, (secret, key)
         return url
 
     async def _worker_deployment(
@@ -319,6 +323,20 @@ class TaskQueueTicker:
                 worker.worker_pod_template(name, spec),
             )
         return cached[1]
+
+    async def _worker_problem(
+        self, namespace: str, name: str, deployment: Mapping[str, Any] | None
+    ) -> pod_health.PodProblem | None:
+        """Why worker pods are stuck, read from the pods only while some are not ready."""
+        if not pod_health.should_look(deployment):
+            return None
+        try:
+            pods = await self.cluster.list_pods(namespace, naming.worker_selector(name))
+        except Exception:
+            log.warning("could not list the worker pods of %s/%s", namespace, name, exc_info=True)
+            self.metrics.error(namespace, name, "pods")
+            return None
+        return pod_health.worker_problem(pods)
 
     async def _set_deletion_costs(self, namespace: str, name: str, stats: BrokerStats) -> None:
         """Idle pods cheapest, so the ReplicaSet removes them first."""

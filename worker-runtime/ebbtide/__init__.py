@@ -27,6 +27,7 @@ __all__ = [
     "Task",
     "TaskTimeout",
     "UnsupportedBroker",
+    "keys_from_dir",
     "read_stats",
 ]
 
@@ -44,6 +45,7 @@ _WHERE = {
     "UnsupportedBroker": "errors",
     "TaskTimeout": "errors",
     "read_stats": "stats",
+    "keys_from_dir": "codec",
 }
 
 

@@ -13,23 +13,37 @@ from typing import Any
 
 from . import logs
 from .broker_url import url_from_environment
+from .buildinfo import version
+from .errors import BrokerUrlFileError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logs.setup(getattr(args, "sub_log_level", None) or args.log_level)
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command. Every command fails the same way: one line on stderr and
+    exit 1 (2 for a usage error), as cli_errors decides; only a bug shows a traceback."""
+    from .cli_errors import describe
+
     try:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, TypeError, ImportError, AttributeError) as exc:
-        print(f"ebbtide: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        failure = describe(exc, _known_url(args))
+        if failure is None:
+            raise
+        print(failure.message, file=sys.stderr)
+        return failure.code
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ebbtide", description=__doc__)
+    p.add_argument("--version", action="version", version=f"ebbtide {version()}")
     p.add_argument(
         "--broker-url",
         help="default: the file env EBBTIDE_BROKER_URL_FILE names, else env EBBTIDE_BROKER_URL",
@@ -99,6 +113,15 @@ def _flag_url(args: argparse.Namespace) -> str | None:
 def _url(args: argparse.Namespace) -> str | None:
     """--broker-url, else EBBTIDE_BROKER_URL_FILE's file, else EBBTIDE_BROKER_URL."""
     return _flag_url(args) or url_from_environment()
+
+
+def _known_url(args: argparse.Namespace) -> str | None:
+    """The URL to name in a failure line; None when the URL itself is what failed (an
+    unreadable EBBTIDE_BROKER_URL_FILE must not raise again while being reported)."""
+    try:
+        return _url(args)
+    except BrokerUrlFileError:
+        return None
 
 
 def load_app(spec: str) -> Any:

@@ -10,14 +10,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import logs
+from .. import logs, tracing
 from ..brokers.base import Broker, Delivery, Settlement
+from ..codec import UnreadableBody
 from ..errors import BadPayload, InvalidArguments, TaskTimeout
 from ..lifecycle import DEFAULT_MAX_RECOVERIES, lost_too_often
 from ..message import decode_payload
 from ..validation import content_problem, most_bytes, stored_size_problem
 from . import outcomes
-from .decisions import RateDenials
+from .decisions import SUCCESS, RateDenials
 from .execute import arguments, call_async, call_sync
 from .pool import Job, TaskThreads
 from .report import Report
@@ -51,6 +52,7 @@ class Executor:
         self._rate = RateDenials()
         self.revoked: set[str] = set()  # entries no longer ours (fenced): never run or settled
         self._runner_of: dict[str, asyncio.Task] = {}  # async entry -> the runner running it
+        self.system = tracing.messaging_system(app.broker_url)  # for the tasks' spans
 
     def start(self) -> list[asyncio.Task]:
         """The runner coroutines, and the hard-timeout watchdog when a sync task has a
@@ -77,7 +79,11 @@ class Executor:
             self.report.undecodable(d, too_big)
             return
         try:
-            body = decode_payload(d.payload)
+            body = decode_payload(d.payload, self.app.codec)
+        except UnreadableBody as exc:  # a task, but its body is closed to this worker
+            self._settle(outcomes.unreadable(d, exc.envelope or {}, str(exc), time.time()))
+            self.report.undecodable(d, str(exc))
+            return
         except BadPayload as exc:
             self._settle(outcomes.undecodable(d, str(exc), time.time()))
             self.report.undecodable(d, str(exc))
@@ -214,27 +220,36 @@ class Executor:
     async def _run_async(
         self, d: Delivery, body: dict[str, Any], task: Task, call: tuple[tuple, dict[str, Any]]
     ) -> None:
-        started = time.perf_counter()
-        try:
-            await call_async(task, *call)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
-            self._settle(self._failure(d, body, task, exc, time.perf_counter() - started))
-            return
-        self._settle(self._success(d, body, task, time.perf_counter() - started))
+        with tracing.running(body, d.queue, self.system) as span:
+            started = time.perf_counter()
+            try:
+                await call_async(task, *call)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
+                settlement = self._failure(d, body, task, exc, time.perf_counter() - started)
+                span.finish(settlement.op.value, exc)
+            else:
+                settlement = self._success(d, body, task, time.perf_counter() - started)
+                span.finish(SUCCESS)
+        self._settle(settlement)
 
     def _run_sync(self, job: Job) -> Settlement:
         """On a pool thread."""
         d, body, task, call = job
         self._started(d)
-        started = time.perf_counter()
         try:
-            call_sync(task, *call)
-        except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
-            return self._failure(d, body, task, exc, time.perf_counter() - started)
-        else:
-            return self._success(d, body, task, time.perf_counter() - started)
+            with tracing.running(body, d.queue, self.system) as span:
+                started = time.perf_counter()
+                try:
+                    call_sync(task, *call)
+                except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
+                    settlement = self._failure(d, body, task, exc, time.perf_counter() - started)
+                    span.finish(settlement.op.value, exc)
+                else:
+                    settlement = self._success(d, body, task, time.perf_counter() - started)
+                    span.finish(SUCCESS)
+            return settlement
         finally:
             self.running.pop(d.entry, None)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .. import logs
 from ..brokers.base import Delivery
 from ..lifecycle import Outcome
-from .decisions import EXIT_HARD_TIMEOUT, enqueue_lag_s
+from .decisions import EXIT_HARD_TIMEOUT, SUCCESS, enqueue_lag_s
 from .metrics import NullMetrics
 from .outcomes import Failure
 
@@ -49,7 +49,7 @@ class Report:
                 self.metrics.started(d.queue, lag)
 
     def succeeded(self, task: Task, seconds: float) -> None:
-        self.metrics.finished(task.name, "success", seconds)
+        self.metrics.finished(task.name, SUCCESS, seconds)
 
     def failed(self, task: Task, body: dict[str, Any], failed: Failure, seconds: float) -> None:
         self.metrics.finished(task.name, failed.outcome.value, seconds)
