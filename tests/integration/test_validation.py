@@ -42,6 +42,9 @@ def test_bad_arguments_raise_at_send_naming_the_argument(broker, tasks):
 
 def test_the_worker_checks_again_and_buries_bad_payloads_with_the_reason(broker, tasks):
     tasks.charge.send("v", "7", 2)  # declares the queue; runs as charge("v", 7, 2.0)
+    # 40,000 characters, stored compressed under the limit: the worker measures what the
+    # producer stored, as send() did, not the decoded arguments.
+    tasks.blob.send("v", "ab" * 20_000)
     broker.inject("bad-type", foreign("bad-type", "charge", ["v", "seven"]))
     broker.inject("bad-arity", foreign("bad-arity", "charge", ["v", 1], {"colour": "red"}))
     broker.inject("bad-schema", foreign("bad-schema", "ingest", [], {"tag": "v", "n": "x"}))
@@ -51,12 +54,12 @@ def test_the_worker_checks_again_and_buries_bad_payloads_with_the_reason(broker,
     broker.inject("ok-schema", foreign("ok-schema", "ingest", [], {"tag": "v", "n": 3}))
     broker.inject("ok-loose", foreign("ok-loose", "loose", ["v", "not an int"]))
     with worker(broker.url, app="validation_tasks:app", record_url=broker.record_url) as proc:
-        wait_for(lambda: len(broker.done("v")) == 3, what="the 3 good tasks run")
+        wait_for(lambda: len(broker.done("v")) == 4, what="the 4 good tasks run")
         wait_for(lambda: len(broker.dlq()) == 5, what="the 5 bad ones in the DLQ")
         assert proc.poll() is None
         assert "task rejected unrun, moved to the DLQ" in proc.log()
     assert sorted(broker.done("v")) == sorted(
-        ['{"order_id": 7, "amount": 2.0}', "ingest 3", "loose 'not an int'"]
+        ['{"order_id": 7, "amount": 2.0}', "blob 40000", "ingest 3", "loose 'not an int'"]
     )
     dead = {d.get("id") or d["raw"][:20]: d for d in broker.dlq()}
     errors = {k: d["error"] for k, d in dead.items()}

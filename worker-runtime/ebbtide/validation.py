@@ -10,7 +10,6 @@ classes defined below the task (`from __future__ import annotations`).
 from __future__ import annotations
 
 import inspect
-import json
 import re
 import threading
 import typing
@@ -23,6 +22,7 @@ import jsonschema.validators
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import InvalidArguments
+from .message import reencode
 
 Problems = list[tuple[str | None, str]]
 CallArgs = tuple[tuple[Any, ...], dict[str, Any]]
@@ -295,10 +295,11 @@ def stored_size_problem(payload: str | bytes, limit: int) -> str | None:
 
 
 def content_size(body: dict[str, Any]) -> int:
-    """Bytes of the task as its producer encoded it: the payload without the worker's
-    own fields (error, traceback, retry count...)."""
+    """Bytes of the task as its producer stored it (what `send()` measured): the payload
+    written back as the worker would (an encoded body as it came, its decoded arguments
+    left out), without the worker's own fields (error, traceback, retry count...)."""
     producer = {k: v for k, v in body.items() if k not in WORKER_FIELDS}
-    return len(_dumps(producer).encode())
+    return len(reencode(producer).encode())
 
 
 def content_problem(body: dict[str, Any], limit: int) -> str | None:
@@ -310,6 +311,3 @@ def content_problem(body: dict[str, Any], limit: int) -> str | None:
             f"{limit} bytes (App(max_payload_bytes=...))"
         )
     return None
-
-
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode

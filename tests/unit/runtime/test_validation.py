@@ -279,3 +279,22 @@ def test_a_worker_whose_task_hints_cannot_be_resolved_stops_at_start(tmp_path, m
         sys.modules.pop("unresolved_hints_app", None)
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "task 't': cannot resolve its type hints" in line and "Missing" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["v", "ab"], {}),
+        (["v", "ab" * 20_000], {}),  # stored compressed: far smaller than its arguments
+        (["v", "é" * 10], {"key": "k1", "headers": {"traceparent": "00-1-2-01"}}),
+    ],
+)
+def test_content_size_is_the_size_send_measured(args, extra):
+    from ebbtide.message import decode_payload, encode_payload
+
+    app = ebbtide.App("redis://127.0.0.1:1/0", compress_threshold=1024)
+    headers = extra.pop("headers", None)
+    text = encode_payload("id", "t", args, {}, 1 << 20, codec=app.codec, headers=headers, **extra)
+    body = decode_payload(text, app.codec)
+    assert content_size(body) == len(text.encode())
+    assert content_size({**body, "attempt": 2, "error": "x" * 100}) == len(text.encode())
