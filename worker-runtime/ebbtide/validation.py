@@ -14,15 +14,15 @@ import re
 import threading
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import jsonschema
-import jsonschema.exceptions
-import jsonschema.validators
-from pydantic import TypeAdapter, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArguments
 from .message import reencode
+
+if TYPE_CHECKING:  # both are imported on first use: together they cost ~250 ms to import
+    import jsonschema.exceptions
+    import jsonschema.protocols
+    from pydantic import TypeAdapter, ValidationError
 
 Problems = list[tuple[str | None, str]]
 CallArgs = tuple[tuple[Any, ...], dict[str, Any]]
@@ -46,6 +46,9 @@ WORKER_FIELDS = frozenset(
 def schema_validator(task: str, schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
     """A validator for `schema` (checked now, so a bad schema fails at registration). A
     tuple counts as a JSON array: it is one once encoded."""
+    import jsonschema.exceptions
+    import jsonschema.validators
+
     if not isinstance(schema, Mapping):
         raise TypeError(f"task {task!r}: schema must be a JSON Schema object (a dict)")
     cls = jsonschema.validators.validator_for(schema)
@@ -160,6 +163,8 @@ class ArgumentCheck:
                 for name in params:
                     hint = hints.get(name, Any)
                     if hint is not Any:
+                        from pydantic import TypeAdapter
+
                         adapters[name] = TypeAdapter(hint)
                     if hint in _EXACT:
                         exact[name] = hint
@@ -220,6 +225,8 @@ class _Invalid(Exception):
 
 
 def _validate(adapter: TypeAdapter[Any], value: Any, name: str, problems: Problems) -> Any:
+    from pydantic import ValidationError
+
     try:
         return adapter.validate_python(value)
     except ValidationError as exc:
