@@ -138,7 +138,9 @@ class ArgumentCheck:
         for name in kwargs:
             if name in arguments or name not in self._kinds:
                 return None
-        arguments.update(kwargs)
+        if kwargs:  # in signature order, as inspect gives them (the problems list follows)
+            arguments.update(kwargs)
+            arguments = {name: arguments[name] for name in names if name in arguments}
         if not self._required.issubset(arguments):
             return None
         return arguments

@@ -16,6 +16,8 @@ from ebbtide.validation import (
     most_bytes,
     stored_size_problem,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 
@@ -244,19 +246,40 @@ def test_the_plain_fast_path_agrees_with_inspect(args, kwargs):
     """Plain parameters are bound without `inspect` and exact-typed values skip
     pydantic: the outcome (values, or the error) is the one the full path gives."""
 
-    def outcome(checker: ArgumentCheck):
-        try:
-            call_args, call_kwargs = checker.check(args, kwargs)
-        except InvalidArguments as exc:
-            return ("error", exc.argument, [why for _, why in exc.problems])
-        bound = inspect.signature(plain).bind(*call_args, **call_kwargs)
-        bound.apply_defaults()
-        return ("ok", [(v, type(v)) for v in bound.arguments.values()])
+    assert outcome(args, kwargs, check(plain)) == outcome(args, kwargs, full_path())
 
+
+def full_path() -> ArgumentCheck:
+    """A check of `plain` forced onto inspect's binding and pydantic for every value."""
     full = ArgumentCheck("t", plain)
     full._build()
-    full._plain, full._exact = None, {}  # force inspect's binding and pydantic for all
-    assert outcome(check(plain)) == outcome(full)
+    full._plain, full._exact = None, {}
+    return full
+
+
+def outcome(args, kwargs, checker: ArgumentCheck):
+    """What a check gives: the bound values with their types, or the error."""
+    try:
+        call_args, call_kwargs = checker.check(args, kwargs)
+    except InvalidArguments as exc:
+        return ("error", exc.argument, [why for _, why in exc.problems])
+    bound = inspect.signature(plain).bind(*call_args, **call_kwargs)
+    bound.apply_defaults()
+    return ("ok", [(v, type(v)) for v in bound.arguments.values()])
+
+
+JSON_VALUES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    args=st.lists(JSON_VALUES, max_size=6),
+    kwargs=st.dictionaries(
+        st.sampled_from(["tag", "i", "ratio", "flag", "extra", "other"]), JSON_VALUES, max_size=3
+    ),
+)
+def test_the_fast_path_agrees_with_inspect_on_any_json_arguments(args, kwargs):
+    assert outcome(args, kwargs, check(plain)) == outcome(args, kwargs, full_path())
 
 
 def test_a_worker_whose_task_hints_cannot_be_resolved_stops_at_start(tmp_path, monkeypatch, capsys):
