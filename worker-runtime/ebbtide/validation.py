@@ -102,7 +102,11 @@ class ArgumentCheck:
         if self.enabled and self._signature is None:
             self._build()
 
-    def check(self, args: tuple | list, kwargs: dict[str, Any]) -> CallArgs:
+    def check(
+        self, args: tuple | list, kwargs: dict[str, Any], *, quote_inputs: bool = True
+    ) -> CallArgs:
+        """`quote_inputs=False` keeps the bad values out of the reasons (the worker, for
+        an encrypted task: the reason is stored and logged in plain text)."""
         if not self.enabled:
             return tuple(args), kwargs
         signature = self._signature or self._build()
@@ -116,9 +120,9 @@ class ArgumentCheck:
             arguments = bound.arguments
         problems: Problems = []
         if self.schema is not None:
-            problems += self._schema_problems(arguments)
+            problems += self._schema_problems(arguments, quote_inputs)
         if self.hints and not problems:
-            problems += self._hint_problems(arguments)
+            problems += self._hint_problems(arguments, quote_inputs)
         if problems:
             raise InvalidArguments(self.task, problems)
         if bound is not None:
@@ -179,7 +183,7 @@ class ArgumentCheck:
             self._adapters, self._exact, self._signature = adapters, exact, signature
             return signature
 
-    def _hint_problems(self, arguments: dict[str, Any]) -> Problems:
+    def _hint_problems(self, arguments: dict[str, Any], quote: bool) -> Problems:
         """Validate each annotated argument; validated values replace the given ones."""
         problems: Problems = []
         exact, adapters = self._exact, self._adapters
@@ -194,19 +198,20 @@ class ArgumentCheck:
                 if kind is inspect.Parameter.VAR_POSITIONAL:
                     checked: list[Any] = []
                     for i, item in enumerate(value):
-                        checked.append(_validate(adapter, item, f"{name}[{i}]", problems))
+                        checked.append(_validate(adapter, item, f"{name}[{i}]", problems, quote))
                     arguments[name] = tuple(checked)
                 elif kind is inspect.Parameter.VAR_KEYWORD:
                     arguments[name] = {
-                        key: _validate(adapter, item, key, problems) for key, item in value.items()
+                        key: _validate(adapter, item, key, problems, quote)
+                        for key, item in value.items()
                     }
                 else:
-                    arguments[name] = _validate(adapter, value, name, problems)
+                    arguments[name] = _validate(adapter, value, name, problems, quote)
             except _Invalid:
                 continue
         return problems
 
-    def _schema_problems(self, arguments: dict[str, Any]) -> Problems:
+    def _schema_problems(self, arguments: dict[str, Any], quote: bool) -> Problems:
         """The schema sees one object of the arguments by parameter name (positional ones
         bound to their names); `**kwargs` are merged in, `*args` is a list."""
         assert self.schema is not None
@@ -218,7 +223,7 @@ class ArgumentCheck:
                 instance[name] = value
         problems: Problems = []
         for error in sorted(self.schema.iter_errors(instance), key=_error_order):
-            problems.append(_schema_problem(error))
+            problems.append(_schema_problem(error, quote))
         return problems
 
 
@@ -226,23 +231,26 @@ class _Invalid(Exception):
     """One argument failed (already recorded in the problems)."""
 
 
-def _validate(adapter: TypeAdapter[Any], value: Any, name: str, problems: Problems) -> Any:
+def _validate(
+    adapter: TypeAdapter[Any], value: Any, name: str, problems: Problems, quote: bool
+) -> Any:
     from pydantic import ValidationError
 
     try:
         return adapter.validate_python(value)
     except ValidationError as exc:
-        problems.append((name, describe(exc)))
+        problems.append((name, describe(exc, quote)))
         raise _Invalid from None
 
 
-def describe(exc: ValidationError) -> str:
-    """pydantic's errors in one line: where inside the value, what, and the input."""
+def describe(exc: ValidationError, quote: bool = True) -> str:
+    """pydantic's errors in one line: where inside the value, what, and (when `quote`)
+    the input."""
     parts = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"])
-        shown = _shorten(repr(err.get("input")))
-        parts.append(f"{f'at {where}: ' if where else ''}{err['msg']} (got {shown})")
+        shown = f" (got {_shorten(repr(err.get('input')))})" if quote else ""
+        parts.append(f"{f'at {where}: ' if where else ''}{err['msg']}{shown}")
     return "; ".join(parts)
 
 
@@ -254,16 +262,24 @@ def _error_order(error: jsonschema.exceptions.ValidationError) -> tuple[int, str
     return (0 if error.path else 1, str(list(error.path)))
 
 
-def _schema_problem(error: jsonschema.exceptions.ValidationError) -> tuple[str | None, str]:
+def _schema_problem(
+    error: jsonschema.exceptions.ValidationError, quote: bool
+) -> tuple[str | None, str]:
     """(argument, reason) of one schema error: the argument is the first step of the
-    error's path, or the property a `required` names."""
+    error's path, or the property a `required` names. Without `quote`, the rule that
+    failed stands in for jsonschema's message, which quotes the value."""
     path = list(error.path)
+    said = error.message
+    if not quote and error.validator not in ("required", "additionalProperties"):
+        said = (
+            f"fails the schema's {error.validator!r} rule: {_shorten(repr(error.validator_value))}"
+        )
     if path:
         inner = ".".join(str(p) for p in path[1:])
-        return str(path[0]), f"{f'at {inner}: ' if inner else ''}{error.message} (schema)"
+        return str(path[0]), f"{f'at {inner}: ' if inner else ''}{said} (schema)"
     if error.validator == "required":
-        return _named_in(error.message), f"{error.message} (schema)"
-    return None, f"{error.message} (schema)"
+        return _named_in(error.message), f"{said} (schema)"
+    return None, f"{said} (schema)"
 
 
 _QUOTED = re.compile(r"'([^']+)'")

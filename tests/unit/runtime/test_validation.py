@@ -321,3 +321,19 @@ def test_content_size_is_the_size_send_measured(args, extra):
     body = decode_payload(text, app.codec)
     assert content_size(body) == len(text.encode())
     assert content_size({**body, "attempt": 2, "error": "x" * 100}) == len(text.encode())
+
+
+def test_reasons_can_leave_the_values_out():
+    """What the worker does for an encrypted task: the reason names the argument and the
+    rule, never the value (it is stored and logged in plain text)."""
+    with pytest.raises(InvalidArguments) as caught:
+        check().check(["secret-1"], {"amount": "secret-2"}, quote_inputs=False)
+    assert "secret" not in str(caught.value)
+    assert caught.value.argument == "order_id" and "valid integer" in str(caught.value)
+    c = check(schema=SCHEMA, hints=False)
+    with pytest.raises(InvalidArguments) as caught:
+        c.check(["secret-3", 1, "", "x"], {}, quote_inputs=False)
+    said = str(caught.value)
+    assert "secret" not in said and "fails the schema's 'type' rule: 'integer'" in said
+    with pytest.raises(InvalidArguments, match="'secret-3' is not of type 'integer'"):
+        c.check(["secret-3", 1], {})  # quoted by default, for the producer's own eyes

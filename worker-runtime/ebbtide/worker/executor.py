@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import logs, tracing
 from ..brokers.base import Broker, Delivery, Settlement
-from ..codec import UnreadableBody
+from ..codec import UnreadableBody, parse_format
 from ..errors import BadPayload, InvalidArguments, TaskTimeout
 from ..lifecycle import DEFAULT_MAX_RECOVERIES, lost_too_often
 from ..message import decode_payload
@@ -105,7 +105,7 @@ class Executor:
             self.report.unknown_task(d, name, settlement.op)
             return
         try:
-            call = task.arguments.check(*arguments(body))
+            call = task.arguments.check(*arguments(body), quote_inputs=not sealed(body))
         except InvalidArguments as exc:
             self._reject(d, body, str(exc))
             return
@@ -293,3 +293,9 @@ class Executor:
             return outcomes.undecodable(d, reason, time.time())
         self.report.failed(task, body, failed, seconds)
         return failed.settlement
+
+
+def sealed(body: dict[str, Any]) -> bool:
+    """Whether the task came encrypted: then no reason may quote its arguments (reasons
+    are stored in the DLQ and logged in plain text)."""
+    return "fmt" in body and parse_format(body["fmt"]).encrypted
