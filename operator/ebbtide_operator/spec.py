@@ -91,7 +91,8 @@ class WorkerSpec:
     command: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     image_pull_policy: str | None = None
-    concurrency: int = 4
+    concurrency: int = 4  # slots per worker process
+    processes: int = 1  # worker processes per pod (`--processes`)
     env: tuple[Mapping[str, Any], ...] = ()
     resources: Mapping[str, Any] = field(default_factory=dict)
     termination_grace_period_seconds: int = 60
@@ -261,6 +262,7 @@ def parse_worker(data: Mapping[str, Any]) -> WorkerSpec:
         args=tuple(data.get("args") or ()),
         image_pull_policy=data.get("imagePullPolicy"),
         concurrency=_integer(data, "concurrency", 4, path),
+        processes=_processes(data, path),
         env=tuple(data.get("env") or ()),
         resources=dict(data.get("resources") or {}),
         termination_grace_period_seconds=_integer(data, "terminationGracePeriodSeconds", 60, path),
@@ -268,6 +270,13 @@ def parse_worker(data: Mapping[str, Any]) -> WorkerSpec:
         service_account_name=data.get("serviceAccountName"),
         pod_template=dict(data.get("podTemplate") or {}),
     )
+
+
+def _processes(data: Mapping[str, Any], path: str) -> int:
+    value = _integer(data, "processes", 1, path)
+    if not 1 <= value <= 64:
+        raise SpecError(f"{path}.processes must be between 1 and 64, got {value}")
+    return value
 
 
 def parse_queues(items: Any, default_target: float) -> tuple[QueueSpec, ...]:
@@ -305,7 +314,8 @@ def parse_spec(spec: Mapping[str, Any]) -> TaskQueueSpec:
     if not isinstance(spec.get("worker"), Mapping):
         raise SpecError("spec.worker is required")
     worker = parse_worker(spec["worker"])
-    scaling = parse_scaling(spec.get("scaling") or {}, worker.concurrency)
+    # A pod's task slots: what the policy sizes replicas by and measures mu against.
+    scaling = parse_scaling(spec.get("scaling") or {}, worker.concurrency * worker.processes)
     order = spec.get("queueOrder", "weighted")
     if order not in ("weighted", "strict"):
         raise SpecError(f"spec.queueOrder must be weighted or strict, got {order!r}")

@@ -13,6 +13,7 @@ from support.servers import free_port
 from worker_testkit import HERE, TASKS_APP, run_cli
 
 COMMANDS = (
+    ["stats"],
     ["stats", "--queues", "q"],
     ["dlq", "list", "--queue", "q"],
     ["dlq", "replay", "--queue", "q"],
@@ -21,6 +22,8 @@ COMMANDS = (
 
 
 def one_line(out: subprocess.CompletedProcess) -> str:
+    """The error line; log events the command wrote before it (`ts=...`, e.g. a warning
+    that the RabbitMQ management API is away) are not part of it."""
     lines = [line for line in out.stderr.splitlines() if not line.startswith("ts=")]
     assert len(lines) == 1, out.stderr
     assert "Traceback" not in out.stderr, out.stderr

@@ -135,3 +135,14 @@ def otel_modules(tag: str) -> None:
 
     loaded = sorted(m for m, v in sys.modules.items() if m.startswith("opentelemetry") and v)
     r().rpush(f"done:{tag}", ",".join(loaded) or "-")
+
+
+@app.task(name="pid_gated")
+def pid_gated(tag: str, i: int) -> None:
+    """`gated`, recording which process ran it (the --processes tests)."""
+    r().hincrby(f"runs:{tag}", str(i), 1)
+    r().rpush(f"started:{tag}", f"{i}|{os.getpid()}")
+    deadline = time.monotonic() + GATE_LIMIT_S
+    while not r().exists(f"open:{tag}") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r().rpush(f"done:{tag}", f"{i}|{os.getpid()}")

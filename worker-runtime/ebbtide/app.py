@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import tracing
+from .batch import Batch
 from .brokers import check_scheme, open_broker, resolve_url
 from .brokers.base import Broker, Outgoing
 from .codec import DEFAULT_COMPRESS_THRESHOLD, Codec, keys_from_dir
@@ -69,6 +72,10 @@ class App:
         self.tasks: dict[str, Task] = {}
         self.queues: dict[str, QueueConfig] = {}
         self._broker: Broker | None = None
+        # The open `with app.batch():` block of this thread / asyncio task, if any.
+        self._batch: contextvars.ContextVar[Batch | None] = contextvars.ContextVar(
+            f"ebbtide-batch-{id(self)}", default=None
+        )
 
     @property
     def broker(self) -> Broker:
@@ -132,6 +139,29 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Batch]:
+        """Pipelined sends: inside the block `send()` returns the id at once; the exit
+        stores them all (one enqueue per queue) and raises BatchNotStored, naming the
+        tasks, if any was not stored. Left by an exception, the block stores nothing.
+        Nested blocks join the outermost one. See ebbtide/batch.py."""
+        current = self._batch.get()
+        if current is not None:
+            current.depth += 1
+            try:
+                yield current
+            finally:
+                current.depth -= 1
+            return
+        batch = Batch()
+        token = self._batch.set(batch)
+        try:
+            yield batch
+        finally:
+            self._batch.reset(token)
+        # Only a clean exit gets here: an exception in the block skips the flush.
+        batch.flush(lambda: self.broker, int(self.unique_ttl * 1000))
 
     def close(self) -> None:
         if self._broker is not None:
@@ -243,6 +273,9 @@ class TaskCall:
         app = self.task.app
         config = app.queues.get(self.queue)
         max_backlog = config.max_backlog if config else 0
+        batch = app._batch.get()
+        if batch is not None:
+            return self._buffer(batch, messages, max_backlog)
         replies = app.broker.enqueue(self.queue, messages, max_backlog, int(app.unique_ttl * 1000))
         ids: list[str] = []
         for reply in replies:
@@ -250,6 +283,17 @@ class TaskCall:
                 raise BacklogFull(self.queue, max_backlog, accepted=len(ids))
             ids.append(reply[1:] if reply.startswith("=") else reply)
         return ids
+
+    def _buffer(self, batch: Batch, messages: list[Outgoing], max_backlog: int) -> list[str]:
+        """Inside `app.batch()`: the ids now, the round trip at the block's exit."""
+        if self.key:
+            raise ValueError(
+                f"task {self.task.name!r}: a keyed send (key={self.key!r}) cannot go in "
+                "app.batch(), as its id is only known once the broker has de-duplicated "
+                "it; send it outside the block"
+            )
+        batch.add(self.queue, max_backlog, self.task.name, messages)
+        return [m.task_id for m in messages]
 
 
 def _split_item(item: Any) -> tuple[tuple | list, dict[str, Any]]:

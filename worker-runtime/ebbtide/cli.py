@@ -74,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
         help="retry a task name this worker does not know this long before the DLQ "
         "(default: the App's unknown_task_grace_seconds, 600)",
     )
+    w.add_argument(
+        "--processes",
+        default="1",
+        help="worker processes under one supervisor, each with --concurrency slots "
+        "(default 1; 'auto' = the container's CPU limit)",
+    )
+    w.add_argument(
+        "--metrics-dir",
+        default=None,
+        help="with --processes > 1: a writable directory (tmpfs/emptyDir) for the children's "
+        "metrics files and probe sockets (default: env PROMETHEUS_MULTIPROC_DIR, else the "
+        "temp dir)",
+    )
+    w.add_argument("--child-socket", default=None, help=argparse.SUPPRESS)
     w.add_argument("--broker-url", dest="worker_broker_url", default=None, help=argparse.SUPPRESS)
     w.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     w.set_defaults(run=_worker)
@@ -140,12 +154,22 @@ def load_app(spec: str) -> Any:
 def _worker(args: argparse.Namespace) -> int:
     from .selection import parse_queues
     from .worker import Worker
+    from .worker.processes import parse_processes, read_cpu_limit
 
     url = _url(args)
     if flag_url := _flag_url(args):
         # Before the task module builds its App. A URL from the file is never copied
         # into the env: subprocesses of tasks would inherit it.
         os.environ["EBBTIDE_BROKER_URL"] = flag_url
+    if args.child_socket is None:
+        wanted = parse_processes(args.processes)
+        processes = read_cpu_limit() if wanted is None else wanted
+        if processes > 1:
+            return _supervise(args, processes)
+    else:
+        from .worker.supervisor import bind_to_supervisor
+
+        bind_to_supervisor()
     app = load_app(args.app)
     for task in app.tasks.values():
         task.arguments.prepare()  # a type hint that cannot be resolved: exit 2, saying so
@@ -165,8 +189,44 @@ def _worker(args: argparse.Namespace) -> int:
         grace_seconds=args.grace_seconds,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        child_socket=args.child_socket,
     )
     return worker.run()
+
+
+def _supervise(args: argparse.Namespace, processes: int) -> int:
+    """--processes N > 1: the supervisor runs N copies of this worker command, each
+    without the probes port (it serves that) and with a probe socket of its own."""
+    import tempfile
+
+    from .worker.supervisor import Supervisor
+
+    load_app(args.app)  # a bad MODULE:APP is a usage error here, not N crash-looping children
+    flags: list[str] = []
+    for flag, value in (
+        ("--queues", args.queues),
+        ("--concurrency", args.concurrency),
+        ("--prefetch", args.prefetch),
+        ("--grace-seconds", args.grace_seconds),
+        ("--lease-seconds", args.lease_seconds),
+        ("--unknown-task-grace-seconds", args.unknown_task_grace_seconds),
+    ):
+        if value is not None:
+            flags += [flag, str(value)]
+    if args.strict:
+        flags.append("--strict")
+    level = args.sub_log_level or args.log_level
+    head = [sys.executable, "-m", "ebbtide", *(["--log-level", level] if level else [])]
+    base = args.metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
+    supervisor = Supervisor(
+        lambda socket: [*head, "worker", args.app, *flags, "--child-socket", socket],
+        processes,
+        grace_seconds=args.grace_seconds,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        metrics_dir=base,
+    )
+    return supervisor.run()
 
 
 def _broker(args: argparse.Namespace) -> Any:

@@ -83,3 +83,22 @@ class BadPayload(EbbtideError, ValueError):
 
 class TaskTimeout(Exception):
     """A task ran past its `timeout` (recorded as the task's error: retried or dead)."""
+
+
+class BatchNotStored(EbbtideError):
+    """The exit of `with app.batch():` could not store every task sent inside it.
+    `stored` holds the ids that were stored and will run; `not_stored` the
+    (id, task name) pairs that were not, and will never run unless sent again. The
+    first broker error is the `__cause__`."""
+
+    def __init__(
+        self, stored: list[str], not_stored: list[tuple[str, str]], error: BaseException
+    ) -> None:
+        self.stored, self.not_stored = stored, not_stored
+        named = ", ".join(f"{task_id} ({name})" for task_id, name in not_stored[:20])
+        more = f" and {len(not_stored) - 20} more" if len(not_stored) > 20 else ""
+        super().__init__(
+            f"app.batch(): {len(not_stored)} of {len(stored) + len(not_stored)} tasks were "
+            f"NOT confirmed as stored, so count them as not sent: {named}{more}; the "
+            f"other {len(stored)} were stored (ids in .stored). Cause: {error}"
+        )

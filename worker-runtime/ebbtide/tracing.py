@@ -5,7 +5,8 @@ task's payload and the worker runs the task in a CONSUMER span that continues it
 first attempt is a child of the sender's span; a retry starts a new trace whose span
 links back to the sender's (a retry runs later, often much later, and would otherwise
 stretch the request's trace over hours). Without opentelemetry installed nothing here
-imports it and every function is a cheap no-op.
+imports it and every function is a cheap no-op; with it installed but no TracerProvider
+set, the worker skips its spans (they would record nothing).
 
 The context travels in ONE payload field, `trace` (`{"traceparent": ..., "tracestate":
 ...}`, W3C Trace Context written by the global propagator), set only by `context_field()`
@@ -101,13 +102,25 @@ class TaskSpan:
             self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
+def _configured() -> bool:
+    """opentelemetry is installed and the app has set a TracerProvider (the SDK's, or
+    any real one). Without one every span would be a no-op, yet building it costs tens
+    of microseconds a task: skip it. Asked per task, so a provider set late counts."""
+    if not enabled():
+        return False
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 @functools.cache
 def _tracer() -> Any:
     from opentelemetry import trace
 
     from .buildinfo import version
 
-    # From the global provider; a proxy until the app sets one, so caching it is safe.
+    # Only asked once the app has set its provider (_configured): that one for good.
     return trace.get_tracer("ebbtide", version())
 
 
@@ -117,7 +130,7 @@ def running(body: dict[str, Any], queue: str, system: str) -> Iterator[NullSpan 
     it, on the loop or on a task thread) and ends on exit. The caller `finish`es it
     with the outcome; an exception escaping unfinished (cancellation) ends it as
     `cancelled`."""
-    if not enabled():
+    if not _configured():
         yield NULL_SPAN
         return
     from opentelemetry import propagate, trace

@@ -33,7 +33,7 @@ def grace_seconds(termination_grace_period_seconds: int) -> int:
 
 def worker_args(spec: TaskQueueSpec) -> list[str]:
     """`ebbtide worker MODULE:APP --queues ... --concurrency N --metrics-port P --grace-seconds G`
-    plus `--strict` for strict order, then the user's extra args."""
+    plus `--processes N` above one, `--strict` for strict order, then the user's extra args."""
     worker = spec.worker
     args = [
         "worker",
@@ -47,6 +47,8 @@ def worker_args(spec: TaskQueueSpec) -> list[str]:
         "--grace-seconds",
         str(grace_seconds(worker.termination_grace_period_seconds)),
     ]
+    if worker.processes > 1:
+        args += ["--processes", str(worker.processes)]
     if spec.queue_order == "strict":
         args.append("--strict")
     return args + list(worker.args)

@@ -29,6 +29,7 @@ def test_defaults():
     assert spec.scaling.poll_seconds == 5.0 and spec.scaling.target_backlog_seconds == 30.0
     assert spec.scaling.fallback_replicas is None and spec.scaling.paused is False
     assert spec.worker.concurrency == 4 and spec.scaling.concurrency == 4
+    assert spec.worker.processes == 1
     assert spec.queues[0].target_backlog_seconds == 30.0
     assert spec.queue_order == "weighted"
 
@@ -183,4 +184,12 @@ def test_bad_durations_name_the_field(scaling, field):
     raw = minimal()
     raw["scaling"] = scaling
     with pytest.raises(SpecError, match=field):
+        parse_spec(raw)
+
+
+@pytest.mark.parametrize("value", [0, 65, "2", True])
+def test_bad_processes_name_the_field(value):
+    raw = minimal()
+    raw["worker"]["processes"] = value
+    with pytest.raises(SpecError, match=r"spec\.worker\.processes"):
         parse_spec(raw)

@@ -93,6 +93,19 @@ def free_slots(capacity: int, window: int | None, held: int, settling: int) -> i
     return capacity - unfinished(held, settling)
 
 
+PREFETCH_RTTS = 6  # a far Redis: prefetch this many exchange round trips of work
+
+
+def prefetch_hold_s(exchange_rtt_s: float, cap_s: float) -> float:
+    """On Redis without --prefetch: how long a prefetched task may wait, sized by the
+    measured settle+claim round trip. A slot freed during one exchange is refilled by
+    the next one, so the buffer must cover a few round trips of work, or the task
+    threads idle behind the runtime's own round trips (a broker 2 ms away: 1,300/s at
+    the fixed 8, 2,500/s at 24). On loopback (~0.3 ms) this stays under the fixed
+    prefetch, which is then what counts; never past `cap_s` (RabbitMQ's 50 ms hold)."""
+    return min(cap_s, PREFETCH_RTTS * max(0.0, exchange_rtt_s))
+
+
 def run_now(concurrency: int, held: int, settling: int, claimed: int) -> int:
     """Of `claimed` tasks about to be claimed, how many go straight to an idle slot:
     the claim marks those started (a crash then counts against them); the rest wait

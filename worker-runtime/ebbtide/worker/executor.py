@@ -227,11 +227,9 @@ class Executor:
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
-                settlement = self._failure(d, body, task, exc, time.perf_counter() - started)
-                span.finish(settlement.op.value, exc)
+                settlement = self._ended(d, body, task, span, started, exc)
             else:
-                settlement = self._success(d, body, task, time.perf_counter() - started)
-                span.finish(SUCCESS)
+                settlement = self._ended(d, body, task, span, started)
         self._settle(settlement)
 
     def _run_sync(self, job: Job) -> Settlement:
@@ -244,11 +242,9 @@ class Executor:
                 try:
                     call_sync(task, *call)
                 except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
-                    settlement = self._failure(d, body, task, exc, time.perf_counter() - started)
-                    span.finish(settlement.op.value, exc)
+                    settlement = self._ended(d, body, task, span, started, exc)
                 else:
-                    settlement = self._success(d, body, task, time.perf_counter() - started)
-                    span.finish(SUCCESS)
+                    settlement = self._ended(d, body, task, span, started)
             return settlement
         finally:
             self.running.pop(d.entry, None)
@@ -271,6 +267,24 @@ class Executor:
         self._on_hard_timeout()
 
     # -- outcomes (from the loop and from task threads) ----------------------------------
+    def _ended(
+        self,
+        d: Delivery,
+        body: dict[str, Any],
+        task: Task,
+        span: tracing.NullSpan | tracing.TaskSpan,
+        started: float,
+        exc: BaseException | None = None,
+    ) -> Settlement:
+        """A run returned (exc None) or raised: its settlement, its span's outcome."""
+        seconds = time.perf_counter() - started
+        if exc is None:
+            span.finish(SUCCESS)
+            return self._success(d, body, task, seconds)
+        settlement = self._failure(d, body, task, exc, seconds)
+        span.finish(settlement.op.value, exc)
+        return settlement
+
     def _success(self, d: Delivery, body: dict[str, Any], task: Task, seconds: float) -> Settlement:
         self.report.succeeded(task, seconds)
         return outcomes.success(d, body, seconds)

@@ -56,13 +56,18 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+        # livesum: under --processes N the supervisor shows the sum over live children.
         self.in_flight = Gauge(
-            "ebbtide_worker_running_tasks", "Tasks running now in this worker", registry=r
+            "ebbtide_worker_running_tasks",
+            "Tasks running now in this worker",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.held = Gauge(
             "ebbtide_worker_held_tasks",
             "Tasks held by this worker (running and prefetched)",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.retries = Counter("ebbtide_worker_retries", "Retries scheduled", ["task"], registry=r)
         self.stale_settlements = Counter(
@@ -81,6 +86,12 @@ class Metrics:
         """Gauges read at scrape time: nothing to update on the hot path."""
         self.in_flight.set_function(running)
         self.held.set_function(held)
+
+    def sample(self, running: int, held: int) -> None:
+        """A child of --processes N writes its gauges to the shared files instead (a
+        function gauge cannot be read across processes); its loop calls this often."""
+        self.in_flight.set(running)
+        self.held.set(held)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)

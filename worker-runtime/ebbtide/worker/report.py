@@ -42,6 +42,15 @@ class Report:
         self.metrics.watch(running, held)
         return await probes.serve(host, port, self.metrics.render, ready)
 
+    async def serve_child(self, path: str, ready: Callable[[], tuple[bool, str]]) -> asyncio.Server:
+        """A child of --processes N: record into PROMETHEUS_MULTIPROC_DIR's files (the
+        supervisor aggregates them) and answer its probes on a Unix socket."""
+        from . import probes
+        from .metrics import Metrics
+
+        self.metrics = Metrics()
+        return await probes.serve_unix(path, lambda: b"", ready)
+
     def started(self, d: Delivery) -> None:
         if self.metrics.__class__ is not NullMetrics:
             lag = enqueue_lag_s(d.ready_ms, time.time())

@@ -161,3 +161,14 @@ def test_workers_read_the_url_from_the_managed_secret_and_roll_on_a_type_switch(
         template["metadata"]["annotations"][hash_key]
         != redis_template["metadata"]["annotations"][hash_key]
     )
+
+
+def test_processes_reach_the_worker_args_and_the_slot_count():
+    raw = managed_spec()
+    assert "--processes" not in worker.worker_args(parse_spec(raw))  # default: one
+    raw["worker"].update(concurrency=8, processes=2)
+    spec = parse_spec(raw)
+    args = worker.worker_args(spec)
+    assert args[args.index("--processes") + 1] == "2"
+    # The policy sizes pods by their slots: 2 processes x 8.
+    assert spec.scaling.concurrency == 16
