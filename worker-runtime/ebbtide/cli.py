@@ -170,9 +170,7 @@ def _worker(args: argparse.Namespace) -> int:
         from .worker.supervisor import bind_to_supervisor
 
         bind_to_supervisor()
-    app = load_app(args.app)
-    for task in app.tasks.values():
-        task.arguments.prepare()  # a type hint that cannot be resolved: exit 2, saying so
+    app = _worker_app(args.app)
     if url:
         app.use_broker_url(url)
     if args.unknown_task_grace_seconds is not None:
@@ -194,6 +192,15 @@ def _worker(args: argparse.Namespace) -> int:
     return worker.run()
 
 
+def _worker_app(spec: str) -> Any:
+    """The app a worker runs, every task's argument check built: a type hint that cannot
+    be resolved is a usage error now (exit 2, saying so), not a DLQ full of its tasks."""
+    app = load_app(spec)
+    for task in app.tasks.values():
+        task.arguments.prepare()
+    return app
+
+
 def _supervise(args: argparse.Namespace, processes: int) -> int:
     """--processes N > 1: the supervisor runs N copies of this worker command, each
     without the probes port (it serves that) and with a probe socket of its own."""
@@ -201,7 +208,7 @@ def _supervise(args: argparse.Namespace, processes: int) -> int:
 
     from .worker.supervisor import Supervisor
 
-    load_app(args.app)  # a bad MODULE:APP is a usage error here, not N crash-looping children
+    _worker_app(args.app)  # a bad MODULE:APP is a usage error here, not N crash-looping children
     flags: list[str] = []
     for flag, value in (
         ("--queues", args.queues),

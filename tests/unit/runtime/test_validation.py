@@ -282,7 +282,10 @@ def test_the_fast_path_agrees_with_inspect_on_any_json_arguments(args, kwargs):
     assert outcome(args, kwargs, check(plain)) == outcome(args, kwargs, full_path())
 
 
-def test_a_worker_whose_task_hints_cannot_be_resolved_stops_at_start(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("processes", ["1", "2"])  # 2: the supervisor checks first
+def test_a_worker_whose_task_hints_cannot_be_resolved_stops_at_start(
+    tmp_path, monkeypatch, capsys, processes
+):
     from ebbtide import cli
 
     (tmp_path / "unresolved_hints_app.py").write_text(
@@ -297,7 +300,7 @@ def test_a_worker_whose_task_hints_cannot_be_resolved_stops_at_start(tmp_path, m
     monkeypatch.delenv("EBBTIDE_BROKER_URL", raising=False)
     monkeypatch.delenv("EBBTIDE_BROKER_URL_FILE", raising=False)
     try:
-        assert cli.main(["worker", "unresolved_hints_app:app"]) == 2
+        assert cli.main(["worker", "unresolved_hints_app:app", "--processes", processes]) == 2
     finally:
         sys.modules.pop("unresolved_hints_app", None)
     (line,) = capsys.readouterr().err.strip().splitlines()
