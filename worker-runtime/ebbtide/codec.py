@@ -190,7 +190,7 @@ class Codec:
 
     serializer: str = "json"
     compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD
-    keys: Mapping[str, bytes] = field(default_factory=dict)
+    keys: Mapping[str, bytes] = field(default_factory=dict, repr=False)  # never in a log
     encrypt_with: str | None = None
 
     @classmethod

@@ -349,3 +349,9 @@ def test_the_app_reads_its_keys_from_a_mounted_secret_folder(tmp_path, monkeypat
         ebbtide.App()
     with pytest.raises(ValueError, match="serializer must be one of"):
         ebbtide.App(serializer="yaml", encryption_keys={})
+
+
+def test_keys_never_show_in_a_repr():
+    codec = Codec.build(encryption_keys={"a": KEY_A})
+    assert KEY_A not in repr(codec) and repr(bytes(range(32))) not in repr(codec)
+    assert "encrypt_with='a'" in repr(codec)
