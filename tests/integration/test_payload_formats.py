@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ from typing import Any
 import codec_tasks
 import ebbtide
 from codec_tasks import fingerprint
-from worker_testkit import wait_for, worker
+from worker_testkit import HERE, wait_for, worker
 
 KEYS = {
     "2026-a": base64.b64encode(bytes(range(32))).decode(),
@@ -39,16 +40,22 @@ def producer(url: str, **settings: Any) -> Iterator[SimpleNamespace]:
         app.close()
 
 
-def codec_worker(broker, tmp_path: Path, keys: list[str] | None = None):
+def codec_worker(broker, tmp_path: Path, keys: list[str] | None = None, without: str | None = None):
     """A real worker of codec_tasks:app, its keys (if any) read from a mounted-Secret-like
-    folder, one file per key id; the first key is the one it would encrypt with."""
+    folder, one file per key id; the first key is the one it would encrypt with.
+    `without` names a package the worker's Python cannot import (a missing extra)."""
     env: dict[str, str] = {}
+    if without:
+        hidden = tmp_path / f"without-{without}"
+        hidden.mkdir(exist_ok=True)
+        (hidden / f"{without}.py").write_text(f"raise ImportError('no {without} here')\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(hidden), str(HERE)])
     if keys:
         folder = tmp_path / ("keys-" + "-".join(keys))
         folder.mkdir(exist_ok=True)
         for kid in keys:
             (folder / kid).write_text(KEYS[kid] + "\n")
-        env = {"EBBTIDE_ENCRYPTION_KEYS_DIR": str(folder), "EBBTIDE_ENCRYPT_WITH": keys[0]}
+        env |= {"EBBTIDE_ENCRYPTION_KEYS_DIR": str(folder), "EBBTIDE_ENCRYPT_WITH": keys[0]}
     return worker(broker.url, record_url=broker.record_url, app="codec_tasks:app", env=env)
 
 
@@ -154,3 +161,20 @@ def test_an_unknown_key_goes_to_the_dlq_and_runs_once_a_worker_has_it(broker, tm
         replayed = broker.cli("dlq", "replay")
         assert replayed.returncode == 0 and "replayed 1" in replayed.stdout, replayed.stderr
         assert ran(broker, "rot", 1) == [f"|{fingerprint('rotated')}"]
+
+
+def test_a_worker_without_the_msgpack_extra_buries_msgpack_tasks_naming_it(broker, tmp_path):
+    with producer(broker.url, serializer="msgpack") as p:
+        p.echo.send("extra", "packed")
+    with producer(broker.url) as p:
+        p.echo.send("extra", "plain")
+    with codec_worker(broker, tmp_path, without="msgpack") as proc:
+        assert ran(broker, "extra", 1) == [f"|{fingerprint('plain')}"]
+        (dead,) = wait_for(broker.dlq, what="the msgpack task in the DLQ")
+        assert proc.poll() is None
+    assert "payload format 'msgpack' cannot be read here" in dead["error"], dead
+    assert "pip install 'ebbtide[msgpack]'" in dead["error"]
+    with codec_worker(broker, tmp_path):
+        replayed = broker.cli("dlq", "replay")
+        assert replayed.returncode == 0 and "replayed 1" in replayed.stdout, replayed.stderr
+        wait_for(lambda: len(broker.done("extra")) == 2, what="the replayed msgpack task")
