@@ -123,6 +123,13 @@ def unknown_task(
     return Settlement(Outcome.DEAD, d, reencode(body), unique_key=unique_key(body))
 
 
+def rejected(d: Delivery, body: dict[str, Any], reason: str, now: float) -> Settlement:
+    """A task that must not run as it is (arguments that fail its check, a payload over
+    the size limit): to the DLQ unrun, with the reason; retrying cannot fix it."""
+    body = {**body, "error": reason, "died_at": now}
+    return Settlement(Outcome.DEAD, d, reencode(body), unique_key=unique_key(body))
+
+
 def lost(d: Delivery, body: dict[str, Any], now: float) -> Settlement:
     """Past the poison limit (its worker was lost too often): to the DLQ unrun."""
     body = {**body, "error": lost_reason(d.recoveries), "died_at": now}
