@@ -40,11 +40,18 @@ def producer(url: str, **settings: Any) -> Iterator[SimpleNamespace]:
         app.close()
 
 
-def codec_worker(broker, tmp_path: Path, keys: list[str] | None = None, without: str | None = None):
+def codec_worker(
+    broker,
+    tmp_path: Path,
+    keys: list[str] | None = None,
+    without: str | None = None,
+    required: bool = False,
+):
     """A real worker of codec_tasks:app, its keys (if any) read from a mounted-Secret-like
     folder, one file per key id; the first key is the one it would encrypt with.
-    `without` names a package the worker's Python cannot import (a missing extra)."""
-    env: dict[str, str] = {}
+    `without` names a package the worker's Python cannot import (a missing extra);
+    `required`: the worker runs only encrypted tasks."""
+    env: dict[str, str] = {"CODEC_TEST_ENCRYPTION_REQUIRED": "1"} if required else {}
     if without:
         hidden = tmp_path / f"without-{without}"
         hidden.mkdir(exist_ok=True)
@@ -178,3 +185,18 @@ def test_a_worker_without_the_msgpack_extra_buries_msgpack_tasks_naming_it(broke
         replayed = broker.cli("dlq", "replay")
         assert replayed.returncode == 0 and "replayed 1" in replayed.stdout, replayed.stderr
         wait_for(lambda: len(broker.done("extra")) == 2, what="the replayed msgpack task")
+
+
+def test_a_worker_that_requires_encryption_buries_a_forged_plaintext_task(broker, tmp_path):
+    """Whoever can write to the broker but holds no key cannot make such a worker run a
+    task: a plaintext one is buried, with the reason; the encrypted one runs."""
+    with producer(broker.url, encryption_keys={"2026-a": KEYS["2026-a"]}) as p:
+        p.echo.send("req", "sealed")
+    forged = {"id": "forged", "task": "codec.echo", "args": ["req", "forged"], "kwargs": {}}
+    broker.inject("forged", json.dumps(forged).encode())
+    with codec_worker(broker, tmp_path, ["2026-a"], required=True) as proc:
+        assert ran(broker, "req", 1) == [f"|{fingerprint('sealed')}"]
+        (dead,) = wait_for(broker.dlq, what="the forged task in the DLQ")
+        assert proc.poll() is None
+    assert dead["id"] == "forged" and "runs only encrypted tasks" in dead["error"], dead
+    assert broker.done("req") == [f"|{fingerprint('sealed')}"]

@@ -250,12 +250,13 @@ def decode_payload(raw: str | bytes, codec: Codec = PLAIN) -> dict[str, Any]:
         bad = [name for name, value in body.items() if _json_problem(value) is not None]
         field = f" field {bad[0]!r}" if bad else ""
         raise BadPayload(f"payload{field} cannot be re-encoded: {exc}") from None
-    if encoded:
-        try:
+    try:
+        codec.admit(body)
+        if encoded:
             body["args"], body["kwargs"] = codec.open(body)
-        except UnreadableBody as exc:
-            exc.envelope = body  # buried as it came, so a replay can run it later
-            raise
+    except UnreadableBody as exc:
+        exc.envelope = body  # buried as it came, so a replay can run it later
+        raise
     return body
 
 

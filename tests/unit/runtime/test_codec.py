@@ -353,3 +353,16 @@ def test_keys_never_show_in_a_repr():
     codec = Codec.build(encryption_keys={"a": KEY_A})
     assert KEY_A not in repr(codec) and repr(bytes(range(32))) not in repr(codec)
     assert "encrypt_with='a'" in repr(codec)
+
+
+def test_a_reader_that_requires_encryption_refuses_everything_else():
+    strict = Codec.build(encryption_keys={"a": KEY_A}, encryption_required=True)
+    sealed = encode_payload("i", "t", ["s"], {}, MB, codec=strict)
+    assert decode_payload(sealed, strict)["args"] == ["s"]
+    for codec in (Codec(), Codec.build("msgpack"), Codec(compress_threshold=0)):
+        payload = encode_payload("i", "t", ["x" * 20_000], {}, MB, codec=codec)
+        with pytest.raises(UnreadableBody, match="not encrypted .*runs only encrypted") as caught:
+            decode_payload(payload, strict)
+        assert caught.value.envelope is not None and caught.value.envelope["id"] == "i"
+    with pytest.raises(ValueError, match="encryption_required=True needs encryption_keys"):
+        Codec.build(encryption_required=True)
