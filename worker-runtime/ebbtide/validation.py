@@ -10,7 +10,6 @@ classes defined below the task (`from __future__ import annotations`).
 from __future__ import annotations
 
 import inspect
-import json
 import re
 import threading
 import typing
@@ -23,6 +22,7 @@ import jsonschema.validators
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import InvalidArguments
+from .message import reencode
 
 Problems = list[tuple[str | None, str]]
 CallArgs = tuple[tuple[Any, ...], dict[str, Any]]
@@ -231,9 +231,10 @@ def stored_size_problem(size: int, limit: int) -> str | None:
 
 def content_size(body: dict[str, Any]) -> int:
     """Bytes of the task as its producer encoded it: the payload without the worker's
-    own fields (error, traceback, retry count...)."""
+    own fields (error, traceback, retry count...). An encoded body counts as stored,
+    not its decoded arguments (msgpack's `bytes` have no JSON size at all)."""
     producer = {k: v for k, v in body.items() if k not in WORKER_FIELDS}
-    return len(_dumps(producer).encode())
+    return len(reencode(producer).encode())
 
 
 def content_problem(body: dict[str, Any], limit: int) -> str | None:
@@ -245,6 +246,3 @@ def content_problem(body: dict[str, Any], limit: int) -> str | None:
             f"{limit} bytes (App(max_payload_bytes=...))"
         )
     return None
-
-
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode

@@ -23,6 +23,7 @@ from ebbtide.codec import (
 )
 from ebbtide.errors import BadPayload, PayloadTooLarge
 from ebbtide.message import decode_payload, encode_payload, reencode, replayed_payload
+from ebbtide.validation import content_problem, content_size
 from ebbtide.worker import outcomes
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -366,3 +367,11 @@ def test_a_reader_that_requires_encryption_refuses_everything_else():
         assert caught.value.envelope is not None and caught.value.envelope["id"] == "i"
     with pytest.raises(ValueError, match="encryption_required=True needs encryption_keys"):
         Codec.build(encryption_required=True)
+
+
+def test_the_worker_side_size_check_counts_an_encoded_body_as_stored():
+    codec = Codec.build("msgpack", 0)
+    payload = encode_payload("i", "t", [os.urandom(5000)], {}, MB, codec=codec)
+    body = decode_payload(payload, codec)  # args hold bytes, which JSON cannot size
+    assert content_size(body) == len(payload) and content_problem(body, len(payload)) is None
+    assert "over the limit of 100 bytes" in (content_problem(body, 100) or "")
