@@ -375,3 +375,41 @@ def test_the_worker_side_size_check_counts_an_encoded_body_as_stored():
     body = decode_payload(payload, codec)  # args hold bytes, which JSON cannot size
     assert content_size(body) == len(payload) and content_problem(body, len(payload)) is None
     assert "over the limit of 100 bytes" in (content_problem(body, 100) or "")
+
+
+FORMATS = ["json", "msgpack", "json+zstd", "msgpack+zstd", "json+aesgcm", "msgpack+zstd+aesgcm"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(FORMATS), st.binary(max_size=300), st.sampled_from([None, "a", "zz"]))
+def test_any_body_bytes_either_decode_or_say_why(fmt, raw, kid):
+    """Whatever bytes a body holds, under whatever format and key id, decoding returns
+    arguments or raises BadPayload (UnreadableBody) with a reason: never anything else."""
+    envelope = {"id": "i", "task": "t", "args": None, "fmt": fmt, "body": ""}
+    envelope["body"] = base64.b64encode(raw).decode()
+    if kid is not None:
+        envelope["kid"] = kid
+    try:
+        body = decode_payload(json.dumps(envelope), READER)
+    except BadPayload as exc:
+        assert str(exc)
+    else:
+        assert isinstance(body["args"], list) and isinstance(body["kwargs"], dict)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(range(len(ALL))), st.integers(min_value=0), st.integers(1, 255))
+def test_a_flipped_byte_in_a_real_body_is_refused_or_harmless(i, where, xor):
+    payload = encode_payload("i", "t", ["some text " * 50], {"n": 1}, MB, codec=ALL[i])
+    envelope = json.loads(payload)
+    if "body" not in envelope:
+        return  # the classic envelope: no body to corrupt
+    raw = bytearray(base64.b64decode(envelope["body"]))
+    raw[where % len(raw)] ^= xor
+    envelope["body"] = base64.b64encode(bytes(raw)).decode()
+    try:
+        decode_payload(json.dumps(envelope), READER)
+    except UnreadableBody as exc:
+        assert str(exc)
+        if ALL[i].encrypt_with:
+            assert "authentication tag" in str(exc)
