@@ -312,8 +312,13 @@ def test_keys_are_checked_and_named(tmp_path):
         parse_key("k1", "not*base64")
     with pytest.raises(ValueError, match="key id 'a b'"):
         parse_key("a b", KEY_A)
-    (tmp_path / "2026-a").write_text(KEY_A + "\n")
-    (tmp_path / "..data").mkdir()  # a mounted Secret's own bookkeeping
+    # A Secret volume's layout: each key a symlink into ..data, itself a link to a
+    # timestamped folder that the kubelet swaps atomically on an update.
+    stamped = tmp_path / "..2026_12_02_01_00_00.123"
+    stamped.mkdir()
+    (stamped / "2026-a").write_text(KEY_A + "\n")
+    (tmp_path / "..data").symlink_to(stamped.name)
+    (tmp_path / "2026-a").symlink_to("..data/2026-a")
     assert keys_from_dir(tmp_path) == {"2026-a": KEY_A}
     with pytest.raises(ValueError, match="does not exist"):
         keys_from_dir(tmp_path / "nope")
