@@ -181,6 +181,7 @@ def test_a_worker_without_the_msgpack_extra_buries_msgpack_tasks_naming_it(broke
         assert proc.poll() is None
     assert "payload format 'msgpack' cannot be read here" in dead["error"], dead
     assert "pip install 'ebbtide[msgpack]'" in dead["error"]
+    assert dead["args"] == ["extra", "packed"] and dead["kwargs"] == {}  # shown, not encrypted
     with codec_worker(broker, tmp_path):
         replayed = broker.cli("dlq", "replay")
         assert replayed.returncode == 0 and "replayed 1" in replayed.stdout, replayed.stderr
