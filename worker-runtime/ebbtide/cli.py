@@ -315,7 +315,7 @@ def _dlq(args: argparse.Namespace) -> int:
         dead = [d for d in dead if d.task_id in wanted]
     if args.action == "list":
         if args.json:
-            print(json.dumps([_dead_json(d) for d in dead], indent=2))
+            print(json.dumps([_dead_json(d) for d in dead], indent=2, default=repr))
         else:
             _dead_table(dead)
         return 0
@@ -392,4 +392,20 @@ def _dead_json(d: Any) -> dict[str, Any]:
         body = {"raw": d.payload}
     if not isinstance(body, dict):
         body = {"raw": body}
-    return {"queue": d.queue, "id": d.task_id, "died_at": d.died_at, **body}
+    return {"queue": d.queue, "id": d.task_id, "died_at": d.died_at, **_shown_arguments(body)}
+
+
+def _shown_arguments(body: dict[str, Any]) -> dict[str, Any]:
+    """A dead task with an encoded body shows its arguments when they are not encrypted
+    (msgpack, zstd: for the operator's eyes; `bytes` print as their repr). An encrypted
+    body stays ciphertext: the CLI holds no key, and must never print its arguments."""
+    from .codec import PLAIN, UnreadableBody
+
+    fmt = body.get("fmt")
+    if not isinstance(fmt, str) or fmt.endswith("+aesgcm"):
+        return body
+    try:
+        args, kwargs = PLAIN.open(body)
+    except UnreadableBody:
+        return body  # unknown format, missing extra, corrupt: shown as stored
+    return {**body, "args": args, "kwargs": kwargs}
