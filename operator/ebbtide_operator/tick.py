@@ -55,6 +55,7 @@ def scale_message(before: int, after: int, reason: str) -> tuple[str, str]:
 class TickOutcome:
     replicas_before: int = 0
     replicas_after: int = 0
+    ready: int = 0  # ready worker pods: none means a broker wake-up is worth a tick
     decision: Decision | None = None
     broker_error: str | None = None
     status_written: bool = False
@@ -148,6 +149,7 @@ class TaskQueueTicker:
         ready = int((deployment or {}).get("status", {}).get("readyReplicas") or 0)
         worker_problem = await self._worker_problem(namespace, name, deployment)
         outcome.replicas_before = outcome.replicas_after = replicas
+        outcome.ready = ready
 
         if stats is not None:
             memory.rates = observe.advance(
@@ -275,8 +277,7 @@ class TaskQueueTicker:
             ) from error
         if not url:
             raise BrokerUnreachable(f"Secret {secret} (key {key!r}) not found or empty")
-        if memory.url is not None and memory.url != url:
-            self.reader.forget(memory.url)
+        # A changed URL: the reader moves this TaskQueue to it (and closes an unused one).
         memory.url, memory.url_read_at, memory.url_ref = url, now, (secret, key)
         return url
 
@@ -424,6 +425,28 @@ def _with_local_time(obs: Observation, now: float) -> Observation:
     return replace(obs, now=now)
 
 
+WAKE_MIN_GAP_SECONDS = 0.25  # a woken tick starts at least this long after the last one
+
+
+async def sleep_or_wake(
+    sleep: Callable[[float], Awaitable[Any]], seconds: float, wake: asyncio.Event | None
+) -> bool:
+    """Sleep `seconds`, or less if `wake` is set first; True when woken."""
+    if wake is None:
+        await sleep(seconds)
+        return False
+    if wake.is_set():
+        return True
+    sleeper = asyncio.ensure_future(sleep(seconds))
+    waiter = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waiter.cancel()
+    return wake.is_set()
+
+
 async def run_periodically(
     step: Callable[[], Awaitable[Any]],
     interval: Callable[[], float],
@@ -433,17 +456,26 @@ async def run_periodically(
     clock: Callable[[], float] | None = None,
     initial_delay: float = 0.0,
     skipped: Callable[[int], None] = lambda _n: None,
+    wake: asyncio.Event | None = None,
+    woken: Callable[[], None] = lambda: None,
 ) -> None:
     """Call `step` on a fixed schedule (not 'interval after the previous step ended'), so
     slow steps do not drift the cadence; missed slots are skipped, never bunched.
     `initial_delay` spreads many loops over the interval instead of a herd every poll.
-    `skipped` hears how many slots an overrunning step cost."""
+    `skipped` hears how many slots an overrunning step cost.
+
+    Setting `wake` runs an extra step as soon as possible (at least WAKE_MIN_GAP_SECONDS
+    after the previous one started), then the schedule carries on unchanged: push
+    activation on top of polling. `woken` hears each such step."""
     clock = clock or asyncio.get_running_loop().time
     due = clock() + initial_delay
     if initial_delay > 0:
-        await sleep(initial_delay)
+        await sleep_or_wake(sleep, initial_delay, wake)  # a wake-up starts the loop early
     while not stopped():
         lateness(max(0.0, clock() - due))
+        if wake is not None:
+            wake.clear()
+        last = clock()
         await step()
         period = interval()
         due += period
@@ -453,6 +485,17 @@ async def run_periodically(
             # the next tick and hide them), then restart the cadence from now.
             skipped(int((now - due) // period) + 1 if period > 0 else 1)
             due = now
-        delay = due - clock()
-        if delay > 0:
-            await sleep(delay)
+        while True:
+            delay = due - clock()
+            if delay <= 0 or not await sleep_or_wake(sleep, delay, wake):
+                break  # the slot has come
+            gap = last + WAKE_MIN_GAP_SECONDS - clock()
+            if gap > 0:
+                await sleep(gap)
+            if stopped():
+                return
+            woken()
+            assert wake is not None
+            wake.clear()
+            last = clock()
+            await step()

@@ -18,13 +18,17 @@ __all__ = [
     "App",
     "BacklogFull",
     "BadPayload",
+    "BatchNotStored",
     "BrokerEvicts",
+    "BrokerUrlFileError",
     "EbbtideError",
+    "InvalidArguments",
     "PartiallyEnqueued",
     "PayloadTooLarge",
     "Task",
     "TaskTimeout",
     "UnsupportedBroker",
+    "keys_from_dir",
     "read_stats",
 ]
 
@@ -33,13 +37,17 @@ _WHERE = {
     "Task": "app",
     "BacklogFull": "errors",
     "BadPayload": "errors",
+    "BatchNotStored": "errors",
     "BrokerEvicts": "errors",
+    "BrokerUrlFileError": "errors",
+    "InvalidArguments": "errors",
     "PartiallyEnqueued": "errors",
     "EbbtideError": "errors",
     "PayloadTooLarge": "errors",
     "UnsupportedBroker": "errors",
     "TaskTimeout": "errors",
     "read_stats": "stats",
+    "keys_from_dir": "codec",
 }
 
 
