@@ -37,6 +37,7 @@ WEDGED_AFTER = 5  # /healthz misses in a row (after a first answer) before a kil
 KILL_MARGIN_S = 5.0  # past the children's grace, before SIGKILL
 SUPERVISOR_PID_ENV = "EBBTIDE_SUPERVISOR_PID"
 PR_SET_PDEATHSIG = 1
+EXIT_USAGE = 2  # the CLI's usage error (bad MODULE:APP, bad flag): restarting cannot help
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Supervisor:
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
         self.base_dir = metrics_dir
         self.stopping = False
+        self.exit_code = 0
 
     def run(self) -> int:
         return asyncio.run(self.main())
@@ -148,6 +150,11 @@ class Supervisor:
             child.ready = (False, "exited")
             if self.stopping:
                 return
+            if code == EXIT_USAGE and not child.answered:
+                logs.error("worker process failed to start (usage error)", process=child.index)
+                self.exit_code = EXIT_USAGE
+                self._request_stop("usage-error")
+                return
             lived = time.monotonic() - child.started
             child.failures = 1 if lived >= processes.STABLE_S else child.failures + 1
             delay = processes.restart_delay(child.failures)
@@ -209,7 +216,7 @@ class Supervisor:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        codes = [p.returncode or 0 for p in live]
+        codes = [self.exit_code, *(p.returncode or 0 for p in live)]
         return max((c for c in codes if c > 0), default=0)
 
     # -- probes --------------------------------------------------------------------------
