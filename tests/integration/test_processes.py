@@ -90,3 +90,9 @@ def test_sigterm_drains_both_processes(broker):
         assert indices(broker.done("pt")) == {0, 1, 2, 3}
         assert len(pids(broker.done("pt"))) == 2
         assert all(v == "1" for v in broker.rec.hgetall("runs:pt").values())  # none re-run
+
+
+def test_a_bad_app_stops_the_supervisor_with_a_usage_error(broker):
+    out = broker.cli("worker", "no_such_module:app", "--processes", "2")
+    assert out.returncode == 2, out.stderr
+    assert "no_such_module" in out.stderr and "usage error" in out.stderr

@@ -208,7 +208,8 @@ def _supervise(args: argparse.Namespace, processes: int) -> int:
 
     from .worker.supervisor import Supervisor
 
-    _worker_app(args.app)  # a bad MODULE:APP is a usage error here, not N crash-looping children
+    # The app is not imported here (the supervisor stays small): a child that exits with
+    # a usage error before it ever answered stops the supervisor with the same code.
     flags: list[str] = []
     for flag, value in (
         ("--queues", args.queues),

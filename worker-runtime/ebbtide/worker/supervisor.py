@@ -37,6 +37,8 @@ WEDGED_AFTER = 5  # /healthz misses in a row (after a first answer) before a kil
 KILL_MARGIN_S = 5.0  # past the children's grace, before SIGKILL
 SUPERVISOR_PID_ENV = "EBBTIDE_SUPERVISOR_PID"
 PR_SET_PDEATHSIG = 1
+KEEP_DEAD = 32  # dead children whose metric files are kept (their counters stay summed)
+EXIT_USAGE = 2  # the CLI's usage error (bad MODULE:APP, bad flag): restarting cannot help
 
 
 @dataclass
@@ -69,6 +71,8 @@ class Supervisor:
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
         self.base_dir = metrics_dir
         self.stopping = False
+        self.exit_code = 0
+        self._dead: list[int] = []  # pids whose metric files are still summed, oldest first
 
     def run(self) -> int:
         return asyncio.run(self.main())
@@ -148,6 +152,11 @@ class Supervisor:
             child.ready = (False, "exited")
             if self.stopping:
                 return
+            if code == EXIT_USAGE and not child.answered:
+                logs.error("worker process failed to start (usage error)", process=child.index)
+                self.exit_code = EXIT_USAGE
+                self._request_stop("usage-error")
+                return
             lived = time.monotonic() - child.started
             child.failures = 1 if lived >= processes.STABLE_S else child.failures + 1
             delay = processes.restart_delay(child.failures)
@@ -164,11 +173,18 @@ class Supervisor:
                 await asyncio.wait_for(self._stop.wait(), delay)
 
     def _forget(self, pid: int) -> None:
-        """A dead child's live gauges leave the aggregate; its counters stay counted."""
+        """A dead child's live gauges leave the aggregate; its counters stay counted. A
+        child crash-looping for days must not fill the emptyDir, so past KEEP_DEAD dead
+        children the oldest one's files go, which Prometheus reads as a counter reset."""
         from prometheus_client import multiprocess
 
         with contextlib.suppress(OSError):
             multiprocess.mark_process_dead(pid, self.prom_dir)
+        self._dead.append(pid)
+        while len(self._dead) > KEEP_DEAD:
+            for path in Path(self.prom_dir).glob(f"*_{self._dead.pop(0)}.db"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     async def _probe_loop(self) -> None:
         while True:
@@ -209,7 +225,7 @@ class Supervisor:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        codes = [p.returncode or 0 for p in live]
+        codes = [self.exit_code, *(p.returncode or 0 for p in live)]
         return max((c for c in codes if c > 0), default=0)
 
     # -- probes --------------------------------------------------------------------------
