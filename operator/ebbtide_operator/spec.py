@@ -121,6 +121,32 @@ def _number(data: Mapping[str, Any], key: str, default: float, path: str) -> flo
     return float(value)
 
 
+def _seconds(data: Mapping[str, Any], key: str, default: float, path: str) -> float:
+    """A duration in seconds. The CRD takes whole seconds (`type: integer`, per the API
+    conventions); a fractional number is still read, as TaskQueues written before that
+    hold one (the API server keeps stored objects as they are)."""
+    value = _number(data, key, default, path)
+    if value < 0:
+        raise SpecError(f"{path}.{key} must be >= 0 seconds, got {data.get(key)!r}")
+    return value
+
+
+def _initial_task_seconds(data: Mapping[str, Any], path: str) -> float:
+    """initialTaskMilliseconds (an integer, the current field) wins; else the deprecated
+    fractional initialTaskSeconds; else 1 s."""
+    if data.get("initialTaskMilliseconds") is not None:
+        millis = _integer(data, "initialTaskMilliseconds", 1000, path)
+        if millis < 1:
+            raise SpecError(f"{path}.initialTaskMilliseconds must be >= 1, got {millis}")
+        return millis / 1000
+    seconds = _seconds(data, "initialTaskSeconds", 1.0, path)
+    if seconds <= 0:
+        raise SpecError(
+            f"{path}.initialTaskSeconds must be > 0, got {data.get('initialTaskSeconds')!r}"
+        )
+    return seconds
+
+
 def _integer(data: Mapping[str, Any], key: str, default: int, path: str) -> int:
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -134,12 +160,14 @@ def parse_scaling(data: Mapping[str, Any], concurrency: int) -> ScalingSpec:
     spec = ScalingSpec(
         min_replicas=_integer(data, "minReplicas", 0, path),
         max_replicas=_integer(data, "maxReplicas", 10, path),
-        target_backlog_seconds=_number(data, "targetBacklogSeconds", 30.0, path),
-        poll_seconds=_number(data, "pollSeconds", 5.0, path),
-        scale_down_stabilization_seconds=_number(data, "scaleDownStabilizationSeconds", 60.0, path),
-        scale_to_zero_idle_seconds=_number(data, "scaleToZeroIdleSeconds", 0.0, path),
+        target_backlog_seconds=_seconds(data, "targetBacklogSeconds", 30.0, path),
+        poll_seconds=_seconds(data, "pollSeconds", 5.0, path),
+        scale_down_stabilization_seconds=_seconds(
+            data, "scaleDownStabilizationSeconds", 60.0, path
+        ),
+        scale_to_zero_idle_seconds=_seconds(data, "scaleToZeroIdleSeconds", 0.0, path),
         max_scale_up_step=_integer(data, "maxScaleUpStep", 0, path),
-        initial_task_seconds=_number(data, "initialTaskSeconds", 1.0, path),
+        initial_task_seconds=_initial_task_seconds(data, path),
         concurrency=concurrency,
         fallback_replicas=None if fallback is None else _integer(data, "fallbackReplicas", 0, path),
         paused=bool(data.get("paused", False)),
@@ -270,7 +298,7 @@ def parse_queues(items: Any, default_target: float) -> tuple[QueueSpec, ...]:
         queues.append(
             QueueSpec(
                 name=name,
-                target_backlog_seconds=_number(
+                target_backlog_seconds=_seconds(
                     item, "targetBacklogSeconds", default_target, f"spec.queues[{index}]"
                 ),
                 weight=_integer(item, "weight", 1, f"spec.queues[{index}]"),

@@ -152,7 +152,7 @@ def test_retries_then_dlq_list_replay_purge(broker):
         wait_for(died_again, what="the replayed task to die again")
         wait_for(lambda: broker.queue().dead == 1, what="one dead task in the stats")
 
-        purged = broker.cli("dlq", "purge")
+        purged = broker.cli("dlq", "purge", "--yes")  # no terminal to confirm on
         assert purged.returncode == 0 and "purged 1" in purged.stdout, purged.stderr
         assert broker.dlq() == []
         broker.queue_shows(lambda q: q.dead == 0, "the DLQ empty")
@@ -404,15 +404,15 @@ def test_metrics_and_probes(broker):
         body = wait_for(
             lambda: (
                 (g := get("/metrics"))
-                and 'ebbtide_tasks_total{outcome="success",task="record"} 5.0' in g[1]
+                and 'ebbtide_worker_tasks_total{outcome="success",task="record"} 5.0' in g[1]
                 and g[1]
             ),
             what="5 successes in the metrics",
         )
         for name in (
-            "ebbtide_task_duration_seconds_bucket",
-            "ebbtide_in_flight 0.0",
-            "ebbtide_enqueue_to_start_seconds_bucket",
+            "ebbtide_worker_task_duration_seconds_bucket",
+            "ebbtide_worker_running_tasks 0.0",
+            "ebbtide_worker_enqueue_to_start_seconds_bucket",
         ):
             assert name in body
 

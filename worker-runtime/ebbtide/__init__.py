@@ -20,12 +20,15 @@ __all__ = [
     "BadPayload",
     "BatchNotStored",
     "BrokerEvicts",
+    "BrokerUrlFileError",
     "EbbtideError",
+    "InvalidArguments",
     "PartiallyEnqueued",
     "PayloadTooLarge",
     "Task",
     "TaskTimeout",
     "UnsupportedBroker",
+    "keys_from_dir",
     "read_stats",
 ]
 
@@ -36,12 +39,15 @@ _WHERE = {
     "BadPayload": "errors",
     "BatchNotStored": "errors",
     "BrokerEvicts": "errors",
+    "BrokerUrlFileError": "errors",
+    "InvalidArguments": "errors",
     "PartiallyEnqueued": "errors",
     "EbbtideError": "errors",
     "PayloadTooLarge": "errors",
     "UnsupportedBroker": "errors",
     "TaskTimeout": "errors",
     "read_stats": "stats",
+    "keys_from_dir": "codec",
 }
 
 

@@ -12,24 +12,42 @@ from dataclasses import asdict
 from typing import Any
 
 from . import logs
+from .broker_url import url_from_environment
+from .buildinfo import version
+from .errors import BrokerUrlFileError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logs.setup(getattr(args, "sub_log_level", None) or args.log_level)
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command. Every command fails the same way: one line on stderr and
+    exit 1 (2 for a usage error), as cli_errors decides; only a bug shows a traceback."""
+    from .cli_errors import describe
+
     try:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, TypeError, ImportError, AttributeError) as exc:
-        print(f"ebbtide: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        failure = describe(exc, _known_url(args))
+        if failure is None:
+            raise
+        print(failure.message, file=sys.stderr)
+        return failure.code
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ebbtide", description=__doc__)
-    p.add_argument("--broker-url", help="default: env EBBTIDE_BROKER_URL")
+    p.add_argument("--version", action="version", version=f"ebbtide {version()}")
+    p.add_argument(
+        "--broker-url",
+        help="default: the file env EBBTIDE_BROKER_URL_FILE names, else env EBBTIDE_BROKER_URL",
+    )
     p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -89,19 +107,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--limit", type=int, default=1000)
     d.add_argument("--json", action="store_true")
+    d.add_argument(
+        "--yes", "-y", action="store_true", help="purge without asking (no terminal needed)"
+    )
     d.add_argument("--broker-url", dest="sub_broker_url", default=None, help=argparse.SUPPRESS)
     d.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     d.set_defaults(run=_dlq)
     return p
 
 
-def _url(args: argparse.Namespace) -> str | None:
+def _flag_url(args: argparse.Namespace) -> str | None:
     return (
         getattr(args, "worker_broker_url", None)
         or getattr(args, "sub_broker_url", None)
         or args.broker_url
-        or os.environ.get("EBBTIDE_BROKER_URL")
     )
+
+
+def _url(args: argparse.Namespace) -> str | None:
+    """--broker-url, else EBBTIDE_BROKER_URL_FILE's file, else EBBTIDE_BROKER_URL."""
+    return _flag_url(args) or url_from_environment()
+
+
+def _known_url(args: argparse.Namespace) -> str | None:
+    """The URL to name in a failure line; None when the URL itself is what failed (an
+    unreadable EBBTIDE_BROKER_URL_FILE must not raise again while being reported)."""
+    try:
+        return _url(args)
+    except BrokerUrlFileError:
+        return None
 
 
 def load_app(spec: str) -> Any:
@@ -123,8 +157,10 @@ def _worker(args: argparse.Namespace) -> int:
     from .worker.processes import parse_processes, read_cpu_limit
 
     url = _url(args)
-    if url:
-        os.environ["EBBTIDE_BROKER_URL"] = url  # before the task module builds its App
+    if flag_url := _flag_url(args):
+        # Before the task module builds its App. A URL from the file is never copied
+        # into the env: subprocesses of tasks would inherit it.
+        os.environ["EBBTIDE_BROKER_URL"] = flag_url
     if args.child_socket is None:
         wanted = parse_processes(args.processes)
         processes = read_cpu_limit() if wanted is None else wanted
@@ -134,7 +170,7 @@ def _worker(args: argparse.Namespace) -> int:
         from .worker.supervisor import bind_to_supervisor
 
         bind_to_supervisor()
-    app = load_app(args.app)
+    app = _worker_app(args.app)
     if url:
         app.use_broker_url(url)
     if args.unknown_task_grace_seconds is not None:
@@ -154,6 +190,15 @@ def _worker(args: argparse.Namespace) -> int:
         child_socket=args.child_socket,
     )
     return worker.run()
+
+
+def _worker_app(spec: str) -> Any:
+    """The app a worker runs, every task's argument check built: a type hint that cannot
+    be resolved is a usage error now (exit 2, saying so), not a DLQ full of its tasks."""
+    app = load_app(spec)
+    for task in app.tasks.values():
+        task.arguments.prepare()
+    return app
 
 
 def _supervise(args: argparse.Namespace, processes: int) -> int:
@@ -261,6 +306,9 @@ def _table(rows: list[tuple]) -> None:
 
 
 def _dlq(args: argparse.Namespace) -> int:
+    from . import audit
+    from .brokers import redact
+
     broker = _broker(args)
     dead = broker.dlq_list(args.queue, args.limit)
     if args.ids:
@@ -268,21 +316,74 @@ def _dlq(args: argparse.Namespace) -> int:
         dead = [d for d in dead if d.task_id in wanted]
     if args.action == "list":
         if args.json:
-            print(json.dumps([_dead_json(d) for d in dead], indent=2))
-            return 0
-        rows = [("queue", "id", "task", "died", "error")]
-        for d in dead:
-            body = _dead_json(d)
-            died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.died_at))
-            rows.append(
-                (d.queue, d.task_id, body.get("task", "?"), died, str(body.get("error", ""))[:100])
-            )
-        _table(rows)
+            print(json.dumps([_dead_json(d) for d in dead], indent=2, default=repr))
+        else:
+            _dead_table(dead)
         return 0
-    done = broker.dlq_replay(dead) if args.action == "replay" else broker.dlq_purge(dead)
+    if args.action == "purge" and (refused := _confirm_purge(args, dead)) is not None:
+        return refused
+    done, outcome = 0, "done"
+    try:
+        done = broker.dlq_replay(dead) if args.action == "replay" else broker.dlq_purge(dead)
+    except Exception as exc:
+        outcome = f"failed: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        ids = [d.task_id for d in dead]
+        audit.record(
+            f"dlq.{args.action}",
+            queue=args.queue,
+            count=done,
+            selected=len(dead),
+            broker=redact(_url(args) or ""),
+            ids=ids[:AUDIT_IDS],
+            **({"ids_not_listed": len(ids) - AUDIT_IDS} if len(ids) > AUDIT_IDS else {}),
+            outcome=outcome,
+        )
     verb = "replayed" if args.action == "replay" else "purged"
     print(f"{verb} {done} dead task(s)")
     return 0
+
+
+AUDIT_IDS = 100  # task ids named in one audit line; past that, only how many more
+
+
+def _confirm_purge(args: argparse.Namespace, dead: list[Any]) -> int | None:
+    """None when the purge may go on, else the exit code: with a terminal, show what
+    goes and ask y/N; without one, refuse unless --yes."""
+    from .confirm import Step, confirmed, purge_step
+
+    step = purge_step(len(dead), args.yes, sys.stdin.isatty())
+    where = f"of queue {args.queue!r}" if args.queue else "of all queues"
+    if step is Step.REFUSE:
+        print(
+            f"ebbtide: error: dlq purge would delete {len(dead)} dead task(s) {where} and "
+            "there is no terminal to confirm on: pass --yes",
+            file=sys.stderr,
+        )
+        return 2
+    if step is Step.ASK:
+        _dead_table(dead)
+        print(f"\n{len(dead)} dead task(s) {where} will be deleted for good.")
+        try:
+            answer = input("Purge them? [y/N] ")
+        except EOFError:
+            answer = ""
+        if not confirmed(answer):
+            print("nothing purged")
+            return 1
+    return None
+
+
+def _dead_table(dead: list[Any]) -> None:
+    rows = [("queue", "id", "task", "died", "error")]
+    for d in dead:
+        body = _dead_json(d)
+        died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.died_at))
+        rows.append(
+            (d.queue, d.task_id, body.get("task", "?"), died, str(body.get("error", ""))[:100])
+        )
+    _table(rows)
 
 
 def _dead_json(d: Any) -> dict[str, Any]:
@@ -292,4 +393,20 @@ def _dead_json(d: Any) -> dict[str, Any]:
         body = {"raw": d.payload}
     if not isinstance(body, dict):
         body = {"raw": body}
-    return {"queue": d.queue, "id": d.task_id, "died_at": d.died_at, **body}
+    return {"queue": d.queue, "id": d.task_id, "died_at": d.died_at, **_shown_arguments(body)}
+
+
+def _shown_arguments(body: dict[str, Any]) -> dict[str, Any]:
+    """A dead task with an encoded body shows its arguments when they are not encrypted
+    (msgpack, zstd: for the operator's eyes; `bytes` print as their repr). An encrypted
+    body stays ciphertext: the CLI holds no key, and must never print its arguments."""
+    from .codec import PLAIN, UnreadableBody
+
+    fmt = body.get("fmt")
+    if not isinstance(fmt, str) or fmt.endswith("+aesgcm"):
+        return body
+    try:
+        args, kwargs = PLAIN.open(body)
+    except UnreadableBody:
+        return body  # unknown format, missing extra, corrupt: shown as stored
+    return {**body, "args": args, "kwargs": kwargs}

@@ -20,7 +20,7 @@ class BacklogFull(EbbtideError):
 
 
 class PayloadTooLarge(EbbtideError, ValueError):
-    """The JSON payload of a task is over the App's `max_payload_bytes`."""
+    """The stored payload of a task (after compression) is over the App's `max_payload_bytes`."""
 
     def __init__(self, task: str, size: int, limit: int) -> None:
         self.task, self.size, self.limit = task, size, limit
@@ -28,6 +28,19 @@ class PayloadTooLarge(EbbtideError, ValueError):
             f"payload of task {task!r} is {size} bytes, over the limit of {limit} bytes "
             f"(App(max_payload_bytes=...)); pass a reference (URL, object key) instead"
         )
+
+
+class InvalidArguments(EbbtideError, TypeError, ValueError):
+    """A task's arguments do not fit its signature, type hints or JSON Schema. Both a
+    TypeError (wrong arity) and a ValueError (wrong value), so either `except` catches it.
+    `argument` names the first bad one (None when no single argument is to blame, e.g.
+    too many positional arguments); `problems` lists every (argument, reason)."""
+
+    def __init__(self, task: str, problems: list[tuple[str | None, str]]) -> None:
+        self.task, self.problems = task, problems
+        self.argument = problems[0][0] if problems else None
+        said = "; ".join(f"argument {name!r}: {why}" if name else why for name, why in problems)
+        super().__init__(f"task {task!r}: invalid arguments: {said}")
 
 
 class UnsupportedBroker(EbbtideError, ValueError):
@@ -58,6 +71,10 @@ class PartiallyEnqueued(EbbtideError):
             f"send_many to queue {queue!r} failed part-way: {len(accepted)} of {total} tasks "
             f"were stored (their ids are in .accepted), the rest were not: {error}"
         )
+
+
+class BrokerUrlFileError(EbbtideError, ValueError):
+    """EBBTIDE_BROKER_URL_FILE names a file that cannot be read, or that is empty."""
 
 
 class BadPayload(EbbtideError, ValueError):

@@ -60,7 +60,9 @@ operator/ebbtide_operator/kube.py and kopf's own (tests/unit/chart/test_rbac.py 
 - secrets: get (the broker URL, by name) and create (the managed broker's); delete only
   replaces our own Secret on a broker-type switch. Never list or watch: the operator
   cannot enumerate the cluster's Secrets;
-- pods: patch only (pod-deletion-cost before a scale-down);
+- pods: patch (pod-deletion-cost before a scale-down) and list (the worker pods' waiting
+  reasons, by label, while some are not ready: an image that cannot be found). No get,
+  no watch;
 - events: create (kopf.event, core v1 Events).
 PersistentVolumeClaims are the StatefulSet controller's business: no grant.
 No wildcards, no update: every verb is listed and used.
@@ -92,10 +94,15 @@ No wildcards, no update: every verb is listed and used.
   verbs: ["get", "create", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["patch"]
+  verbs: ["list", "patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if gt (int .Values.replicaCount) 1 }}
+- apiGroups: ["kopf.dev"]
+  resources: [{{ ternary "clusterkopfpeerings" "kopfpeerings" (empty .Values.watchNamespaces) | quote }}]
+  verbs: ["get", "list", "watch", "patch", "create"]
+{{- end }}
 {{- end -}}
 
 {{/* Read-only, cluster-scoped discovery kopf uses: CRD changes and namespace lists. */}}

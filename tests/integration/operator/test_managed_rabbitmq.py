@@ -157,10 +157,15 @@ def read_stats(url: str):
 
 
 def wait_ready(url: str, expected: int, timeout: float = 20.0):
+    """Until `expected` tasks are ready and the management sample has caught up (the
+    live AMQP depth shows them at once; the head timestamp comes with the next sample,
+    up to 5 s later)."""
     deadline = time.monotonic() + timeout
     while True:
         stats = read_stats(url)
-        if stats.queues["jobs"].ready == expected or time.monotonic() > deadline:
+        jobs = stats.queues["jobs"]
+        caught_up = jobs.ready == expected and jobs.oldest_ready_at is not None
+        if caught_up or time.monotonic() > deadline:
             return stats
         time.sleep(0.5)
 

@@ -15,7 +15,7 @@ from ebbtide.stats import read_stats
 from ebbtide_operator import naming, provision
 from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.metrics import OperatorMetrics
-from ebbtide_operator.policy import Decision, PolicyState
+from ebbtide_operator.policy import Decision, PolicyState, decide
 from ebbtide_operator.spec import parse_spec
 from ebbtide_operator.tick import TaskQueueTicker
 from support.memory_cluster import MemoryCluster
@@ -367,3 +367,118 @@ def test_a_foreign_worker_deployment_is_never_scaled_and_shows_as_name_conflict(
     asyncio.run(ticker.tick(body))
     assert condition(cluster, "WorkersReady")["reason"] != "NameConflict"
     assert condition(cluster, "Ready")["message"].count("Deployment/tq1-worker") == 0
+
+
+def test_a_worker_pod_whose_image_cannot_be_found_shows_in_the_conditions(env):
+    """The tick lists the worker pods while one is not ready and copies the kubelet's
+    waiting reason, naming the image; once all are ready it stops listing them."""
+    cluster, reader, url = env
+    body = taskqueue(minReplicas=1)
+    ticker = make_ticker(cluster, reader, body, url)
+    image = "registry.example/missing:1"
+    cluster.ready_lag = 1
+    cluster.add_pod(
+        NS,
+        {
+            "metadata": {"name": "tq1-worker-x", "labels": naming.worker_selector("tq1")},
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "worker",
+                        "image": image,
+                        "state": {
+                            "waiting": {
+                                "reason": "ErrImagePull",
+                                "message": f'failed to pull "{image}": not found',
+                            }
+                        },
+                    }
+                ]
+            },
+        },
+    )
+    cluster.add_pod(  # another TaskQueue's pod: not ours to report
+        NS, {"metadata": {"name": "other-worker-y", "labels": naming.worker_selector("other")}}
+    )
+    asyncio.run(ticker.tick(body))
+    workers = condition(cluster, "WorkersReady")
+    assert workers["status"] == "False" and workers["reason"] == "ErrImagePull"
+    assert f'image "{image}"' in workers["message"] and "tq1-worker-x" in workers["message"]
+    assert condition(cluster, "Degraded")["reason"] == "ErrImagePull"
+    assert cluster.pod_lists == 1
+
+    cluster.ready_lag = 0
+    del cluster.pods[(NS, "tq1-worker-x")]
+    asyncio.run(ticker.tick(body))
+    assert condition(cluster, "WorkersReady")["reason"] == "AllReplicasReady"
+    assert condition(cluster, "Degraded")["status"] == "False"
+    assert cluster.pod_lists == 2, "the ready count rose: listed once, for pod start-up"
+    asyncio.run(ticker.tick(body))
+    assert cluster.pod_lists == 2, "all ready, none new: the pods are not listed"
+
+
+def test_observed_pod_startup_feeds_the_policy_and_is_kept_in_status(env):
+    cluster, reader, url = env
+    seen: list = []
+
+    def policy(obs, spec, state):
+        seen.append(obs.pod_startup_s)
+        return decide(obs, spec, state)
+
+    body = taskqueue(minReplicas=2)
+    ticker = make_ticker(cluster, reader, body, url, policy=policy)
+    cluster.ready_lag = 2
+    asyncio.run(ticker.tick(body))  # two pods starting
+    for i, ready_after in enumerate((7, 9)):
+        cluster.add_pod(
+            NS,
+            {
+                "metadata": {
+                    "name": f"tq1-worker-{i}",
+                    "uid": f"pod-{i}",
+                    "labels": naming.worker_selector("tq1"),
+                    "creationTimestamp": "2026-12-01T10:00:00Z",
+                },
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "lastTransitionTime": f"2026-12-01T10:00:0{ready_after}Z",
+                        }
+                    ],
+                    "containerStatuses": [{"name": "worker", "restartCount": 0}],
+                },
+            },
+        )
+    cluster.ready_lag = 0
+    asyncio.run(ticker.tick(body))  # both ready: listed once, measured
+    asyncio.run(ticker.tick(body))
+    assert seen == [None, 8.0, 8.0]
+    assert cluster.statuses[(NS, "tq1")]["podStartupSeconds"] == 8.0
+
+    restarted = make_ticker(cluster, reader, body, url, policy=policy)  # a new operator
+    asyncio.run(restarted.tick({**body, "status": cluster.statuses[(NS, "tq1")]}))
+    assert seen[-1] == 8.0
+
+
+def test_a_switch_to_another_secret_is_read_at_once_not_after_the_url_cache(env):
+    """The broker URL is cached for a minute; a spec naming another Secret (managed ->
+    external) is read on the next poll."""
+    cluster, reader, url = env
+    body = taskqueue(minReplicas=1)
+    ticker = make_ticker(cluster, reader, body, url)
+    assert asyncio.run(ticker.tick(body)).broker_error is None
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"  # nothing listens once closed
+    cluster.add_secret(NS, "other-url", {"url": dead})
+    switched = {
+        **body,
+        "spec": {
+            **body["spec"],
+            "broker": {"type": "redis", "external": {"secretRef": {"name": "other-url"}}},
+        },
+    }
+    assert asyncio.run(ticker.tick(switched)).broker_error is not None
+    assert ticker.memory.url == dead

@@ -24,7 +24,7 @@ OPERATOR = {
     ("", "configmaps"): {"get", "create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
     ("", "secrets"): {"get", "create", "delete"},  # by name; delete: our own on a type switch
-    ("", "pods"): {"patch"},  # annotate_pod (pod-deletion-cost)
+    ("", "pods"): {"list", "patch"},  # list_pods (waiting reasons), annotate_pod (cost)
     ("", "events"): {"create"},  # kopf.event
 }
 DISCOVERY = {

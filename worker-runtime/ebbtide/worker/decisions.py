@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..brokers.base import Delivery
 from ..lifecycle import rate_wait_ms
 
+SUCCESS = "success"  # the outcome of a run that returned, in metrics and spans alike
 EXIT_HARD_TIMEOUT = 3  # a sync task overran its hard timeout: the pod must restart
 HEARTBEAT_MAX_S = 1.0  # heartbeat at least this often
 ALIVE_S = 4.0  # a worker silent this long (at most its lease) is taken for dead

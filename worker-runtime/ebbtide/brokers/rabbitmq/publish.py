@@ -58,8 +58,10 @@ class Confirmer:
             self.failed.append(f"{len(tags)} message(s) nacked by RabbitMQ")
         self.outstanding -= tags
 
-    def publish(self, routing: str, body: bytes, props) -> None:
-        self.impl.basic_publish("", routing, body, props, mandatory=True)
+    def publish(
+        self, routing: str, body: bytes, props, exchange: str = "", mandatory: bool = True
+    ) -> None:
+        self.impl.basic_publish(exchange, routing, body, props, mandatory=mandatory)
         self.outstanding.add(self.next_tag)
         self.next_tag += 1
 
