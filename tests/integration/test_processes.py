@@ -54,6 +54,8 @@ def test_two_processes_run_tasks_and_the_supervisor_aggregates_them(broker):
             what="4 successes and 0 running, summed over both processes",
         )
         assert "ebbtide_worker_processes 2.0" in body
+        # One build-info series for the pod (the supervisor's), none per child pid.
+        assert body.count("ebbtide_build_info{") == 1 and 'pid="' not in body
         assert proc.poll() is None
 
 

@@ -28,9 +28,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import logs
 from . import probes, processes
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 PROBE_EVERY_S = 1.0
 WEDGED_AFTER = 5  # /healthz misses in a row (after a first answer) before a kill
@@ -72,6 +76,7 @@ class Supervisor:
         self.base_dir = metrics_dir
         self.stopping = False
         self.exit_code = 0
+        self._registry: CollectorRegistry | None = None
         self._dead: list[int] = []  # pids whose metric files are still summed, oldest first
 
     def run(self) -> int:
@@ -235,12 +240,24 @@ class Supervisor:
         )
 
     def _metrics(self) -> bytes:
-        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client import generate_latest
+
+        if self._registry is None:
+            self._registry = self._build_registry()
+        return generate_latest(self._registry)
+
+    def _build_registry(self) -> CollectorRegistry:
+        """The children's files, summed, plus the pod's build info, the supervisor's own
+        process metrics, and how many children run and were restarted."""
+        from prometheus_client import CollectorRegistry
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        from ..buildinfo import register_process_metrics
+
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.prom_dir)
+        register_process_metrics(registry, "worker")
         children = self.children
 
         class Own:
@@ -256,7 +273,7 @@ class Supervisor:
                 )
 
         registry.register(Own())
-        return generate_latest(registry)
+        return registry
 
 
 def bind_to_supervisor() -> None:
