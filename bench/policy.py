@@ -89,13 +89,14 @@ def ebbtide(config: SimConfig, tasks, args: argparse.Namespace) -> Policy:
 def keda_tuned(tasks, config: SimConfig, oracle: float) -> Run:
     """The cheapest KEDA setting on the grid that meets the SLO, else the best SLO."""
     rate = config.concurrency / max(mean_service_s(tasks), 1e-9)
+    keda_world = replace(config, push_activation=False)  # KEDA's scalers only poll
     best: Run | None = None
     for poll in KEDA_POLLS:
         for fraction in KEDA_FRACTIONS:
             policy = KedaPolicy(
                 list_length=config.target_backlog_seconds * rate * fraction, polling_interval=poll
             )
-            r = run(tasks, policy, config, f"keda {fraction:g}xL p{poll:.0f}", oracle)
+            r = run(tasks, policy, keda_world, f"keda {fraction:g}xL p{poll:.0f}", oracle)
             if best is None or _better(r.summary, best.summary):
                 best = r
     assert best is not None

@@ -18,8 +18,9 @@ The maths (docs/scaling-policy.md explains every step; the sizing is in policy_d
   whole deadline, starting pods for what is left after their start-up, and new pods for
   what is left after the (observed) pod start-up time. A burst is sized from its work,
   and a pod that would be ready after the burst is drained is not started;
-- lambda is an EWMA with a change detector: a fall is believed at once, a rise when the
-  next poll confirms it (a bulk send is backlog, not a stream);
+- lambda is an EWMA with a change detector: a fall is believed at once, a rise once it
+  has lasted 2 * poll_seconds (a bulk send is backlog, not a stream; woken ticks come
+  faster than polls, so the span is timed, not counted);
 - scale-up is immediate (bounded by max_scale_up_step). Scale-down is immediate too,
   except that the stabilization window holds the highest count the arrivals alone asked
   for (a fall beyond noise empties it) and pods started for a backlog stay until that
@@ -125,6 +126,7 @@ class PolicyState:
     service_rate_smoothed: float | None = None  # EWMA of mu, tasks/s per replica
     last_poll_time: float | None = None  # `now` of the previous decision (EWMA step)
     arrival_jump: float | None = None  # an upward jump in lambda, awaiting confirmation
+    jump_since: float | None = None  # when that jump began (the start of its first poll)
     up_backlog: int | None = None  # the backlog at the last scale-up, until it shrinks
 
     def to_dict(self) -> dict:
@@ -136,6 +138,7 @@ class PolicyState:
             "serviceRateSmoothed": self.service_rate_smoothed,
             "lastPollTime": self.last_poll_time,
             "arrivalJump": self.arrival_jump,
+            "jumpSince": self.jump_since,
             "upBacklog": self.up_backlog,
         }
 
@@ -160,6 +163,7 @@ class PolicyState:
             service_rate_smoothed=_float_or_none(data.get("serviceRateSmoothed")),
             last_poll_time=_float_or_none(data.get("lastPollTime")),
             arrival_jump=_float_or_none(data.get("arrivalJump")),
+            jump_since=_float_or_none(data.get("jumpSince")),
             up_backlog=_int_or_none(data.get("upBacklog")),
         )
 
@@ -330,7 +334,7 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         return _hold(obs, spec, state, "broker unreachable", degraded=True)
 
     now = obs.now
-    lam, jump = smooth_arrival_rate(obs, spec, state)
+    lam, jump, jump_since = smooth_arrival_rate(obs, spec, state)
     mu = smooth_service_rate(obs, spec, state)
     demand = compute_demand(obs, spec, lam, mu, state)
     idle = _is_idle(obs, spec)
@@ -407,6 +411,7 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         service_rate_smoothed=mu,
         last_poll_time=now,
         arrival_jump=jump,
+        jump_since=jump_since,
         up_backlog=demand.backlog
         if target > current
         else (up_backlog if target == current else None),

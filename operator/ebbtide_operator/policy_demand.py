@@ -52,32 +52,42 @@ def service_rate_per_replica(mu: float | None, spec: ScalingSpec) -> float:
 
 def smooth_arrival_rate(
     obs: Observation, spec: ScalingSpec, state: PolicyState
-) -> tuple[float, float | None]:
-    """(lambda to plan with, an upward jump still to be confirmed).
+) -> tuple[float, float | None, float | None]:
+    """(lambda to plan with, an upward jump still to be confirmed, when that jump began).
 
     An EWMA with time constant `arrival_smoothing_seconds` and a Poisson change detector
     (|observed - expected| > CHANGE_SIGMAS * sqrt(expected) + 2 arrivals in the poll):
     - a fall is believed at once: the pods it frees can go now;
-    - a rise is believed when the next poll confirms it. A bulk send (500 tasks in one
-      second) looks like 100/s for one poll, but it is backlog, already sized by the
-      backlog term; counting it again as a stream started 25 pods it never used. A real
-      step is confirmed one poll later, when its backlog has already raised the count.
-    Small changes are noise and only move the EWMA."""
+    - a rise is believed once it has lasted two polls' worth of time (2 * poll_seconds),
+      at its mean rate over that span. A bulk send (500 tasks in one second) looks like
+      100/s for one poll, but it is backlog, already sized by the backlog term; counting
+      it again as a stream started 25 pods it never used. The span is measured in time,
+      not in ticks: a woken operator ticks every quarter second while a burst lands on
+      a queue with no ready worker, and a count of ticks would take any burst for a
+      stream. A real step is confirmed after 2 * poll_seconds, when its backlog has
+      already raised the count.
+    Small changes are noise and only move the EWMA (and drop a pending jump)."""
     raw = obs.arrival_rate if math.isfinite(obs.arrival_rate) else 0.0
     raw = max(raw, 0.0)
     prev, last = state.arrival_rate_smoothed, state.last_poll_time
     tau = spec.arrival_smoothing_seconds
     if prev is None or tau <= 0:
-        return raw, None
+        return raw, None, None
     if last is None or obs.now <= last:
-        return prev, state.arrival_jump
+        return prev, state.arrival_jump, state.jump_since
     dt = obs.now - last
     expected, observed = prev * dt, raw * dt
     if abs(observed - expected) > CHANGE_SIGMAS * math.sqrt(expected) + 2.0:
-        if raw < prev or state.arrival_jump is not None:
-            return raw, None
-        return prev, raw
-    return prev + (1.0 - math.exp(-dt / tau)) * (raw - prev), None
+        if raw < prev:
+            return raw, None, None
+        jump, since = state.arrival_jump, state.jump_since
+        if jump is None or since is None or since >= last:
+            return prev, raw, last
+        mean = (jump * (last - since) + raw * dt) / (obs.now - since)
+        if obs.now - since >= 2.0 * spec.poll_seconds - 1e-9:
+            return mean, None, None
+        return prev, mean, since
+    return prev + (1.0 - math.exp(-dt / tau)) * (raw - prev), None, None
 
 
 def startup_seconds(obs: Observation, spec: ScalingSpec) -> float:

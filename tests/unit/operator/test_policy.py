@@ -219,6 +219,30 @@ def test_arrival_noise_is_smoothed_and_a_rise_believed_when_it_persists():
     assert fell.state.arrival_rate_smoothed == 2.0 and fell.replicas == 3
 
 
+def test_a_rise_is_confirmed_by_its_span_in_time_not_by_a_count_of_ticks():
+    """Woken ticks come every quarter second while a burst lands on a queue with no ready
+    worker. A 2 s bulk send at 100/s seen by eight of them is backlog, never a stream;
+    the same rate still there after 2 * poll_seconds is one."""
+    state = decide(obs(now=0.0, replicas=0, ready_replicas=0), SPEC, PolicyState()).state
+    now = 0.0
+    for _ in range(8):
+        now += 0.25
+        state = decide(
+            obs(now=now, arrival_rate=100.0, replicas=0, ready_replicas=0), SPEC, state
+        ).state
+        assert state.arrival_rate_smoothed == 0.0 and state.arrival_jump == pytest.approx(100.0)
+    assert state.jump_since == 0.0
+    quiet = decide(obs(now=now + 0.25, replicas=0, ready_replicas=0), SPEC, state).state
+    assert quiet.arrival_jump is None and quiet.arrival_rate_smoothed == pytest.approx(0.0)
+    # Still arriving: at 10 s (2 polls' worth) the mean rate over the span is believed.
+    while now < 10.0 - 1e-9:
+        now += 0.25
+        state = decide(
+            obs(now=now, arrival_rate=100.0, replicas=0, ready_replicas=0), SPEC, state
+        ).state
+    assert state.arrival_jump is None and state.arrival_rate_smoothed == pytest.approx(100.0)
+
+
 def test_tolerance_skips_a_marginal_scale_up():
     # need = 9 + 6/30 = 9.2 replicas, within 10 % of the 9 running: no pod start
     assert decide(obs(arrival_rate=9.0, backlog=6, replicas=9), SPEC, PolicyState()).replicas == 9
