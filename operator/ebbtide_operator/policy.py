@@ -39,6 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ebbtide_operator.policy_demand import (
+    busy_slots,
+    record_starts,
+    startup_seconds,
     measured_service_rate,
     queue_backlog_pods,
     service_rate_per_replica,
@@ -127,6 +130,9 @@ class PolicyState:
     last_poll_time: float | None = None  # `now` of the previous decision (EWMA step)
     arrival_jump: float | None = None  # an upward jump in lambda, awaiting confirmation
     jump_since: float | None = None  # when that jump began (the start of its first poll)
+    busy_slots: float | None = None  # tasks in flight at the last poll, if it had a backlog
+    # (time, pods added) of the recent scale-ups: when the pods still starting were added.
+    starts: list[tuple[float, int]] = field(default_factory=list)
     up_backlog: int | None = None  # the backlog at the last scale-up, until it shrinks
 
     def to_dict(self) -> dict:
@@ -139,6 +145,8 @@ class PolicyState:
             "lastPollTime": self.last_poll_time,
             "arrivalJump": self.arrival_jump,
             "jumpSince": self.jump_since,
+            "busySlots": self.busy_slots,
+            "starts": [[t, n] for t, n in self.starts],
             "upBacklog": self.up_backlog,
         }
 
@@ -155,8 +163,16 @@ class PolicyState:
                 recs.append((float(t), int(r)))
             except (TypeError, ValueError):
                 continue
+        starts: list[tuple[float, int]] = []
+        for item in data.get("starts") or []:
+            try:
+                t, n = item
+                starts.append((float(t), int(n)))
+            except (TypeError, ValueError):
+                continue
         return cls(
             recommendations=recs,
+            starts=starts,
             idle_since=_float_or_none(data.get("idleSince")),
             last_scale_time=_float_or_none(data.get("lastScaleTime")),
             arrival_rate_smoothed=_float_or_none(data.get("arrivalRateSmoothed")),
@@ -164,6 +180,7 @@ class PolicyState:
             last_poll_time=_float_or_none(data.get("lastPollTime")),
             arrival_jump=_float_or_none(data.get("arrivalJump")),
             jump_since=_float_or_none(data.get("jumpSince")),
+            busy_slots=_float_or_none(data.get("busySlots")),
             up_backlog=_int_or_none(data.get("upBacklog")),
         )
 
@@ -412,6 +429,8 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         last_poll_time=now,
         arrival_jump=jump,
         jump_since=jump_since,
+        busy_slots=busy_slots(obs),
+        starts=record_starts(state, now, current, target, 2.0 * startup_seconds(obs, spec) + 60.0),
         up_backlog=demand.backlog
         if target > current
         else (up_backlog if target == current else None),

@@ -22,25 +22,56 @@ def measured_service_rate(obs: Observation) -> float | None:
 
 
 def smooth_service_rate(obs: Observation, spec: ScalingSpec, state: PolicyState) -> float | None:
-    """A second EWMA over the operator's mu, weighted by how many tasks completed since
-    the last poll: weight = 1 - exp(-completed / service_smoothing_tasks).
+    """A second EWMA of mu, weighted by how many tasks completed since the last poll:
+    weight = 1 - exp(-completed / service_smoothing_tasks). Per-poll samples swing by
+    +-10 % even at a steady load; weighting by count keeps a few completions from moving it.
 
-    Why by count, not by time: per-poll mu samples swing by +-10 % even at a steady load,
-    and the last few completions of a burst are its longest tasks, which would otherwise
-    leave a stale, too-low mu for the start of the next burst."""
-    mu = measured_service_rate(obs)
+    The sample depends on what the slots were doing (`service_sample`):
+    - saturated (a backlog at this poll and the last): completions per busy slot-second,
+      counting the slots that are still running (Little's law). The operator's mu divides
+      by the service time of the tasks that *completed*, and the first seconds of a burst
+      complete only its short tasks: on 2 s tasks it read 1.4/s and a burst was planned
+      with a third of the pods it needed;
+    - a stream (queued or arriving, not saturated): the operator's mu, unbiased in the
+      long run;
+    - nothing queued or arriving: no sample. What completes then is the tail of a burst,
+      its longest tasks, and it would leave a mu too low for the start of the next one."""
     prev, last = state.service_rate_smoothed, state.last_poll_time
+    sample = service_sample(obs, spec, state)
+    if sample is None:
+        return prev if prev is not None else measured_service_rate(obs)
     scale = spec.service_smoothing_tasks
-    if mu is None or (prev is not None and obs.backlog <= 0 and obs.arrival_rate <= 0):
-        # Nothing new started: what completes now is the tail of a burst, its longest
-        # tasks, and would leave a mu too low for the start of the next one.
-        return prev
     if prev is None or scale <= 0:
-        return mu
+        return sample
     if last is None or obs.now <= last:
         return prev
     completed = max(obs.completion_rate, 0.0) * (obs.now - last)
-    return prev + (1.0 - math.exp(-completed / scale)) * (mu - prev)
+    return prev + (1.0 - math.exp(-completed / scale)) * (sample - prev)
+
+
+def service_sample(obs: Observation, spec: ScalingSpec, state: PolicyState) -> float | None:
+    """This poll's mu sample (tasks/s per replica), or None when it would mislead."""
+    if obs.backlog <= 0 and obs.arrival_rate <= 0:
+        return None
+    busy_before, last = state.busy_slots, state.last_poll_time
+    if obs.backlog > 0 and busy_before is not None and last is not None and obs.now > last:
+        busy_now = max(obs.in_flight, 0)
+        if not (0 < busy_before and 0 < busy_now) or max(busy_before, busy_now) > 1.25 * min(
+            busy_before, busy_now
+        ):
+            # Slots were added or lost in between (pods became Ready): when is unknown,
+            # so the busy slot-seconds are too.
+            return None if state.service_rate_smoothed is not None else measured_service_rate(obs)
+        if obs.completion_rate > 0 and math.isfinite(obs.completion_rate):
+            busy = (busy_before + busy_now) / 2.0
+            return max(spec.concurrency, 1) * obs.completion_rate / busy
+    return measured_service_rate(obs)
+
+
+def busy_slots(obs: Observation) -> float | None:
+    """What the next poll's saturated sample divides by: the slots running now, when a
+    backlog keeps them all busy; None otherwise."""
+    return float(max(obs.in_flight, 0)) if obs.backlog > 0 else None
 
 
 def service_rate_per_replica(mu: float | None, spec: ScalingSpec) -> float:
@@ -123,20 +154,49 @@ def backlog_pods(backlog: float, mu: float, fleet: tuple[tuple[float, float], ..
 def fleet_horizons(
     obs: Observation, spec: ScalingSpec, state: PolicyState, deadline: float, target: float
 ) -> tuple[tuple[float, float], ...]:
-    """(pods, seconds of the deadline they can use): ready, starting, new. Each horizon is
-    at least min_deadline_fraction * T: when the deadline is gone anyway (the oldest task
-    is older than T - S), the late backlog is given that long to catch up."""
+    """(pods, seconds of the deadline they can use): ready, starting (newest last), new.
+    Each horizon is at least min_deadline_fraction * T: when the deadline is gone anyway
+    (the oldest task is older than T - S), the late backlog is given that long to catch up."""
     startup = startup_seconds(obs, spec)
     floor = max(target * spec.min_deadline_fraction, 1e-3)
     ready = max(0, min(obs.ready_replicas, obs.replicas))
-    starting = max(0, obs.replicas - ready)
-    since = obs.now - state.last_scale_time if state.last_scale_time is not None else 0.0
-    pending_in = min(startup, max(0.0, startup - since))
-    return (
-        (float(ready), max(deadline, floor)),
-        (float(starting), max(deadline - pending_in, floor)),
-        (math.inf, max(deadline - startup, floor)),
-    )
+    fleet = [(float(ready), max(deadline, floor))]
+    for count, left in starting_pods(obs, state, startup):
+        fleet.append((float(count), max(deadline - left, floor)))
+    fleet.append((math.inf, max(deadline - startup, floor)))
+    return tuple(fleet)
+
+
+def starting_pods(
+    obs: Observation, state: PolicyState, startup: float
+) -> list[tuple[int, float]]:
+    """(pods, start-up seconds left) for the pods not Ready yet, oldest first. Pods become
+    Ready in the order they were added, so the starting ones are the newest scale-ups
+    (`state.starts`); any not accounted for there (an operator restart, a state from an
+    older version) are taken to have started at the last scale change."""
+    starting = max(0, obs.replicas - max(0, min(obs.ready_replicas, obs.replicas)))
+    out: list[tuple[int, float]] = []
+    for at, count in reversed(state.starts):
+        if starting <= 0:
+            break
+        take = min(starting, count)
+        out.append((take, min(startup, max(0.0, startup - (obs.now - at)))))
+        starting -= take
+    if starting > 0:
+        since = obs.now - state.last_scale_time if state.last_scale_time is not None else 0.0
+        out.append((starting, min(startup, max(0.0, startup - since))))
+    out.reverse()
+    return out
+
+
+def record_starts(
+    state: PolicyState, now: float, current: int, target: int, keep_s: float
+) -> list[tuple[float, int]]:
+    """The scale-ups of the last `keep_s` seconds, with this one: what starting_pods reads."""
+    starts = [(t, n) for t, n in state.starts if now - t <= keep_s]
+    if target > current:
+        starts.append((now, target - current))
+    return starts
 
 
 def queue_backlog_pods(
