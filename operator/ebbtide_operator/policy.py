@@ -40,13 +40,13 @@ from typing import Any
 
 from ebbtide_operator.policy_demand import (
     busy_slots,
-    record_starts,
-    startup_seconds,
     measured_service_rate,
     queue_backlog_pods,
+    record_starts,
     service_rate_per_replica,
     smooth_arrival_rate,
     smooth_service_rate,
+    startup_seconds,
 )
 
 
