@@ -167,9 +167,7 @@ def fleet_horizons(
     return tuple(fleet)
 
 
-def starting_pods(
-    obs: Observation, state: PolicyState, startup: float
-) -> list[tuple[int, float]]:
+def starting_pods(obs: Observation, state: PolicyState, startup: float) -> list[tuple[int, float]]:
     """(pods, start-up seconds left) for the pods not Ready yet, oldest first. Pods become
     Ready in the order they were added, so the starting ones are the newest scale-ups
     (`state.starts`); any not accounted for there (an operator restart, a state from an
