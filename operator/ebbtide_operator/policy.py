@@ -42,6 +42,7 @@ from ebbtide_operator.policy_demand import (
     busy_slots,
     measured_service_rate,
     queue_backlog_pods,
+    record_arrivals,
     record_starts,
     service_rate_per_replica,
     smooth_arrival_rate,
@@ -133,6 +134,8 @@ class PolicyState:
     busy_slots: float | None = None  # tasks in flight at the last poll, if it had a backlog
     # (time, pods added) of the recent scale-ups: when the pods still starting were added.
     starts: list[tuple[float, int]] = field(default_factory=list)
+    # (start of a poll's interval, tasks that arrived in it): the backlog's ages.
+    arrivals: list[tuple[float, int]] = field(default_factory=list)
     up_backlog: int | None = None  # the backlog at the last scale-up, until it shrinks
 
     def to_dict(self) -> dict:
@@ -147,6 +150,7 @@ class PolicyState:
             "jumpSince": self.jump_since,
             "busySlots": self.busy_slots,
             "starts": [[t, n] for t, n in self.starts],
+            "arrivals": [[t, n] for t, n in self.arrivals],
             "upBacklog": self.up_backlog,
         }
 
@@ -163,16 +167,10 @@ class PolicyState:
                 recs.append((float(t), int(r)))
             except (TypeError, ValueError):
                 continue
-        starts: list[tuple[float, int]] = []
-        for item in data.get("starts") or []:
-            try:
-                t, n = item
-                starts.append((float(t), int(n)))
-            except (TypeError, ValueError):
-                continue
         return cls(
             recommendations=recs,
-            starts=starts,
+            starts=_pairs(data.get("starts")),
+            arrivals=_pairs(data.get("arrivals")),
             idle_since=_float_or_none(data.get("idleSince")),
             last_scale_time=_float_or_none(data.get("lastScaleTime")),
             arrival_rate_smoothed=_float_or_none(data.get("arrivalRateSmoothed")),
@@ -183,6 +181,17 @@ class PolicyState:
             busy_slots=_float_or_none(data.get("busySlots")),
             up_backlog=_int_or_none(data.get("upBacklog")),
         )
+
+
+def _pairs(items: Any) -> list[tuple[float, int]]:
+    out: list[tuple[float, int]] = []
+    for item in items if isinstance(items, list) else []:
+        try:
+            t, n = item
+            out.append((float(t), int(n)))
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -431,6 +440,7 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         jump_since=jump_since,
         busy_slots=busy_slots(obs),
         starts=record_starts(state, now, current, target, 2.0 * startup_seconds(obs, spec) + 60.0),
+        arrivals=record_arrivals(obs, state, _longest_target(obs, spec)),
         up_backlog=demand.backlog
         if target > current
         else (up_backlog if target == current else None),
@@ -441,6 +451,12 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         state=new_state,
         drain_seconds=demand.drain_seconds,
     )
+
+
+def _longest_target(obs: Observation, spec: ScalingSpec) -> float:
+    """How far back the backlog's ages are worth remembering (a task older than T is late
+    whatever its exact age)."""
+    return max([spec.target_backlog_seconds] + [_target(q, spec) for q in obs.queues])
 
 
 def _fell(previous: float, now: float) -> bool:

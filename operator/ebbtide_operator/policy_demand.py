@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ebbtide_operator.policy import Observation, PolicyState, QueueObservation, ScalingSpec
 
+RISE_DAMPING = 2.0  # a higher mu sample needs this many times the completions to move it
 CHANGE_SIGMAS = 4.0  # arrival counts beyond this many Poisson sigmas mean a real change
 
 
@@ -46,6 +47,8 @@ def smooth_service_rate(obs: Observation, spec: ScalingSpec, state: PolicyState)
     if last is None or obs.now <= last:
         return prev
     completed = max(obs.completion_rate, 0.0) * (obs.now - last)
+    if sample > prev:
+        scale *= RISE_DAMPING  # a mu read too high costs missed deadlines, too low pods
     return prev + (1.0 - math.exp(-completed / scale)) * (sample - prev)
 
 
@@ -55,17 +58,29 @@ def service_sample(obs: Observation, spec: ScalingSpec, state: PolicyState) -> f
         return None
     busy_before, last = state.busy_slots, state.last_poll_time
     if obs.backlog > 0 and busy_before is not None and last is not None and obs.now > last:
+        dt = obs.now - last
         busy_now = max(obs.in_flight, 0)
-        if not (0 < busy_before and 0 < busy_now) or max(busy_before, busy_now) > 1.25 * min(
-            busy_before, busy_now
-        ):
-            # Slots were added or lost in between (pods became Ready): when is unknown,
-            # so the busy slot-seconds are too.
-            return None if state.service_rate_smoothed is not None else measured_service_rate(obs)
-        if obs.completion_rate > 0 and math.isfinite(obs.completion_rate):
-            busy = (busy_before + busy_now) / 2.0
-            return max(spec.concurrency, 1) * obs.completion_rate / busy
+        if busy_now > busy_before:
+            # Pods became Ready in between: each new slot was busy from its pod's Ready
+            # time, estimated from when it was added (state.starts) plus the start-up.
+            ready_at = _ready_time(obs, spec, state, last)
+            busy = busy_before * dt + (busy_now - busy_before) * (obs.now - ready_at)
+        else:
+            busy = (busy_before + busy_now) / 2.0 * dt
+        if busy > 0 and obs.completion_rate > 0 and math.isfinite(obs.completion_rate):
+            return max(spec.concurrency, 1) * obs.completion_rate * dt / busy
     return measured_service_rate(obs)
+
+
+def _ready_time(obs: Observation, spec: ScalingSpec, state: PolicyState, last: float) -> float:
+    """When the pods that became Ready since `last` did: the mean over the recent
+    scale-ups whose start-up ended in (last, now], else the middle of the interval."""
+    startup = startup_seconds(obs, spec)
+    done = [(t + startup, n) for t, n in state.starts if last < t + startup <= obs.now]
+    pods = sum(n for _, n in done)
+    if pods <= 0:
+        return (last + obs.now) / 2.0
+    return sum(t * n for t, n in done) / pods
 
 
 def busy_slots(obs: Observation) -> float | None:
@@ -204,22 +219,67 @@ def queue_backlog_pods(
     queues: tuple[QueueObservation, ...],
     mu: float,
 ) -> tuple[float, QueueObservation | None]:
-    """Pods for the backlog of all queues, earliest deadline first: the tasks of the k
-    queues with the nearest deadlines must all start by the k-th deadline. Each queue's
-    deadline is its own T minus the age of its oldest task (the real one: what is left
-    for the task that has waited longest). Returns the pods and the binding queue."""
+    """Pods for the backlog of all queues, earliest deadline first: the tasks with the k
+    nearest deadlines must all start by the k-th deadline. A queue's deadline is its own
+    T minus the age of its oldest task (the real one: what is left for the task that has
+    waited longest). A lone queue whose recent arrivals explain its backlog is split by
+    when those tasks arrived (`backlog_ages`): a burst that lands over five seconds has
+    five more seconds for its last task than for its first. Returns the pods and the
+    binding queue."""
     pending = []
     for q in queues:
         if q.backlog > 0:
             target = q.target_backlog_seconds
             if not (target > 0):
                 target = spec.target_backlog_seconds
-            pending.append((target - max(q.oldest_age_s, 0.0), target, q))
+            ages = backlog_ages(obs, state, q) if len(queues) == 1 else None
+            for age, count in ages or [(q.oldest_age_s, q.backlog)]:
+                pending.append((target - max(age, 0.0), target, count, q))
     pending.sort(key=lambda item: item[0])
     best, worst, total = 0.0, None, 0.0
-    for deadline, target, q in pending:
-        total += q.backlog
+    for deadline, target, count, q in pending:
+        total += count
         pods = backlog_pods(total, mu, fleet_horizons(obs, spec, state, deadline, target))
         if pods > best or worst is None:
             best, worst = max(best, pods), q
     return best, worst
+
+
+def backlog_ages(
+    obs: Observation, state: PolicyState, q: QueueObservation
+) -> list[tuple[float, int]] | None:
+    """(age, tasks) of a FIFO queue's backlog, oldest first, from the arrivals of the
+    last polls (`state.arrivals`: when each poll's interval began, and how many came):
+    the backlog is the newest tasks, and a task is taken to be as old as the start of
+    the interval it came in. The oldest task keeps its observed age. None when the
+    recorded arrivals do not account for the whole backlog (tasks that came due from a
+    delay or a retry, a fresh state): then every task is as old as the oldest."""
+    left, groups = q.backlog, []
+    for start, count in reversed(state.arrivals):
+        if left <= 0:
+            break
+        take = min(left, count)
+        if take > 0:
+            groups.append((min(obs.now - start, q.oldest_age_s), take))
+            left -= take
+    if left > 0 or not groups:
+        return None
+    groups.reverse()
+    age, count = groups[0]
+    if count > 1:  # the oldest task is exactly as old as observed
+        groups[0:1] = [(q.oldest_age_s, 1), (age, count - 1)]
+    else:
+        groups[0] = (q.oldest_age_s, 1)
+    return groups
+
+
+def record_arrivals(obs: Observation, state: PolicyState, keep_s: float) -> list[tuple[float, int]]:
+    """This poll's arrivals (from the start of its interval) added to the recent ones
+    that backlog_ages reads; older than `keep_s` are dropped."""
+    last = state.last_poll_time
+    arrivals = [(t, n) for t, n in state.arrivals if obs.now - t <= keep_s]
+    if last is not None and obs.now > last and math.isfinite(obs.arrival_rate):
+        count = round(max(obs.arrival_rate, 0.0) * (obs.now - last))
+        if count > 0:
+            arrivals.append((last, count))
+    return arrivals

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from ebbtide_operator.policy import (
@@ -13,7 +14,7 @@ from ebbtide_operator.policy import (
     ScalingSpec,
     decide,
 )
-from ebbtide_operator.policy_demand import backlog_pods
+from ebbtide_operator.policy_demand import backlog_ages, backlog_pods, starting_pods
 
 SPEC = ScalingSpec(min_replicas=0, max_replicas=50, target_backlog_seconds=30.0)
 
@@ -254,7 +255,10 @@ def test_mu_moves_with_the_number_of_completions():
     few = decide(obs(now=5.0, service_rate=2.0, completion_rate=0.4, backlog=1), SPEC, state)
     many = decide(obs(now=5.0, service_rate=2.0, completion_rate=40.0, backlog=1), SPEC, state)
     assert 1.0 < few.state.service_rate_smoothed < 1.05  # 2 completions: barely moves
-    assert 1.95 < many.state.service_rate_smoothed < 2.0  # 200 completions: follows
+    # 200 completions: follows, a rise at half the pace of a fall (RISE_DAMPING 2)
+    assert 1.8 < many.state.service_rate_smoothed < 1.9
+    down = decide(obs(now=5.0, service_rate=0.5, completion_rate=40.0, backlog=1), SPEC, state)
+    assert 0.5 < down.state.service_rate_smoothed < 0.52
     # Nothing queued or arriving: these are a burst's last (longest) tasks; mu stays.
     tail = decide(obs(now=5.0, service_rate=0.5, completion_rate=40.0), SPEC, state)
     assert tail.state.service_rate_smoothed == 1.0
@@ -322,3 +326,84 @@ def test_backlog_pods_fills_the_fleet_best_first():
     assert backlog_pods(60 + 75, 1.0, fleet) == 5.0  # the ready and starting pods
     assert backlog_pods(60 + 75 + 40, 1.0, fleet) == 7.0  # and two new ones
     assert backlog_pods(60 + 75 + 40, 2.0, fleet) == pytest.approx(2 + 27.5 / 25)
+
+
+def test_mu_while_a_backlog_saturates_the_slots_is_completions_per_busy_slot_second():
+    """Little's law, not the service time of the tasks that completed: the operator's mu
+    (here 3/s, from a burst's first and shortest tasks) would plan a third of the pods."""
+    spec = ScalingSpec(max_replicas=50, service_smoothing_tasks=0)  # no EWMA: the sample
+    first = decide(
+        obs(now=0.0, backlog=500, in_flight=10, replicas=10, ready_replicas=10), spec, PolicyState()
+    )
+    assert first.state.busy_slots == 10.0
+    # 10 slots busy for 5 s, 25 completions: 0.5 tasks/s per slot.
+    d = decide(
+        obs(
+            now=5.0,
+            backlog=475,
+            in_flight=10,
+            replicas=10,
+            ready_replicas=10,
+            completion_rate=5.0,
+            service_rate=3.0,
+        ),
+        spec,
+        first.state,
+    )
+    assert d.state.service_rate_smoothed == pytest.approx(0.5)
+    # Pods that became Ready in between count from their Ready time: 5 pods added at 0
+    # with a 10 s start-up were Ready at 10, so 5 slots x 5 s + 5 slots x 2.5 s.
+    s0 = PolicyState(
+        last_poll_time=7.5, busy_slots=5.0, starts=[(0.0, 5)], service_rate_smoothed=1.0
+    )
+    d = decide(
+        obs(
+            now=12.5,
+            backlog=100,
+            in_flight=10,
+            replicas=10,
+            ready_replicas=10,
+            completion_rate=2.0,
+            pod_startup_s=10.0,
+        ),
+        spec,
+        s0,
+    )
+    assert d.state.service_rate_smoothed == pytest.approx(10.0 / (5 * 5.0 + 5 * 2.5))
+
+
+def test_starting_pods_are_timed_from_their_own_scale_up():
+    state = PolicyState(starts=[(0.0, 4), (6.0, 2)], last_scale_time=6.0)
+    # 8 pods, 3 ready: the 5 starting are the newest (2 from t = 6, 3 of the 4 from t = 0).
+    o = obs(now=8.0, replicas=8, ready_replicas=3, pod_startup_s=10.0)
+    assert starting_pods(o, state, 10.0) == [(3, 2.0), (2, 8.0)]
+    # Untracked ones (a restored state) are taken to have started at the last change.
+    o = obs(now=8.0, replicas=10, ready_replicas=3, pod_startup_s=10.0)
+    assert starting_pods(o, state, 10.0) == [(1, 8.0), (4, 2.0), (2, 8.0)]
+
+
+def test_a_burst_landing_over_seconds_is_sized_by_each_task_s_own_deadline():
+    """200 tasks over 5 s: the last ones have 5 s more than the first. The recorded
+    arrivals say when each part came; the oldest task keeps its observed age."""
+    q = obs(now=10.0, backlog=200, oldest_age_s=5.0, replicas=0, ready_replicas=0)
+    state = PolicyState(arrivals=[(5.0, 100), (7.5, 100)], last_poll_time=10.0)
+    assert backlog_ages(q, state, _one(q)) == [(5.0, 1), (5.0, 99), (2.5, 100)]
+    # More backlog than recorded arrivals (tasks came due from a delay): all as oldest.
+    more = obs(now=10.0, backlog=300, oldest_age_s=5.0)
+    assert backlog_ages(more, state, _one(more)) is None
+    spec = ScalingSpec(max_replicas=100)
+    with_ages = decide(replace(q, pod_startup_s=10.0), spec, state)
+    without = decide(replace(q, pod_startup_s=10.0), spec, replace(state, arrivals=[]))
+    # 200 pod-seconds: by 25 s, new pods have 15 s (14 pods); the newer half has 17.5 s.
+    assert without.replicas == 14 and with_ages.replicas == 12
+
+
+def _one(o: Observation) -> QueueObservation:
+    return QueueObservation(
+        name="",
+        backlog=o.backlog,
+        in_flight=o.in_flight,
+        oldest_age_s=o.oldest_age_s,
+        arrival_rate=o.arrival_rate,
+        target_backlog_seconds=30.0,
+    )
