@@ -8,7 +8,8 @@ target; ebbtide_operator.simulate):
 - `ebbtide`: the backlog-time policy at the CRD's default settings (the target applies here);
 - `ebbtide-tuned`: the same policy with the windows a user could pick (`TUNED`);
 - `keda`: a KEDA-style policy whose listLength (and pollingInterval) is tuned per trace to
-  the same SLO: the cheapest grid point that meets it, else the one with the best SLO;
+  the same SLO: the cheapest grid point that meets it, else the one with the best SLO.
+  It only polls: KEDA's scalers have no push activation, Ebbtide's operator has;
 - `oracle`: the lower bound on replica-seconds (simulate/oracle.py).
 
 It prints the figures side by side with PASS/MISS against the issue's target and writes
@@ -179,7 +180,8 @@ def main() -> int:
     print(
         f"World: target {BASE.target_backlog_seconds:.0f} s, poll {BASE.poll_seconds:.0f} s, "
         f"pod start-up {startup:g} s{hidden}, replicas {BASE.min_replicas}.."
-        f"{BASE.max_replicas}, concurrency 1 (bursts, heavyburst: 4)"
+        f"{BASE.max_replicas}, concurrency 1 (bursts, heavyburst: 4); push activation for "
+        "ebbtide (a task on a queue with no ready worker wakes a tick), polls only for keda"
     )
     print(
         f"ebbtide: the CRD defaults (scaleDownStabilizationSeconds "
