@@ -145,6 +145,11 @@ def main() -> int:
         action="store_true",
         help="hide the observed start-up from Ebbtide (it then plans with its 10 s guess)",
     )
+    parser.add_argument(
+        "--no-push-activation",
+        action="store_true",
+        help="ebbtide ticks only on its polls too (the operator's brokers wake it by default)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     names = [n for n in TRACES if not args.only or n in args.only.split(",")]
@@ -153,6 +158,8 @@ def main() -> int:
         config = TRACES[name]
         if args.pod_startup_seconds is not None:
             config = replace(config, pod_startup_seconds=args.pod_startup_seconds)
+        if args.no_push_activation:
+            config = replace(config, push_activation=False)
         tasks = read_trace(Path(args.traces) / f"{name}.csv")
         oracle = oracle_for(tasks, config)  # the windows do not change it
         ours = run(tasks, ebbtide(config, tasks, args), config, "ebbtide", oracle)
