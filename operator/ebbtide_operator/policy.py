@@ -15,9 +15,14 @@ The maths (docs/scaling-policy.md explains every step; the sizing is in policy_d
   busy pods; mu = measured tasks/s per replica, or concurrency / initial_task_seconds;
 - backlog pods: the fewest pods that start every queue's backlog before its oldest
   task's deadline (T_q - age), earliest deadline first, where ready pods work for the
-  whole deadline, starting pods for what is left after their start-up, and new pods for
-  what is left after the (observed) pod start-up time. A burst is sized from its work,
-  and a pod that would be ready after the burst is drained is not started;
+  whole deadline, starting pods for what is left after their start-up (timed from their
+  own scale-up), and new pods for what is left after the (observed) pod start-up time.
+  A burst is sized from its work, a lone queue's backlog is split by when its tasks
+  arrived (each part with its own deadline), and a pod that would be ready after the
+  burst is drained is not started;
+- mu is the policy's own EWMA (weighted by completions; a rise at half pace): while a
+  backlog saturates the slots, completions per busy slot-second (Little's law), else
+  the operator's mu, and nothing from a burst's tail;
 - lambda is an EWMA with a change detector: a fall is believed at once, a rise once it
   has lasted 2 * poll_seconds (a bulk send is backlog, not a stream; woken ticks come
   faster than polls, so the span is timed, not counted);
