@@ -116,7 +116,7 @@ class ScalingSpec:
     # Time constant of the arrival-rate EWMA; 0 disables smoothing.
     arrival_smoothing_seconds: float = 60.0
     # Completions that move the policy's own mu EWMA by 1 - 1/e; 0 disables it.
-    service_smoothing_tasks: float = 50.0
+    service_smoothing_tasks: float = 100.0
     # Shortest drain deadline a late backlog is given, as a fraction of T.
     min_deadline_fraction: float = 0.25
     # A new pod's creation-to-Ready time until one is observed (Observation.pod_startup_s).

@@ -255,10 +255,10 @@ def test_mu_moves_with_the_number_of_completions():
     few = decide(obs(now=5.0, service_rate=2.0, completion_rate=0.4, backlog=1), SPEC, state)
     many = decide(obs(now=5.0, service_rate=2.0, completion_rate=40.0, backlog=1), SPEC, state)
     assert 1.0 < few.state.service_rate_smoothed < 1.05  # 2 completions: barely moves
-    # 200 completions: follows, a rise at half the pace of a fall (RISE_DAMPING 2)
-    assert 1.8 < many.state.service_rate_smoothed < 1.9
+    # 200 completions (serviceSmoothingTasks 100): a rise at half the pace of a fall
+    assert 1.6 < many.state.service_rate_smoothed < 1.65  # weight 1 - 1/e
     down = decide(obs(now=5.0, service_rate=0.5, completion_rate=40.0, backlog=1), SPEC, state)
-    assert 0.5 < down.state.service_rate_smoothed < 0.52
+    assert 0.56 < down.state.service_rate_smoothed < 0.57  # weight 1 - 1/e^2
     # Nothing queued or arriving: these are a burst's last (longest) tasks; mu stays.
     tail = decide(obs(now=5.0, service_rate=0.5, completion_rate=40.0), SPEC, state)
     assert tail.state.service_rate_smoothed == 1.0
