@@ -145,22 +145,27 @@ def startup_seconds(obs: Observation, spec: ScalingSpec) -> float:
     return max(spec.pod_startup_seconds, 0.0)
 
 
-def backlog_pods(backlog: float, mu: float, fleet: tuple[tuple[float, float], ...]) -> float:
+def backlog_pods(backlog: float, mu: float, fleet: tuple[tuple[float, float, float], ...]) -> float:
     """The fewest (fractional) pods that start `backlog` tasks in time.
 
-    `fleet` lists (pods, seconds of the deadline they can work) best first: ready pods,
-    then starting ones, then new ones without limit (`fleet_horizons`). A pod contributes
-    mu tasks/s over its seconds, so a pod that would be ready after the burst is drained
-    adds nothing and is not asked for, and the shorter the deadline, the more of the
-    fleet must exist already."""
+    `fleet` lists (pods, seconds of the deadline they can work, free slots per pod) best
+    first: ready pods, then starting ones, then new ones without limit (`fleet_horizons`).
+    A pod starts mu tasks/s over its seconds, plus one on each slot that is free when its
+    seconds begin: a task only has to *start* by its deadline, so the last one on each
+    slot need not finish in time (the same lanes as the oracle's bound). A pod that would
+    be ready after the burst is drained adds nothing and is not asked for, and the shorter
+    the deadline, the more of the fleet must exist already."""
     if backlog <= 0:
         return 0.0
-    need = backlog / mu  # pod-seconds of work to start
+    need = float(backlog)  # tasks to start
     pods = 0.0
-    for count, horizon in fleet:
-        take = min(count, need / horizon)
+    for count, horizon, free in fleet:
+        per_pod = mu * horizon + free
+        if per_pod <= 0:
+            continue
+        take = min(count, need / per_pod)
         pods += take
-        need -= take * horizon
+        need -= take * per_pod
         if need <= 1e-9:
             break
     return pods
@@ -168,17 +173,21 @@ def backlog_pods(backlog: float, mu: float, fleet: tuple[tuple[float, float], ..
 
 def fleet_horizons(
     obs: Observation, spec: ScalingSpec, state: PolicyState, deadline: float, target: float
-) -> tuple[tuple[float, float], ...]:
-    """(pods, seconds of the deadline they can use): ready, starting (newest last), new.
+) -> tuple[tuple[float, float, float], ...]:
+    """(pods, seconds of the deadline they can use, free slots per pod): ready, starting
+    (newest last), new.
     Each horizon is at least min_deadline_fraction * T: when the deadline is gone anyway
     (the oldest task is older than T - S), the late backlog is given that long to catch up."""
     startup = startup_seconds(obs, spec)
     floor = max(target * spec.min_deadline_fraction, 1e-3)
     ready = max(0, min(obs.ready_replicas, obs.replicas))
-    fleet = [(float(ready), max(deadline, floor))]
+    slots = float(max(spec.concurrency, 1))
+    # A ready slot running a task starts its next one only when that ends: no bonus.
+    free = max(0.0, ready * slots - max(obs.in_flight, 0)) / ready if ready else 0.0
+    fleet = [(float(ready), max(deadline, floor), free)]
     for count, left in starting_pods(obs, state, startup):
-        fleet.append((float(count), max(deadline - left, floor)))
-    fleet.append((math.inf, max(deadline - startup, floor)))
+        fleet.append((float(count), max(deadline - left, floor), slots))
+    fleet.append((math.inf, max(deadline - startup, floor), slots))
     return tuple(fleet)
 
 

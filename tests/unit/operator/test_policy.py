@@ -59,8 +59,10 @@ def test_the_oldest_tasks_real_deadline_sizes_the_backlog():
     old = decide(obs(backlog=300, oldest_age_s=20.0), SPEC, PolicyState())
     very_old = decide(obs(backlog=300, oldest_age_s=300.0), SPEC, PolicyState())
     assert young.replicas == 10  # 300 tasks to start within 30 s
-    assert old.replicas == 30  # within the 10 s the oldest task has left
-    assert very_old.replicas == 40  # late already: caught up within T/4 = 7.5 s
+    # Within the 10 s the oldest task has left: each pod starts 10 and, on its free
+    # slot, one more at once (the last task on a slot only has to start): 300 / 11.
+    assert old.replicas == 28
+    assert very_old.replicas == 36  # late already: caught up within T/4 = 7.5 s (300 / 8.5)
     assert very_old.reason == "backlog 300, oldest task 300s > target 30s"
 
 
@@ -80,22 +82,24 @@ def burst(**kw) -> Observation:
 
 def test_a_bulk_burst_is_sized_from_its_work_and_the_startup():
     d = decide(burst(), BURST_SPEC, QUIET)
-    # 125 pod-seconds of work, 25 s left for the oldest task, 10 of them starting: 8.3.
+    # 25 s left for the oldest task, 10 of them starting: a new pod starts 4/s x 15 s
+    # plus one task on each of its 4 slots at once, 64; 500 / 64 = 7.8.
     # (It used to be 30: lambda = 100/s for one poll counted as a stream on top.)
-    assert d.replicas == 9
-    # Five seconds later the 9 are still starting: they are counted with the 5 s they
+    assert d.replicas == 8
+    # Five seconds later the 8 are still starting: they are counted with the 5 s they
     # still need, so the same burst asks for no more.
     again = decide(
-        burst(now=1005.0, oldest_age_s=10.0, arrival_rate=0.0, replicas=9), BURST_SPEC, d.state
+        burst(now=1005.0, oldest_age_s=10.0, arrival_rate=0.0, replicas=8), BURST_SPEC, d.state
     )
-    assert again.replicas == 9
+    assert again.replicas == 8
 
 
 def test_observed_startup_time_replaces_the_guess():
     guess = decide(burst(), BURST_SPEC, QUIET).replicas
     slow = decide(burst(pod_startup_s=18.0), BURST_SPEC, QUIET).replicas
     fast = decide(burst(pod_startup_s=0.0), BURST_SPEC, QUIET).replicas
-    assert (fast, guess, slow) == (5, 9, 17)  # 125 pod-s over 25, 15 and (the T/4 floor) 7.5 s
+    # 500 tasks at 4/s per pod plus 4 at once, over 25, 15 and (the T/4 floor) 7.5 s
+    assert (fast, guess, slow) == (5, 8, 15)
 
 
 def test_ready_pods_are_used_before_new_ones_are_started():
@@ -104,16 +108,16 @@ def test_ready_pods_are_used_before_new_ones_are_started():
 
 
 def test_pods_started_for_a_backlog_stay_until_it_shrinks():
-    spec = ScalingSpec(max_replicas=10, target_backlog_seconds=1.0, pod_startup_seconds=10.0)
+    spec = ScalingSpec(max_replicas=20, target_backlog_seconds=10.0, pod_startup_seconds=10.0)
     first = decide(
-        obs(backlog=1, arrival_rate=1.0, pod_startup_s=None, replicas=0), spec, PolicyState()
+        obs(backlog=40, pod_startup_s=None, replicas=0, ready_replicas=0), spec, PolicyState()
     )
-    assert first.replicas == 4  # a new pod has only the T/4 floor for a 1 s target
-    # Ready now, the same backlog would need 2: held, as the load did not change.
-    held = decide(obs(now=1005.0, backlog=1, arrival_rate=1.0, replicas=4), spec, first.state)
-    assert held.replicas == 4
-    drained = decide(obs(now=1010.0, arrival_rate=1.0, replicas=4), spec, held.state)
-    assert drained.replicas == 2
+    assert first.replicas == 12  # a new pod has only the T/4 floor: 40 / (2.5 + 1)
+    # Ready now, the same backlog would need 4: held, as the load did not change.
+    held = decide(obs(now=1005.0, backlog=40, replicas=12, ready_replicas=12), spec, first.state)
+    assert held.replicas == 12
+    shrunk = decide(obs(now=1010.0, backlog=30, replicas=12, ready_replicas=12), spec, held.state)
+    assert shrunk.replicas == 4  # 30 / 10 s, and the tolerance as headroom
 
 
 def test_starting_pods_count_as_capacity():
@@ -320,12 +324,27 @@ def test_a_delayed_task_due_soon_blocks_scale_to_zero():
 
 def test_backlog_pods_fills_the_fleet_best_first():
     inf = float("inf")
-    fleet = ((2.0, 30.0), (3.0, 25.0), (inf, 20.0))  # ready, starting, new
+    fleet = ((2.0, 30.0, 0.0), (3.0, 25.0, 0.0), (inf, 20.0, 0.0))  # ready, starting, new
     assert backlog_pods(0, 1.0, fleet) == 0.0
     assert backlog_pods(30, 1.0, fleet) == 1.0  # one ready pod's 30 s will do
     assert backlog_pods(60 + 75, 1.0, fleet) == 5.0  # the ready and starting pods
     assert backlog_pods(60 + 75 + 40, 1.0, fleet) == 7.0  # and two new ones
     assert backlog_pods(60 + 75 + 40, 2.0, fleet) == pytest.approx(2 + 27.5 / 25)
+
+
+def test_the_last_task_on_each_free_slot_only_has_to_start():
+    """A slot free now starts one task at once and mu * D more in D seconds; a busy one
+    only the mu * D. Four free slots per new pod, 20 s at 1 task/s per pod: 24 each."""
+    inf = float("inf")
+    assert backlog_pods(48, 1.0, ((0.0, 30.0, 0.0), (inf, 20.0, 4.0))) == 2.0
+    assert backlog_pods(48, 1.0, ((0.0, 30.0, 0.0), (inf, 20.0, 0.0))) == 2.4
+    # The fleet a decision builds: 2 ready pods of 4 slots with 5 tasks running: 3 free.
+    spec = ScalingSpec(max_replicas=50, concurrency=4)
+    o = obs(backlog=10, in_flight=5, replicas=2, ready_replicas=2, pod_startup_s=10.0)
+    from ebbtide_operator.policy_demand import fleet_horizons
+
+    ready, new = fleet_horizons(o, spec, PolicyState(), 30.0, 30.0)
+    assert ready == (2.0, 30.0, 1.5) and new == (inf, 20.0, 4.0)
 
 
 def test_mu_while_a_backlog_saturates_the_slots_is_completions_per_busy_slot_second():
@@ -394,8 +413,8 @@ def test_a_burst_landing_over_seconds_is_sized_by_each_task_s_own_deadline():
     spec = ScalingSpec(max_replicas=100)
     with_ages = decide(replace(q, pod_startup_s=10.0), spec, state)
     without = decide(replace(q, pod_startup_s=10.0), spec, replace(state, arrivals=[]))
-    # 200 pod-seconds: by 25 s, new pods have 15 s (14 pods); the newer half has 17.5 s.
-    assert without.replicas == 14 and with_ages.replicas == 12
+    # By 25 s a new pod starts 15 + 1 tasks (13 pods); the newer half has 17.5 s (11).
+    assert without.replicas == 13 and with_ages.replicas == 11
 
 
 def _one(o: Observation) -> QueueObservation:

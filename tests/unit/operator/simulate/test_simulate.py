@@ -213,3 +213,21 @@ def test_a_bulk_burst_at_the_defaults_meets_the_target_without_a_fleet_it_cannot
     assert result.slo_attainment(30.0) == 1.0
     assert result.peak_replicas <= 5  # 50 pod-seconds of work, 15 s to do it in: 4
     assert result.replica_seconds <= 1.6 * oracle
+
+
+def test_lane_bound_counts_that_only_the_last_task_on_a_slot_may_run_late():
+    from ebbtide_operator.simulate.oracle import lane_slots
+
+    # 14 s of work to start within 2 s: one slot starts the 10 s task last, but the
+    # other four (4 s) do not fit before it; two slots do: 2 x 2 s + the 10 and a 1.
+    assert lane_slots([10.0, 1.0, 1.0, 1.0, 1.0], 2.0) == 2
+    assert lane_slots([1.0] * 10, 1.0) == 5  # like tasks: (10 - K) <= K
+    # Never below the fluid bound W / (span + s_max): the K longest are at most K x s_max.
+    import random
+
+    rng = random.Random(3)
+    for _ in range(50):
+        services = [rng.paretovariate(1.5) for _ in range(rng.randint(1, 40))]
+        span = rng.uniform(0.5, 30.0)
+        fluid = sum(services) / (span + max(services))
+        assert lane_slots(services, span) >= fluid - 1e-9
