@@ -172,7 +172,13 @@ def backlog_pods(backlog: float, mu: float, fleet: tuple[tuple[float, float, flo
 
 
 def fleet_horizons(
-    obs: Observation, spec: ScalingSpec, state: PolicyState, deadline: float, target: float
+    obs: Observation,
+    spec: ScalingSpec,
+    state: PolicyState,
+    deadline: float,
+    target: float,
+    backlog: float = 0.0,
+    mu: float = 0.0,
 ) -> tuple[tuple[float, float, float], ...]:
     """(pods, seconds of the deadline they can use, free slots per pod): ready, starting
     (newest last), new.
@@ -185,9 +191,19 @@ def fleet_horizons(
     # A ready slot running a task starts its next one only when that ends: no bonus.
     free = max(0.0, ready * slots - max(obs.in_flight, 0)) / ready if ready else 0.0
     fleet = [(float(ready), max(deadline, floor), free)]
-    for count, left in starting_pods(obs, state, startup):
+    starting = starting_pods(obs, state, startup)
+    for count, left in starting:
         fleet.append((float(count), max(deadline - left, floor), slots))
-    fleet.append((math.inf, max(deadline - startup, floor), slots))
+    new = max(deadline - startup, floor)
+    if deadline - startup < floor and backlog > 0 and mu > 0:
+        # A new pod would be Ready after the deadline: it only helps if the pods there
+        # are cannot start the backlog before it is Ready anyway.
+        existing = ready * (mu * startup + free) + sum(
+            n * (mu * (startup - left) + slots) for n, left in starting
+        )
+        if existing >= backlog:
+            new = 0.0
+    fleet.append((math.inf, new, slots if new > 0 else 0.0))
     return tuple(fleet)
 
 
@@ -248,7 +264,8 @@ def queue_backlog_pods(
     best, worst, total = 0.0, None, 0.0
     for deadline, target, count, q in pending:
         total += count
-        pods = backlog_pods(total, mu, fleet_horizons(obs, spec, state, deadline, target))
+        fleet = fleet_horizons(obs, spec, state, deadline, target, total, mu)
+        pods = backlog_pods(total, mu, fleet)
         if pods > best or worst is None:
             best, worst = max(best, pods), q
     return best, worst

@@ -426,3 +426,15 @@ def _one(o: Observation) -> QueueObservation:
         arrival_rate=o.arrival_rate,
         target_backlog_seconds=30.0,
     )
+
+
+def test_no_pod_is_started_that_would_be_ready_after_the_pods_there_drained_the_backlog():
+    """70 tasks, 6.7 s to the deadline, 15 ready pods at 0.5 tasks/s and a 10 s start-up:
+    the T/4 floor would credit a new pod with 7.5 s it cannot have (it is Ready at 10 s,
+    after the 15 pods started all 70 at 7.5/s). None is started; with 90 tasks they
+    are not enough by then, and new pods are started to catch up."""
+    spec = ScalingSpec(max_replicas=50)
+    base = dict(oldest_age_s=23.3, replicas=15, ready_replicas=15, in_flight=15)
+    base.update(service_rate=0.5, pod_startup_s=10.0)
+    assert decide(obs(backlog=70, **base), spec, PolicyState()).replicas == 15
+    assert decide(obs(backlog=90, **base), spec, PolicyState()).replicas > 15
