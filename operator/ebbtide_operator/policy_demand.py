@@ -234,7 +234,20 @@ def record_starts(
     starts = [(t, n) for t, n in state.starts if now - t <= keep_s]
     if target > current:
         starts.append((now, target - current))
-    return starts
+    return _capped(starts, later=True)
+
+
+MAX_HISTORY = 32  # entries of state.starts / state.arrivals kept in the TaskQueue status
+
+
+def _capped(items: list[tuple[float, int]], later: bool) -> list[tuple[float, int]]:
+    """At most MAX_HISTORY entries (woken ticks come every quarter second): the oldest two
+    merge, timed by the `later` one (pods: less progress assumed) or the earlier one
+    (arrivals: older tasks assumed), so a merge only ever makes the policy more careful."""
+    while len(items) > MAX_HISTORY:
+        (t1, n1), (t2, n2) = items[0], items[1]
+        items = [(t2 if later else t1, n1 + n2)] + items[2:]
+    return items
 
 
 def queue_backlog_pods(
@@ -308,4 +321,4 @@ def record_arrivals(obs: Observation, state: PolicyState, keep_s: float) -> list
         count = round(max(obs.arrival_rate, 0.0) * (obs.now - last))
         if count > 0:
             arrivals.append((last, count))
-    return arrivals
+    return _capped(arrivals, later=False)

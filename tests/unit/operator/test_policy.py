@@ -438,3 +438,19 @@ def test_no_pod_is_started_that_would_be_ready_after_the_pods_there_drained_the_
     base.update(service_rate=0.5, pod_startup_s=10.0)
     assert decide(obs(backlog=70, **base), spec, PolicyState()).replicas == 15
     assert decide(obs(backlog=90, **base), spec, PolicyState()).replicas > 15
+
+
+def test_the_state_s_histories_stay_short_and_merge_towards_caution():
+    from ebbtide_operator.policy_demand import MAX_HISTORY, record_arrivals, record_starts
+
+    state = PolicyState(
+        starts=[(float(i), 1) for i in range(MAX_HISTORY)],
+        arrivals=[(float(i), 2) for i in range(MAX_HISTORY)],
+        last_poll_time=float(MAX_HISTORY),
+    )
+    starts = record_starts(state, 40.0, 5, 7, 100.0)
+    assert len(starts) == MAX_HISTORY and starts[0] == (1.0, 2)  # timed by the later one
+    assert starts[-1] == (40.0, 2)
+    arrivals = record_arrivals(obs(now=40.0, arrival_rate=1.0), state, 100.0)
+    assert len(arrivals) == MAX_HISTORY and arrivals[0] == (0.0, 4)  # the earlier one
+    assert arrivals[-1] == (float(MAX_HISTORY), 8)
