@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ebbtide.brokers.tls import BrokerTLS, is_tls_url
 from ebbtide.stats import BrokerStats, read_stats
 
 SOCKET_TIMEOUT_SECONDS = 3.0
@@ -28,14 +29,16 @@ class BrokerUnreachable(Exception):
     """The statistics could not be read; the message says why, for the condition."""
 
 
-def _redis_client(url: str, max_connections: int) -> Any:
-    """One client per broker URL, shared by every TaskQueue on that broker. Its pool
-    *blocks* when all connections are busy: redis-py's default pool raises "Too many
-    connections" instead, which made TaskQueues sharing a Redis look unreachable."""
+def _redis_client(url: str, max_connections: int, tls: BrokerTLS) -> Any:
+    """One client per broker URL (and TLS files), shared by every TaskQueue on that
+    broker. Its pool *blocks* when all connections are busy: redis-py's default pool
+    raises "Too many connections" instead, which made TaskQueues sharing a Redis look
+    unreachable. A rediss:// URL verifies the server against `tls`'s CA."""
     import redis
 
     pool = redis.BlockingConnectionPool.from_url(
         url,
+        **(tls.redis_kwargs() if is_tls_url(url) else {}),
         max_connections=max_connections,
         timeout=SOCKET_TIMEOUT_SECONDS,  # waiting for a free connection
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
@@ -86,7 +89,7 @@ class BrokerReader:
     def __init__(
         self,
         max_threads: int = 64,
-        reader: Callable[[Any, list[str], str], BrokerStats] = read_stats,
+        reader: Callable[[Any, list[str], str, BrokerTLS], BrokerStats] = read_stats,
     ) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_threads, thread_name_prefix="ebbtide-broker"
@@ -95,25 +98,31 @@ class BrokerReader:
         # TaskQueues share one broker, capped so one URL cannot open hundreds.
         self._connections_per_url = max(4, min(max_threads, 32))
         self._reader = reader
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str, Any] = {}  # url -> client
+        self._client_tls: dict[str, BrokerTLS] = {}  # url -> the TLS its client uses
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._eviction: dict[str, tuple[float, str | None]] = {}  # url -> (read at, policy)
 
-    def _handle(self, url: str) -> Any:
+    def _handle(self, url: str, tls: BrokerTLS) -> Any:
         if url.startswith(("amqp://", "amqps://")):
             return with_amqp_timeouts(url)  # read_stats opens and closes its connection
         if not url.startswith(("redis://", "rediss://", "unix://")):
             return url
         with self._lock:
             client = self._clients.get(url)
+            if client is not None and self._client_tls.get(url) != tls:
+                self._clients.pop(url)  # new CA files: a new client
+                client.close()
+                client = None
             if client is None:
-                client = self._clients[url] = _redis_client(url, self._connections_per_url)
+                client = self._clients[url] = _redis_client(url, self._connections_per_url, tls)
+                self._client_tls[url] = tls
             return client
 
-    def _read(self, url: str, queues: list[str], prefix: str) -> BrokerStats:
-        handle = self._handle(url)
-        stats = self._reader(handle, queues, prefix)
+    def _read(self, url: str, queues: list[str], prefix: str, tls: BrokerTLS) -> BrokerStats:
+        handle = self._handle(url, tls)
+        stats = self._reader(handle, queues, prefix, tls)
         if not isinstance(handle, str):  # a Redis client: is it allowed to evict our keys?
             read_at, _ = self._eviction.get(url, (0.0, None))
             if time.monotonic() - read_at >= EVICTION_CHECK_SECONDS:
@@ -126,15 +135,24 @@ class BrokerReader:
         return self._eviction.get(url, (0.0, None))[1]
 
     async def read(
-        self, key: str, url: str, queues: list[str], timeout: float, prefix: str = "ebbtide"
+        self,
+        key: str,
+        url: str,
+        queues: list[str],
+        timeout: float,
+        prefix: str = "ebbtide",
+        tls: BrokerTLS | None = None,
     ) -> BrokerStats:
         """Stats for `queues` under the TaskQueue's key prefix (spec.broker.keyPrefix, what
-        its workers use), or BrokerUnreachable within `timeout` seconds."""
+        its workers use), or BrokerUnreachable within `timeout` seconds. `tls` names the
+        CA (and client certificate) a rediss:// or amqps:// broker is verified with."""
         if key in self._pending:
             raise BrokerUnreachable("the previous statistics read is still hanging")
         self._pending.add(key)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, self._read, url, queues, prefix)
+        future = loop.run_in_executor(
+            self._pool, self._read, url, queues, prefix, tls or BrokerTLS()
+        )
 
         # The thread may outlive a timeout; the key stays pending until it really ends,
         # and its late exception is retrieved here so asyncio does not log it as lost.
@@ -158,6 +176,7 @@ class BrokerReader:
         """Drop the cached client (after an error, or when the URL changes)."""
         with self._lock:
             client = self._clients.pop(url, None)
+            self._client_tls.pop(url, None)
         if client is not None:
             try:
                 client.close()

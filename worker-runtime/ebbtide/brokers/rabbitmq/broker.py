@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ import pika.exceptions
 from ... import logs
 from ...message import replayed_payload
 from ..base import BrokerStats, DeadTask, Delivery, Outgoing, Plan, Settlement, redact
+from ..tls import BrokerTLS, explain
 from . import topology as topo
 from .connection import BrokerDown
 from .consumer import Consumer
@@ -43,15 +45,24 @@ CONFIRM_BATCH = 500  # publishes per publisher-confirm wait
 class RabbitMQBroker:
     """The Broker protocol, plus the PushWindow capability (a prefetch window)."""
 
-    def __init__(self, url: str, prefix: str = "ebbtide") -> None:
+    def __init__(self, url: str, prefix: str = "ebbtide", tls: BrokerTLS | None = None) -> None:
         self.url = url
         self.prefix = prefix
+        self.tls = tls or BrokerTLS()
         self.options = topo.parse_options(url)
         self.vhost = topo.vhost_of(self.options.amqp_url)
         try:
             self.params = pika.URLParameters(self.options.amqp_url)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"bad RabbitMQ URL {redact(url)!r}: {exc}") from None
+        # amqps:// verifies the server against the CA and its host name (pika's own
+        # default context would skip the name: no server_hostname), unless the URL
+        # brings its own ssl_options.
+        self._context: ssl.SSLContext | None = None
+        if self.params.ssl_options is not None:
+            self._context = self.tls.context()
+            if "ssl_options" not in self.options.amqp_url:
+                self.params.ssl_options = pika.SSLOptions(self._context, self.params.host)
         self._lock = threading.RLock()
         self._conn: Any = None
         self._channel: Any = None
@@ -66,10 +77,10 @@ class RabbitMQBroker:
         if self._conn is None or not self._conn.is_open:
             try:
                 self._conn = pika.BlockingConnection(self.params)
-            except pika.exceptions.AMQPError as exc:
+            except (pika.exceptions.AMQPError, ssl.SSLError) as exc:  # SSL: a bad certificate
                 self._conn = None
                 raise ConnectionError(
-                    f"cannot reach RabbitMQ at {redact(self.url)}: {exc!r}"
+                    f"cannot reach RabbitMQ at {redact(self.url)}: {explain(exc, self.tls)}"
                 ) from None
             self._channel = None
             self._declared.forget()
@@ -162,7 +173,7 @@ class RabbitMQBroker:
         queue_list = None
         if self.options.management_url:
             try:
-                queue_list = fetch_queue_list(self.options.management_url, self.vhost)
+                queue_list = fetch_queue_list(self.options.management_url, self.vhost, self._management_context())
             except Exception as exc:  # unreachable plugin: fall back to AMQP + heartbeats
                 logs.warn("rabbitmq management API unavailable", error=str(exc))
         names = [
@@ -176,6 +187,15 @@ class RabbitMQBroker:
             return build_stats(self.prefix, now, queue_list, heartbeats, queues)
         ready = {q: self._depth(q) for q in queues or ()}
         return build_stats_without_management(now, ready, heartbeats)
+
+    def _management_context(self) -> ssl.SSLContext | None:
+        """https verifies like amqps does (same CA, same host name); http needs none."""
+        url = self.options.management_url or ""
+        if not url.lower().startswith("https://"):
+            return None
+        if self._context is None:
+            self._context = self.tls.context()
+        return self._context
 
     def _depth(self, queue: str) -> int:
         with self._lock:
@@ -215,7 +235,7 @@ class RabbitMQBroker:
         if not self.options.management_url:
             return []
         try:
-            listing = fetch_queue_list(self.options.management_url, self.vhost)
+            listing = fetch_queue_list(self.options.management_url, self.vhost, self._management_context())
         except Exception as exc:
             raise ConnectionError(
                 f"listing queues needs the RabbitMQ management API ({exc}); pass --queue"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import urllib.request
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -33,8 +34,14 @@ MANAGEMENT_COLUMNS = (
 )
 
 
-def fetch_queue_list(management_url: str, vhost: str, timeout: float = 5.0) -> list[dict]:
-    """GET /api/queues/<vhost> with only the columns we need: one HTTP round trip."""
+def fetch_queue_list(
+    management_url: str,
+    vhost: str,
+    context: ssl.SSLContext | None = None,
+    timeout: float = 5.0,
+) -> list[dict]:
+    """GET /api/queues/<vhost> with only the columns we need: one HTTP round trip.
+    `context` verifies an https:// management URL (the broker's CA)."""
     parts = urlsplit(management_url)
     base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}"
     req = urllib.request.Request(
@@ -45,7 +52,7 @@ def fetch_queue_list(management_url: str, vhost: str, timeout: float = 5.0) -> l
 
         token = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         req.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) only
+    with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310 - http(s) only
         return json.load(resp)
 
 

@@ -15,6 +15,7 @@ import redis
 from ...errors import BrokerEvicts, PartiallyEnqueued
 from ...message import replayed_payload
 from ..base import BrokerStats, DeadTask, Delivery, Outgoing, Plan, Settlement, redact
+from ..tls import BrokerTLS, explain, is_tls_url
 from . import scripts, wire
 
 
@@ -44,9 +45,10 @@ def evicting_policy(info: dict[str, Any]) -> str | None:
 class RedisBroker:
     """The Broker protocol, plus the Exchanging capability (settle and claim at once)."""
 
-    def __init__(self, url: str, prefix: str = "ebbtide") -> None:
+    def __init__(self, url: str, prefix: str = "ebbtide", tls: BrokerTLS | None = None) -> None:
         self.url = url
         self.prefix = prefix
+        self.tls = tls or BrokerTLS()
         self._sync: redis.Redis | None = None
         self._owns_sync = True  # False: the caller's client, left open by close()
         self._sync_scripts: dict[str, Any] = {}
@@ -68,9 +70,14 @@ class RedisBroker:
     @property
     def client(self) -> redis.Redis:
         if self._sync is None:
-            self._sync = redis.Redis.from_url(self.url, decode_responses=True, **TIMEOUTS)
+            self._sync = redis.Redis.from_url(
+                self.url, decode_responses=True, **TIMEOUTS, **self._tls_kwargs()
+            )
             self._policy_checked = False
         return self._sync
+
+    def _tls_kwargs(self) -> dict[str, Any]:
+        return self.tls.redis_kwargs() if is_tls_url(self.url) else {}
 
     def _check_policy(self) -> None:
         """Refuse a Redis that may evict queued tasks (once per connection)."""
@@ -111,7 +118,9 @@ class RedisBroker:
             if pipe is not None:
                 results = pipe.execute(raise_on_error=False)
         except redis.exceptions.ConnectionError as exc:
-            raise RedisUnreachable(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
+            raise RedisUnreachable(
+                f"cannot reach Redis at {redact(self.url)}: {explain(exc, self.tls)}"
+            ) from exc
         if pipe is not None:
             accepted, error = wire.stored_ids(chunked, results)
             if error is not None and not accepted:
@@ -166,10 +175,17 @@ class RedisBroker:
         import redis.asyncio as aredis
 
         # Raw bytes: claimed payloads are sliced out of one framed reply (wire.parse_framed).
-        self._async = aredis.Redis.from_url(self.url, decode_responses=False, **TIMEOUTS)
+        self._async = aredis.Redis.from_url(
+            self.url, decode_responses=False, **TIMEOUTS, **self._tls_kwargs()
+        )
         for name in ("claim", "settle", "exchange", "heartbeat", "ratelimit"):
             self._async_scripts[name] = self._async.register_script(scripts.source(name))
-        await self._async.ping()
+        try:
+            await self._async.ping()
+        except redis.exceptions.ConnectionError as exc:
+            raise RedisUnreachable(
+                f"cannot reach Redis at {redact(self.url)}: {explain(exc, self.tls)}"
+            ) from None
 
     async def aclose(self) -> None:
         if self._async is not None:
