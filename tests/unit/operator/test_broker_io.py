@@ -20,7 +20,9 @@ def test_amqp_urls_get_short_timeouts_unless_they_set_their_own():
 
 def test_the_reader_passes_amqp_urls_with_timeouts_to_read_stats():
     seen = []
-    reader = BrokerReader(max_threads=1, reader=lambda handle, queues, prefix, tls: seen.append(handle))
+    reader = BrokerReader(
+        max_threads=1, reader=lambda handle, queues, prefix, tls: seen.append(handle)
+    )
     url = rabbitmq.rabbitmq_url("tq1", "ns1", "u", "p")
     try:
         asyncio.run(reader.read("ns1/tq1", url, ["default"], timeout=5))

@@ -173,7 +173,9 @@ class RabbitMQBroker:
         queue_list = None
         if self.options.management_url:
             try:
-                queue_list = fetch_queue_list(self.options.management_url, self.vhost, self._management_context())
+                queue_list = fetch_queue_list(
+                    self.options.management_url, self.vhost, self._management_context()
+                )
             except Exception as exc:  # unreachable plugin: fall back to AMQP + heartbeats
                 logs.warn("rabbitmq management API unavailable", error=str(exc))
         names = [
@@ -235,7 +237,9 @@ class RabbitMQBroker:
         if not self.options.management_url:
             return []
         try:
-            listing = fetch_queue_list(self.options.management_url, self.vhost, self._management_context())
+            listing = fetch_queue_list(
+                self.options.management_url, self.vhost, self._management_context()
+            )
         except Exception as exc:
             raise ConnectionError(
                 f"listing queues needs the RabbitMQ management API ({exc}); pass --queue"
