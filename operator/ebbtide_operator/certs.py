@@ -35,11 +35,6 @@ SERVER_RENEW_BEFORE = dt.timedelta(days=30)
 CA_RENEW_BEFORE = dt.timedelta(days=365)
 BACKDATE = dt.timedelta(minutes=5)  # tolerate a little clock skew between nodes
 
-CA_CERT_KEY = "ca.crt"
-CA_KEY_KEY = "ca.key"
-TLS_CERT_KEY = "tls.crt"
-TLS_KEY_KEY = "tls.key"
-
 
 @dataclass(frozen=True)
 class KeyPair:

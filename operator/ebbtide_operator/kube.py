@@ -100,8 +100,37 @@ class KubeCluster:
                 return None
             raise
 
+    def _certificates(self) -> tuple[Callable, Callable, Callable, Callable]:
+        """cert-manager Certificates (spec.broker.tls.issuerRef), with the typed APIs'
+        argument order: (namespace, body), (name, namespace), (name, namespace, patch)."""
+        custom, where = self.custom, (naming.CERT_MANAGER_GROUP, "v1")
+
+        def create(namespace: str, body: Any, **kw: Any) -> Any:
+            return custom.create_namespaced_custom_object(
+                *where, namespace, "certificates", body, **kw
+            )
+
+        def read(name: str, namespace: str, **kw: Any) -> Any:
+            return custom.get_namespaced_custom_object(
+                *where, namespace, "certificates", name, **kw
+            )
+
+        def patch(name: str, namespace: str, body: Any, **kw: Any) -> Any:
+            return custom.patch_namespaced_custom_object(
+                *where, namespace, "certificates", name, body, **kw
+            )
+
+        def delete(name: str, namespace: str, **kw: Any) -> Any:
+            return custom.delete_namespaced_custom_object(
+                *where, namespace, "certificates", name, **kw
+            )
+
+        return create, read, patch, delete
+
     def _api_for(self, kind: str) -> tuple[Callable, Callable, Callable, Callable]:
         """(create, read, patch, delete) for the kinds the operator owns."""
+        if kind == "Certificate":
+            return self._certificates()
         table = {
             "Secret": (self.core, "secret"),
             "Service": (self.core, "service"),

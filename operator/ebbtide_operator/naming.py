@@ -22,9 +22,20 @@ BROKER_URL_KEY = "url"
 BROKER_PASSWORD_KEY = "password"
 BROKER_USERNAME_KEY = "username"  # RabbitMQ only
 BROKER_DEFINITIONS_KEY = "definitions.json"  # RabbitMQ only: the user, loaded at every boot
-REDIS_PORT = 6379
+REDIS_PORT = 6379  # plain or TLS (a TLS managed Redis listens on TLS only, same port)
 RABBITMQ_PORT = 5672
 RABBITMQ_MANAGEMENT_PORT = 15672
+RABBITMQ_TLS_PORT = 5671  # AMQPS, RabbitMQ's conventional port
+RABBITMQ_MANAGEMENT_TLS_PORT = 15671  # the management API over https
+# The TLS Secrets' keys (the kubernetes.io/tls layout, as cert-manager writes it too).
+CA_CERT_KEY = "ca.crt"
+CA_KEY_KEY = "ca.key"  # the generated CA's private key (signs renewals); never mounted
+TLS_CERT_KEY = "tls.crt"
+TLS_KEY_KEY = "tls.key"
+# Where worker pods find the broker's CA and their client certificate.
+BROKER_CA_DIR = "/etc/ebbtide/broker-ca"
+BROKER_CLIENT_CERT_DIR = "/etc/ebbtide/broker-client"
+CERT_MANAGER_GROUP = "cert-manager.io"
 
 
 def worker_name(taskqueue: str) -> str:
@@ -46,6 +57,16 @@ def broker_name(taskqueue: str, broker_type: str) -> str:
 
 def broker_secret_name(taskqueue: str) -> str:
     return f"{taskqueue}-broker"
+
+
+def broker_ca_secret_name(taskqueue: str) -> str:
+    """ca.crt only: what clients (workers, producers, the operator) trust."""
+    return f"{taskqueue}-broker-ca"
+
+
+def broker_tls_secret_name(taskqueue: str) -> str:
+    """The broker's own certificate and key (and the generated CA's key)."""
+    return f"{taskqueue}-broker-tls"
 
 
 # What the operator's watch of worker Deployments selects (main.py): only Deployments with
@@ -76,3 +97,6 @@ def common_labels(taskqueue: str, component: str) -> dict[str, str]:
         "app.kubernetes.io/managed-by": MANAGED_BY,
         TASKQUEUE_LABEL: taskqueue,
     }
+
+
+TLS_HASH_ANNOTATION = "ebbtide.dev/tls-hash"  # broker pods: restart on a new certificate

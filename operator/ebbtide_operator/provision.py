@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from ebbtide_operator import audit, naming
+from ebbtide_operator import audit, certs, naming
 from ebbtide_operator.build import common, rabbitmq, redis, worker
+from ebbtide_operator.build import tls as build_tls
 from ebbtide_operator.build.merge import is_subset
 from ebbtide_operator.cluster import Cluster, EventSink
 from ebbtide_operator.spec import TaskQueueSpec
@@ -68,23 +70,31 @@ def _taskqueue(obj: Mapping[str, Any]) -> str:
 
 
 def desired_broker_objects(
-    body: Mapping[str, Any], spec: TaskQueueSpec, operator_namespace: str | None = None
+    body: Mapping[str, Any],
+    spec: TaskQueueSpec,
+    operator_namespace: str | None = None,
+    tls_hash: str = "",
 ) -> list[dict[str, Any]]:
-    """Everything of the managed broker but its Secret (which is made only once).
-    `operator_namespace` is admitted by the broker's NetworkPolicy."""
+    """Everything of the managed broker but its Secrets (the credentials are made only
+    once; the TLS ones by ensure_tls). `operator_namespace` is admitted by the broker's
+    NetworkPolicy; `tls_hash` is the live certificate's (a new one restarts the broker)."""
     managed = spec.broker.managed
     if managed is None:
         return []
     allowed = spec.broker.allowed_namespaces
+    tls = spec.broker.managed_tls
+    objects: list[dict[str, Any]] = []
+    if tls and spec.broker.tls.issuer is not None:
+        objects.append(build_tls.certificate(body, spec.broker.type, spec.broker.tls.issuer))
     if spec.broker.type == "rabbitmq":
-        return [
-            rabbitmq.rabbitmq_config_map(body, managed),
-            rabbitmq.rabbitmq_workload(body, managed),
-            rabbitmq.rabbitmq_service(body),
-            rabbitmq.rabbitmq_network_policy(body, operator_namespace, allowed),
+        return objects + [
+            rabbitmq.rabbitmq_config_map(body, managed, tls),
+            rabbitmq.rabbitmq_workload(body, managed, tls, tls_hash),
+            rabbitmq.rabbitmq_service(body, tls),
+            rabbitmq.rabbitmq_network_policy(body, operator_namespace, allowed, tls),
         ]
-    return [
-        redis.redis_workload(body, managed),
+    return objects + [
+        redis.redis_workload(body, managed, tls, tls_hash),
         redis.redis_service(body),
         redis.redis_network_policy(body, operator_namespace, allowed),
     ]
@@ -99,7 +109,29 @@ def possible_broker_objects(name: str) -> list[tuple[str, str]]:
         if broker_type == "rabbitmq":
             kinds.append("ConfigMap")
         objects += [(kind, object_name) for kind in kinds]
-    return objects + [("Secret", naming.broker_secret_name(name))]
+    return objects + [
+        ("Secret", naming.broker_secret_name(name)),
+        *tls_objects(name),
+    ]
+
+
+def tls_objects(name: str) -> list[tuple[str, str]]:
+    """(kind, name) of what managed TLS may have made: both Secrets, or the Certificate."""
+    tls_secret = naming.broker_tls_secret_name(name)
+    return [
+        ("Certificate", tls_secret),
+        ("Secret", naming.broker_ca_secret_name(name)),
+        ("Secret", tls_secret),
+    ]
+
+
+def wanted_tls_objects(name: str, spec: TaskQueueSpec) -> set[tuple[str, str]]:
+    if not spec.broker.managed_tls:
+        return set()
+    tls_secret = naming.broker_tls_secret_name(name)
+    if spec.broker.tls.issuer is not None:  # cert-manager writes <tq>-broker-tls
+        return {("Certificate", tls_secret), ("Secret", tls_secret)}
+    return {("Secret", naming.broker_ca_secret_name(name)), ("Secret", tls_secret)}
 
 
 def stale_broker_objects(body: Mapping[str, Any], spec: TaskQueueSpec) -> list[tuple[str, str]]:
@@ -110,6 +142,7 @@ def stale_broker_objects(body: Mapping[str, Any], spec: TaskQueueSpec) -> list[t
     name = body["metadata"]["name"]
     if spec.broker.managed is not None:
         wanted.add(("Secret", naming.broker_secret_name(name)))
+    wanted |= wanted_tls_objects(name, spec)
     return [item for item in possible_broker_objects(name) if item not in wanted]
 
 
@@ -183,30 +216,52 @@ def secret_broker_type(secret: Mapping[str, Any]) -> str | None:
         return None
 
 
-def new_broker_secret(body: Mapping[str, Any], broker_type: str) -> dict[str, Any]:
-    """A Secret with fresh credentials (user and password for RabbitMQ, password for Redis)."""
+def new_broker_secret(
+    body: Mapping[str, Any], broker_type: str, tls: bool = False
+) -> dict[str, Any]:
+    """A Secret with fresh credentials (user and password for RabbitMQ, password for
+    Redis); its URL is rediss:// or amqps:// with `tls`."""
     password = common.generate_password()
     if broker_type == "rabbitmq":
-        return rabbitmq.rabbitmq_secret(body, rabbitmq.generate_username(), password)
-    return redis.redis_secret(body, password)
+        return rabbitmq.rabbitmq_secret(body, rabbitmq.generate_username(), password, tls)
+    return redis.redis_secret(body, password, tls)
+
+
+def _secret_url(secret: Mapping[str, Any]) -> str | None:
+    encoded = (secret.get("data") or {}).get(naming.BROKER_URL_KEY)
+    try:
+        return None if encoded is None else base64.b64decode(encoded).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
 async def ensure_broker_secret(
-    cluster: Cluster, body: Mapping[str, Any], broker_type: str = "redis"
+    cluster: Cluster, body: Mapping[str, Any], broker_type: str = "redis", tls: bool = False
 ) -> str:
     """Create the Secret with fresh credentials unless one exists already. Ours, made for
-    the other broker type, is replaced; one the user made is never touched ('conflict')."""
+    the other broker type, is replaced; one the user made is never touched ('conflict').
+    Ours whose URL does not follow the TLS setting (TLS switched on or off) keeps its
+    credentials and gets the URL's scheme and ports changed ('retargeted')."""
     meta = body["metadata"]
     namespace, secret_name = meta["namespace"], naming.broker_secret_name(meta["name"])
     existing = await cluster.read("Secret", namespace, secret_name)
     if existing is None:
-        return await ensure(cluster, new_broker_secret(body, broker_type))
+        return await ensure(cluster, new_broker_secret(body, broker_type, tls))
     if not controlled_by(existing, meta.get("uid")):
         return CONFLICT
     if secret_broker_type(existing) == broker_type:
-        return "kept"
+        url = _secret_url(existing)
+        if url is None or build_tls.url_tls(url) == tls:
+            return "kept"
+        new_url = build_tls.retarget_url(url, tls)
+        encoded = base64.b64encode(new_url.encode()).decode()
+        await cluster.patch(
+            "Secret", namespace, secret_name, {"data": {naming.BROKER_URL_KEY: encoded}}
+        )
+        audit.record("retarget", "Secret", namespace, secret_name, meta["name"], tls=tls)
+        return "retargeted"
     await cluster.delete("Secret", namespace, secret_name)
-    await cluster.create(new_broker_secret(body, broker_type))
+    await cluster.create(new_broker_secret(body, broker_type, tls))
     audit.record("replace", "Secret", namespace, secret_name, meta["name"])
     return "replaced"
 
@@ -222,11 +277,15 @@ async def reconcile(
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     report: dict[str, str] = {}
+    tls_hash = ""
     if spec.broker.managed is not None:
         report[f"Secret/{naming.broker_secret_name(name)}"] = await ensure_broker_secret(
-            cluster, body, spec.broker.type
+            cluster, body, spec.broker.type, spec.broker.managed_tls
         )
-    for obj in desired_broker_objects(body, spec, operator_namespace):
+    if spec.broker.managed_tls:
+        tls_report, tls_hash = await ensure_tls(cluster, body, spec)
+        report.update(tls_report)
+    for obj in desired_broker_objects(body, spec, operator_namespace, tls_hash):
         report[f"{obj['kind']}/{obj['metadata']['name']}"] = await ensure(cluster, obj)
     for kind, stale in stale_broker_objects(body, spec):
         existing = await cluster.read(kind, namespace, stale)
@@ -237,6 +296,65 @@ async def reconcile(
     deployment = naming.worker_name(name)
     report[f"Deployment/{deployment}"] = await apply_worker_deployment(cluster, body, spec)
     return report
+
+
+# --- TLS of a managed broker ------------------------------------------------------------
+
+
+async def ensure_tls(
+    cluster: Cluster,
+    body: Mapping[str, Any],
+    spec: TaskQueueSpec,
+    now: dt.datetime | None = None,
+) -> tuple[dict[str, str], str]:
+    """The broker's certificate, and the hash of the live one (for its pod annotation).
+
+    Generated: both Secrets are created, or patched only when certs.plan says so (missing,
+    expiring within the renewal margin, wrong names or issuer): 'renewed'. Never
+    regenerated while valid. With an issuerRef: the cert-manager Certificate (cert-manager
+    writes and renews `<tq>-broker-tls`). Secrets of these names that are not ours are
+    left alone ('conflict')."""
+    meta = body["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+    tls_name = naming.broker_tls_secret_name(name)
+    issuer = spec.broker.tls.issuer
+    if issuer is not None:
+        certificate = build_tls.certificate(body, spec.broker.type, issuer)
+        report = {f"Certificate/{tls_name}": await ensure(cluster, certificate)}
+        return report, build_tls.tls_hash(await cluster.read("Secret", namespace, tls_name))
+    ca_name = naming.broker_ca_secret_name(name)
+    live_ca = await cluster.read("Secret", namespace, ca_name)
+    live_tls = await cluster.read("Secret", namespace, tls_name)
+    report = {
+        f"Secret/{secret}": CONFLICT
+        for secret, live in ((ca_name, live_ca), (tls_name, live_tls))
+        if live is not None and not controlled_by(live, uid)
+    }
+    if report:
+        return report, ""
+    material = certs.plan(
+        *build_tls.current_material(live_ca, live_tls),
+        build_tls.server_names(body, spec.broker.type),
+        build_tls.common_name(body),
+        now or dt.datetime.now(dt.UTC),
+    )
+    if material is None:
+        return {f"Secret/{ca_name}": "kept", f"Secret/{tls_name}": "kept"}, build_tls.tls_hash(
+            live_tls
+        )
+    wanted = [
+        (build_tls.ca_secret(body, material), live_ca),
+        (build_tls.tls_secret(body, material), live_tls),
+    ]
+    for obj, live in wanted:
+        key = f"Secret/{obj['metadata']['name']}"
+        if live is None:
+            report[key] = "created" if await _create(cluster, obj) else "kept"
+            continue
+        await cluster.patch("Secret", namespace, obj["metadata"]["name"], {"data": obj["data"]})
+        audit.record("renew", "Secret", namespace, obj["metadata"]["name"], name)
+        report[key] = "renewed"
+    return report, build_tls.tls_hash(wanted[1][0])
 
 
 # --- the worker Deployment -----------------------------------------------------------------

@@ -68,6 +68,22 @@ def pod_security(uid: int) -> dict[str, Any]:
     }
 
 
+def broker_tls_volume(taskqueue: str) -> dict[str, Any]:
+    """The broker's certificate, key and CA from `<tq>-broker-tls` (never the generated
+    CA's key, which is there too), readable by the broker's group (fsGroup) only."""
+    return {
+        "name": "tls",
+        "secret": {
+            "secretName": naming.broker_tls_secret_name(taskqueue),
+            "items": [
+                {"key": key, "path": key}
+                for key in (naming.TLS_CERT_KEY, naming.TLS_KEY_KEY, naming.CA_CERT_KEY)
+            ],
+            "defaultMode": 0o440,
+        },
+    }
+
+
 def broker_workload(
     owner: Body,
     object_name: str,

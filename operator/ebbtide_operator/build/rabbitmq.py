@@ -22,6 +22,7 @@ from ebbtide_operator.build.common import (
     Body,
     broker_network_policy,
     broker_service,
+    broker_tls_volume,
     broker_workload,
     container_security,
     owned,
@@ -37,6 +38,7 @@ VHOST = "/"
 # without the administrator rights to create users or change permissions.
 USER_TAGS = ["management"]
 CONFIG_DIR = "/etc/rabbitmq"  # the image's RABBITMQ_CONFIG_FILE / ENABLED_PLUGINS_FILE live here
+TLS_DIR = "/etc/rabbitmq-tls"  # the broker's certificate, key and CA (from <tq>-broker-tls)
 HOME_DIR = "/var/lib/rabbitmq"  # HOME: the Erlang cookie
 DATA_DIR = "/var/lib/rabbitmq/mnesia"  # RABBITMQ_MNESIA_BASE: queues and messages
 LOG_DIR = "/var/log/rabbitmq"  # upgrade log and crash dumps (log lines go to the console)
@@ -66,13 +68,22 @@ def generate_username() -> str:
     return f"ebbtide-{secrets.token_hex(4)}"
 
 
-def rabbitmq_url(taskqueue: str, namespace: str, username: str, password: str) -> str:
-    """The runtime's URL: AMQP on the default vhost, management API on the same host."""
+def ports(tls: bool) -> tuple[int, int]:
+    """(AMQP, management) ports: 5671/15671 with TLS (AMQPS and https), else 5672/15672."""
+    if tls:
+        return naming.RABBITMQ_TLS_PORT, naming.RABBITMQ_MANAGEMENT_TLS_PORT
+    return naming.RABBITMQ_PORT, naming.RABBITMQ_MANAGEMENT_PORT
+
+
+def rabbitmq_url(
+    taskqueue: str, namespace: str, username: str, password: str, tls: bool = False
+) -> str:
+    """The runtime's URL: AMQP (amqps:// with TLS) on the default vhost, the management
+    API on the same host (https with TLS: the runtime follows the AMQP scheme)."""
     host = f"{naming.rabbitmq_name(taskqueue)}.{namespace}.svc"
-    return (
-        f"amqp://{username}:{password}@{host}:{naming.RABBITMQ_PORT}/%2F"
-        f"?management_port={naming.RABBITMQ_MANAGEMENT_PORT}"
-    )
+    amqp, management = ports(tls)
+    scheme = "amqps" if tls else "amqp"
+    return f"{scheme}://{username}:{password}@{host}:{amqp}/%2F?management_port={management}"
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
@@ -100,7 +111,7 @@ def definitions(username: str, password: str) -> dict[str, Any]:
     }
 
 
-def rabbitmq_secret(owner: Body, username: str, password: str) -> dict[str, Any]:
+def rabbitmq_secret(owner: Body, username: str, password: str, tls: bool = False) -> dict[str, Any]:
     """User, password, the full `amqp://` URL (for workers/producers) and the definitions
     file the node loads (it only holds the salted hash)."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
@@ -109,7 +120,7 @@ def rabbitmq_secret(owner: Body, username: str, password: str) -> dict[str, Any]
         {
             naming.BROKER_USERNAME_KEY: username,
             naming.BROKER_PASSWORD_KEY: password,
-            naming.BROKER_URL_KEY: rabbitmq_url(name, namespace, username, password),
+            naming.BROKER_URL_KEY: rabbitmq_url(name, namespace, username, password, tls),
             naming.BROKER_DEFINITIONS_KEY: json.dumps(definitions(username, password)),
         },
     )
@@ -123,13 +134,40 @@ def memory_bytes(quantity: object) -> int | None:
     return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
 
 
-def rabbitmq_conf(managed: ManagedBrokerSpec) -> str:
+def tls_conf(prefix: str) -> list[str]:
+    """One TLS listener's settings: the TaskQueue's certificate; clients show none (they
+    log in with a password)."""
+    return [
+        f"{prefix}.cacertfile = {TLS_DIR}/{naming.CA_CERT_KEY}",
+        f"{prefix}.certfile = {TLS_DIR}/{naming.TLS_CERT_KEY}",
+        f"{prefix}.keyfile = {TLS_DIR}/{naming.TLS_KEY_KEY}",
+        f"{prefix}.verify = verify_none",
+        f"{prefix}.fail_if_no_peer_cert = false",
+    ]
+
+
+def listener_conf(tls: bool) -> list[str]:
+    """AMQP and the management API: plain, or TLS only (AMQPS and https, no plain port)."""
+    if not tls:
+        return [
+            f"listeners.tcp.default = {naming.RABBITMQ_PORT}",
+            f"management.tcp.port = {naming.RABBITMQ_MANAGEMENT_PORT}",
+        ]
+    return [
+        "listeners.tcp = none",
+        f"listeners.ssl.default = {naming.RABBITMQ_TLS_PORT}",
+        *tls_conf("ssl_options"),
+        f"management.ssl.port = {naming.RABBITMQ_MANAGEMENT_TLS_PORT}",
+        *tls_conf("management.ssl"),
+    ]
+
+
+def rabbitmq_conf(managed: ManagedBrokerSpec, tls: bool = False) -> str:
     """rabbitmq.conf. With a memory limit, RabbitMQ is told it (it does not always see the
     cgroup limit) so its memory alarm throttles publishers before the OOM killer strikes."""
     lines = [
         "# Written by the Ebbtide operator; a change restarts the broker pod.",
-        f"listeners.tcp.default = {naming.RABBITMQ_PORT}",
-        f"management.tcp.port = {naming.RABBITMQ_MANAGEMENT_PORT}",
+        *listener_conf(tls),
         f"load_definitions = {CONFIG_DIR}/{naming.BROKER_DEFINITIONS_KEY}",
         "log.console = true",
         "log.console.level = info",
@@ -146,7 +184,9 @@ def enabled_plugins() -> str:
     return "[rabbitmq_management].\n"
 
 
-def rabbitmq_config_map(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]:
+def rabbitmq_config_map(
+    owner: Body, managed: ManagedBrokerSpec, tls: bool = False
+) -> dict[str, Any]:
     name = owner["metadata"]["name"]
     return owned(
         {
@@ -156,7 +196,10 @@ def rabbitmq_config_map(owner: Body, managed: ManagedBrokerSpec) -> dict[str, An
                 "name": naming.rabbitmq_name(name),
                 "labels": naming.common_labels(name, "broker"),
             },
-            "data": {"rabbitmq.conf": rabbitmq_conf(managed), "enabled_plugins": enabled_plugins()},
+            "data": {
+                "rabbitmq.conf": rabbitmq_conf(managed, tls),
+                "enabled_plugins": enabled_plugins(),
+            },
         },
         owner,
     )
@@ -169,7 +212,8 @@ def _secret_env(name: str, taskqueue: str, key: str) -> dict[str, Any]:
     }
 
 
-def _rabbitmq_container(managed: ManagedBrokerSpec) -> dict[str, Any]:
+def _rabbitmq_container(managed: ManagedBrokerSpec, tls: bool) -> dict[str, Any]:
+    amqp_port, management_port = ports(tls)
     probe = {"tcpSocket": {"port": "amqp"}, "timeoutSeconds": 5}
     container: dict[str, Any] = {
         "name": "rabbitmq",
@@ -193,12 +237,8 @@ def _rabbitmq_container(managed: ManagedBrokerSpec) -> dict[str, Any]:
             },
         ],
         "ports": [
-            {"name": "amqp", "containerPort": naming.RABBITMQ_PORT, "protocol": "TCP"},
-            {
-                "name": "management",
-                "containerPort": naming.RABBITMQ_MANAGEMENT_PORT,
-                "protocol": "TCP",
-            },
+            {"name": "amqp", "containerPort": amqp_port, "protocol": "TCP"},
+            {"name": "management", "containerPort": management_port, "protocol": "TCP"},
         ],
         # Booting (or recovering a big message store) can take minutes; after that the
         # AMQP listener is the signal, as it only opens once the node is fully up.
@@ -214,19 +254,25 @@ def _rabbitmq_container(managed: ManagedBrokerSpec) -> dict[str, Any]:
         ],
         "securityContext": container_security(),
     }
+    if tls:
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     if managed.resources:
         container["resources"] = dict(managed.resources)
     return container
 
 
-def rabbitmq_workload(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]:
+def rabbitmq_workload(
+    owner: Body, managed: ManagedBrokerSpec, tls: bool = False, tls_hash: str = ""
+) -> dict[str, Any]:
     """A StatefulSet with a PVC (persistent, the default) or a Deployment with an emptyDir.
 
     The root filesystem is read-only: the node writes only to its volumes. The config
     directory is a read-only projection of the ConfigMap and the Secret's definitions;
     HOME (the Erlang cookie, rewritten at every start) is an emptyDir apart from the data
     PVC, because the kubelet's fsGroup chmod of a reused volume would make the cookie
-    group-readable and Erlang refuses such a cookie.
+    group-readable and Erlang refuses such a cookie. With `tls` the certificate, key and
+    CA are mounted from `<tq>-broker-tls`; `tls_hash` (of the live certificate) restarts
+    the pod on a new certificate.
     """
     name = owner["metadata"]["name"]
     security = pod_security(RABBITMQ_UID)
@@ -249,7 +295,7 @@ def rabbitmq_workload(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": GRACE_SECONDS,
         "securityContext": security,
-        "containers": [_rabbitmq_container(managed)],
+        "containers": [_rabbitmq_container(managed, tls)],
         "volumes": [
             # 0440: readable by the rabbitmq group (fsGroup) only.
             {"name": "config", "projected": {"sources": config_sources, "defaultMode": 0o440}},
@@ -258,31 +304,35 @@ def rabbitmq_workload(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
     }
-    config_hash = spec_hash(rabbitmq_config_map(owner, managed)["data"])
+    config_hash = spec_hash(rabbitmq_config_map(owner, managed, tls)["data"])
+    annotations = {naming.CONFIG_HASH_ANNOTATION: config_hash}
+    if tls:
+        pod_spec["volumes"].append(broker_tls_volume(name))
+        annotations[naming.TLS_HASH_ANNOTATION] = tls_hash
     return broker_workload(
-        owner,
-        naming.rabbitmq_name(name),
-        pod_spec,
-        managed.persistence,
-        annotations={naming.CONFIG_HASH_ANNOTATION: config_hash},
+        owner, naming.rabbitmq_name(name), pod_spec, managed.persistence, annotations=annotations
     )
 
 
-def rabbitmq_service(owner: Body) -> dict[str, Any]:
+def rabbitmq_service(owner: Body, tls: bool = False) -> dict[str, Any]:
+    amqp, management = ports(tls)
     return broker_service(
         owner,
         naming.rabbitmq_name(owner["metadata"]["name"]),
-        {"amqp": naming.RABBITMQ_PORT, "management": naming.RABBITMQ_MANAGEMENT_PORT},
+        {"amqp": amqp, "management": management},
     )
 
 
 def rabbitmq_network_policy(
-    owner: Body, operator_namespace: str | None = None, allowed_namespaces: Sequence[str] = ()
+    owner: Body,
+    operator_namespace: str | None = None,
+    allowed_namespaces: Sequence[str] = (),
+    tls: bool = False,
 ) -> dict[str, Any]:
     return broker_network_policy(
         owner,
         naming.rabbitmq_name(owner["metadata"]["name"]),
-        [naming.RABBITMQ_PORT, naming.RABBITMQ_MANAGEMENT_PORT],
+        list(ports(tls)),
         operator_namespace,
         allowed_namespaces,
     )

@@ -15,6 +15,7 @@ from ebbtide_operator.build.common import (
     Body,
     broker_network_policy,
     broker_service,
+    broker_tls_volume,
     broker_workload,
     container_security,
     pod_security,
@@ -23,31 +24,53 @@ from ebbtide_operator.build.common import (
 from ebbtide_operator.spec import ManagedBrokerSpec
 
 REDIS_UID = 999  # the `redis` user of the official images
+TLS_DIR = "/tls"  # the broker's certificate, key and CA (from <tq>-broker-tls)
 
 
-def redis_url(taskqueue: str, namespace: str, password: str) -> str:
+def redis_url(taskqueue: str, namespace: str, password: str, tls: bool = False) -> str:
+    """`rediss://` (TLS, verified against the TaskQueue's CA) or `redis://`."""
     host = f"{naming.redis_name(taskqueue)}.{namespace}.svc"
-    return f"redis://:{password}@{host}:{naming.REDIS_PORT}/0"
+    scheme = "rediss" if tls else "redis"
+    return f"{scheme}://:{password}@{host}:{naming.REDIS_PORT}/0"
 
 
-def redis_secret(owner: Body, password: str) -> dict[str, Any]:
+def redis_secret(owner: Body, password: str, tls: bool = False) -> dict[str, Any]:
     """Holds the password (for `requirepass`) and the full URL (for workers/producers)."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
     return secret_object(
         owner,
         {
             naming.BROKER_PASSWORD_KEY: password,
-            naming.BROKER_URL_KEY: redis_url(name, namespace, password),
+            naming.BROKER_URL_KEY: redis_url(name, namespace, password, tls),
         },
     )
 
 
-def _redis_container(managed: ManagedBrokerSpec, taskqueue: str) -> dict[str, Any]:
+def tls_args() -> list[str]:
+    """TLS only: no plain port at all; clients are not asked for certificates (they
+    authenticate with their password), the server shows the TaskQueue's certificate."""
+    return [
+        "--port",
+        "0",
+        "--tls-port",
+        str(naming.REDIS_PORT),
+        "--tls-cert-file",
+        f"{TLS_DIR}/{naming.TLS_CERT_KEY}",
+        "--tls-key-file",
+        f"{TLS_DIR}/{naming.TLS_KEY_KEY}",
+        "--tls-ca-cert-file",
+        f"{TLS_DIR}/{naming.CA_CERT_KEY}",
+        "--tls-auth-clients",
+        "no",
+    ]
+
+
+def _redis_container(managed: ManagedBrokerSpec, taskqueue: str, tls: bool) -> dict[str, Any]:
+    port_args = tls_args() if tls else ["--port", str(naming.REDIS_PORT)]
     args = [
         "--requirepass",
         "$(REDIS_PASSWORD)",
-        "--port",
-        str(naming.REDIS_PORT),
+        *port_args,
         "--dir",
         "/data",
         "--protected-mode",
@@ -84,20 +107,32 @@ def _redis_container(managed: ManagedBrokerSpec, taskqueue: str) -> dict[str, An
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
         "securityContext": container_security(),
     }
+    if tls:
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     if managed.resources:
         container["resources"] = dict(managed.resources)
     return container
 
 
-def redis_workload(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]:
-    """A one-replica Deployment (ephemeral) or StatefulSet with a PVC and AOF (persistent)."""
+def redis_workload(
+    owner: Body, managed: ManagedBrokerSpec, tls: bool = False, tls_hash: str = ""
+) -> dict[str, Any]:
+    """A one-replica Deployment (ephemeral) or StatefulSet with a PVC and AOF (persistent).
+    With `tls` it listens on TLS only; `tls_hash` (of the live certificate) restarts the
+    pod when the certificate changes, since Redis reads it at start."""
     name = owner["metadata"]["name"]
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "securityContext": pod_security(REDIS_UID),
-        "containers": [_redis_container(managed, name)],
+        "containers": [_redis_container(managed, name, tls)],
     }
-    return broker_workload(owner, naming.redis_name(name), pod_spec, managed.persistence)
+    annotations = None
+    if tls:
+        pod_spec["volumes"] = [broker_tls_volume(name)]
+        annotations = {naming.TLS_HASH_ANNOTATION: tls_hash}
+    return broker_workload(
+        owner, naming.redis_name(name), pod_spec, managed.persistence, annotations=annotations
+    )
 
 
 def redis_service(owner: Body) -> dict[str, Any]:

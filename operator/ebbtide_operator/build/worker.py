@@ -11,6 +11,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from ebbtide.brokers.tls import CA_FILE_ENV, CERT_FILE_ENV, KEY_FILE_ENV
+
 from ebbtide_operator import naming
 from ebbtide_operator.build.common import owned, spec_hash
 from ebbtide_operator.build.merge import deep_merge
@@ -60,6 +62,55 @@ def _secret_key_ref(ref: SecretRef) -> dict[str, str]:
     return {"name": ref.name, "key": ref.key}
 
 
+def tls_pieces(
+    taskqueue: str, spec: TaskQueueSpec
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, volumes, mounts) that tell the runtime how to verify the broker: the CA
+    Secret's one key mounted at BROKER_CA_DIR (EBBTIDE_BROKER_CA_FILE), and an external
+    broker's client certificate at BROKER_CLIENT_CERT_DIR (EBBTIDE_BROKER_CERT_FILE and
+    EBBTIDE_BROKER_KEY_FILE). Files, not env values: a renewed CA reaches running pods."""
+    env: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    ca = spec.broker.ca_secret(taskqueue)
+    if ca is not None:
+        volumes.append(
+            {
+                "name": "broker-ca",
+                "secret": {
+                    "secretName": ca.name,
+                    "items": [{"key": ca.key, "path": naming.CA_CERT_KEY}],
+                },
+            }
+        )
+        mounts.append({"name": "broker-ca", "mountPath": naming.BROKER_CA_DIR, "readOnly": True})
+        env.append({"name": CA_FILE_ENV, "value": f"{naming.BROKER_CA_DIR}/{naming.CA_CERT_KEY}"})
+    client = spec.broker.tls.client_cert_secret if spec.broker.managed is None else None
+    if client is not None:
+        keys = (naming.TLS_CERT_KEY, naming.TLS_KEY_KEY)
+        volumes.append(
+            {
+                "name": "broker-client-cert",
+                "secret": {
+                    "secretName": client,
+                    "items": [{"key": key, "path": key} for key in keys],
+                    "defaultMode": 0o400,
+                },
+            }
+        )
+        mounts.append(
+            {
+                "name": "broker-client-cert",
+                "mountPath": naming.BROKER_CLIENT_CERT_DIR,
+                "readOnly": True,
+            }
+        )
+        directory = naming.BROKER_CLIENT_CERT_DIR
+        env.append({"name": CERT_FILE_ENV, "value": f"{directory}/{naming.TLS_CERT_KEY}"})
+        env.append({"name": KEY_FILE_ENV, "value": f"{directory}/{naming.TLS_KEY_KEY}"})
+    return env, volumes, mounts
+
+
 def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
     ours: list[dict[str, Any]] = [
         {
@@ -71,6 +122,7 @@ def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
         {"name": "EBBTIDE_TASKQUEUE", "value": taskqueue},
         {"name": "EBBTIDE_KEY_PREFIX", "value": spec.broker.key_prefix},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *tls_pieces(taskqueue, spec)[0],
     ]
     taken = {item["name"] for item in ours}
     return ours + [dict(item) for item in spec.worker.env if item.get("name") not in taken]
@@ -103,7 +155,7 @@ def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *tls_pieces(taskqueue, spec)[2]],
     }
     if worker.image_pull_policy:
         container["imagePullPolicy"] = worker.image_pull_policy
@@ -119,7 +171,10 @@ def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+            *tls_pieces(taskqueue, spec)[1],
+        ],
     }
     if worker.service_account_name:
         pod_spec["serviceAccountName"] = worker.service_account_name

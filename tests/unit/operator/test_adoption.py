@@ -172,8 +172,10 @@ def test_creates_deletes_and_scales_are_audited(caplog):
     run(cluster, b)  # StatefulSet → Deployment
     entries = [r.audit for r in caplog.records if hasattr(r, "audit")]
     actions = [(e["action"], e["object"]) for e in entries]
-    assert actions[:4] == [
+    assert actions[:6] == [
         ("create", "Secret/tq-broker"),
+        ("create", "Secret/tq-broker-ca"),  # TLS, on by default
+        ("create", "Secret/tq-broker-tls"),
         ("create", "StatefulSet/tq-redis"),
         ("create", "Service/tq-redis"),
         ("create", "NetworkPolicy/tq-redis"),

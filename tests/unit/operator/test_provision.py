@@ -41,6 +41,8 @@ def test_first_reconcile_creates_everything():
     report = run(cluster, body())
     assert report == {
         "Secret/tq-broker": "created",
+        "Secret/tq-broker-ca": "created",  # TLS by default
+        "Secret/tq-broker-tls": "created",
         "StatefulSet/tq-redis": "created",
         "Service/tq-redis": "created",
         "NetworkPolicy/tq-redis": "created",
@@ -105,13 +107,15 @@ def test_managed_rabbitmq_creates_secret_config_statefulset_service_and_policy()
     report = run(cluster, rabbit_body())
     assert report == {
         "Secret/tq-broker": "created",
+        "Secret/tq-broker-ca": "created",
+        "Secret/tq-broker-tls": "created",
         "ConfigMap/tq-rabbitmq": "created",
         "StatefulSet/tq-rabbitmq": "created",
         "Service/tq-rabbitmq": "created",
         "NetworkPolicy/tq-rabbitmq": "created",
         "Deployment/tq-worker": "created",
     }
-    assert secret_url(cluster).startswith("amqp://ebbtide-")
+    assert secret_url(cluster).startswith("amqps://ebbtide-")
     for key in cluster.objects:
         refs = cluster.objects[key]["metadata"]["ownerReferences"]
         assert [ref["uid"] for ref in refs] == ["u1"], key
@@ -132,17 +136,17 @@ def test_rabbitmq_reconcile_is_idempotent_and_applies_config_changes():
 def test_switching_redis_to_rabbitmq_replaces_secret_and_broker_objects():
     cluster = MemoryCluster()
     run(cluster, body())
-    assert secret_url(cluster).startswith("redis://")
+    assert secret_url(cluster).startswith("rediss://")
     report = run(cluster, rabbit_body())
     assert report["Secret/tq-broker"] == "replaced"
-    assert secret_url(cluster).startswith("amqp://")
+    assert secret_url(cluster).startswith("amqps://")
     for kind in ("StatefulSet", "Service", "NetworkPolicy"):
         assert report[f"{kind}/tq-redis"] == "deleted"
         assert (kind, "ns", "tq-redis") not in cluster.objects
     assert ("StatefulSet", "ns", "tq-rabbitmq") in cluster.objects
     # ...and back: the RabbitMQ objects, ConfigMap included, go.
     report = run(cluster, body())
-    assert report["Secret/tq-broker"] == "replaced" and secret_url(cluster).startswith("redis://")
+    assert report["Secret/tq-broker"] == "replaced" and secret_url(cluster).startswith("rediss://")
     for kind in ("StatefulSet", "Service", "NetworkPolicy", "ConfigMap"):
         assert report[f"{kind}/tq-rabbitmq"] == "deleted"
 
@@ -153,7 +157,7 @@ def test_a_users_secret_is_never_replaced_even_for_another_type():
     cluster.objects[("Secret", "ns", "tq-broker")]["metadata"]["ownerReferences"] = []
     report = run(cluster, rabbit_body())
     assert report["Secret/tq-broker"] == "conflict"
-    assert secret_url(cluster).startswith("redis://")
+    assert secret_url(cluster).startswith("rediss://")
 
 
 def test_rabbitmq_persistence_off_is_a_deployment_and_switching_replaces_it():
