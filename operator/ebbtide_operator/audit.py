@@ -19,7 +19,14 @@ from typing import Any
 from ebbtide_operator.status import iso
 
 log = logging.getLogger("ebbtide.audit")
-ACTIONS = ("create", "delete", "replace", "scale", "renew", "retarget")  # renew: a certificate; retarget: a URL to or from TLS
+ACTIONS = (
+    "create",
+    "delete",
+    "replace",
+    "scale",
+    "renew",
+    "retarget",
+)  # renew: a certificate; retarget: a URL to or from TLS
 
 
 def identity() -> str:

@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ebbtide.brokers.tls import BrokerTLS, is_tls_url
 from ebbtide.stats import BrokerStats
 
-from ebbtide_operator import drain, naming, observe, provision
+from ebbtide_operator import drain, naming, observe, provision, tls_files
 from ebbtide_operator import status as status_mod
 from ebbtide_operator.broker_io import BrokerReader, BrokerUnreachable
 from ebbtide_operator.build import worker
@@ -71,11 +72,26 @@ class _Memory:
     written_at: float | None = None
     url: str | None = None
     url_read_at: float = 0.0
+    tls: BrokerTLS | None = None  # read with the URL: the CA (and client cert) it needs
     costs: dict[str, int] = field(default_factory=dict)
     last_scale_time: str | None = None
     last_scale_reason: str | None = None
     template: tuple[Any, dict[str, Any]] | None = None  # (generation, desired pod template)
     worker_conflict: str | None = None  # `Deployment/<name>-worker` when it is not ours
+
+
+def tls_state(spec: TaskQueueSpec, url: str | None) -> str:
+    """The Encrypted condition's reason: from the spec for a managed broker, from the
+    URL's scheme for an external one."""
+    if spec.broker.managed is not None:
+        if not spec.broker.tls.enabled:
+            return status_mod.TLS_DISABLED
+        if spec.broker.tls.issuer is not None:
+            return status_mod.TLS_CERT_MANAGER
+        return status_mod.TLS_GENERATED
+    if url is None:
+        return status_mod.TLS_UNKNOWN
+    return status_mod.TLS_EXTERNAL if is_tls_url(url) else status_mod.TLS_EXTERNAL_PLAIN
 
 
 class TaskQueueTicker:
@@ -88,8 +104,11 @@ class TaskQueueTicker:
         clock: Callable[[], float] = time.time,
         policy: Callable[[Observation, Any, PolicyState], Decision] = decide,
         conflicts: Callable[[Mapping[str, Any]], Sequence[str]] = lambda _body: (),
+        files: tls_files.TLSFiles | None = None,
     ) -> None:
-        """`conflicts(body)`: the foreign objects the last reconcile found (main.py)."""
+        """`conflicts(body)`: the foreign objects the last reconcile found (main.py);
+        `files`: where the CA and client certificates read from Secrets are written."""
+        self.tls_files = files or tls_files.shared()
         self.cluster = cluster
         self.reader = reader
         self.metrics = metrics
@@ -202,6 +221,7 @@ class TaskQueueTicker:
             paused=scaling.paused,
             target_seconds=scaling.target_backlog_seconds,
             persistence_disabled=managed is not None and not managed.persistence.enabled,
+            tls=tls_state(spec, memory.url),
             eviction_policy=self.reader.eviction_policy(self.memory.url or ""),
             external_broker=managed is None,
             name_conflicts=self._reconcile_conflicts(body, name),
@@ -229,13 +249,17 @@ class TaskQueueTicker:
         self, namespace: str, name: str, spec: TaskQueueSpec, now: float
     ) -> BrokerStats | BrokerUnreachable:
         try:
+            refresh = self._url_due(now)
             url = await self._broker_url(namespace, name, spec, now)
+            if refresh or self.memory.tls is None:
+                self.memory.tls = await self._broker_tls(namespace, name, spec, url)
             return await self.reader.read(
                 f"{namespace}/{name}",
                 url,
                 [q.name for q in spec.queues],
                 stats_timeout(spec.scaling.poll_seconds),
                 prefix=spec.broker.key_prefix,
+                tls=self.memory.tls,
             )
         except BrokerUnreachable as error:
             return error
@@ -256,6 +280,40 @@ class TaskQueueTicker:
                 memory.policy_state = PolicyState()
         memory.last_scale_time = memory.last_scale_time or status.get("lastScaleTime")
         memory.last_scale_reason = memory.last_scale_reason or status.get("lastScaleReason")
+
+    def _url_due(self, now: float) -> bool:
+        memory = self.memory
+        return memory.url is None or now - memory.url_read_at >= URL_REFRESH_SECONDS
+
+    async def _secret_value(self, namespace: str, secret: str, key: str, why: str) -> str:
+        try:
+            value = await self.cluster.read_secret_value(namespace, secret, key)
+        except Exception as error:
+            raise BrokerUnreachable(
+                f"cannot read Secret {secret}: {type(error).__name__}"
+            ) from error
+        if not value:
+            raise BrokerUnreachable(f"Secret {secret} (key {key!r}) not found or empty: {why}")
+        return value
+
+    async def _broker_tls(
+        self, namespace: str, name: str, spec: TaskQueueSpec, url: str
+    ) -> BrokerTLS:
+        """The CA that verifies a rediss:// or amqps:// broker (and an external broker's
+        client certificate), read from their Secrets as the workers mount them."""
+        if not is_tls_url(url):
+            return BrokerTLS()
+        ca_pem = cert_pem = key_pem = None
+        ca = spec.broker.ca_secret(name)
+        if ca is not None:
+            why = "the CA that verifies the broker's certificate"
+            ca_pem = await self._secret_value(namespace, ca.name, ca.key, why)
+        client = spec.broker.tls.client_cert_secret if spec.broker.managed is None else None
+        if client is not None:
+            why = "the client certificate for the broker"
+            cert_pem = await self._secret_value(namespace, client, naming.TLS_CERT_KEY, why)
+            key_pem = await self._secret_value(namespace, client, naming.TLS_KEY_KEY, why)
+        return self.tls_files.broker_tls(ca_pem, cert_pem, key_pem)
 
     async def _broker_url(self, namespace: str, name: str, spec: TaskQueueSpec, now: float) -> str:
         memory = self.memory

@@ -151,7 +151,7 @@ def test_conflict_conditions_name_the_objects():
     health = status.Health(
         name_conflicts=("Service/tq-redis",), worker_conflict="Deployment/tq-worker"
     )
-    ready, _broker, workers, scaling, degraded, _durable = status.conditions(health, 0, 0)
+    ready, _broker, workers, scaling, degraded, *_ = status.conditions(health, 0, 0)
     assert ready["status"] == "False" and ready["reason"] == "NameConflict"
     assert "Deployment/tq-worker" in ready["message"] and "Service/tq-redis" in ready["message"]
     assert workers["reason"] == "NameConflict" and workers["status"] == "False"
