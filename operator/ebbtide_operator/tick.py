@@ -21,7 +21,7 @@ from typing import Any
 
 from ebbtide.stats import BrokerStats
 
-from ebbtide_operator import drain, naming, observe, provision
+from ebbtide_operator import broker_admin, credentials, drain, naming, observe, provision
 from ebbtide_operator import status as status_mod
 from ebbtide_operator.broker_io import BrokerReader, BrokerUnreachable
 from ebbtide_operator.build import worker
@@ -32,7 +32,7 @@ from ebbtide_operator.spec import SpecError, TaskQueueSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
-URL_REFRESH_SECONDS = 60.0  # re-read the broker Secret this often (rotations)
+URL_REFRESH_SECONDS = 60.0  # re-read the broker Secrets this often (rotations)
 MAX_STATS_TIMEOUT = 5.0
 
 
@@ -74,7 +74,9 @@ class _Memory:
     costs: dict[str, int] = field(default_factory=dict)
     last_scale_time: str | None = None
     last_scale_reason: str | None = None
-    template: tuple[Any, dict[str, Any]] | None = None  # (generation, desired pod template)
+    template: tuple[Any, Any, dict[str, Any]] | None = None  # (generation, credentials, template)
+    credentials_version: str | None = None  # the worker credential's, for the pod template
+    applied: str | None = None  # fingerprint of the role credentials the live broker has
     worker_conflict: str | None = None  # `Deployment/<name>-worker` when it is not ours
 
 
@@ -129,6 +131,9 @@ class TaskQueueTicker:
             )
             return
         scaling = spec.scaling
+        if spec.broker.managed is not None:
+            # Before the Deployment's drift check: a rotation changes the pod template.
+            await self._refresh_credentials(body, spec, now)
 
         # The broker and the API server are read concurrently: the tick waits for the
         # slower of the two, not their sum.
@@ -209,6 +214,7 @@ class TaskQueueTicker:
         )
         new_status = self._status(
             body,
+            spec,
             health,
             obs if stats is not None else None,
             decision,
@@ -257,11 +263,55 @@ class TaskQueueTicker:
         memory.last_scale_time = memory.last_scale_time or status.get("lastScaleTime")
         memory.last_scale_reason = memory.last_scale_reason or status.get("lastScaleReason")
 
+    async def _refresh_credentials(
+        self, body: Mapping[str, Any], spec: TaskQueueSpec, now: float
+    ) -> None:
+        """Every URL_REFRESH_SECONDS: the managed broker's Secrets (credentials.sync: a
+        missing role Secret is generated again, an edited password re-derives its URL and
+        the broker's users file), the new credentials set on the live broker (once per
+        change; retried until the broker takes them), and the operator's own URL."""
+        memory = self.memory
+        if memory.url is not None and now - memory.url_read_at < URL_REFRESH_SECONDS:
+            return
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            synced = await credentials.sync(self.cluster, body, spec)
+        except Exception:
+            log.warning("credentials of %s/%s", namespace, name, exc_info=True)
+            self.metrics.error(namespace, name, "credentials")
+            return
+        if not synced.complete:
+            return  # a foreign Secret in the way: the reconcile reports the conflict
+        memory.credentials_version = synced.version()
+        if synced.rotated:
+            roles = ", ".join(synced.rotated)
+            self.events(body, "Normal", "CredentialsRotated", f"new password for: {roles}")
+        fingerprint = synced.fingerprint()
+        if fingerprint != memory.applied and synced.admin_url:
+            try:
+                await asyncio.to_thread(
+                    broker_admin.apply,
+                    spec.broker.type,
+                    synced.admin_url,
+                    synced.roles,
+                    spec.broker.key_prefix,
+                    name,
+                )
+                memory.applied = fingerprint
+            except Exception as error:  # unreachable or still starting: retried next time
+                log.info("broker users of %s/%s not applied yet: %s", namespace, name, error)
+        url = synced.urls.get("operator")
+        if url:
+            if memory.url is not None and memory.url != url:
+                self.reader.forget(memory.url)
+            memory.url, memory.url_read_at = url, now
+
     async def _broker_url(self, namespace: str, name: str, spec: TaskQueueSpec, now: float) -> str:
         memory = self.memory
         if memory.url is not None and now - memory.url_read_at < URL_REFRESH_SECONDS:
             return memory.url
-        ref = spec.broker.url_secret(name)
+        ref = spec.broker.url_secret(name, "operator")
         secret, key = ref.name, ref.key
         try:
             url = await self.cluster.read_secret_value(namespace, secret, key)
@@ -292,6 +342,7 @@ class TaskQueueTicker:
                 replicas=replicas,
                 template=self._desired_template(body, name, spec),
                 events=self.events,
+                credentials=self._credentials(spec),
             )
             self.memory.worker_conflict = None
             return live
@@ -307,18 +358,27 @@ class TaskQueueTicker:
             self.metrics.error(namespace, name, "deployment")
             return None
 
+    def _credentials(self, spec: TaskQueueSpec) -> str | None:
+        return self.memory.credentials_version if spec.broker.managed is not None else None
+
     def _desired_template(
         self, body: Mapping[str, Any], name: str, spec: TaskQueueSpec
-    ) -> dict[str, Any]:
-        """Built once per spec generation: the drift check runs every poll."""
+    ) -> dict[str, Any] | None:
+        """Built once per spec generation and worker credential: the drift check runs
+        every poll. None while a managed broker's worker credential is unknown (its
+        Secrets unreadable so far): a template without it would roll every pod."""
         generation = body["metadata"].get("generation")
+        version = self._credentials(spec)
+        if spec.broker.managed is not None and version is None:
+            return None
         cached = self.memory.template
-        if cached is None or cached[0] != generation or generation is None:
+        if cached is None or cached[:2] != (generation, version) or generation is None:
             cached = self.memory.template = (
                 generation,
-                worker.worker_pod_template(name, spec),
+                version,
+                worker.worker_pod_template(name, spec, version),
             )
-        return cached[1]
+        return cached[2]
 
     async def _set_deletion_costs(self, namespace: str, name: str, stats: BrokerStats) -> None:
         """Idle pods cheapest, so the ReplicaSet removes them first."""
@@ -344,6 +404,7 @@ class TaskQueueTicker:
     def _status(
         self,
         body: Mapping[str, Any],
+        spec: TaskQueueSpec,
         health: status_mod.Health,
         obs: Observation | None,
         decision: Decision | None,
@@ -355,6 +416,7 @@ class TaskQueueTicker:
         previous_conditions = (memory.written or body.get("status") or {}).get("conditions")
         new: dict[str, Any] = {"observedGeneration": body["metadata"].get("generation")}
         new.update(status_mod.figures(obs, decision, replicas, ready))
+        new["broker"] = status_mod.broker_secrets(body["metadata"]["name"], spec)
         if obs is None and memory.written:
             # Unreachable broker: keep the last figures rather than invent zeros.
             for key in (

@@ -1,4 +1,9 @@
-"""Pure builders for a managed Redis: Secret, workload, Service, NetworkPolicy.
+"""Pure builders for a managed Redis: Secrets, workload, Service, NetworkPolicy.
+
+The broker runs with an ACL file (`--aclfile`) mounted from the `<name>-broker` Secret's
+`users.acl` key: the `default` user is the admin (that Secret's password), and each role
+(roles.py) has its own user, password and rights. The file holds SHA-256 hashes only, and
+no password ever appears in the Deployment.
 
 Each returns a plain dict ready to send to the API server, already owned by the
 TaskQueue (so deleting the TaskQueue garbage-collects it). The shapes every broker shares
@@ -7,8 +12,9 @@ are in common.py. No I/O here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from ebbtide_operator import naming
 from ebbtide_operator.build.common import (
@@ -18,34 +24,59 @@ from ebbtide_operator.build.common import (
     broker_workload,
     container_security,
     pod_security,
+    role_secret,
     secret_object,
 )
+from ebbtide_operator.build.roles import Credential, redis_acl_file
 from ebbtide_operator.spec import ManagedBrokerSpec
 
 REDIS_UID = 999  # the `redis` user of the official images
+ACL_DIR = "/etc/redis"
 
 
-def redis_url(taskqueue: str, namespace: str, password: str) -> str:
+def redis_url(
+    taskqueue: str,
+    namespace: str,
+    password: str,
+    username: str | None = None,
+    scheme: str = "redis",
+) -> str:
+    """The in-cluster URL, built from its parts (`scheme` is where TLS says `rediss`);
+    no `username` means the `default` user (the admin)."""
     host = f"{naming.redis_name(taskqueue)}.{namespace}.svc"
-    return f"redis://:{password}@{host}:{naming.REDIS_PORT}/0"
+    user = quote(username, safe="") if username else ""
+    return f"{scheme}://{user}:{quote(password, safe='')}@{host}:{naming.REDIS_PORT}/0"
 
 
-def redis_secret(owner: Body, password: str) -> dict[str, Any]:
-    """Holds the password (for `requirepass`) and the full URL (for workers/producers)."""
+def redis_secret(
+    owner: Body, password: str, credentials: Mapping[str, Credential], prefix: str
+) -> dict[str, Any]:
+    """The admin Secret: the `default` user's password and URL, and the ACL file the
+    broker loads at boot (built from `credentials`, the three role identities)."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
     return secret_object(
         owner,
         {
             naming.BROKER_PASSWORD_KEY: password,
             naming.BROKER_URL_KEY: redis_url(name, namespace, password),
+            naming.BROKER_ACL_KEY: redis_acl_file(password, credentials, prefix),
         },
     )
 
 
-def _redis_container(managed: ManagedBrokerSpec, taskqueue: str) -> dict[str, Any]:
+def redis_role_secret(owner: Body, role: str, credential: Credential) -> dict[str, Any]:
+    """`<name>-broker-<role>`: that role's user, password and URL."""
+    name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    url = redis_url(name, namespace, credential.password, credential.username)
+    return role_secret(owner, role, credential.username, credential.password, url)
+
+
+def _redis_container(managed: ManagedBrokerSpec) -> dict[str, Any]:
     args = [
-        "--requirepass",
-        "$(REDIS_PASSWORD)",
+        # Users and passwords (hashed) from the Secret: no `requirepass`, no password in
+        # the pod spec. Read-only: rotations are applied live (ACL SETUSER) as well.
+        "--aclfile",
+        f"{ACL_DIR}/{naming.BROKER_ACL_KEY}",
         "--port",
         str(naming.REDIS_PORT),
         "--dir",
@@ -67,21 +98,13 @@ def _redis_container(managed: ManagedBrokerSpec, taskqueue: str) -> dict[str, An
         "image": managed.image,
         "command": ["redis-server"],
         "args": args,
-        "env": [
-            {
-                "name": "REDIS_PASSWORD",
-                "valueFrom": {
-                    "secretKeyRef": {
-                        "name": naming.broker_secret_name(taskqueue),
-                        "key": naming.BROKER_PASSWORD_KEY,
-                    }
-                },
-            }
-        ],
         "ports": [{"name": "redis", "containerPort": naming.REDIS_PORT, "protocol": "TCP"}],
         "readinessProbe": probe,
         "livenessProbe": {**probe, "initialDelaySeconds": 10},
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/data"},
+            {"name": "acl", "mountPath": ACL_DIR, "readOnly": True},
+        ],
         "securityContext": container_security(),
     }
     if managed.resources:
@@ -95,7 +118,17 @@ def redis_workload(owner: Body, managed: ManagedBrokerSpec) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "securityContext": pod_security(REDIS_UID),
-        "containers": [_redis_container(managed, name)],
+        "containers": [_redis_container(managed)],
+        "volumes": [
+            {
+                "name": "acl",
+                "secret": {
+                    "secretName": naming.broker_secret_name(name),
+                    "items": [{"key": naming.BROKER_ACL_KEY, "path": naming.BROKER_ACL_KEY}],
+                    "defaultMode": 0o440,  # readable by the redis group (fsGroup) only
+                },
+            }
+        ],
     }
     return broker_workload(owner, naming.redis_name(name), pod_spec, managed.persistence)
 
