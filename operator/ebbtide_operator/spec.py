@@ -116,12 +116,13 @@ class BrokerSpec:
             return SecretRef(naming.broker_tls_secret_name(taskqueue), naming.CA_CERT_KEY)
         return SecretRef(naming.broker_ca_secret_name(taskqueue), naming.CA_CERT_KEY)
 
-    def url_secret(self, taskqueue: str) -> SecretRef:
-        """Where the broker URL lives: the user's Secret, or the one we generate. The
-        workers' env and the tick's statistics reads must agree on it."""
+    def url_secret(self, taskqueue: str, role: str = "worker") -> SecretRef:
+        """Where a role's broker URL lives: the user's one Secret for an external broker,
+        else the role's generated `<name>-broker-<role>` (workers: "worker", the tick's
+        statistics: "operator", producers: "producer")."""
         if self.external is not None:
             return self.external
-        return SecretRef(naming.broker_secret_name(taskqueue), naming.BROKER_URL_KEY)
+        return SecretRef(naming.role_secret_name(taskqueue, role), naming.BROKER_URL_KEY)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ebbtide_operator import naming
 from ebbtide_operator.policy import Decision, Observation
+from ebbtide_operator.spec import TaskQueueSpec
 
 CONDITION_TYPES = (
     "Ready",
@@ -289,6 +291,13 @@ def figures(
     else:
         out.update(drainSeconds=None, drain=format_duration(drain))
     return out
+
+
+def broker_secrets(taskqueue: str, spec: TaskQueueSpec) -> dict[str, str]:
+    """`status.broker`: the Secret each role takes its broker URL from (key `url`, or the
+    external Secret's key), so producers need not guess a name. One Secret for all roles
+    on an external broker."""
+    return {f"{role}Secret": spec.broker.url_secret(taskqueue, role).name for role in naming.ROLES}
 
 
 def _stable(status: Mapping[str, Any]) -> dict[str, Any]:

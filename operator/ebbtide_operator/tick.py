@@ -22,7 +22,7 @@ from typing import Any
 from ebbtide.brokers.tls import BrokerTLS, is_tls_url
 from ebbtide.stats import BrokerStats
 
-from ebbtide_operator import drain, naming, observe, provision, tls_files
+from ebbtide_operator import broker_admin, credentials, drain, naming, observe, provision, tls_files
 from ebbtide_operator import status as status_mod
 from ebbtide_operator.broker_io import BrokerReader, BrokerUnreachable
 from ebbtide_operator.build import worker
@@ -33,7 +33,7 @@ from ebbtide_operator.spec import SpecError, TaskQueueSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
-URL_REFRESH_SECONDS = 60.0  # re-read the broker Secret this often (rotations)
+URL_REFRESH_SECONDS = 60.0  # re-read the broker Secrets this often (rotations)
 MAX_STATS_TIMEOUT = 5.0
 
 
@@ -72,11 +72,15 @@ class _Memory:
     written_at: float | None = None
     url: str | None = None
     url_read_at: float = 0.0
-    tls: BrokerTLS | None = None  # read with the URL: the CA (and client cert) it needs
+    tls: BrokerTLS | None = None  # the CA (and client cert) the broker URL needs
+    tls_for: bool = False  # whether `tls` was read for a TLS URL
+    tls_read_at: float = 0.0
     costs: dict[str, int] = field(default_factory=dict)
     last_scale_time: str | None = None
     last_scale_reason: str | None = None
-    template: tuple[Any, dict[str, Any]] | None = None  # (generation, desired pod template)
+    template: tuple[Any, Any, dict[str, Any]] | None = None  # (generation, credentials, template)
+    credentials_version: str | None = None  # the worker credential's, for the pod template
+    applied: str | None = None  # fingerprint of the role credentials the live broker has
     worker_conflict: str | None = None  # `Deployment/<name>-worker` when it is not ours
 
 
@@ -148,6 +152,9 @@ class TaskQueueTicker:
             )
             return
         scaling = spec.scaling
+        if spec.broker.managed is not None:
+            # Before the Deployment's drift check: a rotation changes the pod template.
+            await self._refresh_credentials(body, spec, now)
 
         # The broker and the API server are read concurrently: the tick waits for the
         # slower of the two, not their sum.
@@ -229,6 +236,7 @@ class TaskQueueTicker:
         )
         new_status = self._status(
             body,
+            spec,
             health,
             obs if stats is not None else None,
             decision,
@@ -249,17 +257,15 @@ class TaskQueueTicker:
         self, namespace: str, name: str, spec: TaskQueueSpec, now: float
     ) -> BrokerStats | BrokerUnreachable:
         try:
-            refresh = self._url_due(now)
             url = await self._broker_url(namespace, name, spec, now)
-            if refresh or self.memory.tls is None:
-                self.memory.tls = await self._broker_tls(namespace, name, spec, url)
+            tls = await self._tls(namespace, name, spec, url, now)
             return await self.reader.read(
                 f"{namespace}/{name}",
                 url,
                 [q.name for q in spec.queues],
                 stats_timeout(spec.scaling.poll_seconds),
                 prefix=spec.broker.key_prefix,
-                tls=self.memory.tls,
+                tls=tls,
             )
         except BrokerUnreachable as error:
             return error
@@ -281,9 +287,18 @@ class TaskQueueTicker:
         memory.last_scale_time = memory.last_scale_time or status.get("lastScaleTime")
         memory.last_scale_reason = memory.last_scale_reason or status.get("lastScaleReason")
 
-    def _url_due(self, now: float) -> bool:
+    async def _tls(
+        self, namespace: str, name: str, spec: TaskQueueSpec, url: str, now: float
+    ) -> BrokerTLS:
+        """`_broker_tls`, read again every URL_REFRESH_SECONDS (a renewed CA) or when the
+        URL switches to or from TLS."""
         memory = self.memory
-        return memory.url is None or now - memory.url_read_at >= URL_REFRESH_SECONDS
+        wanted = is_tls_url(url)
+        stale = now - memory.tls_read_at >= URL_REFRESH_SECONDS
+        if memory.tls is None or memory.tls_for != wanted or stale:
+            memory.tls = await self._broker_tls(namespace, name, spec, url)
+            memory.tls_for, memory.tls_read_at = wanted, now
+        return memory.tls
 
     async def _secret_value(self, namespace: str, secret: str, key: str, why: str) -> str:
         try:
@@ -315,11 +330,57 @@ class TaskQueueTicker:
             key_pem = await self._secret_value(namespace, client, naming.TLS_KEY_KEY, why)
         return self.tls_files.broker_tls(ca_pem, cert_pem, key_pem)
 
+    async def _refresh_credentials(
+        self, body: Mapping[str, Any], spec: TaskQueueSpec, now: float
+    ) -> None:
+        """Every URL_REFRESH_SECONDS: the managed broker's Secrets (credentials.sync: a
+        missing role Secret is generated again, an edited password re-derives its URL and
+        the broker's users file), the new credentials set on the live broker (once per
+        change; retried until the broker takes them), and the operator's own URL."""
+        memory = self.memory
+        if memory.url is not None and now - memory.url_read_at < URL_REFRESH_SECONDS:
+            return
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            synced = await credentials.sync(self.cluster, body, spec)
+        except Exception:
+            log.warning("credentials of %s/%s", namespace, name, exc_info=True)
+            self.metrics.error(namespace, name, "credentials")
+            return
+        if not synced.complete:
+            return  # a foreign Secret in the way: the reconcile reports the conflict
+        memory.credentials_version = synced.version()
+        if synced.rotated:
+            roles = ", ".join(synced.rotated)
+            self.events(body, "Normal", "CredentialsRotated", f"new password for: {roles}")
+        fingerprint = synced.fingerprint()
+        if fingerprint != memory.applied and synced.admin_url:
+            try:
+                tls = await self._tls(namespace, name, spec, synced.admin_url, now)
+                await asyncio.to_thread(
+                    broker_admin.apply,
+                    spec.broker.type,
+                    synced.admin_url,
+                    synced.roles,
+                    spec.broker.key_prefix,
+                    name,
+                    tls,
+                )
+                memory.applied = fingerprint
+            except Exception as error:  # unreachable or still starting: retried next time
+                log.info("broker users of %s/%s not applied yet: %s", namespace, name, error)
+        url = synced.urls.get("operator")
+        if url:
+            if memory.url is not None and memory.url != url:
+                self.reader.forget(memory.url)
+            memory.url, memory.url_read_at = url, now
+
     async def _broker_url(self, namespace: str, name: str, spec: TaskQueueSpec, now: float) -> str:
         memory = self.memory
         if memory.url is not None and now - memory.url_read_at < URL_REFRESH_SECONDS:
             return memory.url
-        ref = spec.broker.url_secret(name)
+        ref = spec.broker.url_secret(name, "operator")
         secret, key = ref.name, ref.key
         try:
             url = await self.cluster.read_secret_value(namespace, secret, key)
@@ -350,6 +411,7 @@ class TaskQueueTicker:
                 replicas=replicas,
                 template=self._desired_template(body, name, spec),
                 events=self.events,
+                credentials=self._credentials(spec),
             )
             self.memory.worker_conflict = None
             return live
@@ -365,18 +427,27 @@ class TaskQueueTicker:
             self.metrics.error(namespace, name, "deployment")
             return None
 
+    def _credentials(self, spec: TaskQueueSpec) -> str | None:
+        return self.memory.credentials_version if spec.broker.managed is not None else None
+
     def _desired_template(
         self, body: Mapping[str, Any], name: str, spec: TaskQueueSpec
-    ) -> dict[str, Any]:
-        """Built once per spec generation: the drift check runs every poll."""
+    ) -> dict[str, Any] | None:
+        """Built once per spec generation and worker credential: the drift check runs
+        every poll. None while a managed broker's worker credential is unknown (its
+        Secrets unreadable so far): a template without it would roll every pod."""
         generation = body["metadata"].get("generation")
+        version = self._credentials(spec)
+        if spec.broker.managed is not None and version is None:
+            return None
         cached = self.memory.template
-        if cached is None or cached[0] != generation or generation is None:
+        if cached is None or cached[:2] != (generation, version) or generation is None:
             cached = self.memory.template = (
                 generation,
-                worker.worker_pod_template(name, spec),
+                version,
+                worker.worker_pod_template(name, spec, version),
             )
-        return cached[1]
+        return cached[2]
 
     async def _set_deletion_costs(self, namespace: str, name: str, stats: BrokerStats) -> None:
         """Idle pods cheapest, so the ReplicaSet removes them first."""
@@ -402,6 +473,7 @@ class TaskQueueTicker:
     def _status(
         self,
         body: Mapping[str, Any],
+        spec: TaskQueueSpec,
         health: status_mod.Health,
         obs: Observation | None,
         decision: Decision | None,
@@ -413,6 +485,7 @@ class TaskQueueTicker:
         previous_conditions = (memory.written or body.get("status") or {}).get("conditions")
         new: dict[str, Any] = {"observedGeneration": body["metadata"].get("generation")}
         new.update(status_mod.figures(obs, decision, replicas, ready))
+        new["broker"] = status_mod.broker_secrets(body["metadata"]["name"], spec)
         if obs is None and memory.written:
             # Unreachable broker: keep the last figures rather than invent zeros.
             for key in (

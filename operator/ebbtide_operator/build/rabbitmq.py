@@ -1,21 +1,25 @@
 """Pure builders for a managed RabbitMQ: Secret, ConfigMap, workload, Service, NetworkPolicy.
 
 One node, from the official `rabbitmq` image, with the management plugin on (the runtime
-reads ready/unacked/oldest-age/ack counts from its HTTP API). The Secret holds a generated
-user (never `guest`) as a definitions file that the node imports at every boot, so the
-credentials in the Secret are always the ones that work, even on a PVC kept from an
-earlier TaskQueue of the same name. No I/O here; every object is owned by the TaskQueue.
+reads ready/unacked/oldest-age/ack counts from its HTTP API). The `<name>-broker` Secret
+holds the admin user (never `guest`) and a definitions file that the node imports at every
+boot: the TaskQueue's own vhost (named after it) and one user per role (roles.py) with
+its permissions, so the credentials in the Secrets are always the ones that work, even on
+a PVC kept from an earlier TaskQueue of the same name. No I/O here; every object is owned
+by the TaskQueue.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from ebbtide_operator import naming
 from ebbtide_operator.build.common import (
@@ -27,16 +31,18 @@ from ebbtide_operator.build.common import (
     container_security,
     owned,
     pod_security,
+    role_secret,
     secret_object,
     spec_hash,
 )
+from ebbtide_operator.build.roles import Credential, rabbitmq_permissions, rabbitmq_tags
 from ebbtide_operator.spec import ManagedBrokerSpec
 
 RABBITMQ_UID = 999  # the `rabbitmq` user of the official images
-VHOST = "/"
-# `management` lets the user read its own vhost's queues over HTTP (all the runtime needs)
-# without the administrator rights to create users or change permissions.
-USER_TAGS = ["management"]
+DEFAULT_VHOST = "/"  # kept, with the admin's rights: tasks queued there before roles
+# The admin (`<name>-broker`) manages users over the management API: that is how the
+# operator applies a rotated password without restarting the node.
+ADMIN_TAGS = ["administrator"]
 CONFIG_DIR = "/etc/rabbitmq"  # the image's RABBITMQ_CONFIG_FILE / ENABLED_PLUGINS_FILE live here
 TLS_DIR = "/etc/rabbitmq-tls"  # the broker's certificate, key and CA (from <tq>-broker-tls)
 HOME_DIR = "/var/lib/rabbitmq"  # HOME: the Erlang cookie
@@ -75,55 +81,105 @@ def ports(tls: bool) -> tuple[int, int]:
     return naming.RABBITMQ_PORT, naming.RABBITMQ_MANAGEMENT_PORT
 
 
+def scheme(tls: bool) -> str:
+    return "amqps" if tls else "amqp"
+
+
 def rabbitmq_url(
-    taskqueue: str, namespace: str, username: str, password: str, tls: bool = False
+    taskqueue: str,
+    namespace: str,
+    username: str,
+    password: str,
+    vhost: str = DEFAULT_VHOST,
+    scheme: str = "amqp",
 ) -> str:
-    """The runtime's URL: AMQP (amqps:// with TLS) on the default vhost, the management
-    API on the same host (https with TLS: the runtime follows the AMQP scheme)."""
+    """The runtime's URL, built from its parts (`scheme` is where TLS says `amqps`): AMQP
+    on `vhost`, the management API on the same host (AMQPS on 5671 and https on 15671
+    with TLS: the runtime calls the API over https whenever AMQP uses TLS)."""
     host = f"{naming.rabbitmq_name(taskqueue)}.{namespace}.svc"
-    amqp, management = ports(tls)
-    scheme = "amqps" if tls else "amqp"
-    return f"{scheme}://{username}:{password}@{host}:{amqp}/%2F?management_port={management}"
+    auth = f"{quote(username, safe='')}:{quote(password, safe='')}"
+    amqp, management = ports(scheme == "amqps")
+    return f"{scheme}://{auth}@{host}:{amqp}/{quote(vhost, safe='')}?management_port={management}"
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
-    """RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt + sha256(salt + password))."""
-    salt = secrets.token_bytes(4) if salt is None else salt
+    """RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt + sha256(salt + password)).
+    The default salt is derived from the password, so the same credentials always give
+    the same definitions file (a re-render that changes nothing writes nothing)."""
+    if salt is None:
+        salt = hmac.new(password.encode(), b"ebbtide-rabbitmq-salt", "sha256").digest()[:4]
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
-def definitions(username: str, password: str) -> dict[str, Any]:
-    """The user, the vhost and its permissions, as RabbitMQ's definitions import wants them.
-    With definitions to load the node never seeds its default `guest` user."""
+def _user(credential: Credential, tags: list[str]) -> dict[str, Any]:
     return {
-        "users": [
-            {
-                "name": username,
-                "password_hash": password_hash(password),
-                "hashing_algorithm": "rabbit_password_hashing_sha256",
-                "tags": USER_TAGS,
-            }
-        ],
-        "vhosts": [{"name": VHOST}],
-        "permissions": [
-            {"user": username, "vhost": VHOST, "configure": ".*", "write": ".*", "read": ".*"}
-        ],
+        "name": credential.username,
+        "password_hash": password_hash(credential.password),
+        "hashing_algorithm": "rabbit_password_hashing_sha256",
+        "tags": tags,
     }
 
 
-def rabbitmq_secret(owner: Body, username: str, password: str, tls: bool = False) -> dict[str, Any]:
-    """User, password, the full `amqp://` URL (for workers/producers) and the definitions
-    file the node loads (it only holds the salted hash)."""
+def definitions(
+    admin: Credential, roles: Mapping[str, Credential], vhost: str, prefix: str
+) -> dict[str, Any]:
+    """Users, vhosts and permissions, as RabbitMQ's definitions import wants them: the
+    admin on `/` and the TaskQueue's vhost, each role on the TaskQueue's vhost only.
+    With definitions to load the node never seeds its default `guest` user."""
+    everything = {"configure": ".*", "write": ".*", "read": ".*"}
+    users = [_user(admin, ADMIN_TAGS)]
+    permissions = [
+        {"user": admin.username, "vhost": name, **everything}
+        for name in dict.fromkeys([DEFAULT_VHOST, vhost])
+    ]
+    for role in naming.ROLES:
+        credential = roles[role]
+        users.append(_user(credential, rabbitmq_tags(role)))
+        permissions.append(
+            {"user": credential.username, "vhost": vhost, **rabbitmq_permissions(role, prefix)}
+        )
+    vhosts = [{"name": name} for name in dict.fromkeys([DEFAULT_VHOST, vhost])]
+    return {"users": users, "vhosts": vhosts, "permissions": permissions}
+
+
+def rabbitmq_secret(
+    owner: Body,
+    username: str,
+    password: str,
+    roles: Mapping[str, Credential],
+    prefix: str,
+    tls: bool = False,
+) -> dict[str, Any]:
+    """The admin Secret: its user, password and URL (on the TaskQueue's vhost; amqps://
+    with `tls`), and the definitions file the node loads (salted hashes only) with every
+    role's user."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    vhost = naming.rabbitmq_vhost(name)
+    admin = Credential(username, password)
     return secret_object(
         owner,
         {
             naming.BROKER_USERNAME_KEY: username,
             naming.BROKER_PASSWORD_KEY: password,
-            naming.BROKER_URL_KEY: rabbitmq_url(name, namespace, username, password, tls),
-            naming.BROKER_DEFINITIONS_KEY: json.dumps(definitions(username, password)),
+            naming.BROKER_URL_KEY: rabbitmq_url(
+                name, namespace, username, password, vhost, scheme(tls)
+            ),
+            naming.BROKER_DEFINITIONS_KEY: json.dumps(definitions(admin, roles, vhost, prefix)),
         },
     )
+
+
+def rabbitmq_role_secret(
+    owner: Body, role: str, credential: Credential, tls: bool = False
+) -> dict[str, Any]:
+    """`<name>-broker-<role>`: that role's user, password and URL on the TaskQueue's vhost
+    (amqps:// with `tls`)."""
+    name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    vhost = naming.rabbitmq_vhost(name)
+    url = rabbitmq_url(
+        name, namespace, credential.username, credential.password, vhost, scheme(tls)
+    )
+    return role_secret(owner, role, credential.username, credential.password, url)
 
 
 def memory_bytes(quantity: object) -> int | None:
@@ -167,6 +223,7 @@ def rabbitmq_conf(managed: ManagedBrokerSpec, tls: bool = False) -> str:
     cgroup limit) so its memory alarm throttles publishers before the OOM killer strikes."""
     lines = [
         "# Written by the Ebbtide operator; a change restarts the broker pod.",
+        "# Users: the admin and one per role, on the TaskQueue's own vhost (definitions).",
         *listener_conf(tls),
         f"load_definitions = {CONFIG_DIR}/{naming.BROKER_DEFINITIONS_KEY}",
         "log.console = true",
@@ -203,13 +260,6 @@ def rabbitmq_config_map(
         },
         owner,
     )
-
-
-def _secret_env(name: str, taskqueue: str, key: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "valueFrom": {"secretKeyRef": {"name": naming.broker_secret_name(taskqueue), "key": key}},
-    }
 
 
 def _rabbitmq_container(managed: ManagedBrokerSpec, tls: bool) -> dict[str, Any]:

@@ -111,11 +111,17 @@ def tls_pieces(
     return env, volumes, mounts
 
 
+def broker_url_secret(taskqueue: str, spec: TaskQueueSpec) -> SecretRef:
+    """The Secret (and key) the worker pods take the broker URL from: the worker role's
+    `<name>-broker-worker` on a managed broker, the user's Secret on an external one."""
+    return spec.broker.url_secret(taskqueue, "worker")
+
+
 def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
     ours: list[dict[str, Any]] = [
         {
             "name": "EBBTIDE_BROKER_URL",
-            "valueFrom": {"secretKeyRef": _secret_key_ref(spec.broker.url_secret(taskqueue))},
+            "valueFrom": {"secretKeyRef": _secret_key_ref(broker_url_secret(taskqueue, spec))},
         },
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -128,8 +134,12 @@ def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
     return ours + [dict(item) for item in spec.worker.env if item.get("name") not in taken]
 
 
-def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
-    """The pod template, user override merged in, annotated with its own hash."""
+def worker_pod_template(
+    taskqueue: str, spec: TaskQueueSpec, credentials: str | None = None
+) -> dict[str, Any]:
+    """The pod template, user override merged in, annotated with its own hash.
+    `credentials` (a managed broker's worker credential version) rolls the pods when the
+    worker's password is rotated: the URL env is read at container start."""
     worker = spec.worker
     port = worker.metrics_port
     container: dict[str, Any] = {
@@ -188,6 +198,8 @@ def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
         # Secret has the same name) must roll the pods. Absent for Redis, so existing
         # Redis workers keep their template hash.
         annotations[naming.BROKER_TYPE_ANNOTATION] = spec.broker.type
+    if credentials:
+        annotations[naming.CREDENTIALS_ANNOTATION] = credentials
     template = {
         "metadata": {
             "labels": naming.common_labels(taskqueue, "worker"),
@@ -203,10 +215,10 @@ def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
 
 
 def worker_deployment(
-    owner: Mapping[str, Any], spec: TaskQueueSpec, replicas: int
+    owner: Mapping[str, Any], spec: TaskQueueSpec, replicas: int, credentials: str | None = None
 ) -> dict[str, Any]:
     name = owner["metadata"]["name"]
-    template = worker_pod_template(name, spec)
+    template = worker_pod_template(name, spec, credentials)
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

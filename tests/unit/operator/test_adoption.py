@@ -172,7 +172,10 @@ def test_creates_deletes_and_scales_are_audited(caplog):
     run(cluster, b)  # StatefulSet → Deployment
     entries = [r.audit for r in caplog.records if hasattr(r, "audit")]
     actions = [(e["action"], e["object"]) for e in entries]
-    assert actions[:6] == [
+    assert actions[:9] == [
+        ("create", "Secret/tq-broker-producer"),
+        ("create", "Secret/tq-broker-worker"),
+        ("create", "Secret/tq-broker-operator"),
         ("create", "Secret/tq-broker"),
         ("create", "Secret/tq-broker-ca"),  # TLS, on by default
         ("create", "Secret/tq-broker-tls"),

@@ -40,6 +40,9 @@ def test_first_reconcile_creates_everything():
     cluster = MemoryCluster()
     report = run(cluster, body())
     assert report == {
+        "Secret/tq-broker-producer": "created",
+        "Secret/tq-broker-worker": "created",
+        "Secret/tq-broker-operator": "created",
         "Secret/tq-broker": "created",
         "Secret/tq-broker-ca": "created",  # TLS by default
         "Secret/tq-broker-tls": "created",
@@ -106,6 +109,9 @@ def test_managed_rabbitmq_creates_secret_config_statefulset_service_and_policy()
     cluster = MemoryCluster()
     report = run(cluster, rabbit_body())
     assert report == {
+        "Secret/tq-broker-producer": "created",
+        "Secret/tq-broker-worker": "created",
+        "Secret/tq-broker-operator": "created",
         "Secret/tq-broker": "created",
         "Secret/tq-broker-ca": "created",
         "Secret/tq-broker-tls": "created",
@@ -181,10 +187,12 @@ def test_switching_rabbitmq_to_external_removes_every_owned_broker_object():
 
 
 def test_generated_credentials_are_fresh_and_never_guest():
-    secrets = [
-        provision.new_broker_secret(taskqueue(managed_spec("rabbitmq")), "rabbitmq")
-        for _ in range(5)
-    ]
+    secrets = []
+    for _ in range(5):
+        cluster = MemoryCluster()
+        b = taskqueue(managed_spec("rabbitmq"))
+        asyncio.run(provision.reconcile(cluster, b, parse_spec(b["spec"])))
+        secrets.append(cluster.objects[("Secret", "ns1", "tq1-broker")])
     users = {decoded(s)["username"] for s in secrets}
     passwords = {decoded(s)["password"] for s in secrets}
     assert len(users) == 5 and len(passwords) == 5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ebbtide_operator import naming
-from ebbtide_operator.build import common, redis
+from ebbtide_operator.build import common, redis, roles
 from ebbtide_operator.spec import parse_spec
 from support.taskqueue import assert_owned, decoded, managed_spec, taskqueue
 
@@ -13,13 +13,46 @@ def redis_spec(**persistence) -> dict:
     return managed_spec("redis", persistence=persistence)
 
 
-def test_secret_holds_password_and_url():
+ROLES = {role: roles.Credential(f"ebbtide-{role}", f"{role}-pw") for role in naming.ROLES}
+
+
+def test_admin_secret_holds_password_url_and_the_acl_file_with_hashes_only():
     owner = taskqueue(redis_spec())
-    secret = redis.redis_secret(owner, "s3cret")
+    secret = redis.redis_secret(owner, "s3cret", ROLES, "ebbtide")
     assert_owned(secret)
+    assert secret["metadata"]["name"] == "tq1-broker"
     data = decoded(secret)
     assert data["password"] == "s3cret"
     assert data["url"] == "redis://:s3cret@tq1-redis.ns1.svc:6379/0"
+    acl = data["users.acl"]
+    assert acl == roles.redis_acl_file("s3cret", ROLES, "ebbtide")
+    assert "s3cret" not in acl and not any(c.password in acl for c in ROLES.values())
+    lines = acl.splitlines()
+    assert lines[0].startswith("user default reset on #") and lines[0].endswith("~* &* +@all")
+    assert [line.split()[1] for line in lines[1:]] == [
+        "ebbtide-producer",
+        "ebbtide-worker",
+        "ebbtide-operator",
+    ]
+
+
+def test_role_secret_holds_its_user_password_and_url():
+    owner = taskqueue(redis_spec())
+    secret = redis.redis_role_secret(owner, "producer", ROLES["producer"])
+    assert_owned(secret)
+    assert secret["metadata"]["name"] == "tq1-broker-producer"
+    assert secret["metadata"]["labels"][naming.ROLE_LABEL] == "producer"
+    assert decoded(secret) == {
+        "username": "ebbtide-producer",
+        "password": "producer-pw",
+        "url": "redis://ebbtide-producer:producer-pw@tq1-redis.ns1.svc:6379/0",
+    }
+
+
+def test_the_url_is_built_from_its_parts_and_escapes_them():
+    assert redis.redis_url("tq", "ns", "p/w@x", "u:1", scheme="rediss") == (
+        "rediss://u%3A1:p%2Fw%40x@tq-redis.ns.svc:6379/0"
+    )
 
 
 def test_generated_passwords_are_long_and_distinct():
@@ -27,7 +60,7 @@ def test_generated_passwords_are_long_and_distinct():
     assert a != b and len(a) >= 40
 
 
-def test_ephemeral_redis_is_a_deployment_with_requirepass_and_hardening():
+def test_ephemeral_redis_is_a_deployment_with_the_acl_file_and_hardening():
     owner = taskqueue(redis_spec(enabled=False))
     spec = parse_spec(owner["spec"])
     workload = redis.redis_workload(owner, spec.broker.managed)
@@ -35,9 +68,17 @@ def test_ephemeral_redis_is_a_deployment_with_requirepass_and_hardening():
     assert workload["kind"] == "Deployment"
     pod = workload["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert container["args"][:2] == ["--aclfile", "/etc/redis/users.acl"]
+    assert "--requirepass" not in container["args"] and "env" not in container
     assert "--appendonly" in container["args"]
-    assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "tq1-broker"
+    (acl,) = [v for v in pod["volumes"] if v["name"] == "acl"]
+    assert acl["secret"] == {
+        "secretName": "tq1-broker",
+        "items": [{"key": "users.acl", "path": "users.acl"}],
+        "defaultMode": 0o440,
+    }
+    mount = {"name": "acl", "mountPath": "/etc/redis", "readOnly": True}
+    assert mount in container["volumeMounts"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}

@@ -37,7 +37,7 @@ def test_worker_deployment_command_env_probes_and_security():
     ]
     env = {e["name"]: e for e in container["env"]}
     assert env["EBBTIDE_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {
-        "name": "tq1-broker",
+        "name": "tq1-broker-worker",
         "key": "url",
     }
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
@@ -128,7 +128,7 @@ def test_workers_read_the_url_from_the_managed_secret_and_roll_on_a_type_switch(
     template = worker.worker_pod_template("tq1", rabbit)
     env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
     assert env["EBBTIDE_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {
-        "name": "tq1-broker",
+        "name": "tq1-broker-worker",
         "key": "url",
     }
     assert template["metadata"]["annotations"][naming.BROKER_TYPE_ANNOTATION] == "rabbitmq"
