@@ -19,14 +19,8 @@ from typing import Any
 from ebbtide_operator.status import iso
 
 log = logging.getLogger("ebbtide.audit")
-ACTIONS = (
-    "create",
-    "delete",
-    "replace",
-    "scale",
-    "renew",
-    "retarget",
-)  # renew: a certificate; retarget: a URL to or from TLS
+# rotate: a role's password; renew: a managed broker's certificate.
+ACTIONS = ("create", "delete", "replace", "scale", "rotate", "renew")
 
 
 def identity() -> str:

@@ -93,9 +93,7 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, logger: logging.Logger, **
     assert Runtime.cluster is not None
     report = await provision.reconcile(Runtime.cluster, body, parsed, Runtime.operator_namespace)
     changed = {
-        k: v
-        for k, v in report.items()
-        if v in ("created", "deleted", "replaced", "renewed", "retargeted")
+        k: v for k, v in report.items() if v in ("created", "deleted", "replaced", "renewed")
     }
     if changed:
         post_event(body, "Normal", "Provisioned", ", ".join(f"{k} {v}" for k, v in changed.items()))

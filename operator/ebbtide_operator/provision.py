@@ -77,17 +77,14 @@ def desired_broker_objects(
         return []
     allowed = spec.broker.allowed_namespaces
     tls = spec.broker.managed_tls
-    objects: list[dict[str, Any]] = []
-    if tls and spec.broker.tls.issuer is not None:
-        objects.append(build_tls.certificate(body, spec.broker.type, spec.broker.tls.issuer))
     if spec.broker.type == "rabbitmq":
-        return objects + [
+        return [
             rabbitmq.rabbitmq_config_map(body, managed, tls),
             rabbitmq.rabbitmq_workload(body, managed, tls, tls_hash),
             rabbitmq.rabbitmq_service(body, tls),
             rabbitmq.rabbitmq_network_policy(body, operator_namespace, allowed, tls),
         ]
-    return objects + [
+    return [
         redis.redis_workload(body, managed, tls, tls_hash),
         redis.redis_service(body),
         redis.redis_network_policy(body, operator_namespace, allowed),

@@ -1,5 +1,5 @@
 """Pure builders for a managed broker's TLS: the CA and server Secrets, the cert-manager
-Certificate, and the URL scheme that follows the TLS setting.
+Certificate.
 
 Generated (the default): `<tq>-broker-ca` (ca.crt, for clients) and `<tq>-broker-tls`
 (tls.crt, tls.key, ca.crt for the broker; ca.key to sign renewals), content from
@@ -14,7 +14,6 @@ import base64
 import binascii
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ebbtide_operator import certs, naming
 from ebbtide_operator.build.common import Body, owned, spec_hash
@@ -126,40 +125,4 @@ def certificate(owner: Body, broker_type: str, issuer: IssuerRef) -> dict[str, A
             },
         },
         owner,
-    )
-
-
-# --- the URL follows the TLS setting -------------------------------------------------------
-
-_PLAIN_TO_TLS = {
-    str(naming.RABBITMQ_PORT): str(naming.RABBITMQ_TLS_PORT),
-    str(naming.RABBITMQ_MANAGEMENT_PORT): str(naming.RABBITMQ_MANAGEMENT_TLS_PORT),
-}
-_TLS_TO_PLAIN = {tls: plain for plain, tls in _PLAIN_TO_TLS.items()}
-
-
-def url_tls(url: str) -> bool:
-    return urlsplit(url).scheme.lower() in ("rediss", "amqps")
-
-
-def retarget_url(url: str, tls: bool) -> str:
-    """One of our generated URLs, switched to (or from) TLS: the scheme and, for
-    RabbitMQ, the AMQP and management ports. Credentials, host and path are kept."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme in ("redis", "rediss"):
-        return urlunsplit(parts._replace(scheme="rediss" if tls else "redis"))
-    if scheme not in ("amqp", "amqps"):
-        return url
-    ports = _PLAIN_TO_TLS if tls else _TLS_TO_PLAIN
-    netloc = parts.netloc
-    host, _, port = netloc.rpartition(":")
-    if port in ports:
-        netloc = f"{host}:{ports[port]}"
-    query = [
-        (k, ports.get(v, v) if k == "management_port" else v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit(
-        parts._replace(scheme="amqps" if tls else "amqp", netloc=netloc, query=urlencode(query))
     )

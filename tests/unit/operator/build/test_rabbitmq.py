@@ -281,3 +281,50 @@ def test_network_policy_selects_the_pods_the_workload_makes():
     sts = rabbitmq.rabbitmq_workload(owner, managed_of(owner))
     selector = rabbitmq.rabbitmq_network_policy(owner)["spec"]["podSelector"]
     assert selector["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_tls_config_listens_on_amqps_and_https_only():
+    managed = parse_spec(managed_spec("rabbitmq")).broker.managed
+    conf = rabbitmq.rabbitmq_conf(managed, tls=True)
+    lines = conf.splitlines()
+    assert "listeners.tcp = none" in lines
+    assert "listeners.ssl.default = 5671" in lines
+    assert "management.ssl.port = 15671" in lines
+    assert not any(line.startswith(("listeners.tcp.default", "management.tcp.")) for line in lines)
+    for prefix in ("ssl_options", "management.ssl"):
+        assert f"{prefix}.certfile = /etc/rabbitmq-tls/tls.crt" in lines
+        assert f"{prefix}.keyfile = /etc/rabbitmq-tls/tls.key" in lines
+        assert f"{prefix}.cacertfile = /etc/rabbitmq-tls/ca.crt" in lines
+        assert f"{prefix}.verify = verify_none" in lines
+
+
+def test_tls_workload_service_and_policy_use_the_tls_ports():
+    owner = taskqueue(managed_spec("rabbitmq"))
+    managed = parse_spec(managed_spec("rabbitmq")).broker.managed
+    pod = rabbitmq.rabbitmq_workload(owner, managed, tls=True, tls_hash="h")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert [p["containerPort"] for p in container["ports"]] == [5671, 15671]
+    assert {"name": "tls", "mountPath": "/etc/rabbitmq-tls", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == "tq1-broker-tls"
+    assert pod["metadata"]["annotations"][naming.TLS_HASH_ANNOTATION] == "h"
+    service = rabbitmq.rabbitmq_service(owner, tls=True)
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [
+        ("amqp", 5671),
+        ("management", 15671),
+    ]
+    policy = rabbitmq.rabbitmq_network_policy(owner, tls=True)
+    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [5671, 15671]
+
+
+def test_tls_urls_are_amqps_with_https_management():
+    owner = taskqueue(managed_spec("rabbitmq"))
+    url = decoded(rabbitmq.rabbitmq_role_secret(owner, "worker", ROLES["worker"], tls=True))["url"]
+    assert url == (
+        "amqps://ebbtide-worker:worker-pw@tq1-rabbitmq.ns1.svc:5671/tq1?management_port=15671"
+    )
+    assert parse_options(url).management_url == (
+        "https://ebbtide-worker:worker-pw@tq1-rabbitmq.ns1.svc:15671"
+    )

@@ -109,3 +109,38 @@ def test_service_and_network_policy_select_the_redis_pods():
     peers = policy["spec"]["ingress"][0]["from"]
     assert {"podSelector": {"matchLabels": naming.worker_selector("tq1")}} in peers
     assert {"podSelector": {"matchLabels": {"ebbtide.dev/producer": "tq1"}}} in peers
+
+
+def test_tls_redis_listens_on_tls_only_with_the_mounted_certificate():
+    owner = taskqueue(redis_spec())
+    managed = parse_spec(redis_spec()).broker.managed
+    workload = redis.redis_workload(owner, managed, tls=True, tls_hash="abc")
+    pod = workload["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--port") + 1] == "0"  # no plain port at all
+    assert args[args.index("--tls-port") + 1] == "6379"
+    assert args[args.index("--tls-cert-file") + 1] == "/tls/tls.crt"
+    assert args[args.index("--tls-key-file") + 1] == "/tls/tls.key"
+    assert args[args.index("--tls-ca-cert-file") + 1] == "/tls/ca.crt"
+    assert args[args.index("--tls-auth-clients") + 1] == "no"
+    assert {"name": "tls", "mountPath": "/tls", "readOnly": True} in container["volumeMounts"]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == "tq1-broker-tls"
+    assert [i["key"] for i in volume["secret"]["items"]] == ["tls.crt", "tls.key", "ca.crt"]
+    assert volume["secret"]["defaultMode"] == 0o440  # never ca.key, group-readable only
+    assert pod["metadata"]["annotations"][naming.TLS_HASH_ANNOTATION] == "abc"
+    plain = redis.redis_workload(owner, managed)["spec"]["template"]
+    assert "--tls-port" not in plain["spec"]["containers"][0]["args"]
+    assert "annotations" not in plain["metadata"]
+
+
+def test_tls_urls_are_rediss():
+    owner = taskqueue(redis_spec())
+    cred = ROLES["worker"]
+    assert decoded(redis.redis_role_secret(owner, "worker", cred, tls=True))["url"].startswith(
+        "rediss://ebbtide-worker:"
+    )
+    assert decoded(redis.redis_secret(owner, "pw", ROLES, "ebbtide", tls=True))["url"] == (
+        "rediss://:pw@tq1-redis.ns1.svc:6379/0"
+    )
