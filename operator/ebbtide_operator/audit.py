@@ -19,7 +19,7 @@ from typing import Any
 from ebbtide_operator.status import iso
 
 log = logging.getLogger("ebbtide.audit")
-ACTIONS = ("create", "delete", "replace", "scale")
+ACTIONS = ("create", "delete", "replace", "rotate", "scale")
 
 
 def identity() -> str:
