@@ -20,7 +20,7 @@ from ebbtide_operator.status import iso
 
 log = logging.getLogger("ebbtide.audit")
 # rotate: a role's password; renew: a managed broker's certificate.
-ACTIONS = ("create", "delete", "replace", "scale", "rotate", "renew")
+ACTIONS = ("create", "delete", "replace", "rotate", "scale", "renew")
 
 
 def identity() -> str:
