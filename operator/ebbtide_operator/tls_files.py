@@ -20,6 +20,7 @@ from ebbtide.brokers.tls import BrokerTLS
 class TLSFiles:
     def __init__(self, directory: str | None = None) -> None:
         self.directory = directory or tempfile.mkdtemp(prefix="ebbtide-operator-tls-")
+        os.makedirs(self.directory, exist_ok=True)
         os.chmod(self.directory, 0o700)
 
     def path(self, pem: str, suffix: str) -> str:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -158,6 +158,8 @@ def rabbitmq_server(
     advanced_config: str = "",
     timeout: float = 90.0,
     tls: TLSFiles | None = None,
+    listeners: Callable[[int, int], Sequence[str]] | None = None,
+    extra_conf: Sequence[str] = (),
 ) -> Iterator[dict]:
     """Start a private `rabbitmq-server` on loopback; yield its URLs and control env.
 
@@ -166,6 +168,8 @@ def rabbitmq_server(
     {"url", "management_url", "node", "home", "epmd_port", ...} and stops everything at exit.
     With `tls` AMQP listens on TLS only and the management API on https only (as the
     managed broker does); the URLs are then amqps:// and https:// on localhost.
+    `listeners(amqp_port, management_port)` replaces the listener lines (to run the
+    operator's own), and `extra_conf` lines are appended.
     """
     server = os.path.join(RABBITMQ_BIN, "rabbitmq-server")
     if not os.path.exists(server):
@@ -185,6 +189,9 @@ def rabbitmq_server(
         elif management:
             lines += [f"management.ssl.port = {mgmt_port}", "management.ssl.ip = 127.0.0.1"]
             lines += _rabbitmq_tls_lines("management.ssl", tls)
+        if listeners is not None:
+            lines = lines[:2] + list(listeners(port, mgmt_port))
+        lines += list(extra_conf)
         with open(conf, "w") as f:
             f.write("\n".join(lines) + "\n")
         plugins = os.path.join(base, "enabled_plugins")

@@ -89,13 +89,18 @@ No wildcards, no update: every verb is listed and used.
   verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.rbac.certManager }}
+- apiGroups: ["cert-manager.io"]
+  resources: ["certificates"]
+  verbs: ["get", "create", "patch", "delete"]
+{{- end }}
 {{- end -}}
 
 {{/* Read-only, cluster-scoped discovery kopf uses: CRD changes and namespace lists. */}}

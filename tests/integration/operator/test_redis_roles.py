@@ -33,7 +33,9 @@ BODY = {
     "kind": "TaskQueue",
     "metadata": {"name": "tq", "namespace": "ns", "uid": "u1", "generation": 1},
     "spec": {
-        "broker": {"type": "redis", "managed": {}, "keyPrefix": "jobs"},
+        # Plain text here: this file is about the ACLs; TLS on the same managed Redis
+        # (ACL file and certificates together) is test_managed_tls.py's.
+        "broker": {"type": "redis", "managed": {}, "keyPrefix": "jobs", "tls": {"enabled": False}},
         "queues": [{"name": "q"}],
         "worker": {"image": "w:1", "app": "m:app"},
     },
