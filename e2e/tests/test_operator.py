@@ -136,6 +136,16 @@ def test_managed_redis_objects_and_garbage_collection(
     assert_controlled_by(uid, secret, broker, service, policy, worker)
 
     redis_args = broker.spec.template.spec.containers[0].args
+    # TLS by default: no plain port, the certificate from <name>-broker-tls.
+    assert redis_args[redis_args.index("--port") + 1] == "0"
+    assert redis_args[redis_args.index("--tls-port") + 1] == "6379"
+    assert base64.b64decode(secret.data["url"]).decode().startswith("rediss://")
+    ca = wait_for(
+        lambda: core.read_namespaced_secret("managed-broker-ca", namespace), 60, "the CA Secret"
+    )
+    server_tls = core.read_namespaced_secret("managed-broker-tls", namespace)
+    assert set(ca.data) == {"ca.crt"} and server_tls.type == "kubernetes.io/tls"
+    assert_controlled_by(uid, ca, server_tls)
     assert redis_args[redis_args.index("--appendonly") + 1] == "yes"
     assert redis_args[redis_args.index("--maxmemory-policy") + 1] == "noeviction"
     assert broker.spec.volume_claim_templates[0].spec.resources.requests["storage"]
@@ -162,6 +172,15 @@ def test_managed_redis_objects_and_garbage_collection(
     assert container.security_context.capabilities.drop == ["ALL"]
     url_env = next(e for e in container.env if e.name == "EBBTIDE_BROKER_URL")
     assert url_env.value_from.secret_key_ref.name == "managed-broker"
+    ca_env = next(e for e in container.env if e.name == "EBBTIDE_BROKER_CA_FILE")
+    assert ca_env.value == "/etc/ebbtide/broker-ca/ca.crt"
+    assert any(v.secret and v.secret.secret_name == "managed-broker-ca" for v in pod.volumes)
+    wait_for(
+        lambda: condition(read_tq(custom, namespace, "managed"), "Encrypted").get("reason")
+        == "GeneratedCA",
+        60,
+        "the Encrypted condition",
+    )
     pod_name = next(e for e in container.env if e.name == "POD_NAME")
     assert pod_name.value_from.field_ref.field_path == "metadata.name"
 
@@ -373,10 +392,13 @@ def test_managed_rabbitmq_objects(core, apps, custom, operator, namespace):
 
     data = {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
     assert data["username"] != "guest" and len(data["password"]) >= 24
-    assert data["url"].startswith(f"amqp://{data['username']}:")
-    assert "management_port=15672" in data["url"]
+    # TLS by default: AMQPS and the management API on https only.
+    assert data["url"].startswith(f"amqps://{data['username']}:")
+    assert "management_port=15671" in data["url"]
     assert "rabbitmq_management" in config.data["enabled_plugins"]
-    assert {p.port for p in service.spec.ports} == {5672, 15672}
+    assert "listeners.tcp = none" in config.data["rabbitmq.conf"]
+    assert "management.ssl.port = 15671" in config.data["rabbitmq.conf"]
+    assert {p.port for p in service.spec.ports} == {5671, 15671}
 
     claim = broker.spec.volume_claim_templates[0]
     assert claim.spec.resources.requests["storage"]

@@ -16,6 +16,7 @@ import redis
 from e2e.tests.kit import (
     OPERATOR_IMAGE,
     RUNS,
+    broker_client,
     condition,
     create_tq,
     enqueue,
@@ -98,9 +99,10 @@ def test_managed_redis_burst_scales_real_pods_and_runs_each_task_once(
     broker_url = secret_value(core, namespace, "burst-broker", "url")
     password = secret_value(core, namespace, "burst-broker", "password")
     host_url = via_cluster_ip(core, namespace, broker_url)
+    assert host_url.startswith("rediss://")  # TLS, on by default, verified against the CA
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis.from_url(host_url.replace(password, "wrong-password")).ping()
-    assert redis.Redis.from_url(host_url).ping()
+        broker_client(host_url.replace(password, "wrong-password")).ping()
+    assert broker_client(host_url).ping()
 
     enqueue(host_url, burst, 0.05)
     wait_for(lambda: worker_replicas(apps, namespace, "burst") > 1, 60, "a scale-up")
