@@ -297,6 +297,7 @@ class TaskQueueTicker:
                     synced.roles,
                     spec.broker.key_prefix,
                     name,
+                    [q.name for q in spec.queues],
                 )
                 memory.applied = fingerprint
             except Exception as error:  # unreachable or still starting: retried next time

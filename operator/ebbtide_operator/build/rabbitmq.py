@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from ebbtide.brokers.rabbitmq.publish import queue_declarations
+
 from ebbtide_operator import naming
 from ebbtide_operator.build.common import (
     Body,
@@ -79,15 +81,17 @@ def rabbitmq_url(
     password: str,
     vhost: str = DEFAULT_VHOST,
     scheme: str = "amqp",
+    passive_declare: bool = False,
 ) -> str:
     """The runtime's URL, built from its parts (`scheme` is where TLS says `amqps`): AMQP
-    on `vhost`, the management API on the same host."""
+    on `vhost`, the management API on the same host; `passive_declare` (the producer's)
+    makes the runtime only check the app queues it publishes to (roles.py says why)."""
     host = f"{naming.rabbitmq_name(taskqueue)}.{namespace}.svc"
     auth = f"{quote(username, safe='')}:{quote(password, safe='')}"
-    return (
-        f"{scheme}://{auth}@{host}:{naming.RABBITMQ_PORT}/{quote(vhost, safe='')}"
-        f"?management_port={naming.RABBITMQ_MANAGEMENT_PORT}"
-    )
+    query = f"management_port={naming.RABBITMQ_MANAGEMENT_PORT}"
+    if passive_declare:
+        query += "&declare=passive"
+    return f"{scheme}://{auth}@{host}:{naming.RABBITMQ_PORT}/{quote(vhost, safe='')}?{query}"
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
@@ -108,12 +112,26 @@ def _user(credential: Credential, tags: list[str]) -> dict[str, Any]:
     }
 
 
+def app_queues(vhost: str, prefix: str, queues: Sequence[str]) -> list[dict[str, Any]]:
+    """Every spec queue's ready, dead and lost queues, exactly as the runtime declares
+    them (publish.queue_declarations), so the producer finds them without declaring."""
+    return [
+        {"name": name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": args}
+        for queue in queues
+        for name, args in queue_declarations(prefix, queue)
+    ]
+
+
 def definitions(
-    admin: Credential, roles: Mapping[str, Credential], vhost: str, prefix: str
+    admin: Credential,
+    roles: Mapping[str, Credential],
+    vhost: str,
+    prefix: str,
+    queues: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Users, vhosts and permissions, as RabbitMQ's definitions import wants them: the
-    admin on `/` and the TaskQueue's vhost, each role on the TaskQueue's vhost only.
-    With definitions to load the node never seeds its default `guest` user."""
+    """Users, vhosts, permissions and the app queues, as RabbitMQ's definitions import
+    wants them: the admin on `/` and the TaskQueue's vhost, each role on the TaskQueue's
+    vhost only. With definitions to load the node never seeds its default `guest` user."""
     everything = {"configure": ".*", "write": ".*", "read": ".*"}
     users = [_user(admin, ADMIN_TAGS)]
     permissions = [
@@ -127,7 +145,12 @@ def definitions(
             {"user": credential.username, "vhost": vhost, **rabbitmq_permissions(role, prefix)}
         )
     vhosts = [{"name": name} for name in dict.fromkeys([DEFAULT_VHOST, vhost])]
-    return {"users": users, "vhosts": vhosts, "permissions": permissions}
+    return {
+        "users": users,
+        "vhosts": vhosts,
+        "permissions": permissions,
+        "queues": app_queues(vhost, prefix, queues),
+    }
 
 
 def rabbitmq_secret(
@@ -136,19 +159,22 @@ def rabbitmq_secret(
     password: str,
     roles: Mapping[str, Credential],
     prefix: str,
+    queues: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The admin Secret: its user, password and URL (on the TaskQueue's vhost), and the
-    definitions file the node loads (salted hashes only) with every role's user."""
+    definitions file the node loads (salted hashes only) with every role's user and the
+    spec's queues."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
     vhost = naming.rabbitmq_vhost(name)
     admin = Credential(username, password)
+    rendered = definitions(admin, roles, vhost, prefix, queues)
     return secret_object(
         owner,
         {
             naming.BROKER_USERNAME_KEY: username,
             naming.BROKER_PASSWORD_KEY: password,
             naming.BROKER_URL_KEY: rabbitmq_url(name, namespace, username, password, vhost),
-            naming.BROKER_DEFINITIONS_KEY: json.dumps(definitions(admin, roles, vhost, prefix)),
+            naming.BROKER_DEFINITIONS_KEY: json.dumps(rendered),
         },
     )
 
@@ -157,7 +183,12 @@ def rabbitmq_role_secret(owner: Body, role: str, credential: Credential) -> dict
     """`<name>-broker-<role>`: that role's user, password and URL on the TaskQueue's vhost."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
     url = rabbitmq_url(
-        name, namespace, credential.username, credential.password, naming.rabbitmq_vhost(name)
+        name,
+        namespace,
+        credential.username,
+        credential.password,
+        naming.rabbitmq_vhost(name),
+        passive_declare=role == "producer",
     )
     return role_secret(owner, role, credential.username, credential.password, url)
 

@@ -23,7 +23,8 @@ OPERATOR = {
     ("", "services"): {"get", "create", "patch", "delete"},
     ("", "configmaps"): {"get", "create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
-    ("", "secrets"): {"get", "create", "delete"},  # by name; delete: our own on a type switch
+    # by name; patch: our own role/admin Secrets on a rotation; delete: ours on a type switch
+    ("", "secrets"): {"get", "create", "patch", "delete"},
     ("", "pods"): {"patch"},  # annotate_pod (pod-deletion-cost)
     ("", "events"): {"create"},  # kopf.event
 }
