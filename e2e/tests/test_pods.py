@@ -102,7 +102,17 @@ def test_managed_redis_burst_scales_real_pods_and_runs_each_task_once(
         redis.Redis.from_url(host_url.replace(password, "wrong-password")).ping()
     assert redis.Redis.from_url(host_url).ping()
 
-    enqueue(host_url, burst, 0.05)
+    # Each role's Secret does its own job only (the broker's ACL file from the Secret).
+    producer_url = via_cluster_ip(
+        core, namespace, secret_value(core, namespace, "burst-broker-producer", "url")
+    )
+    worker_url = via_cluster_ip(
+        core, namespace, secret_value(core, namespace, "burst-broker-worker", "url")
+    )
+    assert_producer_cannot_claim(producer_url)
+    assert_worker_cannot_flush(worker_url)
+
+    enqueue(producer_url, burst, 0.05)
     wait_for(lambda: worker_replicas(apps, namespace, "burst") > 1, 60, "a scale-up")
     costs_seen: set[str] = set()
 
@@ -131,6 +141,36 @@ def test_managed_redis_burst_scales_real_pods_and_runs_each_task_once(
     assert len(runs) == burst, f"{burst - len(runs)} tasks lost"
     twice = {k: v for k, v in runs.items() if v != 1}
     assert not twice, f"tasks run more than once: {sorted(twice.items())[:10]}"
+
+
+def assert_producer_cannot_claim(producer_url: str) -> None:
+    """The producer Secret enqueues, but the claim script is refused (NOPERM), naming
+    the user and the operation; nothing is taken."""
+    import asyncio
+
+    from ebbtide import PermissionDenied
+    from ebbtide.brokers.redis.broker import RedisBroker
+
+    async def claim() -> list:
+        broker = RedisBroker(producer_url)
+        await broker.aconnect()
+        try:
+            return await broker.claim([("default", 1)], 1, lease_ms=30_000, run_now=1)
+        finally:
+            await broker.aclose()
+
+    with pytest.raises(PermissionDenied, match="'ebbtide-producer' lacks the right to claim"):
+        asyncio.run(claim())
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        redis.Redis.from_url(producer_url).execute_command("LPOP", "ebbtide:q:default:ready:0")
+
+
+def assert_worker_cannot_flush(worker_url: str) -> None:
+    worker = redis.Redis.from_url(worker_url)
+    assert worker.ping()
+    for command in (("FLUSHALL",), ("CONFIG", "GET", "*"), ("KEYS", "*")):
+        with pytest.raises(redis.exceptions.NoPermissionError, match=command[0].lower()):
+            worker.execute_command(*command)
 
 
 def test_a_pod_without_the_producer_label_cannot_reach_the_managed_broker(
@@ -171,11 +211,9 @@ def test_managed_rabbitmq_runs_from_its_image_with_a_pvc(core, apps, custom, ope
     assert claims and all(c.status.phase == "Bound" for c in claims), claims
     username = secret_value(core, namespace, "rabbit-broker", "username")
     assert username != "guest"
-    enqueue(
-        via_cluster_ip(core, namespace, secret_value(core, namespace, "rabbit-broker", "url")),
-        200,
-        0.01,
-    )
+    producer = secret_value(core, namespace, "rabbit-broker-producer", "url")
+    assert "declare=passive" in producer  # the queues are the definitions' own
+    enqueue(via_cluster_ip(core, namespace, producer), 200, 0.01)
     wait_for(lambda: track.hlen(RUNS) == 200, 120, "200 tasks run through the managed RabbitMQ")
     assert set(counts(track).values()) == {1}
 
