@@ -291,3 +291,55 @@ def test_a_worker_image_that_cannot_be_found_surfaces_in_the_conditions(
 
     found = wait_for(surfaced, 20, "ErrImageNeverPull in the TaskQueue's conditions")
     assert "not-built" in found["message"], found
+
+
+def test_rotating_the_worker_password_rolls_the_workers_and_loses_no_task(
+    core, apps, custom, operator, namespace
+):
+    """docs/security.md's rotation, on real pods: a new password in the worker Secret is
+    applied to the live Redis, the workers roll onto it, and every task still runs."""
+    track_url, track = host_tracker(core, apps, namespace)
+    body = taskqueue(
+        "rotate",
+        {"type": "redis", "managed": {}},
+        track_url=track_url,
+        scaling={"minReplicas": 1, "maxReplicas": 1},
+    )
+    create_tq(custom, namespace, body)
+    wait_for(lambda: workers_ready(custom, namespace, "rotate"), 180, "the broker and a worker")
+    producer = via_cluster_ip(
+        core, namespace, secret_value(core, namespace, "rotate-broker-producer", "url")
+    )
+    old_worker = via_cluster_ip(
+        core, namespace, secret_value(core, namespace, "rotate-broker-worker", "url")
+    )
+
+    def credentials_annotation() -> str:
+        template = apps.read_namespaced_deployment("rotate-worker", namespace).spec.template
+        return template.metadata.annotations["ebbtide.dev/credentials"]
+
+    before = credentials_annotation()
+    enqueue(producer, 40, 0.2)
+    core.patch_namespaced_secret(
+        "rotate-broker-worker", namespace, {"stringData": {"password": "a-rotated-password"}}
+    )
+
+    def old_password_refused() -> bool:
+        try:
+            redis.Redis.from_url(old_worker, retry=None).ping()
+        except redis.exceptions.AuthenticationError:
+            return True
+        return False
+
+    # The operator reads the Secrets every 60 s: then the URL, the ACL and the pods follow.
+    wait_for(lambda: credentials_annotation() != before, 150, "the workers rolling")
+    assert "a-rotated-password@" in secret_value(core, namespace, "rotate-broker-worker", "url")
+    wait_for(old_password_refused, 30, "the old worker password refused by the live Redis")
+    wait_for(lambda: track.hlen(RUNS) == 40, 120, "every task sent before the rotation run")
+    enqueue(producer, 40, 0.05)  # the same task numbers again, on the rolled workers
+
+    def all_twice() -> bool:
+        runs = counts(track)
+        return len(runs) == 40 and all(n >= 2 for n in runs.values())
+
+    wait_for(all_twice, 120, "every task sent after the rotation run too")
