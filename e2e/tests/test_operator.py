@@ -171,13 +171,26 @@ def test_managed_redis_objects_and_garbage_collection(
     assert container.security_context.allow_privilege_escalation is False
     assert container.security_context.capabilities.drop == ["ALL"]
     url_env = next(e for e in container.env if e.name == "EBBTIDE_BROKER_URL")
-    assert url_env.value_from.secret_key_ref.name == "managed-broker"
+    assert url_env.value_from.secret_key_ref.name == "managed-broker-worker"
+    for role in ("producer", "worker", "operator"):
+        role_secret = core.read_namespaced_secret(f"managed-broker-{role}", namespace)
+        assert_controlled_by(uid, role_secret)
+        role_url = base64.b64decode(role_secret.data["url"]).decode()
+        assert role_url.startswith(f"rediss://ebbtide-{role}:"), "each role its own ACL user"
+    status = wait_for(
+        lambda: read_tq(custom, namespace, "managed").get("status", {}).get("broker"),
+        60,
+        "status.broker",
+    )
+    assert status["producerSecret"] == "managed-broker-producer"
     ca_env = next(e for e in container.env if e.name == "EBBTIDE_BROKER_CA_FILE")
     assert ca_env.value == "/etc/ebbtide/broker-ca/ca.crt"
     assert any(v.secret and v.secret.secret_name == "managed-broker-ca" for v in pod.volumes)
     wait_for(
-        lambda: condition(read_tq(custom, namespace, "managed"), "Encrypted").get("reason")
-        == "GeneratedCA",
+        lambda: (
+            condition(read_tq(custom, namespace, "managed"), "Encrypted").get("reason")
+            == "GeneratedCA"
+        ),
         60,
         "the Encrypted condition",
     )
@@ -192,7 +205,7 @@ def test_managed_redis_objects_and_garbage_collection(
         left += [
             s.metadata.name
             for s in core.list_namespaced_secret(namespace).items
-            if s.metadata.name == "managed-broker"
+            if s.metadata.name.startswith("managed-broker")
         ]
         left += [s.metadata.name for s in core.list_namespaced_service(namespace).items]
         left += [p.metadata.name for p in net.list_namespaced_network_policy(namespace).items]
@@ -239,7 +252,8 @@ def test_burst_scales_up_drains_and_scales_down(
         )
 
     wait_for(one_worker_ready, 240, "the first worker ready")
-    url_secret = "burst-broker" if broker_type == "rabbitmq" else "broker"
+    # The managed RabbitMQ's producer identity: it only checks the pre-declared queues.
+    url_secret = "burst-broker-producer" if broker_type == "rabbitmq" else "broker"
     enqueue(
         via_cluster_ip(core, namespace, secret_value(core, namespace, url_secret, "url")),
         BURST,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import quote, unquote, urlsplit
 
 from ebbtide.brokers.rabbitmq.topology import parse_options
@@ -72,14 +72,20 @@ def apply_rabbitmq(
     credentials: Mapping[str, Credential],
     prefix: str,
     vhost: str,
+    queues: Sequence[str] = (),
     tls: BrokerTLS | None = None,
 ) -> None:
-    """Every role's user (password hash, tags) and permissions, over the management API
-    (the admin's `administrator` tag allows it)."""
+    """The vhost, the spec's queues (the producer only checks them), and every role's
+    user (password hash, tags) and permissions, over the management API (the admin's
+    `administrator` tag allows it)."""
     management = parse_options(admin_url).management_url
     if management is None:
         raise ValueError("the admin URL names no management API")
-    _request(management, "PUT", f"/api/vhosts/{quote(vhost, safe='')}", {}, tls)
+    v = quote(vhost, safe="")
+    _request(management, "PUT", f"/api/vhosts/{v}", {}, tls)
+    for queue in rabbitmq.app_queues(vhost, prefix, queues):
+        body = {k: queue[k] for k in ("durable", "auto_delete", "arguments")}
+        _request(management, "PUT", f"/api/queues/{v}/{quote(queue['name'], safe='')}", body, tls)
     for role in naming.ROLES:
         credential = credentials[role]
         user = quote(credential.username, safe="")
@@ -109,11 +115,13 @@ def apply(
     credentials: Mapping[str, Credential],
     prefix: str,
     taskqueue: str,
+    queues: Sequence[str] = (),
     tls: BrokerTLS | None = None,
 ) -> None:
-    """Set the role identities on the live broker of `broker_type` (`tls`: the CA that
-    verifies a TLS broker)."""
+    """Set the role identities (and RabbitMQ's app queues) on the live broker (`tls`: the
+    CA that verifies a TLS broker)."""
     if broker_type == "rabbitmq":
-        apply_rabbitmq(admin_url, credentials, prefix, naming.rabbitmq_vhost(taskqueue), tls)
+        vhost = naming.rabbitmq_vhost(taskqueue)
+        apply_rabbitmq(admin_url, credentials, prefix, vhost, queues, tls)
     else:
         apply_redis(admin_url, credentials, prefix, tls)

@@ -106,11 +106,16 @@ def admin_secret(
     broker_type: str,
     admin: Credential,
     roles: Mapping[str, Credential],
-    prefix: str,
-    tls: bool = False,
+    spec: TaskQueueSpec,
 ) -> dict[str, Any]:
+    """The admin Secret with the broker's users file rendered from `roles` (its URL
+    rediss:// or amqps:// when the managed broker uses TLS)."""
+    prefix, tls = spec.broker.key_prefix, spec.broker.managed_tls
     if broker_type == "rabbitmq":
-        return rabbitmq.rabbitmq_secret(body, admin.username, admin.password, roles, prefix, tls)
+        queues = [q.name for q in spec.queues]
+        return rabbitmq.rabbitmq_secret(
+            body, admin.username, admin.password, roles, prefix, queues, tls
+        )
     return redis.redis_secret(body, admin.password, roles, prefix, tls)
 
 
@@ -194,7 +199,7 @@ async def _admin(
     cluster: Cluster, body: Mapping[str, Any], spec: TaskQueueSpec, sync: Sync
 ) -> None:
     meta = body["metadata"]
-    broker_type, prefix = spec.broker.type, spec.broker.key_prefix
+    broker_type = spec.broker.type
     namespace, name = meta["namespace"], naming.broker_secret_name(meta["name"])
     key = f"Secret/{name}"
     existing = await cluster.read("Secret", namespace, name)
@@ -209,7 +214,7 @@ async def _admin(
     if existing is None or not same_type or not password:
         username = rabbitmq.generate_username() if broker_type == "rabbitmq" else "default"
         admin = Credential(username, common.generate_password())
-        obj = admin_secret(body, broker_type, admin, sync.roles, prefix, spec.broker.managed_tls)
+        obj = admin_secret(body, broker_type, admin, sync.roles, spec)
         if existing is None:
             if not await cluster.create(obj):
                 sync.report[key] = CONFLICT
@@ -222,9 +227,7 @@ async def _admin(
         sync.admin, sync.admin_url = admin, decode(obj)[naming.BROKER_URL_KEY]
         return
     admin = Credential(username or "default", password)
-    wanted = decode(
-        admin_secret(body, broker_type, admin, sync.roles, prefix, spec.broker.managed_tls)
-    )
+    wanted = decode(admin_secret(body, broker_type, admin, sync.roles, spec))
     file_key = rendered_key(broker_type)
     if same_rendering(broker_type, data.get(file_key), wanted[file_key]) and all(
         data.get(k) == v for k, v in wanted.items() if k != file_key

@@ -365,6 +365,7 @@ class TaskQueueTicker:
                     synced.roles,
                     spec.broker.key_prefix,
                     name,
+                    [q.name for q in spec.queues],
                     tls,
                 )
                 memory.applied = fingerprint

@@ -57,9 +57,10 @@ operator/ebbtide_operator/kube.py and kopf's own (tests/unit/chart/test_rbac.py 
   of our own objects); list/watch feed the worker-Deployment cache; deployments/scale is
   the only thing written on a scale;
 - statefulsets/services/configmaps/networkpolicies: the managed broker, by name only;
-- secrets: get (the broker URL, by name) and create (the managed broker's); delete only
-  replaces our own Secret on a broker-type switch. Never list or watch: the operator
-  cannot enumerate the cluster's Secrets;
+- secrets: get (the broker URLs, by name) and create (the managed broker's admin and role
+  Secrets); patch only our own on a rotation (a role's URL, the broker's users file);
+  delete only replaces our own Secret on a broker-type switch. Never list or watch: the
+  operator cannot enumerate the cluster's Secrets;
 - pods: patch only (pod-deletion-cost before a scale-down);
 - events: create (kopf.event, core v1 Events).
 PersistentVolumeClaims are the StatefulSet controller's business: no grant.

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from ebbtide.brokers.rabbitmq.publish import queue_declarations
+
 from ebbtide_operator import naming
 from ebbtide_operator.build.common import (
     Body,
@@ -92,14 +94,20 @@ def rabbitmq_url(
     password: str,
     vhost: str = DEFAULT_VHOST,
     scheme: str = "amqp",
+    passive_declare: bool = False,
 ) -> str:
     """The runtime's URL, built from its parts (`scheme` is where TLS says `amqps`): AMQP
     on `vhost`, the management API on the same host (AMQPS on 5671 and https on 15671
-    with TLS: the runtime calls the API over https whenever AMQP uses TLS)."""
+    with TLS: the runtime calls the API over https whenever AMQP uses TLS);
+    `passive_declare` (the producer's) makes the runtime only check the app queues it
+    publishes to (roles.py says why)."""
     host = f"{naming.rabbitmq_name(taskqueue)}.{namespace}.svc"
     auth = f"{quote(username, safe='')}:{quote(password, safe='')}"
     amqp, management = ports(scheme == "amqps")
-    return f"{scheme}://{auth}@{host}:{amqp}/{quote(vhost, safe='')}?management_port={management}"
+    query = f"management_port={management}"
+    if passive_declare:
+        query += "&declare=passive"
+    return f"{scheme}://{auth}@{host}:{amqp}/{quote(vhost, safe='')}?{query}"
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
@@ -120,12 +128,26 @@ def _user(credential: Credential, tags: list[str]) -> dict[str, Any]:
     }
 
 
+def app_queues(vhost: str, prefix: str, queues: Sequence[str]) -> list[dict[str, Any]]:
+    """Every spec queue's ready, dead and lost queues, exactly as the runtime declares
+    them (publish.queue_declarations), so the producer finds them without declaring."""
+    return [
+        {"name": name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": args}
+        for queue in queues
+        for name, args in queue_declarations(prefix, queue)
+    ]
+
+
 def definitions(
-    admin: Credential, roles: Mapping[str, Credential], vhost: str, prefix: str
+    admin: Credential,
+    roles: Mapping[str, Credential],
+    vhost: str,
+    prefix: str,
+    queues: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Users, vhosts and permissions, as RabbitMQ's definitions import wants them: the
-    admin on `/` and the TaskQueue's vhost, each role on the TaskQueue's vhost only.
-    With definitions to load the node never seeds its default `guest` user."""
+    """Users, vhosts, permissions and the app queues, as RabbitMQ's definitions import
+    wants them: the admin on `/` and the TaskQueue's vhost, each role on the TaskQueue's
+    vhost only. With definitions to load the node never seeds its default `guest` user."""
     everything = {"configure": ".*", "write": ".*", "read": ".*"}
     users = [_user(admin, ADMIN_TAGS)]
     permissions = [
@@ -139,7 +161,12 @@ def definitions(
             {"user": credential.username, "vhost": vhost, **rabbitmq_permissions(role, prefix)}
         )
     vhosts = [{"name": name} for name in dict.fromkeys([DEFAULT_VHOST, vhost])]
-    return {"users": users, "vhosts": vhosts, "permissions": permissions}
+    return {
+        "users": users,
+        "vhosts": vhosts,
+        "permissions": permissions,
+        "queues": app_queues(vhost, prefix, queues),
+    }
 
 
 def rabbitmq_secret(
@@ -148,14 +175,16 @@ def rabbitmq_secret(
     password: str,
     roles: Mapping[str, Credential],
     prefix: str,
+    queues: Sequence[str] = (),
     tls: bool = False,
 ) -> dict[str, Any]:
     """The admin Secret: its user, password and URL (on the TaskQueue's vhost; amqps://
     with `tls`), and the definitions file the node loads (salted hashes only) with every
-    role's user."""
+    role's user and the spec's queues."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
     vhost = naming.rabbitmq_vhost(name)
     admin = Credential(username, password)
+    rendered = definitions(admin, roles, vhost, prefix, queues)
     return secret_object(
         owner,
         {
@@ -164,7 +193,7 @@ def rabbitmq_secret(
             naming.BROKER_URL_KEY: rabbitmq_url(
                 name, namespace, username, password, vhost, scheme(tls)
             ),
-            naming.BROKER_DEFINITIONS_KEY: json.dumps(definitions(admin, roles, vhost, prefix)),
+            naming.BROKER_DEFINITIONS_KEY: json.dumps(rendered),
         },
     )
 
@@ -175,9 +204,14 @@ def rabbitmq_role_secret(
     """`<name>-broker-<role>`: that role's user, password and URL on the TaskQueue's vhost
     (amqps:// with `tls`)."""
     name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
-    vhost = naming.rabbitmq_vhost(name)
     url = rabbitmq_url(
-        name, namespace, credential.username, credential.password, vhost, scheme(tls)
+        name,
+        namespace,
+        credential.username,
+        credential.password,
+        naming.rabbitmq_vhost(name),
+        scheme(tls),
+        passive_declare=role == "producer",
     )
     return role_secret(owner, role, credential.username, credential.password, url)
 

@@ -156,26 +156,24 @@ def rabbitmq_permissions(role: str, prefix: str) -> dict[str, str]:
     """configure/write/read regexes on the TaskQueue's vhost.
 
     Publishing goes through the default exchange (write on `amq.default`). RabbitMQ asks
-    whoever declares a queue with a dead-letter exchange for read on that queue too, and
-    the producer declares the ready queue (dead-letters into the DLQ) and the `.wait.<ms>`
-    delay queues (dead-letter into the ready queue) before it publishes: so the producer
-    has configure and read on exactly those, and nothing on heartbeats, rate tokens, the
-    DLQ's contents or lost deliveries. The operator reads (basic.get, requeued) only the
-    workers' heartbeat queues and has the `monitoring` tag for the management API."""
+    whoever declares a queue with a dead-letter exchange for read on that queue too, so
+    the producer never declares the ready queue: the broker's definitions pre-declare
+    every spec queue's ready, dead and lost queues, and the producer's URL says
+    `declare=passive` (it only checks they exist). It still declares the `.wait.<ms>`
+    delay queues (one per delay bucket, not known in advance), which dead-letter into the
+    ready queue: configure and read on those only, so a producer can never take a ready
+    task. The operator reads (basic.get, requeued) only the workers' heartbeat queues and
+    has the `monitoring` tag for the management API; its passive declares need no right."""
     p = prefix  # spec.keyPrefix: [a-z0-9_-] only, nothing to escape
     if role == "producer":
-        app_queue = rf"^{p}\.(?!worker\.|rate\.)"  # an app queue's ready/wait/dead/lost
-        return {
-            "configure": app_queue + ".+$",
-            "write": r"^amq\.default$",
-            "read": app_queue + r"(?!.*\.(dead|lost)$).+$",
-        }
+        wait = rf"^{p}\.(?!worker\.|rate\.).+\.wait\.[0-9]+$"
+        return {"configure": wait, "write": r"^amq\.default$", "read": wait}
     if role == "worker":
         everything = rf"^{p}\..+$"
         return {
             "configure": everything,
             "write": rf"^(amq\.default|{p}\..+)$",
-            "read": rf"^(amq\.direct|{p}\..+)$",
+            "read": everything,
         }
     if role == "operator":
         return {"configure": NOTHING, "write": NOTHING, "read": rf"^{p}\.worker\..+$"}

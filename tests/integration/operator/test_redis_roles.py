@@ -104,7 +104,7 @@ def test_the_default_user_is_the_admin_and_nobody_else_gets_in(managed):
         "ebbtide-worker",
         "ebbtide-operator",
     }
-    anonymous = redis.Redis(port=managed.server.port)
+    anonymous = redis.Redis(port=managed.server.port, retry=None)  # no retry backoff
     with pytest.raises(redis.exceptions.AuthenticationError):
         anonymous.ping()
 

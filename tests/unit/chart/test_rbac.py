@@ -23,8 +23,8 @@ OPERATOR = {
     ("", "services"): {"get", "create", "patch", "delete"},
     ("", "configmaps"): {"get", "create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
-    # by name; patch: a certificate renewal, a role's rotated URL; delete: our own on a
-    # type switch or when TLS is switched off
+    # by name; patch: our own role/admin Secrets on a rotation, the TLS ones on a renewal;
+    # delete: ours on a type switch or when TLS is switched off
     ("", "secrets"): {"get", "create", "patch", "delete"},
     ("", "pods"): {"patch"},  # annotate_pod (pod-deletion-cost)
     ("", "events"): {"create"},  # kopf.event

@@ -22,6 +22,7 @@ import pika
 import pika.exceptions
 
 from ... import logs
+from ...errors import PermissionDenied
 from ...message import replayed_payload
 from ..base import BrokerStats, DeadTask, Delivery, Outgoing, Plan, Settlement, redact
 from ..tls import BrokerTLS, explain
@@ -36,6 +37,24 @@ from .stats import (
     fetch_queue_list,
     parse_workers,
 )
+
+
+def refusal(
+    exc: pika.exceptions.ChannelClosedByBroker, user: str, operation: str
+) -> PermissionDenied | None:
+    """RabbitMQ's ACCESS_REFUSED (403, which names the right, the object and the user)
+    as PermissionDenied; a passive check of a missing queue (404) too, since a
+    passive-declaring producer cannot create one."""
+    if exc.reply_code == 403:
+        return PermissionDenied(user, operation, f"RabbitMQ refused it ({exc.reply_text})")
+    if exc.reply_code == 404 and "queue" in str(exc.reply_text):
+        detail = (
+            f"{exc.reply_text}: this identity only checks that the queue exists "
+            "(declare=passive), and a managed broker pre-declares spec.queues"
+        )
+        return PermissionDenied(user, operation, detail)
+    return None
+
 
 CLAIM_WAIT_S = 0.1  # claim() waits this long for a first delivery before returning []
 PUBLISH_ATTEMPTS = 3
@@ -133,7 +152,7 @@ class RabbitMQBroker:
         replies: list[str] = []
 
         def step(channel: Any) -> bool:
-            ensure_queue(channel, self._declared, self.prefix, queue)
+            ensure_queue(channel, self._declared, self.prefix, queue, self.options.passive_declare)
             room = None
             if max_backlog:
                 depth = channel.queue_declare(
@@ -158,6 +177,7 @@ class RabbitMQBroker:
                         m.delay_ms,
                         m.task_id,
                         confirmer=self._confirmer,
+                        passive=self.options.passive_declare,
                     )
                 self._confirmer.wait()  # only confirmed ids are reported as sent
                 replies.extend(m.task_id for m in chunk)
@@ -165,7 +185,14 @@ class RabbitMQBroker:
                 replies.append("!full")
             return True
 
-        self._retrying(step)
+        try:
+            self._retrying(step)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            self._channel = None  # closed by the refusal; the next call opens another
+            refused = refusal(exc, self.params.credentials.username, f"enqueue to {queue!r}")
+            if refused is not None:
+                raise refused from exc
+            raise
         return replies
 
     def stats(self, queues: Sequence[str] | None, worker_ttl_ms: int) -> BrokerStats:

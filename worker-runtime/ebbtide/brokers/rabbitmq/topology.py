@@ -44,17 +44,21 @@ class Options:
     amqp_url: str
     management_url: str | None  # http(s)://user:pass@host:port, None = not used
     max_redeliveries: int  # losses (see lost.py) before the consumer itself dead-letters
+    # `declare=passive`: the producer only checks that an app queue's ready, dead and lost
+    # queues exist (the managed broker pre-declares them), since declaring one with a
+    # dead-letter exchange needs the read right that would let it claim (docs/security.md).
+    passive_declare: bool = False
 
 
 def parse_options(url: str) -> Options:
-    """`amqp://u:p@host:5672/vhost?management_port=15672&max_redeliveries=5`.
+    """`amqp://u:p@host:5672/vhost?management_port=15672&max_redeliveries=5&declare=passive`.
 
     The management URL defaults to the AMQP host and credentials, over http on port
     15672, or over https on 15671 for `amqps://` (TLS on AMQP means TLS on the API too);
     env EBBTIDE_RABBITMQ_MANAGEMENT_URL overrides it ('' disables it).
     """
     parts = urlsplit(url)
-    ours = {"management_port", "management_url", "max_redeliveries"}
+    ours = {"management_port", "management_url", "max_redeliveries", "declare"}
     query = parse_qsl(parts.query, keep_blank_values=True)
     mine = {k: v for k, v in query if k in ours}
     pika_query = urlencode([(k, v) for k, v in query if k not in ours])
@@ -72,7 +76,10 @@ def parse_options(url: str) -> Options:
     redeliveries = mine.get("max_redeliveries", "5")
     if not redeliveries.isdigit() or int(redeliveries) < 1:
         raise ValueError(f"bad max_redeliveries {redeliveries!r} in the broker URL: an int >= 1")
-    return Options(amqp_url, management or None, int(redeliveries))
+    declare = mine.get("declare", "active")
+    if declare not in ("active", "passive"):
+        raise ValueError(f"bad declare {declare!r} in the broker URL: active or passive")
+    return Options(amqp_url, management or None, int(redeliveries), declare == "passive")
 
 
 def vhost_of(url: str) -> str:
