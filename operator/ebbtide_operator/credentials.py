@@ -22,6 +22,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from ebbtide_operator import audit, naming
 from ebbtide_operator.build import common, rabbitmq, redis
@@ -178,7 +179,11 @@ async def _role(
         return
     cred = Credential(username, password)
     wanted = role_secret(body, broker_type, role, cred, tls)
-    if wanted["data"] != existing.get("data"):
+    if wanted["data"] != existing.get("data") and _url_credential(url) == cred:
+        # Same credentials, another URL: the spec moved it (TLS switched on or off).
+        await cluster.patch("Secret", namespace, name, {"data": wanted["data"]})
+        sync.report[key] = "updated"
+    elif wanted["data"] != existing.get("data"):
         # The password (or user) was edited: the URL follows it. The TaskQueue's audit
         # log records the rotation (never the password).
         await cluster.patch("Secret", namespace, name, {"data": wanted["data"]})
@@ -189,6 +194,14 @@ async def _role(
         sync.report[key] = "kept"
     sync.roles[role] = cred
     sync.urls[role] = _url(body, broker_type, role, cred, tls)
+
+
+def _url_credential(url: str) -> Credential | None:
+    """The user and password a URL carries (None when it carries none)."""
+    parts = urlsplit(url)
+    if parts.username is None or parts.password is None:
+        return None
+    return Credential(unquote(parts.username), unquote(parts.password))
 
 
 def _url(body: Mapping[str, Any], broker_type: str, role: str, cred: Credential, tls: bool) -> str:

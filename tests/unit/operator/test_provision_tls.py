@@ -115,6 +115,7 @@ def test_switching_tls_off_and_on_keeps_credentials_and_follows_the_url():
     worker = secret(cluster, "tq-broker-worker")
     report = run(cluster, body(tls={"enabled": False}))
     assert report["Secret/tq-broker-ca"] == report["Secret/tq-broker-tls"] == "deleted"
+    assert report["Secret/tq-broker-worker"] == "updated"  # a new URL, not a rotation
     plain = secret(cluster, "tq-broker-worker")
     assert plain["password"] == worker["password"]
     assert plain["url"] == worker["url"].replace("rediss://", "redis://")
