@@ -148,7 +148,7 @@ def broker_client(url: str) -> Any:
     from ebbtide.brokers.tls import BrokerTLS
 
     tls = BrokerTLS.from_env().redis_kwargs() if url.startswith("rediss://") else {}
-    return redis.Redis.from_url(url, **tls)
+    return redis.Redis.from_url(url, retry=None, **tls)
 
 
 def security() -> dict[str, Any]:

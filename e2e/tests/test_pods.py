@@ -164,11 +164,11 @@ def assert_producer_cannot_claim(producer_url: str) -> None:
     with pytest.raises(PermissionDenied, match="'ebbtide-producer' lacks the right to claim"):
         asyncio.run(claim())
     with pytest.raises(redis.exceptions.NoPermissionError):
-        redis.Redis.from_url(producer_url).execute_command("LPOP", "ebbtide:q:default:ready:0")
+        broker_client(producer_url).execute_command("LPOP", "ebbtide:q:default:ready:0")
 
 
 def assert_worker_cannot_flush(worker_url: str) -> None:
-    worker = redis.Redis.from_url(worker_url)
+    worker = broker_client(worker_url)
     assert worker.ping()
     for command in (("FLUSHALL",), ("CONFIG", "GET", "*"), ("KEYS", "*")):
         with pytest.raises(redis.exceptions.NoPermissionError, match=command[0].lower()):
@@ -328,7 +328,7 @@ def test_rotating_the_worker_password_rolls_the_workers_and_loses_no_task(
 
     def old_password_refused() -> bool:
         try:
-            redis.Redis.from_url(old_worker, retry=None).ping()
+            broker_client(old_worker).ping()
         except redis.exceptions.AuthenticationError:
             return True
         return False

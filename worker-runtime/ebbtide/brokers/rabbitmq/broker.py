@@ -67,7 +67,7 @@ class RabbitMQBroker:
     def __init__(self, url: str, prefix: str = "ebbtide", tls: BrokerTLS | None = None) -> None:
         self.url = url
         self.prefix = prefix
-        self.tls = tls or BrokerTLS()
+        self.tls = BrokerTLS.from_env() if tls is None else tls  # amqps:// verification
         self.options = topo.parse_options(url)
         self.vhost = topo.vhost_of(self.options.amqp_url)
         try:

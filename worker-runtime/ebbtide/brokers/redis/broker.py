@@ -66,7 +66,7 @@ class RedisBroker:
     def __init__(self, url: str, prefix: str = "ebbtide", tls: BrokerTLS | None = None) -> None:
         self.url = url
         self.prefix = prefix
-        self.tls = tls or BrokerTLS()
+        self.tls = BrokerTLS.from_env() if tls is None else tls  # rediss:// verification
         self._sync: redis.Redis | None = None
         self._owns_sync = True  # False: the caller's client, left open by close()
         self._sync_scripts: dict[str, Any] = {}
