@@ -257,11 +257,6 @@ def test_sigterm_with_the_real_grace_period_hands_back_unstarted_tasks(
     assert set(counts(track).values()) == {1}, counts(track)
 
 
-@pytest.mark.xfail(
-    reason="the operator does not yet copy a worker pod's image error into the TaskQueue's "
-    "conditions (see e2e/README.md: ErrImageNeverPull)",
-    strict=False,
-)
 def test_a_worker_image_that_cannot_be_found_surfaces_in_the_conditions(
     core, apps, custom, operator, namespace
 ):
@@ -283,14 +278,16 @@ def test_a_worker_image_that_cannot_be_found_surfaces_in_the_conditions(
     assert wait_for(waiting_reason, 120, "the worker pod's image error") == "ErrImageNeverPull"
 
     def surfaced() -> dict | None:
-        tq = read_tq(custom, namespace, "missing")
-        for c in tq.get("status", {}).get("conditions", []):
-            if "ErrImageNeverPull" in (c.get("reason", "") + c.get("message", "")):
-                return c
-        return None
+        workers = condition(read_tq(custom, namespace, "missing"), "WorkersReady")
+        return workers if workers.get("reason") == "ErrImageNeverPull" else None
 
-    found = wait_for(surfaced, 20, "ErrImageNeverPull in the TaskQueue's conditions")
-    assert "not-built" in found["message"], found
+    # The tick lists the pods on its next poll (pollSeconds 1) after the kubelet's report.
+    found = wait_for(surfaced, 30, "ErrImageNeverPull in the TaskQueue's WorkersReady")
+    assert found["status"] == "False", found
+    assert '"docker.io/ebbtide/not-built:0.0.0"' in found["message"], found
+    tq = read_tq(custom, namespace, "missing")
+    assert condition(tq, "Ready")["reason"] == "ErrImageNeverPull"
+    assert condition(tq, "Degraded")["status"] == "True"
 
 
 def test_rotating_the_worker_password_rolls_the_workers_and_loses_no_task(

@@ -25,7 +25,7 @@ OPERATOR = {
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
     # by name; patch: our own role/admin Secrets on a rotation; delete: ours on a type switch
     ("", "secrets"): {"get", "create", "patch", "delete"},
-    ("", "pods"): {"patch"},  # annotate_pod (pod-deletion-cost)
+    ("", "pods"): {"list", "patch"},  # list_pods (waiting reasons), annotate_pod (cost)
     ("", "events"): {"create"},  # kopf.event
 }
 DISCOVERY = {

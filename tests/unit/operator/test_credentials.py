@@ -135,6 +135,19 @@ def test_external_brokers_get_no_generated_secret():
     )
 
 
+class EmptyBroker:
+    """A statistics link with nothing queued (the tick's broker reads are not the point)."""
+
+    def stats(self, queues: list[str], prefix: str) -> BrokerStats:
+        return BrokerStats(now=0.0, queues={})
+
+    def eviction_policy(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
 def test_the_tick_applies_a_rotation_to_the_broker_and_rolls_the_workers(monkeypatch):
     applied: list[dict] = []
     monkeypatch.setattr(
@@ -145,7 +158,7 @@ def test_the_tick_applies_a_rotation_to_the_broker_and_rolls_the_workers(monkeyp
     cluster = MemoryCluster()
     b = body()
     asyncio.run(provision.reconcile(cluster, b, parse_spec(b["spec"])))
-    reader = BrokerReader(max_threads=1, reader=lambda *_: BrokerStats(now=0.0, queues={}))
+    reader = BrokerReader(max_threads=1, connect=lambda url, _n: EmptyBroker())
     now = [1000.0]
     ticker = TaskQueueTicker(
         cluster, reader, OperatorMetrics(), cluster.record_event, clock=lambda: now[0]
