@@ -328,8 +328,9 @@ def test_rotating_the_worker_password_rolls_the_workers_and_loses_no_task(
             return True
         return False
 
-    # The operator reads the Secrets every 60 s: then the URL, the ACL and the pods follow.
-    wait_for(lambda: credentials_annotation() != before, 150, "the workers rolling")
+    # The operator reads the Secrets every EBBTIDE_SECRET_REFRESH_SECONDS (5 s here, 60 by
+    # default): then the URL, the live ACL and the pods follow.
+    wait_for(lambda: credentials_annotation() != before, 90, "the workers rolling")
     assert "a-rotated-password@" in secret_value(core, namespace, "rotate-broker-worker", "url")
     wait_for(old_password_refused, 30, "the old worker password refused by the live Redis")
     wait_for(lambda: track.hlen(RUNS) == 40, 120, "every task sent before the rotation run")

@@ -10,12 +10,15 @@ tick early for a TaskQueue with no ready worker. Environment:
   EBBTIDE_OPERATOR_NAMESPACE     the operator's namespace, admitted by managed brokers'
                                  NetworkPolicies (else POD_NAMESPACE, else the pod's own)
   EBBTIDE_OPERATOR_IDENTITY      who the audit log says acted (audit.py)
+  EBBTIDE_SECRET_REFRESH_SECONDS how often each TaskQueue's broker Secrets are read again
+                                 (default 60): a rotated password applies within that
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,7 +30,13 @@ from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.deployment_cache import DeploymentCache
 from ebbtide_operator.metrics import OperatorMetrics
 from ebbtide_operator.spec import SpecError, parse_spec
-from ebbtide_operator.tick import TaskQueueTicker, TickOutcome, phase, run_periodically
+from ebbtide_operator.tick import (
+    URL_REFRESH_SECONDS,
+    TaskQueueTicker,
+    TickOutcome,
+    phase,
+    run_periodically,
+)
 from ebbtide_operator.wake import WakeHub
 
 RESOURCE = (naming.GROUP, naming.VERSION, naming.PLURAL)
@@ -46,6 +55,22 @@ class Runtime:
     # TaskQueue uid -> `Kind/name` of the foreign objects its last reconcile left alone;
     # each poll puts them in the status (the tick writes the conditions).
     conflicts: dict[str, list[str]] = {}
+    secret_refresh_seconds: float = URL_REFRESH_SECONDS
+
+
+def secret_refresh_seconds(environ: Mapping[str, str]) -> float:
+    """EBBTIDE_SECRET_REFRESH_SECONDS (default 60), refused by name when not a positive
+    number of seconds."""
+    raw = environ.get("EBBTIDE_SECRET_REFRESH_SECONDS", "")
+    if not raw:
+        return URL_REFRESH_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"EBBTIDE_SECRET_REFRESH_SECONDS must be seconds > 0, got {raw!r}")
+    return value
 
 
 def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -59,6 +84,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     settings.persistence.finalizer = "ebbtide.dev/finalizer"
     settings.networking.request_timeout = 60
     await asyncio.to_thread(kube.load_config)
+    Runtime.secret_refresh_seconds = secret_refresh_seconds(os.environ)
     Runtime.operator_namespace = kube.operator_namespace()
     if Runtime.operator_namespace is None:
         logger.warning(
@@ -166,6 +192,7 @@ async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
         Runtime.metrics,
         post_event,
         conflicts=lambda _body: Runtime.conflicts.get(uid, ()),
+        refresh_seconds=Runtime.secret_refresh_seconds,
     )
     wake = asyncio.Event()
     last: list[TickOutcome] = []

@@ -40,7 +40,8 @@ from ebbtide_operator.spec import SpecError, TaskQueueSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
-URL_REFRESH_SECONDS = 60.0  # re-read the broker Secrets this often (rotations)
+# Re-read the broker Secrets this often (rotations); EBBTIDE_SECRET_REFRESH_SECONDS.
+URL_REFRESH_SECONDS = 60.0
 MAX_STATS_TIMEOUT = 5.0
 
 
@@ -100,8 +101,12 @@ class TaskQueueTicker:
         clock: Callable[[], float] = time.time,
         policy: Callable[[Observation, Any, PolicyState], Decision] = decide,
         conflicts: Callable[[Mapping[str, Any]], Sequence[str]] = lambda _body: (),
+        refresh_seconds: float = URL_REFRESH_SECONDS,
     ) -> None:
-        """`conflicts(body)`: the foreign objects the last reconcile found (main.py)."""
+        """`conflicts(body)`: the foreign objects the last reconcile found (main.py);
+        `refresh_seconds`: how often the broker Secrets are read again (a rotation is
+        applied within that)."""
+        self.refresh_seconds = refresh_seconds
         self.cluster = cluster
         self.reader = reader
         self.metrics = metrics
@@ -279,12 +284,12 @@ class TaskQueueTicker:
     async def _refresh_credentials(
         self, body: Mapping[str, Any], spec: TaskQueueSpec, now: float
     ) -> None:
-        """Every URL_REFRESH_SECONDS: the managed broker's Secrets (credentials.sync: a
+        """Every `refresh_seconds`: the managed broker's Secrets (credentials.sync: a
         missing role Secret is generated again, an edited password re-derives its URL and
         the broker's users file), the new credentials set on the live broker (once per
         change; retried until the broker takes them), and the operator's own URL."""
         memory = self.memory
-        if memory.url is not None and now - memory.url_read_at < URL_REFRESH_SECONDS:
+        if memory.url is not None and now - memory.url_read_at < self.refresh_seconds:
             return
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -324,7 +329,7 @@ class TaskQueueTicker:
         memory = self.memory
         ref = spec.broker.url_secret(name, "operator")
         secret, key = ref.name, ref.key
-        fresh = now - memory.url_read_at < URL_REFRESH_SECONDS
+        fresh = now - memory.url_read_at < self.refresh_seconds
         if memory.url is not None and fresh and memory.url_ref == (secret, key):
             return memory.url  # a switch to another Secret (managed -> external) re-reads
         try:

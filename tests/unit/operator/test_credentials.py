@@ -204,3 +204,13 @@ def test_the_tick_applies_a_rotation_to_the_broker_and_rolls_the_workers(monkeyp
 def test_unknown_roles_are_refused_by_name(role):
     with pytest.raises(ValueError, match="unknown broker role"):
         naming.role_secret_name("tq", role)
+
+
+def test_the_secret_refresh_period_comes_from_the_environment_and_is_checked():
+    from ebbtide_operator.main import secret_refresh_seconds
+
+    assert secret_refresh_seconds({}) == 60.0
+    assert secret_refresh_seconds({"EBBTIDE_SECRET_REFRESH_SECONDS": "5"}) == 5.0
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(ValueError, match=f"EBBTIDE_SECRET_REFRESH_SECONDS .* got '{bad}'"):
+            secret_refresh_seconds({"EBBTIDE_SECRET_REFRESH_SECONDS": bad})
