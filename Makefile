@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-policy bench-operator bench-operator-e2e demo helm-lint cluster-up cluster-down clean
+.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-payloads bench-latency bench-cpu bench-memory bench-policy bench-operator bench-operator-e2e demo helm-lint cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -86,14 +86,26 @@ cluster-down: setup ## Stop the cluster: every process and container; the bridge
 bench: setup ## Throughput benchmark: Ebbtide vs Celery vs Dramatiq on the same broker
 	$(PY) bench/throughput.py
 
+bench-payloads: setup ## Payload formats: stored size and send+run throughput, json vs msgpack, with/without zstd, small and 100 KiB, real Redis
+	$(PY) bench/payloads.py
+
+bench-latency: setup ## Latency benchmark: Redis behind toxiproxy (0.5, 2, 10 ms round trip), Ebbtide vs Dramatiq vs Celery in one run
+	$(PY) bench/latency.py
+
+bench-cpu: setup ## CPU-bound tasks: Ebbtide --processes 1 vs 2 beside Dramatiq -p 1 vs -p 2
+	$(PY) bench/cpu.py
+
+bench-memory: setup ## Worker RSS per process and per 1,000 held tasks: Ebbtide vs Dramatiq vs Celery
+	$(PY) bench/memory.py
+
 bench-policy: setup ## Autoscaling policy benchmark: backlog time vs a KEDA-style baseline
 	$(PY) bench/policy.py
 
 bench-operator: setup ## Operator tick timeliness: 200 TaskQueues on one operator, real Redis, in-memory Kubernetes
 	$(PY) bench/operator_ticks.py --taskqueues 200 --poll 1 --seconds 60
 
-bench-operator-e2e: setup binaries ## The real operator on the real API server: 200 TaskQueues, tick timeliness, burst reaction
-	$(PY) bench/operator_e2e.py --taskqueues 200 --poll 2 --seconds 60
+bench-operator-e2e: setup binaries ## The real operator on the real API server: 200 TaskQueues, tick timeliness, enqueue -> replicas p50/p99 from 0
+	$(PY) bench/operator_e2e.py --taskqueues 200 --poll 5 --seconds 60
 
 demo: setup deps-node images ## The demo on the one-node cluster: chart, operator pod, a burst, `kubectl get pods -w` and `kubectl get tq -w`; Ctrl-C tears down
 	scripts/demo.sh

@@ -8,11 +8,13 @@ N TaskQueues on one real redis-server (minReplicas 0, so no pods are needed). Th
 
 - **tick lateness** comes from the operator's own `ebbtide_operator_tick_lateness_seconds` histogram
   (scraped before and after), next to the number of ticks expected from N / poll;
-- **reaction**: bursts land on idle TaskQueues at random moments; a watch on Deployments
-  times each one from the moment its tasks are in Redis to the first `spec.replicas` > 0
-  written by the operator. Target: one poll plus a second.
+- **activation**: bursts land on idle TaskQueues (0 replicas) at random moments; a watch
+  on Deployments times each one from the moment its send *starts* (conservative: the
+  enqueue itself is counted) to the first `spec.replicas` > 0 written by the operator.
+  The enqueue script's wake-up (wake.py) starts the tick at once, so the target is
+  p99 < 1 s whatever the poll; without push it would be up to one poll.
 
-    .venv/bin/python bench/operator_e2e.py [--taskqueues 200] [--poll 2] [--seconds 60] [--bursts 12]
+    .venv/bin/python bench/operator_e2e.py [--taskqueues 200] [--poll 5] [--seconds 60] [--bursts 60]
 """
 
 from __future__ import annotations
@@ -115,9 +117,10 @@ def watch_scale_ups(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--taskqueues", type=int, default=200)
-    parser.add_argument("--poll", type=float, default=2.0)
+    parser.add_argument("--poll", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--bursts", type=int, default=12)
+    parser.add_argument("--bursts", type=int, default=60)
+    parser.add_argument("--burst-size", type=int, default=50)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -212,8 +215,8 @@ def measure(args: argparse.Namespace, url: str, apps, operator: OperatorProcess)
         time.sleep(max(0.0, started + at - time.monotonic()))  # pacing the load, not synchronising
         queue = "q" + name.removeprefix("tq")
         task = app.task(name=f"bench.{name}", queue=queue)(lambda: None)
-        task.send_many([()] * 200)
-        landed[name] = time.monotonic()
+        landed[name] = time.monotonic()  # before the send: the watch may see it first
+        task.send_many([()] * args.burst_size)
     time.sleep(max(0.0, started + args.seconds - time.monotonic()))  # the measurement window
     after = scrape(operator.metrics_port)
     elapsed = time.monotonic() - started
@@ -221,6 +224,7 @@ def measure(args: argparse.Namespace, url: str, apps, operator: OperatorProcess)
     watcher.join(timeout=10)
     app.close()
     values = sorted(reactions.values())
+    p99 = values[min(len(values) - 1, int(0.99 * len(values)))] if values else None
     return {
         "taskqueues": args.taskqueues,
         "poll_seconds": args.poll,
@@ -232,9 +236,10 @@ def measure(args: argparse.Namespace, url: str, apps, operator: OperatorProcess)
             "count": len(values),
             "missed": len(landed) - len(values),
             "p50": round(statistics.median(values), 3) if values else None,
+            "p99": round(p99, 3) if p99 is not None else None,
             "max": round(values[-1], 3) if values else None,
-            "target": args.poll + 1.0,
-            "within_target": sum(1 for v in values if v <= args.poll + 1.0),
+            "target": 1.0,
+            "within_target": sum(1 for v in values if v <= 1.0),
         },
     }
 
@@ -258,8 +263,8 @@ def report(result: dict, as_json: bool) -> None:
         if key in took:
             print(f"  ticks that took <= {key.removeprefix('share_le_')}: {took[key]:.2%}")
     print(
-        f"  burst -> scale-up reaction (n={r['count']}, missed {r['missed']}): p50 {r['p50']}s, max {r['max']}s; "
-        f"{r['within_target']}/{r['count']} within one poll + 1s ({r['target']}s)"
+        f"  enqueue -> replicas set, from 0 (n={r['count']}, missed {r['missed']}): p50 {r['p50']}s, "
+        f"p99 {r['p99']}s, max {r['max']}s; {r['within_target']}/{r['count']} within {r['target']}s"
     )
 
 

@@ -1,14 +1,15 @@
 """Are 200 TaskQueues' ticks on time on one operator?
 
 Runs N TaskQueue poll loops (`tick.run_periodically` + `TaskQueueTicker.tick`, exactly
-what the kopf daemon runs) on one event loop against one real redis-server with real
+what the kopf daemon runs, broker wake-ups included) on one event loop against one real redis-server with real
 backlogs, plus some TaskQueues whose broker is hung (accepts, never answers) or down
 (connection refused). Kubernetes is the in-memory MemoryCluster (the API server is not
 what is measured here). Reports how late each tick started versus its schedule, and how long after a burst lands
-on an idle TaskQueue its worker Deployment is scaled up (target: one poll plus a second).
+on an idle TaskQueue its worker Deployment is scaled up (with push: well under a second;
+with --no-push: up to one poll).
 
     .venv/bin/python bench/operator_ticks.py [--taskqueues 200] [--poll 1] [--seconds 30] \
-        [--hung 10] [--down 10] [--json]
+        [--hung 10] [--down 10] [--no-push] [--json]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ebbtide_operator.broker_io import BrokerReader  # noqa: E402
 from ebbtide_operator.metrics import OperatorMetrics  # noqa: E402
 from ebbtide_operator.spec import parse_spec  # noqa: E402
 from ebbtide_operator.tick import TaskQueueTicker, phase, run_periodically  # noqa: E402
+from ebbtide_operator.wake import WakeHub  # noqa: E402
 from support.memory_cluster import MemoryCluster  # noqa: E402
 from support.servers import free_port, redis_server  # noqa: E402
 
@@ -73,6 +75,7 @@ def summary(values: list[float]) -> dict[str, float]:
 async def run(args: argparse.Namespace, url: str, hung_url: str, down_url: str) -> dict:
     cluster = MemoryCluster()
     reader = BrokerReader()
+    hub = WakeHub()
     metrics = OperatorMetrics()
     lateness: dict[str, list[float]] = {"healthy": [], "hung": [], "down": []}
     durations: dict[str, list[float]] = {"healthy": [], "hung": [], "down": []}
@@ -88,10 +91,20 @@ async def run(args: argparse.Namespace, url: str, hung_url: str, down_url: str) 
         )
         await provision.reconcile(cluster, b, parse_spec(b["spec"]))
         ticker = TaskQueueTicker(cluster, reader, metrics, cluster.record_event)
+        wake = asyncio.Event()
+        last: list = []
 
-        async def step(ticker=ticker, b=b, kind=kind):
+        def woken(wake=wake, last=last) -> None:  # as main.poll: only with no ready worker
+            if not last or last[-1].ready == 0:
+                wake.set()
+
+        async def step(ticker=ticker, b=b, kind=kind, woken=woken, last=last):
             outcome = await ticker.tick(b)
+            last[:] = [outcome]
             durations[kind].append(outcome.seconds)
+            if ticker.memory.url and args.push:
+                key, queues = b["metadata"]["name"], [q["name"] for q in b["spec"]["queues"]]
+                hub.watch(key, ticker.memory.url, "ebbtide", queues, woken)
 
         loops.append(
             run_periodically(
@@ -101,6 +114,7 @@ async def run(args: argparse.Namespace, url: str, hung_url: str, down_url: str) 
                 stopped=lambda: time.monotonic() >= stop_at,
                 lateness=lateness[kind].append,
                 initial_delay=phase(b["metadata"]["uid"], args.poll),
+                wake=wake,
             )
         )
     scaled_at: dict[str, list[float]] = {}
@@ -121,6 +135,7 @@ async def run(args: argparse.Namespace, url: str, hung_url: str, down_url: str) 
         after = [t for t in scaled_at.get(f"{name}-worker", []) if t >= started]
         if after:  # a scale-up while the burst was still landing counts as 0
             reactions.append(max(0.0, after[0] - landed))
+    hub.close()
     reader.close()
     scaled = sum(1 for e in cluster.events if e[1].startswith("Scaled"))
     expected = args.taskqueues * args.seconds / args.poll
@@ -190,6 +205,12 @@ def main() -> None:
         "--bursts", type=int, default=20, help="bursts on idle TaskQueues, for reaction time"
     )
     parser.add_argument("--burst-size", type=int, default=200)
+    parser.add_argument(
+        "--no-push",
+        dest="push",
+        action="store_false",
+        help="no broker wake-ups: activation waits for the next poll (the old behaviour)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 

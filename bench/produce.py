@@ -30,12 +30,24 @@ def ebbtide_sender(mode: str, task_name: str = "incr") -> Callable[[int], None]:
 
     if mode == "bulk":
         return lambda n: incr.send_many(() for _ in range(n))
+    if mode == "batch":  # one send() at a time, in `with app.batch():` blocks of BATCH_BLOCK
+        return lambda n: _batched(ebbtide_app.app, incr, n)
 
     def single(n: int) -> None:
         for _ in range(n):
             incr.send()
 
     return single
+
+
+BATCH_BLOCK = 100
+
+
+def _batched(app, task, n: int) -> None:
+    for start in range(0, n, BATCH_BLOCK):
+        with app.batch():
+            for _ in range(min(BATCH_BLOCK, n - start)):
+                task.send()
 
 
 def celery_sender(mode: str) -> Callable[[int], None]:
@@ -52,9 +64,11 @@ def celery_sender(mode: str) -> Callable[[int], None]:
     return single
 
 
-def dramatiq_sender(mode: str) -> Callable[[int], None]:
-    from anchors.dramatiq_app import incr
+def dramatiq_sender(mode: str, actor_name: str = "incr") -> Callable[[int], None]:
+    from anchors import dramatiq_app
     from dramatiq import group
+
+    incr = getattr(dramatiq_app, actor_name)
 
     if mode == "bulk":
         return lambda n: group(incr.message() for _ in range(n)).run()
@@ -124,6 +138,8 @@ SENDERS = {
     "ebbtide-async": lambda mode: ebbtide_sender(mode, "aincr"),
     "celery": celery_sender,
     "dramatiq": dramatiq_sender,
+    "ebbtide-cpu": lambda mode: ebbtide_sender(mode, "burn"),
+    "dramatiq-cpu": lambda mode: dramatiq_sender(mode, "burn"),
     "raw": raw_sender,
     "bare": bare_sender,
 }

@@ -28,8 +28,9 @@ COPY worker-runtime /src/worker-runtime
 COPY operator /src/operator
 COPY docker/wheels/ /wheels/
 COPY docker/pip-install.sh /usr/local/lib/ebbtide-pip-install.sh
-# `.[rabbitmq]`: the runtime's own dependencies and pika; the operator's (kopf, kubernetes) stay out.
-RUN sh /usr/local/lib/ebbtide-pip-install.sh "/src[rabbitmq]" \
+# `.[rabbitmq,msgpack,encryption]`: the runtime's own dependencies, pika, and what reads
+# every payload format (docs/runtime.md); the operator's (kopf, kubernetes) stay out.
+RUN sh /usr/local/lib/ebbtide-pip-install.sh "/src[rabbitmq,msgpack,encryption]" \
     && mkdir /app && chown 10001:10001 /app
 
 WORKDIR /app

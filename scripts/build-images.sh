@@ -77,7 +77,7 @@ if [ ! -f "$wheel_stamp" ]; then
   # async-timeout: redis needs it below Python 3.11.3 (bookworm's python3 is 3.11.2), and
   # the host's newer Python would leave it out.
   "$py" -m pip wheel -q -w "$wheels" pip 'setuptools>=64' wheel 'async-timeout>=4.0.3' \
-    "$root[operator,rabbitmq]" >"$cache/wheels.log" 2>&1 ||
+    "$root[operator,rabbitmq,msgpack,encryption]" >"$cache/wheels.log" 2>&1 ||
     die "pip wheel failed: see $cache/wheels.log"
   rm -f "$wheels"/ebbtide-*.whl # the project itself is installed from the copied source
   touch "$wheel_stamp"

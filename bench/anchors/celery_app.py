@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from celery import Celery
 
-from anchors.common import BROKER_URL, QUEUE, count_one
+from anchors.common import BROKER_URL, HOLD_S, QUEUE, count_one
 
 app = Celery("bench", broker=BROKER_URL)
 app.conf.update(
@@ -18,3 +20,9 @@ app.conf.update(
 @app.task(name="bench.incr")
 def incr() -> None:
     count_one()
+
+
+@app.task(name="bench.hold")
+def hold() -> None:
+    """Occupies a slot (bench/memory.py measures what the worker holds meanwhile)."""
+    time.sleep(HOLD_S)

@@ -18,3 +18,15 @@ _counter = redis.Redis.from_url(COUNTER_URL)
 def count_one() -> None:
     """The whole task: one INCR, so the benchmark measures the queue, not the work."""
     _counter.incr(COUNTER_KEY)
+
+
+HOLD_S = float(os.environ.get("BENCH_HOLD_S", "120"))  # bench/memory.py's running tasks
+CPU_LOOPS = int(os.environ.get("BENCH_CPU_LOOPS", "20000"))
+
+
+def burn_cpu() -> int:
+    """The CPU-bound body (bench/cpu.py): pure Python, holding the GIL throughout."""
+    total = 0
+    for i in range(CPU_LOOPS):
+        total += i * i % 7
+    return total

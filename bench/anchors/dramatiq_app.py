@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import dramatiq
 
-from anchors.common import BROKER_URL, QUEUE, count_one
+from anchors.common import BROKER_URL, HOLD_S, QUEUE, burn_cpu, count_one
 
 if BROKER_URL.startswith("amqp"):
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -20,3 +22,15 @@ dramatiq.set_broker(broker)
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)
 def incr() -> None:
     count_one()
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def burn() -> None:
+    burn_cpu()
+    count_one()
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def hold() -> None:
+    """Occupies a slot (bench/memory.py measures what the worker holds meanwhile)."""
+    time.sleep(HOLD_S)

@@ -6,10 +6,12 @@ one shows the runtime's native path: it runs on the worker's event loop, no thre
 
 from __future__ import annotations
 
+import time
+
 import ebbtide
 import redis.asyncio
 
-from anchors.common import BROKER_URL, COUNTER_KEY, COUNTER_URL, QUEUE, count_one
+from anchors.common import BROKER_URL, COUNTER_KEY, COUNTER_URL, HOLD_S, QUEUE, burn_cpu, count_one
 
 app = ebbtide.App(broker_url=BROKER_URL)
 _async_counter: redis.asyncio.Redis | None = None
@@ -26,3 +28,15 @@ async def aincr() -> None:
     if _async_counter is None:  # created on the worker's loop, on first use
         _async_counter = redis.asyncio.Redis.from_url(COUNTER_URL)
     await _async_counter.incr(COUNTER_KEY)
+
+
+@app.task(queue=QUEUE, name="bench.burn")
+def burn() -> None:
+    burn_cpu()
+    count_one()
+
+
+@app.task(queue=QUEUE, name="bench.hold")
+def hold() -> None:
+    """Occupies a slot (bench/memory.py measures what the worker holds meanwhile)."""
+    time.sleep(HOLD_S)

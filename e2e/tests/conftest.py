@@ -32,7 +32,7 @@ from support.ci import pytest_runtest_makereport  # noqa: E402, F401 - the hook
 
 from e2e import node  # noqa: E402
 from e2e.controlplane import NODE_ROOT, ControlPlane, ControlPlaneError  # noqa: E402
-from e2e.tests.kit import IMAGES, OPERATOR_IMAGE, PULL_POLICY, kubectl  # noqa: E402
+from e2e.tests.kit import IMAGES, install_operator_chart, kubectl  # noqa: E402
 from e2e.tests.support import (  # noqa: E402
     RELEASE,
     SYSTEM_NAMESPACE,
@@ -42,6 +42,21 @@ from e2e.tests.support import (  # noqa: E402
 )
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REPLACES_OPERATOR = "replaces_operator"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{REPLACES_OPERATOR}: the test kills, stops or replaces the session's operator pod "
+        "(it runs after every other test, and leaves an operator Ready)",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that replace the operator pod run last, in their file order: the others may
+    hold the session operator's pod name (`operator`)."""
+    items.sort(key=lambda item: item.get_closest_marker(REPLACES_OPERATOR) is not None)
 
 
 @dataclass
@@ -154,13 +169,8 @@ def custom(api_client):
 def chart(kube_env: KubeEnv) -> Iterator[str]:
     """`helm upgrade --install` of charts/ebbtide (every namespace: a ClusterRole), its
     operator Deployment from the operator image; uninstalled at the end on our cluster."""
-    repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
     helm = kube_env.tool("helm")
-    argv = [helm, "upgrade", "--install", RELEASE, str(ROOT / "charts" / "ebbtide")]
-    argv += ["--namespace", SYSTEM_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s"]
-    argv += ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}"]
-    argv += ["--set", f"image.pullPolicy={PULL_POLICY}"]
-    result = subprocess.run(argv, env=kube_env.env, capture_output=True, text=True, check=False)
+    result = install_operator_chart(kube_env)
     if result.returncode != 0:
         pods = kubectl(kube_env, "get", "pods", "-n", SYSTEM_NAMESPACE, "-o", "wide", check=False)
         kubelet_log = tail(kube_env.logs / "kubelet.log", 20) if kube_env.logs else ""

@@ -83,6 +83,27 @@ def kubectl(kube_env: Any, *args: str, check: bool = True) -> subprocess.Complet
     )
 
 
+def install_operator_chart(kube_env: Any) -> subprocess.CompletedProcess:
+    """`helm upgrade --install` of charts/ebbtide as the session runs it: every namespace
+    (a ClusterRole), the operator Deployment from OPERATOR_IMAGE."""
+    from e2e.tests.support import RELEASE, SYSTEM_NAMESPACE
+
+    repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
+    argv = [
+        kube_env.tool("helm"),
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(ROOT / "charts" / "ebbtide"),
+    ]
+    argv += ["--namespace", SYSTEM_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s"]
+    argv += ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}"]
+    argv += ["--set", f"image.pullPolicy={PULL_POLICY}"]
+    return subprocess.run(
+        argv, env=kube_env.env, capture_output=True, text=True, check=False, timeout=240
+    )
+
+
 def create_tq(custom, namespace: str, body: dict) -> dict:
     return custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
@@ -97,6 +118,26 @@ def condition(tq: dict, kind: str) -> dict:
 
 def pod_ready(pod) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+OPERATOR_SELECTOR = "ebbtide.dev/operator=true"
+
+
+def operator_pod(core, namespace: str, exclude: tuple[str, ...] = ()) -> str | None:
+    """The name of a Ready operator pod in `namespace` that is not being deleted and not
+    in `exclude` (a pod just killed), or None."""
+    pods = ready_pods(core, namespace, OPERATOR_SELECTOR)
+    fresh = sorted(p.metadata.name for p in pods if p.metadata.name not in exclude)
+    return fresh[0] if fresh else None
+
+
+def pod_env(kube_env: Any, namespace: str, pod: str, variable: str) -> str:
+    """One environment variable of a running pod's container, read inside it (`kubectl
+    exec`): what the process really got, not what the template says."""
+    code = f"import os; print(os.environ.get({variable!r}, ''))"
+    return kubectl(
+        kube_env, "exec", "-n", namespace, pod, "--", "python", "-c", code
+    ).stdout.strip()
 
 
 def ready_pods(core, namespace: str, selector: str) -> list:
@@ -252,17 +293,15 @@ def run_pod(
     return phase, core.read_namespaced_pod_log(name, namespace)
 
 
-def enqueue(broker_url: str, count: int, seconds: float) -> None:
-    """Enqueue through the runtime's producer API in a fresh host process, as an app would."""
+def enqueue(broker_url: str, count: int, seconds: float, first: int = 0) -> None:
+    """Enqueue tasks numbered `first` to `first + count - 1` through the runtime's producer
+    API in a fresh host process, as an app would."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import tracked; "
         "tracked.app.use_broker_url(sys.argv[2]); "
-        "n = int(sys.argv[3]); "
-        "[tracked.work.send_many([(i, float(sys.argv[4])) for i in range(s, min(n, s + 500))]) "
-        "for s in range(0, n, 500)]"
+        "f, n = int(sys.argv[5]), int(sys.argv[3]); "
+        "[tracked.work.send_many([(i, float(sys.argv[4])) for i in range(s, min(f + n, s + 500))]) "
+        "for s in range(f, f + n, 500)]"
     )
-    subprocess.run(
-        [sys.executable, "-c", code, str(APPS), broker_url, str(count), str(seconds)],
-        check=True,
-        timeout=120,
-    )
+    argv = [sys.executable, "-c", code, str(APPS), broker_url, str(count), str(seconds), str(first)]
+    subprocess.run(argv, check=True, timeout=120)

@@ -170,8 +170,11 @@ def test_managed_redis_objects_and_garbage_collection(
     assert container.security_context.read_only_root_filesystem is True
     assert container.security_context.allow_privilege_escalation is False
     assert container.security_context.capabilities.drop == ["ALL"]
-    url_env = next(e for e in container.env if e.name == "EBBTIDE_BROKER_URL")
-    assert url_env.value_from.secret_key_ref.name == "managed-broker-worker"
+    url_env = next(e for e in container.env if e.name == "EBBTIDE_BROKER_URL_FILE")
+    assert not [e for e in container.env if e.name == "EBBTIDE_BROKER_URL"]
+    (url_volume,) = [v for v in pod.volumes if v.name == "broker-url"]
+    assert url_volume.secret.secret_name == "managed-broker-worker"
+    assert url_env.value == "/etc/ebbtide/broker/url"
     for role in ("producer", "worker", "operator"):
         role_secret = core.read_namespaced_secret(f"managed-broker-{role}", namespace)
         assert_controlled_by(uid, role_secret)

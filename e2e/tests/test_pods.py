@@ -259,11 +259,6 @@ def test_sigterm_with_the_real_grace_period_hands_back_unstarted_tasks(
     assert set(counts(track).values()) == {1}, counts(track)
 
 
-@pytest.mark.xfail(
-    reason="the operator does not yet copy a worker pod's image error into the TaskQueue's "
-    "conditions (see e2e/README.md: ErrImageNeverPull)",
-    strict=False,
-)
 def test_a_worker_image_that_cannot_be_found_surfaces_in_the_conditions(
     core, apps, custom, operator, namespace
 ):
@@ -285,14 +280,16 @@ def test_a_worker_image_that_cannot_be_found_surfaces_in_the_conditions(
     assert wait_for(waiting_reason, 120, "the worker pod's image error") == "ErrImageNeverPull"
 
     def surfaced() -> dict | None:
-        tq = read_tq(custom, namespace, "missing")
-        for c in tq.get("status", {}).get("conditions", []):
-            if "ErrImageNeverPull" in (c.get("reason", "") + c.get("message", "")):
-                return c
-        return None
+        workers = condition(read_tq(custom, namespace, "missing"), "WorkersReady")
+        return workers if workers.get("reason") == "ErrImageNeverPull" else None
 
-    found = wait_for(surfaced, 20, "ErrImageNeverPull in the TaskQueue's conditions")
-    assert "not-built" in found["message"], found
+    # The tick lists the pods on its next poll (pollSeconds 1) after the kubelet's report.
+    found = wait_for(surfaced, 30, "ErrImageNeverPull in the TaskQueue's WorkersReady")
+    assert found["status"] == "False", found
+    assert '"docker.io/ebbtide/not-built:0.0.0"' in found["message"], found
+    tq = read_tq(custom, namespace, "missing")
+    assert condition(tq, "Ready")["reason"] == "ErrImageNeverPull"
+    assert condition(tq, "Degraded")["status"] == "True"
 
 
 def test_rotating_the_worker_password_rolls_the_workers_and_loses_no_task(
@@ -333,8 +330,9 @@ def test_rotating_the_worker_password_rolls_the_workers_and_loses_no_task(
             return True
         return False
 
-    # The operator reads the Secrets every 60 s: then the URL, the ACL and the pods follow.
-    wait_for(lambda: credentials_annotation() != before, 150, "the workers rolling")
+    # The operator reads the Secrets every EBBTIDE_SECRET_REFRESH_SECONDS (5 s here, 60 by
+    # default): then the URL, the live ACL and the pods follow.
+    wait_for(lambda: credentials_annotation() != before, 90, "the workers rolling")
     assert "a-rotated-password@" in secret_value(core, namespace, "rotate-broker-worker", "url")
     wait_for(old_password_refused, 30, "the old worker password refused by the live Redis")
     wait_for(lambda: track.hlen(RUNS) == 40, 120, "every task sent before the rotation run")

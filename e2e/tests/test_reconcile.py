@@ -1,7 +1,8 @@
 """Operator paths that only a fake cluster proved before, on the real one: a worker
 Deployment edited behind the operator's back is repaired, a deleted one is recreated, and
 an operator pod that dies is replaced by the chart's Deployment and picks the TaskQueue up
-again with its replicas held. (This file runs last: it replaces the session's operator pod.)"""
+again with its replicas held. (That test replaces the session's operator pod: marked
+`replaces_operator`, it runs after the others.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
 
 from e2e.tests.kit import (
@@ -22,6 +24,7 @@ from e2e.tests.kit import (
     condition,
     create_tq,
     enqueue,
+    operator_pod,
     pod_ready,
     read_tq,
     secret_value,
@@ -301,20 +304,15 @@ def test_an_edited_worker_deployment_is_repaired_and_a_deleted_one_recreated(
     wait_for(recreated, 120, "the worker Deployment recreated with a ready pod")
 
 
+@pytest.mark.replaces_operator
 def test_a_killed_operator_pod_is_replaced_and_resumes(core, apps, custom, operator, namespace):
     external_taskqueue(core, apps, custom, namespace, "steady", 2)
-    core.delete_namespaced_pod(operator, SYSTEM_NAMESPACE, grace_period_seconds=0)
-
-    def replacement() -> str | None:
-        pods = core.list_namespaced_pod(
-            SYSTEM_NAMESPACE, label_selector="ebbtide.dev/operator=true"
-        ).items
-        fresh = [
-            p for p in pods if p.metadata.name != operator and p.metadata.deletion_timestamp is None
-        ]
-        return fresh[0].metadata.name if fresh and pod_ready(fresh[0]) else None
-
-    wait_for(replacement, 120, "a new operator pod Ready")
+    old = operator_pod(core, SYSTEM_NAMESPACE)  # not `operator`: an earlier test replaced it
+    assert old, "a Ready operator pod"
+    core.delete_namespaced_pod(old, SYSTEM_NAMESPACE, grace_period_seconds=0)
+    wait_for(
+        lambda: operator_pod(core, SYSTEM_NAMESPACE, exclude=(old,)), 120, "a new operator pod"
+    )
     # The new operator sees the TaskQueue and keeps its two replicas.
     wait_for(
         lambda: (

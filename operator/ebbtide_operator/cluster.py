@@ -42,6 +42,11 @@ class Cluster(Protocol):
         """With `status`; may come from a watch cache."""
         ...
 
+    async def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        """The pods matching every label of `selector`, with `status`. The tick lists the
+        worker pods only while some are not ready, for the reason (pod_health.py)."""
+        ...
+
     # --- what the tick writes that the TaskQueue does not own.
     async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> bool:
         """False when the pod is already gone."""

@@ -217,6 +217,16 @@ class KubeCluster:
         if self.deployments is not None:
             self.deployments.scaled(namespace, name, replicas)
 
+    async def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        """`resourceVersion=0`: served from the API server's watch cache, not etcd."""
+        found = await self._call(
+            self.core.list_namespaced_pod,
+            namespace,
+            label_selector=",".join(f"{key}={value}" for key, value in selector.items()),
+            resource_version="0",
+        )
+        return list((found or {}).get("items") or [])
+
     async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> bool:
         """False when the pod is already gone."""
         try:

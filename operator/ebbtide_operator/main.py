@@ -2,21 +2,25 @@
 
 Handlers stay thin: provisioning is `provision.reconcile`, each TaskQueue's poll loop is
 a kopf daemon driving `tick.TaskQueueTicker`; both reach Kubernetes through one
-`kube.KubeCluster` (the `cluster.Cluster` protocol). Environment:
+`kube.KubeCluster` (the `cluster.Cluster` protocol). Broker wake-ups (wake.py) start a
+tick early for a TaskQueue with no ready worker. Environment:
   EBBTIDE_OPERATOR_METRICS_PORT  Prometheus port of the operator (default 8081, 0 = off)
   EBBTIDE_BROKER_THREADS         threads for broker reads (default 64)
   EBBTIDE_KUBE_THREADS           threads for API calls (default 16)
   EBBTIDE_OPERATOR_NAMESPACE     the operator's namespace, admitted by managed brokers'
                                  NetworkPolicies (else POD_NAMESPACE, else the pod's own)
   EBBTIDE_OPERATOR_IDENTITY      who the audit log says acted (audit.py)
+  EBBTIDE_SECRET_REFRESH_SECONDS how often each TaskQueue's broker Secrets are read again
+                                 (default 60): a rotated password applies within that
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -26,7 +30,14 @@ from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.deployment_cache import DeploymentCache
 from ebbtide_operator.metrics import OperatorMetrics
 from ebbtide_operator.spec import SpecError, parse_spec
-from ebbtide_operator.tick import TaskQueueTicker, phase, run_periodically
+from ebbtide_operator.tick import (
+    URL_REFRESH_SECONDS,
+    TaskQueueTicker,
+    TickOutcome,
+    phase,
+    run_periodically,
+)
+from ebbtide_operator.wake import WakeHub
 
 RESOURCE = (naming.GROUP, naming.VERSION, naming.PLURAL)
 CONFLICT_RETRY_SECONDS = 20.0  # a name conflict is re-checked this often until it clears
@@ -38,11 +49,28 @@ class Runtime:
     cluster: kube.KubeCluster | None = None
     deployments: DeploymentCache = DeploymentCache()
     reader: BrokerReader | None = None
+    wakes: WakeHub | None = None
     metrics: OperatorMetrics = OperatorMetrics()
     operator_namespace: str | None = None
     # TaskQueue uid -> `Kind/name` of the foreign objects its last reconcile left alone;
     # each poll puts them in the status (the tick writes the conditions).
     conflicts: dict[str, list[str]] = {}
+    secret_refresh_seconds: float = URL_REFRESH_SECONDS
+
+
+def secret_refresh_seconds(environ: Mapping[str, str]) -> float:
+    """EBBTIDE_SECRET_REFRESH_SECONDS (default 60), refused by name when not a positive
+    number of seconds."""
+    raw = environ.get("EBBTIDE_SECRET_REFRESH_SECONDS", "")
+    if not raw:
+        return URL_REFRESH_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"EBBTIDE_SECRET_REFRESH_SECONDS must be seconds > 0, got {raw!r}")
+    return value
 
 
 def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -56,6 +84,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     settings.persistence.finalizer = "ebbtide.dev/finalizer"
     settings.networking.request_timeout = 60
     await asyncio.to_thread(kube.load_config)
+    Runtime.secret_refresh_seconds = secret_refresh_seconds(os.environ)
     Runtime.operator_namespace = kube.operator_namespace()
     if Runtime.operator_namespace is None:
         logger.warning(
@@ -66,6 +95,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
         threads=int(os.environ.get("EBBTIDE_KUBE_THREADS", "16")), deployments=Runtime.deployments
     )
     Runtime.reader = BrokerReader(max_threads=int(os.environ.get("EBBTIDE_BROKER_THREADS", "64")))
+    Runtime.wakes = WakeHub()
     port = int(os.environ.get("EBBTIDE_OPERATOR_METRICS_PORT", "8081"))
     if port:
         Runtime.metrics.serve(port)
@@ -74,6 +104,8 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    if Runtime.wakes is not None:
+        Runtime.wakes.close()
     if Runtime.reader is not None:
         Runtime.reader.close()
     if Runtime.cluster is not None:
@@ -179,22 +211,60 @@ def poll_seconds(body: Mapping[str, Any]) -> float:
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=3.0)
 async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """One loop per TaskQueue, on the live body, every spec.scaling.pollSeconds."""
+    """One loop per TaskQueue, on the live body, every spec.scaling.pollSeconds, and at
+    once when its broker says a queue got tasks while no worker is ready."""
     assert Runtime.cluster is not None and Runtime.reader is not None
+    assert Runtime.wakes is not None
+    reader, wakes = Runtime.reader, Runtime.wakes
     uid = body["metadata"].get("uid", "")
+    key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
     ticker = TaskQueueTicker(
         Runtime.cluster,
-        Runtime.reader,
+        reader,
         Runtime.metrics,
         post_event,
         conflicts=lambda _body: Runtime.conflicts.get(uid, ()),
+        refresh_seconds=Runtime.secret_refresh_seconds,
     )
-    await run_periodically(
-        step=lambda: ticker.tick(body),
-        interval=lambda: poll_seconds(body),
-        sleep=lambda seconds: stopped.wait(seconds),
-        stopped=lambda: bool(stopped),
-        lateness=Runtime.metrics.tick_lateness.observe,
-        skipped=Runtime.metrics.ticks_skipped.inc,
-        initial_delay=phase(body["metadata"].get("uid", ""), poll_seconds(body)),
-    )
+    wake = asyncio.Event()
+    last: list[TickOutcome] = []
+
+    def woken_by_broker() -> None:
+        if not last or last[-1].ready == 0:
+            wake.set()
+
+    async def step() -> None:
+        last[:] = [await ticker.tick(body)]
+        watch_broker(key, ticker, body, woken_by_broker)
+
+    try:
+        await run_periodically(
+            step=step,
+            interval=lambda: poll_seconds(body),
+            sleep=lambda seconds: stopped.wait(seconds),
+            stopped=lambda: bool(stopped),
+            lateness=Runtime.metrics.tick_lateness.observe,
+            skipped=Runtime.metrics.ticks_skipped.inc,
+            initial_delay=phase(uid, poll_seconds(body)),
+            wake=wake,
+        )
+    finally:
+        wakes.unwatch(key)
+        reader.release(key)
+
+
+def watch_broker(
+    key: str, ticker: TaskQueueTicker, body: Mapping[str, Any], wake: Callable[[], None]
+) -> None:
+    """Listen for wake-ups of this TaskQueue's queues at the broker it last read."""
+    assert Runtime.wakes is not None
+    url = ticker.memory.url
+    try:
+        spec = parse_spec(body.get("spec") or {})
+    except SpecError:
+        spec = None
+    if url is None or spec is None:
+        Runtime.wakes.unwatch(key)
+        return
+    queues = [q.name for q in spec.queues]
+    Runtime.wakes.watch(key, url, spec.broker.key_prefix, queues, wake)

@@ -13,15 +13,11 @@ collectors. `serve()` exposes it on the port given by EBBTIDE_OPERATOR_METRICS_P
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Iterable
-from importlib import metadata
 
+from ebbtide.buildinfo import register_process_metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 
 from ebbtide_operator.policy import Decision, Observation
 
@@ -31,30 +27,13 @@ QUEUE_LABELS = (*LABELS, "queue")
 AGGREGATE_QUEUE = ""
 
 
-def version() -> str:
-    """The installed ebbtide distribution's version ('unknown' from a bare checkout)."""
-    try:
-        return metadata.version("ebbtide")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 class OperatorMetrics:
     """Every series the operator exports, in one registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
-        self.build_info = Gauge(
-            "ebbtide_build_info",
-            "Always 1; the labels say which Ebbtide build runs",
-            ("component", "version", "python_version"),
-            registry=r,
-        )
-        self.build_info.labels("operator", version(), platform.python_version()).set(1)
+        register_process_metrics(r, "operator")
 
         def queue_gauge(name: str, doc: str) -> Gauge:
             return Gauge(f"ebbtide_taskqueue_{name}", doc, QUEUE_LABELS, registry=r)

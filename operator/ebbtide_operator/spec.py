@@ -132,7 +132,8 @@ class WorkerSpec:
     command: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     image_pull_policy: str | None = None
-    concurrency: int = 4
+    concurrency: int = 4  # slots per worker process
+    processes: int = 1  # worker processes per pod (`--processes`)
     env: tuple[Mapping[str, Any], ...] = ()
     resources: Mapping[str, Any] = field(default_factory=dict)
     termination_grace_period_seconds: int = 60
@@ -161,6 +162,32 @@ def _number(data: Mapping[str, Any], key: str, default: float, path: str) -> flo
     return float(value)
 
 
+def _seconds(data: Mapping[str, Any], key: str, default: float, path: str) -> float:
+    """A duration in seconds. The CRD takes whole seconds (`type: integer`, per the API
+    conventions); a fractional number is still read, as TaskQueues written before that
+    hold one (the API server keeps stored objects as they are)."""
+    value = _number(data, key, default, path)
+    if value < 0:
+        raise SpecError(f"{path}.{key} must be >= 0 seconds, got {data.get(key)!r}")
+    return value
+
+
+def _initial_task_seconds(data: Mapping[str, Any], path: str) -> float:
+    """initialTaskMilliseconds (an integer, the current field) wins; else the deprecated
+    fractional initialTaskSeconds; else 1 s."""
+    if data.get("initialTaskMilliseconds") is not None:
+        millis = _integer(data, "initialTaskMilliseconds", 1000, path)
+        if millis < 1:
+            raise SpecError(f"{path}.initialTaskMilliseconds must be >= 1, got {millis}")
+        return millis / 1000
+    seconds = _seconds(data, "initialTaskSeconds", 1.0, path)
+    if seconds <= 0:
+        raise SpecError(
+            f"{path}.initialTaskSeconds must be > 0, got {data.get('initialTaskSeconds')!r}"
+        )
+    return seconds
+
+
 def _integer(data: Mapping[str, Any], key: str, default: int, path: str) -> int:
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -174,12 +201,14 @@ def parse_scaling(data: Mapping[str, Any], concurrency: int) -> ScalingSpec:
     spec = ScalingSpec(
         min_replicas=_integer(data, "minReplicas", 0, path),
         max_replicas=_integer(data, "maxReplicas", 10, path),
-        target_backlog_seconds=_number(data, "targetBacklogSeconds", 30.0, path),
-        poll_seconds=_number(data, "pollSeconds", 5.0, path),
-        scale_down_stabilization_seconds=_number(data, "scaleDownStabilizationSeconds", 60.0, path),
-        scale_to_zero_idle_seconds=_number(data, "scaleToZeroIdleSeconds", 0.0, path),
+        target_backlog_seconds=_seconds(data, "targetBacklogSeconds", 30.0, path),
+        poll_seconds=_seconds(data, "pollSeconds", 5.0, path),
+        scale_down_stabilization_seconds=_seconds(
+            data, "scaleDownStabilizationSeconds", 60.0, path
+        ),
+        scale_to_zero_idle_seconds=_seconds(data, "scaleToZeroIdleSeconds", 0.0, path),
         max_scale_up_step=_integer(data, "maxScaleUpStep", 0, path),
-        initial_task_seconds=_number(data, "initialTaskSeconds", 1.0, path),
+        initial_task_seconds=_initial_task_seconds(data, path),
         concurrency=concurrency,
         fallback_replicas=None if fallback is None else _integer(data, "fallbackReplicas", 0, path),
         paused=bool(data.get("paused", False)),
@@ -328,6 +357,7 @@ def parse_worker(data: Mapping[str, Any]) -> WorkerSpec:
         args=tuple(data.get("args") or ()),
         image_pull_policy=data.get("imagePullPolicy"),
         concurrency=_integer(data, "concurrency", 4, path),
+        processes=_processes(data, path),
         env=tuple(data.get("env") or ()),
         resources=dict(data.get("resources") or {}),
         termination_grace_period_seconds=_integer(data, "terminationGracePeriodSeconds", 60, path),
@@ -335,6 +365,13 @@ def parse_worker(data: Mapping[str, Any]) -> WorkerSpec:
         service_account_name=data.get("serviceAccountName"),
         pod_template=dict(data.get("podTemplate") or {}),
     )
+
+
+def _processes(data: Mapping[str, Any], path: str) -> int:
+    value = _integer(data, "processes", 1, path)
+    if not 1 <= value <= 64:
+        raise SpecError(f"{path}.processes must be between 1 and 64, got {value}")
+    return value
 
 
 def parse_queues(items: Any, default_target: float) -> tuple[QueueSpec, ...]:
@@ -356,7 +393,7 @@ def parse_queues(items: Any, default_target: float) -> tuple[QueueSpec, ...]:
         queues.append(
             QueueSpec(
                 name=name,
-                target_backlog_seconds=_number(
+                target_backlog_seconds=_seconds(
                     item, "targetBacklogSeconds", default_target, f"spec.queues[{index}]"
                 ),
                 weight=_integer(item, "weight", 1, f"spec.queues[{index}]"),
@@ -372,7 +409,8 @@ def parse_spec(spec: Mapping[str, Any]) -> TaskQueueSpec:
     if not isinstance(spec.get("worker"), Mapping):
         raise SpecError("spec.worker is required")
     worker = parse_worker(spec["worker"])
-    scaling = parse_scaling(spec.get("scaling") or {}, worker.concurrency)
+    # A pod's task slots: what the policy sizes replicas by and measures mu against.
+    scaling = parse_scaling(spec.get("scaling") or {}, worker.concurrency * worker.processes)
     order = spec.get("queueOrder", "weighted")
     if order not in ("weighted", "strict"):
         raise SpecError(f"spec.queueOrder must be weighted or strict, got {order!r}")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ebbtide_operator import naming
+from ebbtide_operator.pod_health import PodProblem
 from ebbtide_operator.policy import Decision, Observation
 from ebbtide_operator.spec import TaskQueueSpec
 
@@ -83,6 +84,9 @@ class Health:
     # (the reconcile's report), and the worker Deployment when the tick finds it foreign.
     name_conflicts: tuple[str, ...] = ()
     worker_conflict: str | None = None
+    # A worker pod stuck on something waiting will not fix (pod_health.worker_problem):
+    # the image cannot be found, the container cannot be created, or it keeps crashing.
+    worker_problem: PodProblem | None = None
 
     def conflicts(self) -> tuple[str, ...]:
         worker = (self.worker_conflict,) if self.worker_conflict else ()
@@ -128,6 +132,11 @@ def conditions(health: Health, replicas: int, ready: int) -> list[dict[str, str]
         workers = _condition(
             "WorkersReady", True, "AllReplicasReady", f"{ready}/{replicas} replicas ready"
         )
+    elif health.worker_problem:
+        problem = health.worker_problem
+        workers = _condition(
+            "WorkersReady", False, problem.reason, f"{ready}/{replicas} ready; {problem.message}"
+        )
     else:
         workers = _condition(
             "WorkersReady", False, "ReplicasStarting", f"{ready}/{replicas} replicas ready"
@@ -167,6 +176,10 @@ def conditions(health: Health, replicas: int, ready: int) -> list[dict[str, str]
         degraded = _condition(
             "Degraded", True, "DeploymentMissing", "the worker Deployment does not exist"
         )
+    elif health.worker_problem:
+        # Also behind ready old pods: a rollout to an image that cannot be found is stuck.
+        problem = health.worker_problem
+        degraded = _condition("Degraded", True, problem.reason, problem.message)
     elif health.eviction_policy:
         degraded = _condition("Degraded", True, "BrokerEvicts", evicts_message(health))
     else:

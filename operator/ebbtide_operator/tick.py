@@ -22,7 +22,16 @@ from typing import Any
 from ebbtide.brokers.tls import BrokerTLS, is_tls_url
 from ebbtide.stats import BrokerStats
 
-from ebbtide_operator import broker_admin, credentials, drain, naming, observe, provision, tls_files
+from ebbtide_operator import (
+    broker_admin,
+    credentials,
+    drain,
+    naming,
+    observe,
+    pod_health,
+    provision,
+    tls_files,
+)
 from ebbtide_operator import status as status_mod
 from ebbtide_operator.broker_io import BrokerReader, BrokerUnreachable
 from ebbtide_operator.build import worker
@@ -33,7 +42,8 @@ from ebbtide_operator.spec import SpecError, TaskQueueSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
-URL_REFRESH_SECONDS = 60.0  # re-read the broker Secrets this often (rotations)
+# Re-read the broker Secrets this often (rotations); EBBTIDE_SECRET_REFRESH_SECONDS.
+URL_REFRESH_SECONDS = 60.0
 MAX_STATS_TIMEOUT = 5.0
 
 
@@ -56,6 +66,7 @@ def scale_message(before: int, after: int, reason: str) -> tuple[str, str]:
 class TickOutcome:
     replicas_before: int = 0
     replicas_after: int = 0
+    ready: int = 0  # ready worker pods: none means a broker wake-up is worth a tick
     decision: Decision | None = None
     broker_error: str | None = None
     status_written: bool = False
@@ -72,6 +83,7 @@ class _Memory:
     written_at: float | None = None
     url: str | None = None
     url_read_at: float = 0.0
+    url_ref: tuple[str, str] | None = None  # (Secret, key) that `url` was read from
     tls: BrokerTLS | None = None  # the CA (and client cert) the broker URL needs
     tls_for: bool = False  # whether `tls` was read for a TLS URL
     tls_read_at: float = 0.0
@@ -108,10 +120,14 @@ class TaskQueueTicker:
         clock: Callable[[], float] = time.time,
         policy: Callable[[Observation, Any, PolicyState], Decision] = decide,
         conflicts: Callable[[Mapping[str, Any]], Sequence[str]] = lambda _body: (),
+        refresh_seconds: float = URL_REFRESH_SECONDS,
         files: tls_files.TLSFiles | None = None,
     ) -> None:
         """`conflicts(body)`: the foreign objects the last reconcile found (main.py);
-        `files`: where the CA and client certificates read from Secrets are written."""
+        `refresh_seconds`: how often the broker Secrets are read again (a rotation is
+        applied within that); `files`: where the CA and client certificates read from
+        Secrets are written."""
+        self.refresh_seconds = refresh_seconds
         self.tls_files = files or tls_files.shared()
         self.cluster = cluster
         self.reader = reader
@@ -171,7 +187,9 @@ class TaskQueueTicker:
             stats = stats_or_error
         replicas = int((deployment or {}).get("spec", {}).get("replicas") or 0)
         ready = int((deployment or {}).get("status", {}).get("readyReplicas") or 0)
+        worker_problem = await self._worker_problem(namespace, name, deployment)
         outcome.replicas_before = outcome.replicas_after = replicas
+        outcome.ready = ready
 
         if stats is not None:
             memory.rates = observe.advance(
@@ -233,6 +251,7 @@ class TaskQueueTicker:
             external_broker=managed is None,
             name_conflicts=self._reconcile_conflicts(body, name),
             worker_conflict=memory.worker_conflict,
+            worker_problem=worker_problem,
         )
         new_status = self._status(
             body,
@@ -290,11 +309,11 @@ class TaskQueueTicker:
     async def _tls(
         self, namespace: str, name: str, spec: TaskQueueSpec, url: str, now: float
     ) -> BrokerTLS:
-        """`_broker_tls`, read again every URL_REFRESH_SECONDS (a renewed CA) or when the
+        """`_broker_tls`, read again every `refresh_seconds` (a renewed CA) or when the
         URL switches to or from TLS."""
         memory = self.memory
         wanted = is_tls_url(url)
-        stale = now - memory.tls_read_at >= URL_REFRESH_SECONDS
+        stale = now - memory.tls_read_at >= self.refresh_seconds
         if memory.tls is None or memory.tls_for != wanted or stale:
             memory.tls = await self._broker_tls(namespace, name, spec, url)
             memory.tls_for, memory.tls_read_at = wanted, now
@@ -333,12 +352,12 @@ class TaskQueueTicker:
     async def _refresh_credentials(
         self, body: Mapping[str, Any], spec: TaskQueueSpec, now: float
     ) -> None:
-        """Every URL_REFRESH_SECONDS: the managed broker's Secrets (credentials.sync: a
+        """Every `refresh_seconds`: the managed broker's Secrets (credentials.sync: a
         missing role Secret is generated again, an edited password re-derives its URL and
         the broker's users file), the new credentials set on the live broker (once per
         change; retried until the broker takes them), and the operator's own URL."""
         memory = self.memory
-        if memory.url is not None and now - memory.url_read_at < URL_REFRESH_SECONDS:
+        if memory.url is not None and now - memory.url_read_at < self.refresh_seconds:
             return
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -373,16 +392,16 @@ class TaskQueueTicker:
                 log.info("broker users of %s/%s not applied yet: %s", namespace, name, error)
         url = synced.urls.get("operator")
         if url:
-            if memory.url is not None and memory.url != url:
-                self.reader.forget(memory.url)
-            memory.url, memory.url_read_at = url, now
+            ref = spec.broker.url_secret(name, "operator")
+            memory.url, memory.url_read_at, memory.url_ref = url, now, (ref.name, ref.key)
 
     async def _broker_url(self, namespace: str, name: str, spec: TaskQueueSpec, now: float) -> str:
         memory = self.memory
-        if memory.url is not None and now - memory.url_read_at < URL_REFRESH_SECONDS:
-            return memory.url
         ref = spec.broker.url_secret(name, "operator")
         secret, key = ref.name, ref.key
+        fresh = now - memory.url_read_at < self.refresh_seconds
+        if memory.url is not None and fresh and memory.url_ref == (secret, key):
+            return memory.url  # a switch to another Secret (managed -> external) re-reads
         try:
             url = await self.cluster.read_secret_value(namespace, secret, key)
         except Exception as error:
@@ -391,9 +410,8 @@ class TaskQueueTicker:
             ) from error
         if not url:
             raise BrokerUnreachable(f"Secret {secret} (key {key!r}) not found or empty")
-        if memory.url is not None and memory.url != url:
-            self.reader.forget(memory.url)
-        memory.url, memory.url_read_at = url, now
+        # A changed URL: the reader moves this TaskQueue to it (and closes an unused one).
+        memory.url, memory.url_read_at, memory.url_ref = url, now, (secret, key)
         return url
 
     async def _worker_deployment(
@@ -449,6 +467,20 @@ class TaskQueueTicker:
                 worker.worker_pod_template(name, spec, version),
             )
         return cached[2]
+
+    async def _worker_problem(
+        self, namespace: str, name: str, deployment: Mapping[str, Any] | None
+    ) -> pod_health.PodProblem | None:
+        """Why worker pods are stuck, read from the pods only while some are not ready."""
+        if not pod_health.should_look(deployment):
+            return None
+        try:
+            pods = await self.cluster.list_pods(namespace, naming.worker_selector(name))
+        except Exception:
+            log.warning("could not list the worker pods of %s/%s", namespace, name, exc_info=True)
+            self.metrics.error(namespace, name, "pods")
+            return None
+        return pod_health.worker_problem(pods)
 
     async def _set_deletion_costs(self, namespace: str, name: str, stats: BrokerStats) -> None:
         """Idle pods cheapest, so the ReplicaSet removes them first."""
@@ -538,6 +570,28 @@ def _with_local_time(obs: Observation, now: float) -> Observation:
     return replace(obs, now=now)
 
 
+WAKE_MIN_GAP_SECONDS = 0.25  # a woken tick starts at least this long after the last one
+
+
+async def sleep_or_wake(
+    sleep: Callable[[float], Awaitable[Any]], seconds: float, wake: asyncio.Event | None
+) -> bool:
+    """Sleep `seconds`, or less if `wake` is set first; True when woken."""
+    if wake is None:
+        await sleep(seconds)
+        return False
+    if wake.is_set():
+        return True
+    sleeper = asyncio.ensure_future(sleep(seconds))
+    waiter = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waiter.cancel()
+    return wake.is_set()
+
+
 async def run_periodically(
     step: Callable[[], Awaitable[Any]],
     interval: Callable[[], float],
@@ -547,17 +601,26 @@ async def run_periodically(
     clock: Callable[[], float] | None = None,
     initial_delay: float = 0.0,
     skipped: Callable[[int], None] = lambda _n: None,
+    wake: asyncio.Event | None = None,
+    woken: Callable[[], None] = lambda: None,
 ) -> None:
     """Call `step` on a fixed schedule (not 'interval after the previous step ended'), so
     slow steps do not drift the cadence; missed slots are skipped, never bunched.
     `initial_delay` spreads many loops over the interval instead of a herd every poll.
-    `skipped` hears how many slots an overrunning step cost."""
+    `skipped` hears how many slots an overrunning step cost.
+
+    Setting `wake` runs an extra step as soon as possible (at least WAKE_MIN_GAP_SECONDS
+    after the previous one started), then the schedule carries on unchanged: push
+    activation on top of polling. `woken` hears each such step."""
     clock = clock or asyncio.get_running_loop().time
     due = clock() + initial_delay
     if initial_delay > 0:
-        await sleep(initial_delay)
+        await sleep_or_wake(sleep, initial_delay, wake)  # a wake-up starts the loop early
     while not stopped():
         lateness(max(0.0, clock() - due))
+        if wake is not None:
+            wake.clear()
+        last = clock()
         await step()
         period = interval()
         due += period
@@ -567,6 +630,17 @@ async def run_periodically(
             # the next tick and hide them), then restart the cadence from now.
             skipped(int((now - due) // period) + 1 if period > 0 else 1)
             due = now
-        delay = due - clock()
-        if delay > 0:
-            await sleep(delay)
+        while True:
+            delay = due - clock()
+            if delay <= 0 or not await sleep_or_wake(sleep, delay, wake):
+                break  # the slot has come
+            gap = last + WAKE_MIN_GAP_SECONDS - clock()
+            if gap > 0:
+                await sleep(gap)
+            if stopped():
+                return
+            woken()
+            assert wake is not None
+            wake.clear()
+            last = clock()
+            await step()

@@ -104,8 +104,8 @@ def test_a_paused_worker_is_fenced_out(redis_broker):
                 a.send_signal(signal.SIGCONT)
                 wait_for(
                     lambda: (
-                        metric(port, "ebbtide_leases_lost_total")
-                        + metric(port, "ebbtide_stale_settlements_total")
+                        metric(port, "ebbtide_worker_leases_lost_total")
+                        + metric(port, "ebbtide_worker_stale_settlements_total")
                         >= 1
                     ),
                     what="A's stale writes refused and counted",

@@ -137,14 +137,16 @@ def test_rabbitmq_over_tls_with_https_management(tls_rabbitmq, tls_dirs, redis_d
 
 @pytest.mark.rabbitmq
 def test_rabbitmq_management_https_verifies_the_ca(tls_rabbitmq, tls_dirs):
-    from ebbtide.brokers.rabbitmq.stats import fetch_queue_list
+    from ebbtide.brokers.rabbitmq.management import ManagementSession
 
     right, wrong = tls_dirs
     management = tls_rabbitmq["management_url"]
-    listing = fetch_queue_list(management, "/", BrokerTLS(ca_file=right.ca_file).context())
-    assert isinstance(listing, list)
+    trusted = ManagementSession(management, context=BrokerTLS(ca_file=right.ca_file).context())
+    assert isinstance(trusted.queues("/"), list)
+    trusted.close()
+    stranger = ManagementSession(management, context=BrokerTLS(ca_file=wrong.ca_file).context())
     with pytest.raises(Exception, match="certificate verify failed"):
-        fetch_queue_list(management, "/", BrokerTLS(ca_file=wrong.ca_file).context())
+        stranger.queues("/")
 
 
 def test_missing_ca_file_is_named(tmp_path: Path):

@@ -404,15 +404,15 @@ def test_metrics_and_probes(broker):
         body = wait_for(
             lambda: (
                 (g := get("/metrics"))
-                and 'ebbtide_tasks_total{outcome="success",task="record"} 5.0' in g[1]
+                and 'ebbtide_worker_tasks_total{outcome="success",task="record"} 5.0' in g[1]
                 and g[1]
             ),
             what="5 successes in the metrics",
         )
         for name in (
-            "ebbtide_task_duration_seconds_bucket",
-            "ebbtide_in_flight 0.0",
-            "ebbtide_enqueue_to_start_seconds_bucket",
+            "ebbtide_worker_task_duration_seconds_bucket",
+            "ebbtide_worker_running_tasks 0.0",
+            "ebbtide_worker_enqueue_to_start_seconds_bucket",
         ):
             assert name in body
 

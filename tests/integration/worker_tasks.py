@@ -108,3 +108,41 @@ async def hold_loop(tag: str) -> None:
     deadline = time.monotonic() + GATE_LIMIT_S
     while not r().exists(f"open:{tag}") and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+@app.task(name="traced_child")
+def traced_child(tag: str) -> None:
+    """Starts a span of its own, which must nest under the worker's (on a task thread)."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("worker_tasks").start_as_current_span(f"inner {tag}"):
+        r().rpush(f"done:{tag}", 1)
+
+
+@app.task(name="atraced_child")
+async def atraced_child(tag: str) -> None:
+    """The same on the event loop."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("worker_tasks").start_as_current_span(f"inner {tag}"):
+        r().rpush(f"done:{tag}", 1)
+
+
+@app.task(name="otel_modules")
+def otel_modules(tag: str) -> None:
+    """Records which opentelemetry modules this worker process has loaded."""
+    import sys
+
+    loaded = sorted(m for m, v in sys.modules.items() if m.startswith("opentelemetry") and v)
+    r().rpush(f"done:{tag}", ",".join(loaded) or "-")
+
+
+@app.task(name="pid_gated")
+def pid_gated(tag: str, i: int) -> None:
+    """`gated`, recording which process ran it (the --processes tests)."""
+    r().hincrby(f"runs:{tag}", str(i), 1)
+    r().rpush(f"started:{tag}", f"{i}|{os.getpid()}")
+    deadline = time.monotonic() + GATE_LIMIT_S
+    while not r().exists(f"open:{tag}") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r().rpush(f"done:{tag}", f"{i}|{os.getpid()}")

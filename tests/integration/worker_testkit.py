@@ -112,8 +112,8 @@ class BrokerUnderTest:
     def is_rabbitmq(self) -> bool:
         return self.name == "rabbitmq"
 
-    def worker(self, *args: str, env: dict[str, str] | None = None):
-        return worker(self.url, *args, record_url=self.record_url, env=env)
+    def worker(self, *args: str, env: dict[str, str] | None = None, app: str = TASKS_APP):
+        return worker(self.url, *args, record_url=self.record_url, env=env, app=app)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return run_cli(self.url, *args)

@@ -40,6 +40,8 @@ class MemoryCluster:
         self.status_writes = 0
         self.events: list[tuple[str, str, str]] = []
         self.ready_lag = 0  # pods that are not ready yet, per Deployment
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}  # what list_pods returns
+        self.pod_lists = 0
 
     # Cluster protocol -------------------------------------------------------------------
     async def create(self, obj: Mapping[str, Any]) -> bool:
@@ -79,12 +81,21 @@ class MemoryCluster:
             deployment["status"] = {
                 "replicas": replicas,
                 "readyReplicas": max(0, replicas - self.ready_lag),
+                "updatedReplicas": replicas,
             }
         return deployment
 
     async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         self.objects[("Deployment", namespace, name)]["spec"]["replicas"] = replicas
         self.scales.append((namespace, name, replicas))
+
+    async def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        self.pod_lists += 1
+        return [
+            copy.deepcopy(pod)
+            for (ns, _), pod in sorted(self.pods.items())
+            if ns == namespace and selector.items() <= (pod["metadata"].get("labels") or {}).items()
+        ]
 
     async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> bool:
         self.pod_annotations.setdefault((namespace, name), {}).update(annotations)
@@ -103,6 +114,10 @@ class MemoryCluster:
             "metadata": {"name": name, "namespace": namespace},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
         }
+
+    def add_pod(self, namespace: str, pod: Mapping[str, Any]) -> None:
+        """A pod as the kubelet reports it (the caller writes its status)."""
+        self.pods[(namespace, pod["metadata"]["name"])] = copy.deepcopy(dict(pod))
 
     def record_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))

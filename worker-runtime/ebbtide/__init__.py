@@ -18,6 +18,7 @@ __all__ = [
     "App",
     "BacklogFull",
     "BadPayload",
+    "BatchNotStored",
     "BrokerEvicts",
     "EbbtideError",
     "PartiallyEnqueued",
@@ -26,6 +27,7 @@ __all__ = [
     "Task",
     "TaskTimeout",
     "UnsupportedBroker",
+    "keys_from_dir",
     "read_stats",
 ]
 
@@ -34,6 +36,7 @@ _WHERE = {
     "Task": "app",
     "BacklogFull": "errors",
     "BadPayload": "errors",
+    "BatchNotStored": "errors",
     "BrokerEvicts": "errors",
     "PartiallyEnqueued": "errors",
     "EbbtideError": "errors",
@@ -42,6 +45,7 @@ _WHERE = {
     "UnsupportedBroker": "errors",
     "TaskTimeout": "errors",
     "read_stats": "stats",
+    "keys_from_dir": "codec",
 }
 
 

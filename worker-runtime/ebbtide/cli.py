@@ -12,24 +12,42 @@ from dataclasses import asdict
 from typing import Any
 
 from . import logs
+from .broker_url import url_from_environment
+from .buildinfo import version
+from .errors import BrokerUrlFileError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logs.setup(getattr(args, "sub_log_level", None) or args.log_level)
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command. Every command fails the same way: one line on stderr and
+    exit 1 (2 for a usage error), as cli_errors decides; only a bug shows a traceback."""
+    from .cli_errors import describe
+
     try:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, TypeError, ImportError, AttributeError) as exc:
-        print(f"ebbtide: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        failure = describe(exc, _known_url(args))
+        if failure is None:
+            raise
+        print(failure.message, file=sys.stderr)
+        return failure.code
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ebbtide", description=__doc__)
-    p.add_argument("--broker-url", help="default: env EBBTIDE_BROKER_URL")
+    p.add_argument("--version", action="version", version=f"ebbtide {version()}")
+    p.add_argument(
+        "--broker-url",
+        help="default: the file env EBBTIDE_BROKER_URL_FILE names, else env EBBTIDE_BROKER_URL",
+    )
     p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -56,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
         help="retry a task name this worker does not know this long before the DLQ "
         "(default: the App's unknown_task_grace_seconds, 600)",
     )
+    w.add_argument(
+        "--processes",
+        default="1",
+        help="worker processes under one supervisor, each with --concurrency slots "
+        "(default 1; 'auto' = the container's CPU limit)",
+    )
+    w.add_argument(
+        "--metrics-dir",
+        default=None,
+        help="with --processes > 1: a writable directory (tmpfs/emptyDir) for the children's "
+        "metrics files and probe sockets (default: env PROMETHEUS_MULTIPROC_DIR, else the "
+        "temp dir)",
+    )
+    w.add_argument("--child-socket", default=None, help=argparse.SUPPRESS)
     w.add_argument("--broker-url", dest="worker_broker_url", default=None, help=argparse.SUPPRESS)
     w.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     w.set_defaults(run=_worker)
@@ -75,19 +107,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--limit", type=int, default=1000)
     d.add_argument("--json", action="store_true")
+    d.add_argument(
+        "--yes", "-y", action="store_true", help="purge without asking (no terminal needed)"
+    )
     d.add_argument("--broker-url", dest="sub_broker_url", default=None, help=argparse.SUPPRESS)
     d.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     d.set_defaults(run=_dlq)
     return p
 
 
-def _url(args: argparse.Namespace) -> str | None:
+def _flag_url(args: argparse.Namespace) -> str | None:
     return (
         getattr(args, "worker_broker_url", None)
         or getattr(args, "sub_broker_url", None)
         or args.broker_url
-        or os.environ.get("EBBTIDE_BROKER_URL")
     )
+
+
+def _url(args: argparse.Namespace) -> str | None:
+    """--broker-url, else EBBTIDE_BROKER_URL_FILE's file, else EBBTIDE_BROKER_URL."""
+    return _flag_url(args) or url_from_environment()
+
+
+def _known_url(args: argparse.Namespace) -> str | None:
+    """The URL to name in a failure line; None when the URL itself is what failed (an
+    unreadable EBBTIDE_BROKER_URL_FILE must not raise again while being reported)."""
+    try:
+        return _url(args)
+    except BrokerUrlFileError:
+        return None
 
 
 def load_app(spec: str) -> Any:
@@ -106,10 +154,22 @@ def load_app(spec: str) -> Any:
 def _worker(args: argparse.Namespace) -> int:
     from .selection import parse_queues
     from .worker import Worker
+    from .worker.processes import parse_processes, read_cpu_limit
 
     url = _url(args)
-    if url:
-        os.environ["EBBTIDE_BROKER_URL"] = url  # before the task module builds its App
+    if flag_url := _flag_url(args):
+        # Before the task module builds its App. A URL from the file is never copied
+        # into the env: subprocesses of tasks would inherit it.
+        os.environ["EBBTIDE_BROKER_URL"] = flag_url
+    if args.child_socket is None:
+        wanted = parse_processes(args.processes)
+        processes = read_cpu_limit() if wanted is None else wanted
+        if processes > 1:
+            return _supervise(args, processes)
+    else:
+        from .worker.supervisor import bind_to_supervisor
+
+        bind_to_supervisor()
     app = load_app(args.app)
     if url:
         app.use_broker_url(url)
@@ -127,8 +187,44 @@ def _worker(args: argparse.Namespace) -> int:
         grace_seconds=args.grace_seconds,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        child_socket=args.child_socket,
     )
     return worker.run()
+
+
+def _supervise(args: argparse.Namespace, processes: int) -> int:
+    """--processes N > 1: the supervisor runs N copies of this worker command, each
+    without the probes port (it serves that) and with a probe socket of its own."""
+    import tempfile
+
+    from .worker.supervisor import Supervisor
+
+    load_app(args.app)  # a bad MODULE:APP is a usage error here, not N crash-looping children
+    flags: list[str] = []
+    for flag, value in (
+        ("--queues", args.queues),
+        ("--concurrency", args.concurrency),
+        ("--prefetch", args.prefetch),
+        ("--grace-seconds", args.grace_seconds),
+        ("--lease-seconds", args.lease_seconds),
+        ("--unknown-task-grace-seconds", args.unknown_task_grace_seconds),
+    ):
+        if value is not None:
+            flags += [flag, str(value)]
+    if args.strict:
+        flags.append("--strict")
+    level = args.sub_log_level or args.log_level
+    head = [sys.executable, "-m", "ebbtide", *(["--log-level", level] if level else [])]
+    base = args.metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
+    supervisor = Supervisor(
+        lambda socket: [*head, "worker", args.app, *flags, "--child-socket", socket],
+        processes,
+        grace_seconds=args.grace_seconds,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        metrics_dir=base,
+    )
+    return supervisor.run()
 
 
 def _broker(args: argparse.Namespace) -> Any:
@@ -200,6 +296,9 @@ def _table(rows: list[tuple]) -> None:
 
 
 def _dlq(args: argparse.Namespace) -> int:
+    from . import audit
+    from .brokers import redact
+
     broker = _broker(args)
     dead = broker.dlq_list(args.queue, args.limit)
     if args.ids:
@@ -208,20 +307,73 @@ def _dlq(args: argparse.Namespace) -> int:
     if args.action == "list":
         if args.json:
             print(json.dumps([_dead_json(d) for d in dead], indent=2))
-            return 0
-        rows = [("queue", "id", "task", "died", "error")]
-        for d in dead:
-            body = _dead_json(d)
-            died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.died_at))
-            rows.append(
-                (d.queue, d.task_id, body.get("task", "?"), died, str(body.get("error", ""))[:100])
-            )
-        _table(rows)
+        else:
+            _dead_table(dead)
         return 0
-    done = broker.dlq_replay(dead) if args.action == "replay" else broker.dlq_purge(dead)
+    if args.action == "purge" and (refused := _confirm_purge(args, dead)) is not None:
+        return refused
+    done, outcome = 0, "done"
+    try:
+        done = broker.dlq_replay(dead) if args.action == "replay" else broker.dlq_purge(dead)
+    except Exception as exc:
+        outcome = f"failed: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        ids = [d.task_id for d in dead]
+        audit.record(
+            f"dlq.{args.action}",
+            queue=args.queue,
+            count=done,
+            selected=len(dead),
+            broker=redact(_url(args) or ""),
+            ids=ids[:AUDIT_IDS],
+            **({"ids_not_listed": len(ids) - AUDIT_IDS} if len(ids) > AUDIT_IDS else {}),
+            outcome=outcome,
+        )
     verb = "replayed" if args.action == "replay" else "purged"
     print(f"{verb} {done} dead task(s)")
     return 0
+
+
+AUDIT_IDS = 100  # task ids named in one audit line; past that, only how many more
+
+
+def _confirm_purge(args: argparse.Namespace, dead: list[Any]) -> int | None:
+    """None when the purge may go on, else the exit code: with a terminal, show what
+    goes and ask y/N; without one, refuse unless --yes."""
+    from .confirm import Step, confirmed, purge_step
+
+    step = purge_step(len(dead), args.yes, sys.stdin.isatty())
+    where = f"of queue {args.queue!r}" if args.queue else "of all queues"
+    if step is Step.REFUSE:
+        print(
+            f"ebbtide: error: dlq purge would delete {len(dead)} dead task(s) {where} and "
+            "there is no terminal to confirm on: pass --yes",
+            file=sys.stderr,
+        )
+        return 2
+    if step is Step.ASK:
+        _dead_table(dead)
+        print(f"\n{len(dead)} dead task(s) {where} will be deleted for good.")
+        try:
+            answer = input("Purge them? [y/N] ")
+        except EOFError:
+            answer = ""
+        if not confirmed(answer):
+            print("nothing purged")
+            return 1
+    return None
+
+
+def _dead_table(dead: list[Any]) -> None:
+    rows = [("queue", "id", "task", "died", "error")]
+    for d in dead:
+        body = _dead_json(d)
+        died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.died_at))
+        rows.append(
+            (d.queue, d.task_id, body.get("task", "?"), died, str(body.get("error", ""))[:100])
+        )
+    _table(rows)
 
 
 def _dead_json(d: Any) -> dict[str, Any]:

@@ -30,6 +30,19 @@ class PayloadTooLarge(EbbtideError, ValueError):
         )
 
 
+class InvalidArguments(EbbtideError, TypeError, ValueError):
+    """A task's arguments do not fit its signature, type hints or JSON Schema. Both a
+    TypeError (wrong arity) and a ValueError (wrong value), so either `except` catches it.
+    `argument` names the first bad one (None when no single argument is to blame, e.g.
+    too many positional arguments); `problems` lists every (argument, reason)."""
+
+    def __init__(self, task: str, problems: list[tuple[str | None, str]]) -> None:
+        self.task, self.problems = task, problems
+        self.argument = problems[0][0] if problems else None
+        said = "; ".join(f"argument {name!r}: {why}" if name else why for name, why in problems)
+        super().__init__(f"task {task!r}: invalid arguments: {said}")
+
+
 class UnsupportedBroker(EbbtideError, ValueError):
     """The broker URL's scheme is not one Ebbtide speaks."""
 
@@ -74,9 +87,32 @@ class PermissionDenied(EbbtideError, PermissionError):
         )
 
 
+class BrokerUrlFileError(EbbtideError, ValueError):
+    """EBBTIDE_BROKER_URL_FILE names a file that cannot be read, or that is empty."""
+
+
 class BadPayload(EbbtideError, ValueError):
     """A message read from the broker cannot be decoded; it goes to the DLQ."""
 
 
 class TaskTimeout(Exception):
     """A task ran past its `timeout` (recorded as the task's error: retried or dead)."""
+
+
+class BatchNotStored(EbbtideError):
+    """The exit of `with app.batch():` could not store every task sent inside it.
+    `stored` holds the ids that were stored and will run; `not_stored` the
+    (id, task name) pairs that were not, and will never run unless sent again. The
+    first broker error is the `__cause__`."""
+
+    def __init__(
+        self, stored: list[str], not_stored: list[tuple[str, str]], error: BaseException
+    ) -> None:
+        self.stored, self.not_stored = stored, not_stored
+        named = ", ".join(f"{task_id} ({name})" for task_id, name in not_stored[:20])
+        more = f" and {len(not_stored) - 20} more" if len(not_stored) > 20 else ""
+        super().__init__(
+            f"app.batch(): {len(not_stored)} of {len(stored) + len(not_stored)} tasks were "
+            f"NOT confirmed as stored, so count them as not sent: {named}{more}; the "
+            f"other {len(stored)} were stored (ids in .stored). Cause: {error}"
+        )

@@ -1,7 +1,12 @@
-"""Message encoding: JSON payloads and the compact queue entries that point at them.
+"""Message encoding: the JSON envelope of a task and the compact queue entries that point
+at it.
 
-Pure functions only (no I/O), so they are unit-tested directly. Payloads are JSON and
-nothing else: no pickle, so a message can never execute code when it is decoded.
+Pure functions only (no I/O), so they are unit-tested directly. The envelope is one line
+of JSON and nothing else: no pickle, so a message can never execute code when it is
+decoded. Its arguments are either plain (`"args":[...],"kwargs":{...}`) or an encoded
+body (codec.py: `"args":null,"fmt":"msgpack+zstd","body":"<base64>"`); every other field
+(id, task, key, headers, attempt, error, ...) stays plain JSON for the brokers' scripts
+and the worker's bookkeeping.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .codec import PLAIN, Codec, UnreadableBody, argument_problem, serialize
 from .errors import BadPayload, PayloadTooLarge
 
 MAX_PRIORITY = 9  # priorities are 0 (default, lowest) .. 9 (runs first)
@@ -125,18 +131,46 @@ def encode_payload(
     args: tuple | list,
     kwargs: dict[str, Any],
     limit: int,
+    *,
+    codec: Codec = PLAIN,
+    headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> str:
-    """The JSON payload of one task, always starting with {"id":"<id>" (the enqueue script
-    reads the id from there). Raises a TypeError naming the argument that is not JSON-able,
-    and PayloadTooLarge over `limit` bytes."""
+    """The JSON envelope of one task, always starting with {"id":"<id>" (the enqueue script
+    reads the id from there). `headers` is the plaintext metadata slot (trace context and
+    the like), never encoded nor encrypted. Raises a TypeError naming the argument the
+    serializer cannot carry, and PayloadTooLarge over `limit` bytes (the stored size)."""
+    if headers:
+        extra = {"headers": headers, **extra}
+    small = False  # plain JSON under the threshold: the classic envelope, as before
     try:
-        a = _dumps(args) if args else "[]"
-        k = _dumps(kwargs) if kwargs else "{}"
         e = "," + _dumps(extra)[1:-1] if extra else ""
-    except (TypeError, ValueError) as exc:
-        raise _name_bad_argument(task, args, kwargs) from exc
-    text = f'{{"id":"{task_id}","task":{_task_json(task)},"args":{a},"kwargs":{k}{e}}}'
+        if codec.plain:
+            a = _dumps(args) if args else "[]"
+            k = _dumps(kwargs) if kwargs else "{}"
+            plain = f'{{"id":"{task_id}","task":{_task_json(task)},"args":{a},"kwargs":{k}{e}}}'
+            # A UTF-8 character is at most 4 bytes: under a quarter of the threshold in
+            # characters, the arguments cannot be over it in bytes.
+            small = not codec.may_compress(4 * (len(a) + len(k) + 3))
+            arguments = b"" if small else f"[{a},{k}]".encode()
+        else:
+            arguments = serialize(codec.serializer, [list(args), kwargs])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _name_bad_argument(task, args, kwargs, codec.serializer) from exc
+    if codec.plain and small:
+        return _checked_size(plain, task, limit)
+    sealed = codec.seal(task_id, task, arguments)
+    if sealed is None:  # plain JSON that was not over the threshold, or zstd could not shrink
+        return _checked_size(plain, task, limit)
+    kid = f',"kid":{_dumps(sealed.kid)}' if sealed.kid is not None else ""
+    text = (
+        f'{{"id":"{task_id}","task":{_task_json(task)},"args":null,'
+        f'"fmt":"{sealed.fmt}"{kid},"body":"{sealed.body}"{e}}}'
+    )
+    return _checked_size(text, task, limit)
+
+
+def _checked_size(text: str, task: str, limit: int) -> str:
     if len(text) > limit and len(text.encode()) > limit:
         raise PayloadTooLarge(task, len(text.encode()), limit)
     return text
@@ -148,32 +182,34 @@ def _task_json(name: str) -> str:
 
 
 def reencode(body: dict[str, Any]) -> str:
-    """Payload of a message the worker changed (retry count, error): already JSON-able."""
+    """Payload of a message the worker changed (retry count, error). An encoded body is
+    written back as it came: the arguments decoded from it are never stored, so an
+    encrypted task's arguments stay encrypted in retries and in the DLQ."""
+    if "fmt" in body:
+        body = {k: v for k, v in body.items() if k != "kwargs"}
+        body["args"] = None
     return _dumps(body)
 
 
-def _name_bad_argument(task: str, args: tuple | list, kwargs: dict[str, Any]) -> TypeError:
+def _name_bad_argument(
+    task: str, args: tuple | list, kwargs: dict[str, Any], serializer: str = "json"
+) -> TypeError:
+    able = f"{serializer.upper() if serializer == 'json' else 'MessagePack'}-able"
     for i, value in enumerate(args):
-        problem = _json_problem(value)
+        problem = argument_problem(serializer, value)
         if problem:
-            return TypeError(f"task {task!r}: positional argument {i} is not JSON-able: {problem}")
+            return TypeError(f"task {task!r}: positional argument {i} is not {able}: {problem}")
     for name, value in kwargs.items():
         if not isinstance(name, str):
             return TypeError(f"task {task!r}: keyword name {name!r} is not a string")
-        problem = _json_problem(value)
+        problem = argument_problem(serializer, value)
         if problem:
-            return TypeError(
-                f"task {task!r}: keyword argument {name!r} is not JSON-able: {problem}"
-            )
-    return TypeError(f"task {task!r}: arguments are not JSON-able")
+            return TypeError(f"task {task!r}: keyword argument {name!r} is not {able}: {problem}")
+    return TypeError(f"task {task!r}: arguments are not {able}")
 
 
 def _json_problem(value: Any) -> str | None:
-    try:
-        _dumps(value)
-    except (TypeError, ValueError) as exc:
-        return f"{type(value).__name__} ({exc})"
-    return None
+    return argument_problem("json", value)
 
 
 def _non_finite(token: str) -> Any:
@@ -184,10 +220,12 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def decode_payload(raw: str | bytes) -> dict[str, Any]:
+def decode_payload(raw: str | bytes, codec: Codec = PLAIN) -> dict[str, Any]:
     """Decode a payload read from the broker; BadPayload names the field that keeps it
-    from running. What passes here can be run, retried and re-encoded: NaN and
-    Infinity (which `json.loads` accepts but JSON does not) are refused up front."""
+    from running (UnreadableBody when the envelope is sound but its body cannot be opened
+    with `codec`'s keys and this worker's packages). What passes here can be run, retried
+    and re-encoded: NaN and Infinity (which `json.loads` accepts but JSON does not) are
+    refused up front. An encoded body comes back decoded into `args` and `kwargs`."""
     try:
         body = json.loads(raw, parse_constant=_non_finite)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -197,18 +235,32 @@ def decode_payload(raw: str | bytes) -> dict[str, Any]:
     task = body.get("task")
     if not isinstance(task, str) or not task:
         raise BadPayload("payload field 'task' is not a task name")
-    if not isinstance(body.get("args", []), list):
+    encoded = "fmt" in body
+    if encoded and (body.get("args") is not None or "kwargs" in body):
+        raise BadPayload("payload has both an encoded body ('fmt') and plain arguments")
+    if not encoded and not isinstance(body.get("args", []), list):
         raise BadPayload("payload field 'args' is not a list")
     if not isinstance(body.get("kwargs", {}), dict):
         raise BadPayload("payload field 'kwargs' is not an object")
     if not _is_count(body.get("attempt", 0)):
         raise BadPayload("payload field 'attempt' is not a non-negative integer")
+    if not isinstance(body.get("headers", {}), dict):
+        raise BadPayload("payload field 'headers' is not an object")
     try:
-        _dumps(body)  # a float that overflowed to inf (1e999) cannot be written back
+        # A float that overflowed to inf (1e999) cannot be written back. An encoded body
+        # is checked as base64 text when it is opened, so its (long) string is skipped.
+        text = isinstance(body.get("body"), str)
+        _dumps({k: v for k, v in body.items() if k != "body"} if encoded and text else body)
     except (ValueError, TypeError, RecursionError) as exc:
         bad = [name for name, value in body.items() if _json_problem(value) is not None]
         field = f" field {bad[0]!r}" if bad else ""
         raise BadPayload(f"payload{field} cannot be re-encoded: {exc}") from None
+    if encoded:
+        try:
+            body["args"], body["kwargs"] = codec.open(body)
+        except UnreadableBody as exc:
+            exc.envelope = body  # buried as it came, so a replay can run it later
+            raise
     return body
 
 

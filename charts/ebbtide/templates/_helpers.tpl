@@ -61,7 +61,9 @@ operator/ebbtide_operator/kube.py and kopf's own (tests/unit/chart/test_rbac.py 
   Secrets); patch only our own on a rotation (a role's URL, the broker's users file);
   delete only replaces our own Secret on a broker-type switch. Never list or watch: the
   operator cannot enumerate the cluster's Secrets;
-- pods: patch only (pod-deletion-cost before a scale-down);
+- pods: patch (pod-deletion-cost before a scale-down) and list (the worker pods' waiting
+  reasons, by label, while some are not ready: an image that cannot be found). No get,
+  no watch;
 - events: create (kopf.event, core v1 Events).
 PersistentVolumeClaims are the StatefulSet controller's business: no grant.
 No wildcards, no update: every verb is listed and used.
@@ -93,7 +95,7 @@ No wildcards, no update: every verb is listed and used.
   verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["patch"]
+  verbs: ["list", "patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -36,8 +36,20 @@ class Credential:
 _REDIS_BASE = ("ping", "info")
 # Scripts are sent by EVALSHA, loaded on a NOSCRIPT reply (redis-py's Script objects).
 _REDIS_SCRIPTING = ("eval", "evalsha", "script|load", "script|exists")
-# The commands enqueue.lua calls.
-_REDIS_ENQUEUE = ("time", "sadd", "llen", "zcard", "set", "get", "hset", "zadd", "rpush", "hincrby")
+# The commands enqueue.lua calls (PUBLISH: the operator's wake-up, on `<prefix>:wake`).
+_REDIS_ENQUEUE = (
+    "time",
+    "sadd",
+    "llen",
+    "zcard",
+    "set",
+    "get",
+    "hset",
+    "zadd",
+    "rpush",
+    "hincrby",
+    "publish",
+)
 # claim.lua, settle.lua, exchange.lua, heartbeat.lua, ratelimit.lua (common.lua's
 # helpers included), on top of enqueue's.
 _REDIS_WORK = (
@@ -83,7 +95,9 @@ def redis_commands(role: str) -> tuple[str, ...]:
     elif role == "worker":
         commands = _REDIS_BASE + _REDIS_SCRIPTING + _REDIS_ENQUEUE + _REDIS_WORK
     elif role == "operator":
-        commands = (*_REDIS_BASE, "eval_ro", "evalsha_ro", *_REDIS_STATS)
+        # SUBSCRIBE: the wake-ups (wake.py), on `<prefix>:wake` only.
+        commands = (*_REDIS_BASE, "eval_ro", "evalsha_ro", "subscribe", "unsubscribe")
+        commands += _REDIS_STATS
     else:
         raise ValueError(f"unknown broker role {role!r}: one of {', '.join(naming.ROLES)}")
     return tuple(sorted(set(commands)))
@@ -91,8 +105,9 @@ def redis_commands(role: str) -> tuple[str, ...]:
 
 def redis_key_patterns(role: str, prefix: str) -> tuple[str, ...]:
     """Key selectors: the producer writes only a queue's ready lists, payloads, delayed
-    set, counters and unique keys (and the queue registry); the worker owns everything
-    under the prefix; the operator reads everything under it and writes nothing."""
+    set, counters and unique keys (and the queue registry), and reads the worker registry
+    and the in-flight set's size; the worker owns everything under the prefix; the
+    operator reads everything under it and writes nothing."""
     if role == "producer":
         q = f"{prefix}:q:*"
         keys = (
@@ -103,12 +118,20 @@ def redis_key_patterns(role: str, prefix: str) -> tuple[str, ...]:
             f"{q}:counters",
             f"{q}:uniq:*",
         )
-        return tuple(f"%RW~{key}" for key in keys)
+        # Read only: whether a worker is registered and the queue has work in flight
+        # (enqueue.lua publishes a wake-up for an idle queue).
+        seen = (f"{prefix}:workers", f"{q}:inflight")
+        return tuple(f"%RW~{key}" for key in keys) + tuple(f"%R~{key}" for key in seen)
     if role == "worker":
         return (f"%RW~{prefix}:*",)
     if role == "operator":
         return (f"%R~{prefix}:*",)
     raise ValueError(f"unknown broker role {role!r}: one of {', '.join(naming.ROLES)}")
+
+
+def redis_channels(prefix: str) -> tuple[str, ...]:
+    """The one pub/sub channel any role may use: the wake-ups enqueue.lua publishes."""
+    return (f"&{prefix}:wake",)
 
 
 def redis_password_hash(password: str) -> str:
@@ -118,13 +141,15 @@ def redis_password_hash(password: str) -> str:
 
 def redis_user_rules(role: str, credential: Credential, prefix: str) -> list[str]:
     """`ACL SETUSER <user> ...` arguments (and the ACL file's `user` line): starts from
-    `reset`, so no earlier right survives; no pub/sub channels; no FLUSH*, CONFIG,
-    DEBUG, KEYS, SHUTDOWN or ACL, since only the listed commands are allowed."""
+    `reset`, so no earlier right survives; no pub/sub channel but `<prefix>:wake`; no
+    FLUSH*, CONFIG, DEBUG, KEYS, SHUTDOWN or ACL, since only the listed commands are
+    allowed."""
     return [
         "reset",
         "on",
         redis_password_hash(credential.password),
         "resetchannels",
+        *redis_channels(prefix),
         *redis_key_patterns(role, prefix),
         "-@all",
         *(f"+{command}" for command in redis_commands(role)),
@@ -149,8 +174,6 @@ def redis_acl_file(admin_password: str, credentials: Mapping[str, Credential], p
 
 # --- RabbitMQ ------------------------------------------------------------------------------
 
-NOTHING = "^$"  # a RabbitMQ permission regex that matches no name
-
 
 def rabbitmq_permissions(role: str, prefix: str) -> dict[str, str]:
     """configure/write/read regexes on the TaskQueue's vhost.
@@ -162,12 +185,20 @@ def rabbitmq_permissions(role: str, prefix: str) -> dict[str, str]:
     `declare=passive` (it only checks they exist). It still declares the `.wait.<ms>`
     delay queues (one per delay bucket, not known in advance), which dead-letter into the
     ready queue: configure and read on those only, so a producer can never take a ready
-    task. The operator reads (basic.get, requeued) only the workers' heartbeat queues and
-    has the `monitoring` tag for the management API; its passive declares need no right."""
+    task. Producers also publish wake-ups to the fanout exchange `<prefix>.wake` (which
+    they declare). The operator reads (basic.get, requeued) the workers' heartbeat
+    queues, has the `monitoring` tag for the management API (its passive declares need no
+    right), and listens for wake-ups: it declares the wake exchange and a server-named
+    exclusive queue (`amq.gen-...`, no other connection can use it) bound to it."""
     p = prefix  # spec.keyPrefix: [a-z0-9_-] only, nothing to escape
     if role == "producer":
         wait = rf"^{p}\.(?!worker\.|rate\.).+\.wait\.[0-9]+$"
-        return {"configure": wait, "write": r"^amq\.default$", "read": wait}
+        wake = rf"^{p}\.wake$"
+        return {
+            "configure": f"({wait}|{wake})",
+            "write": rf"^(amq\.default|{p}\.wake)$",
+            "read": wait,
+        }
     if role == "worker":
         everything = rf"^{p}\..+$"
         return {
@@ -176,7 +207,12 @@ def rabbitmq_permissions(role: str, prefix: str) -> dict[str, str]:
             "read": everything,
         }
     if role == "operator":
-        return {"configure": NOTHING, "write": NOTHING, "read": rf"^{p}\.worker\..+$"}
+        own = r"amq\.gen-.+"  # its exclusive, server-named wake queue
+        return {
+            "configure": rf"^({own}|{p}\.wake)$",
+            "write": rf"^{own}$",  # binding that queue, nothing else
+            "read": rf"^({own}|{p}\.wake|{p}\.worker\..+)$",
+        }
     raise ValueError(f"unknown broker role {role!r}: one of {', '.join(naming.ROLES)}")
 
 

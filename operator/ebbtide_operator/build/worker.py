@@ -20,6 +20,9 @@ from ebbtide_operator.spec import SecretRef, TaskQueueSpec
 
 WORKER_UID = 10001  # the non-root user of the runtime base image
 GRACE_MARGIN_SECONDS = 5  # leave the runtime time to requeue before SIGKILL
+BROKER_URL_VOLUME = "broker-url"
+BROKER_URL_DIR = "/etc/ebbtide/broker"
+BROKER_URL_FILE = f"{BROKER_URL_DIR}/url"  # EBBTIDE_BROKER_URL_FILE in the worker
 
 
 def grace_seconds(termination_grace_period_seconds: int) -> int:
@@ -32,7 +35,7 @@ def grace_seconds(termination_grace_period_seconds: int) -> int:
 
 def worker_args(spec: TaskQueueSpec) -> list[str]:
     """`ebbtide worker MODULE:APP --queues ... --concurrency N --metrics-port P --grace-seconds G`
-    plus `--strict` for strict order, then the user's extra args."""
+    plus `--processes N` above one, `--strict` for strict order, then the user's extra args."""
     worker = spec.worker
     args = [
         "worker",
@@ -46,6 +49,8 @@ def worker_args(spec: TaskQueueSpec) -> list[str]:
         "--grace-seconds",
         str(grace_seconds(worker.termination_grace_period_seconds)),
     ]
+    if worker.processes > 1:
+        args += ["--processes", str(worker.processes)]
     if spec.queue_order == "strict":
         args.append("--strict")
     return args + list(worker.args)
@@ -58,8 +63,20 @@ def queues_arg(spec: TaskQueueSpec) -> str:
     return ",".join(f"{q.name}:{q.weight}" for q in spec.queues)
 
 
-def _secret_key_ref(ref: SecretRef) -> dict[str, str]:
-    return {"name": ref.name, "key": ref.key}
+def broker_url_mount(secret_name: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The broker URL Secret as a read-only file (volume, volumeMount), not an env var:
+    an env var is inherited by every subprocess a task starts. Only `key` is projected,
+    readable by the pod's group (fsGroup) and nobody else."""
+    volume = {
+        "name": BROKER_URL_VOLUME,
+        "secret": {
+            "secretName": secret_name,
+            "items": [{"key": key, "path": "url"}],
+            "defaultMode": 0o440,
+        },
+    }
+    mount = {"name": BROKER_URL_VOLUME, "mountPath": BROKER_URL_DIR, "readOnly": True}
+    return volume, mount
 
 
 def tls_pieces(
@@ -111,18 +128,15 @@ def tls_pieces(
     return env, volumes, mounts
 
 
-def broker_url_secret(taskqueue: str, spec: TaskQueueSpec) -> SecretRef:
-    """The Secret (and key) the worker pods take the broker URL from: the worker role's
+def worker_broker_secret(taskqueue: str, spec: TaskQueueSpec) -> SecretRef:
+    """The Secret (and key) holding the URL the workers connect with: the worker role's
     `<name>-broker-worker` on a managed broker, the user's Secret on an external one."""
     return spec.broker.url_secret(taskqueue, "worker")
 
 
 def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
     ours: list[dict[str, Any]] = [
-        {
-            "name": "EBBTIDE_BROKER_URL",
-            "valueFrom": {"secretKeyRef": _secret_key_ref(broker_url_secret(taskqueue, spec))},
-        },
+        {"name": "EBBTIDE_BROKER_URL_FILE", "value": BROKER_URL_FILE},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "EBBTIDE_TASKQUEUE", "value": taskqueue},
@@ -139,9 +153,11 @@ def worker_pod_template(
 ) -> dict[str, Any]:
     """The pod template, user override merged in, annotated with its own hash.
     `credentials` (a managed broker's worker credential version) rolls the pods when the
-    worker's password is rotated: the URL env is read at container start."""
+    worker's password is rotated: the runtime reads the URL file once, at start."""
     worker = spec.worker
     port = worker.metrics_port
+    secret = worker_broker_secret(taskqueue, spec)
+    url_volume, url_mount = broker_url_mount(secret.name, secret.key)
     container: dict[str, Any] = {
         "name": "worker",
         "image": worker.image,
@@ -165,7 +181,11 @@ def worker_pod_template(
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *tls_pieces(taskqueue, spec)[2]],
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            url_mount,
+            *tls_pieces(taskqueue, spec)[2],
+        ],
     }
     if worker.image_pull_policy:
         container["imagePullPolicy"] = worker.image_pull_policy
@@ -178,11 +198,13 @@ def worker_pod_template(
             "runAsNonRoot": True,
             "runAsUser": WORKER_UID,
             "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,  # group owner of the broker URL file
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
         "volumes": [
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+            url_volume,
             *tls_pieces(taskqueue, spec)[1],
         ],
     }
@@ -194,7 +216,7 @@ def worker_pod_template(
         "prometheus.io/path": "/metrics",
     }
     if spec.broker.type != "redis":
-        # The URL env is read once, at container start: a broker type switch (whose new
+        # The URL file is read once, at worker start: a broker type switch (whose new
         # Secret has the same name) must roll the pods. Absent for Redis, so existing
         # Redis workers keep their template hash.
         annotations[naming.BROKER_TYPE_ANNOTATION] = spec.broker.type

@@ -4,8 +4,10 @@ The test starts its own etcd and kube-apiserver on free loopback ports (the bina
 binaries` builds next to helm; no e2e harness, no nodes), installs a copy of the chart whose
 CRD lacks `spec.scaling.paused`, upgrades to the chart as it is, and checks that the field
 is rejected before and stored after. It also checks what `helm.sh/resource-policy: keep`
-promises: the CRD outlives `helm uninstall`, and a new install takes it over. Skipped
-without the binaries.
+promises: the CRD outlives `helm uninstall`, and a new install takes it over. A second
+test upgrades a CRD whose durations were numbers to the integer-seconds one, with a
+fractional TaskQueue stored before: still served and read, while new writes need whole
+seconds. Skipped without the binaries.
 """
 
 from __future__ import annotations
@@ -215,3 +217,90 @@ def test_helm_upgrade_adds_a_field_and_uninstall_keeps_the_crd(cluster: Cluster)
     assert "kept due to the resource policy" in done.stdout + done.stderr
     cluster.ok("kubectl", "get", "tq", "after")  # the CRD, and the TaskQueue, are still there
     cluster.ok("helm", "install", RELEASE, str(CHART), *install)  # takes the kept CRD over
+
+
+# The duration fields, and their type before they became whole seconds.
+DURATIONS = (
+    ("queues", "targetBacklogSeconds"),
+    ("scaling", "targetBacklogSeconds"),
+    ("scaling", "pollSeconds"),
+    ("scaling", "scaleDownStabilizationSeconds"),
+    ("scaling", "scaleToZeroIdleSeconds"),
+)
+
+
+def crd_with_number_durations() -> str:
+    """crds/taskqueue.yaml as it was when durations were numbers (and before
+    initialTaskMilliseconds): what a cluster upgraded from that release holds."""
+    crd = yaml.safe_load((CHART / "files" / "taskqueue.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for parent, field in DURATIONS:
+        props = spec["properties"][parent]
+        props = props["items"]["properties"] if parent == "queues" else props["properties"]
+        assert props[field]["type"] == "integer", (parent, field)
+        props[field]["type"] = "number"
+    scaling = spec["properties"]["scaling"]["properties"]
+    del scaling["initialTaskMilliseconds"]
+    scaling["initialTaskSeconds"]["default"] = 1
+    return yaml.safe_dump(crd)
+
+
+def durations_taskqueue(name: str, scaling: dict, queue_target: float) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "ebbtide.dev/v1alpha1",
+            "kind": "TaskQueue",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "broker": {"type": "redis", "external": {"secretRef": {"name": "url"}}},
+                "queues": [{"name": "q", "targetBacklogSeconds": queue_target}],
+                "worker": {"image": "w:1", "app": "m:app"},
+                "scaling": scaling,
+            },
+        }
+    )
+
+
+def apply_crd(cluster: Cluster, text: str) -> None:
+    cluster.ok("kubectl", "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=text)
+    cluster.ok("kubectl", "wait", "--for=condition=Established", f"crd/{CRD_NAME}")
+
+
+def test_durations_become_whole_seconds_and_old_fractional_objects_still_read(cluster: Cluster):
+    from ebbtide_operator.spec import parse_spec
+
+    apply_crd(cluster, crd_with_number_durations())
+    old = {"pollSeconds": 2.5, "targetBacklogSeconds": 12.5, "initialTaskSeconds": 0.05}
+    cluster.ok("kubectl", "apply", "-f", "-", stdin=durations_taskqueue("fractional", old, 2.25))
+
+    apply_crd(cluster, (CHART / "files" / "taskqueue.yaml").read_text())
+
+    def stored(name: str) -> dict:
+        return yaml.safe_load(cluster.ok("kubectl", "get", "tq", name, "-o", "yaml"))["spec"]
+
+    # The stored object is served as it is, and the operator reads its fractions.
+    spec = parse_spec(stored("fractional"))
+    assert (spec.scaling.poll_seconds, spec.scaling.target_backlog_seconds) == (2.5, 12.5)
+    assert spec.scaling.initial_task_seconds == 0.05
+    assert spec.queues[0].target_backlog_seconds == 2.25
+    # Validation ratcheting: editing another field leaves the old fractions alone.
+    cluster.ok(
+        "kubectl", "patch", "tq", "fractional", "--type=merge",
+        "-p", '{"spec": {"scaling": {"maxReplicas": 11}}}',
+    )  # fmt: skip
+    assert stored("fractional")["scaling"]["pollSeconds"] == 2.5
+
+    # A new write takes whole seconds only, and says which field is wrong.
+    bad = cluster.run(
+        "kubectl", "apply", "-f", "-",
+        stdin=durations_taskqueue("new-fraction", {"pollSeconds": 2.5}, 3),
+    )  # fmt: skip
+    assert bad.returncode != 0 and "spec.scaling.pollSeconds" in bad.stderr, bad.stderr
+    assert "integer" in bad.stderr, bad.stderr
+    whole = {"pollSeconds": 2, "scaleToZeroIdleSeconds": 300, "initialTaskMilliseconds": 50}
+    cluster.ok("kubectl", "apply", "-f", "-", stdin=durations_taskqueue("whole", whole, 3))
+    spec = parse_spec(stored("whole"))
+    assert spec.scaling.poll_seconds == 2 and spec.scaling.scale_to_zero_idle_seconds == 300
+    assert spec.scaling.initial_task_seconds == 0.05
+    assert spec.scaling.target_backlog_seconds == 30  # the CRD's default, an integer
+    assert "initialTaskSeconds" not in stored("whole")["scaling"]  # no default any more

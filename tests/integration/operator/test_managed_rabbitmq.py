@@ -33,6 +33,7 @@ from ebbtide_operator import broker_admin, credentials, provision
 from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.build import rabbitmq
 from ebbtide_operator.spec import parse_spec
+from ebbtide_operator.wake import RabbitMQListener
 from support.memory_cluster import MemoryCluster
 from support.servers import RABBITMQ_BIN, RabbitMQProcess, free_port, wait_for_port
 
@@ -179,10 +180,15 @@ def read_stats(url: str):
 
 
 def wait_ready(url: str, expected: int, timeout: float = 20.0):
+    """Until `expected` tasks are ready and the management sample has caught up (the
+    live AMQP depth shows them at once; the head timestamp comes with the next sample,
+    up to 5 s later)."""
     deadline = time.monotonic() + timeout
     while True:
         stats = read_stats(url)
-        if stats.queues["jobs"].ready == expected or time.monotonic() > deadline:
+        jobs = stats.queues["jobs"]
+        caught_up = jobs.ready == expected and jobs.oldest_ready_at is not None
+        if caught_up or time.monotonic() > deadline:
             return stats
         time.sleep(0.5)
 
@@ -246,6 +252,28 @@ def refused(url: str, action) -> str:
         connection.close()
 
 
+def hears_wake_up(listener_url: str, producer_url: str) -> str:
+    """The queue name wake.py's RabbitMQ listener (on `listener_url`) hears when the
+    producer sends a task."""
+    import ebbtide
+
+    async def main() -> str:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        listener = RabbitMQListener(listener_url, "ebbtide", heard.put_nowait)
+        try:
+            await asyncio.to_thread(listener.subscribed.wait, 20)
+            assert listener.subscribed.is_set(), "the operator could not bind its wake queue"
+            app = ebbtide.App(broker_url=producer_url)
+            job = app.task(queue="jobs", name="woken")(lambda: None)
+            await asyncio.to_thread(job.send)
+            app.close()
+            return await asyncio.wait_for(heard.get(), 10)
+        finally:
+            listener.stop()
+
+    return asyncio.run(main())
+
+
 def test_each_role_has_exactly_its_rights_and_a_rotation_is_applied_live(tmp_path):
     import ebbtide
 
@@ -297,6 +325,9 @@ def test_each_role_has_exactly_its_rights_and_a_rotation_is_applied_live(tmp_pat
         assert "ACCESS_REFUSED" in text and "exchange 'amq.default'" in text
         assert "ACCESS_REFUSED" in refused(operator, lambda ch: ch.basic_get("ebbtide.jobs"))
 
+        # The operator's identity listens for wake-ups (wake.py) and hears the producer.
+        assert hears_wake_up(operator, producer) == "jobs"
+
         # A rotation: a new worker password, applied live through the admin. The
         # worker's open connection keeps working; new ones need the new password.
         before = connect(worker)
@@ -307,11 +338,11 @@ def test_each_role_has_exactly_its_rights_and_a_rotation_is_applied_live(tmp_pat
         admin_url = node.local_url({"data": {"url": base64.b64encode(synced.admin_url.encode())}})
         broker_admin.apply("rabbitmq", admin_url, synced.roles, "ebbtide", "tq", ["jobs"])
         channel = before.channel()
-        assert channel.queue_declare("ebbtide.jobs", passive=True).method.message_count == 2
+        assert channel.queue_declare("ebbtide.jobs", passive=True).method.message_count == 3
         before.close()
         with pytest.raises(pika.exceptions.ProbableAuthenticationError):
             connect(worker)
         rotated = node.local_url(secret_of(cluster, "worker"))
         assert "rotated-pw" in rotated
         connect(rotated).close()
-        assert wait_ready(operator, 2).queues["jobs"].ready == 2  # no task lost
+        assert wait_ready(operator, 3).queues["jobs"].ready == 3  # no task lost

@@ -175,12 +175,13 @@ def test_managed_rabbitmq_tls_with_the_operators_config(tmp_path, in_cluster_nam
         tls = client_tls(cluster, tmp_path / "client")
         assert here("producer").startswith("amqps://ebbtide-producer:")
         send(here("producer"), tls, 4, monkeypatch)
-        # The operator's role reads the https management API (it alone knows ages).
-        wait_for(
-            lambda: operator_stats(here("operator"), tls).queues["default"].ready == 4,
-            timeout=30,
-            what="4 ready tasks in the operator's statistics",
-        )
-        assert operator_stats(here("operator"), tls).queues["default"].oldest_ready_at
+
+        # The operator's role reads the https management API (it alone knows ages; the
+        # ready count comes live over AMQPS, the age with the next management sample).
+        def seen() -> bool:
+            jobs = operator_stats(here("operator"), tls).queues["default"]
+            return jobs.ready == 4 and jobs.oldest_ready_at is not None
+
+        wait_for(seen, timeout=30, what="4 ready tasks and their age in the operator's stats")
         with pytest.raises(ConnectionError, match="did not verify against CA"):
             send(here("producer"), other_ca(tmp_path / "other"), 1, monkeypatch)

@@ -23,6 +23,7 @@ from ebbtide.brokers.redis.broker import RedisBroker
 from ebbtide_operator import broker_admin, credentials, provision
 from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.spec import parse_spec
+from ebbtide_operator.wake import RedisListener
 from support.memory_cluster import MemoryCluster
 from support.servers import redis_process
 
@@ -227,3 +228,36 @@ def test_a_rotated_password_is_applied_live_and_loses_no_task(managed):
     assert redis.Redis.from_url(new_worker_url).ping()
     with pytest.raises(redis.exceptions.AuthenticationError):
         redis.Redis.from_url(old_worker_url).ping()
+
+
+def test_the_operators_wake_listener_hears_the_producer_on_the_wake_channel_only(managed):
+    """wake.py's listener, with the operator's identity: SUBSCRIBE on `<prefix>:wake`
+    works and hears the producer's enqueue; any other channel is refused."""
+
+    async def main() -> list[str]:
+        heard: list[str] = []
+        got = asyncio.Event()
+
+        def deliver(queue: str) -> None:
+            heard.append(queue)
+            got.set()
+
+        listener = RedisListener(managed.url("operator"), "jobs", deliver)
+        try:
+            await asyncio.wait_for(listener.subscribed.wait(), 10)
+            app, job = app_for(managed.url("producer"))
+            await asyncio.to_thread(job.send, 1)  # an idle queue: enqueue.lua publishes
+            app.close()
+            await asyncio.wait_for(got.wait(), 10)
+        finally:
+            listener.stop()
+        return heard
+
+    assert asyncio.run(main()) == ["q"]
+    operator = redis.Redis.from_url(managed.url("operator"))
+    pubsub = operator.pubsub()
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        pubsub.subscribe("other:channel")
+        pubsub.get_message(timeout=2)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        operator.publish("jobs:wake", "q")  # it listens, never publishes

@@ -367,3 +367,71 @@ def test_a_foreign_worker_deployment_is_never_scaled_and_shows_as_name_conflict(
     asyncio.run(ticker.tick(body))
     assert condition(cluster, "WorkersReady")["reason"] != "NameConflict"
     assert condition(cluster, "Ready")["message"].count("Deployment/tq1-worker") == 0
+
+
+def test_a_worker_pod_whose_image_cannot_be_found_shows_in_the_conditions(env):
+    """The tick lists the worker pods while one is not ready and copies the kubelet's
+    waiting reason, naming the image; once all are ready it stops listing them."""
+    cluster, reader, url = env
+    body = taskqueue(minReplicas=1)
+    ticker = make_ticker(cluster, reader, body, url)
+    image = "registry.example/missing:1"
+    cluster.ready_lag = 1
+    cluster.add_pod(
+        NS,
+        {
+            "metadata": {"name": "tq1-worker-x", "labels": naming.worker_selector("tq1")},
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "worker",
+                        "image": image,
+                        "state": {
+                            "waiting": {
+                                "reason": "ErrImagePull",
+                                "message": f'failed to pull "{image}": not found',
+                            }
+                        },
+                    }
+                ]
+            },
+        },
+    )
+    cluster.add_pod(  # another TaskQueue's pod: not ours to report
+        NS, {"metadata": {"name": "other-worker-y", "labels": naming.worker_selector("other")}}
+    )
+    asyncio.run(ticker.tick(body))
+    workers = condition(cluster, "WorkersReady")
+    assert workers["status"] == "False" and workers["reason"] == "ErrImagePull"
+    assert f'image "{image}"' in workers["message"] and "tq1-worker-x" in workers["message"]
+    assert condition(cluster, "Degraded")["reason"] == "ErrImagePull"
+    assert cluster.pod_lists == 1
+
+    cluster.ready_lag = 0
+    del cluster.pods[(NS, "tq1-worker-x")]
+    asyncio.run(ticker.tick(body))
+    assert condition(cluster, "WorkersReady")["reason"] == "AllReplicasReady"
+    assert condition(cluster, "Degraded")["status"] == "False"
+    assert cluster.pod_lists == 1, "all ready: the pods are not listed"
+
+
+def test_a_switch_to_another_secret_is_read_at_once_not_after_the_url_cache(env):
+    """The broker URL is cached for a minute; a spec naming another Secret (managed ->
+    external) is read on the next poll."""
+    cluster, reader, url = env
+    body = taskqueue(minReplicas=1)
+    ticker = make_ticker(cluster, reader, body, url)
+    assert asyncio.run(ticker.tick(body)).broker_error is None
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"  # nothing listens once closed
+    cluster.add_secret(NS, "other-url", {"url": dead})
+    switched = {
+        **body,
+        "spec": {
+            **body["spec"],
+            "broker": {"type": "redis", "external": {"secretRef": {"name": "other-url"}}},
+        },
+    }
+    assert asyncio.run(ticker.tick(switched)).broker_error is not None
+    assert ticker.memory.url == dead

@@ -99,12 +99,12 @@ def dashboard_queries(dashboard: dict[str, Any]) -> dict[str, str]:
 
 def test_the_name_parser_sees_through_promql():
     expr = (
-        "histogram_quantile(0.95, sum by (le, queue) (rate(ebbtide_task_duration_seconds_bucket"
+        "histogram_quantile(0.95, sum by (le, queue) (rate(ebbtide_worker_task_duration_seconds_bucket"
         '{outcome="dead", x=~"$a"}[$__rate_interval]))) / on (namespace) group_left '
         "max without (queue) (ebbtide_taskqueue_replicas offset 5m) > bool 1e3"
     )
     assert metric_names(expr) == {
-        "ebbtide_task_duration_seconds_bucket",
+        "ebbtide_worker_task_duration_seconds_bucket",
         "ebbtide_taskqueue_replicas",
     }
     assert metric_names('label_values(ebbtide_x{namespace=~"$ns"}, taskqueue)') == {"ebbtide_x"}
@@ -112,8 +112,8 @@ def test_the_name_parser_sees_through_promql():
 
 def test_the_exported_names_come_from_both_registries():
     assert "ebbtide_taskqueue_backlog_tasks" in EXPORTED  # operator
-    assert "ebbtide_tasks_total" in EXPORTED  # worker
-    assert "ebbtide_task_duration_seconds_bucket" in EXPORTED
+    assert "ebbtide_worker_tasks_total" in EXPORTED  # worker
+    assert "ebbtide_worker_task_duration_seconds_bucket" in EXPORTED
 
 
 def test_every_dashboard_query_names_exported_metrics():
@@ -141,9 +141,9 @@ def test_the_dashboard_has_the_panels_the_issue_asks_for():
         # throughput and mu
         "ebbtide_taskqueue_completion_rate_tasks_per_second",
         "ebbtide_taskqueue_service_rate_tasks_per_second",
-        "ebbtide_tasks_total",
+        "ebbtide_worker_tasks_total",
         # retries and dead tasks
-        "ebbtide_retries_total",
+        "ebbtide_worker_retries_total",
         "ebbtide_taskqueue_dead_tasks",
         # scale events
         "ebbtide_taskqueue_scale_events_total",

@@ -112,19 +112,41 @@ TESTS: dict[str, tuple[list[dict[str, str]], list[dict[str, Any]]]] = {
     "EbbtideRetryRateHigh": (
         [
             # flaky: 10 retries in 100 attempts a minute (10 %); steady: 1 in 100 (1 %).
-            series("ebbtide_retries_total", "0+10x30", taskqueue="flaky", task="t", pod="p"),
+            series("ebbtide_worker_retries_total", "0+10x30", taskqueue="flaky", task="t", pod="p"),
             series(
-                "ebbtide_tasks_total", "0+90x30", taskqueue="flaky", task="t", outcome="success"
+                "ebbtide_worker_tasks_total",
+                "0+90x30",
+                taskqueue="flaky",
+                task="t",
+                outcome="success",
             ),
-            series("ebbtide_tasks_total", "0+10x30", taskqueue="flaky", task="t", outcome="retry"),
-            series("ebbtide_retries_total", "0+1x30", taskqueue="steady", task="t", pod="p"),
             series(
-                "ebbtide_tasks_total", "0+99x30", taskqueue="steady", task="t", outcome="success"
+                "ebbtide_worker_tasks_total",
+                "0+10x30",
+                taskqueue="flaky",
+                task="t",
+                outcome="retry",
             ),
-            series("ebbtide_tasks_total", "0+1x30", taskqueue="steady", task="t", outcome="retry"),
+            series("ebbtide_worker_retries_total", "0+1x30", taskqueue="steady", task="t", pod="p"),
+            series(
+                "ebbtide_worker_tasks_total",
+                "0+99x30",
+                taskqueue="steady",
+                task="t",
+                outcome="success",
+            ),
+            series(
+                "ebbtide_worker_tasks_total",
+                "0+1x30",
+                taskqueue="steady",
+                task="t",
+                outcome="retry",
+            ),
             # No traffic at all: 0/0 is no ratio, never an alert.
-            series("ebbtide_retries_total", "0x30", taskqueue="idle", task="t", pod="p"),
-            series("ebbtide_tasks_total", "0x30", taskqueue="idle", task="t", outcome="success"),
+            series("ebbtide_worker_retries_total", "0x30", taskqueue="idle", task="t", pod="p"),
+            series(
+                "ebbtide_worker_tasks_total", "0x30", taskqueue="idle", task="t", outcome="success"
+            ),
         ],
         [
             quiet("EbbtideRetryRateHigh", "5m"),  # above 5 % but not for 10 minutes yet

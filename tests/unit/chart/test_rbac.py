@@ -26,7 +26,7 @@ OPERATOR = {
     # by name; patch: our own role/admin Secrets on a rotation, the TLS ones on a renewal;
     # delete: ours on a type switch or when TLS is switched off
     ("", "secrets"): {"get", "create", "patch", "delete"},
-    ("", "pods"): {"patch"},  # annotate_pod (pod-deletion-cost)
+    ("", "pods"): {"list", "patch"},  # list_pods (waiting reasons), annotate_pod (cost)
     ("", "events"): {"create"},  # kopf.event
 }
 DISCOVERY = {

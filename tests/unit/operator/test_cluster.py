@@ -23,6 +23,7 @@ def test_the_protocol_names_every_call_the_operator_makes():
         "annotate_pod",
         "create",
         "delete",
+        "list_pods",
         "patch",
         "patch_status",
         "read",

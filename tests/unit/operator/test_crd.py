@@ -249,3 +249,24 @@ def test_the_crd_reserves_the_same_queue_names_as_the_runtime_and_the_operator(n
     from ebbtide.message import reserved_queue_name
 
     assert cel_queue_name_rule(name) == (reserved_queue_name(name) is None)
+
+
+# Deprecated fractional durations, still accepted so old manifests apply (spec.py).
+FRACTIONAL_DURATIONS = {".scaling.initialTaskSeconds"}
+
+
+def test_spec_durations_are_integers_with_a_minimum():
+    """The API conventions: a duration is an integer with its unit in the name."""
+    durations = [
+        (path, node)
+        for path, node in walk(SCHEMA["properties"]["spec"])
+        if re.search(r"(Seconds|Milliseconds)$", path)
+    ]
+    assert len(durations) >= 7, [p for p, _ in durations]
+    for path, node in durations:
+        if path in FRACTIONAL_DURATIONS:
+            assert node["type"] == "number" and "Deprecated" in node["description"], path
+            assert "default" not in node, f"{path}: a default would hide the new field"
+            continue
+        assert node["type"] == "integer", path
+        assert "minimum" in node, path

@@ -137,6 +137,19 @@ def test_external_brokers_get_no_generated_secret():
     )
 
 
+class EmptyBroker:
+    """A statistics link with nothing queued (the tick's broker reads are not the point)."""
+
+    def stats(self, queues: list[str], prefix: str) -> BrokerStats:
+        return BrokerStats(now=0.0, queues={})
+
+    def eviction_policy(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
 def test_the_tick_applies_a_rotation_to_the_broker_and_rolls_the_workers(monkeypatch):
     applied: list[dict] = []
     monkeypatch.setattr(
@@ -147,7 +160,7 @@ def test_the_tick_applies_a_rotation_to_the_broker_and_rolls_the_workers(monkeyp
     cluster = MemoryCluster()
     b = body()
     asyncio.run(provision.reconcile(cluster, b, parse_spec(b["spec"])))
-    reader = BrokerReader(max_threads=1, reader=lambda *_: BrokerStats(now=0.0, queues={}))
+    reader = BrokerReader(max_threads=1, connect=lambda url, _n, _tls: EmptyBroker())
     now = [1000.0]
     ticker = TaskQueueTicker(
         cluster, reader, OperatorMetrics(), cluster.record_event, clock=lambda: now[0]
@@ -193,3 +206,13 @@ def test_the_tick_applies_a_rotation_to_the_broker_and_rolls_the_workers(monkeyp
 def test_unknown_roles_are_refused_by_name(role):
     with pytest.raises(ValueError, match="unknown broker role"):
         naming.role_secret_name("tq", role)
+
+
+def test_the_secret_refresh_period_comes_from_the_environment_and_is_checked():
+    from ebbtide_operator.main import secret_refresh_seconds
+
+    assert secret_refresh_seconds({}) == 60.0
+    assert secret_refresh_seconds({"EBBTIDE_SECRET_REFRESH_SECONDS": "5"}) == 5.0
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(ValueError, match=f"EBBTIDE_SECRET_REFRESH_SECONDS .* got '{bad}'"):
+            secret_refresh_seconds({"EBBTIDE_SECRET_REFRESH_SECONDS": bad})

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from ebbtide_operator.metrics import AGGREGATE_QUEUE, OperatorMetrics, version
+from ebbtide.buildinfo import version
+from ebbtide_operator.metrics import AGGREGATE_QUEUE, OperatorMetrics
 from ebbtide_operator.policy import Decision, Observation, PolicyState, QueueObservation
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families

@@ -89,10 +89,11 @@ def test_switching_to_external_removes_only_owned_broker_objects():
     report = run(cluster, b)
     assert report["StatefulSet/tq-redis"] == "deleted" and report["Service/tq-redis"] == "deleted"
     assert ("Secret", "ns", "tq-broker") in cluster.objects
-    env = cluster.objects[("Deployment", "ns", "tq-worker")]["spec"]["template"]["spec"][
-        "containers"
-    ][0]["env"]
-    assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "tq-broker", "key": "url"}
+    volumes = cluster.objects[("Deployment", "ns", "tq-worker")]["spec"]["template"]["spec"][
+        "volumes"
+    ]
+    (url,) = [v["secret"] for v in volumes if v["name"] == "broker-url"]
+    assert url["secretName"] == "tq-broker" and url["items"] == [{"key": "url", "path": "url"}]
 
 
 def rabbit_body(**managed) -> dict:

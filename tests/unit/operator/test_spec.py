@@ -31,6 +31,7 @@ def test_defaults():
     assert spec.scaling.poll_seconds == 5.0 and spec.scaling.target_backlog_seconds == 30.0
     assert spec.scaling.fallback_replicas is None and spec.scaling.paused is False
     assert spec.worker.concurrency == 4 and spec.scaling.concurrency == 4
+    assert spec.worker.processes == 1
     assert spec.queues[0].target_backlog_seconds == 30.0
     assert spec.queue_order == "weighted"
 
@@ -206,3 +207,62 @@ def test_external_tls_refs():
 def test_bad_tls_settings_name_the_field(tls, managed, message):
     with pytest.raises(SpecError, match=re.escape(message)):
         parse_spec(_tls_spec(tls, managed))
+
+
+def test_durations_are_whole_seconds_and_old_fractional_ones_are_still_read():
+    raw = minimal()
+    raw["scaling"] = {
+        "targetBacklogSeconds": 20,
+        "pollSeconds": 2,
+        "scaleDownStabilizationSeconds": 45,
+        "scaleToZeroIdleSeconds": 300,
+    }
+    raw["queues"] = [{"name": "a", "targetBacklogSeconds": 7}]
+    spec = parse_spec(raw)
+    assert (spec.scaling.target_backlog_seconds, spec.scaling.poll_seconds) == (20.0, 2.0)
+    assert spec.scaling.scale_down_stabilization_seconds == 45.0
+    assert spec.scaling.scale_to_zero_idle_seconds == 300.0
+    assert spec.queues[0].target_backlog_seconds == 7.0
+    # Written before the CRD took integers: the API server still serves them as stored.
+    raw["scaling"] = {"targetBacklogSeconds": 12.5, "pollSeconds": 1.5}
+    raw["queues"] = [{"name": "a", "targetBacklogSeconds": 2.25}]
+    spec = parse_spec(raw)
+    assert (spec.scaling.target_backlog_seconds, spec.scaling.poll_seconds) == (12.5, 1.5)
+    assert spec.queues[0].target_backlog_seconds == 2.25
+
+
+def test_initial_task_milliseconds_win_over_the_deprecated_seconds():
+    raw = minimal()
+    assert parse_spec(raw).scaling.initial_task_seconds == 1.0
+    raw["scaling"] = {"initialTaskSeconds": 0.05}  # an old object's fractional seconds
+    assert parse_spec(raw).scaling.initial_task_seconds == 0.05
+    raw["scaling"] = {"initialTaskSeconds": 1, "initialTaskMilliseconds": 250}
+    assert parse_spec(raw).scaling.initial_task_seconds == 0.25
+
+
+@pytest.mark.parametrize(
+    ("scaling", "field"),
+    [
+        ({"scaleToZeroIdleSeconds": -1}, r"spec\.scaling\.scaleToZeroIdleSeconds must be >= 0"),
+        ({"initialTaskMilliseconds": 0}, r"spec\.scaling\.initialTaskMilliseconds must be >= 1"),
+        (
+            {"initialTaskMilliseconds": 1.5},
+            r"spec\.scaling\.initialTaskMilliseconds must be an integer",
+        ),
+        ({"initialTaskSeconds": 0}, r"spec\.scaling\.initialTaskSeconds must be > 0"),
+        ({"pollSeconds": True}, r"spec\.scaling\.pollSeconds must be a number"),
+    ],
+)
+def test_bad_durations_name_the_field(scaling, field):
+    raw = minimal()
+    raw["scaling"] = scaling
+    with pytest.raises(SpecError, match=field):
+        parse_spec(raw)
+
+
+@pytest.mark.parametrize("value", [0, 65, "2", True])
+def test_bad_processes_name_the_field(value):
+    raw = minimal()
+    raw["worker"]["processes"] = value
+    with pytest.raises(SpecError, match=r"spec\.worker\.processes"):
+        parse_spec(raw)

@@ -1,10 +1,16 @@
-"""The per-TaskQueue loop keeps a fixed cadence and skips (never bunches) missed slots."""
+"""The per-TaskQueue loop keeps a fixed cadence and skips (never bunches) missed slots; a
+wake-up adds a step at once (spaced from the previous one) without moving the cadence."""
 
 from __future__ import annotations
 
 import asyncio
 
-from ebbtide_operator.tick import run_periodically, scale_message, stats_timeout
+from ebbtide_operator.tick import (
+    WAKE_MIN_GAP_SECONDS,
+    run_periodically,
+    scale_message,
+    stats_timeout,
+)
 
 
 def test_fixed_schedule_sleeps_the_rest_of_the_interval():
@@ -62,6 +68,41 @@ def test_overrunning_step_is_not_followed_by_a_burst():
     assert starts == [0.0, 25.0, 35.0]  # next slot right after the overrun, then the cadence
     assert sleeps == [9.0, 9.0]
     assert skips == [2], "the slots at 10 s and 20 s were skipped, and are counted"
+
+
+def test_a_wake_up_adds_a_step_at_once_and_the_cadence_carries_on():
+    now = [0.0]
+    wake_at = [3.0, 3.15]  # the second comes 0.05 s after the first woken step ended
+    starts, late, woken = [], [], []
+
+    async def main():
+        wake = asyncio.Event()
+
+        async def step():
+            starts.append(now[0])
+            now[0] += 0.1
+
+        async def sleep(seconds):
+            if wake_at and wake_at[0] < now[0] + seconds:
+                now[0] = wake_at.pop(0)
+                wake.set()
+                await asyncio.Event().wait()  # cut short by the wake-up
+            now[0] += seconds
+
+        await run_periodically(
+            step,
+            lambda: 10.0,
+            sleep,
+            stopped=lambda: len(starts) >= 4,
+            lateness=late.append,
+            clock=lambda: now[0],
+            wake=wake,
+            woken=lambda: woken.append(now[0]),
+        )
+
+    asyncio.run(main())
+    assert starts == [0.0, 3.0, 3.0 + WAKE_MIN_GAP_SECONDS, 10.0]
+    assert len(woken) == 2 and late == [0.0, 0.0]
 
 
 def test_stats_timeout_bounds():

@@ -11,10 +11,10 @@ broker subpackage; the subpackages import base and the pure modules above the pa
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..broker_url import url_from_environment
 from ..errors import UnsupportedBroker
 from .base import Broker, BrokerStats, redact
 from .tls import BrokerTLS
@@ -35,10 +35,11 @@ WORKER_TTL_MS = 90_000  # read_stats: a worker whose heartbeat is older than thi
 
 
 def resolve_url(url: str | None) -> str:
-    url = url or os.environ.get("EBBTIDE_BROKER_URL")
+    url = url or url_from_environment()
     if not url:
         raise UnsupportedBroker(
-            "no broker URL: pass App(broker_url=...) or --broker-url, or set EBBTIDE_BROKER_URL"
+            "no broker URL: pass App(broker_url=...) or --broker-url, or set "
+            "EBBTIDE_BROKER_URL_FILE (a file holding it) or EBBTIDE_BROKER_URL"
         )
     check_scheme(url)
     return url

@@ -13,14 +13,13 @@ if TYPE_CHECKING:
 
 
 def arguments(body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """(args, kwargs) of a decoded payload."""
+    """(args, kwargs) of a decoded payload, as sent (before the task's argument check)."""
     return body.get("args", ()), body.get("kwargs", {})
 
 
-async def call_async(task: Task, body: dict[str, Any]) -> None:
+async def call_async(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Await the task; past its `timeout` it is cancelled and TaskTimeout raised (a
     TimeoutError the task raised itself stays what it is)."""
-    args, kwargs = arguments(body)
     if task.timeout is None:
         await task.fn(*args, **kwargs)
         return
@@ -35,6 +34,5 @@ async def call_async(task: Task, body: dict[str, Any]) -> None:
         raise
 
 
-def call_sync(task: Task, body: dict[str, Any]) -> None:
-    args, kwargs = arguments(body)
+def call_sync(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     task.fn(*args, **kwargs)

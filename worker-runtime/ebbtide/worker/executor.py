@@ -10,14 +10,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import logs
+from .. import logs, tracing
 from ..brokers.base import Broker, Delivery, Settlement
-from ..errors import BadPayload, TaskTimeout
+from ..codec import UnreadableBody
+from ..errors import BadPayload, InvalidArguments, TaskTimeout
 from ..lifecycle import DEFAULT_MAX_RECOVERIES, lost_too_often
 from ..message import decode_payload
+from ..validation import content_problem, stored_size_problem
 from . import outcomes
-from .decisions import RateDenials
-from .execute import call_async, call_sync
+from .decisions import SUCCESS, RateDenials
+from .execute import arguments, call_async, call_sync
 from .pool import Job, TaskThreads
 from .report import Report
 
@@ -50,6 +52,7 @@ class Executor:
         self._rate = RateDenials()
         self.revoked: set[str] = set()  # entries no longer ours (fenced): never run or settled
         self._runner_of: dict[str, asyncio.Task] = {}  # async entry -> the runner running it
+        self.system = tracing.messaging_system(app.broker_url)  # for the tasks' spans
 
     def start(self) -> list[asyncio.Task]:
         """The runner coroutines, and the hard-timeout watchdog when a sync task has a
@@ -70,11 +73,23 @@ class Executor:
             self._settle(outcomes.undecodable(d, reason, time.time()))
 
     def _route(self, d: Delivery) -> None:
+        limit = self.app.max_payload_bytes
+        if (too_big := stored_size_problem(len(d.payload), limit)) is not None:
+            self._settle(outcomes.undecodable(d, too_big, time.time()))
+            self.report.undecodable(d, too_big)
+            return
         try:
-            body = decode_payload(d.payload)
+            body = decode_payload(d.payload, self.app.codec)
+        except UnreadableBody as exc:  # a task, but its body is closed to this worker
+            self._settle(outcomes.unreadable(d, exc.envelope or {}, str(exc), time.time()))
+            self.report.undecodable(d, str(exc))
+            return
         except BadPayload as exc:
             self._settle(outcomes.undecodable(d, str(exc), time.time()))
             self.report.undecodable(d, str(exc))
+            return
+        if len(d.payload) > limit and (too_big := content_problem(body, limit)) is not None:
+            self._reject(d, body, too_big)
             return
         name = body["task"]
         task = self.app.tasks.get(name)
@@ -89,10 +104,20 @@ class Executor:
             self._settle(settlement)
             self.report.unknown_task(d, name, settlement.op)
             return
+        try:
+            call = task.arguments.check(*arguments(body))
+        except InvalidArguments as exc:
+            self._reject(d, body, str(exc))
+            return
         if task.is_async or task.rate is not None:
-            self.inbox.put_nowait((d, body, task))
+            self.inbox.put_nowait((d, body, task, call))
         else:
-            self.threads.submit((d, body, task))
+            self.threads.submit((d, body, task, call))
+
+    def _reject(self, d: Delivery, body: dict[str, Any], reason: str) -> None:
+        """A task that must not run as it is (bad arguments, too big): to the DLQ unrun."""
+        self._settle(outcomes.rejected(d, body, reason, time.time()))
+        self.report.rejected(d, body, reason)
 
     # -- stopping ------------------------------------------------------------------------
     def unstarted(self) -> list[Delivery]:
@@ -149,7 +174,7 @@ class Executor:
             job = await self.inbox.get()
             if job is None:
                 return
-            d, body, task = job
+            d, body, task, call = job
             if d.entry in self.revoked:
                 continue
             try:
@@ -160,7 +185,7 @@ class Executor:
                     continue
                 self._started(d)
                 self._runner_of[d.entry] = asyncio.current_task()  # type: ignore[assignment]
-                await self._run_async(d, body, task)
+                await self._run_async(d, body, task, call)
             except asyncio.CancelledError:
                 if d.entry not in self.revoked:
                     raise
@@ -192,28 +217,35 @@ class Executor:
         self._settle(outcomes.postpone(d, self._rate.denied(task.name, wait_ms, window_ms)))
         return False
 
-    async def _run_async(self, d: Delivery, body: dict[str, Any], task: Task) -> None:
-        started = time.perf_counter()
-        try:
-            await call_async(task, body)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
-            self._settle(self._failure(d, body, task, exc, time.perf_counter() - started))
-            return
-        self._settle(self._success(d, body, task, time.perf_counter() - started))
+    async def _run_async(
+        self, d: Delivery, body: dict[str, Any], task: Task, call: tuple[tuple, dict[str, Any]]
+    ) -> None:
+        with tracing.running(body, d.queue, self.system) as span:
+            started = time.perf_counter()
+            try:
+                await call_async(task, *call)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
+                settlement = self._ended(d, body, task, span, started, exc)
+            else:
+                settlement = self._ended(d, body, task, span, started)
+        self._settle(settlement)
 
     def _run_sync(self, job: Job) -> Settlement:
         """On a pool thread."""
-        d, body, task = job
+        d, body, task, call = job
         self._started(d)
-        started = time.perf_counter()
         try:
-            call_sync(task, body)
-        except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
-            return self._failure(d, body, task, exc, time.perf_counter() - started)
-        else:
-            return self._success(d, body, task, time.perf_counter() - started)
+            with tracing.running(body, d.queue, self.system) as span:
+                started = time.perf_counter()
+                try:
+                    call_sync(task, *call)
+                except BaseException as exc:  # noqa: B036 - SystemExit in a task must not stop us
+                    settlement = self._ended(d, body, task, span, started, exc)
+                else:
+                    settlement = self._ended(d, body, task, span, started)
+            return settlement
         finally:
             self.running.pop(d.entry, None)
 
@@ -228,13 +260,31 @@ class Executor:
     def _hard_timeout(self, job: Job, seconds: float) -> None:
         """A thread cannot be killed: record the failure; the Worker hands back the rest
         and exits non-zero, so the pod restarts with a fresh process."""
-        d, body, task = job
+        d, body, task, _ = job
         exc = TaskTimeout(f"sync task overran its hard timeout of {task.timeout}s")
         self._settle(self._failure(d, body, task, exc, seconds))
         self.report.hard_timeout(task, body)
         self._on_hard_timeout()
 
     # -- outcomes (from the loop and from task threads) ----------------------------------
+    def _ended(
+        self,
+        d: Delivery,
+        body: dict[str, Any],
+        task: Task,
+        span: tracing.NullSpan | tracing.TaskSpan,
+        started: float,
+        exc: BaseException | None = None,
+    ) -> Settlement:
+        """A run returned (exc None) or raised: its settlement, its span's outcome."""
+        seconds = time.perf_counter() - started
+        if exc is None:
+            span.finish(SUCCESS)
+            return self._success(d, body, task, seconds)
+        settlement = self._failure(d, body, task, exc, seconds)
+        span.finish(settlement.op.value, exc)
+        return settlement
+
     def _success(self, d: Delivery, body: dict[str, Any], task: Task, seconds: float) -> Settlement:
         self.report.succeeded(task, seconds)
         return outcomes.success(d, body, seconds)

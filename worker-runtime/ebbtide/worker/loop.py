@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from .. import logs
 from ..brokers.base import Delivery, Exchanging, PushWindow, Settlement
+from ..brokers.rabbitmq.window import HOLD_S, Window  # pure: no pika behind it
 from ..selection import QueueSelection, plan_claim
 from . import decisions, outcomes
 from .decisions import EXIT_HARD_TIMEOUT, Settings
@@ -50,6 +51,7 @@ class Worker:
         metrics_port: int | None = None,
         metrics_host: str = "0.0.0.0",
         worker_id: str | None = None,
+        child_socket: str | None = None,
     ) -> None:
         self.settings = s = Settings.of(concurrency, prefetch, lease_seconds, grace_seconds)
         self.app = app
@@ -57,6 +59,7 @@ class Worker:
         self.concurrency, self.prefetch, self.capacity = s.concurrency, s.prefetch, s.capacity
         self.lease_ms = s.lease_ms
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
+        self.child_socket = child_socket  # a child of --processes N: probes for the supervisor
         self.worker_id = worker_id or decisions.default_worker_id()
         self.pod = os.environ.get("POD_NAME")
         self.dead_ttl_ms = int(app.dead_ttl * 1000)
@@ -75,6 +78,9 @@ class Worker:
         self._exchanger: Exchanging | None = None
         self._push: PushWindow | None = None
         self.executor: Executor | None = None
+        # Redis without --prefetch: the held bound grows with rate x round trip.
+        self._window: Window | None = None
+        self._exchange_rtt_s = 0.0
 
     @property
     def running(self) -> dict[str, Delivery]:
@@ -120,6 +126,8 @@ class Worker:
                 lambda: len(self.held),
                 self._readiness,
             )
+        elif self.child_socket is not None:
+            server = await self.report.serve_child(self.child_socket, self._readiness)
 
         self.broker = broker = self.app.broker
         self.executor = executor = Executor(
@@ -129,6 +137,8 @@ class Worker:
         self._push = broker if isinstance(broker, PushWindow) else None
         if self._exchanger is not None:
             self._exchanger.bind_worker(self.worker_id, self.settings.alive_ms)
+            adaptive = not self.settings.prefetch_explicit
+            self._window = Window(self.capacity, self.concurrency, adaptive=adaptive)
         if not await self._connect():
             if server:
                 server.close()
@@ -152,6 +162,8 @@ class Worker:
             "heartbeat": asyncio.create_task(self._heartbeat_loop()),
         }
         loops = [*self._loops.values(), *executor.start()]
+        if self.child_socket is not None:
+            loops.append(asyncio.create_task(self._gauge_loop()))
 
         await self._stop.wait()
         grace = 0.0 if self.exit_code == EXIT_HARD_TIMEOUT else self.settings.grace_seconds
@@ -261,8 +273,25 @@ class Worker:
         if self._exchanger is None:
             return await self.broker.claim(plan, n, self.lease_ms)
         now = decisions.run_now(self.concurrency, len(self.held), len(self.settling), n)
+        started = time.perf_counter()
         _, got = await self._exchanger.exchange([], plan, n, self.lease_ms, self.dead_ttl_ms, now)
+        self._exchanged(time.perf_counter() - started, 0)
         return got
+
+    def _exchanged(self, seconds: float, settled: int) -> None:
+        """One exchange's round trip and settlements: resize the held bound (Redis, no
+        --prefetch) to cover a few round trips of work at the measured rate."""
+        window = self._window
+        if window is None or not window.adaptive:
+            return
+        rtt = self._exchange_rtt_s
+        self._exchange_rtt_s = seconds if rtt == 0 else 0.8 * rtt + 0.2 * seconds
+        window.completed(settled)
+        window.hold_s = decisions.prefetch_hold_s(self._exchange_rtt_s, HOLD_S)
+        resized = window.tick(time.monotonic())
+        if resized is not None:
+            window.current = self.capacity = resized
+            self._slot_freed.set()
 
     def _accept(self, got: list[Delivery]) -> None:
         """Hold and dispatch what was claimed (dispatch never raises: bad input is buried)."""
@@ -306,13 +335,17 @@ class Worker:
                     self._claim_inflight = owns_claim = True
                     plan = plan_claim(self.selection, n)
                     now = decisions.run_now(self.concurrency, len(self.held), len(self.settling), n)
+                    started = time.perf_counter()
                     settled, got = await exchanger.exchange(
                         batch, plan, n, self.lease_ms, self.dead_ttl_ms, now
                     )
+                    self._exchanged(time.perf_counter() - started, len(batch))
                 else:
+                    started = time.perf_counter()
                     settled, _ = await exchanger.exchange(
                         batch, [], 0, self.lease_ms, self.dead_ttl_ms
                     )
+                    self._exchanged(time.perf_counter() - started, len(batch))
                 self._last_broker_ok = time.monotonic()
                 if settled < len(batch):
                     self.report.stale(len(batch) - settled, 0)
@@ -336,6 +369,12 @@ class Worker:
             self._accept(got)
         self._slot_freed.set()
         self._settle_wakeup.set()  # settlements queued meanwhile go out next
+
+    async def _gauge_loop(self) -> None:
+        """A child's in-flight and held gauges, into the shared metrics files."""
+        while True:
+            self.report.metrics.sample(len(self.running), len(self.held))
+            await asyncio.sleep(0.5)
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -21,40 +21,64 @@ class NullMetrics:
 
 
 class Metrics:
-    """Per-task label children are cached, so recording costs a dict lookup and an add."""
+    """Per-task label children are cached, so recording costs a dict lookup and an add.
+
+    Names follow the Prometheus conventions: the `ebbtide_worker_` subsystem, base units
+    in the name, `_total` on counters (docs/metrics.md has the names they replace). The
+    registry also carries `ebbtide_build_info{component="worker"}` and the process,
+    platform and GC collectors."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        from ..buildinfo import register_process_metrics
+
         self.registry = CollectorRegistry()
         r = self.registry
+        register_process_metrics(r, "worker")
         self.tasks = Counter(
-            "ebbtide_tasks", "Tasks finished, by outcome", ["task", "outcome"], registry=r
+            "ebbtide_worker_tasks",
+            "Task attempts finished, by outcome",
+            ["task", "outcome"],
+            registry=r,
         )
         self.duration = Histogram(
-            "ebbtide_task_duration_seconds",
+            "ebbtide_worker_task_duration_seconds",
             "Task run time",
             ["task"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.lag = Histogram(
-            "ebbtide_enqueue_to_start_seconds",
+            "ebbtide_worker_enqueue_to_start_seconds",
             "Time from ready to started",
             ["queue"],
             buckets=LAG_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("ebbtide_in_flight", "Tasks running now", registry=r)
-        self.held = Gauge("ebbtide_held", "Tasks held (running + prefetched)", registry=r)
-        self.retries = Counter("ebbtide_retries", "Retries scheduled", ["task"], registry=r)
+        # livesum: under --processes N the supervisor shows the sum over live children.
+        self.in_flight = Gauge(
+            "ebbtide_worker_running_tasks",
+            "Tasks running now in this worker",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.held = Gauge(
+            "ebbtide_worker_held_tasks",
+            "Tasks held by this worker (running and prefetched)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.retries = Counter("ebbtide_worker_retries", "Retries scheduled", ["task"], registry=r)
         self.stale_settlements = Counter(
-            "ebbtide_stale_settlements",
+            "ebbtide_worker_stale_settlements",
             "Settlements the broker refused: the claim had gone to another worker (fencing)",
             registry=r,
         )
         self.leases_lost = Counter(
-            "ebbtide_leases_lost", "Held claims the heartbeat found given away", registry=r
+            "ebbtide_worker_leases_lost",
+            "Held claims the heartbeat found given away",
+            registry=r,
         )
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -62,6 +86,12 @@ class Metrics:
         """Gauges read at scrape time: nothing to update on the hot path."""
         self.in_flight.set_function(running)
         self.held.set_function(held)
+
+    def sample(self, running: int, held: int) -> None:
+        """A child of --processes N writes its gauges to the shared files instead (a
+        function gauge cannot be read across processes); its loop calls this often."""
+        self.in_flight.set(running)
+        self.held.set(held)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)

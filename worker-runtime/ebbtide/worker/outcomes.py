@@ -88,6 +88,16 @@ def undecodable(d: Delivery, reason: str, now: float) -> Settlement:
     return Settlement(Outcome.DEAD, d, reencode({"error": reason, "raw": raw, "died_at": now}))
 
 
+def unreadable(d: Delivery, envelope: dict[str, Any], reason: str, now: float) -> Settlement:
+    """A task whose body this worker cannot open (an unknown format or key, a missing
+    extra, a failed tag): to the DLQ as it came, with the reason, so a replay once a
+    worker can read it runs it. Its arguments were never decoded, so none are written."""
+    if not envelope:
+        return undecodable(d, reason, now)
+    body = {**envelope, "error": reason, "died_at": now}
+    return Settlement(Outcome.DEAD, d, reencode(body), unique_key=unique_key(body))
+
+
 def unknown_task(
     d: Delivery,
     body: dict[str, Any],
@@ -110,6 +120,13 @@ def unknown_task(
         body = {**body, "unknown_since": first, "unknown_tries": max(0, tries) + 1, "error": error}
         return Settlement(Outcome.RETRY, d, reencode(body), int(wait * 1000))
     body = {**body, "error": f"{error} (for {grace_s:g}s)", "died_at": now}
+    return Settlement(Outcome.DEAD, d, reencode(body), unique_key=unique_key(body))
+
+
+def rejected(d: Delivery, body: dict[str, Any], reason: str, now: float) -> Settlement:
+    """A task that must not run as it is (arguments that fail its check, a payload over
+    the size limit): to the DLQ unrun, with the reason; retrying cannot fix it."""
+    body = {**body, "error": reason, "died_at": now}
     return Settlement(Outcome.DEAD, d, reencode(body), unique_key=unique_key(body))
 
 

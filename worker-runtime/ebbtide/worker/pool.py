@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 DRAIN_S = 0.002  # while task threads keep finishing, their results are settled this often
 
-Job = tuple[Delivery, dict[str, Any], "Task"]
+# (delivery, decoded payload, task, the checked (args, kwargs) to call it with)
+Job = tuple[Delivery, dict[str, Any], "Task", tuple[tuple[Any, ...], dict[str, Any]]]
 
 
 class TaskThreads:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .. import logs
 from ..brokers.base import Delivery
 from ..lifecycle import Outcome
-from .decisions import EXIT_HARD_TIMEOUT, enqueue_lag_s
+from .decisions import EXIT_HARD_TIMEOUT, SUCCESS, enqueue_lag_s
 from .metrics import NullMetrics
 from .outcomes import Failure
 
@@ -42,6 +42,15 @@ class Report:
         self.metrics.watch(running, held)
         return await probes.serve(host, port, self.metrics.render, ready)
 
+    async def serve_child(self, path: str, ready: Callable[[], tuple[bool, str]]) -> asyncio.Server:
+        """A child of --processes N: record into PROMETHEUS_MULTIPROC_DIR's files (the
+        supervisor aggregates them) and answer its probes on a Unix socket."""
+        from . import probes
+        from .metrics import Metrics
+
+        self.metrics = Metrics()
+        return await probes.serve_unix(path, lambda: b"", ready)
+
     def started(self, d: Delivery) -> None:
         if self.metrics.__class__ is not NullMetrics:
             lag = enqueue_lag_s(d.ready_ms, time.time())
@@ -49,7 +58,7 @@ class Report:
                 self.metrics.started(d.queue, lag)
 
     def succeeded(self, task: Task, seconds: float) -> None:
-        self.metrics.finished(task.name, "success", seconds)
+        self.metrics.finished(task.name, SUCCESS, seconds)
 
     def failed(self, task: Task, body: dict[str, Any], failed: Failure, seconds: float) -> None:
         self.metrics.finished(task.name, failed.outcome.value, seconds)
@@ -74,6 +83,17 @@ class Report:
     def undecodable(self, d: Delivery, reason: str) -> None:
         self.metrics.finished("<undecodable>", Outcome.DEAD.value, None)
         logs.warn("undecodable payload moved to the DLQ", queue=d.queue, reason=reason)
+
+    def rejected(self, d: Delivery, body: dict[str, Any], reason: str) -> None:
+        name = str(body.get("task"))
+        self.metrics.finished(name, Outcome.DEAD.value, None)
+        logs.warn(
+            "task rejected unrun, moved to the DLQ",
+            queue=d.queue,
+            task=name,
+            id=body.get("id"),
+            reason=reason,
+        )
 
     def unknown_task(self, d: Delivery, name: str, op: Outcome) -> None:
         self.metrics.finished(name, op.value, None)

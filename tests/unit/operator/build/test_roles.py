@@ -33,7 +33,8 @@ def test_no_role_gets_a_dangerous_command_or_a_category(role):
     rules = roles.redis_user_rules(role, CRED, "ebbtide")
     assert rules[:2] == ["reset", "on"] and "-@all" in rules
     assert not [r for r in rules if r.startswith("+@")], "commands are listed one by one"
-    assert "resetchannels" in rules and not any(r.startswith("&") for r in rules)
+    channels = [r for r in rules if r.startswith("&")]
+    assert "resetchannels" in rules and channels == ["&ebbtide:wake"]  # wake-ups only
 
 
 def test_each_role_gets_exactly_what_its_scripts_call():
@@ -57,7 +58,9 @@ def test_keys_are_limited_to_the_prefix_and_the_operator_only_reads():
     assert roles.redis_key_patterns("worker", "jobs") == ("%RW~jobs:*",)
     assert roles.redis_key_patterns("operator", "jobs") == ("%R~jobs:*",)
     producer = roles.redis_key_patterns("producer", "jobs")
-    assert all(p.startswith("%RW~jobs:") for p in producer)
+    writable = [p for p in producer if p.startswith("%RW~")]
+    assert all(p.startswith("%RW~jobs:") for p in writable)
+    assert set(producer) - set(writable) == {"%R~jobs:workers", "%R~jobs:q:*:inflight"}
     assert "%RW~jobs:q:*:inflight" not in producer and "%RW~jobs:alive" not in producer
     with pytest.raises(ValueError, match="unknown broker role 'admin'"):
         roles.redis_key_patterns("admin", "jobs")
@@ -90,6 +93,8 @@ NAMES = {
     "lost": topology.lost_queue("ebbtide", "emails.eu"),
     "heartbeat": topology.worker_queue("ebbtide", "w-1"),
     "rate": "ebbtide.rate.send.10.1000",
+    "wake": topology.wake_exchange("ebbtide"),
+    "server-named": "amq.gen-JzTY20BRgKO-HjmUJj0wLg",
     "other app": "billing.emails",
 }
 
@@ -98,20 +103,24 @@ def test_the_producer_declares_and_reads_only_delay_queues_and_writes_the_defaul
     p = roles.rabbitmq_permissions("producer", "ebbtide")
     readable = {kind for kind, name in NAMES.items() if _matches(p["read"], name)}
     configurable = {kind for kind, name in NAMES.items() if _matches(p["configure"], name)}
-    assert readable == configurable == {"wait"}  # never a ready task: it cannot claim
-    assert _matches(p["write"], "amq.default") and not _matches(p["write"], NAMES["ready"])
+    writable = {kind for kind, name in NAMES.items() if _matches(p["write"], name)}
+    assert readable == {"wait"}  # never a ready task: it cannot claim
+    assert configurable == {"wait", "wake"} and writable == {"wake"}
+    assert _matches(p["write"], "amq.default")
     assert roles.rabbitmq_tags("producer") == []
 
 
 def test_the_worker_owns_its_prefix_and_the_operator_reads_heartbeats_only():
     w = roles.rabbitmq_permissions("worker", "ebbtide")
     for kind, name in NAMES.items():
-        expected = kind != "other app"
+        expected = kind not in ("other app", "server-named")
         assert _matches(w["configure"], name) is expected, kind
         assert _matches(w["read"], name) is expected, kind
     assert _matches(w["write"], "amq.default")
     o = roles.rabbitmq_permissions("operator", "ebbtide")
-    assert {k for k, n in NAMES.items() if _matches(o["read"], n)} == {"heartbeat"}
-    assert o["configure"] == o["write"] == roles.NOTHING
-    assert not _matches(roles.NOTHING, "amq.default")
+    readable = {k for k, n in NAMES.items() if _matches(o["read"], n)}
+    assert readable == {"heartbeat", "wake", "server-named"}  # no task queue at all
+    assert {k for k, n in NAMES.items() if _matches(o["configure"], n)} == {"wake", "server-named"}
+    assert {k for k, n in NAMES.items() if _matches(o["write"], n)} == {"server-named"}
+    assert not _matches(o["write"], "amq.default")  # it cannot publish
     assert roles.rabbitmq_tags("operator") == ["monitoring"]

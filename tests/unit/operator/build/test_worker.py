@@ -36,10 +36,13 @@ def test_worker_deployment_command_env_probes_and_security():
         "85",
     ]
     env = {e["name"]: e for e in container["env"]}
-    assert env["EBBTIDE_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {
-        "name": "tq1-broker-worker",
-        "key": "url",
+    assert "EBBTIDE_BROKER_URL" not in env  # a file, never an env var a subprocess inherits
+    assert env["EBBTIDE_BROKER_URL_FILE"] == {
+        "name": "EBBTIDE_BROKER_URL_FILE",
+        "value": "/etc/ebbtide/broker/url",
     }
+    assert url_secret_of(template) == {"name": "tq1-broker-worker", "key": "url"}
+    assert pod["securityContext"]["fsGroup"] == worker.WORKER_UID  # may read the file
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["EBBTIDE_KEY_PREFIX"]["value"] == "ebbtide"  # the operator reads stats under it
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -58,12 +61,32 @@ def test_worker_deployment_command_env_probes_and_security():
     )
 
 
+def url_secret_of(template: dict) -> dict[str, str]:
+    """The Secret and key mounted as the worker's broker URL file, checked to be
+    mounted read-only where EBBTIDE_BROKER_URL_FILE points."""
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == worker.BROKER_URL_VOLUME]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == worker.BROKER_URL_VOLUME]
+    assert mount == {"name": "broker-url", "mountPath": "/etc/ebbtide/broker", "readOnly": True}
+    secret = volume["secret"]
+    assert secret["defaultMode"] == 0o440  # owner and group (fsGroup) only
+    (item,) = secret["items"]  # only the URL key is projected, as the file `url`
+    assert item["path"] == "url"
+    return {"name": secret["secretName"], "key": item["key"]}
+
+
+def test_broker_url_mount_is_one_function_of_the_secret_name_and_key():
+    volume, mount = worker.broker_url_mount("s", "k")
+    assert volume["secret"]["secretName"] == "s" and volume["secret"]["items"][0]["key"] == "k"
+    assert mount["readOnly"] is True and mount["name"] == volume["name"]
+
+
 def test_external_broker_url_comes_from_the_users_secret():
     raw = managed_spec()
     raw["broker"] = {"type": "redis", "external": {"secretRef": {"name": "mine", "key": "u"}}}
     deployment = worker.worker_deployment(taskqueue(raw), parse_spec(raw), replicas=0)
-    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "u"}
+    assert url_secret_of(deployment["spec"]["template"]) == {"name": "mine", "key": "u"}
 
 
 def test_strict_order_and_weights_reach_the_worker_args():
@@ -92,7 +115,8 @@ def test_pod_template_override_merges_without_breaking_selector():
     assert template["spec"]["nodeSelector"] == {"disk": "ssd"}
     (container,) = template["spec"]["containers"]
     names = [e["name"] for e in container["env"]]
-    assert "EXTRA" in names and "EBBTIDE_BROKER_URL" in names
+    assert "EXTRA" in names and "EBBTIDE_BROKER_URL_FILE" in names
+    assert url_secret_of(template) == {"name": "tq1-broker-worker", "key": "url"}
     assert container["image"] == "w:1"
 
 
@@ -126,11 +150,7 @@ def test_template_patch_never_touches_replicas():
 def test_workers_read_the_url_from_the_managed_secret_and_roll_on_a_type_switch():
     rabbit = parse_spec(taskqueue(managed_spec("rabbitmq"))["spec"])
     template = worker.worker_pod_template("tq1", rabbit)
-    env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
-    assert env["EBBTIDE_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {
-        "name": "tq1-broker-worker",
-        "key": "url",
-    }
+    assert url_secret_of(template) == {"name": "tq1-broker-worker", "key": "url"}
     assert template["metadata"]["annotations"][naming.BROKER_TYPE_ANNOTATION] == "rabbitmq"
     redis_spec = taskqueue(managed_spec("rabbitmq"))["spec"]
     redis_spec["broker"] = {"type": "redis", "managed": {}}
@@ -193,3 +213,14 @@ def test_external_ca_and_client_certificate_are_mounted():
     assert by_name["broker-client-cert"]["secretName"] == "me"
     assert by_name["broker-client-cert"]["defaultMode"] == 0o400
     assert {m["name"] for m in mounts} >= {"broker-ca", "broker-client-cert"}
+
+
+def test_processes_reach_the_worker_args_and_the_slot_count():
+    raw = managed_spec()
+    assert "--processes" not in worker.worker_args(parse_spec(raw))  # default: one
+    raw["worker"].update(concurrency=8, processes=2)
+    spec = parse_spec(raw)
+    args = worker.worker_args(spec)
+    assert args[args.index("--processes") + 1] == "2"
+    # The policy sizes pods by their slots: 2 processes x 8.
+    assert spec.scaling.concurrency == 16

@@ -104,3 +104,11 @@ def test_readiness_fails_when_a_loop_stopped():
     assert readiness(False, 0.0, 1.0, ["settle", "fetch"]) == (False, "fetch, settle loop stopped")
     assert readiness(True, 0.0, 1.0, ["fetch"])[0] is False
     assert readiness(False, 11.0, 1.0)[0] is False
+
+
+def test_prefetch_hold_covers_a_few_round_trips_up_to_the_cap():
+    from ebbtide.worker.decisions import PREFETCH_RTTS, prefetch_hold_s
+
+    assert prefetch_hold_s(0.002, 0.05) == PREFETCH_RTTS * 0.002  # a Redis 2 ms away
+    assert prefetch_hold_s(0.1, 0.05) == 0.05  # never past the cap
+    assert prefetch_hold_s(-1.0, 0.05) == 0.0

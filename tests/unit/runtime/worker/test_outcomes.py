@@ -97,3 +97,11 @@ def test_hand_back_requeues_newest_first_so_the_batch_keeps_its_order():
     back = outcomes.hand_back(ds)
     assert [s.op for s in back] == [Outcome.REQUEUE] * 3
     assert [s.delivery.entry for s in back] == ["1|0|2", "1|0|1", "1|0|0"]  # LPUSH order
+
+
+def test_a_rejected_task_dies_unrun_with_the_reason_and_releases_its_key():
+    d = delivery()
+    s = outcomes.rejected(d, {"id": "i", "task": "t", "key": "k", "attempt": 0}, "bad 'a'", 4.0)
+    assert s.op is Outcome.DEAD and s.unique_key == "k"
+    body = json.loads(s.payload)
+    assert body["error"] == "bad 'a'" and body["died_at"] == 4.0 and body["attempt"] == 0

@@ -13,7 +13,7 @@ from ebbtide.worker.pool import TaskThreads
 
 
 def job(i: int, timeout: float | None = None):
-    return (Delivery("q", f"1|0|{i}", ""), {}, SimpleNamespace(timeout=timeout))
+    return (Delivery("q", f"1|0|{i}", ""), {}, SimpleNamespace(timeout=timeout), ((), {}))
 
 
 async def wait_until(condition, seconds: float = 5.0) -> None:

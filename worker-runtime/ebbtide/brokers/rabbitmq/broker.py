@@ -29,14 +29,10 @@ from ..tls import BrokerTLS, explain
 from . import topology as topo
 from .connection import BrokerDown
 from .consumer import Consumer
+from .management import ManagementSession
 from .publish import Confirmer, Declared, ensure_queue, publish_task
 from .rate import UNAVAILABLE_WAIT_MS, RateTokens
-from .stats import (
-    build_stats,
-    build_stats_without_management,
-    fetch_queue_list,
-    parse_workers,
-)
+from .stats import build_stats, build_stats_without_management, parse_workers
 
 
 def refusal(
@@ -59,6 +55,15 @@ def refusal(
 CLAIM_WAIT_S = 0.1  # claim() waits this long for a first delivery before returning []
 PUBLISH_ATTEMPTS = 3
 CONFIRM_BATCH = 500  # publishes per publisher-confirm wait
+WAKE_INTERVAL_S = 1.0  # a producer wakes the operator about one queue at most this often
+# What a kept connection that RabbitMQ closed meanwhile raises on its next use.
+STALE_LINK_ERRORS = (
+    pika.exceptions.StreamLostError,
+    pika.exceptions.ConnectionClosed,
+    pika.exceptions.ChannelWrongStateError,
+    ConnectionResetError,
+    BrokenPipeError,
+)
 
 
 class RabbitMQBroker:
@@ -76,12 +81,14 @@ class RabbitMQBroker:
             raise ValueError(f"bad RabbitMQ URL {redact(url)!r}: {exc}") from None
         # amqps:// verifies the server against the CA and its host name (pika's own
         # default context would skip the name: no server_hostname), unless the URL
-        # brings its own ssl_options.
+        # brings its own ssl_options; an https management API verifies the same way.
         self._context: ssl.SSLContext | None = None
-        if self.params.ssl_options is not None:
+        management = self.options.management_url
+        https = management is not None and management.lower().startswith("https://")
+        if self.params.ssl_options is not None or https:
             self._context = self.tls.context()
-            if "ssl_options" not in self.options.amqp_url:
-                self.params.ssl_options = pika.SSLOptions(self._context, self.params.host)
+        if self.params.ssl_options is not None and "ssl_options" not in self.options.amqp_url:
+            self.params.ssl_options = pika.SSLOptions(self._context, self.params.host)
         self._lock = threading.RLock()
         self._conn: Any = None
         self._channel: Any = None
@@ -90,6 +97,12 @@ class RabbitMQBroker:
         self._consumer: Consumer | None = None
         self._subscribed = False
         self._rate: RateTokens | None = None
+        self._woken: dict[str, float] = {}  # queue -> when a wake-up was last published
+        self.management = (
+            ManagementSession(management, context=self._context if https else None)
+            if management
+            else None
+        )
 
     # -- producer / admin (sync) ---------------------------------------------------------
     def _open_channel(self) -> Any:
@@ -179,6 +192,8 @@ class RabbitMQBroker:
                         confirmer=self._confirmer,
                         passive=self.options.passive_declare,
                     )
+                if start + CONFIRM_BATCH >= len(todo) and any(m.delay_ms <= 0 for m in todo):
+                    self._wake(channel, queue)  # after the tasks: they are routed first
                 self._confirmer.wait()  # only confirmed ids are reported as sent
                 replies.extend(m.task_id for m in chunk)
             if full:
@@ -195,42 +210,84 @@ class RabbitMQBroker:
             raise
         return replies
 
-    def stats(self, queues: Sequence[str] | None, worker_ttl_ms: int) -> BrokerStats:
+    def _wake(self, channel: Any, queue: str) -> None:
+        """Tell the operator the queue got tasks (topology.wake_exchange), at most once
+        per WAKE_INTERVAL_S per queue: a producer cannot tell cheaply whether the queue
+        has a consumer, so it always tells, rate-limited; the operator acts only on
+        TaskQueues with no ready worker. Not mandatory: with no operator bound it is
+        simply dropped. Confirmed with the tasks' batch (no extra round trip)."""
+        now = time.monotonic()
+        if now - self._woken.get(queue, -WAKE_INTERVAL_S) < WAKE_INTERVAL_S:
+            return
+        assert self._confirmer is not None
+        exchange = topo.wake_exchange(self.prefix)
+        self._declared.ensure_exchange(channel, exchange)
+        self._confirmer.publish("", queue.encode(), None, exchange=exchange, mandatory=False)
+        self._woken[queue] = now
+
+    def stats(
+        self, queues: Sequence[str] | None, worker_ttl_ms: int, prefix: str | None = None
+    ) -> BrokerStats:
+        """Statistics under `prefix` (default: this broker's). A kept broker reuses its
+        AMQP connection and its management HTTP connection across calls; an AMQP
+        connection the server dropped while idle is reopened once, within the call."""
+        prefix = prefix or self.prefix
         now = time.time()
         queue_list = None
-        if self.options.management_url:
+        if self.management is not None:
             try:
-                queue_list = fetch_queue_list(
-                    self.options.management_url, self.vhost, self._management_context()
-                )
+                queue_list = self.management.queues(self.vhost)
             except Exception as exc:  # unreachable plugin: fall back to AMQP + heartbeats
                 logs.warn("rabbitmq management API unavailable", error=str(exc))
         names = [
             q["name"]
             for q in queue_list or ()
-            if (kind := topo.classify(self.prefix, str(q.get("name", ""))))
-            and kind.kind == "worker"
+            if (kind := topo.classify(prefix, str(q.get("name", "")))) and kind.kind == "worker"
         ]
-        heartbeats = parse_workers(self._peek_all(names), now, worker_ttl_ms / 1000)
+        try:
+            bodies = self._peek_all(names)
+            live = self._depths(queues or (), prefix) if queue_list is not None else {}
+        except STALE_LINK_ERRORS:
+            with self._lock:
+                self._reset()
+            bodies = self._peek_all(names)
+            live = self._depths(queues or (), prefix) if queue_list is not None else {}
+        heartbeats = parse_workers(bodies, now, worker_ttl_ms / 1000)
         if queue_list is not None:
-            return build_stats(self.prefix, now, queue_list, heartbeats, queues)
-        ready = {q: self._depth(q) for q in queues or ()}
+            return build_stats(prefix, now, queue_list, heartbeats, queues, live_ready=live)
+        if not queues:  # nothing to read over AMQP: still, an unreachable broker raises
+            with self._lock:
+                self._open_channel()
+        ready = {q: self._depth(q, prefix) for q in queues or ()}
         return build_stats_without_management(now, ready, heartbeats)
 
-    def _management_context(self) -> ssl.SSLContext | None:
-        """https verifies like amqps does (same CA, same host name); http needs none."""
-        url = self.options.management_url or ""
-        if not url.lower().startswith("https://"):
-            return None
-        if self._context is None:
-            self._context = self.tls.context()
-        return self._context
-
-    def _depth(self, queue: str) -> int:
+    def _depths(self, queues: Sequence[str], prefix: str) -> dict[str, int]:
+        """Ready counts now, from passive declares on one channel: the management API's
+        figures are samples up to collect_statistics_interval old, too stale to see the
+        task that just woke the operator."""
+        if not queues:
+            return {}
+        depths: dict[str, int] = {}
         with self._lock:
             channel = self._open_channel().connection.channel()
             try:
-                ok = channel.queue_declare(topo.ready_queue(self.prefix, queue), passive=True)
+                for queue in queues:
+                    try:
+                        ok = channel.queue_declare(topo.ready_queue(prefix, queue), passive=True)
+                    except pika.exceptions.ChannelClosedByBroker:
+                        channel = self._open_channel().connection.channel()  # never declared
+                        continue
+                    depths[queue] = ok.method.message_count
+            finally:
+                if channel.is_open:
+                    channel.close()
+        return depths
+
+    def _depth(self, queue: str, prefix: str) -> int:
+        with self._lock:
+            channel = self._open_channel().connection.channel()
+            try:
+                ok = channel.queue_declare(topo.ready_queue(prefix, queue), passive=True)
                 return ok.method.message_count
             except pika.exceptions.ChannelClosedByBroker:
                 return 0  # never declared yet
@@ -261,12 +318,10 @@ class RabbitMQBroker:
         return bodies
 
     def _known_queues(self) -> list[str]:
-        if not self.options.management_url:
+        if self.management is None:
             return []
         try:
-            listing = fetch_queue_list(
-                self.options.management_url, self.vhost, self._management_context()
-            )
+            listing = self.management.queues(self.vhost)
         except Exception as exc:
             raise ConnectionError(
                 f"listing queues needs the RabbitMQ management API ({exc}); pass --queue"
@@ -344,6 +399,8 @@ class RabbitMQBroker:
     def close(self) -> None:
         with self._lock:
             self._reset()
+        if self.management is not None:
+            self.management.close()
 
     # -- worker (asyncio) ----------------------------------------------------------------
     async def aconnect(self) -> None:

@@ -58,8 +58,10 @@ class Confirmer:
             self.failed.append(f"{len(tags)} message(s) nacked by RabbitMQ")
         self.outstanding -= tags
 
-    def publish(self, routing: str, body: bytes, props) -> None:
-        self.impl.basic_publish("", routing, body, props, mandatory=True)
+    def publish(
+        self, routing: str, body: bytes, props, exchange: str = "", mandatory: bool = True
+    ) -> None:
+        self.impl.basic_publish(exchange, routing, body, props, mandatory=mandatory)
         self.outstanding.add(self.next_tag)
         self.next_tag += 1
 
@@ -102,6 +104,12 @@ class Declared:
             channel.queue_declare(name, passive=True)
         else:
             channel.queue_declare(name, durable=durable, arguments=arguments)
+        self.mark(name)
+
+    def ensure_exchange(self, channel, name: str, kind: str = "fanout") -> None:
+        if not self.due(name):
+            return
+        channel.exchange_declare(name, kind, durable=True)
         self.mark(name)
 
     def forget(self) -> None:

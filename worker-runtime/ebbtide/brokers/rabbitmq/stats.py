@@ -2,7 +2,9 @@
 
 Which source gives which number (docs/rabbitmq.md has the table):
 
-    ready, in_flight            management: messages_ready / messages_unacknowledged
+    ready, in_flight            management: messages_ready / messages_unacknowledged; for
+                                a queue the sample shows idle, ready is a passive
+                                queue.declare's count (live: the sample lags up to 5 s)
     oldest_ready_at             management: head_message_timestamp (we stamp each message
                                 with the time it becomes ready; 1 s resolution)
     delayed, dead               management: messages in the .delay.* and .dead queues
@@ -13,18 +15,14 @@ Which source gives which number (docs/rabbitmq.md has the table):
 
 Without the management plugin: ready from a passive queue.declare, in_flight,
 completed_total and busy from the live workers' heartbeats, no oldest age.
-Pure functions here; the HTTP call and basic_gets live in broker.py.
+Pure functions here; the HTTP call is management.py, the basic_gets live in broker.py.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import ssl
-import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 from ..base import BrokerStats, QueueStats, WorkerInfo, worker_info
 from .topology import classify
@@ -32,28 +30,6 @@ from .topology import classify
 MANAGEMENT_COLUMNS = (
     "name,messages_ready,messages_unacknowledged,head_message_timestamp,message_stats.ack"
 )
-
-
-def fetch_queue_list(
-    management_url: str,
-    vhost: str,
-    context: ssl.SSLContext | None = None,
-    timeout: float = 5.0,
-) -> list[dict]:
-    """GET /api/queues/<vhost> with only the columns we need: one HTTP round trip.
-    `context` verifies an https:// management URL (the broker's CA)."""
-    parts = urlsplit(management_url)
-    base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}"
-    req = urllib.request.Request(
-        f"{base}/api/queues/{quote(vhost, safe='')}?columns={MANAGEMENT_COLUMNS}"
-    )
-    if parts.username:
-        from urllib.parse import unquote
-
-        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        req.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
-    with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310 - http(s) only
-        return json.load(resp)
 
 
 def parse_workers(bodies: Iterable[str | bytes], now: float, ttl_s: float) -> list[dict]:
@@ -95,8 +71,12 @@ def build_stats(
     queue_list: Sequence[dict],
     heartbeats: Sequence[dict],
     wanted: Sequence[str] | None,
+    live_ready: Mapping[str, int] | None = None,
 ) -> BrokerStats:
-    """BrokerStats from the management queue list (see the module docstring)."""
+    """BrokerStats from the management queue list (see the module docstring).
+    `live_ready`: ready-queue depths read just now over AMQP; they count only for
+    queues the sample shows idle."""
+    live_ready = live_ready or {}
     rows: dict[str, dict[str, Any]] = {}
     for q in queue_list:
         kind = classify(prefix, str(q.get("name", "")))
@@ -117,6 +97,13 @@ def build_stats(
             row["delayed"] += depth
         else:
             row["dead"] += depth
+    for name, depth in live_ready.items():
+        row = rows.setdefault(name, {"delayed": 0, "dead": 0})
+        if not row.get("ready") and not row.get("in_flight"):
+            # The sample says idle, but tasks are there now (the sample lags by up to
+            # collect_statistics_interval): what activation from zero must see at once.
+            # A busy queue keeps its sampled figures, which stay consistent together.
+            row["seen"], row["ready"] = True, depth
     busy = _per_queue(heartbeats, "busy_us")
     names = list(wanted) if wanted else sorted(n for n, r in rows.items() if r.get("seen"))
     queues: dict[str, QueueStats] = {}

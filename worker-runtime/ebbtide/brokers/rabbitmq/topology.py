@@ -15,6 +15,10 @@ Every queue an app queue `q` needs (prefix `ebbtide`):
 and one per rate-limited task, shared by all its queues (see rate.py):
 
     ebbtide.rate.<task>.<limit>.<window_ms>   x-max-length, x-message-ttl: rate tokens
+
+plus one exchange per prefix, which producers publish wake-ups to (see wake_exchange):
+
+    ebbtide.wake              fanout, durable: the body is a queue name that got tasks
 """
 
 from __future__ import annotations
@@ -103,6 +107,16 @@ def delay_queue(prefix: str, queue: str, delay_ms: int) -> str:
 
 def lost_queue(prefix: str, queue: str) -> str:
     return f"{prefix}.{queue}.lost"
+
+
+def wake_exchange(prefix: str) -> str:
+    """Producers publish the queue's name here when they send to it (at most once a
+    second per queue and producer); the operator binds a private queue to it, so a
+    queue scaled to zero is woken at once instead of at the next poll."""
+    return f"{prefix}.wake"
+
+
+WAKE_ARGS = {"x-message-ttl": 10_000, "x-max-length": 10_000}  # the operator's wake queue
 
 
 def worker_queue(prefix: str, worker_id: str) -> str:

@@ -4,6 +4,10 @@
 --       each payload starts with {"id":"<id>", so the id needs no argument of its own)
 -- Returns {status, dups}: one status character per message, '.' enqueued, '=' duplicate
 -- key (its pending task's id is the next item of dups), '!' refused (backlog full).
+-- Publishes the queue's name on P:wake when ready work lands on a queue that was idle
+-- (nothing ready or in flight) or when no worker is registered at all: the operator
+-- subscribes, so activation from zero does not wait for its next poll. Busy queues with
+-- workers publish nothing.
 local q = ARGV[2]
 local max_backlog = tonumber(ARGV[3])
 local unique_ttl = tonumber(ARGV[4])
@@ -16,6 +20,15 @@ if max_backlog > 0 then
   for lvl = 0, MAX_PRIO do backlog = backlog + redis.call('LLEN', k_ready(q, lvl)) end
   backlog = backlog + redis.call('ZCARD', k_delayed(q))
 end
+
+local function idle(queue)
+  if redis.call('ZCARD', k_inflight(queue)) > 0 then return false end
+  for lvl = 0, MAX_PRIO do
+    if redis.call('LLEN', k_ready(queue, lvl)) > 0 then return false end
+  end
+  return true
+end
+local wake = delay == 0 and (redis.call('ZCARD', K_WORKERS) == 0 or idle(q))
 
 local status, dups = {}, {}
 local accepted = 0
@@ -53,4 +66,5 @@ while pos <= len do
   end
 end
 if accepted > 0 then redis.call('HINCRBY', k_counters(q), 'enqueued', accepted) end
+if wake and accepted > 0 then redis.call('PUBLISH', P .. ':wake', q) end
 return {table.concat(status), dups}

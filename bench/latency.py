@@ -1,0 +1,293 @@
+"""Latency benchmark: Ebbtide vs Dramatiq vs Celery with Redis a network hop away.
+
+Redis sits behind Shopify's toxiproxy (built from its Go module, tests/support/toxiproxy.py)
+with `latency` toxics, and every worker, its task body and the timed producers talk to
+Redis through it; the benchmark itself fills the queues and reads the counter directly.
+toxiproxy's latency is whole milliseconds per direction, so the delays are:
+
+    2 ms round trip:   1 ms upstream + 1 ms downstream
+    10 ms round trip:  5 ms upstream + 5 ms downstream
+    0.5 ms round trip: downstream only, 1 ms +/- 1 ms jitter, i.e. 0 or 1 ms per chunk
+                       with equal odds (0.5 ms on average)
+
+and the round trip actually measured through the proxy (the median of 300 PINGs, the
+proxy's own hop included) is printed beside each, and is what the ceiling uses:
+slots / RTT, for a task body that makes one Redis round trip.
+
+Rows per delay, all in one run: `def` tasks on 8 slots (Dramatiq `-p 1 -t 8`, Celery
+`-P threads -c 8`, Ebbtide `--concurrency 8`), `async def` tasks at concurrency 64
+(Ebbtide) against the same Dramatiq row, and a producer sending one task at a time:
+single `send()` per thread, against `with app.batch():` blocks of 100.
+
+    .venv/bin/python bench/latency.py                 # 0.5, 2 and 10 ms
+    .venv/bin/python bench/latency.py --rtt 2 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(BENCH))
+
+from measure import run_worker  # noqa: E402
+from support.servers import redis_server  # noqa: E402
+from support.toxiproxy import Toxiproxy, toxiproxy_server  # noqa: E402
+
+COUNTER_KEY = "bench:done"
+PROXY = "redis"
+# (upstream ms, downstream ms, downstream jitter ms) per nominal round trip
+TOXICS = {0.5: (0, 1, 1), 2.0: (1, 1, 0), 10.0: (5, 5, 0)}
+SLOTS_DEF, SLOTS_ASYNC = 8, 64
+
+
+@dataclass
+class Row:
+    rtt_ms: float
+    measured_rtt_ms: float
+    system: str
+    what: str
+    tasks: int
+    per_s: float | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def set_latency(proxy: Toxiproxy, rtt: float) -> None:
+    up, down, jitter = TOXICS[rtt]
+    current = proxy._call("GET", f"/proxies/{PROXY}") or {}
+    for toxic in current.get("toxics", []):
+        proxy._call("DELETE", f"/proxies/{PROXY}/toxics/{toxic['name']}")
+    for stream, ms, jit in (("upstream", up, 0), ("downstream", down, jitter)):
+        if ms or jit:
+            proxy._call(
+                "POST",
+                f"/proxies/{PROXY}/toxics",
+                {
+                    "name": f"latency-{stream}",
+                    "type": "latency",
+                    "stream": stream,
+                    "attributes": {"latency": ms, "jitter": jit},
+                },
+            )
+
+
+def measured_rtt_ms(url: str, pings: int = 300) -> float:
+    client = redis.Redis.from_url(url)
+    client.ping()
+    samples = []
+    for _ in range(pings):
+        started = time.perf_counter()
+        client.ping()
+        samples.append((time.perf_counter() - started) * 1000)
+    client.close()
+    return statistics.median(samples)
+
+
+def worker_argv(system: str) -> list[str]:
+    py = sys.executable
+    if system == "dramatiq":
+        return [py, "-m", "dramatiq", "anchors.dramatiq_app", "-p", "1", "-t", str(SLOTS_DEF)]
+    if system == "celery":
+        return [
+            *(py, "-m", "celery", "-A", "anchors.celery_app", "worker"),
+            *("-P", "threads", "-c", str(SLOTS_DEF), "--loglevel", "WARNING"),
+        ]
+    slots = SLOTS_ASYNC if system == "ebbtide-async" else SLOTS_DEF
+    return [
+        *(py, "-m", "ebbtide", "--log-level", "WARNING", "worker", "anchors.ebbtide_app:app"),
+        *("--queues", "bench", "--concurrency", str(slots)),
+    ]
+
+
+class Run:
+    def __init__(self, direct: str, proxied: str, opts: argparse.Namespace) -> None:
+        self.direct, self.proxied, self.opts = direct, proxied, opts
+        self.client = redis.Redis.from_url(direct)
+        base = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")]),
+            "BENCH_COUNTER_KEY": COUNTER_KEY,
+            "BENCH_QUEUE": "bench",
+            "PYTHONUNBUFFERED": "1",
+        }
+        # The benchmark fills queues directly; workers and timed producers go through the proxy.
+        self.fill_env = {**base, "BENCH_BROKER_URL": direct, "BENCH_COUNTER_URL": direct}
+        self.far_env = {**base, "BENCH_BROKER_URL": proxied, "BENCH_COUNTER_URL": proxied}
+
+    def produce(self, system: str, mode: str, n: int, env: dict[str, str]) -> float:
+        done = subprocess.run(
+            [sys.executable, str(BENCH / "produce.py"), system, mode, str(n)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{system} {mode} enqueue failed:\n{done.stderr[-2000:]}")
+        return n / json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+
+    def worker_row(self, rtt: float, measured: float, system: str, n: int) -> Row:
+        what = f"async def, {SLOTS_ASYNC} slots" if system == "ebbtide-async" else "def, 8 slots"
+        row = Row(rtt, measured, system, what, n)
+        self.client.flushall()
+        fill = {"ebbtide": "bulk", "ebbtide-async": "bulk"}.get(system, "single")
+        self.produce(system, fill, n, self.fill_env)
+        run = run_worker(
+            worker_argv(system),
+            self.far_env,
+            self.direct,
+            COUNTER_KEY,
+            n,
+            timeout=max(120.0, n / 20),
+            log_path=self.opts.log_path,
+        )
+        if run.error:
+            row.note = run.error
+        else:
+            # Steady state: from the first task done to the last (start-up is reported
+            # apart), so a row measures the link, not the import time of each library.
+            busy = run.seconds - (run.first_task_s or 0.0)
+            row.per_s = (n - 1) / busy if busy > 0 else None
+            row.extra["startup_s"] = run.first_task_s
+            row.note = f"start-up {run.first_task_s or 0:.2f} s"
+        self.client.flushall()
+        return row
+
+    def producer_row(self, rtt: float, measured: float, system: str, mode: str, n: int) -> Row:
+        self.client.flushall()
+        what = {"single": "send(), 1 thread", "batch": "app.batch() blocks of 100"}[mode]
+        row = Row(rtt, measured, system, what, n)
+        row.per_s = self.produce(system, mode, n, self.far_env)
+        self.client.flushall()
+        return row
+
+
+def tasks_for(rtt: float, quick: bool) -> tuple[int, int]:
+    """(worker tasks, single sends): a few seconds per row at each delay."""
+    worker = {0.5: 10_000, 2.0: 6_000, 10.0: 2_000}[rtt]
+    single = {0.5: 3_000, 2.0: 1_000, 10.0: 300}[rtt]
+    if quick:
+        return worker // 4, single // 4
+    return worker, single
+
+
+def ratios(rows: list[Row]) -> list[str]:
+    """The side-by-side lines: each Ebbtide row against Dramatiq, Celery and the ceiling."""
+    lines = []
+    for rtt in sorted({r.rtt_ms for r in rows}):
+        at = {(r.system, r.what): r for r in rows if r.rtt_ms == rtt}
+        measured = next(r.measured_rtt_ms for r in rows if r.rtt_ms == rtt)
+        dram = at.get(("dramatiq", "def, 8 slots"))
+        cel = at.get(("celery", "def, 8 slots"))
+        eb = at.get(("ebbtide", "def, 8 slots"))
+        ea = at.get(("ebbtide-async", f"async def, {SLOTS_ASYNC} slots"))
+        single = at.get(("ebbtide", "send(), 1 thread"))
+        batch = at.get(("ebbtide", "app.batch() blocks of 100"))
+        ceiling = SLOTS_DEF / (measured / 1000)
+
+        def x(a: Row | None, b: Row | None) -> str:
+            if a is None or b is None or not a.per_s or not b.per_s:
+                return "n/a"
+            return f"{a.per_s / b.per_s:.2f}x"
+
+        lines.append(
+            f"| {rtt:g} ms | {measured:.2f} ms | {ceiling:,.0f}/s | "
+            f"{(eb.per_s or 0) / ceiling:.0%} | {x(eb, dram)} | {x(eb, cel)} | {x(ea, dram)} | "
+            f"{(single.per_s or 0) * measured / 1000:.2f}x | "
+            f"{(batch.per_s or 0) * measured / 1000:.1f}x | {x(batch, single)} |"
+            if eb and single and batch
+            else f"| {rtt:g} ms | incomplete |"
+        )
+    head = (
+        "| RTT (toxic) | RTT measured | def ceiling 8/RTT | Ebbtide def / ceiling | "
+        "Ebbtide def vs Dramatiq | vs Celery | Ebbtide async(64) vs Dramatiq | "
+        "send() vs 1/RTT | batch vs 1/RTT | batch vs send() |\n|" + "---|" * 10
+    )
+    return [head, *lines]
+
+
+def table(rows: list[Row]) -> str:
+    out = [
+        "| RTT | measured RTT | system | what | tasks | per s | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rate = f"{r.per_s:,.0f}" if r.per_s else "-"
+        out.append(
+            f"| {r.rtt_ms:g} ms | {r.measured_rtt_ms:.2f} ms | {r.system} | {r.what} | "
+            f"{r.tasks:,} | {rate} | {r.note} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rtt", default="0.5,2,10", help="round trips in ms, of 0.5, 2, 10")
+    p.add_argument("--systems", default="dramatiq,celery,ebbtide,ebbtide-async,producers")
+    p.add_argument("--quick", action="store_true", help="a quarter of the tasks")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--log", dest="log_path", default=None, help="workers' output (temp file)")
+    opts = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if opts.log_path is None:
+        opts.log_path = os.path.join(tempfile.gettempdir(), f"ebbtide-latency-{os.getpid()}.log")
+    delays = [float(v) for v in opts.rtt.split(",") if v.strip()]
+    for d in delays:
+        if d not in TOXICS:
+            p.error(f"--rtt {d:g}: choose among {', '.join(f'{k:g}' for k in TOXICS)}")
+    systems = [s.strip() for s in opts.systems.split(",") if s.strip()]
+
+    rows: list[Row] = []
+    with redis_server() as direct, toxiproxy_server() as proxy:
+        port = int(direct.rsplit(":", 1)[1].split("/")[0])
+        proxied_port = proxy.proxy(PROXY, port)
+        proxied = f"redis://127.0.0.1:{proxied_port}/0"
+        run = Run(direct, proxied, opts)
+        for rtt in delays:
+            set_latency(proxy, rtt)
+            measured = measured_rtt_ms(proxied)
+            log(f"RTT {rtt:g} ms: measured {measured:.2f} ms")
+            n, single = tasks_for(rtt, opts.quick)
+            for system in systems:
+                if system == "producers":
+                    for mode, count in (("single", single), ("batch", max(single * 20, 5000))):
+                        row = run.producer_row(rtt, measured, "ebbtide", mode, count)
+                        rows.append(row)
+                        log(f"  ebbtide {row.what}: {row.per_s:,.0f}/s")
+                    continue
+                row = run.worker_row(rtt, measured, system, n)
+                rows.append(row)
+                log(f"  {system} {row.what}: {row.per_s or 0:,.0f}/s {row.note}")
+    print()
+    print(table(rows))
+    print()
+    print("\n".join(ratios(rows)))
+    print(f"\nworker output: {opts.log_path}")
+    if opts.json:
+        Path(opts.json).write_text(json.dumps([r.__dict__ for r in rows], indent=2) + "\n")
+    return 0 if all(r.per_s for r in rows) else 1
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,170 @@
+"""Worker memory: RSS per process when idle, and what 1,000 held tasks add, for Ebbtide,
+Dramatiq and Celery on the same private Redis, in one run.
+
+"Held" is measured two ways, each against the same worker's idle RSS:
+
+- prefetched: 1,008 ready tasks whose body sleeps; 8 run and each worker is told to hold
+  the other 1,000 (Ebbtide `--concurrency 8 --prefetch 1000`; Dramatiq `-t 8` with
+  `dramatiq_queue_prefetch=1008`; Celery `-P threads -c 8 --prefetch-multiplier 126`);
+- delayed: 1,000 tasks due in an hour, with each system's default settings. Dramatiq and
+  Celery keep delayed tasks in the worker's memory (Dramatiq prefetches its delay queue,
+  Celery holds ETA tasks); Ebbtide keeps them in Redis's delayed set.
+
+RSS is the kernel's current VmRSS summed over the worker's process tree, read once it
+has been stable for 2 s (the worker has taken all it will take).
+
+    .venv/bin/python bench/memory.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import redis
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(BENCH))
+
+from measure import stop_group  # noqa: E402
+from support.servers import redis_server  # noqa: E402
+
+HELD, RUNNING = 1000, 8
+MIB = 1 << 20
+
+
+def worker(system: str, mode: str) -> tuple[list[str], dict[str, str]]:
+    py = sys.executable
+    held = mode == "prefetched"
+    if system == "ebbtide":
+        argv = [py, "-m", "ebbtide", "--log-level", "WARNING", "worker", "anchors.ebbtide_app:app"]
+        argv += ["--queues", "bench", "--concurrency", str(RUNNING)]
+        return argv + (["--prefetch", str(HELD)] if held else []), {}
+    if system == "dramatiq":
+        env = {"dramatiq_queue_prefetch": str(HELD + RUNNING)} if held else {}
+        return [py, "-m", "dramatiq", "anchors.dramatiq_app", "-p", "1", "-t", str(RUNNING)], env
+    argv = [py, "-m", "celery", "-A", "anchors.celery_app", "worker", "--loglevel", "WARNING"]
+    argv += ["-P", "threads", "-c", str(RUNNING)]
+    if held:
+        argv += ["--prefetch-multiplier", str((HELD + RUNNING) // RUNNING)]
+    return argv, {}
+
+
+def fill(system: str, mode: str) -> None:
+    """Runs in a child (the anchors read the env at import): enqueue the held tasks."""
+    if system == "ebbtide":
+        from anchors import ebbtide_app as a
+
+        if mode == "prefetched":
+            a.hold.send_many(() for _ in range(HELD + RUNNING))
+        else:
+            a.incr.options(delay=3600).send_many(() for _ in range(HELD))
+    elif system == "dramatiq":
+        from anchors import dramatiq_app as a
+
+        for _ in range(HELD + RUNNING if mode == "prefetched" else HELD):
+            if mode == "prefetched":
+                a.hold.send()
+            else:
+                a.incr.send_with_options(delay=3_600_000)
+    else:
+        from anchors import celery_app as a
+
+        for _ in range(HELD + RUNNING if mode == "prefetched" else HELD):
+            if mode == "prefetched":
+                a.hold.delay()
+            else:
+                a.incr.apply_async(countdown=3600)
+
+
+def tree_rss(pid: int) -> tuple[int, int]:
+    """(VmRSS summed over the process tree, processes)."""
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+        total = 0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total, len(procs)
+    return 0, 0
+
+
+def settled_rss(argv: list[str], env: dict[str, str], log_path: str) -> tuple[int, int]:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 60
+        time.sleep(1.0)  # the worker's own start-up; a change below 1 MiB for 2 s ends it
+        last, stable_since = tree_rss(proc.pid), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = tree_rss(proc.pid)
+            if abs(now[0] - last[0]) > MIB or now[1] != last[1]:
+                last, stable_since = now, time.monotonic()
+            elif time.monotonic() - stable_since >= 2.0:
+                break
+        if proc.poll() is not None:
+            raise RuntimeError(f"{argv[2:5]} exited with {proc.returncode}; log {log_path}")
+        return last
+    finally:
+        stop_group(proc, grace=3)
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--fill"]:
+        fill(sys.argv[2], sys.argv[3])
+        return 0
+    log_path = os.path.join(tempfile.gettempdir(), f"ebbtide-memory-{os.getpid()}.log")
+    results: dict[tuple[str, str], tuple[int, int]] = {}
+    with redis_server() as url:
+        client = redis.Redis.from_url(url)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")]),
+            "BENCH_BROKER_URL": url,
+            "BENCH_COUNTER_URL": url,
+            "BENCH_QUEUE": "bench",
+            "BENCH_HOLD_S": "120",
+        }
+        for system in ("ebbtide", "dramatiq", "celery"):
+            for mode in ("idle", "prefetched", "delayed"):
+                client.flushall()
+                if mode != "idle":
+                    subprocess.run(
+                        [sys.executable, __file__, "--fill", system, mode], env=env, check=True
+                    )
+                argv, extra = worker(system, mode)
+                results[system, mode] = settled_rss(argv, {**env, **extra}, log_path)
+                rss, n = results[system, mode]
+                print(f"{system} {mode}: {rss / MIB:.1f} MiB in {n} processes", file=sys.stderr)
+    print(f"\n{os.cpu_count()} cores · Python {sys.version.split()[0]} · same private Redis\n")
+    print(
+        "| system | processes | idle RSS MiB (tree) | idle RSS MiB per process | "
+        "+1,000 prefetched MiB | +1,000 delayed MiB |"
+    )
+    print("|---|---|---|---|---|---|")
+    for system in ("ebbtide", "dramatiq", "celery"):
+        idle, n = results[system, "idle"]
+        pre = (results[system, "prefetched"][0] - idle) / MIB
+        late = (results[system, "delayed"][0] - idle) / MIB
+        print(
+            f"| {system} | {n} | {idle / MIB:.1f} | {idle / n / MIB:.1f} | "
+            f"{pre:+.1f} | {late:+.1f} |"
+        )
+    print(f"\nworker output: {log_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Push activation: the brokers tell the operator that a queue got tasks, so a TaskQueue
+scaled to zero ticks at once instead of at its next poll (polls stay the safety net).
+
+    Redis     the enqueue script PUBLISHes the queue's name on `<prefix>:wake` when ready
+              work lands on an idle queue or no worker is registered (enqueue.lua)
+    RabbitMQ  producers publish the queue's name to the fanout exchange `<prefix>.wake`,
+              at most once a second per queue (topology.wake_exchange); the operator
+              binds a private, short-lived queue to it
+
+`WakeHub` keeps one listener per (broker URL, key prefix) that some TaskQueue watches, and
+stops it when the last one stops watching. A listener that loses its broker reconnects
+with backoff; while it is down, polls carry on as before. Listeners never block the
+event loop: Redis is read with redis.asyncio, RabbitMQ in a thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from ebbtide.brokers import AMQP_SCHEMES, REDIS_SCHEMES
+
+from ebbtide_operator.broker_io import SOCKET_TIMEOUT_SECONDS, with_amqp_timeouts
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # reconnect backoff of a listener
+Deliver = Callable[[str], None]  # called on the event loop with a queue name
+
+
+class Listener(Protocol):
+    def stop(self) -> None: ...
+
+
+def redis_channel(prefix: str) -> str:
+    return f"{prefix}:wake"
+
+
+class RedisListener:
+    """SUBSCRIBE `<prefix>:wake` on one Redis, as an asyncio task."""
+
+    def __init__(self, url: str, prefix: str, deliver: Deliver) -> None:
+        self.url, self.channel, self.deliver = url, redis_channel(prefix), deliver
+        self.subscribed = asyncio.Event()  # set while a subscription is live (for tests)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        import redis.asyncio as aioredis
+
+        failures = 0
+        while True:
+            client = aioredis.Redis.from_url(
+                self.url,
+                socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+                socket_keepalive=True,
+                health_check_interval=15,
+            )
+            try:
+                async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self.subscribed.set()
+                    failures = 0
+                    while True:
+                        message = await pubsub.get_message(timeout=5.0)
+                        if message is not None and message.get("type") == "message":
+                            data = message["data"]
+                            self.deliver(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any failure: reconnect later
+                log.debug("wake listener on %s lost: %s", self.channel, type(error).__name__)
+            finally:
+                self.subscribed.clear()
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+            failures += 1
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+class RabbitMQListener:
+    """A private queue bound to `<prefix>.wake`, consumed by a thread of its own (pika's
+    BlockingConnection); deliveries are handed to the event loop."""
+
+    def __init__(self, url: str, prefix: str, deliver: Deliver) -> None:
+        from ebbtide.brokers.rabbitmq import topology as topo
+
+        self._topo = topo
+        self.exchange = topo.wake_exchange(prefix)
+        self.amqp_url = topo.parse_options(with_amqp_timeouts(url)).amqp_url
+        self._loop = asyncio.get_running_loop()
+        self._deliver = deliver
+        self._stopped = threading.Event()
+        self.subscribed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ebbtide-wake", daemon=True)
+        self._thread.start()
+
+    def _on_message(self, _channel, _method, _props, body: bytes) -> None:
+        queue = body.decode(errors="replace")
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self._loop.call_soon_threadsafe(self._deliver, queue)
+
+    def _run(self) -> None:
+        import pika
+
+        failures = 0
+        while not self._stopped.is_set():
+            connection = None
+            try:
+                connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+                channel = connection.channel()
+                channel.exchange_declare(self.exchange, "fanout", durable=True)
+                declared = channel.queue_declare(
+                    "", exclusive=True, auto_delete=True, arguments=self._topo.WAKE_ARGS
+                )
+                queue = declared.method.queue
+                channel.queue_bind(queue, self.exchange)
+                channel.basic_consume(queue, self._on_message, auto_ack=True)
+                self.subscribed.set()
+                failures = 0
+                while not self._stopped.is_set():
+                    connection.process_data_events(time_limit=0.5)
+            except Exception as error:  # noqa: BLE001 - any failure: reconnect later
+                log.debug("wake listener on %s lost: %s", self.exchange, type(error).__name__)
+            finally:
+                self.subscribed.clear()
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        connection.close()
+            self._stopped.wait(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+            failures += 1
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the thread to close its connection (tests; never on the loop)."""
+        self._thread.join(timeout)
+
+
+def open_listener(url: str, prefix: str, deliver: Deliver) -> Listener | None:
+    """The listener for `url`'s broker, or None for a scheme with no push."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in REDIS_SCHEMES:
+        return RedisListener(url, prefix, deliver)
+    if scheme in AMQP_SCHEMES:
+        return RabbitMQListener(url, prefix, deliver)
+    return None
+
+
+@dataclass
+class _Watch:
+    source: tuple[str, str]  # (url, prefix)
+    queues: frozenset[str]
+    wake: Callable[[], None]
+
+
+@dataclass
+class _Source:
+    listener: Listener | None
+    keys: set[str] = field(default_factory=set)
+
+
+class WakeHub:
+    """Routes each broker wake-up to the TaskQueues that read that queue there."""
+
+    def __init__(
+        self, listen: Callable[[str, str, Deliver], Listener | None] = open_listener
+    ) -> None:
+        self._listen = listen
+        self._watches: dict[str, _Watch] = {}
+        self._sources: dict[tuple[str, str], _Source] = {}
+
+    def watch(
+        self, key: str, url: str, prefix: str, queues: Iterable[str], wake: Callable[[], None]
+    ) -> None:
+        """`wake()` runs (on the event loop) when one of `queues` at `url` gets tasks.
+        Called after every tick: cheap when nothing changed."""
+        source = (url, prefix)
+        old = self._watches.get(key)
+        if old is not None and old.source != source:
+            self.unwatch(key)
+        self._watches[key] = _Watch(source, frozenset(queues), wake)
+        entry = self._sources.get(source)
+        if entry is None:
+            listener = self._listen(url, prefix, lambda queue: self._deliver(source, queue))
+            entry = self._sources[source] = _Source(listener)
+        entry.keys.add(key)
+
+    def unwatch(self, key: str) -> None:
+        watch = self._watches.pop(key, None)
+        if watch is None:
+            return
+        entry = self._sources.get(watch.source)
+        if entry is None:
+            return
+        entry.keys.discard(key)
+        if not entry.keys:
+            del self._sources[watch.source]
+            if entry.listener is not None:
+                entry.listener.stop()
+
+    def listener(self, url: str, prefix: str) -> Listener | None:
+        entry = self._sources.get((url, prefix))
+        return entry.listener if entry else None
+
+    def _deliver(self, source: tuple[str, str], queue: str) -> None:
+        entry = self._sources.get(source)
+        for key in list(entry.keys if entry else ()):
+            watch = self._watches.get(key)
+            if watch is not None and queue in watch.queues:
+                watch.wake()
+
+    def close(self) -> None:
+        for key in list(self._watches):
+            self.unwatch(key)

@@ -1,0 +1,180 @@
+"""Push activation against real brokers: the enqueue script and the RabbitMQ producer
+publish wake-ups, the operator's listeners hear them, and a TaskQueue at zero replicas
+is scaled up by the woken tick, long before its next poll (600 s away here)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import ebbtide
+import pytest
+import redis
+from ebbtide_operator import naming, provision
+from ebbtide_operator.broker_io import BrokerReader
+from ebbtide_operator.metrics import OperatorMetrics
+from ebbtide_operator.spec import parse_spec
+from ebbtide_operator.tick import TaskQueueTicker, run_periodically
+from ebbtide_operator.wake import RabbitMQListener, WakeHub, redis_channel
+from support.memory_cluster import MemoryCluster
+
+NS = "apps"
+DEADLINE = 20.0  # generous: a wake-up takes milliseconds, the next poll 600 s
+
+
+def send(url: str, queue: str, count: int = 1) -> None:
+    app = ebbtide.App(broker_url=url)
+    try:
+        app.task(name="noop", queue=queue)(lambda: None).send_many([()] * count)
+    finally:
+        app.close()
+
+
+@pytest.mark.redis
+def test_the_enqueue_script_wakes_only_idle_queues_or_a_broker_without_workers(redis_db):
+    client = redis.Redis.from_url(redis_db, decode_responses=True)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(redis_channel("ebbtide"))
+
+    def next_wake() -> str | None:
+        """The next message (the subscription's own confirmation reads as None)."""
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1.0)
+            if message is not None:
+                return message["data"]
+        return None
+
+    try:
+        send(redis_db, "jobs")
+        assert next_wake() == "jobs"  # no worker registered at all
+        client.zadd("ebbtide:workers", {"w1": 1})
+        send(redis_db, "jobs")  # a worker exists and the queue is not idle: silent
+        send(redis_db, "other")  # idle: woken (and proves the previous send said nothing)
+        assert next_wake() == "other"
+        send(redis_db, "later", 0)  # nothing accepted, nothing published
+        app = ebbtide.App(broker_url=redis_db)
+        app.task(name="noop", queue="delayed")(lambda: None).options(delay=60).send()
+        app.close()
+        send(redis_db, "marker")
+        assert next_wake() == "marker"  # the delayed task woke nobody
+    finally:
+        pubsub.close()
+        client.close()
+
+
+async def heard(hub: WakeHub, url: str, queue: str, producer) -> None:
+    woken = asyncio.Event()
+    hub.watch("ns/a", url, "ebbtide", [queue], woken.set)
+    hub.watch("ns/b", url, "ebbtide", ["unrelated"], lambda: pytest.fail("wrong TaskQueue woken"))
+    listener = hub.listener(url, "ebbtide")
+    subscribed = listener.subscribed
+    if isinstance(subscribed, threading.Event):
+        assert await asyncio.to_thread(subscribed.wait, DEADLINE)
+    else:
+        await asyncio.wait_for(subscribed.wait(), DEADLINE)
+    await asyncio.to_thread(producer)
+    await asyncio.wait_for(woken.wait(), DEADLINE)
+
+
+@pytest.mark.redis
+def test_the_redis_listener_hears_a_send(redis_db):
+    async def scenario() -> None:
+        hub = WakeHub()
+        try:
+            await heard(hub, redis_db, "jobs", lambda: send(redis_db, "jobs"))
+        finally:
+            hub.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.rabbitmq
+def test_the_rabbitmq_listener_hears_a_send(rabbitmq_url):
+    async def scenario() -> None:
+        hub = WakeHub()
+        try:
+            await heard(hub, rabbitmq_url, "jobs", lambda: send(rabbitmq_url, "jobs"))
+        finally:
+            listener = hub.listener(rabbitmq_url, "ebbtide")
+            hub.close()
+            await asyncio.to_thread(listener.join, 10)
+
+    asyncio.run(scenario())
+
+
+def taskqueue(poll: float) -> dict:
+    return {
+        "apiVersion": "ebbtide.dev/v1alpha1",
+        "kind": "TaskQueue",
+        "metadata": {"name": "tq1", "namespace": NS, "uid": "uid-tq1", "generation": 1},
+        "spec": {
+            "broker": {"type": "redis", "external": {"secretRef": {"name": "tq1-url"}}},
+            "queues": [{"name": "jobs"}],
+            "worker": {"image": "w:1", "app": "m:app", "concurrency": 1},
+            "scaling": {"minReplicas": 0, "maxReplicas": 4, "pollSeconds": poll},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "broker",
+    [
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    ],
+)
+def test_a_send_to_a_taskqueue_at_zero_scales_it_up_before_the_next_poll(broker, request):
+    """The operator's loop as main.poll wires it: tick, then watch the broker; a wake-up
+    sets the loop's event; the woken tick reads the backlog and scales up."""
+    url = request.getfixturevalue("redis_db" if broker == "redis" else "rabbitmq_url")
+    body = taskqueue(poll=600)
+    cluster = MemoryCluster()
+    cluster.add_secret(NS, "tq1-url", {"url": url})
+    reader = BrokerReader(max_threads=4)
+    deployment = ("Deployment", NS, naming.worker_name("tq1"))
+
+    async def scenario() -> None:
+        await provision.reconcile(cluster, body, parse_spec(body["spec"]))
+        ticker = TaskQueueTicker(cluster, reader, OperatorMetrics(), cluster.record_event)
+        hub = WakeHub()
+        wake, stop, ticks = asyncio.Event(), asyncio.Event(), []
+
+        async def step() -> None:
+            outcome = await ticker.tick(body)
+            ticks.append(outcome)
+            hub.watch("apps/tq1", url, "ebbtide", ["jobs"], wake.set)
+            if outcome.replicas_after > 0:
+                stop.set()
+
+        async def sleep(seconds: float) -> None:
+            await asyncio.wait([asyncio.ensure_future(stop.wait())], timeout=seconds)
+
+        loop = asyncio.ensure_future(
+            run_periodically(step, lambda: 600.0, sleep, stopped=stop.is_set, wake=wake)
+        )
+        try:
+            while not ticks:
+                await asyncio.sleep(0.01)
+            assert ticks[0].replicas_after == 0
+            listener = hub.listener(url, "ebbtide")
+            subscribed = listener.subscribed
+            if isinstance(subscribed, threading.Event):
+                assert await asyncio.to_thread(subscribed.wait, DEADLINE)
+            else:
+                await asyncio.wait_for(subscribed.wait(), DEADLINE)
+            await asyncio.to_thread(send, url, "jobs", 50)
+            await asyncio.wait_for(stop.wait(), DEADLINE)
+        finally:
+            stop.set()
+            await loop
+            hub.close()
+            if isinstance(listener, RabbitMQListener):
+                await asyncio.to_thread(listener.join, 10)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        reader.close(wait=True)
+    assert cluster.objects[deployment]["spec"]["replicas"] > 0
