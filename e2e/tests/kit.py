@@ -28,6 +28,8 @@ IMAGES = (OPERATOR_IMAGE, RUNTIME_IMAGE, WORKER_IMAGE, REDIS_IMAGE, RABBITMQ_IMA
 GROUP, VERSION, PLURAL = "ebbtide.dev", "v1alpha1", "taskqueues"
 RUNS = "e2e:runs"  # tracked.RUNS_KEY
 TRACKER = "tracker"
+HOSTS_ENV = "EBBTIDE_E2E_HOSTS"  # apps/host_routes.py
+CA_DIR = Path(os.environ.get("TMPDIR", "/tmp")) / "ebbtide-e2e-ca"
 
 
 def taskqueue(
@@ -155,12 +157,42 @@ def cluster_ip(core, namespace: str, service: str) -> str:
 
 
 def via_cluster_ip(core, namespace: str, url: str) -> str:
-    """`url` (a broker URL naming `SERVICE.NAMESPACE.svc`) with the host replaced by the
-    Service's ClusterIP: the host has no cluster DNS, but kube-proxy routes ClusterIPs."""
+    """`url` (a broker URL naming `SERVICE.NAMESPACE.svc`) reachable from the host, which
+    has no cluster DNS but whose kube-proxy routes ClusterIPs.
+
+    Plain URLs get the ClusterIP for the host. TLS ones (a managed broker, TLS by default)
+    keep the name, which the certificate carries and the client verifies: this process
+    and its children (EBBTIDE_E2E_HOSTS, apps/host_routes.py) resolve it to the ClusterIP,
+    and trust the TaskQueue's CA (`<tq>-broker-ca`, as EBBTIDE_BROKER_CA_FILE)."""
     parts = urllib.parse.urlsplit(url)
     service = parts.hostname.split(".")[0]
-    netloc = parts.netloc.replace(parts.hostname, cluster_ip(core, namespace, service))
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    address = cluster_ip(core, namespace, service)
+    if parts.scheme not in ("rediss", "amqps"):
+        netloc = parts.netloc.replace(parts.hostname, address)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    sys.path.insert(0, str(APPS))
+    import host_routes
+
+    host_routes.install({parts.hostname: address})
+    routes = dict(p.split("=", 1) for p in os.environ.get(HOSTS_ENV, "").split(",") if "=" in p)
+    routes[parts.hostname] = address
+    os.environ[HOSTS_ENV] = ",".join(f"{k}={v}" for k, v in routes.items())
+    taskqueue = service.rsplit("-", 1)[0]  # <tq>-redis, <tq>-rabbitmq
+    ca = secret_value(core, namespace, f"{taskqueue}-broker-ca", "ca.crt")
+    path = CA_DIR / f"{namespace}-{taskqueue}-ca.crt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(ca)
+    os.environ["EBBTIDE_BROKER_CA_FILE"] = str(path)
+    return url
+
+
+def broker_client(url: str) -> Any:
+    """A redis-py client for a broker URL from `via_cluster_ip` (TLS: the CA it set)."""
+    import redis
+    from ebbtide.brokers.tls import BrokerTLS
+
+    tls = BrokerTLS.from_env().redis_kwargs() if url.startswith("rediss://") else {}
+    return redis.Redis.from_url(url, retry=None, **tls)
 
 
 def security() -> dict[str, Any]:

@@ -32,6 +32,8 @@ def install_chart(helm: str, env: dict[str, str], operator_replicas: int | None 
     """`helm upgrade --install` charts/ebbtide into ebbtide-system, every namespace watched."""
     argv = [helm, "upgrade", "--install", RELEASE, str(ROOT / "charts" / "ebbtide")]
     argv += ["--namespace", SYSTEM_NAMESPACE, "--create-namespace", "--wait", "--timeout", "120s"]
+    # A rotated broker password applies within this (60 s by default): e2e waits less.
+    argv += ["--set-string", "env[0].name=EBBTIDE_SECRET_REFRESH_SECONDS,env[0].value=5"]
     if operator_replicas is not None:
         argv += ["--set", f"replicaCount={operator_replicas}"]
     result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)

@@ -136,6 +136,16 @@ def test_managed_redis_objects_and_garbage_collection(
     assert_controlled_by(uid, secret, broker, service, policy, worker)
 
     redis_args = broker.spec.template.spec.containers[0].args
+    # TLS by default: no plain port, the certificate from <name>-broker-tls.
+    assert redis_args[redis_args.index("--port") + 1] == "0"
+    assert redis_args[redis_args.index("--tls-port") + 1] == "6379"
+    assert base64.b64decode(secret.data["url"]).decode().startswith("rediss://")
+    ca = wait_for(
+        lambda: core.read_namespaced_secret("managed-broker-ca", namespace), 60, "the CA Secret"
+    )
+    server_tls = core.read_namespaced_secret("managed-broker-tls", namespace)
+    assert set(ca.data) == {"ca.crt"} and server_tls.type == "kubernetes.io/tls"
+    assert_controlled_by(uid, ca, server_tls)
     assert redis_args[redis_args.index("--appendonly") + 1] == "yes"
     assert redis_args[redis_args.index("--maxmemory-policy") + 1] == "noeviction"
     assert broker.spec.volume_claim_templates[0].spec.resources.requests["storage"]
@@ -163,8 +173,30 @@ def test_managed_redis_objects_and_garbage_collection(
     url_env = next(e for e in container.env if e.name == "EBBTIDE_BROKER_URL_FILE")
     assert not [e for e in container.env if e.name == "EBBTIDE_BROKER_URL"]
     (url_volume,) = [v for v in pod.volumes if v.name == "broker-url"]
-    assert url_volume.secret.secret_name == "managed-broker"
+    assert url_volume.secret.secret_name == "managed-broker-worker"
     assert url_env.value == "/etc/ebbtide/broker/url"
+    for role in ("producer", "worker", "operator"):
+        role_secret = core.read_namespaced_secret(f"managed-broker-{role}", namespace)
+        assert_controlled_by(uid, role_secret)
+        role_url = base64.b64decode(role_secret.data["url"]).decode()
+        assert role_url.startswith(f"rediss://ebbtide-{role}:"), "each role its own ACL user"
+    status = wait_for(
+        lambda: read_tq(custom, namespace, "managed").get("status", {}).get("broker"),
+        60,
+        "status.broker",
+    )
+    assert status["producerSecret"] == "managed-broker-producer"
+    ca_env = next(e for e in container.env if e.name == "EBBTIDE_BROKER_CA_FILE")
+    assert ca_env.value == "/etc/ebbtide/broker-ca/ca.crt"
+    assert any(v.secret and v.secret.secret_name == "managed-broker-ca" for v in pod.volumes)
+    wait_for(
+        lambda: (
+            condition(read_tq(custom, namespace, "managed"), "Encrypted").get("reason")
+            == "GeneratedCA"
+        ),
+        60,
+        "the Encrypted condition",
+    )
     pod_name = next(e for e in container.env if e.name == "POD_NAME")
     assert pod_name.value_from.field_ref.field_path == "metadata.name"
 
@@ -176,7 +208,7 @@ def test_managed_redis_objects_and_garbage_collection(
         left += [
             s.metadata.name
             for s in core.list_namespaced_secret(namespace).items
-            if s.metadata.name == "managed-broker"
+            if s.metadata.name.startswith("managed-broker")
         ]
         left += [s.metadata.name for s in core.list_namespaced_service(namespace).items]
         left += [p.metadata.name for p in net.list_namespaced_network_policy(namespace).items]
@@ -223,7 +255,8 @@ def test_burst_scales_up_drains_and_scales_down(
         )
 
     wait_for(one_worker_ready, 240, "the first worker ready")
-    url_secret = "burst-broker" if broker_type == "rabbitmq" else "broker"
+    # The managed RabbitMQ's producer identity: it only checks the pre-declared queues.
+    url_secret = "burst-broker-producer" if broker_type == "rabbitmq" else "broker"
     enqueue(
         via_cluster_ip(core, namespace, secret_value(core, namespace, url_secret, "url")),
         BURST,
@@ -376,10 +409,13 @@ def test_managed_rabbitmq_objects(core, apps, custom, operator, namespace):
 
     data = {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
     assert data["username"] != "guest" and len(data["password"]) >= 24
-    assert data["url"].startswith(f"amqp://{data['username']}:")
-    assert "management_port=15672" in data["url"]
+    # TLS by default: AMQPS and the management API on https only.
+    assert data["url"].startswith(f"amqps://{data['username']}:")
+    assert "management_port=15671" in data["url"]
     assert "rabbitmq_management" in config.data["enabled_plugins"]
-    assert {p.port for p in service.spec.ports} == {5672, 15672}
+    assert "listeners.tcp = none" in config.data["rabbitmq.conf"]
+    assert "management.ssl.port = 15671" in config.data["rabbitmq.conf"]
+    assert {p.port for p in service.spec.ports} == {5671, 15671}
 
     claim = broker.spec.volume_claim_templates[0]
     assert claim.spec.resources.requests["storage"]

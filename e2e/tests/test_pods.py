@@ -16,6 +16,7 @@ import redis
 from e2e.tests.kit import (
     OPERATOR_IMAGE,
     RUNS,
+    broker_client,
     condition,
     create_tq,
     enqueue,
@@ -98,11 +99,22 @@ def test_managed_redis_burst_scales_real_pods_and_runs_each_task_once(
     broker_url = secret_value(core, namespace, "burst-broker", "url")
     password = secret_value(core, namespace, "burst-broker", "password")
     host_url = via_cluster_ip(core, namespace, broker_url)
+    assert host_url.startswith("rediss://")  # TLS, on by default, verified against the CA
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis.from_url(host_url.replace(password, "wrong-password")).ping()
-    assert redis.Redis.from_url(host_url).ping()
+        broker_client(host_url.replace(password, "wrong-password")).ping()
+    assert broker_client(host_url).ping()
 
-    enqueue(host_url, burst, 0.05)
+    # Each role's Secret does its own job only (the broker's ACL file from the Secret).
+    producer_url = via_cluster_ip(
+        core, namespace, secret_value(core, namespace, "burst-broker-producer", "url")
+    )
+    worker_url = via_cluster_ip(
+        core, namespace, secret_value(core, namespace, "burst-broker-worker", "url")
+    )
+    assert_producer_cannot_claim(producer_url)
+    assert_worker_cannot_flush(worker_url)
+
+    enqueue(producer_url, burst, 0.05)
     wait_for(lambda: worker_replicas(apps, namespace, "burst") > 1, 60, "a scale-up")
     costs_seen: set[str] = set()
 
@@ -131,6 +143,36 @@ def test_managed_redis_burst_scales_real_pods_and_runs_each_task_once(
     assert len(runs) == burst, f"{burst - len(runs)} tasks lost"
     twice = {k: v for k, v in runs.items() if v != 1}
     assert not twice, f"tasks run more than once: {sorted(twice.items())[:10]}"
+
+
+def assert_producer_cannot_claim(producer_url: str) -> None:
+    """The producer Secret enqueues, but the claim script is refused (NOPERM), naming
+    the user and the operation; nothing is taken."""
+    import asyncio
+
+    from ebbtide import PermissionDenied
+    from ebbtide.brokers.redis.broker import RedisBroker
+
+    async def claim() -> list:
+        broker = RedisBroker(producer_url)
+        await broker.aconnect()
+        try:
+            return await broker.claim([("default", 1)], 1, lease_ms=30_000, run_now=1)
+        finally:
+            await broker.aclose()
+
+    with pytest.raises(PermissionDenied, match="'ebbtide-producer' lacks the right to claim"):
+        asyncio.run(claim())
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        broker_client(producer_url).execute_command("LPOP", "ebbtide:q:default:ready:0")
+
+
+def assert_worker_cannot_flush(worker_url: str) -> None:
+    worker = broker_client(worker_url)
+    assert worker.ping()
+    for command in (("FLUSHALL",), ("CONFIG", "GET", "*"), ("KEYS", "*")):
+        with pytest.raises(redis.exceptions.NoPermissionError, match=command[0].lower()):
+            worker.execute_command(*command)
 
 
 def test_a_pod_without_the_producer_label_cannot_reach_the_managed_broker(
@@ -171,11 +213,9 @@ def test_managed_rabbitmq_runs_from_its_image_with_a_pvc(core, apps, custom, ope
     assert claims and all(c.status.phase == "Bound" for c in claims), claims
     username = secret_value(core, namespace, "rabbit-broker", "username")
     assert username != "guest"
-    enqueue(
-        via_cluster_ip(core, namespace, secret_value(core, namespace, "rabbit-broker", "url")),
-        200,
-        0.01,
-    )
+    producer = secret_value(core, namespace, "rabbit-broker-producer", "url")
+    assert "declare=passive" in producer  # the queues are the definitions' own
+    enqueue(via_cluster_ip(core, namespace, producer), 200, 0.01)
     wait_for(lambda: track.hlen(RUNS) == 200, 120, "200 tasks run through the managed RabbitMQ")
     assert set(counts(track).values()) == {1}
 
@@ -258,3 +298,56 @@ def test_a_worker_image_that_cannot_be_found_surfaces_in_the_conditions(
     )
     degraded = condition(read_tq(custom, namespace, "missing"), "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "ErrImageNeverPull", degraded
+
+
+def test_rotating_the_worker_password_rolls_the_workers_and_loses_no_task(
+    core, apps, custom, operator, namespace
+):
+    """docs/security.md's rotation, on real pods: a new password in the worker Secret is
+    applied to the live Redis, the workers roll onto it, and every task still runs."""
+    track_url, track = host_tracker(core, apps, namespace)
+    body = taskqueue(
+        "rotate",
+        {"type": "redis", "managed": {}},
+        track_url=track_url,
+        scaling={"minReplicas": 1, "maxReplicas": 1},
+    )
+    create_tq(custom, namespace, body)
+    wait_for(lambda: workers_ready(custom, namespace, "rotate"), 180, "the broker and a worker")
+    producer = via_cluster_ip(
+        core, namespace, secret_value(core, namespace, "rotate-broker-producer", "url")
+    )
+    old_worker = via_cluster_ip(
+        core, namespace, secret_value(core, namespace, "rotate-broker-worker", "url")
+    )
+
+    def credentials_annotation() -> str:
+        template = apps.read_namespaced_deployment("rotate-worker", namespace).spec.template
+        return template.metadata.annotations["ebbtide.dev/credentials"]
+
+    before = credentials_annotation()
+    enqueue(producer, 40, 0.2)
+    core.patch_namespaced_secret(
+        "rotate-broker-worker", namespace, {"stringData": {"password": "a-rotated-password"}}
+    )
+
+    def old_password_refused() -> bool:
+        try:
+            broker_client(old_worker).ping()
+        except redis.exceptions.AuthenticationError:
+            return True
+        return False
+
+    # The operator reads the Secrets every EBBTIDE_SECRET_REFRESH_SECONDS (5 s here, 60 by
+    # default): then the URL, the live ACL and the pods follow.
+    wait_for(lambda: credentials_annotation() != before, 90, "the workers rolling")
+    assert "a-rotated-password@" in secret_value(core, namespace, "rotate-broker-worker", "url")
+    wait_for(old_password_refused, 30, "the old worker password refused by the live Redis")
+    wait_for(lambda: track.hlen(RUNS) == 40, 120, "every task sent before the rotation run")
+    enqueue(producer, 40, 0.05)  # the same task numbers again, on the rolled workers
+
+    def all_twice() -> bool:
+        runs = counts(track)
+        return len(runs) == 40 and all(n >= 2 for n in runs.values())
+
+    wait_for(all_twice, 120, "every task sent after the rotation run too")

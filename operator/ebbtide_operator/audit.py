@@ -19,7 +19,8 @@ from typing import Any
 from ebbtide_operator.status import iso
 
 log = logging.getLogger("ebbtide.audit")
-ACTIONS = ("create", "delete", "replace", "scale")
+# rotate: a role's password; renew: a managed broker's certificate.
+ACTIONS = ("create", "delete", "replace", "rotate", "scale", "renew")
 
 
 def identity() -> str:

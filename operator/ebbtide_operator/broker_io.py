@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ebbtide.brokers import AMQP_SCHEMES, REDIS_SCHEMES, WORKER_TTL_MS
+from ebbtide.brokers.tls import BrokerTLS, is_tls_url
 from ebbtide.stats import BrokerStats
 
 SOCKET_TIMEOUT_SECONDS = 3.0
@@ -47,14 +48,15 @@ class StatsLink(Protocol):
     def close(self) -> None: ...
 
 
-def _redis_client(url: str, max_connections: int) -> Any:
+def _redis_client(url: str, max_connections: int, tls: BrokerTLS) -> Any:
     """A client whose pool *blocks* when all connections are busy: redis-py's default
     pool raises "Too many connections" instead, which made TaskQueues sharing a Redis
-    look unreachable."""
+    look unreachable. A rediss:// URL verifies the server against `tls`'s CA."""
     import redis
 
     pool = redis.BlockingConnectionPool.from_url(
         url,
+        **(tls.redis_kwargs() if is_tls_url(url) else {}),
         max_connections=max_connections,
         timeout=SOCKET_TIMEOUT_SECONDS,  # waiting for a free connection
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
@@ -67,10 +69,10 @@ def _redis_client(url: str, max_connections: int) -> Any:
 class RedisLink:
     """One connection pool per Redis URL; the stats script object per key prefix."""
 
-    def __init__(self, url: str, max_connections: int) -> None:
+    def __init__(self, url: str, max_connections: int, tls: BrokerTLS) -> None:
         from ebbtide.brokers.redis.broker import RedisBroker
 
-        self.client = _redis_client(url, max_connections)
+        self.client = _redis_client(url, max_connections, tls)
         self._over_client = RedisBroker.over_client
         self._brokers: dict[str, Any] = {}
 
@@ -91,10 +93,10 @@ class RabbitMQLink:
     """One RabbitMQBroker per URL: it keeps its AMQP connection and its management HTTP
     session between reads (reopening either when the server has closed it)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: BrokerTLS) -> None:
         from ebbtide.brokers.rabbitmq.broker import RabbitMQBroker
 
-        self.broker = RabbitMQBroker(with_amqp_timeouts(url))
+        self.broker = RabbitMQBroker(with_amqp_timeouts(url), tls=tls)
 
     def stats(self, queues: list[str], prefix: str) -> BrokerStats:
         return self.broker.stats(queues, WORKER_TTL_MS, prefix=prefix)
@@ -106,15 +108,17 @@ class RabbitMQLink:
         self.broker.close()
 
 
-def open_link(url: str, max_connections: int) -> StatsLink:
-    """The kept client for `url`, by scheme; an unknown scheme is a clear error."""
+def open_link(url: str, max_connections: int, tls: BrokerTLS | None = None) -> StatsLink:
+    """The kept client for `url`, by scheme; an unknown scheme is a clear error. `tls`
+    verifies a rediss:// or amqps:// broker (and its https management API)."""
+    tls = BrokerTLS() if tls is None else tls
     scheme = urlsplit(url).scheme.lower()
     if scheme in REDIS_SCHEMES:
-        return RedisLink(url, max_connections)
+        return RedisLink(url, max_connections, tls)
     if scheme in AMQP_SCHEMES:
-        return RabbitMQLink(url)
+        return RabbitMQLink(url, tls)
     raise BrokerUnreachable(
-        f"unsupported broker URL scheme {scheme!r}: use redis://, rediss:// or amqp://"
+        f"unsupported broker URL scheme {scheme!r}: use redis://, rediss://, amqp:// or amqps://"
     )
 
 
@@ -160,6 +164,7 @@ class _Url:
 
     users: set[str] = field(default_factory=set)
     link: StatsLink | None = None
+    tls: BrokerTLS | None = None  # the CA files `link` was opened with
     running: int = 0
     waiting: list[asyncio.Future] = field(default_factory=list)
 
@@ -170,7 +175,7 @@ class BrokerReader:
     def __init__(
         self,
         max_threads: int = 64,
-        connect: Callable[[str, int], StatsLink] = open_link,
+        connect: Callable[[str, int, BrokerTLS], StatsLink] = open_link,
     ) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_threads, thread_name_prefix="ebbtide-broker"
@@ -219,11 +224,18 @@ class BrokerReader:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def _read(self, url: str, entry: _Url, queues: list[str], prefix: str) -> BrokerStats:
+    def _read(
+        self, url: str, entry: _Url, queues: list[str], prefix: str, tls: BrokerTLS
+    ) -> BrokerStats:
         with self._lock:
             link = entry.link
+            if link is not None and entry.tls != tls:  # new CA files: a new client
+                entry.link = None
+                link.close()
+                link = None
             if link is None:
-                link = entry.link = self._connect(url, self.per_url)
+                link = entry.link = self._connect(url, self.per_url, tls)
+                entry.tls = tls
         stats = link.stats(queues, prefix)
         read_at, _ = self._eviction.get(url, (0.0, None))
         if time.monotonic() - read_at >= EVICTION_CHECK_SECONDS:
@@ -258,10 +270,17 @@ class BrokerReader:
             self._close_link(entry)
 
     async def read(
-        self, key: str, url: str, queues: list[str], timeout: float, prefix: str = "ebbtide"
+        self,
+        key: str,
+        url: str,
+        queues: list[str],
+        timeout: float,
+        prefix: str = "ebbtide",
+        tls: BrokerTLS | None = None,
     ) -> BrokerStats:
         """Stats for `queues` under the TaskQueue's key prefix (spec.broker.keyPrefix, what
-        its workers use), or BrokerUnreachable within `timeout` seconds."""
+        its workers use), or BrokerUnreachable within `timeout` seconds. `tls` names the
+        CA (and client certificate) a rediss:// or amqps:// broker is verified with."""
         if key in self._pending:
             raise BrokerUnreachable("the previous statistics read is still hanging")
         entry = self._use(key, url)
@@ -276,7 +295,9 @@ class BrokerReader:
                 f"no answer from the broker within {timeout:g}s (all {self.per_url} reads "
                 "of this broker are still hanging)"
             ) from error
-        future = loop.run_in_executor(self._pool, self._read, url, entry, queues, prefix)
+        future = loop.run_in_executor(
+            self._pool, self._read, url, entry, queues, prefix, tls or BrokerTLS()
+        )
 
         # The thread may outlive a timeout; the key stays pending and the URL's slot taken
         # until it really ends, and its late exception is retrieved here so asyncio does

@@ -12,12 +12,15 @@ tick early for a TaskQueue with no ready worker. Environment:
   EBBTIDE_OPERATOR_IDENTITY      who the audit log says acted (audit.py)
   EBBTIDE_PEERING, EBBTIDE_PEERING_LIFETIME, EBBTIDE_PEERING_NAMESPACES
                                  2+ replicas, one active (ha.py); unset = standalone
+  EBBTIDE_SECRET_REFRESH_SECONDS how often each TaskQueue's broker Secrets are read again
+                                 (default 60): a rotated password applies within that
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +34,13 @@ from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.deployment_cache import DeploymentCache
 from ebbtide_operator.metrics import OperatorMetrics
 from ebbtide_operator.spec import SpecError, parse_spec
-from ebbtide_operator.tick import TaskQueueTicker, TickOutcome, phase, run_periodically
+from ebbtide_operator.tick import (
+    URL_REFRESH_SECONDS,
+    TaskQueueTicker,
+    TickOutcome,
+    phase,
+    run_periodically,
+)
 from ebbtide_operator.wake import WakeHub
 
 RESOURCE = (naming.GROUP, naming.VERSION, naming.PLURAL)
@@ -50,6 +59,22 @@ class Runtime:
     # TaskQueue uid -> `Kind/name` of the foreign objects its last reconcile left alone;
     # each poll puts them in the status (the tick writes the conditions).
     conflicts: dict[str, list[str]] = {}
+    secret_refresh_seconds: float = URL_REFRESH_SECONDS
+
+
+def secret_refresh_seconds(environ: Mapping[str, str]) -> float:
+    """EBBTIDE_SECRET_REFRESH_SECONDS (default 60), refused by name when not a positive
+    number of seconds."""
+    raw = environ.get("EBBTIDE_SECRET_REFRESH_SECONDS", "")
+    if not raw:
+        return URL_REFRESH_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"EBBTIDE_SECRET_REFRESH_SECONDS must be seconds > 0, got {raw!r}")
+    return value
 
 
 def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -83,6 +108,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
             peering.name,
             settings.peering.priority,
         )
+    Runtime.secret_refresh_seconds = secret_refresh_seconds(os.environ)
     Runtime.operator_namespace = kube.operator_namespace()
     if Runtime.operator_namespace is None:
         logger.warning(
@@ -122,7 +148,9 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, logger: logging.Logger, **
         raise kopf.PermanentError(str(error)) from error
     assert Runtime.cluster is not None
     report = await provision.reconcile(Runtime.cluster, body, parsed, Runtime.operator_namespace)
-    changed = {k: v for k, v in report.items() if v in ("created", "deleted", "replaced")}
+    changed = {
+        k: v for k, v in report.items() if v in ("created", "deleted", "replaced", "renewed")
+    }
     if changed:
         post_event(body, "Normal", "Provisioned", ", ".join(f"{k} {v}" for k, v in changed.items()))
     conflicts = remember_conflicts(body, provision.conflicts(report))
@@ -134,6 +162,14 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, logger: logging.Logger, **
             "PersistenceDisabled",
             "the managed broker keeps tasks in memory only: a pod restart loses every "
             "queued task (spec.broker.managed.persistence.enabled is false)",
+        )
+    if managed is not None and not parsed.broker.tls.enabled:
+        post_event(
+            body,
+            "Warning",
+            "TLSDisabled",
+            "the managed broker listens in plain text: passwords and tasks cross the "
+            "network unencrypted (spec.broker.tls.enabled is false)",
         )
     logger.info("reconciled: %s", report)
     if conflicts:
@@ -152,6 +188,28 @@ def remember_conflicts(body: Mapping[str, Any], conflicts: list[str]) -> list[st
     else:
         Runtime.conflicts.pop(uid, None)
     return conflicts
+
+
+CERT_CHECK_SECONDS = 3600.0  # certificates renew 30 days before expiry: hourly is plenty
+
+
+@kopf.timer(*RESOURCE, interval=CERT_CHECK_SECONDS, initial_delay=CERT_CHECK_SECONDS)
+async def renew_certificates(body: kopf.Body, spec: kopf.Spec, **_: Any) -> None:
+    """Between spec changes, a managed broker's certificate still ages: re-run the
+    reconcile hourly, which renews a generated certificate within its renewal margin
+    (certs.plan) and restarts the broker on a certificate cert-manager renewed (its hash
+    is the broker pod's annotation). Nothing is written while everything is current."""
+    try:
+        parsed = parse_spec(spec)
+    except SpecError:
+        return
+    if not parsed.broker.managed_tls:
+        return
+    assert Runtime.cluster is not None
+    report = await provision.reconcile(Runtime.cluster, body, parsed, Runtime.operator_namespace)
+    renewed = [key for key, outcome in report.items() if outcome == "renewed"]
+    if renewed:
+        post_event(body, "Normal", "CertificateRenewed", ", ".join(renewed))
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
@@ -190,6 +248,7 @@ async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
         Runtime.metrics,
         post_event,
         conflicts=lambda _body: Runtime.conflicts.get(uid, ()),
+        refresh_seconds=Runtime.secret_refresh_seconds,
     )
     wake = asyncio.Event()
     last: list[TickOutcome] = []

@@ -20,11 +20,28 @@ DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 
 BROKER_URL_KEY = "url"
 BROKER_PASSWORD_KEY = "password"
-BROKER_USERNAME_KEY = "username"  # RabbitMQ only
-BROKER_DEFINITIONS_KEY = "definitions.json"  # RabbitMQ only: the user, loaded at every boot
-REDIS_PORT = 6379
+BROKER_USERNAME_KEY = "username"  # RabbitMQ's admin Secret, and every role Secret
+BROKER_DEFINITIONS_KEY = "definitions.json"  # RabbitMQ only: the users, loaded at every boot
+BROKER_ACL_KEY = "users.acl"  # Redis only: the ACL file (password hashes), loaded at boot
+# The three generated identities of a managed broker, each in its own Secret (roles.py
+# says what each may do). The `<name>-broker` Secret stays the broker's admin identity.
+ROLES = ("producer", "worker", "operator")
+ROLE_LABEL = "ebbtide.dev/role"  # on each role Secret: producer | worker | operator
+CREDENTIALS_ANNOTATION = "ebbtide.dev/credentials"  # worker pods: roll on a rotation
+REDIS_PORT = 6379  # plain or TLS (a TLS managed Redis listens on TLS only, same port)
 RABBITMQ_PORT = 5672
 RABBITMQ_MANAGEMENT_PORT = 15672
+RABBITMQ_TLS_PORT = 5671  # AMQPS, RabbitMQ's conventional port
+RABBITMQ_MANAGEMENT_TLS_PORT = 15671  # the management API over https
+# The TLS Secrets' keys (the kubernetes.io/tls layout, as cert-manager writes it too).
+CA_CERT_KEY = "ca.crt"
+CA_KEY_KEY = "ca.key"  # the generated CA's private key (signs renewals); never mounted
+TLS_CERT_KEY = "tls.crt"
+TLS_KEY_KEY = "tls.key"
+# Where worker pods find the broker's CA and their client certificate.
+BROKER_CA_DIR = "/etc/ebbtide/broker-ca"
+BROKER_CLIENT_CERT_DIR = "/etc/ebbtide/broker-client"
+CERT_MANAGER_GROUP = "cert-manager.io"
 
 
 def worker_name(taskqueue: str) -> str:
@@ -45,7 +62,40 @@ def broker_name(taskqueue: str, broker_type: str) -> str:
 
 
 def broker_secret_name(taskqueue: str) -> str:
+    """The managed broker's admin identity (and the broker's ACL or definitions file)."""
     return f"{taskqueue}-broker"
+
+
+def broker_ca_secret_name(taskqueue: str) -> str:
+    """ca.crt only: what clients (workers, producers, the operator) trust."""
+    return f"{taskqueue}-broker-ca"
+
+
+def broker_tls_secret_name(taskqueue: str) -> str:
+    """The broker's own certificate and key (and the generated CA's key)."""
+    return f"{taskqueue}-broker-tls"
+
+
+def role_secret_name(taskqueue: str, role: str) -> str:
+    """`<name>-broker-producer`, `-worker`, `-operator`: one generated identity each."""
+    if role not in ROLES:
+        raise ValueError(f"unknown broker role {role!r}: one of {', '.join(ROLES)}")
+    return f"{taskqueue}-broker-{role}"
+
+
+def worker_secret_name(taskqueue: str) -> str:
+    """The Secret the worker pods read the broker URL from (managed brokers)."""
+    return role_secret_name(taskqueue, "worker")
+
+
+def role_username(role: str) -> str:
+    """The broker user name of a role (one broker per TaskQueue, so no suffix needed)."""
+    return f"ebbtide-{role}"
+
+
+def rabbitmq_vhost(taskqueue: str) -> str:
+    """The managed RabbitMQ's vhost: one per TaskQueue, named after it."""
+    return taskqueue
 
 
 # What the operator's watch of worker Deployments selects (main.py): only Deployments with
@@ -76,3 +126,6 @@ def common_labels(taskqueue: str, component: str) -> dict[str, str]:
         "app.kubernetes.io/managed-by": MANAGED_BY,
         TASKQUEUE_LABEL: taskqueue,
     }
+
+
+TLS_HASH_ANNOTATION = "ebbtide.dev/tls-hash"  # broker pods: restart on a new certificate

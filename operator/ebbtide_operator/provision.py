@@ -12,23 +12,25 @@ reconcile report, `NameConflict` raised by the tick's calls); the TaskQueue's st
 says Ready=False, reason NameConflict, naming it. Every create, delete, replace and scale
 is written to the audit log (audit.py).
 
-The broker Secret is created once and never overwritten (its password is the broker's
-identity), unless the managed broker changes type (a Redis URL is no use to a RabbitMQ);
-other objects are created or merge-patched to the builders' output. The worker
+The managed broker's Secrets (the admin `<name>-broker` and the three role Secrets) are
+credentials.py's: created once, their passwords never overwritten (a user's edit is a
+rotation), replaced only when the managed broker changes type; other objects are created
+or merge-patched to the builders' output. The worker
 Deployment's replicas are set only at creation; after that only `scale_workers` (on the
 tick's decision) changes them.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import datetime as dt
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from ebbtide_operator import audit, naming
-from ebbtide_operator.build import common, rabbitmq, redis, worker
+from ebbtide_operator import audit, certs, credentials, naming
+from ebbtide_operator.build import rabbitmq, redis, worker
+from ebbtide_operator.build import tls as build_tls
+from ebbtide_operator.build.common import controlled_by
 from ebbtide_operator.build.merge import is_subset
 from ebbtide_operator.cluster import Cluster, EventSink
 from ebbtide_operator.spec import TaskQueueSpec
@@ -43,13 +45,6 @@ class NameConflict(Exception):
     def __init__(self, kind: str, name: str) -> None:
         self.key = f"{kind}/{name}"
         super().__init__(f"{self.key} exists and is not controlled by this TaskQueue")
-
-
-def controlled_by(obj: Mapping[str, Any], uid: str | None) -> bool:
-    """Ours: a controller ownerReference to this TaskQueue's uid (not merely any owner
-    reference, and never a name match alone)."""
-    refs = obj.get("metadata", {}).get("ownerReferences") or []
-    return uid is not None and any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
 def _owner_uid(obj: Mapping[str, Any]) -> str | None:
@@ -68,23 +63,29 @@ def _taskqueue(obj: Mapping[str, Any]) -> str:
 
 
 def desired_broker_objects(
-    body: Mapping[str, Any], spec: TaskQueueSpec, operator_namespace: str | None = None
+    body: Mapping[str, Any],
+    spec: TaskQueueSpec,
+    operator_namespace: str | None = None,
+    tls_hash: str = "",
 ) -> list[dict[str, Any]]:
-    """Everything of the managed broker but its Secret (which is made only once).
-    `operator_namespace` is admitted by the broker's NetworkPolicy."""
+    """Everything of the managed broker but its Secrets (the credentials are made by
+    credentials.sync; the TLS ones by ensure_tls). `operator_namespace` is admitted by the
+    broker's NetworkPolicy; `tls_hash` is the live certificate's (a new one restarts the
+    broker)."""
     managed = spec.broker.managed
     if managed is None:
         return []
     allowed = spec.broker.allowed_namespaces
+    tls = spec.broker.managed_tls
     if spec.broker.type == "rabbitmq":
         return [
-            rabbitmq.rabbitmq_config_map(body, managed),
-            rabbitmq.rabbitmq_workload(body, managed),
-            rabbitmq.rabbitmq_service(body),
-            rabbitmq.rabbitmq_network_policy(body, operator_namespace, allowed),
+            rabbitmq.rabbitmq_config_map(body, managed, tls),
+            rabbitmq.rabbitmq_workload(body, managed, tls, tls_hash),
+            rabbitmq.rabbitmq_service(body, tls),
+            rabbitmq.rabbitmq_network_policy(body, operator_namespace, allowed, tls),
         ]
     return [
-        redis.redis_workload(body, managed),
+        redis.redis_workload(body, managed, tls, tls_hash),
         redis.redis_service(body),
         redis.redis_network_policy(body, operator_namespace, allowed),
     ]
@@ -99,7 +100,28 @@ def possible_broker_objects(name: str) -> list[tuple[str, str]]:
         if broker_type == "rabbitmq":
             kinds.append("ConfigMap")
         objects += [(kind, object_name) for kind in kinds]
-    return objects + [("Secret", naming.broker_secret_name(name))]
+    secrets = [naming.broker_secret_name(name)]
+    secrets += [naming.role_secret_name(name, role) for role in naming.ROLES]
+    return objects + [("Secret", secret) for secret in secrets] + tls_objects(name)
+
+
+def tls_objects(name: str) -> list[tuple[str, str]]:
+    """(kind, name) of what managed TLS may have made: both Secrets, or the Certificate."""
+    tls_secret = naming.broker_tls_secret_name(name)
+    return [
+        ("Certificate", tls_secret),
+        ("Secret", naming.broker_ca_secret_name(name)),
+        ("Secret", tls_secret),
+    ]
+
+
+def wanted_tls_objects(name: str, spec: TaskQueueSpec) -> set[tuple[str, str]]:
+    if not spec.broker.managed_tls:
+        return set()
+    tls_secret = naming.broker_tls_secret_name(name)
+    if spec.broker.tls.issuer is not None:  # cert-manager writes <tq>-broker-tls
+        return {("Certificate", tls_secret), ("Secret", tls_secret)}
+    return {("Secret", naming.broker_ca_secret_name(name)), ("Secret", tls_secret)}
 
 
 def stale_broker_objects(body: Mapping[str, Any], spec: TaskQueueSpec) -> list[tuple[str, str]]:
@@ -110,6 +132,8 @@ def stale_broker_objects(body: Mapping[str, Any], spec: TaskQueueSpec) -> list[t
     name = body["metadata"]["name"]
     if spec.broker.managed is not None:
         wanted.add(("Secret", naming.broker_secret_name(name)))
+        wanted |= {("Secret", naming.role_secret_name(name, role)) for role in naming.ROLES}
+    wanted |= wanted_tls_objects(name, spec)
     return [item for item in possible_broker_objects(name) if item not in wanted]
 
 
@@ -162,53 +186,7 @@ async def ensure(cluster: Cluster, obj: Mapping[str, Any]) -> str:
     return "updated"
 
 
-def url_broker_type(url: str) -> str | None:
-    """'redis' or 'rabbitmq' from a broker URL's scheme; None if neither."""
-    scheme = url.partition("://")[0].lower()
-    if scheme in ("redis", "rediss", "unix"):
-        return "redis"
-    if scheme in ("amqp", "amqps"):
-        return "rabbitmq"
-    return None
-
-
-def secret_broker_type(secret: Mapping[str, Any]) -> str | None:
-    """The broker type the URL in one of our Secrets is for."""
-    encoded = (secret.get("data") or {}).get(naming.BROKER_URL_KEY)
-    if encoded is None:
-        return None
-    try:
-        return url_broker_type(base64.b64decode(encoded).decode())
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-
-def new_broker_secret(body: Mapping[str, Any], broker_type: str) -> dict[str, Any]:
-    """A Secret with fresh credentials (user and password for RabbitMQ, password for Redis)."""
-    password = common.generate_password()
-    if broker_type == "rabbitmq":
-        return rabbitmq.rabbitmq_secret(body, rabbitmq.generate_username(), password)
-    return redis.redis_secret(body, password)
-
-
-async def ensure_broker_secret(
-    cluster: Cluster, body: Mapping[str, Any], broker_type: str = "redis"
-) -> str:
-    """Create the Secret with fresh credentials unless one exists already. Ours, made for
-    the other broker type, is replaced; one the user made is never touched ('conflict')."""
-    meta = body["metadata"]
-    namespace, secret_name = meta["namespace"], naming.broker_secret_name(meta["name"])
-    existing = await cluster.read("Secret", namespace, secret_name)
-    if existing is None:
-        return await ensure(cluster, new_broker_secret(body, broker_type))
-    if not controlled_by(existing, meta.get("uid")):
-        return CONFLICT
-    if secret_broker_type(existing) == broker_type:
-        return "kept"
-    await cluster.delete("Secret", namespace, secret_name)
-    await cluster.create(new_broker_secret(body, broker_type))
-    audit.record("replace", "Secret", namespace, secret_name, meta["name"])
-    return "replaced"
+url_broker_type = credentials.url_broker_type  # the one definition, used by tests too
 
 
 async def reconcile(
@@ -221,12 +199,13 @@ async def reconcile(
     ('conflict' for a foreign object in the way: see `conflicts`)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    report: dict[str, str] = {}
-    if spec.broker.managed is not None:
-        report[f"Secret/{naming.broker_secret_name(name)}"] = await ensure_broker_secret(
-            cluster, body, spec.broker.type
-        )
-    for obj in desired_broker_objects(body, spec, operator_namespace):
+    synced = await credentials.sync(cluster, body, spec)
+    report: dict[str, str] = dict(synced.report)
+    tls_hash = ""
+    if spec.broker.managed_tls:
+        tls_report, tls_hash = await ensure_tls(cluster, body, spec)
+        report.update(tls_report)
+    for obj in desired_broker_objects(body, spec, operator_namespace, tls_hash):
         report[f"{obj['kind']}/{obj['metadata']['name']}"] = await ensure(cluster, obj)
     for kind, stale in stale_broker_objects(body, spec):
         existing = await cluster.read(kind, namespace, stale)
@@ -235,19 +214,82 @@ async def reconcile(
                 report[f"{kind}/{stale}"] = "deleted"
 
     deployment = naming.worker_name(name)
-    report[f"Deployment/{deployment}"] = await apply_worker_deployment(cluster, body, spec)
+    report[f"Deployment/{deployment}"] = await apply_worker_deployment(
+        cluster, body, spec, synced.version()
+    )
     return report
+
+
+# --- TLS of a managed broker ------------------------------------------------------------
+
+
+async def ensure_tls(
+    cluster: Cluster,
+    body: Mapping[str, Any],
+    spec: TaskQueueSpec,
+    now: dt.datetime | None = None,
+) -> tuple[dict[str, str], str]:
+    """The broker's certificate, and the hash of the live one (for its pod annotation).
+
+    Generated: both Secrets are created, or patched only when certs.plan says so (missing,
+    expiring within the renewal margin, wrong names or issuer): 'renewed'. Never
+    regenerated while valid. With an issuerRef: the cert-manager Certificate (cert-manager
+    writes and renews `<tq>-broker-tls`). Secrets of these names that are not ours are
+    left alone ('conflict')."""
+    meta = body["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+    tls_name = naming.broker_tls_secret_name(name)
+    issuer = spec.broker.tls.issuer
+    if issuer is not None:
+        certificate = build_tls.certificate(body, spec.broker.type, issuer)
+        report = {f"Certificate/{tls_name}": await ensure(cluster, certificate)}
+        return report, build_tls.tls_hash(await cluster.read("Secret", namespace, tls_name))
+    ca_name = naming.broker_ca_secret_name(name)
+    live_ca = await cluster.read("Secret", namespace, ca_name)
+    live_tls = await cluster.read("Secret", namespace, tls_name)
+    report = {
+        f"Secret/{secret}": CONFLICT
+        for secret, live in ((ca_name, live_ca), (tls_name, live_tls))
+        if live is not None and not controlled_by(live, uid)
+    }
+    if report:
+        return report, ""
+    material = certs.plan(
+        *build_tls.current_material(live_ca, live_tls),
+        build_tls.server_names(body, spec.broker.type),
+        build_tls.common_name(body),
+        now or dt.datetime.now(dt.UTC),
+    )
+    if material is None:
+        kept = {f"Secret/{ca_name}": "kept", f"Secret/{tls_name}": "kept"}
+        return kept, build_tls.tls_hash(live_tls)
+    wanted = [
+        (build_tls.ca_secret(body, material), live_ca),
+        (build_tls.tls_secret(body, material), live_tls),
+    ]
+    for obj, live in wanted:
+        key = f"Secret/{obj['metadata']['name']}"
+        if live is None:
+            report[key] = "created" if await _create(cluster, obj) else "kept"
+            continue
+        await cluster.patch("Secret", namespace, obj["metadata"]["name"], {"data": obj["data"]})
+        audit.record("renew", "Secret", namespace, obj["metadata"]["name"], name)
+        report[key] = "renewed"
+    return report, build_tls.tls_hash(wanted[1][0])
 
 
 # --- the worker Deployment -----------------------------------------------------------------
 
 
 async def apply_worker_deployment(
-    cluster: Cluster, body: Mapping[str, Any], spec: TaskQueueSpec
+    cluster: Cluster, body: Mapping[str, Any], spec: TaskQueueSpec, credentials: str | None
 ) -> str:
     """'created' (at minReplicas), 'updated' (our pod template re-applied, replicas kept),
-    or 'conflict' (a Deployment of that name that is not ours)."""
-    deployment = worker.worker_deployment(body, spec, replicas=spec.scaling.min_replicas)
+    or 'conflict' (a Deployment of that name that is not ours). `credentials`: the worker
+    credential's version (credentials.Sync.version), None for an external broker."""
+    deployment = worker.worker_deployment(
+        body, spec, replicas=spec.scaling.min_replicas, credentials=credentials
+    )
     if await _create(cluster, deployment):
         return "created"
     meta = deployment["metadata"]
@@ -265,15 +307,17 @@ async def sync_worker_deployment(
     body: Mapping[str, Any],
     spec: TaskQueueSpec,
     replicas: int,
-    template: Mapping[str, Any],
+    template: Mapping[str, Any] | None,
     events: EventSink,
+    credentials: str | None = None,
 ) -> dict[str, Any] | None:
     """The live worker Deployment, as the tick needs it every poll.
 
     A missing one is recreated with `replicas` (what the tick last wanted), except while
     the TaskQueue is being deleted (then None: workers are never brought back). A live one
     whose pod template no longer holds `template` (API-server defaults are fine) gets it
-    back: a `DriftRepaired` Warning when someone edited it, a `Rollout` when the spec changed.
+    back: a `DriftRepaired` Warning when someone edited it, a `Rollout` when the spec changed
+    (`template` None: not known this poll, e.g. the worker credential unread; no repair).
     A Deployment of that name that is not ours raises NameConflict, untouched.
     """
     meta = body["metadata"]
@@ -282,7 +326,8 @@ async def sync_worker_deployment(
     if live is None and meta.get("deletionTimestamp"):
         return None
     if live is None:
-        if await _create(cluster, worker.worker_deployment(body, spec, replicas=replicas)):
+        fresh = worker.worker_deployment(body, spec, replicas=replicas, credentials=credentials)
+        if await _create(cluster, fresh):
             events(body, "Normal", "Created", f"worker Deployment {deployment_name}")
         live = await cluster.read_deployment(namespace, deployment_name)
         if live is None:
@@ -290,8 +335,8 @@ async def sync_worker_deployment(
     if not controlled_by(live, meta.get("uid")):
         raise NameConflict("Deployment", deployment_name)
     live_template = live.get("spec", {}).get("template", {})
-    if not is_subset(template, live_template):
-        wanted = worker.worker_deployment(body, spec, replicas=0)
+    if template is not None and not is_subset(template, live_template):
+        wanted = worker.worker_deployment(body, spec, replicas=0, credentials=credentials)
         await cluster.patch("Deployment", namespace, deployment_name, worker.template_patch(wanted))
         hash_key = naming.SPEC_HASH_ANNOTATION
         live_hash = live_template.get("metadata", {}).get("annotations", {}).get(hash_key)

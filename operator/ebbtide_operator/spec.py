@@ -59,6 +59,28 @@ class PersistenceSpec:
 
 
 @dataclass(frozen=True)
+class IssuerRef:
+    """A cert-manager issuer (spec.broker.tls.issuerRef) that signs the broker's certificate."""
+
+    name: str
+    kind: str = "Issuer"  # Issuer | ClusterIssuer (or an external issuer's kind)
+    group: str = "cert-manager.io"
+
+
+@dataclass(frozen=True)
+class BrokerTLSSpec:
+    """spec.broker.tls. Managed brokers: TLS on unless `enabled: false`, certificates from
+    the operator's own CA or from `issuer`. External brokers: TLS is the URL's scheme
+    (rediss://, amqps://); `ca_secret` is the CA to verify it with (default: the system
+    CAs) and `client_cert_secret` a kubernetes.io/tls Secret for brokers asking for one."""
+
+    enabled: bool = True
+    issuer: IssuerRef | None = None
+    ca_secret: SecretRef | None = None  # key default ca.crt
+    client_cert_secret: str | None = None  # keys tls.crt and tls.key
+
+
+@dataclass(frozen=True)
 class ManagedBrokerSpec:
     image: str = DEFAULT_REDIS_IMAGE
     resources: Mapping[str, Any] = field(default_factory=dict)
@@ -75,13 +97,32 @@ class BrokerSpec:
     key_prefix: str = DEFAULT_KEY_PREFIX
     # Namespaces whose pods may reach the managed broker (its NetworkPolicy).
     allowed_namespaces: tuple[str, ...] = ()
+    tls: BrokerTLSSpec = field(default_factory=BrokerTLSSpec)
 
-    def url_secret(self, taskqueue: str) -> SecretRef:
-        """Where the broker URL lives: the user's Secret, or the one we generate. The
-        workers' env and the tick's statistics reads must agree on it."""
+    @property
+    def managed_tls(self) -> bool:
+        """The managed broker listens on TLS only (the default)."""
+        return self.managed is not None and self.tls.enabled
+
+    def ca_secret(self, taskqueue: str) -> SecretRef | None:
+        """Where clients find the CA that verifies the broker: the generated CA's Secret,
+        cert-manager's Secret (its ca.crt), the external broker's caSecretRef; None for a
+        plain managed broker or an external one verified against the system CAs."""
+        if self.managed is None:
+            return self.tls.ca_secret
+        if not self.tls.enabled:
+            return None
+        if self.tls.issuer is not None:
+            return SecretRef(naming.broker_tls_secret_name(taskqueue), naming.CA_CERT_KEY)
+        return SecretRef(naming.broker_ca_secret_name(taskqueue), naming.CA_CERT_KEY)
+
+    def url_secret(self, taskqueue: str, role: str = "worker") -> SecretRef:
+        """Where a role's broker URL lives: the user's one Secret for an external broker,
+        else the role's generated `<name>-broker-<role>` (workers: "worker", the tick's
+        statistics: "operator", producers: "producer")."""
         if self.external is not None:
             return self.external
-        return SecretRef(naming.broker_secret_name(taskqueue), naming.BROKER_URL_KEY)
+        return SecretRef(naming.role_secret_name(taskqueue, role), naming.BROKER_URL_KEY)
 
 
 @dataclass(frozen=True)
@@ -224,6 +265,7 @@ def parse_broker(data: Mapping[str, Any]) -> BrokerSpec:
             managed=managed,
             key_prefix=prefix,
             allowed_namespaces=_allowed_namespaces(data),
+            tls=parse_tls(data.get("tls"), managed=True),
         )
     if data.get("allowedNamespaces"):
         raise SpecError(
@@ -234,7 +276,60 @@ def parse_broker(data: Mapping[str, Any]) -> BrokerSpec:
     if not ref.get("name"):
         raise SpecError("spec.broker.external.secretRef.name is required")
     external = SecretRef(name=ref["name"], key=ref.get("key") or "url")
-    return BrokerSpec(type=kind, external=external, key_prefix=prefix)
+    tls = parse_tls(data.get("tls"), managed=False)
+    return BrokerSpec(type=kind, external=external, key_prefix=prefix, tls=tls)
+
+
+def _secret_name(data: Mapping[str, Any], field_name: str) -> str:
+    ref = data.get(field_name)
+    path = f"spec.broker.tls.{field_name}"
+    if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str) or not ref["name"]:
+        raise SpecError(f"{path}.name is required (the name of a Secret in this namespace)")
+    return ref["name"]
+
+
+def parse_tls(data: Any, managed: bool) -> BrokerTLSSpec:
+    """spec.broker.tls; each field only where it means something (see BrokerTLSSpec)."""
+    if data is None:
+        return BrokerTLSSpec()
+    if not isinstance(data, Mapping):
+        raise SpecError(f"spec.broker.tls must be an object, got {data!r}")
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise SpecError(f"spec.broker.tls.enabled must be true or false, got {enabled!r}")
+    if managed:
+        for external_only in ("caSecretRef", "clientCertSecretRef"):
+            if data.get(external_only) is not None:
+                raise SpecError(
+                    f"spec.broker.tls.{external_only} applies to an external broker only "
+                    "(a managed broker's CA is generated, or comes from issuerRef)"
+                )
+        issuer = None
+        if data.get("issuerRef") is not None:
+            if not enabled:
+                raise SpecError("spec.broker.tls.issuerRef needs spec.broker.tls.enabled: true")
+            ref = data["issuerRef"]
+            name = _secret_name(data, "issuerRef")
+            kind = ref.get("kind") or "Issuer"
+            group = ref.get("group") or "cert-manager.io"
+            if not isinstance(kind, str) or not isinstance(group, str):
+                raise SpecError("spec.broker.tls.issuerRef.kind and .group must be strings")
+            issuer = IssuerRef(name=name, kind=kind, group=group)
+        return BrokerTLSSpec(enabled=enabled, issuer=issuer)
+    for managed_only in ("enabled", "issuerRef"):
+        if data.get(managed_only) is not None:
+            raise SpecError(
+                f"spec.broker.tls.{managed_only} applies to a managed broker only (an "
+                "external broker uses TLS when its URL says rediss:// or amqps://)"
+            )
+    ca = None
+    if data.get("caSecretRef") is not None:
+        key = data["caSecretRef"].get("key") or "ca.crt"
+        ca = SecretRef(name=_secret_name(data, "caSecretRef"), key=str(key))
+    client = None
+    if data.get("clientCertSecretRef") is not None:
+        client = _secret_name(data, "clientCertSecretRef")
+    return BrokerTLSSpec(enabled=True, ca_secret=ca, client_cert_secret=client)
 
 
 def _allowed_namespaces(data: Mapping[str, Any]) -> tuple[str, ...]:

@@ -12,10 +12,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ebbtide_operator import naming
 from ebbtide_operator.pod_health import PodProblem
 from ebbtide_operator.policy import Decision, Observation
+from ebbtide_operator.spec import TaskQueueSpec
 
-CONDITION_TYPES = ("Ready", "BrokerReady", "WorkersReady", "ScalingActive", "Degraded", "Durable")
+CONDITION_TYPES = (
+    "Ready",
+    "BrokerReady",
+    "WorkersReady",
+    "ScalingActive",
+    "Degraded",
+    "Durable",
+    "Encrypted",
+)
+# How the broker connection is protected (Health.tls, the Encrypted condition's reason).
+TLS_GENERATED = "GeneratedCA"  # managed, the operator's own CA
+TLS_CERT_MANAGER = "CertManager"  # managed, spec.broker.tls.issuerRef
+TLS_DISABLED = "TLSDisabled"  # managed, spec.broker.tls.enabled: false
+TLS_EXTERNAL = "ExternalTLS"  # external, rediss:// or amqps://
+TLS_EXTERNAL_PLAIN = "ExternalPlainText"  # external, redis:// or amqp://
+TLS_UNKNOWN = "Unknown"  # external, its URL not read yet
 POLICY_STATE_REFRESH_SECONDS = 30.0  # the stabilization window may lag this much on restart
 # Policy memory that moves every poll: persisted at most every POLICY_STATE_REFRESH_SECONDS.
 VOLATILE_STATE_KEYS = ("recommendations", "lastPollTime", "arrivalRateSmoothed")
@@ -61,6 +78,7 @@ class Health:
     # and a broker that may evict keys (maxmemory-policy other than noeviction).
     persistence_disabled: bool = False
     eviction_policy: str | None = None
+    tls: str = TLS_GENERATED  # one of the TLS_* reasons above
     external_broker: bool = False
     # No adoption: `Kind/name` of objects the TaskQueue needs by name that are not its own
     # (the reconcile's report), and the worker Deployment when the tick finds it foreign.
@@ -174,7 +192,41 @@ def conditions(health: Health, replicas: int, ready: int) -> list[dict[str, str]
         ready_condition = _condition("Ready", True, "Ready", "broker reachable and workers ready")
     else:
         ready_condition = _condition("Ready", False, failing["reason"], failing["message"])
-    return [ready_condition, broker, workers, scaling, degraded, durable_condition(health)]
+    return [
+        ready_condition,
+        broker,
+        workers,
+        scaling,
+        degraded,
+        durable_condition(health),
+        encrypted_condition(health),
+    ]
+
+
+def encrypted_condition(health: Health) -> dict[str, str]:
+    """Whether broker connections use TLS: like Durable, an opt-out is visible in
+    `kubectl get -o wide` and `describe`, not discovered in a packet capture."""
+    messages = {
+        TLS_GENERATED: (True, "TLS only, verified against the TaskQueue's generated CA"),
+        TLS_CERT_MANAGER: (
+            True,
+            "TLS only, certificate from cert-manager (spec.broker.tls.issuerRef)",
+        ),
+        TLS_DISABLED: (
+            False,
+            "spec.broker.tls.enabled is false: credentials and tasks cross the network "
+            "in plain text",
+        ),
+        TLS_EXTERNAL: (True, "the external broker's URL is rediss:// or amqps://"),
+        TLS_EXTERNAL_PLAIN: (
+            False,
+            "the external broker's URL is redis:// or amqp://: credentials and tasks "
+            "cross the network in plain text",
+        ),
+        TLS_UNKNOWN: (False, "the external broker's URL has not been read yet"),
+    }
+    encrypted, message = messages[health.tls]
+    return _condition("Encrypted", encrypted, health.tls, message)
 
 
 def evicts_message(health: Health) -> str:
@@ -252,6 +304,13 @@ def figures(
     else:
         out.update(drainSeconds=None, drain=format_duration(drain))
     return out
+
+
+def broker_secrets(taskqueue: str, spec: TaskQueueSpec) -> dict[str, str]:
+    """`status.broker`: the Secret each role takes its broker URL from (key `url`, or the
+    external Secret's key), so producers need not guess a name. One Secret for all roles
+    on an external broker."""
+    return {f"{role}Secret": spec.broker.url_secret(taskqueue, role).name for role in naming.ROLES}
 
 
 def _stable(status: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,9 +19,20 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ebbtide.brokers.tls import BrokerTLS, is_tls_url
 from ebbtide.stats import BrokerStats
 
-from ebbtide_operator import drain, naming, observe, pod_health, provision, startup
+from ebbtide_operator import (
+    broker_admin,
+    credentials,
+    drain,
+    naming,
+    observe,
+    pod_health,
+    provision,
+    startup,
+    tls_files,
+)
 from ebbtide_operator import status as status_mod
 from ebbtide_operator.broker_io import BrokerReader, BrokerUnreachable
 from ebbtide_operator.build import worker
@@ -32,7 +43,8 @@ from ebbtide_operator.spec import SpecError, TaskQueueSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
-URL_REFRESH_SECONDS = 60.0  # re-read the broker Secret this often (rotations)
+# Re-read the broker Secrets this often (rotations); EBBTIDE_SECRET_REFRESH_SECONDS.
+URL_REFRESH_SECONDS = 60.0
 MAX_STATS_TIMEOUT = 5.0
 
 
@@ -73,15 +85,32 @@ class _Memory:
     url: str | None = None
     url_read_at: float = 0.0
     url_ref: tuple[str, str] | None = None  # (Secret, key) that `url` was read from
+    tls: BrokerTLS | None = None  # the CA (and client cert) the broker URL needs
+    tls_for: bool = False  # whether `tls` was read for a TLS URL
+    tls_read_at: float = 0.0
     costs: dict[str, int] = field(default_factory=dict)
     last_scale_time: str | None = None
     last_scale_reason: str | None = None
-    template: tuple[Any, dict[str, Any]] | None = None  # (generation, desired pod template)
-    worker_conflict: str | None = None
+    template: tuple[Any, Any, dict[str, Any]] | None = None  # (generation, credentials, template)
+    credentials_version: str | None = None  # the worker credential's, for the pod template
+    applied: str | None = None  # fingerprint of the role credentials the live broker has
+    worker_conflict: str | None = None  # `Deployment/<name>-worker` when it is not ours
     startup: startup.StartupEstimate = field(default_factory=startup.StartupEstimate)
-    last_ready: int | None = (
-        None  # ready pods at the last tick: a rise is worth a pod list  # `Deployment/<name>-worker` when it is not ours
-    )
+    last_ready: int | None = None  # ready pods at the last tick: a rise is worth a pod list
+
+
+def tls_state(spec: TaskQueueSpec, url: str | None) -> str:
+    """The Encrypted condition's reason: from the spec for a managed broker, from the
+    URL's scheme for an external one."""
+    if spec.broker.managed is not None:
+        if not spec.broker.tls.enabled:
+            return status_mod.TLS_DISABLED
+        if spec.broker.tls.issuer is not None:
+            return status_mod.TLS_CERT_MANAGER
+        return status_mod.TLS_GENERATED
+    if url is None:
+        return status_mod.TLS_UNKNOWN
+    return status_mod.TLS_EXTERNAL if is_tls_url(url) else status_mod.TLS_EXTERNAL_PLAIN
 
 
 class TaskQueueTicker:
@@ -94,8 +123,15 @@ class TaskQueueTicker:
         clock: Callable[[], float] = time.time,
         policy: Callable[[Observation, Any, PolicyState], Decision] = decide,
         conflicts: Callable[[Mapping[str, Any]], Sequence[str]] = lambda _body: (),
+        refresh_seconds: float = URL_REFRESH_SECONDS,
+        files: tls_files.TLSFiles | None = None,
     ) -> None:
-        """`conflicts(body)`: the foreign objects the last reconcile found (main.py)."""
+        """`conflicts(body)`: the foreign objects the last reconcile found (main.py);
+        `refresh_seconds`: how often the broker Secrets are read again (a rotation is
+        applied within that); `files`: where the CA and client certificates read from
+        Secrets are written."""
+        self.refresh_seconds = refresh_seconds
+        self.tls_files = files or tls_files.shared()
         self.cluster = cluster
         self.reader = reader
         self.metrics = metrics
@@ -135,6 +171,9 @@ class TaskQueueTicker:
             )
             return
         scaling = spec.scaling
+        if spec.broker.managed is not None:
+            # Before the Deployment's drift check: a rotation changes the pod template.
+            await self._refresh_credentials(body, spec, now)
 
         # The broker and the API server are read concurrently: the tick waits for the
         # slower of the two, not their sum.
@@ -211,6 +250,7 @@ class TaskQueueTicker:
             paused=scaling.paused,
             target_seconds=scaling.target_backlog_seconds,
             persistence_disabled=managed is not None and not managed.persistence.enabled,
+            tls=tls_state(spec, memory.url),
             eviction_policy=self.reader.eviction_policy(self.memory.url or ""),
             external_broker=managed is None,
             name_conflicts=self._reconcile_conflicts(body, name),
@@ -219,6 +259,7 @@ class TaskQueueTicker:
         )
         new_status = self._status(
             body,
+            spec,
             health,
             obs if stats is not None else None,
             decision,
@@ -240,12 +281,14 @@ class TaskQueueTicker:
     ) -> BrokerStats | BrokerUnreachable:
         try:
             url = await self._broker_url(namespace, name, spec, now)
+            tls = await self._tls(namespace, name, spec, url, now)
             return await self.reader.read(
                 f"{namespace}/{name}",
                 url,
                 [q.name for q in spec.queues],
                 stats_timeout(spec.scaling.poll_seconds),
                 prefix=spec.broker.key_prefix,
+                tls=tls,
             )
         except BrokerUnreachable as error:
             return error
@@ -268,11 +311,100 @@ class TaskQueueTicker:
         memory.last_scale_reason = memory.last_scale_reason or status.get("lastScaleReason")
         memory.startup.resume(startup.restored(status.get("podStartupSeconds")))
 
+    async def _tls(
+        self, namespace: str, name: str, spec: TaskQueueSpec, url: str, now: float
+    ) -> BrokerTLS:
+        """`_broker_tls`, read again every `refresh_seconds` (a renewed CA) or when the
+        URL switches to or from TLS."""
+        memory = self.memory
+        wanted = is_tls_url(url)
+        stale = now - memory.tls_read_at >= self.refresh_seconds
+        if memory.tls is None or memory.tls_for != wanted or stale:
+            memory.tls = await self._broker_tls(namespace, name, spec, url)
+            memory.tls_for, memory.tls_read_at = wanted, now
+        return memory.tls
+
+    async def _secret_value(self, namespace: str, secret: str, key: str, why: str) -> str:
+        try:
+            value = await self.cluster.read_secret_value(namespace, secret, key)
+        except Exception as error:
+            raise BrokerUnreachable(
+                f"cannot read Secret {secret}: {type(error).__name__}"
+            ) from error
+        if not value:
+            raise BrokerUnreachable(f"Secret {secret} (key {key!r}) not found or empty: {why}")
+        return value
+
+    async def _broker_tls(
+        self, namespace: str, name: str, spec: TaskQueueSpec, url: str
+    ) -> BrokerTLS:
+        """The CA that verifies a rediss:// or amqps:// broker (and an external broker's
+        client certificate), read from their Secrets as the workers mount them."""
+        if not is_tls_url(url):
+            return BrokerTLS()
+        ca_pem = cert_pem = key_pem = None
+        ca = spec.broker.ca_secret(name)
+        if ca is not None:
+            why = "the CA that verifies the broker's certificate"
+            ca_pem = await self._secret_value(namespace, ca.name, ca.key, why)
+        client = spec.broker.tls.client_cert_secret if spec.broker.managed is None else None
+        if client is not None:
+            why = "the client certificate for the broker"
+            cert_pem = await self._secret_value(namespace, client, naming.TLS_CERT_KEY, why)
+            key_pem = await self._secret_value(namespace, client, naming.TLS_KEY_KEY, why)
+        return self.tls_files.broker_tls(ca_pem, cert_pem, key_pem)
+
+    async def _refresh_credentials(
+        self, body: Mapping[str, Any], spec: TaskQueueSpec, now: float
+    ) -> None:
+        """Every `refresh_seconds`: the managed broker's Secrets (credentials.sync: a
+        missing role Secret is generated again, an edited password re-derives its URL and
+        the broker's users file), the new credentials set on the live broker (once per
+        change; retried until the broker takes them), and the operator's own URL."""
+        memory = self.memory
+        if memory.url is not None and now - memory.url_read_at < self.refresh_seconds:
+            return
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            synced = await credentials.sync(self.cluster, body, spec)
+        except Exception:
+            log.warning("credentials of %s/%s", namespace, name, exc_info=True)
+            self.metrics.error(namespace, name, "credentials")
+            return
+        if not synced.complete:
+            return  # a foreign Secret in the way: the reconcile reports the conflict
+        memory.credentials_version = synced.version()
+        if synced.rotated:
+            roles = ", ".join(synced.rotated)
+            self.events(body, "Normal", "CredentialsRotated", f"new password for: {roles}")
+        fingerprint = synced.fingerprint()
+        if fingerprint != memory.applied and synced.admin_url:
+            try:
+                tls = await self._tls(namespace, name, spec, synced.admin_url, now)
+                await asyncio.to_thread(
+                    broker_admin.apply,
+                    spec.broker.type,
+                    synced.admin_url,
+                    synced.roles,
+                    spec.broker.key_prefix,
+                    name,
+                    [q.name for q in spec.queues],
+                    tls,
+                )
+                memory.applied = fingerprint
+            except Exception as error:  # unreachable or still starting: retried next time
+                log.info("broker users of %s/%s not applied yet: %s", namespace, name, error)
+        url = synced.urls.get("operator")
+        if url:
+            ref = spec.broker.url_secret(name, "operator")
+            memory.url, memory.url_read_at, memory.url_ref = url, now, (ref.name, ref.key)
+
     async def _broker_url(self, namespace: str, name: str, spec: TaskQueueSpec, now: float) -> str:
         memory = self.memory
-        ref = spec.broker.url_secret(name)
+        ref = spec.broker.url_secret(name, "operator")
         secret, key = ref.name, ref.key
-        fresh = now - memory.url_read_at < URL_REFRESH_SECONDS
+        fresh = now - memory.url_read_at < self.refresh_seconds
         if memory.url is not None and fresh and memory.url_ref == (secret, key):
             return memory.url  # a switch to another Secret (managed -> external) re-reads
         try:
@@ -303,6 +435,7 @@ class TaskQueueTicker:
                 replicas=replicas,
                 template=self._desired_template(body, name, spec),
                 events=self.events,
+                credentials=self._credentials(spec),
             )
             self.memory.worker_conflict = None
             return live
@@ -318,18 +451,27 @@ class TaskQueueTicker:
             self.metrics.error(namespace, name, "deployment")
             return None
 
+    def _credentials(self, spec: TaskQueueSpec) -> str | None:
+        return self.memory.credentials_version if spec.broker.managed is not None else None
+
     def _desired_template(
         self, body: Mapping[str, Any], name: str, spec: TaskQueueSpec
-    ) -> dict[str, Any]:
-        """Built once per spec generation: the drift check runs every poll."""
+    ) -> dict[str, Any] | None:
+        """Built once per spec generation and worker credential: the drift check runs
+        every poll. None while a managed broker's worker credential is unknown (its
+        Secrets unreadable so far): a template without it would roll every pod."""
         generation = body["metadata"].get("generation")
+        version = self._credentials(spec)
+        if spec.broker.managed is not None and version is None:
+            return None
         cached = self.memory.template
-        if cached is None or cached[0] != generation or generation is None:
+        if cached is None or cached[:2] != (generation, version) or generation is None:
             cached = self.memory.template = (
                 generation,
-                worker.worker_pod_template(name, spec),
+                version,
+                worker.worker_pod_template(name, spec, version),
             )
-        return cached[1]
+        return cached[2]
 
     async def _worker_problem(
         self, namespace: str, name: str, deployment: Mapping[str, Any] | None, ready: int
@@ -372,6 +514,7 @@ class TaskQueueTicker:
     def _status(
         self,
         body: Mapping[str, Any],
+        spec: TaskQueueSpec,
         health: status_mod.Health,
         obs: Observation | None,
         decision: Decision | None,
@@ -383,6 +526,7 @@ class TaskQueueTicker:
         previous_conditions = (memory.written or body.get("status") or {}).get("conditions")
         new: dict[str, Any] = {"observedGeneration": body["metadata"].get("generation")}
         new.update(status_mod.figures(obs, decision, replicas, ready))
+        new["broker"] = status_mod.broker_secrets(body["metadata"]["name"], spec)
         if obs is None and memory.written:
             # Unreachable broker: keep the last figures rather than invent zeros.
             for key in (

@@ -14,7 +14,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 
 def free_port() -> int:
@@ -34,6 +35,38 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """A private CA and a server certificate it signed, as PEM files (what a TLS test
+    server listens with and what its clients trust)."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+def make_tls_files(directory: str, names: Sequence[str] = ("localhost",)) -> TLSFiles:
+    """The operator's own CA and server certificate (ebbtide_operator.certs) for `names`,
+    written to `directory`: the test servers run exactly what managed brokers get."""
+    import datetime as dt
+
+    from ebbtide_operator import certs
+
+    now = dt.datetime.now(dt.UTC)
+    ca = certs.new_ca("ebbtide test CA", now)
+    server = certs.new_server_cert(ca, list(names), now)
+    files = TLSFiles(*(os.path.join(directory, n) for n in ("ca.crt", "tls.crt", "tls.key")))
+    for path, pem in zip(
+        (files.ca_file, files.cert_file, files.key_file),
+        (ca.cert_pem, server.cert_pem, server.key_pem),
+        strict=True,
+    ):
+        with open(path, "w") as f:
+            f.write(pem)
+    os.chmod(files.key_file, 0o600)
+    return files
+
+
 @contextlib.contextmanager
 def redis_server(port: int | None = None, password: str | None = None) -> Iterator[str]:
     """Start `redis-server` on loopback, with no persistence; yield its URL."""
@@ -43,16 +76,20 @@ def redis_server(port: int | None = None, password: str | None = None) -> Iterat
 
 @contextlib.contextmanager
 def redis_process(
-    *extra: str, port: int | None = None, password: str | None = None
+    *extra: str,
+    port: int | None = None,
+    password: str | None = None,
+    tls: TLSFiles | None = None,
 ) -> Iterator[RedisProcess]:
     """Start `redis-server` on loopback; yield a handle that can `restart()` it on the
     same port and data dir. `extra` are more `--option value` arguments (the last wins),
-    e.g. `"--appendonly", "yes"` for a broker that must survive its restart."""
+    e.g. `"--appendonly", "yes"` for a broker that must survive its restart. With `tls`
+    it listens on TLS only (`--port 0 --tls-port`), and its URL is rediss://localhost."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server is not installed: run `make setup`")
     with tempfile.TemporaryDirectory(prefix="ebbtide-redis-") as data_dir:
-        server = RedisProcess(exe, port or free_port(), data_dir, password, extra)
+        server = RedisProcess(exe, port or free_port(), data_dir, password, extra, tls)
         server.start()
         try:
             yield server
@@ -64,19 +101,31 @@ class RedisProcess:
     """One redis-server child; `stop()` is a clean SHUTDOWN (SIGTERM), `kill()` a crash."""
 
     def __init__(
-        self, exe: str, port: int, data_dir: str, password: str | None, extra: tuple[str, ...]
+        self,
+        exe: str,
+        port: int,
+        data_dir: str,
+        password: str | None,
+        extra: tuple[str, ...],
+        tls: TLSFiles | None = None,
     ) -> None:
         self.exe, self.port, self.data_dir, self.password = exe, port, data_dir, password
-        self.extra = extra
+        self.extra, self.tls = extra, tls
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:  # the certificate names localhost
+            return f"rediss://{auth}localhost:{self.port}/0"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1"]
+        if self.tls is not None:
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            args += ["--tls-cert-file", self.tls.cert_file, "--tls-key-file", self.tls.key_file]
+            args += ["--tls-ca-cert-file", self.tls.ca_file]
         args += ["--save", "", "--appendonly", "no", "--dir", self.data_dir]
         args += ["--daemonize", "no", "--loglevel", "warning"]
         if self.password:
@@ -105,13 +154,22 @@ RABBITMQ_BIN = "/usr/lib/rabbitmq/bin"  # Debian's scripts; /usr/sbin wrappers s
 
 @contextlib.contextmanager
 def rabbitmq_server(
-    management: bool = True, advanced_config: str = "", timeout: float = 90.0
+    management: bool = True,
+    advanced_config: str = "",
+    timeout: float = 90.0,
+    tls: TLSFiles | None = None,
+    listeners: Callable[[int, int], Sequence[str]] | None = None,
+    extra_conf: Sequence[str] = (),
 ) -> Iterator[dict]:
     """Start a private `rabbitmq-server` on loopback; yield its URLs and control env.
 
     Own epmd on a free port (a default `epmd -daemon` would outlive the tests), own
     HOME (so the Erlang cookie is private), data and logs in a temp dir. Yields
     {"url", "management_url", "node", "home", "epmd_port", ...} and stops everything at exit.
+    With `tls` AMQP listens on TLS only and the management API on https only (as the
+    managed broker does); the URLs are then amqps:// and https:// on localhost.
+    `listeners(amqp_port, management_port)` replaces the listener lines (to run the
+    operator's own), and `extra_conf` lines are appended.
     """
     server = os.path.join(RABBITMQ_BIN, "rabbitmq-server")
     if not os.path.exists(server):
@@ -120,13 +178,20 @@ def rabbitmq_server(
     node = f"ebbtide-test-{port}@localhost"
     with tempfile.TemporaryDirectory(prefix="ebbtide-rabbitmq-") as base:
         conf = os.path.join(base, "rabbitmq.conf")
-        lines = [
-            f"listeners.tcp.default = 127.0.0.1:{port}",
-            "loopback_users = none",
-            "collect_statistics_interval = 500",
-        ]
-        if management:
+        lines = ["loopback_users = none", "collect_statistics_interval = 500"]
+        if tls is None:
+            lines.append(f"listeners.tcp.default = 127.0.0.1:{port}")
+        else:
+            lines += ["listeners.tcp = none", f"listeners.ssl.default = 127.0.0.1:{port}"]
+            lines += _rabbitmq_tls_lines("ssl_options", tls)
+        if management and tls is None:
             lines += [f"management.tcp.port = {mgmt_port}", "management.tcp.ip = 127.0.0.1"]
+        elif management:
+            lines += [f"management.ssl.port = {mgmt_port}", "management.ssl.ip = 127.0.0.1"]
+            lines += _rabbitmq_tls_lines("management.ssl", tls)
+        if listeners is not None:
+            lines = lines[:2] + list(listeners(port, mgmt_port))
+        lines += list(extra_conf)
         with open(conf, "w") as f:
             f.write("\n".join(lines) + "\n")
         plugins = os.path.join(base, "enabled_plugins")
@@ -140,8 +205,6 @@ def rabbitmq_server(
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             "ERL_EPMD_PORT": str(epmd_port),
             "RABBITMQ_NODENAME": node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(port),
             "RABBITMQ_DIST_PORT": str(dist_port),
             "RABBITMQ_MNESIA_BASE": os.path.join(base, "mnesia"),
             "RABBITMQ_LOG_BASE": os.path.join(base, "log"),
@@ -151,6 +214,8 @@ def rabbitmq_server(
             "RABBITMQ_PID_FILE": os.path.join(base, "rabbitmq.pid"),
             "RABBITMQ_CONF_ENV_FILE": os.path.join(base, "rabbitmq-env.conf"),
         }
+        if tls is None:  # these would add a plain listener next to the TLS one
+            env |= {"RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(port)}
         epmd = subprocess.Popen(
             ["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"],
             env=env,
@@ -158,7 +223,7 @@ def rabbitmq_server(
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        handle = RabbitMQProcess(server, env, node, base, port, mgmt_port, management)
+        handle = RabbitMQProcess(server, env, node, base, port, mgmt_port, management, tls)
         try:
             wait_for_port(epmd_port, 10, epmd)
             handle.start(timeout)
@@ -177,9 +242,10 @@ class RabbitMQProcess:
     """One rabbitmq-server process group; `restart()` keeps its data (durable queues).
     Public: the managed-RabbitMQ test runs the operator's own config with it."""
 
-    def __init__(self, server, env, node, base, port, mgmt_port, management) -> None:
+    def __init__(self, server, env, node, base, port, mgmt_port, management, tls=None) -> None:
         self.server, self.env, self.node, self.base = server, env, node, base
         self.port, self.mgmt_port, self.management = port, mgmt_port, management
+        self.tls: TLSFiles | None = tls
         self.proc: subprocess.Popen | None = None
 
     def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -231,6 +297,16 @@ class RabbitMQProcess:
         self.start(timeout)
 
     def info(self) -> dict:
+        if self.tls is not None:
+            return {
+                "url": f"amqps://guest:guest@localhost:{self.port}/%2F"
+                f"?management_port={self.mgmt_port}",
+                "management_url": f"https://guest:guest@localhost:{self.mgmt_port}",
+                "node": self.node,
+                "port": str(self.port),
+                "server": self,
+                "tls": self.tls,
+            }
         return {
             "url": f"amqp://guest:guest@127.0.0.1:{self.port}/%2F",
             "management_url": f"http://guest:guest@127.0.0.1:{self.mgmt_port}",
@@ -238,6 +314,18 @@ class RabbitMQProcess:
             "port": str(self.port),
             "server": self,
         }
+
+
+def _rabbitmq_tls_lines(prefix: str, tls: TLSFiles) -> list[str]:
+    """rabbitmq.conf lines for a TLS listener that shows `tls`'s certificate and asks
+    clients for none (they log in with a password)."""
+    return [
+        f"{prefix}.cacertfile = {tls.ca_file}",
+        f"{prefix}.certfile = {tls.cert_file}",
+        f"{prefix}.keyfile = {tls.key_file}",
+        f"{prefix}.verify = verify_none",
+        f"{prefix}.fail_if_no_peer_cert = false",
+    ]
 
 
 def _tail(path: str, lines: int = 30) -> str:

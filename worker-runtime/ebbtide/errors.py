@@ -73,6 +73,20 @@ class PartiallyEnqueued(EbbtideError):
         )
 
 
+class PermissionDenied(EbbtideError, PermissionError):
+    """The broker refused this identity an operation (a Redis ACL `NOPERM`, a RabbitMQ
+    `ACCESS_REFUSED`): its role lacks that right. A managed broker gives each role its own
+    Secret (producer: enqueue; worker: claim, settle, heartbeat; operator: statistics),
+    so this usually means a client runs with another role's Secret."""
+
+    def __init__(self, user: str, operation: str, detail: str) -> None:
+        self.user, self.operation, self.detail = user, operation, detail
+        super().__init__(
+            f"broker user {user!r} lacks the right to {operation}: {detail} "
+            "(each role's Secret grants only that role's operations; see docs/security.md)"
+        )
+
+
 class BrokerUrlFileError(EbbtideError, ValueError):
     """EBBTIDE_BROKER_URL_FILE names a file that cannot be read, or that is empty."""
 

@@ -57,9 +57,10 @@ operator/ebbtide_operator/kube.py and kopf's own (tests/unit/chart/test_rbac.py 
   of our own objects); list/watch feed the worker-Deployment cache; deployments/scale is
   the only thing written on a scale;
 - statefulsets/services/configmaps/networkpolicies: the managed broker, by name only;
-- secrets: get (the broker URL, by name) and create (the managed broker's); delete only
-  replaces our own Secret on a broker-type switch. Never list or watch: the operator
-  cannot enumerate the cluster's Secrets;
+- secrets: get (the broker URLs, by name) and create (the managed broker's admin and role
+  Secrets); patch only our own on a rotation (a role's URL, the broker's users file);
+  delete only replaces our own Secret on a broker-type switch. Never list or watch: the
+  operator cannot enumerate the cluster's Secrets;
 - pods: patch (pod-deletion-cost before a scale-down) and list (the worker pods' waiting
   reasons, by label, while some are not ready: an image that cannot be found). No get,
   no watch;
@@ -91,7 +92,7 @@ No wildcards, no update: every verb is listed and used.
   verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "patch"]
@@ -102,6 +103,11 @@ No wildcards, no update: every verb is listed and used.
 - apiGroups: ["kopf.dev"]
   resources: [{{ ternary "clusterkopfpeerings" "kopfpeerings" (empty .Values.watchNamespaces) | quote }}]
   verbs: ["get", "list", "watch", "patch", "create"]
+{{- end }}
+{{- if .Values.rbac.certManager }}
+- apiGroups: ["cert-manager.io"]
+  resources: ["certificates"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end }}
 {{- end -}}
 

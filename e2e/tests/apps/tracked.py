@@ -9,6 +9,11 @@ import time
 import ebbtide
 import redis
 
+if os.environ.get("EBBTIDE_E2E_HOSTS"):  # an e2e test's host process (not a worker pod)
+    import host_routes
+
+    host_routes.install_from_env()
+
 app = ebbtide.App()  # the broker from EBBTIDE_BROKER_URL, as the operator sets it
 RUNS_KEY = "e2e:runs"
 _tracker: redis.Redis | None = None

@@ -27,26 +27,56 @@ def owned(obj: dict[str, Any], owner: Body) -> dict[str, Any]:
     return obj
 
 
+def controlled_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    """Ours: a controller ownerReference to this TaskQueue's uid (not merely any owner
+    reference, and never a name match alone)."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return uid is not None and any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
+
+
 def generate_password() -> str:
     """A fresh 256-bit URL-safe password (never reused across TaskQueues)."""
     return secrets.token_urlsafe(32)
 
 
-def secret_object(owner: Body, data: Mapping[str, str]) -> dict[str, Any]:
-    """The `<name>-broker` Secret with `data` (base64-encoded here)."""
+def encoded(data: Mapping[str, str]) -> dict[str, str]:
+    """A Secret's `data`: every value base64-encoded."""
+    return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+
+
+def secret_object(owner: Body, data: Mapping[str, str], role: str | None = None) -> dict[str, Any]:
+    """The `<name>-broker` Secret (the admin identity), or with `role` the role's own
+    `<name>-broker-<role>`, with `data` (base64-encoded here)."""
     name = owner["metadata"]["name"]
+    labels = naming.common_labels(name, "broker")
+    if role is None:
+        secret_name = naming.broker_secret_name(name)
+    else:
+        secret_name = naming.role_secret_name(name, role)
+        labels[naming.ROLE_LABEL] = role
     return owned(
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "Opaque",
-            "metadata": {
-                "name": naming.broker_secret_name(name),
-                "labels": naming.common_labels(name, "broker"),
-            },
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+            "metadata": {"name": secret_name, "labels": labels},
+            "data": encoded(data),
         },
         owner,
+    )
+
+
+def role_secret(owner: Body, role: str, username: str, password: str, url: str) -> dict[str, Any]:
+    """One role's Secret: `url` (what clients use), `username` and `password` (what a
+    rotation edits; the operator derives the URL and the broker's files from them)."""
+    return secret_object(
+        owner,
+        {
+            naming.BROKER_URL_KEY: url,
+            naming.BROKER_USERNAME_KEY: username,
+            naming.BROKER_PASSWORD_KEY: password,
+        },
+        role=role,
     )
 
 
@@ -65,6 +95,22 @@ def pod_security(uid: int) -> dict[str, Any]:
         "runAsGroup": uid,
         "fsGroup": uid,
         "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def broker_tls_volume(taskqueue: str) -> dict[str, Any]:
+    """The broker's certificate, key and CA from `<tq>-broker-tls` (never the generated
+    CA's key, which is there too), readable by the broker's group (fsGroup) only."""
+    return {
+        "name": "tls",
+        "secret": {
+            "secretName": naming.broker_tls_secret_name(taskqueue),
+            "items": [
+                {"key": key, "path": key}
+                for key in (naming.TLS_CERT_KEY, naming.TLS_KEY_KEY, naming.CA_CERT_KEY)
+            ],
+            "defaultMode": 0o440,
+        },
     }
 
 

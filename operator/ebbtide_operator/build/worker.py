@@ -11,6 +11,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from ebbtide.brokers.tls import CA_FILE_ENV, CERT_FILE_ENV, KEY_FILE_ENV
+
 from ebbtide_operator import naming
 from ebbtide_operator.build.common import owned, spec_hash
 from ebbtide_operator.build.merge import deep_merge
@@ -77,9 +79,59 @@ def broker_url_mount(secret_name: str, key: str) -> tuple[dict[str, Any], dict[s
     return volume, mount
 
 
+def tls_pieces(
+    taskqueue: str, spec: TaskQueueSpec
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, volumes, mounts) that tell the runtime how to verify the broker: the CA
+    Secret's one key mounted at BROKER_CA_DIR (EBBTIDE_BROKER_CA_FILE), and an external
+    broker's client certificate at BROKER_CLIENT_CERT_DIR (EBBTIDE_BROKER_CERT_FILE and
+    EBBTIDE_BROKER_KEY_FILE). Files, not env values: a renewed CA reaches running pods."""
+    env: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    ca = spec.broker.ca_secret(taskqueue)
+    if ca is not None:
+        volumes.append(
+            {
+                "name": "broker-ca",
+                "secret": {
+                    "secretName": ca.name,
+                    "items": [{"key": ca.key, "path": naming.CA_CERT_KEY}],
+                },
+            }
+        )
+        mounts.append({"name": "broker-ca", "mountPath": naming.BROKER_CA_DIR, "readOnly": True})
+        env.append({"name": CA_FILE_ENV, "value": f"{naming.BROKER_CA_DIR}/{naming.CA_CERT_KEY}"})
+    client = spec.broker.tls.client_cert_secret if spec.broker.managed is None else None
+    if client is not None:
+        keys = (naming.TLS_CERT_KEY, naming.TLS_KEY_KEY)
+        volumes.append(
+            {
+                "name": "broker-client-cert",
+                "secret": {
+                    "secretName": client,
+                    "items": [{"key": key, "path": key} for key in keys],
+                    "defaultMode": 0o400,
+                },
+            }
+        )
+        mounts.append(
+            {
+                "name": "broker-client-cert",
+                "mountPath": naming.BROKER_CLIENT_CERT_DIR,
+                "readOnly": True,
+            }
+        )
+        directory = naming.BROKER_CLIENT_CERT_DIR
+        env.append({"name": CERT_FILE_ENV, "value": f"{directory}/{naming.TLS_CERT_KEY}"})
+        env.append({"name": KEY_FILE_ENV, "value": f"{directory}/{naming.TLS_KEY_KEY}"})
+    return env, volumes, mounts
+
+
 def worker_broker_secret(taskqueue: str, spec: TaskQueueSpec) -> SecretRef:
-    """The Secret (and key) holding the URL the workers connect with."""
-    return spec.broker.url_secret(taskqueue)
+    """The Secret (and key) holding the URL the workers connect with: the worker role's
+    `<name>-broker-worker` on a managed broker, the user's Secret on an external one."""
+    return spec.broker.url_secret(taskqueue, "worker")
 
 
 def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
@@ -90,13 +142,18 @@ def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
         {"name": "EBBTIDE_TASKQUEUE", "value": taskqueue},
         {"name": "EBBTIDE_KEY_PREFIX", "value": spec.broker.key_prefix},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *tls_pieces(taskqueue, spec)[0],
     ]
     taken = {item["name"] for item in ours}
     return ours + [dict(item) for item in spec.worker.env if item.get("name") not in taken]
 
 
-def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
-    """The pod template, user override merged in, annotated with its own hash."""
+def worker_pod_template(
+    taskqueue: str, spec: TaskQueueSpec, credentials: str | None = None
+) -> dict[str, Any]:
+    """The pod template, user override merged in, annotated with its own hash.
+    `credentials` (a managed broker's worker credential version) rolls the pods when the
+    worker's password is rotated: the runtime reads the URL file once, at start."""
     worker = spec.worker
     port = worker.metrics_port
     secret = worker_broker_secret(taskqueue, spec)
@@ -124,7 +181,11 @@ def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, url_mount],
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            url_mount,
+            *tls_pieces(taskqueue, spec)[2],
+        ],
     }
     if worker.image_pull_policy:
         container["imagePullPolicy"] = worker.image_pull_policy
@@ -141,7 +202,11 @@ def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, url_volume],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+            url_volume,
+            *tls_pieces(taskqueue, spec)[1],
+        ],
     }
     if worker.service_account_name:
         pod_spec["serviceAccountName"] = worker.service_account_name
@@ -155,6 +220,8 @@ def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
         # Secret has the same name) must roll the pods. Absent for Redis, so existing
         # Redis workers keep their template hash.
         annotations[naming.BROKER_TYPE_ANNOTATION] = spec.broker.type
+    if credentials:
+        annotations[naming.CREDENTIALS_ANNOTATION] = credentials
     template = {
         "metadata": {
             "labels": naming.common_labels(taskqueue, "worker"),
@@ -170,10 +237,10 @@ def worker_pod_template(taskqueue: str, spec: TaskQueueSpec) -> dict[str, Any]:
 
 
 def worker_deployment(
-    owner: Mapping[str, Any], spec: TaskQueueSpec, replicas: int
+    owner: Mapping[str, Any], spec: TaskQueueSpec, replicas: int, credentials: str | None = None
 ) -> dict[str, Any]:
     name = owner["metadata"]["name"]
-    template = worker_pod_template(name, spec)
+    template = worker_pod_template(name, spec, credentials)
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

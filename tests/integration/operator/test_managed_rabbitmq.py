@@ -3,10 +3,12 @@
 No image can run here, so the node is Debian's rabbitmq-server, started with exactly the
 ConfigMap's rabbitmq.conf and enabled_plugins, the Secret's definitions.json and the
 container's Erlang settings; only ports and paths are moved to a temp dir on loopback.
-Checks: the management plugin is on, the Secret's URL works for the runtime and for the
-operator's statistics reader, `guest` does not exist, and a node restarted on its old
-data with a newly generated Secret accepts the new credentials (definitions load at
-every boot).
+Checks: the management plugin is on, the role Secrets' URLs work for the runtime and for
+the operator's statistics reader, `guest` does not exist, a node restarted on its old
+data with newly generated Secrets accepts the new credentials (definitions load at every
+boot); and each role has exactly its rights: the producer sends but cannot claim, the
+worker claims but cannot manage the broker, the operator reads the statistics but cannot
+publish, and a rotated password is applied live.
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ from pathlib import Path
 
 import pika
 import pytest
-from ebbtide_operator import provision
+from ebbtide import PermissionDenied
+from ebbtide.brokers.rabbitmq.topology import parse_options
+from ebbtide_operator import broker_admin, credentials, provision
 from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.build import rabbitmq
 from ebbtide_operator.spec import parse_spec
+from ebbtide_operator.wake import RabbitMQListener
+from support.memory_cluster import MemoryCluster
 from support.servers import RABBITMQ_BIN, RabbitMQProcess, free_port, wait_for_port
 
 pytestmark = pytest.mark.rabbitmq
@@ -38,7 +44,13 @@ BODY = {
     "kind": "TaskQueue",
     "metadata": {"name": "tq", "namespace": "ns", "uid": "u1"},
     "spec": {
-        "broker": {"type": "rabbitmq", "managed": {"resources": {"limits": {"memory": "1Gi"}}}},
+        # Plain listeners here (this file is about users, vhosts and boot); the same node
+        # with the operator's TLS listeners is test_managed_tls.py's.
+        "broker": {
+            "type": "rabbitmq",
+            "managed": {"resources": {"limits": {"memory": "1Gi"}}},
+            "tls": {"enabled": False},
+        },
         "queues": [{"name": "jobs"}],
         "worker": {"image": "w:1", "app": "m:app"},
     },
@@ -47,6 +59,17 @@ BODY = {
 
 def decoded(secret: dict) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def reconciled() -> MemoryCluster:
+    """A TaskQueue's Secrets as a real reconcile makes them (fresh credentials)."""
+    cluster = MemoryCluster()
+    asyncio.run(provision.reconcile(cluster, BODY, parse_spec(BODY["spec"])))
+    return cluster
+
+
+def secret_of(cluster: MemoryCluster, role: str | None = None) -> dict:
+    return cluster.objects[("Secret", "ns", "tq-broker" + (f"-{role}" if role else ""))]
 
 
 class Node:
@@ -173,17 +196,22 @@ def wait_ready(url: str, expected: int, timeout: float = 20.0):
 def test_generated_config_runs_a_node_the_runtime_and_operator_can_use(tmp_path):
     import ebbtide
 
-    secret = provision.new_broker_secret(BODY, "rabbitmq")
-    creds = decoded(secret)
+    cluster = reconciled()
+    secret = secret_of(cluster)
+    creds, monitor = decoded(secret), decoded(secret_of(cluster, "operator"))
     with managed_node(tmp_path) as node:
         node.start(secret)
-        url = node.local_url(secret)
+        url = node.local_url(secret_of(cluster, "producer"))
 
-        # The generated user works on AMQP and the management API; guest does not exist.
-        assert management_get(node, "/api/queues/%2F", creds["username"], creds["password"]) == 200
+        # The admin works on the management API (and may manage users: rotations); the
+        # operator's identity may read the queues, not the users; guest does not exist.
+        assert management_get(node, "/api/queues/tq", creds["username"], creds["password"]) == 200
+        assert management_get(node, "/api/users", creds["username"], creds["password"]) == 200
+        assert (
+            management_get(node, "/api/queues/tq", monitor["username"], monitor["password"]) == 200
+        )
+        assert management_get(node, "/api/users", monitor["username"], monitor["password"]) != 200
         assert management_get(node, "/api/overview", "guest", "guest") == 401
-        # ...and the user is no administrator.
-        assert management_get(node, "/api/users", creds["username"], creds["password"]) != 200
         guest = pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{node.port}/%2F")
         with pytest.raises(pika.exceptions.ProbableAuthenticationError):
             pika.BlockingConnection(guest)
@@ -195,7 +223,7 @@ def test_generated_config_runs_a_node_the_runtime_and_operator_can_use(tmp_path)
 
         job.send_many([(i,) for i in range(7)])
         app.close()
-        stats = wait_ready(url, 7)
+        stats = wait_ready(node.local_url(secret_of(cluster, "operator")), 7)
         jobs = stats.queues["jobs"]
         assert jobs.ready == 7 and jobs.enqueued_total == 7
         assert jobs.oldest_ready_at is not None  # from the management API
@@ -203,7 +231,118 @@ def test_generated_config_runs_a_node_the_runtime_and_operator_can_use(tmp_path)
         # A new Secret (a TaskQueue recreated over a kept PVC): the node restarts on its
         # old data and takes the new credentials from the definitions it loads at boot.
         node.server.stop()
-        renewed = provision.new_broker_secret(BODY, "rabbitmq")
-        node.start(renewed)
-        renewed_url = node.local_url(renewed)
+        renewed = reconciled()
+        node.start(secret_of(renewed))
+        renewed_url = node.local_url(secret_of(renewed, "operator"))
         assert wait_ready(renewed_url, 7).queues["jobs"].ready == 7  # durable, persistent
+
+
+def connect(url: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.URLParameters(parse_options(url).amqp_url))
+
+
+def refused(url: str, action) -> str:
+    """The reply text of the channel error `action(channel)` ends in."""
+    connection = connect(url)
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as error:
+            action(connection.channel())
+        return str(error.value)
+    finally:
+        connection.close()
+
+
+def hears_wake_up(listener_url: str, producer_url: str) -> str:
+    """The queue name wake.py's RabbitMQ listener (on `listener_url`) hears when the
+    producer sends a task."""
+    import ebbtide
+
+    async def main() -> str:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        listener = RabbitMQListener(listener_url, "ebbtide", heard.put_nowait)
+        try:
+            await asyncio.to_thread(listener.subscribed.wait, 20)
+            assert listener.subscribed.is_set(), "the operator could not bind its wake queue"
+            app = ebbtide.App(broker_url=producer_url)
+            job = app.task(queue="jobs", name="woken")(lambda: None)
+            await asyncio.to_thread(job.send)
+            app.close()
+            return await asyncio.wait_for(heard.get(), 10)
+        finally:
+            listener.stop()
+
+    return asyncio.run(main())
+
+
+def test_each_role_has_exactly_its_rights_and_a_rotation_is_applied_live(tmp_path):
+    import ebbtide
+
+    cluster = reconciled()
+    with managed_node(tmp_path) as node:
+        node.start(secret_of(cluster))
+        producer, worker, operator = (
+            node.local_url(secret_of(cluster, role)) for role in ("producer", "worker", "operator")
+        )
+        app = ebbtide.App(broker_url=producer)
+
+        @app.task(queue="jobs")
+        def job(n: int) -> None: ...
+
+        # The producer sends (ready and delayed) into the pre-declared queues...
+        job.send_many([(i,) for i in range(3)])
+        job.options(delay=120).send(99)
+        # ...but cannot claim, nor read the DLQ, nor touch a queue not in the spec.
+        text = refused(producer, lambda ch: ch.basic_get("ebbtide.jobs"))
+        assert "ACCESS_REFUSED" in text and "ebbtide-producer" in text
+        assert "ACCESS_REFUSED" in refused(producer, lambda ch: ch.basic_get("ebbtide.jobs.dead"))
+        other = app.task(queue="elsewhere")(lambda: None)
+        with pytest.raises(PermissionDenied, match="'ebbtide-producer' lacks the right"):
+            other.send()
+        app.close()
+
+        # The worker claims and acks (the whole runtime path), ...
+        connection = connect(worker)
+        channel = connection.channel()
+        method, _, _ = channel.basic_get("ebbtide.jobs")
+        assert method is not None
+        channel.basic_ack(method.delivery_tag)
+        connection.close()
+        # ...but has no management API (no tags) and no other vhost.
+        creds = decoded(secret_of(cluster, "worker"))
+        assert management_get(node, "/api/users", creds["username"], creds["password"]) == 401
+        with pytest.raises(pika.exceptions.ProbableAccessDeniedError):
+            connect(worker.replace("/tq?", "/%2F?"))
+
+        # The operator reads the statistics (management API + heartbeat peeks)...
+        assert wait_ready(operator, 2).queues["jobs"].ready == 2
+
+        # ...and cannot publish, consume or declare.
+        def publish(channel) -> None:
+            channel.confirm_delivery()  # the refusal then ends the publish itself
+            channel.basic_publish("", "ebbtide.jobs", b"x")
+
+        text = refused(operator, publish)
+        assert "ACCESS_REFUSED" in text and "exchange 'amq.default'" in text
+        assert "ACCESS_REFUSED" in refused(operator, lambda ch: ch.basic_get("ebbtide.jobs"))
+
+        # The operator's identity listens for wake-ups (wake.py) and hears the producer.
+        assert hears_wake_up(operator, producer) == "jobs"
+
+        # A rotation: a new worker password, applied live through the admin. The
+        # worker's open connection keeps working; new ones need the new password.
+        before = connect(worker)
+        key = ("Secret", "ns", "tq-broker-worker")
+        cluster.objects[key]["data"]["password"] = base64.b64encode(b"rotated-pw").decode()
+        synced = asyncio.run(credentials.sync(cluster, BODY, parse_spec(BODY["spec"])))
+        assert synced.rotated == ("worker",) and synced.rendered_changed
+        admin_url = node.local_url({"data": {"url": base64.b64encode(synced.admin_url.encode())}})
+        broker_admin.apply("rabbitmq", admin_url, synced.roles, "ebbtide", "tq", ["jobs"])
+        channel = before.channel()
+        assert channel.queue_declare("ebbtide.jobs", passive=True).method.message_count == 3
+        before.close()
+        with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+            connect(worker)
+        rotated = node.local_url(secret_of(cluster, "worker"))
+        assert "rotated-pw" in rotated
+        connect(rotated).close()
+        assert wait_ready(operator, 3).queues["jobs"].ready == 3  # no task lost

@@ -23,7 +23,9 @@ OPERATOR = {
     ("", "services"): {"get", "create", "patch", "delete"},
     ("", "configmaps"): {"get", "create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
-    ("", "secrets"): {"get", "create", "delete"},  # by name; delete: our own on a type switch
+    # by name; patch: our own role/admin Secrets on a rotation, the TLS ones on a renewal;
+    # delete: ours on a type switch or when TLS is switched off
+    ("", "secrets"): {"get", "create", "patch", "delete"},
     ("", "pods"): {"list", "patch"},  # list_pods (waiting reasons), annotate_pod (cost)
     ("", "events"): {"create"},  # kopf.event
 }
@@ -79,6 +81,17 @@ def test_cluster_mode_grants_exactly_what_the_code_uses():
     sa = only(docs, "ServiceAccount")["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
     assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+
+
+def test_cert_manager_certificates_only_when_asked_in_both_modes():
+    """spec.broker.tls.issuerRef needs Certificates; off by default (an issuer signs)."""
+    certificates = {("cert-manager.io", "certificates"): {"get", "create", "patch", "delete"}}
+    role = named(render("rbac.certManager=true"), "ClusterRole", "ebbtide")
+    assert_exactly(role["rules"], OPERATOR | DISCOVERY | certificates)
+    docs = render("rbac.certManager=true", "watchNamespaces={team-a}")
+    namespaced = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "ebbtide"]
+    (team,) = namespaced
+    assert_exactly(team["rules"], OPERATOR | certificates)
 
 
 def test_secrets_are_never_listed_or_watched_and_pvcs_are_not_granted():

@@ -151,7 +151,7 @@ def test_conflict_conditions_name_the_objects():
     health = status.Health(
         name_conflicts=("Service/tq-redis",), worker_conflict="Deployment/tq-worker"
     )
-    ready, _broker, workers, scaling, degraded, _durable = status.conditions(health, 0, 0)
+    ready, _broker, workers, scaling, degraded, *_ = status.conditions(health, 0, 0)
     assert ready["status"] == "False" and ready["reason"] == "NameConflict"
     assert "Deployment/tq-worker" in ready["message"] and "Service/tq-redis" in ready["message"]
     assert workers["reason"] == "NameConflict" and workers["status"] == "False"
@@ -172,8 +172,13 @@ def test_creates_deletes_and_scales_are_audited(caplog):
     run(cluster, b)  # StatefulSet → Deployment
     entries = [r.audit for r in caplog.records if hasattr(r, "audit")]
     actions = [(e["action"], e["object"]) for e in entries]
-    assert actions[:4] == [
+    assert actions[:9] == [
+        ("create", "Secret/tq-broker-producer"),
+        ("create", "Secret/tq-broker-worker"),
+        ("create", "Secret/tq-broker-operator"),
         ("create", "Secret/tq-broker"),
+        ("create", "Secret/tq-broker-ca"),  # TLS, on by default
+        ("create", "Secret/tq-broker-tls"),
         ("create", "StatefulSet/tq-redis"),
         ("create", "Service/tq-redis"),
         ("create", "NetworkPolicy/tq-redis"),

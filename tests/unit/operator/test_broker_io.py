@@ -72,7 +72,7 @@ class FakeConnect:
         self.opened: list[tuple[str, FakeLink]] = []
         self.link_args = link_args
 
-    def __call__(self, url: str, connections: int) -> FakeLink:
+    def __call__(self, url: str, connections: int, tls: object = None) -> FakeLink:
         link = FakeLink(**self.link_args.get(url, {}))
         self.opened.append((url, link))
         return link

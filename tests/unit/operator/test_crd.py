@@ -149,7 +149,7 @@ def test_printer_columns():
     columns = {c["name"]: c for c in VERSION["additionalPrinterColumns"]}
     for name in ("Broker", "Backlog", "Oldest", "Drain", "Replicas", "Ready", "Age"):
         assert name in columns and columns[name].get("priority", 0) == 0
-    for name in ("In-Flight", "Lambda", "Mu", "Desired"):
+    for name in ("In-Flight", "Lambda", "Mu", "Desired", "Producer-Secret"):
         assert columns[name]["priority"] == 1
     # Degraded reads True/False, not a reason (`AsExpected` when nothing was wrong).
     assert columns["Degraded"]["jsonPath"] == '.status.conditions[?(@.type=="Degraded")].status'
@@ -157,7 +157,11 @@ def test_printer_columns():
     for column in columns.values():
         path = column["jsonPath"]
         if path.startswith(".status.") and "conditions" not in path:
-            assert path.removeprefix(".status.") in status_props, path
+            *parents, leaf = path.removeprefix(".status.").split(".")
+            props = status_props
+            for parent in parents:
+                props = props[parent]["properties"]
+            assert leaf in props, path
 
 
 def test_every_spec_field_is_documented():

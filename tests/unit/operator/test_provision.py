@@ -40,7 +40,12 @@ def test_first_reconcile_creates_everything():
     cluster = MemoryCluster()
     report = run(cluster, body())
     assert report == {
+        "Secret/tq-broker-producer": "created",
+        "Secret/tq-broker-worker": "created",
+        "Secret/tq-broker-operator": "created",
         "Secret/tq-broker": "created",
+        "Secret/tq-broker-ca": "created",  # TLS by default
+        "Secret/tq-broker-tls": "created",
         "StatefulSet/tq-redis": "created",
         "Service/tq-redis": "created",
         "NetworkPolicy/tq-redis": "created",
@@ -105,14 +110,19 @@ def test_managed_rabbitmq_creates_secret_config_statefulset_service_and_policy()
     cluster = MemoryCluster()
     report = run(cluster, rabbit_body())
     assert report == {
+        "Secret/tq-broker-producer": "created",
+        "Secret/tq-broker-worker": "created",
+        "Secret/tq-broker-operator": "created",
         "Secret/tq-broker": "created",
+        "Secret/tq-broker-ca": "created",
+        "Secret/tq-broker-tls": "created",
         "ConfigMap/tq-rabbitmq": "created",
         "StatefulSet/tq-rabbitmq": "created",
         "Service/tq-rabbitmq": "created",
         "NetworkPolicy/tq-rabbitmq": "created",
         "Deployment/tq-worker": "created",
     }
-    assert secret_url(cluster).startswith("amqp://ebbtide-")
+    assert secret_url(cluster).startswith("amqps://ebbtide-")
     for key in cluster.objects:
         refs = cluster.objects[key]["metadata"]["ownerReferences"]
         assert [ref["uid"] for ref in refs] == ["u1"], key
@@ -133,17 +143,17 @@ def test_rabbitmq_reconcile_is_idempotent_and_applies_config_changes():
 def test_switching_redis_to_rabbitmq_replaces_secret_and_broker_objects():
     cluster = MemoryCluster()
     run(cluster, body())
-    assert secret_url(cluster).startswith("redis://")
+    assert secret_url(cluster).startswith("rediss://")
     report = run(cluster, rabbit_body())
     assert report["Secret/tq-broker"] == "replaced"
-    assert secret_url(cluster).startswith("amqp://")
+    assert secret_url(cluster).startswith("amqps://")
     for kind in ("StatefulSet", "Service", "NetworkPolicy"):
         assert report[f"{kind}/tq-redis"] == "deleted"
         assert (kind, "ns", "tq-redis") not in cluster.objects
     assert ("StatefulSet", "ns", "tq-rabbitmq") in cluster.objects
     # ...and back: the RabbitMQ objects, ConfigMap included, go.
     report = run(cluster, body())
-    assert report["Secret/tq-broker"] == "replaced" and secret_url(cluster).startswith("redis://")
+    assert report["Secret/tq-broker"] == "replaced" and secret_url(cluster).startswith("rediss://")
     for kind in ("StatefulSet", "Service", "NetworkPolicy", "ConfigMap"):
         assert report[f"{kind}/tq-rabbitmq"] == "deleted"
 
@@ -154,7 +164,7 @@ def test_a_users_secret_is_never_replaced_even_for_another_type():
     cluster.objects[("Secret", "ns", "tq-broker")]["metadata"]["ownerReferences"] = []
     report = run(cluster, rabbit_body())
     assert report["Secret/tq-broker"] == "conflict"
-    assert secret_url(cluster).startswith("redis://")
+    assert secret_url(cluster).startswith("rediss://")
 
 
 def test_rabbitmq_persistence_off_is_a_deployment_and_switching_replaces_it():
@@ -178,10 +188,12 @@ def test_switching_rabbitmq_to_external_removes_every_owned_broker_object():
 
 
 def test_generated_credentials_are_fresh_and_never_guest():
-    secrets = [
-        provision.new_broker_secret(taskqueue(managed_spec("rabbitmq")), "rabbitmq")
-        for _ in range(5)
-    ]
+    secrets = []
+    for _ in range(5):
+        cluster = MemoryCluster()
+        b = taskqueue(managed_spec("rabbitmq"))
+        asyncio.run(provision.reconcile(cluster, b, parse_spec(b["spec"])))
+        secrets.append(cluster.objects[("Secret", "ns1", "tq1-broker")])
     users = {decoded(s)["username"] for s in secrets}
     passwords = {decoded(s)["password"] for s in secrets}
     assert len(users) == 5 and len(passwords) == 5

@@ -8,6 +8,8 @@ import pytest
 from ebbtide_operator.spec import (
     DEFAULT_RABBITMQ_IMAGE,
     DEFAULT_REDIS_IMAGE,
+    IssuerRef,
+    SecretRef,
     SpecError,
     parse_spec,
 )
@@ -134,6 +136,77 @@ def test_names_near_the_reserved_ones_are_fine(name):
     raw = minimal()
     raw["queues"] = [{"name": name}]
     assert parse_spec(raw).queues[0].name == name
+
+
+# --- spec.broker.tls ------------------------------------------------------------------
+
+
+def _tls_spec(tls: dict | None, managed: bool = True) -> dict:
+    broker: dict = {"type": "redis"}
+    if managed:
+        broker["managed"] = {}
+    else:
+        broker["external"] = {"secretRef": {"name": "mine"}}
+    if tls is not None:
+        broker["tls"] = tls
+    return {"broker": broker, "queues": [{"name": "q"}], "worker": {"image": "w", "app": "m:a"}}
+
+
+def test_tls_is_on_by_default_for_a_managed_broker():
+    broker = parse_spec(_tls_spec(None)).broker
+    assert broker.managed_tls and broker.tls.issuer is None
+    assert broker.ca_secret("tq") == SecretRef("tq-broker-ca", "ca.crt")
+
+
+def test_tls_opt_out_and_cert_manager():
+    assert not parse_spec(_tls_spec({"enabled": False})).broker.managed_tls
+    assert parse_spec(_tls_spec({"enabled": False})).broker.ca_secret("tq") is None
+    broker = parse_spec(_tls_spec({"issuerRef": {"name": "corp"}})).broker
+    assert broker.tls.issuer == IssuerRef("corp", "Issuer", "cert-manager.io")
+    assert broker.ca_secret("tq") == SecretRef("tq-broker-tls", "ca.crt")
+
+
+def test_external_tls_refs():
+    tls = {
+        "caSecretRef": {"name": "corp-ca", "key": "bundle.pem"},
+        "clientCertSecretRef": {"name": "me"},
+    }
+    broker = parse_spec(_tls_spec(tls, managed=False)).broker
+    assert not broker.managed_tls
+    assert broker.ca_secret("tq") == SecretRef("corp-ca", "bundle.pem")
+    assert broker.tls.client_cert_secret == "me"
+    assert parse_spec(_tls_spec(None, managed=False)).broker.ca_secret("tq") is None
+
+
+@pytest.mark.parametrize(
+    "tls, managed, message",
+    [
+        (
+            {"caSecretRef": {"name": "x"}},
+            True,
+            "spec.broker.tls.caSecretRef applies to an external",
+        ),
+        (
+            {"clientCertSecretRef": {"name": "x"}},
+            True,
+            "clientCertSecretRef applies to an external",
+        ),
+        ({"enabled": False}, False, "spec.broker.tls.enabled applies to a managed broker only"),
+        ({"issuerRef": {"name": "x"}}, False, "spec.broker.tls.issuerRef applies to a managed"),
+        ({"enabled": "no"}, True, "spec.broker.tls.enabled must be true or false, got 'no'"),
+        (
+            {"issuerRef": {"name": "x"}, "enabled": False},
+            True,
+            "issuerRef needs spec.broker.tls.enabled",
+        ),
+        ({"issuerRef": {}}, True, "spec.broker.tls.issuerRef.name is required"),
+        ({"caSecretRef": {"key": "k"}}, False, "spec.broker.tls.caSecretRef.name is required"),
+        ("yes", True, "spec.broker.tls must be an object"),
+    ],
+)
+def test_bad_tls_settings_name_the_field(tls, managed, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        parse_spec(_tls_spec(tls, managed))
 
 
 def test_durations_are_whole_seconds_and_old_fractional_ones_are_still_read():

@@ -73,8 +73,10 @@ def test_all_good():
         "ScalingActive",
         "Degraded",
         "Durable",
+        "Encrypted",
     ]
     assert c["Ready"]["status"] == "True" and c["Degraded"]["status"] == "False"
+    assert c["Encrypted"]["status"] == "True" and c["Encrypted"]["reason"] == "GeneratedCA"
     assert c["ScalingActive"]["reason"] == "BacklogTime"
     assert c["Durable"]["status"] == "True" and c["Durable"]["reason"] == "Persistent"
 
@@ -158,3 +160,22 @@ def test_policy_error_is_degraded_but_broker_and_workers_stay_ready():
         c["Degraded"]["reason"] == "PolicyError" and c["ScalingActive"]["reason"] == "PolicyError"
     )
     assert c["Ready"]["status"] == "True"
+
+
+@pytest.mark.parametrize(
+    "tls, encrypted",
+    [
+        (status.TLS_GENERATED, "True"),
+        (status.TLS_CERT_MANAGER, "True"),
+        (status.TLS_EXTERNAL, "True"),
+        (status.TLS_DISABLED, "False"),
+        (status.TLS_EXTERNAL_PLAIN, "False"),
+        (status.TLS_UNKNOWN, "False"),
+    ],
+)
+def test_encrypted_condition_says_how_the_broker_is_reached(tls, encrypted):
+    c = by_type(status.conditions(status.Health(tls=tls), replicas=1, ready=1))
+    assert c["Encrypted"]["status"] == encrypted and c["Encrypted"]["reason"] == tls
+    assert c["Ready"]["status"] == "True"  # plain text is a choice, not a failure
+    if tls == status.TLS_DISABLED:
+        assert "spec.broker.tls.enabled is false" in c["Encrypted"]["message"]

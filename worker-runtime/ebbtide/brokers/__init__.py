@@ -17,8 +17,17 @@ from urllib.parse import urlsplit
 from ..broker_url import url_from_environment
 from ..errors import UnsupportedBroker
 from .base import Broker, BrokerStats, redact
+from .tls import BrokerTLS
 
-__all__ = ["Broker", "check_scheme", "open_broker", "read_stats", "redact", "resolve_url"]
+__all__ = [
+    "Broker",
+    "BrokerTLS",
+    "check_scheme",
+    "open_broker",
+    "read_stats",
+    "redact",
+    "resolve_url",
+]
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 AMQP_SCHEMES = ("amqp", "amqps")
@@ -42,34 +51,40 @@ def check_scheme(url: str) -> str:
         return scheme
     raise UnsupportedBroker(
         f"unsupported broker URL scheme {scheme!r} in {redact(url)!r}: "
-        "use redis://, rediss:// (TLS) or amqp://"
+        "use redis://, rediss:// (TLS), amqp:// or amqps:// (TLS)"
     )
 
 
-def open_broker(url: str | None, prefix: str = "ebbtide") -> Broker:
+def open_broker(url: str | None, prefix: str = "ebbtide", tls: BrokerTLS | None = None) -> Broker:
+    """The broker for `url`; `tls` (default: from EBBTIDE_BROKER_CA_FILE and friends)
+    verifies a rediss:// or amqps:// broker."""
     url = resolve_url(url)
     scheme = check_scheme(url)
+    tls = BrokerTLS.from_env() if tls is None else tls
     if scheme in REDIS_SCHEMES:
         from .redis.broker import RedisBroker
 
-        return RedisBroker(url, prefix)
+        return RedisBroker(url, prefix, tls)
     try:
         from .rabbitmq.broker import RabbitMQBroker
     except ImportError:
         raise UnsupportedBroker(
             f"{scheme}:// brokers need the RabbitMQ support (pip install 'ebbtide[rabbitmq]')"
         ) from None
-    return RabbitMQBroker(url, prefix)
+    return RabbitMQBroker(url, prefix, tls)
 
 
 def read_stats(
-    handle: Any, queues: list[str] | None = None, prefix: str = "ebbtide"
+    handle: Any,
+    queues: list[str] | None = None,
+    prefix: str = "ebbtide",
+    tls: BrokerTLS | None = None,
 ) -> BrokerStats:
     """`ebbtide.read_stats` for any handle: a URL (opened and closed here), a Broker, or
     a `redis.Redis` client (the operator keeps one pool per Redis; decode_responses
     either way)."""
     if isinstance(handle, str):
-        broker = open_broker(handle, prefix)
+        broker = open_broker(handle, prefix, tls)
         try:
             return broker.stats(queues, WORKER_TTL_MS)
         finally:

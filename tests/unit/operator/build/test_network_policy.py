@@ -66,4 +66,4 @@ def test_the_spec_reaches_the_policy_through_provision():
     operator_peer = peers(policy)[-1]
     assert operator_peer["namespaceSelector"]["matchLabels"] == {NAME_LABEL: "ebbtide-system"}
     ports = [p["port"] for p in policy["spec"]["ingress"][0]["ports"]]
-    assert ports == [naming.RABBITMQ_PORT, naming.RABBITMQ_MANAGEMENT_PORT]
+    assert ports == [naming.RABBITMQ_TLS_PORT, naming.RABBITMQ_MANAGEMENT_TLS_PORT]  # TLS default

@@ -9,7 +9,7 @@ import json
 import pytest
 from ebbtide.brokers.rabbitmq.topology import parse_options
 from ebbtide_operator import naming
-from ebbtide_operator.build import rabbitmq, redis
+from ebbtide_operator.build import rabbitmq, redis, roles
 from ebbtide_operator.spec import DEFAULT_RABBITMQ_IMAGE, parse_spec
 from support.taskqueue import assert_owned, decoded, managed_spec, taskqueue
 
@@ -29,23 +29,56 @@ def workload_pod(b: dict) -> dict:
 # --- the Secret ------------------------------------------------------------------------
 
 
-def test_secret_holds_user_password_url_and_definitions():
+ROLES = {role: roles.Credential(f"ebbtide-{role}", f"{role}-pw") for role in naming.ROLES}
+
+
+def test_admin_secret_holds_user_password_url_and_definitions_of_every_role():
     owner = body()
-    secret = rabbitmq.rabbitmq_secret(owner, "ebbtide-0a1b2c3d", "s3cret")
+    secret = rabbitmq.rabbitmq_secret(owner, "ebbtide-0a1b2c3d", "s3cret", ROLES, "ebbtide")
     assert_owned(secret)
     assert secret["metadata"]["name"] == "tq1-broker"
     data = decoded(secret)
     assert data["username"] == "ebbtide-0a1b2c3d" and data["password"] == "s3cret"
     assert data["url"] == (
-        "amqp://ebbtide-0a1b2c3d:s3cret@tq1-rabbitmq.ns1.svc:5672/%2F?management_port=15672"
+        "amqp://ebbtide-0a1b2c3d:s3cret@tq1-rabbitmq.ns1.svc:5672/tq1?management_port=15672"
     )
-    definitions = json.loads(data["definitions.json"])
-    (user,) = definitions["users"]
-    assert user["name"] == "ebbtide-0a1b2c3d" and "s3cret" not in data["definitions.json"]
-    assert user["tags"] == ["management"]  # reads its vhost's queues, is no administrator
-    assert definitions["vhosts"] == [{"name": "/"}]
-    (permission,) = definitions["permissions"]
-    assert permission["user"] == "ebbtide-0a1b2c3d" and permission["vhost"] == "/"
+    text = data["definitions.json"]
+    assert not any(p in text for p in ["s3cret", *(c.password for c in ROLES.values())])
+    definitions = json.loads(text)
+    users = {u["name"]: u["tags"] for u in definitions["users"]}
+    assert users == {
+        "ebbtide-0a1b2c3d": ["administrator"],  # applies rotations over the management API
+        "ebbtide-producer": [],
+        "ebbtide-worker": [],
+        "ebbtide-operator": ["monitoring"],
+    }
+    assert definitions["vhosts"] == [{"name": "/"}, {"name": "tq1"}]
+    grants = {(p["user"], p["vhost"]): p for p in definitions["permissions"]}
+    assert set(grants) == {
+        ("ebbtide-0a1b2c3d", "/"),
+        ("ebbtide-0a1b2c3d", "tq1"),
+        ("ebbtide-producer", "tq1"),
+        ("ebbtide-worker", "tq1"),
+        ("ebbtide-operator", "tq1"),
+    }
+    for role in naming.ROLES:
+        grant = grants[(f"ebbtide-{role}", "tq1")]
+        assert {k: grant[k] for k in ("configure", "write", "read")} == (
+            roles.rabbitmq_permissions(role, "ebbtide")
+        )
+    # The same credentials render the same file: a re-render that changes nothing writes
+    # nothing.
+    again = rabbitmq.rabbitmq_secret(owner, "ebbtide-0a1b2c3d", "s3cret", ROLES, "ebbtide")
+    assert decoded(again)["definitions.json"] == text
+
+
+def test_role_secret_holds_its_user_password_and_url_on_the_taskqueues_vhost():
+    secret = rabbitmq.rabbitmq_role_secret(body(), "worker", ROLES["worker"])
+    assert_owned(secret)
+    assert secret["metadata"]["name"] == "tq1-broker-worker"
+    assert decoded(secret)["url"] == (
+        "amqp://ebbtide-worker:worker-pw@tq1-rabbitmq.ns1.svc:5672/tq1?management_port=15672"
+    )
 
 
 def test_the_url_is_the_runtimes_convention_for_amqp_and_management():
@@ -59,8 +92,9 @@ def test_password_hash_is_rabbitmqs_salted_sha256():
     salt = b"\x90\x8d\xe4\x1c"
     raw = base64.b64decode(rabbitmq.password_hash("hunter2", salt))
     assert raw[:4] == salt and raw[4:] == hashlib.sha256(salt + b"hunter2").digest()
-    # A fresh salt each time: equal passwords do not give equal hashes.
-    assert rabbitmq.password_hash("x") != rabbitmq.password_hash("x")
+    # The default salt comes from the password: stable renders, distinct per password.
+    assert rabbitmq.password_hash("x") == rabbitmq.password_hash("x")
+    assert rabbitmq.password_hash("x")[:8] != rabbitmq.password_hash("y")[:8]
 
 
 # --- ConfigMap: management plugin, definitions, memory ------------------------------------
@@ -247,3 +281,50 @@ def test_network_policy_selects_the_pods_the_workload_makes():
     sts = rabbitmq.rabbitmq_workload(owner, managed_of(owner))
     selector = rabbitmq.rabbitmq_network_policy(owner)["spec"]["podSelector"]
     assert selector["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_tls_config_listens_on_amqps_and_https_only():
+    managed = parse_spec(managed_spec("rabbitmq")).broker.managed
+    conf = rabbitmq.rabbitmq_conf(managed, tls=True)
+    lines = conf.splitlines()
+    assert "listeners.tcp = none" in lines
+    assert "listeners.ssl.default = 5671" in lines
+    assert "management.ssl.port = 15671" in lines
+    assert not any(line.startswith(("listeners.tcp.default", "management.tcp.")) for line in lines)
+    for prefix in ("ssl_options", "management.ssl"):
+        assert f"{prefix}.certfile = /etc/rabbitmq-tls/tls.crt" in lines
+        assert f"{prefix}.keyfile = /etc/rabbitmq-tls/tls.key" in lines
+        assert f"{prefix}.cacertfile = /etc/rabbitmq-tls/ca.crt" in lines
+        assert f"{prefix}.verify = verify_none" in lines
+
+
+def test_tls_workload_service_and_policy_use_the_tls_ports():
+    owner = taskqueue(managed_spec("rabbitmq"))
+    managed = parse_spec(managed_spec("rabbitmq")).broker.managed
+    pod = rabbitmq.rabbitmq_workload(owner, managed, tls=True, tls_hash="h")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert [p["containerPort"] for p in container["ports"]] == [5671, 15671]
+    assert {"name": "tls", "mountPath": "/etc/rabbitmq-tls", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == "tq1-broker-tls"
+    assert pod["metadata"]["annotations"][naming.TLS_HASH_ANNOTATION] == "h"
+    service = rabbitmq.rabbitmq_service(owner, tls=True)
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [
+        ("amqp", 5671),
+        ("management", 15671),
+    ]
+    policy = rabbitmq.rabbitmq_network_policy(owner, tls=True)
+    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [5671, 15671]
+
+
+def test_tls_urls_are_amqps_with_https_management():
+    owner = taskqueue(managed_spec("rabbitmq"))
+    url = decoded(rabbitmq.rabbitmq_role_secret(owner, "worker", ROLES["worker"], tls=True))["url"]
+    assert url == (
+        "amqps://ebbtide-worker:worker-pw@tq1-rabbitmq.ns1.svc:5671/tq1?management_port=15671"
+    )
+    assert parse_options(url).management_url == (
+        "https://ebbtide-worker:worker-pw@tq1-rabbitmq.ns1.svc:15671"
+    )

@@ -41,7 +41,7 @@ def test_worker_deployment_command_env_probes_and_security():
         "name": "EBBTIDE_BROKER_URL_FILE",
         "value": "/etc/ebbtide/broker/url",
     }
-    assert url_secret_of(template) == {"name": "tq1-broker", "key": "url"}
+    assert url_secret_of(template) == {"name": "tq1-broker-worker", "key": "url"}
     assert pod["securityContext"]["fsGroup"] == worker.WORKER_UID  # may read the file
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["EBBTIDE_KEY_PREFIX"]["value"] == "ebbtide"  # the operator reads stats under it
@@ -116,7 +116,7 @@ def test_pod_template_override_merges_without_breaking_selector():
     (container,) = template["spec"]["containers"]
     names = [e["name"] for e in container["env"]]
     assert "EXTRA" in names and "EBBTIDE_BROKER_URL_FILE" in names
-    assert url_secret_of(template) == {"name": "tq1-broker", "key": "url"}
+    assert url_secret_of(template) == {"name": "tq1-broker-worker", "key": "url"}
     assert container["image"] == "w:1"
 
 
@@ -150,7 +150,7 @@ def test_template_patch_never_touches_replicas():
 def test_workers_read_the_url_from_the_managed_secret_and_roll_on_a_type_switch():
     rabbit = parse_spec(taskqueue(managed_spec("rabbitmq"))["spec"])
     template = worker.worker_pod_template("tq1", rabbit)
-    assert url_secret_of(template) == {"name": "tq1-broker", "key": "url"}
+    assert url_secret_of(template) == {"name": "tq1-broker-worker", "key": "url"}
     assert template["metadata"]["annotations"][naming.BROKER_TYPE_ANNOTATION] == "rabbitmq"
     redis_spec = taskqueue(managed_spec("rabbitmq"))["spec"]
     redis_spec["broker"] = {"type": "redis", "managed": {}}
@@ -161,6 +161,58 @@ def test_workers_read_the_url_from_the_managed_secret_and_roll_on_a_type_switch(
         template["metadata"]["annotations"][hash_key]
         != redis_template["metadata"]["annotations"][hash_key]
     )
+
+
+def _env_and_mounts(raw: dict) -> tuple[dict, list, list]:
+    owner = taskqueue(raw)
+    pod = worker.worker_deployment(owner, parse_spec(raw), replicas=1)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    return env, container["volumeMounts"], pod["volumes"]
+
+
+def test_workers_mount_the_managed_brokers_ca_and_are_told_where_it_is():
+    env, mounts, volumes = _env_and_mounts(managed_spec())
+    assert env["EBBTIDE_BROKER_CA_FILE"] == "/etc/ebbtide/broker-ca/ca.crt"
+    assert {"name": "broker-ca", "mountPath": "/etc/ebbtide/broker-ca", "readOnly": True} in mounts
+    (volume,) = [v for v in volumes if v["name"] == "broker-ca"]
+    assert volume["secret"] == {
+        "secretName": "tq1-broker-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    assert "EBBTIDE_BROKER_CERT_FILE" not in env
+
+
+def test_no_ca_without_tls_and_cert_managers_ca_from_the_tls_secret():
+    raw = managed_spec()
+    raw["broker"]["tls"] = {"enabled": False}
+    env, mounts, _ = _env_and_mounts(raw)
+    assert "EBBTIDE_BROKER_CA_FILE" not in env and all(m["name"] != "broker-ca" for m in mounts)
+    raw["broker"]["tls"] = {"issuerRef": {"name": "corp"}}
+    _, _, volumes = _env_and_mounts(raw)
+    (volume,) = [v for v in volumes if v["name"] == "broker-ca"]
+    assert volume["secret"]["secretName"] == "tq1-broker-tls"
+
+
+def test_external_ca_and_client_certificate_are_mounted():
+    raw = managed_spec()
+    raw["broker"] = {
+        "type": "redis",
+        "external": {"secretRef": {"name": "url"}},
+        "tls": {
+            "caSecretRef": {"name": "corp-ca", "key": "b.pem"},
+            "clientCertSecretRef": {"name": "me"},
+        },
+    }
+    env, mounts, volumes = _env_and_mounts(raw)
+    assert env["EBBTIDE_BROKER_CA_FILE"] == "/etc/ebbtide/broker-ca/ca.crt"
+    assert env["EBBTIDE_BROKER_CERT_FILE"] == "/etc/ebbtide/broker-client/tls.crt"
+    assert env["EBBTIDE_BROKER_KEY_FILE"] == "/etc/ebbtide/broker-client/tls.key"
+    by_name = {v["name"]: v.get("secret") for v in volumes}
+    assert by_name["broker-ca"]["items"] == [{"key": "b.pem", "path": "ca.crt"}]
+    assert by_name["broker-client-cert"]["secretName"] == "me"
+    assert by_name["broker-client-cert"]["defaultMode"] == 0o400
+    assert {m["name"] for m in mounts} >= {"broker-ca", "broker-client-cert"}
 
 
 def test_processes_reach_the_worker_args_and_the_slot_count():

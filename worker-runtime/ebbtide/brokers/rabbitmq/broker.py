@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,8 +22,10 @@ import pika
 import pika.exceptions
 
 from ... import logs
+from ...errors import PermissionDenied
 from ...message import replayed_payload
 from ..base import BrokerStats, DeadTask, Delivery, Outgoing, Plan, Settlement, redact
+from ..tls import BrokerTLS, explain
 from . import topology as topo
 from .connection import BrokerDown
 from .consumer import Consumer
@@ -30,6 +33,24 @@ from .management import ManagementSession
 from .publish import Confirmer, Declared, ensure_queue, publish_task
 from .rate import UNAVAILABLE_WAIT_MS, RateTokens
 from .stats import build_stats, build_stats_without_management, parse_workers
+
+
+def refusal(
+    exc: pika.exceptions.ChannelClosedByBroker, user: str, operation: str
+) -> PermissionDenied | None:
+    """RabbitMQ's ACCESS_REFUSED (403, which names the right, the object and the user)
+    as PermissionDenied; a passive check of a missing queue (404) too, since a
+    passive-declaring producer cannot create one."""
+    if exc.reply_code == 403:
+        return PermissionDenied(user, operation, f"RabbitMQ refused it ({exc.reply_text})")
+    if exc.reply_code == 404 and "queue" in str(exc.reply_text):
+        detail = (
+            f"{exc.reply_text}: this identity only checks that the queue exists "
+            "(declare=passive), and a managed broker pre-declares spec.queues"
+        )
+        return PermissionDenied(user, operation, detail)
+    return None
+
 
 CLAIM_WAIT_S = 0.1  # claim() waits this long for a first delivery before returning []
 PUBLISH_ATTEMPTS = 3
@@ -49,15 +70,26 @@ STALE_LINK_ERRORS = (
 class RabbitMQBroker:
     """The Broker protocol, plus the PushWindow capability (a prefetch window)."""
 
-    def __init__(self, url: str, prefix: str = "ebbtide") -> None:
+    def __init__(self, url: str, prefix: str = "ebbtide", tls: BrokerTLS | None = None) -> None:
         self.url = url
         self.prefix = prefix
+        self.tls = BrokerTLS.from_env() if tls is None else tls  # amqps:// verification
         self.options = topo.parse_options(url)
         self.vhost = topo.vhost_of(self.options.amqp_url)
         try:
             self.params = pika.URLParameters(self.options.amqp_url)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"bad RabbitMQ URL {redact(url)!r}: {exc}") from None
+        # amqps:// verifies the server against the CA and its host name (pika's own
+        # default context would skip the name: no server_hostname), unless the URL
+        # brings its own ssl_options; an https management API verifies the same way.
+        self._context: ssl.SSLContext | None = None
+        management = self.options.management_url
+        https = management is not None and management.lower().startswith("https://")
+        if self.params.ssl_options is not None or https:
+            self._context = self.tls.context()
+        if self.params.ssl_options is not None and "ssl_options" not in self.options.amqp_url:
+            self.params.ssl_options = pika.SSLOptions(self._context, self.params.host)
         self._lock = threading.RLock()
         self._conn: Any = None
         self._channel: Any = None
@@ -68,7 +100,9 @@ class RabbitMQBroker:
         self._rate: RateTokens | None = None
         self._woken: dict[str, float] = {}  # queue -> when a wake-up was last published
         self.management = (
-            ManagementSession(self.options.management_url) if self.options.management_url else None
+            ManagementSession(management, context=self._context if https else None)
+            if management
+            else None
         )
 
     # -- producer / admin (sync) ---------------------------------------------------------
@@ -76,10 +110,10 @@ class RabbitMQBroker:
         if self._conn is None or not self._conn.is_open:
             try:
                 self._conn = pika.BlockingConnection(self.params)
-            except pika.exceptions.AMQPError as exc:
+            except (pika.exceptions.AMQPError, ssl.SSLError) as exc:  # SSL: a bad certificate
                 self._conn = None
                 raise ConnectionError(
-                    f"cannot reach RabbitMQ at {redact(self.url)}: {exc!r}"
+                    f"cannot reach RabbitMQ at {redact(self.url)}: {explain(exc, self.tls)}"
                 ) from None
             self._channel = None
             self._declared.forget()
@@ -132,7 +166,7 @@ class RabbitMQBroker:
         replies: list[str] = []
 
         def step(channel: Any) -> bool:
-            ensure_queue(channel, self._declared, self.prefix, queue)
+            ensure_queue(channel, self._declared, self.prefix, queue, self.options.passive_declare)
             room = None
             if max_backlog:
                 depth = channel.queue_declare(
@@ -157,6 +191,7 @@ class RabbitMQBroker:
                         m.delay_ms,
                         m.task_id,
                         confirmer=self._confirmer,
+                        passive=self.options.passive_declare,
                     )
                 if start + CONFIRM_BATCH >= len(todo) and any(m.delay_ms <= 0 for m in todo):
                     self._wake(channel, queue)  # after the tasks: they are routed first
@@ -166,7 +201,14 @@ class RabbitMQBroker:
                 replies.append("!full")
             return True
 
-        self._retrying(step)
+        try:
+            self._retrying(step)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            self._channel = None  # closed by the refusal; the next call opens another
+            refused = refusal(exc, self.params.credentials.username, f"enqueue to {queue!r}")
+            if refused is not None:
+                raise refused from exc
+            raise
         return replies
 
     def _wake(self, channel: Any, queue: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import ssl
 import threading
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -36,13 +37,16 @@ class ManagementError(ConnectionError):
 class ManagementSession:
     """GET requests to one management API on one persistent connection."""
 
-    def __init__(self, management_url: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self, management_url: str, timeout: float = 5.0, context: ssl.SSLContext | None = None
+    ) -> None:
+        """`context` verifies an https API (the broker's CA and host name)."""
         parts = urlsplit(management_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("the RabbitMQ management URL must be http(s)://host[:port]")
         self._https = parts.scheme == "https"
-        self._host, self._port = parts.hostname, parts.port or 15672
-        self._timeout = timeout
+        self._host, self._port = parts.hostname, parts.port or (15671 if self._https else 15672)
+        self._timeout, self._context = timeout, context
         self._headers = {"Connection": "keep-alive", "Accept": "application/json"}
         if parts.username:
             token = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
@@ -78,8 +82,14 @@ class ManagementSession:
 
     def _get(self, path: str) -> Any:
         if self._conn is None:
-            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._conn = kind(self._host, self._port, timeout=self._timeout)
+            if self._https:
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout, context=self._context
+                )
+            else:
+                self._conn = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self._timeout
+                )
             self.opened += 1
         self._conn.request("GET", path, headers=self._headers)
         response = self._conn.getresponse()

@@ -95,10 +95,15 @@ class Declared:
     def mark(self, name: str) -> None:
         self._at[name] = time.monotonic()
 
-    def ensure(self, channel, name: str, arguments: dict, durable: bool = True) -> None:
+    def ensure(
+        self, channel, name: str, arguments: dict, durable: bool = True, passive: bool = False
+    ) -> None:
         if not self.due(name):
             return
-        channel.queue_declare(name, durable=durable, arguments=arguments)
+        if passive:
+            channel.queue_declare(name, passive=True)
+        else:
+            channel.queue_declare(name, durable=durable, arguments=arguments)
         self.mark(name)
 
     def forget(self) -> None:
@@ -114,9 +119,12 @@ def queue_declarations(prefix: str, queue: str) -> list[tuple[str, dict]]:
     ]
 
 
-def ensure_queue(channel, declared: Declared, prefix: str, queue: str) -> None:
+def ensure_queue(
+    channel, declared: Declared, prefix: str, queue: str, passive: bool = False
+) -> None:
+    """Declare (or with `passive` only check) the app queue's durable queues."""
     for name, arguments in queue_declarations(prefix, queue):
-        declared.ensure(channel, name, arguments)
+        declared.ensure(channel, name, arguments, passive=passive)
 
 
 def task_message(
@@ -178,9 +186,11 @@ def publish_task(
     task_id: str,
     headers: dict | None = None,
     confirmer: Confirmer | None = None,
+    passive: bool = False,
 ) -> None:
-    """Publish one task on a BlockingChannel (see task_message)."""
-    ensure_queue(channel, declared, prefix, queue)
+    """Publish one task on a BlockingChannel (see task_message); `passive`: the app
+    queue's own queues are only checked, a delay queue is still declared."""
+    ensure_queue(channel, declared, prefix, queue, passive)
     routing, delay_arguments, props = task_message(
         prefix, queue, priority, delay_ms, task_id, headers
     )

@@ -46,34 +46,44 @@ class Options:
     """Ebbtide's own query parameters on an amqp:// URL (pika never sees them)."""
 
     amqp_url: str
-    management_url: str | None  # http://user:pass@host:port, None = not used
+    management_url: str | None  # http(s)://user:pass@host:port, None = not used
     max_redeliveries: int  # losses (see lost.py) before the consumer itself dead-letters
+    # `declare=passive`: the producer only checks that an app queue's ready, dead and lost
+    # queues exist (the managed broker pre-declares them), since declaring one with a
+    # dead-letter exchange needs the read right that would let it claim (docs/security.md).
+    passive_declare: bool = False
 
 
 def parse_options(url: str) -> Options:
-    """`amqp://u:p@host:5672/vhost?management_port=15672&max_redeliveries=5`.
+    """`amqp://u:p@host:5672/vhost?management_port=15672&max_redeliveries=5&declare=passive`.
 
-    The management URL defaults to the AMQP host and credentials on port 15672;
+    The management URL defaults to the AMQP host and credentials, over http on port
+    15672, or over https on 15671 for `amqps://` (TLS on AMQP means TLS on the API too);
     env EBBTIDE_RABBITMQ_MANAGEMENT_URL overrides it ('' disables it).
     """
     parts = urlsplit(url)
-    ours = {"management_port", "management_url", "max_redeliveries"}
+    ours = {"management_port", "management_url", "max_redeliveries", "declare"}
     query = parse_qsl(parts.query, keep_blank_values=True)
     mine = {k: v for k, v in query if k in ours}
     pika_query = urlencode([(k, v) for k, v in query if k not in ours])
     amqp_url = urlunsplit(parts._replace(query=pika_query))
     management = os.environ.get("EBBTIDE_RABBITMQ_MANAGEMENT_URL", mine.get("management_url"))
     if management is None:
-        port = mine.get("management_port", "15672")
+        tls = parts.scheme.lower() == "amqps"
+        port = mine.get("management_port", "15671" if tls else "15672")
         if not port.isdigit():
             raise ValueError(f"bad management_port {port!r} in the broker URL: a port number")
         auth = parts.netloc.rpartition("@")[0]
         host = parts.hostname or "localhost"
-        management = f"http://{auth + '@' if auth else ''}{host}:{port}"
+        web = "https" if tls else "http"
+        management = f"{web}://{auth + '@' if auth else ''}{host}:{port}"
     redeliveries = mine.get("max_redeliveries", "5")
     if not redeliveries.isdigit() or int(redeliveries) < 1:
         raise ValueError(f"bad max_redeliveries {redeliveries!r} in the broker URL: an int >= 1")
-    return Options(amqp_url, management or None, int(redeliveries))
+    declare = mine.get("declare", "active")
+    if declare not in ("active", "passive"):
+        raise ValueError(f"bad declare {declare!r} in the broker URL: active or passive")
+    return Options(amqp_url, management or None, int(redeliveries), declare == "passive")
 
 
 def vhost_of(url: str) -> str:
@@ -158,7 +168,12 @@ class LinkTuning:
 def tuned(params: pika.URLParameters, tuning: LinkTuning, url: str) -> pika.URLParameters:
     """`params` with the tuning applied, except what the URL sets itself."""
     given = {k for k, _v in parse_qsl(urlsplit(url).query)}
-    out = copy.deepcopy(params)
+    ssl_options, params.ssl_options = params.ssl_options, None  # an SSLContext cannot be copied
+    try:
+        out = copy.deepcopy(params)
+    finally:
+        params.ssl_options = ssl_options
+    out.ssl_options = ssl_options
     if "heartbeat" not in given:
         out.heartbeat = tuning.heartbeat_s
     if "socket_timeout" not in given:

@@ -7,14 +7,17 @@ Argument and reply framing is in wire.py.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import contextlib
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 
-from ...errors import BrokerEvicts, PartiallyEnqueued
+from ...errors import BrokerEvicts, PartiallyEnqueued, PermissionDenied
 from ...message import replayed_payload
 from ..base import BrokerStats, DeadTask, Delivery, Outgoing, Plan, Settlement, redact
+from ..tls import BrokerTLS, explain, is_tls_url
 from . import scripts, wire
 
 
@@ -41,12 +44,29 @@ def evicting_policy(info: dict[str, Any]) -> str | None:
     return policy if policy.startswith("allkeys-") else None
 
 
+# How Redis words an ACL refusal: `NOPERM ...` for a command sent directly, and (Redis
+# 7.0) `ERR The user executing the script can't run this command...` / `...can't access
+# at least one of the keys...` for one a script calls.
+_REFUSALS = ("noperm", "user executing the script can't", "no permissions to")
+
+
+def is_refusal(error: BaseException) -> bool:
+    return isinstance(error, redis.exceptions.ResponseError) and any(
+        marker in str(error).lower() for marker in _REFUSALS
+    )
+
+
+def _user_of(url: str) -> str:
+    return unquote(urlsplit(url).username or "") or "default"
+
+
 class RedisBroker:
     """The Broker protocol, plus the Exchanging capability (settle and claim at once)."""
 
-    def __init__(self, url: str, prefix: str = "ebbtide") -> None:
+    def __init__(self, url: str, prefix: str = "ebbtide", tls: BrokerTLS | None = None) -> None:
         self.url = url
         self.prefix = prefix
+        self.tls = BrokerTLS.from_env() if tls is None else tls  # rediss:// verification
         self._sync: redis.Redis | None = None
         self._owns_sync = True  # False: the caller's client, left open by close()
         self._sync_scripts: dict[str, Any] = {}
@@ -64,13 +84,37 @@ class RedisBroker:
         broker._sync, broker._owns_sync = client, False
         return broker
 
+    @contextlib.contextmanager
+    def _rights(self, operation: str) -> Iterator[None]:
+        """An ACL refusal inside becomes PermissionDenied naming the user and what it
+        tried (`operation`), with Redis's own words."""
+        try:
+            yield
+        except redis.exceptions.ResponseError as exc:
+            if not is_refusal(exc):
+                raise
+            user = self._user()
+            detail = str(exc).split(" script: ", 1)[0]
+            raise PermissionDenied(user, operation, f"Redis refused it ({detail})") from exc
+
+    def _user(self) -> str:
+        if self.url:
+            return _user_of(self.url)
+        kwargs = self._sync.connection_pool.connection_kwargs if self._sync is not None else {}
+        return str(kwargs.get("username") or "default")
+
     # -- producer / admin (sync) ---------------------------------------------------------
     @property
     def client(self) -> redis.Redis:
         if self._sync is None:
-            self._sync = redis.Redis.from_url(self.url, decode_responses=True, **TIMEOUTS)
+            self._sync = redis.Redis.from_url(
+                self.url, decode_responses=True, **TIMEOUTS, **self._tls_kwargs()
+            )
             self._policy_checked = False
         return self._sync
+
+    def _tls_kwargs(self) -> dict[str, Any]:
+        return self.tls.redis_kwargs() if is_tls_url(self.url) else {}
 
     def _check_policy(self) -> None:
         """Refuse a Redis that may evict queued tasks (once per connection)."""
@@ -97,6 +141,12 @@ class RedisBroker:
     ) -> list[str]:
         """One script call per chunk of messages sharing (priority, delay, key), pipelined;
         returns per message its id, '=<pending id>' for a duplicate key, or '!full'."""
+        with self._rights("enqueue tasks (the enqueue script)"):
+            return self._enqueue(queue, messages, max_backlog, unique_ttl_ms)
+
+    def _enqueue(
+        self, queue: str, messages: Sequence[Outgoing], max_backlog: int, unique_ttl_ms: int
+    ) -> list[str]:
         script = self._script("enqueue")
         chunked = list(wire.chunks(messages))
         pipe = self.client.pipeline(transaction=False) if len(chunked) > 1 else None
@@ -111,7 +161,9 @@ class RedisBroker:
             if pipe is not None:
                 results = pipe.execute(raise_on_error=False)
         except redis.exceptions.ConnectionError as exc:
-            raise RedisUnreachable(f"cannot reach Redis at {redact(self.url)}: {exc}") from exc
+            raise RedisUnreachable(
+                f"cannot reach Redis at {redact(self.url)}: {explain(exc, self.tls)}"
+            ) from exc
         if pipe is not None:
             accepted, error = wire.stored_ids(chunked, results)
             if error is not None and not accepted:
@@ -121,7 +173,19 @@ class RedisBroker:
         return wire.enqueue_replies(chunked, results)
 
     def stats(self, queues: Sequence[str] | None, worker_ttl_ms: int) -> BrokerStats:
-        raw = self._script("stats")(args=[self.prefix, worker_ttl_ms, *(queues or ())])
+        """Read-only: EVALSHA_RO (EVAL_RO when not cached yet), which Redis runs with writes
+        refused, so the operator's identity needs no write right at all. A Redis before 7
+        has neither: the plain script then (stats.lua writes nothing either way)."""
+        args = [self.prefix, worker_ttl_ms, *(queues or ())]
+        with self._rights("read statistics (the stats script, read-only)"):
+            try:
+                raw = self.client.evalsha_ro(scripts.sha("stats"), 0, *args)
+            except redis.exceptions.NoScriptError:
+                raw = self.client.eval_ro(scripts.source("stats"), 0, *args)
+            except redis.exceptions.ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                raw = self._script("stats")(args=args)
         return wire.parse_stats(wire.decode(raw))
 
     def dlq_list(self, queue: str | None, limit: int) -> list[DeadTask]:
@@ -166,10 +230,17 @@ class RedisBroker:
         import redis.asyncio as aredis
 
         # Raw bytes: claimed payloads are sliced out of one framed reply (wire.parse_framed).
-        self._async = aredis.Redis.from_url(self.url, decode_responses=False, **TIMEOUTS)
+        self._async = aredis.Redis.from_url(
+            self.url, decode_responses=False, **TIMEOUTS, **self._tls_kwargs()
+        )
         for name in ("claim", "settle", "exchange", "heartbeat", "ratelimit"):
             self._async_scripts[name] = self._async.register_script(scripts.source(name))
-        await self._async.ping()
+        try:
+            await self._async.ping()
+        except redis.exceptions.ConnectionError as exc:
+            raise RedisUnreachable(
+                f"cannot reach Redis at {redact(self.url)}: {explain(exc, self.tls)}"
+            ) from None
 
     async def aclose(self) -> None:
         if self._async is not None:
@@ -188,13 +259,15 @@ class RedisBroker:
     async def claim(self, plan: Plan, n: int, lease_ms: int, run_now: int = 0) -> list[Delivery]:
         args: list[Any] = [self.prefix, lease_ms, n, self.worker_id, run_now, self.alive_ms]
         args += wire.plan_args(plan)
-        _, framed = await self._async_scripts["claim"](args=args)
+        with self._rights("claim tasks (the claim script)"):
+            _, framed = await self._async_scripts["claim"](args=args)
         return wire.parse_framed(framed)
 
     async def settle(self, settlements: Sequence[Settlement], dead_ttl_ms: int) -> int:
-        return await self._async_scripts["settle"](
-            args=wire.settle_args(self.prefix, settlements, dead_ttl_ms)
-        )
+        with self._rights("settle tasks (the settle script)"):
+            return await self._async_scripts["settle"](
+                args=wire.settle_args(self.prefix, settlements, dead_ttl_ms)
+            )
 
     async def exchange(
         self,
@@ -211,7 +284,8 @@ class RedisBroker:
         head.append(self.alive_ms)
         head += [len(plan), *wire.plan_args(plan)]
         args = head + wire.settle_args("", settlements, 0)[2:]
-        settled, framed = await self._async_scripts["exchange"](args=args)
+        with self._rights("settle and claim tasks (the exchange script)"):
+            settled, framed = await self._async_scripts["exchange"](args=args)
         return int(settled), wire.parse_framed(framed)
 
     async def renew(
@@ -230,9 +304,10 @@ class RedisBroker:
         holds (fenced out)."""
         args: list[Any] = [self.prefix, lease_ms, worker_id, info, ttl_ms, self.alive_ms]
         args.append(1 if sweep else 0)
-        lost = await self._async_scripts["heartbeat"](
-            args=args + wire.heartbeat_args(held, running)
-        )
+        with self._rights("heartbeat (the heartbeat script)"):
+            lost = await self._async_scripts["heartbeat"](
+                args=args + wire.heartbeat_args(held, running)
+            )
         return [h.decode() if isinstance(h, bytes) else h for h in lost]
 
     async def heartbeat(
@@ -242,7 +317,8 @@ class RedisBroker:
         return len(held) - len(lost)
 
     async def acquire_rate(self, name: str, limit: int, window_ms: int) -> tuple[int, int]:
-        granted, wait_ms = await self._async_scripts["ratelimit"](
-            args=[self.prefix, name, limit, window_ms, 1]
-        )
+        with self._rights("take rate-limit tokens (the ratelimit script)"):
+            granted, wait_ms = await self._async_scripts["ratelimit"](
+                args=[self.prefix, name, limit, window_ms, 1]
+            )
         return int(granted), int(wait_ms)

@@ -92,3 +92,12 @@ def test_heartbeat_queues_are_classic_and_expire():
         "x-expires": 5000,
     }
     assert topo.worker_args(10)["x-expires"] == 1000
+
+
+def test_declare_passive_is_ebbtides_own_url_option():
+    options = topo.parse_options("amqp://u:p@h:5672/v?declare=passive&heartbeat=5")
+    assert options.passive_declare is True
+    assert "declare" not in options.amqp_url and "heartbeat=5" in options.amqp_url
+    assert topo.parse_options("amqp://u:p@h:5672/v").passive_declare is False
+    with pytest.raises(ValueError, match="bad declare 'lazy'"):
+        topo.parse_options("amqp://u:p@h/v?declare=lazy")
