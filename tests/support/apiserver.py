@@ -14,8 +14,10 @@ schema.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from typing import Any
 import kubernetes
 import yaml
 from ebbtide_operator import naming
+from ebbtide_operator.deployment_cache import DeploymentCache
 from ebbtide_operator.kube import KubeCluster
 from kubernetes.client.exceptions import ApiException
 
@@ -96,8 +99,12 @@ class RecordingCluster(KubeCluster):
     """The operator's real `KubeCluster`, also counting what the operator wrote, so a test
     can assert what it *did* (every call still goes to the API server)."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
-        super().__init__(api_client)
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        deployments: DeploymentCache | None = None,
+    ) -> None:
+        super().__init__(api_client, deployments=deployments)
         self.patches: list[tuple[str, str, str, dict[str, Any]]] = []
         self.scales: list[tuple[str, str, int]] = []
         self.status_writes = 0
@@ -209,3 +216,37 @@ def new_namespace(client: kubernetes.client.ApiClient, prefix: str = "t") -> Nam
 
 def worker_labels(taskqueue: str) -> dict[str, str]:
     return dict(naming.worker_selector(taskqueue))
+
+
+@contextlib.asynccontextmanager
+async def watched_deployments(
+    client: kubernetes.client.ApiClient, namespace: str, cache: DeploymentCache
+):
+    """Feed `cache` from a watch of the worker Deployments in `namespace`, as the
+    operator's kopf handler (main.watch_worker_deployment) does; the events are applied on
+    the event loop, in order."""
+    loop = asyncio.get_running_loop()
+    apps = kubernetes.client.AppsV1Api(client)
+    selector = ",".join(f"{k}={v}" for k, v in naming.WORKER_WATCH_LABELS.items())
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            watch = kubernetes.watch.Watch()
+            for event in watch.stream(
+                apps.list_namespaced_deployment,
+                namespace,
+                label_selector=selector,
+                timeout_seconds=2,  # so that `stop` is seen within 2 s
+            ):
+                loop.call_soon_threadsafe(cache.apply, event["type"], event["raw_object"])
+                if stop.is_set():
+                    watch.stop()
+
+    thread = threading.Thread(target=run, name="deployment-watch", daemon=True)
+    thread.start()
+    try:
+        yield cache
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 10)
