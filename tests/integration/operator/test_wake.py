@@ -213,3 +213,19 @@ def test_a_user_refused_the_wake_exchange_still_sends(rabbitmq, rabbitmq_url):
         assert missing.value.code == 404
     finally:
         _request(admin, "DELETE", "/api/users/narrow")
+
+
+@pytest.mark.redis
+def test_a_redis_user_without_channel_permissions_still_sends(redis_db):
+    """Redis 7 ACL users get no pub/sub channels by default: the enqueue script's wake-up
+    is best effort (pcall), never a failed send."""
+    client = redis.Redis.from_url(redis_db)
+    client.acl_setuser("narrow", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"],
+                       reset_channels=True)  # fmt: skip
+    narrow = redis_db.replace("redis://", "redis://narrow:pw@")
+    try:
+        send(narrow, "jobs", 3)
+        assert client.llen("ebbtide:q:jobs:ready:0") == 3
+    finally:
+        client.acl_deluser("narrow")
+        client.close()
