@@ -208,7 +208,8 @@ def _supervise(args: argparse.Namespace, processes: int) -> int:
 
     from .worker.supervisor import Supervisor
 
-    _worker_app(args.app)  # a bad MODULE:APP is a usage error here, not N crash-looping children
+    # The app is not imported here (the supervisor stays small): a child that exits with
+    # a usage error before it ever answered stops the supervisor with the same code.
     flags: list[str] = []
     for flag, value in (
         ("--queues", args.queues),
@@ -225,6 +226,9 @@ def _supervise(args: argparse.Namespace, processes: int) -> int:
     level = args.sub_log_level or args.log_level
     head = [sys.executable, "-m", "ebbtide", *(["--log-level", level] if level else [])]
     base = args.metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
+    # The children get a private directory under `base`; the supervisor's own metrics
+    # (build info, its process) stay in memory, so prometheus_client must not see it.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     supervisor = Supervisor(
         lambda socket: [*head, "worker", args.app, *flags, "--child-socket", socket],
         processes,
