@@ -31,7 +31,7 @@ from ebbtide_operator.deployment_cache import DeploymentCache
 from ebbtide_operator.kube import KubeCluster
 from kubernetes.client.exceptions import ApiException
 
-from e2e.controlplane import ControlPlane
+from e2e.controlplane import CACHE, ControlPlane
 
 ROOT = Path(__file__).parents[2]
 CRD = ROOT / "charts" / "ebbtide" / "files" / "taskqueue.yaml"
@@ -52,6 +52,19 @@ class ApiServer:
         )
         configuration.connection_pool_maxsize = pool
         return kubernetes.client.ApiClient(configuration)
+
+
+def binaries_built() -> bool:
+    """Whether `make binaries` has run: the stamp e2e/build-binaries.sh leaves in its bin
+    dir (named from e2e/versions.env, as the script names it). Checked first so that a
+    test session never starts a ten-minute Go build under pytest's timeout."""
+    pins = dict(
+        line.split("=", 1)
+        for line in (ROOT / "e2e" / "versions.env").read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    )
+    name = "k8s-v{KUBERNETES_VERSION}-etcd-v{ETCD_VERSION}-helm-v{HELM_VERSION}".format(**pins)
+    return (CACHE / name / "bin" / ".complete").is_file()
 
 
 @contextlib.contextmanager

@@ -8,7 +8,14 @@ import contextlib
 from collections.abc import Iterator
 
 import pytest
-from support.apiserver import ApiServer, Namespace, RecordingCluster, control_plane, new_namespace
+from support.apiserver import (
+    ApiServer,
+    Namespace,
+    RecordingCluster,
+    binaries_built,
+    control_plane,
+    new_namespace,
+)
 
 from e2e.controlplane import ControlPlaneError
 
@@ -16,6 +23,8 @@ from e2e.controlplane import ControlPlaneError
 @pytest.fixture(scope="session")
 def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     """Skipped (a failure with CI=true) when the binaries cannot be had."""
+    if not binaries_built():
+        pytest.skip("no etcd/kube-apiserver for the operator tests: run `make binaries`")
     try:
         with control_plane(tmp_path_factory.mktemp("apiserver")) as server:
             yield server
