@@ -90,7 +90,9 @@ async def run(
     async with watched_deployments(client, NS, DeploymentCache()) as cache:
         cluster = RecordingCluster(server.api_client(), deployments=cache)
         try:
-            return await measure(args, cluster, ns, url, hung_url, down_url)
+            result = await measure(args, cluster, ns, url, hung_url, down_url)
+            result["deployments_seen_on_the_watch"] = len(cache)
+            return result
         finally:
             cluster.close()
             client.close()

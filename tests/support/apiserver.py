@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -184,7 +185,7 @@ class Namespace:
             if error.status == 404:
                 return None
             raise
-        return yaml.safe_load(found.data)
+        return json.loads(found.data)
 
     def set_deployment_status(self, name: str, ready: int, updated: int | None = None) -> None:
         """What the Deployment controller would report: `ready` of spec.replicas ready."""
@@ -216,11 +217,11 @@ class Namespace:
                 _content_type="application/merge-patch+json",
                 _preload_content=False,
             )
-        return yaml.safe_load(pod.data)
+        return json.loads(pod.data)
 
     def pod_annotations(self, name: str) -> dict[str, str]:
         pod = self.core.read_namespaced_pod(name, self.name, _preload_content=False)
-        return yaml.safe_load(pod.data)["metadata"].get("annotations") or {}
+        return json.loads(pod.data)["metadata"].get("annotations") or {}
 
 
 def new_namespace(client: kubernetes.client.ApiClient, prefix: str = "t") -> Namespace:
@@ -252,7 +253,8 @@ async def watched_deployments(
                 label_selector=selector,
                 timeout_seconds=2,  # so that `stop` is seen within 2 s
             ):
-                loop.call_soon_threadsafe(cache.apply, event["type"], event["raw_object"])
+                if event["type"] != "ERROR":  # e.g. 410 Gone: the next round lists afresh
+                    loop.call_soon_threadsafe(cache.apply, event["type"], event["raw_object"])
                 if stop.is_set():
                     watch.stop()
 
