@@ -103,3 +103,30 @@ def test_switching_redis_to_rabbitmq_and_then_to_external_on_the_api_server(kube
     volumes = ns.deployment("tq-worker")["spec"]["template"]["spec"]["volumes"]
     (url,) = [v["secret"] for v in volumes if v["name"] == "broker-url"]
     assert url["secretName"] == "mine"
+
+
+def test_a_users_same_named_objects_are_reported_and_never_written(kube):
+    """No adoption, on the API server: the user's Service and Secret keep their
+    resourceVersion (not one write), and the rest of the TaskQueue is still provisioned."""
+    cluster, ns = kube
+    ns.core.create_namespaced_service(
+        ns.name,
+        {
+            "metadata": {"name": "tq-redis", "labels": {"team": "mine"}},
+            "spec": {"ports": [{"port": 6379}], "selector": {"app": "mine"}},
+        },
+    )
+    ns.add_secret("tq-broker", {"url": "redis://mine:6379/0"})
+    before = {
+        kind: read(cluster, kind, ns.name, name)["metadata"]["resourceVersion"]
+        for kind, name in (("Service", "tq-redis"), ("Secret", "tq-broker"))
+    }
+    body = ns.create_taskqueue(taskqueue({"type": "redis", "managed": {}}))
+    report = reconcile(cluster, body)
+    assert report["Service/tq-redis"] == "conflict" and report["Secret/tq-broker"] == "conflict"
+    assert report["Deployment/tq-worker"] == "created"
+    for kind, name in (("Service", "tq-redis"), ("Secret", "tq-broker")):
+        stored = read(cluster, kind, ns.name, name)
+        assert stored["metadata"]["resourceVersion"] == before[kind], kind
+        assert not stored["metadata"].get("ownerReferences"), kind
+    assert decoded(read(cluster, "Secret", ns.name, "tq-broker")) == {"url": "redis://mine:6379/0"}
