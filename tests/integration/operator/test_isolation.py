@@ -2,10 +2,10 @@
 schedule. The TaskQueues, their Secrets and worker Deployments live on the real
 kube-apiserver (tests/support/apiserver.py), so each tick's reads and status writes cross
 that network boundary too. The hung broker is a real Redis behind toxiproxy with a
-`timeout` toxic (bytes dropped, the link never closed). There are more hung TaskQueues than read threads, so
-only the per-URL cap keeps the healthy ones from starving. The run ends on a condition
-(the hung TaskQueues have each reported the broker down twice); the bound on healthy
-ticks is generous: half the slots of that window."""
+`timeout` toxic (bytes dropped, the link never closed). There are more hung TaskQueues
+than read threads, so only the per-URL cap keeps the healthy ones from starving. The run
+ends on a condition (the hung TaskQueues have each reported the broker down twice); the
+bound on healthy ticks is generous: half the slots of that window."""
 
 from __future__ import annotations
 
