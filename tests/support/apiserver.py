@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import json
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from ebbtide_operator.deployment_cache import DeploymentCache
 from ebbtide_operator.kube import KubeCluster
 from kubernetes.client.exceptions import ApiException
 
+from e2e import processes
 from e2e.controlplane import CACHE, ControlPlane
 
 ROOT = Path(__file__).parents[2]
@@ -98,15 +98,8 @@ def install_crd(client: kubernetes.client.ApiClient) -> None:
             raise
         return True
 
-    wait_until(served, "the TaskQueue CRD is served")
-
-
-def wait_until(condition, what: str, timeout: float = READY_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting until {what}")
-        time.sleep(0.1)
+    if not processes.wait_until(served, READY_TIMEOUT, interval=0.1):
+        raise AssertionError(f"the TaskQueue CRD was not served within {READY_TIMEOUT:.0f}s")
 
 
 class RecordingCluster(KubeCluster):
