@@ -54,7 +54,7 @@ lint: $(STAMP) ## ruff
 unit: setup ## Unit tests (pure logic)
 	$(PY) -m pytest -q tests/unit
 
-integration: setup ## Integration tests against real Redis / RabbitMQ started on loopback
+integration: setup binaries ## Integration tests against real Redis / RabbitMQ on loopback (the operator's: and a real kube-apiserver + etcd)
 	$(PY) -m pytest -q tests/integration
 
 test: setup lint binaries ## The whole suite: ruff, unit, integration and chaos (real brokers, real faults), e2e (real pods on a one-node cluster)
@@ -63,7 +63,8 @@ test: setup lint binaries ## The whole suite: ruff, unit, integration and chaos 
 
 # kube-apiserver, kube-controller-manager, kubectl, etcd and helm, built once from Go
 # modules into ~/.cache/ebbtide (versions pinned in e2e/versions.env). Without Go, outside
-# CI, this only warns: the e2e suite then skips loudly, and the helm chart tests too.
+# CI, this only warns: the e2e suite then skips loudly, and the helm chart tests and the
+# operator's integration tests (tests/support/apiserver.py) too.
 binaries:
 	@e2e/build-binaries.sh >/dev/null || { rc=$$?; if [ "$$rc" = 3 ] && [ "$${CI:-}" != true ]; then \
 	  echo "binaries: WARNING: no Go toolchain, the e2e suite will be skipped" >&2; else exit $$rc; fi; }
@@ -101,7 +102,7 @@ bench-memory: setup ## Worker RSS per process and per 1,000 held tasks: Ebbtide 
 bench-policy: setup ## Autoscaling policy benchmark: backlog time vs a KEDA-style baseline
 	$(PY) bench/policy.py
 
-bench-operator: setup ## Operator tick timeliness: 200 TaskQueues on one operator, real Redis, in-memory Kubernetes
+bench-operator: setup binaries ## Operator tick timeliness: 200 TaskQueues on one operator's loops, real Redis, real kube-apiserver + etcd
 	$(PY) bench/operator_ticks.py --taskqueues 200 --poll 1 --seconds 60
 
 bench-operator-e2e: setup binaries ## The real operator on the real API server: 200 TaskQueues, tick timeliness, enqueue -> replicas p50/p99 from 0

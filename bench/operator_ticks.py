@@ -3,8 +3,10 @@
 Runs N TaskQueue poll loops (`tick.run_periodically` + `TaskQueueTicker.tick`, exactly
 what the kopf daemon runs, broker wake-ups included) on one event loop against one real redis-server with real
 backlogs, plus some TaskQueues whose broker is hung (accepts, never answers) or down
-(connection refused). Kubernetes is the in-memory MemoryCluster (the API server is not
-what is measured here). Reports how late each tick started versus its schedule, and how long after a burst lands
+(connection refused). Kubernetes is a real kube-apiserver + etcd started for the run
+(tests/support/apiserver.py: no controller-manager, no node), reached through the
+operator's own `KubeCluster` with its watch-fed Deployment cache, as the operator runs.
+Reports how late each tick started versus its schedule, and how long after a burst lands
 on an idle TaskQueue its worker Deployment is scaled up (with push: well under a second;
 with --no-push: up to one poll).
 
@@ -21,31 +23,39 @@ import random
 import socket
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # e2e/, and tests/support
 
 import ebbtide  # noqa: E402
 from ebbtide_operator import provision  # noqa: E402
 from ebbtide_operator.broker_io import BrokerReader  # noqa: E402
+from ebbtide_operator.deployment_cache import DeploymentCache  # noqa: E402
 from ebbtide_operator.metrics import OperatorMetrics  # noqa: E402
 from ebbtide_operator.spec import parse_spec  # noqa: E402
 from ebbtide_operator.tick import TaskQueueTicker, phase, run_periodically  # noqa: E402
 from ebbtide_operator.wake import WakeHub  # noqa: E402
-from support.memory_cluster import MemoryCluster  # noqa: E402
+from support.apiserver import (  # noqa: E402
+    ApiServer,
+    Namespace,
+    RecordingCluster,
+    control_plane,
+    watched_deployments,
+)
 from support.servers import free_port, redis_server  # noqa: E402
 
 NS = "bench"
 
 
-def body(i: int, poll: float) -> dict:
+def body(i: int, poll: int) -> dict:
     name = f"tq{i:03d}"
     return {
         "apiVersion": "ebbtide.dev/v1alpha1",
         "kind": "TaskQueue",
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{i}", "generation": 1},
+        "metadata": {"name": name},
         "spec": {
             "broker": {"type": "redis", "external": {"secretRef": {"name": f"{name}-url"}}},
             "queues": [{"name": f"q{i:03d}"}],
@@ -72,20 +82,42 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-async def run(args: argparse.Namespace, url: str, hung_url: str, down_url: str) -> dict:
-    cluster = MemoryCluster()
+async def run(
+    args: argparse.Namespace, server: ApiServer, url: str, hung_url: str, down_url: str
+) -> dict:
+    client = server.api_client(pool=4)
+    ns = await asyncio.to_thread(Namespace, client, NS)
+    async with watched_deployments(client, NS, DeploymentCache()) as cache:
+        cluster = RecordingCluster(server.api_client(), deployments=cache)
+        try:
+            result = await measure(args, cluster, ns, url, hung_url, down_url)
+            result["deployments_seen_on_the_watch"] = len(cache)
+            return result
+        finally:
+            cluster.close()
+            client.close()
+
+
+async def measure(
+    args: argparse.Namespace,
+    cluster: RecordingCluster,
+    ns: Namespace,
+    url: str,
+    hung_url: str,
+    down_url: str,
+) -> dict:
     reader = BrokerReader()
     hub = WakeHub()
     metrics = OperatorMetrics()
     lateness: dict[str, list[float]] = {"healthy": [], "hung": [], "down": []}
     durations: dict[str, list[float]] = {"healthy": [], "hung": [], "down": []}
-    stop_at = time.monotonic() + args.seconds
+    stop_at = float("inf")  # set once every TaskQueue is stored and provisioned
     loops = []
     for i in range(args.taskqueues):
-        b = body(i, args.poll)
+        b = await asyncio.to_thread(ns.create_taskqueue, body(i, args.poll))
         kind = "hung" if i < args.hung else "down" if i < args.hung + args.down else "healthy"
-        cluster.add_secret(
-            NS,
+        await asyncio.to_thread(
+            ns.add_secret,
             f"{b['metadata']['name']}-url",
             {"url": {"hung": hung_url, "down": down_url}.get(kind, url)},
         )
@@ -126,6 +158,7 @@ async def run(args: argparse.Namespace, url: str, hung_url: str, down_url: str) 
 
     cluster.scale_deployment = timed_scale
     started = time.monotonic()
+    stop_at = started + args.seconds
     burst_at = await_bursts(args, started)
     await asyncio.gather(*loops, *burst_at.values())
     elapsed = time.monotonic() - started
@@ -192,7 +225,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--taskqueues", type=int, default=200)
-    parser.add_argument("--poll", type=float, default=1.0)
+    parser.add_argument(
+        "--poll", type=int, default=1, help="pollSeconds: whole seconds, as the CRD takes"
+    )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument(
         "--hung", type=int, default=10, help="TaskQueues whose broker never answers"
@@ -232,7 +267,11 @@ def main() -> None:
                 )
             app.close()
             BURST_APP.url = url
-            result = asyncio.run(run(args, url, hung_url, down_url))
+            with (
+                tempfile.TemporaryDirectory() as root,
+                control_plane(Path(root)) as server,
+            ):
+                result = asyncio.run(run(args, server, url, hung_url, down_url))
     finally:
         silent.close()
     if args.json:

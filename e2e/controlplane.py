@@ -155,14 +155,25 @@ class State:
 
 
 class ControlPlane:
-    """One control plane under `root`. `attached=True` ties its processes' lives to ours."""
+    """One control plane under `root`. `attached=True` ties its processes' lives to ours.
+    `controller_manager=False` starts etcd and kube-apiserver only (the operator's
+    integration tests, tests/support/apiserver.py): no controller then writes a
+    Deployment's status or makes a pod, so the tests do it themselves."""
 
     def __init__(
-        self, root: Path = DEFAULT_ROOT, *, attached: bool = True, with_node: bool = False
+        self,
+        root: Path = DEFAULT_ROOT,
+        *,
+        attached: bool = True,
+        with_node: bool = False,
+        controller_manager: bool = True,
     ) -> None:
+        if with_node and not controller_manager:
+            raise ValueError("a node needs the controller-manager (ReplicaSets, node CIDRs)")
         self.root = root
         self.attached = attached
         self.with_node = with_node
+        self.controller_manager = controller_manager
         self.state_path = root / "state.json"
         self.kubeconfig = root / "admin.kubeconfig"
         self.pki = pki.Pki(root / "pki")
@@ -282,6 +293,8 @@ class ControlPlane:
         self._wait("kube-apiserver", self._ready)
         cert, key = self.pki.client("admin")
         kubeconfig.write(self.kubeconfig, self.url(), self.pki.ca_cert, cert, key, "ebbtide-e2e")
+        if not self.controller_manager:
+            return
 
         kcm_kubeconfig = self.root / "controller-manager.kubeconfig"
         cert, key = self.pki.client("controller-manager")

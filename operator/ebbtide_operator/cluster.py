@@ -1,7 +1,8 @@
 """The one view of Kubernetes the operator's logic is written against.
 
-`kube.KubeCluster` implements it on the real API server; `tests/support/memory_cluster.py`
-implements it in memory for the unit and integration tests and the tick bench. provision.py
+`kube.KubeCluster` implements it on the real API server (the integration tests run it on a
+real kube-apiserver + etcd); `tests/support/memory_cluster.py` implements it in memory for
+unit tests of pure logic only. provision.py
 (every object a TaskQueue owns) and tick.py (status, pod deletion costs) take a `Cluster`,
 so neither imports the Kubernetes client. Plain dicts in and out; a missing object is None
 or False, never an exception.

@@ -1,12 +1,16 @@
-"""An in-memory stand-in for the Kubernetes API, for the operator's provision and tick
-tests and the tick bench.
+"""An in-memory stand-in for the Kubernetes API, for unit tests of pure logic only
+(tests/unit/operator: what provision and adoption decide to write).
+
+Anything that crosses the network to the API server is tested against the real one:
+tests/integration/operator/ runs on a real kube-apiserver + etcd started once per session
+(tests/support/apiserver.py, the operator's own `KubeCluster`), and e2e/tests on the
+one-node cluster. Do not use this in an integration test or a benchmark.
 
 It implements the operator's `Cluster` protocol (ebbtide_operator/cluster.py; the
 parameters are checked against it by tests/unit/operator/test_cluster.py) with
 JSON-merge-patch semantics and
 records every write, so tests can assert what the operator *did*. Pods become ready the
-moment a Deployment is scaled (there is no kubelet here). The real API server is
-exercised by e2e/tests/test_operator.py.
+moment a Deployment is scaled (there is no kubelet here).
 """
 
 from __future__ import annotations

@@ -1,12 +1,17 @@
 """The operator's tick against a real Redis fed by the real runtime (producers and worker
-processes). Kubernetes is the in-memory MemoryCluster; the API server itself is covered
-by e2e/tests/test_operator.py. Conditions are polled, never slept on."""
+processes), and a real kube-apiserver (tests/support/apiserver.py): the TaskQueue, its
+Secret and worker Deployment are stored objects; the tick reads and writes them through
+the operator's own `KubeCluster`. There is no controller-manager and no kubelet, so a
+Deployment's ready count and the worker pods are written by the test, as those would
+write them. Conditions are polled, never slept on."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import socket
+from dataclasses import dataclass
 
 import pytest
 import redis
@@ -18,19 +23,19 @@ from ebbtide_operator.metrics import OperatorMetrics
 from ebbtide_operator.policy import Decision, PolicyState, decide
 from ebbtide_operator.spec import parse_spec
 from ebbtide_operator.tick import TaskQueueTicker
-from support.memory_cluster import MemoryCluster
+from support.apiserver import Namespace, RecordingCluster, worker_labels
 from support.servers import free_port
 from worker_testkit import wait_for, worker
 
 pytestmark = pytest.mark.redis
-NS = "apps"
+WORKER = naming.worker_name("tq1")
 
 
 def taskqueue(name: str = "tq1", **scaling) -> dict:
     return {
         "apiVersion": "ebbtide.dev/v1alpha1",
         "kind": "TaskQueue",
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 3},
+        "metadata": {"name": name},
         "spec": {
             "broker": {"type": "redis", "external": {"secretRef": {"name": f"{name}-url"}}},
             "queues": [{"name": "default"}],
@@ -40,58 +45,80 @@ def taskqueue(name: str = "tq1", **scaling) -> dict:
     }
 
 
+@dataclass
+class Env:
+    cluster: RecordingCluster
+    ns: Namespace
+    reader: BrokerReader
+    url: str
+
+    def stored(self, name: str = "tq1", **scaling) -> dict:
+        """The TaskQueue as the API server stored it (uid, generation, CRD defaults)."""
+        return self.ns.create_taskqueue(taskqueue(name, **scaling))
+
+    def ticker(self, body: dict, url: str | None = None, policy=None) -> TaskQueueTicker:
+        """The broker URL Secret and every object the TaskQueue owns, then a ticker."""
+        secret = body["spec"]["broker"]["external"]["secretRef"]["name"]
+        self.ns.add_secret(secret, {"url": url or self.url})
+        asyncio.run(provision.reconcile(self.cluster, body, parse_spec(body["spec"])))
+        return self.bare_ticker(policy)
+
+    def bare_ticker(self, policy=None, **kwargs) -> TaskQueueTicker:
+        if policy:
+            kwargs["policy"] = policy
+        return TaskQueueTicker(
+            self.cluster, self.reader, OperatorMetrics(), self.cluster.record_event, **kwargs
+        )
+
+    def replicas(self, name: str = WORKER) -> int:
+        return self.ns.deployment(name)["spec"]["replicas"]
+
+    def status(self, name: str = "tq1") -> dict:
+        return self.ns.status(name)
+
+    def condition(self, kind: str, name: str = "tq1") -> dict:
+        return next(c for c in self.status(name)["conditions"] if c["type"] == kind)
+
+    def scale(self, replicas: int) -> None:
+        asyncio.run(self.cluster.scale_deployment(self.ns.name, WORKER, replicas))
+
+
 @pytest.fixture
-def env(redis_db, monkeypatch):
+def env(redis_db, monkeypatch, kube):
     monkeypatch.setenv("EBBTIDE_BROKER_URL", redis_db)
     rt.app.use_broker_url(redis_db)
     rt._client = None
-    cluster = MemoryCluster()
+    cluster, ns = kube
     reader = BrokerReader(max_threads=8)
-    yield cluster, reader, redis_db
+    yield Env(cluster, ns, reader, redis_db)
     reader.close()
     rt.app.close()
 
 
-def make_ticker(cluster, reader, body, url, policy=None) -> TaskQueueTicker:
-    cluster.add_secret(NS, body["spec"]["broker"]["external"]["secretRef"]["name"], {"url": url})
-    asyncio.run(provision.reconcile(cluster, body, parse_spec(body["spec"])))
-    kwargs = {"policy": policy} if policy else {}
-    return TaskQueueTicker(cluster, reader, OperatorMetrics(), cluster.record_event, **kwargs)
-
-
-def replicas(cluster, name="tq1") -> int:
-    return cluster.objects[("Deployment", NS, naming.worker_name(name))]["spec"]["replicas"]
-
-
-def condition(cluster, kind, name="tq1") -> dict:
-    return next(c for c in cluster.statuses[(NS, name)]["conditions"] if c["type"] == kind)
-
-
 def test_burst_scales_up_from_zero_in_one_tick(env):
-    cluster, reader, url = env
-    body = taskqueue(initialTaskSeconds=1, targetBacklogSeconds=30)
-    ticker = make_ticker(cluster, reader, body, url)
-    assert replicas(cluster) == 0
+    body = env.stored(initialTaskSeconds=1, targetBacklogSeconds=30)
+    ticker = env.ticker(body)
+    assert env.replicas() == 0
     rt.record.send_many(("burst", i) for i in range(600))
 
     outcome = asyncio.run(ticker.tick(body))
 
     assert outcome.broker_error is None
-    assert outcome.replicas_before == 0 and outcome.replicas_after == 8 == replicas(cluster)
-    ((kind, reason, message),) = [e for e in cluster.events if e[1].startswith("Scaled")]
+    assert outcome.replicas_before == 0 and outcome.replicas_after == 8 == env.replicas()
+    ((kind, reason, message),) = [e for e in env.cluster.events if e[1].startswith("Scaled")]
     assert (kind, reason) == ("Normal", "ScaledUp") and message.startswith("0→8: ")
-    status = cluster.statuses[(NS, "tq1")]
+    status = env.status()
     assert status["backlog"] == 600 and status["desiredReplicas"] == 8
-    assert (
-        status["observedGeneration"] == 3 and status["replicasSummary"] == "0/8"
-    )  # none ready yet
+    assert status["observedGeneration"] == body["metadata"]["generation"]
+    assert status["replicasSummary"] == "0/8"  # none ready yet
     assert status["lastScaleReason"].startswith("ScaledUp 0→8")
-    assert condition(cluster, "BrokerReady")["status"] == "True"
-    assert condition(cluster, "Degraded")["status"] == "False"
-    assert condition(cluster, "WorkersReady")["reason"] == "ReplicasStarting"
+    assert env.condition("BrokerReady")["status"] == "True"
+    assert env.condition("Degraded")["status"] == "False"
+    assert env.condition("WorkersReady")["reason"] == "ReplicasStarting"
+    env.ns.set_deployment_status(WORKER, ready=8)  # the Deployment controller's report
     asyncio.run(ticker.tick(body))  # the next poll sees the pods ready
-    assert cluster.statuses[(NS, "tq1")]["replicasSummary"] == "8/8"
-    assert condition(cluster, "Ready")["status"] == "True"
+    assert env.status()["replicasSummary"] == "8/8"
+    assert env.condition("Ready")["status"] == "True"
 
 
 def test_the_backlog_is_read_under_the_taskqueues_key_prefix(env, monkeypatch):
@@ -99,71 +126,75 @@ def test_the_backlog_is_read_under_the_taskqueues_key_prefix(env, monkeypatch):
     App writes under it: the operator must read the statistics there too."""
     import ebbtide
 
-    cluster, reader, url = env
-    body = taskqueue(initialTaskSeconds=1, targetBacklogSeconds=30)
-    body["spec"]["broker"]["keyPrefix"] = "tenant-b"
-    ticker = make_ticker(cluster, reader, body, url)
+    prefixed = taskqueue(initialTaskSeconds=1, targetBacklogSeconds=30)
+    prefixed["spec"]["broker"]["keyPrefix"] = "tenant-b"
+    body = env.ns.create_taskqueue(prefixed)
+    ticker = env.ticker(body)
     monkeypatch.setenv("EBBTIDE_KEY_PREFIX", "tenant-b")
-    app = ebbtide.App(broker_url=url)  # as a producer in the workers' environment
+    app = ebbtide.App(broker_url=env.url)  # as a producer in the workers' environment
     try:
         app.task(lambda i: None, name="record").send_many(range(300))
     finally:
         app.close()
-    assert redis.Redis.from_url(url).exists("tenant-b:q:default:msgs")
+    assert redis.Redis.from_url(env.url).exists("tenant-b:q:default:msgs")
 
     outcome = asyncio.run(ticker.tick(body))
 
     assert outcome.broker_error is None
-    assert cluster.statuses[(NS, "tq1")]["backlog"] == 300
+    assert env.status()["backlog"] == 300
     assert outcome.replicas_after > 0
 
 
 def test_rates_and_service_rate_come_from_a_real_worker(env):
-    cluster, reader, url = env
-    body = taskqueue(minReplicas=1)
-    ticker = make_ticker(cluster, reader, body, url)
+    body = env.stored(minReplicas=1)
+    ticker = env.ticker(body)
     asyncio.run(ticker.tick(body))
     # 2 ms each: 400 of them are 0.8 s of busy slot-time, well past the floor below which
     # mu is not sampled (observe.MIN_BUSY_SECONDS); near-instant tasks could fall under it.
     rt.slow.send_many(("rates", i, 0.002) for i in range(400))
-    with worker(url, "--concurrency", "2", env={"POD_NAME": "tq1-worker-a-1"}):
+    with worker(env.url, "--concurrency", "2", env={"POD_NAME": "tq1-worker-a-1"}):
         wait_for(
-            lambda: read_stats(url, ["default"]).queues["default"].completed_total == 400,
+            lambda: read_stats(env.url, ["default"]).queues["default"].completed_total == 400,
             what="400 tasks completed",
         )
         asyncio.run(ticker.tick(body))
     rates = ticker.memory.rates
     assert rates.service_rate is not None and rates.service_rate > 0
     assert rates.arrival_rate > 0 and rates.completion_rate > 0
-    status = cluster.statuses[(NS, "tq1")]
+    status = env.status()
     assert status["serviceRate"] > 0 and status["backlog"] == 0
 
 
 def test_scale_down_marks_idle_pods_cheapest(env):
-    cluster, reader, url = env
-    body = taskqueue(minReplicas=0)
+    """The deletion costs land on the pods as stored (made here: no kubelet), named by the
+    workers' heartbeats."""
+    body = env.stored(minReplicas=0)
 
     def shrink_to_one(obs, spec, state):  # the decision itself is the policy's business
         return Decision(replicas=1, reason="test scale-down", state=state)
 
-    ticker = make_ticker(cluster, reader, body, url, policy=shrink_to_one)
-    asyncio.run(cluster.scale_deployment(NS, naming.worker_name("tq1"), 2))
-    r = redis.Redis.from_url(url)
-    with worker(url, "--concurrency", "1", env={"POD_NAME": "tq1-worker-x-busy"}):
+    ticker = env.ticker(body, policy=shrink_to_one)
+    env.scale(2)
+    for pod in ("tq1-worker-x-busy", "tq1-worker-x-idle"):
+        env.ns.create_pod(pod, worker_labels("tq1"))
+    r = redis.Redis.from_url(env.url)
+    with worker(env.url, "--concurrency", "1", env={"POD_NAME": "tq1-worker-x-busy"}):
         rt.slow.send("drain", 0, 20.0)
-        wait_for(lambda: r.lrange("started:drain", 0, -1) or _busy(url), what="slow task started")
-        wait_for(lambda: _busy(url), what="busy heartbeat")
-        with worker(url, "--concurrency", "1", env={"POD_NAME": "tq1-worker-x-idle"}):
-            wait_for(lambda: len(read_stats(url).workers) == 2, what="two heartbeats")
+        wait_for(
+            lambda: r.lrange("started:drain", 0, -1) or _busy(env.url), what="slow task started"
+        )
+        wait_for(lambda: _busy(env.url), what="busy heartbeat")
+        with worker(env.url, "--concurrency", "1", env={"POD_NAME": "tq1-worker-x-idle"}):
+            wait_for(lambda: len(read_stats(env.url).workers) == 2, what="two heartbeats")
             outcome = asyncio.run(ticker.tick(body))
     r.close()
-    assert outcome.replicas_after == 1 == replicas(cluster)
+    assert outcome.replicas_after == 1 == env.replicas()
     costs = {
-        pod: int(a[naming.DELETION_COST_ANNOTATION])
-        for (_, pod), a in cluster.pod_annotations.items()
+        pod: int(env.ns.pod_annotations(pod)[naming.DELETION_COST_ANNOTATION])
+        for pod in ("tq1-worker-x-busy", "tq1-worker-x-idle")
     }
     assert costs["tq1-worker-x-idle"] < costs["tq1-worker-x-busy"]
-    assert ("Normal", "ScaledDown", "2→1: test scale-down") in cluster.events
+    assert ("Normal", "ScaledDown", "2→1: test scale-down") in env.cluster.events
 
 
 def _busy(url: str) -> bool:
@@ -171,28 +202,25 @@ def _busy(url: str) -> bool:
 
 
 def test_unreachable_broker_holds_replicas_and_reports_degraded(env):
-    cluster, reader, _ = env
-    body = taskqueue()
-    dead = f"redis://127.0.0.1:{free_port()}/0"
-    ticker = make_ticker(cluster, reader, body, dead)
-    asyncio.run(cluster.scale_deployment(NS, naming.worker_name("tq1"), 3))
+    body = env.stored()
+    ticker = env.ticker(body, f"redis://127.0.0.1:{free_port()}/0")
+    env.scale(3)
     for _ in range(3):
         outcome = asyncio.run(ticker.tick(body))
         assert outcome.broker_error and outcome.replicas_after == 3
-    assert replicas(cluster) == 3
-    degraded = condition(cluster, "Degraded")
+    assert env.replicas() == 3
+    degraded = env.condition("Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "BrokerUnreachable"
     assert "ConnectionError" in degraded["message"] and "redis://" not in degraded["message"]
-    assert condition(cluster, "Ready")["status"] == "False"
+    assert env.condition("Ready")["status"] == "False"
 
 
 def test_fallback_replicas_apply_while_unreachable(env):
-    cluster, reader, _ = env
-    body = taskqueue(fallbackReplicas=2)
-    ticker = make_ticker(cluster, reader, body, f"redis://127.0.0.1:{free_port()}/0")
-    asyncio.run(cluster.scale_deployment(NS, naming.worker_name("tq1"), 5))
+    body = env.stored(fallbackReplicas=2)
+    ticker = env.ticker(body, f"redis://127.0.0.1:{free_port()}/0")
+    env.scale(5)
     outcome = asyncio.run(ticker.tick(body))
-    assert outcome.broker_error and replicas(cluster) == 2
+    assert outcome.broker_error and env.replicas() == 2
 
 
 @contextlib.contextmanager
@@ -208,12 +236,11 @@ def silent_server():
 
 
 def test_a_hung_broker_does_not_hold_up_other_taskqueues(env):
-    cluster, reader, url = env
-    healthy_body, hung_body = taskqueue("good"), taskqueue("hung")
+    healthy_body, hung_body = env.stored("good"), env.stored("hung")
     rt.record.send_many(("other", i) for i in range(50))
-    healthy = make_ticker(cluster, reader, healthy_body, url)
+    healthy = env.ticker(healthy_body)
     with silent_server() as hung_url:
-        hung = make_ticker(cluster, reader, hung_body, hung_url)
+        hung = env.ticker(hung_body, hung_url)
 
         async def both():
             return await asyncio.gather(hung.tick(hung_body), healthy.tick(healthy_body))
@@ -223,28 +250,26 @@ def test_a_hung_broker_does_not_hold_up_other_taskqueues(env):
     assert "no answer from the broker" in hung_outcome.broker_error
     assert again.broker_error  # still hanging or refused, never a crash
     assert healthy_outcome.broker_error is None
-    assert cluster.statuses[(NS, "good")]["backlog"] == 50
+    assert env.status("good")["backlog"] == 50
 
 
 def test_unchanged_status_is_not_rewritten(env):
-    cluster, reader, url = env
-    body = taskqueue(minReplicas=1)
-    ticker = make_ticker(cluster, reader, body, url)
+    body = env.stored(minReplicas=1)
+    ticker = env.ticker(body)
     first = asyncio.run(ticker.tick(body))
     second = asyncio.run(ticker.tick(body))
     assert first.status_written and not second.status_written
-    assert cluster.status_writes == 1
+    assert env.cluster.status_writes == 1
 
 
 def test_policy_state_survives_an_operator_restart(env):
-    cluster, reader, url = env
-    body = taskqueue(scaleDownStabilizationSeconds=300)
-    ticker = make_ticker(cluster, reader, body, url)
+    body = env.stored(scaleDownStabilizationSeconds=300)
+    ticker = env.ticker(body)
     rt.record.send_many(("restart", i) for i in range(100))
     asyncio.run(ticker.tick(body))
-    persisted = cluster.statuses[(NS, "tq1")]
+    persisted = env.status()
     assert PolicyState.from_dict(persisted["policyState"]) == ticker.memory.policy_state
-    restarted = TaskQueueTicker(cluster, reader, OperatorMetrics(), cluster.record_event)
+    restarted = env.bare_ticker()
     asyncio.run(restarted.tick({**body, "status": persisted}))
     assert restarted.memory.last_scale_time == persisted["lastScaleTime"]
     assert (
@@ -254,225 +279,234 @@ def test_policy_state_survives_an_operator_restart(env):
 
 
 def test_template_drift_is_repaired_without_touching_replicas(env):
-    cluster, reader, url = env
-    body = taskqueue(minReplicas=2)
-    ticker = make_ticker(cluster, reader, body, url)
-    key = ("Deployment", NS, naming.worker_name("tq1"))
-    cluster.objects[key]["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
+    body = env.stored(minReplicas=2)
+    ticker = env.ticker(body)
+    edited = env.ns.deployment(WORKER)["spec"]["template"]["spec"]["containers"]
+    edited[0]["image"] = "evil:latest"
+    env.ns.apps.patch_namespaced_deployment(
+        WORKER, env.ns.name, {"spec": {"template": {"spec": {"containers": edited}}}}
+    )  # a strategic merge patch, by container name, as `kubectl edit` makes
+    env.cluster.patches.clear()
     asyncio.run(ticker.tick(body))
-    assert cluster.objects[key]["spec"]["template"]["spec"]["containers"][0]["image"] == "w:1"
-    assert any(e[1] == "DriftRepaired" for e in cluster.events)
-    assert all("replicas" not in p[3].get("spec", {}) for p in cluster.patches)
+    image = env.ns.deployment(WORKER)["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "w:1"
+    assert any(e[1] == "DriftRepaired" for e in env.cluster.events)
+    assert env.cluster.patches, "the repair is a patch"
+    assert all("replicas" not in p[3].get("spec", {}) for p in env.cluster.patches)
+    assert env.replicas() == 2
 
 
 def test_missing_secret_is_reported_not_crashed(env):
-    cluster, reader, _ = env
-    body = taskqueue()
-    ticker = TaskQueueTicker(cluster, reader, OperatorMetrics(), cluster.record_event)
-    asyncio.run(provision.reconcile(cluster, body, parse_spec(body["spec"])))
+    body = env.stored()
+    ticker = env.bare_ticker()
+    asyncio.run(provision.reconcile(env.cluster, body, parse_spec(body["spec"])))
     outcome = asyncio.run(ticker.tick(body))
     assert "Secret tq1-url" in outcome.broker_error
-    assert condition(cluster, "BrokerReady")["reason"] == "BrokerUnreachable"
+    assert env.condition("BrokerReady")["reason"] == "BrokerUnreachable"
 
 
 def test_invalid_spec_is_reported_in_conditions(env):
-    cluster, reader, url = env
-    body = taskqueue()
-    ticker = make_ticker(cluster, reader, body, url)
-    body["spec"]["scaling"]["minReplicas"] = 9  # > maxReplicas: the CRD would reject this
+    """A spec the CRD would reject (an older CRD let it in): the API server stores the
+    valid one, the tick is handed the invalid one."""
+    body = env.stored()
+    ticker = env.ticker(body)
+    body["spec"]["scaling"]["minReplicas"] = 9  # > maxReplicas
     asyncio.run(ticker.tick(body))
-    degraded = condition(cluster, "Degraded")
+    degraded = env.condition("Degraded")
     assert degraded["reason"] == "InvalidSpec" and "spec.scaling.minReplicas" in degraded["message"]
 
 
 def test_a_deleted_deployment_is_recreated_but_not_while_the_taskqueue_is_deleted(env):
-    cluster, reader, url = env
-    body = taskqueue(minReplicas=1)
-    ticker = make_ticker(cluster, reader, body, url)
-    key = ("Deployment", NS, naming.worker_name("tq1"))
-    del cluster.objects[key]
+    body = env.stored(minReplicas=1)
+    ticker = env.ticker(body)
+    assert asyncio.run(env.cluster.delete("Deployment", env.ns.name, WORKER))
     asyncio.run(ticker.tick(body))
-    assert key in cluster.objects, "a missing worker Deployment is recreated"
+    assert env.ns.deployment(WORKER) is not None, "a missing worker Deployment is recreated"
 
-    del cluster.objects[key]
+    assert asyncio.run(env.cluster.delete("Deployment", env.ns.name, WORKER))
     body["metadata"]["deletionTimestamp"] = "2026-11-23T18:00:00Z"
     asyncio.run(ticker.tick(body))
-    assert key not in cluster.objects, "a TaskQueue being deleted gets no new workers"
+    assert env.ns.deployment(WORKER) is None, "a TaskQueue being deleted gets no new workers"
 
 
 def test_a_redis_that_evicts_keys_is_degraded_broker_evicts(env):
     """An external Redis whose maxmemory-policy may delete queued tasks: the status says
     so at once (Degraded, and not Durable), naming the policy; scaling carries on."""
-    cluster, reader, url = env
-    body = taskqueue()
-    ticker = make_ticker(cluster, reader, body, url)
-    admin = redis.Redis.from_url(url)
+    body = env.stored()
+    ticker = env.ticker(body)
+    admin = redis.Redis.from_url(env.url)
     admin.config_set("maxmemory-policy", "allkeys-lru")
     try:
         asyncio.run(ticker.tick(body))
-        degraded = condition(cluster, "Degraded")
+        degraded = env.condition("Degraded")
         assert (degraded["status"], degraded["reason"]) == ("True", "BrokerEvicts")
         assert "allkeys-lru" in degraded["message"]
-        assert condition(cluster, "Durable")["reason"] == "BrokerEvicts"
-        assert condition(cluster, "ScalingActive")["status"] == "True"
+        assert env.condition("Durable")["reason"] == "BrokerEvicts"
+        assert env.condition("ScalingActive")["status"] == "True"
     finally:
         admin.config_set("maxmemory-policy", "noeviction")
         admin.close()
 
 
 def test_a_redis_with_noeviction_is_not_degraded(env):
-    cluster, reader, url = env
-    body = taskqueue()
-    ticker = make_ticker(cluster, reader, body, url)
+    body = env.stored()
+    ticker = env.ticker(body)
     asyncio.run(ticker.tick(body))
-    assert condition(cluster, "Degraded")["reason"] == "AsExpected"
-    assert condition(cluster, "Durable")["reason"] == "ExternalBroker"
+    assert env.condition("Degraded")["reason"] == "AsExpected"
+    assert env.condition("Durable")["reason"] == "ExternalBroker"
 
 
 def test_a_foreign_worker_deployment_is_never_scaled_and_shows_as_name_conflict(env):
-    cluster, reader, url = env
-    body = taskqueue(initialTaskSeconds=1, targetBacklogSeconds=30)
-    mine = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "tq1-worker", "namespace": NS, "labels": {"team": "mine"}},
-        "spec": {"replicas": 2, "template": {"spec": {"containers": [{"image": "mine:1"}]}}},
-    }
-    cluster.objects[("Deployment", NS, "tq1-worker")] = dict(mine)
-    cluster.add_secret(NS, "tq1-url", {"url": url})
-    ticker = TaskQueueTicker(
-        cluster,
-        reader,
-        OperatorMetrics(),
-        cluster.record_event,
-        conflicts=lambda _body: ["Service/tq1-redis", "Deployment/tq1-worker"],
+    body = env.stored(initialTaskSeconds=1, targetBacklogSeconds=30)
+    labels = {"team": "mine"}
+    env.ns.apps.create_namespaced_deployment(
+        env.ns.name,
+        {
+            "metadata": {"name": WORKER, "labels": labels},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "mine", "image": "mine:1"}]},
+                },
+            },
+        },
     )
+    mine = env.ns.deployment(WORKER)
+    env.ns.add_secret("tq1-url", {"url": env.url})
+    ticker = env.bare_ticker(conflicts=lambda _body: ["Service/tq1-redis", "Deployment/tq1-worker"])
     rt.record.send_many(("burst", i) for i in range(600))
 
     for _ in range(2):
         outcome = asyncio.run(ticker.tick(body))
         assert outcome.replicas_after == outcome.replicas_before == 0
 
-    assert cluster.objects[("Deployment", NS, "tq1-worker")] == mine
-    assert cluster.scales == [] and cluster.patches == []
-    ready = condition(cluster, "Ready")
+    after = env.ns.deployment(WORKER)
+    assert after["metadata"]["resourceVersion"] == mine["metadata"]["resourceVersion"]
+    assert after["spec"] == mine["spec"]
+    assert env.cluster.scales == [] and env.cluster.patches == []
+    ready = env.condition("Ready")
     assert (ready["status"], ready["reason"]) == ("False", "NameConflict")
     assert "Deployment/tq1-worker" in ready["message"] and "Service/tq1-redis" in ready["message"]
-    assert condition(cluster, "WorkersReady")["reason"] == "NameConflict"
-    warnings = [e for e in cluster.events if e[1] == "NameConflict"]
+    assert env.condition("WorkersReady")["reason"] == "NameConflict"
+    warnings = [e for e in env.cluster.events if e[1] == "NameConflict"]
     assert len(warnings) == 1 and warnings[0][0] == "Warning", "one Event, not one per poll"
 
     # The user deletes theirs: the next tick creates ours and the worker conflict clears.
-    del cluster.objects[("Deployment", NS, "tq1-worker")]
+    env.ns.apps.delete_namespaced_deployment(WORKER, env.ns.name)
     asyncio.run(ticker.tick(body))
-    assert condition(cluster, "WorkersReady")["reason"] != "NameConflict"
-    assert condition(cluster, "Ready")["message"].count("Deployment/tq1-worker") == 0
+    assert env.condition("WorkersReady")["reason"] != "NameConflict"
+    assert env.condition("Ready")["message"].count("Deployment/tq1-worker") == 0
 
 
 def test_a_worker_pod_whose_image_cannot_be_found_shows_in_the_conditions(env):
     """The tick lists the worker pods while one is not ready and copies the kubelet's
-    waiting reason, naming the image; once all are ready it stops listing them."""
-    cluster, reader, url = env
-    body = taskqueue(minReplicas=1)
-    ticker = make_ticker(cluster, reader, body, url)
+    waiting reason, naming the image; once all are ready it stops listing them. The pods
+    and the Deployment's ready count are written here, as the kubelet and the Deployment
+    controller would write them."""
+    body = env.stored(minReplicas=1)
+    ticker = env.ticker(body)
     image = "registry.example/missing:1"
-    cluster.ready_lag = 1
-    cluster.add_pod(
-        NS,
+    env.scale(1)
+    env.ns.set_deployment_status(WORKER, ready=0)
+    waiting = {"reason": "ErrImagePull", "message": f'failed to pull "{image}": not found'}
+    env.ns.create_pod(
+        "tq1-worker-x",
+        worker_labels("tq1"),
         {
-            "metadata": {"name": "tq1-worker-x", "labels": naming.worker_selector("tq1")},
-            "status": {
-                "containerStatuses": [
-                    {
-                        "name": "worker",
-                        "image": image,
-                        "state": {
-                            "waiting": {
-                                "reason": "ErrImagePull",
-                                "message": f'failed to pull "{image}": not found',
-                            }
-                        },
-                    }
-                ]
-            },
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "image": image,
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"waiting": waiting},
+                }
+            ]
         },
     )
-    cluster.add_pod(  # another TaskQueue's pod: not ours to report
-        NS, {"metadata": {"name": "other-worker-y", "labels": naming.worker_selector("other")}}
-    )
+    env.ns.create_pod("other-worker-y", worker_labels("other"))  # another TaskQueue's pod
+    env.cluster.pod_lists = 0
     asyncio.run(ticker.tick(body))
-    workers = condition(cluster, "WorkersReady")
+    workers = env.condition("WorkersReady")
     assert workers["status"] == "False" and workers["reason"] == "ErrImagePull"
     assert f'image "{image}"' in workers["message"] and "tq1-worker-x" in workers["message"]
-    assert condition(cluster, "Degraded")["reason"] == "ErrImagePull"
-    assert cluster.pod_lists == 1
+    assert env.condition("Degraded")["reason"] == "ErrImagePull"
+    assert env.cluster.pod_lists == 1
 
-    cluster.ready_lag = 0
-    del cluster.pods[(NS, "tq1-worker-x")]
+    env.ns.set_deployment_status(WORKER, ready=1)
+    env.ns.core.delete_namespaced_pod("tq1-worker-x", env.ns.name, grace_period_seconds=0)
     asyncio.run(ticker.tick(body))
-    assert condition(cluster, "WorkersReady")["reason"] == "AllReplicasReady"
-    assert condition(cluster, "Degraded")["status"] == "False"
-    assert cluster.pod_lists == 2, "the ready count rose: listed once, for pod start-up"
+    assert env.condition("WorkersReady")["reason"] == "AllReplicasReady"
+    assert env.condition("Degraded")["status"] == "False"
+    assert env.cluster.pod_lists == 2, "the ready count rose: listed once, for pod start-up"
     asyncio.run(ticker.tick(body))
-    assert cluster.pod_lists == 2, "all ready, none new: the pods are not listed"
+    assert env.cluster.pod_lists == 2, "all ready, none new: the pods are not listed"
 
 
 def test_observed_pod_startup_feeds_the_policy_and_is_kept_in_status(env):
-    cluster, reader, url = env
+    """Start-up is Ready's lastTransitionTime minus the pod's creationTimestamp (which the
+    API server sets): the test writes Ready 7 s and 9 s after it."""
     seen: list = []
 
     def policy(obs, spec, state):
         seen.append(obs.pod_startup_s)
         return decide(obs, spec, state)
 
-    body = taskqueue(minReplicas=2)
-    ticker = make_ticker(cluster, reader, body, url, policy=policy)
-    cluster.ready_lag = 2
+    body = env.stored(minReplicas=2)
+    ticker = env.ticker(body, policy=policy)
+    env.scale(2)
+    env.ns.set_deployment_status(WORKER, ready=0)
     asyncio.run(ticker.tick(body))  # two pods starting
     for i, ready_after in enumerate((7, 9)):
-        cluster.add_pod(
-            NS,
+        name = f"tq1-worker-{i}"
+        created = env.ns.create_pod(name, worker_labels("tq1"))["metadata"]["creationTimestamp"]
+        at = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+        ready_at = (at + dt.timedelta(seconds=ready_after)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        env.ns.core.patch_namespaced_pod_status(
+            name,
+            env.ns.name,
             {
-                "metadata": {
-                    "name": f"tq1-worker-{i}",
-                    "uid": f"pod-{i}",
-                    "labels": naming.worker_selector("tq1"),
-                    "creationTimestamp": "2026-12-01T10:00:00Z",
-                },
                 "status": {
                     "conditions": [
+                        {"type": "Ready", "status": "True", "lastTransitionTime": ready_at}
+                    ],
+                    "containerStatuses": [
                         {
-                            "type": "Ready",
-                            "status": "True",
-                            "lastTransitionTime": f"2026-12-01T10:00:0{ready_after}Z",
+                            "name": "worker",
+                            "image": "w:1",
+                            "imageID": "",
+                            "ready": True,
+                            "restartCount": 0,
+                            "state": {"running": {"startedAt": ready_at}},
                         }
                     ],
-                    "containerStatuses": [{"name": "worker", "restartCount": 0}],
-                },
+                }
             },
         )
-    cluster.ready_lag = 0
+    env.ns.set_deployment_status(WORKER, ready=2)
     asyncio.run(ticker.tick(body))  # both ready: listed once, measured
     asyncio.run(ticker.tick(body))
     assert seen == [None, 8.0, 8.0]
-    assert cluster.statuses[(NS, "tq1")]["podStartupSeconds"] == 8.0
+    assert env.status()["podStartupSeconds"] == 8.0
 
-    restarted = make_ticker(cluster, reader, body, url, policy=policy)  # a new operator
-    asyncio.run(restarted.tick({**body, "status": cluster.statuses[(NS, "tq1")]}))
+    restarted = env.bare_ticker(policy=policy)  # a new operator
+    asyncio.run(restarted.tick({**body, "status": env.status()}))
     assert seen[-1] == 8.0
 
 
 def test_a_switch_to_another_secret_is_read_at_once_not_after_the_url_cache(env):
     """The broker URL is cached for a minute; a spec naming another Secret (managed ->
     external) is read on the next poll."""
-    cluster, reader, url = env
-    body = taskqueue(minReplicas=1)
-    ticker = make_ticker(cluster, reader, body, url)
+    body = env.stored(minReplicas=1)
+    ticker = env.ticker(body)
     assert asyncio.run(ticker.tick(body)).broker_error is None
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"  # nothing listens once closed
-    cluster.add_secret(NS, "other-url", {"url": dead})
+    env.ns.add_secret("other-url", {"url": dead})
     switched = {
         **body,
         "spec": {

@@ -1,6 +1,8 @@
 """Push activation against real brokers: the enqueue script and the RabbitMQ producer
 publish wake-ups, the operator's listeners hear them, and a TaskQueue at zero replicas
-is scaled up by the woken tick, long before its next poll (600 s away here)."""
+is scaled up by the woken tick, long before its next poll (600 s away here). The
+TaskQueue and its worker Deployment live on the real kube-apiserver
+(tests/support/apiserver.py)."""
 
 from __future__ import annotations
 
@@ -18,10 +20,8 @@ from ebbtide_operator.metrics import OperatorMetrics
 from ebbtide_operator.spec import parse_spec
 from ebbtide_operator.tick import TaskQueueTicker, run_periodically
 from ebbtide_operator.wake import RabbitMQListener, WakeHub, redis_channel
-from support.memory_cluster import MemoryCluster
 from worker_testkit import wait_for
 
-NS = "apps"
 DEADLINE = 20.0  # generous: a wake-up takes milliseconds, the next poll 600 s
 
 
@@ -106,11 +106,11 @@ def test_the_rabbitmq_listener_hears_a_send(rabbitmq_url):
     asyncio.run(scenario())
 
 
-def taskqueue(poll: float) -> dict:
+def taskqueue(poll: int) -> dict:
     return {
         "apiVersion": "ebbtide.dev/v1alpha1",
         "kind": "TaskQueue",
-        "metadata": {"name": "tq1", "namespace": NS, "uid": "uid-tq1", "generation": 1},
+        "metadata": {"name": "tq1"},
         "spec": {
             "broker": {"type": "redis", "external": {"secretRef": {"name": "tq1-url"}}},
             "queues": [{"name": "jobs"}],
@@ -127,15 +127,14 @@ def taskqueue(poll: float) -> dict:
         pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
     ],
 )
-def test_a_send_to_a_taskqueue_at_zero_scales_it_up_before_the_next_poll(broker, request):
+def test_a_send_to_a_taskqueue_at_zero_scales_it_up_before_the_next_poll(broker, request, kube):
     """The operator's loop as main.poll wires it: tick, then watch the broker; a wake-up
     sets the loop's event; the woken tick reads the backlog and scales up."""
     url = request.getfixturevalue("redis_db" if broker == "redis" else "rabbitmq_url")
-    body = taskqueue(poll=600)
-    cluster = MemoryCluster()
-    cluster.add_secret(NS, "tq1-url", {"url": url})
+    cluster, ns = kube
+    body = ns.create_taskqueue(taskqueue(poll=300))  # the CRD's longest poll
+    ns.add_secret("tq1-url", {"url": url})
     reader = BrokerReader(max_threads=4)
-    deployment = ("Deployment", NS, naming.worker_name("tq1"))
 
     async def scenario() -> None:
         await provision.reconcile(cluster, body, parse_spec(body["spec"]))
@@ -146,7 +145,7 @@ def test_a_send_to_a_taskqueue_at_zero_scales_it_up_before_the_next_poll(broker,
         async def step() -> None:
             outcome = await ticker.tick(body)
             ticks.append(outcome)
-            hub.watch("apps/tq1", url, "ebbtide", ["jobs"], wake.set)
+            hub.watch(f"{ns.name}/tq1", url, "ebbtide", ["jobs"], wake.set)
             if outcome.replicas_after > 0:
                 stop.set()
 
@@ -179,7 +178,7 @@ def test_a_send_to_a_taskqueue_at_zero_scales_it_up_before_the_next_poll(broker,
         asyncio.run(scenario())
     finally:
         reader.close(wait=True)
-    assert cluster.objects[deployment]["spec"]["replicas"] > 0
+    assert ns.deployment(naming.worker_name("tq1"))["spec"]["replicas"] > 0
 
 
 @pytest.mark.rabbitmq

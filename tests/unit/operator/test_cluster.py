@@ -1,6 +1,7 @@
-"""One Cluster protocol: the real client wrapper and the in-memory one the tests and the
-bench use both implement all of it, with the same parameters, so a test on MemoryCluster
-exercises the calls the operator makes on the API server."""
+"""One Cluster protocol: the real client wrapper and the in-memory one the pure-logic unit
+tests use both implement all of it, with the same parameters, so a unit test on
+MemoryCluster exercises the calls the operator makes on the API server (the integration
+tests make them on a real one, tests/support/apiserver.py)."""
 
 from __future__ import annotations
 
