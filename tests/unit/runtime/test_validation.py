@@ -303,10 +303,11 @@ def test_a_worker_whose_task_hints_cannot_be_resolved_stops_at_start(
         assert cli.main(["worker", "unresolved_hints_app:app", "--processes", processes]) == 2
     finally:
         sys.modules.pop("unresolved_hints_app", None)
-    # One line; under --processes each child says it once, and the supervisor, which does
-    # not import the app, stops with the children's usage error.
+    # One line; under --processes a child says it, and the supervisor, which does not
+    # import the app, stops at the first child's usage error (the other child may or may
+    # not have said it too by then).
     errors = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("ebbtide:")]
-    assert errors and len(errors) == int(processes)
+    assert 1 <= len(errors) <= int(processes), errors
     for line in errors:
         assert "task 't': cannot resolve its type hints" in line and "Missing" in line
 
