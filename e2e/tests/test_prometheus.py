@@ -10,14 +10,14 @@ them as file_sd targets with the `__meta_kubernetes_*` labels that discovery set
 (tests/support/kubernetes_sd.py), again on every poll (worker pods come and go). The host
 reaches the pod IPs over the node's bridge. Scrapes every second.
 
-What makes each series exist: a burst of `work` tasks big enough to scale up (scale
-events, service rate, drain time), a few `fail` tasks (a retry each, then the DLQ: retry
-and dead series), and a second TaskQueue whose broker address has nothing listening
+What makes each series exist: a few `fail` tasks, run to their end first (a retry each,
+then the DLQ: retry and dead series), a burst of `work` tasks big enough to scale up (scale
+events, service rate, drain time), and a second TaskQueue whose broker address has nothing listening
 (`broker_up` 0 and broker reconcile errors). A comparison in a query (an alert's
 threshold, the annotation's `> 0`) is evaluated in its `bool` form, so the check is that
 the selectors and joins match the scraped series, not that the burst crossed a threshold
 in time; the operator-down alert's `absent(...)` must be empty (the operator is up) and
-its inner selector non-empty.
+the `up{...} == 1` inside it non-empty.
 """
 
 from __future__ import annotations
@@ -150,7 +150,16 @@ def test_every_dashboard_query_and_alert_returns_series_from_the_real_pods(
         )
 
         host_url = via_cluster_ip(core, namespace, broker_url)
+        # The failing tasks first, to their end: a retry queued behind the burst could
+        # otherwise reach the DLQ only after the deadline below.
         enqueue_failing(host_url, FAILING)
+        dead = f'sum(ebbtide_worker_tasks_total{{namespace="{namespace}", outcome="dead"}}) >= {FAILING}'
+        wait_until(
+            lambda: discovery.refresh() or prometheus.query(dead),
+            60,
+            f"{FAILING} dead tasks scraped from the workers",
+            prometheus,
+        )
         enqueue(host_url, BURST, 0.05)
         wait_for(
             lambda: apps.read_namespaced_deployment("burst-worker", namespace).spec.replicas > 1,
@@ -166,9 +175,12 @@ def test_every_dashboard_query_and_alert_returns_series_from_the_real_pods(
         absent = {}
         for alert, expr in alert_expressions(rule).items():
             if expr.startswith("absent("):
+                # Operator down: the operator is up, so the selector inside, as written
+                # (`up{...} == 1`), has a series and absent() has none.
                 absent[alert] = expr
-                expr = expr.removeprefix("absent(").removesuffix(")")
-            queries[f"alert {alert}"] = with_bool_comparisons(expr)
+                queries[f"alert {alert}"] = expr.removeprefix("absent(").removesuffix(")")
+            else:
+                queries[f"alert {alert}"] = with_bool_comparisons(expr)
         assert len(queries) >= 25, queries
 
         def ours(where: str, result: list[dict]) -> bool:
