@@ -274,28 +274,14 @@ def run_pod(
 
 
 def enqueue(broker_url: str, count: int, seconds: float, first: int = 0) -> None:
-    """Enqueue `work` tasks numbered `first` to `first + count - 1` through the runtime's
-    producer API in a fresh host process, as an app would."""
+    """Enqueue tasks numbered `first` to `first + count - 1` through the runtime's producer
+    API in a fresh host process, as an app would."""
     code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import tracked; "
+        "tracked.app.use_broker_url(sys.argv[2]); "
         "f, n = int(sys.argv[5]), int(sys.argv[3]); "
         "[tracked.work.send_many([(i, float(sys.argv[4])) for i in range(s, min(f + n, s + 500))]) "
         "for s in range(f, f + n, 500)]"
     )
-    _producer(code, broker_url, str(count), str(seconds), str(first))
-
-
-def enqueue_failing(broker_url: str, count: int) -> None:
-    """Enqueue `count` tasks of `fail` (always raises: a retry, then the DLQ)."""
-    code = "tracked.fail.send_many([(i,) for i in range(int(sys.argv[3]))])"
-    _producer(code, broker_url, str(count))
-
-
-def _producer(code: str, broker_url: str, *args: str) -> None:
-    """Run `code` with e2e/tests/apps/tracked.py imported and its broker set, in a fresh
-    host process (sys.argv[3:] are `args`)."""
-    prelude = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import tracked; "
-        "tracked.app.use_broker_url(sys.argv[2]); "
-    )
-    argv = [sys.executable, "-c", prelude + code, str(APPS), broker_url, *args]
+    argv = [sys.executable, "-c", code, str(APPS), broker_url, str(count), str(seconds), str(first)]
     subprocess.run(argv, check=True, timeout=120)

@@ -10,8 +10,8 @@ them as file_sd targets with the `__meta_kubernetes_*` labels that discovery set
 (tests/support/kubernetes_sd.py), again on every poll (worker pods come and go). The host
 reaches the pod IPs over the node's bridge. Scrapes every second.
 
-What makes each series exist: a few `fail` tasks, run to their end first (a retry each,
-then the DLQ: retry and dead series), a burst of `work` tasks big enough to scale up (scale
+What makes each series exist: a few `work` tasks that raise (a negative sleep), run to
+their end first (3 retries each, then the DLQ: retry and dead series), a burst of `work` tasks big enough to scale up (scale
 events, service rate, drain time), and a second TaskQueue whose broker address has nothing listening
 (`broker_up` 0 and broker reconcile errors). A comparison in a query (an alert's
 threshold, the annotation's `> 0`) is evaluated in its `bool` form, so the check is that
@@ -42,7 +42,6 @@ from e2e.tests.kit import (
     condition,
     create_tq,
     enqueue,
-    enqueue_failing,
     external,
     put_secret,
     read_tq,
@@ -151,8 +150,11 @@ def test_every_dashboard_query_and_alert_returns_series_from_the_real_pods(
 
         host_url = via_cluster_ip(core, namespace, broker_url)
         # The failing tasks first, to their end: a retry queued behind the burst could
-        # otherwise reach the DLQ only after the deadline below.
-        enqueue_failing(host_url, FAILING)
+        # otherwise reach the DLQ only after the deadline below. `work` with a negative
+        # sleep raises (ValueError) on every attempt: 3 retries (~1 + 2 + 4 s of backoff at
+        # most), then the DLQ. (A task of its own would need the e2e worker image rebuilt,
+        # which other checkouts' `make images` overwrite.)
+        enqueue(host_url, FAILING, -1.0, first=BURST)
         dead = f'sum(ebbtide_worker_tasks_total{{namespace="{namespace}", outcome="dead"}}) >= {FAILING}'
         wait_until(
             lambda: discovery.refresh() or prometheus.query(dead),

@@ -26,14 +26,3 @@ def work(task_number: int, seconds: float) -> None:
     """Sleep like real work, then count this run."""
     time.sleep(seconds)
     tracker().hincrby(RUNS_KEY, str(task_number), 1)
-
-
-class Planned(Exception):
-    """The failure `fail` always raises."""
-
-
-@app.task(name="fail", max_retries=1)
-def fail(task_number: int) -> None:
-    """Always raises: one retry (after the app's ~1 s backoff), then the dead-letter queue,
-    so the retry and dead-task series exist (e2e/tests/test_prometheus.py)."""
-    raise Planned(f"task {task_number} fails on purpose")
