@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-payloads bench-latency bench-cpu bench-memory bench-policy bench-operator bench-operator-e2e demo helm-lint cluster-up cluster-down clean
+.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-payloads bench-latency bench-cpu bench-memory bench-policy bench-operator bench-operator-e2e bench-operator-failover demo helm-lint cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -106,6 +106,9 @@ bench-operator: setup ## Operator tick timeliness: 200 TaskQueues on one operato
 
 bench-operator-e2e: setup binaries ## The real operator on the real API server: 200 TaskQueues, tick timeliness, enqueue -> replicas p50/p99 from 0
 	$(PY) bench/operator_e2e.py --taskqueues 200 --poll 5 --seconds 60
+
+bench-operator-failover: setup binaries ## Two operators with kopf peering on the real API server: SIGKILL the active one, time the standby's takeover
+	$(PY) bench/operator_failover.py
 
 demo: setup deps-node images ## The demo on the one-node cluster: chart, operator pod, a burst, `kubectl get pods -w` and `kubectl get tq -w`; Ctrl-C tears down
 	scripts/demo.sh

@@ -1,14 +1,14 @@
 """CPU-bound tasks across processes: Ebbtide `--processes 1` vs `2`, beside Dramatiq
 `-p 1` vs `-p 2`, in the same run, on the same private Redis.
 
-Each task is pure Python (`anchors.common.burn_cpu`, BENCH_CPU_LOOPS iterations, about
-1.5 ms here) and then one INCR of the shared counter. Threads cannot run it in parallel
+Each task is pure Python (`anchors.common.burn_cpu`, `--loops` iterations: 100,000 by
+default, about 5-7 ms on this machine) and then one INCR of the shared counter. Threads cannot run it in parallel
 (the GIL), so the rate follows the process count, up to the machine's cores. N tasks are
 enqueued, then one worker command starts; the clock runs from its spawn until the counter
 reaches N (start-up included, as in throughput.py), and the steady rate (first task to
 last) is printed beside it. Systems run round-robin, once per round.
 
-    .venv/bin/python bench/cpu.py                     # 4,000 tasks, 3 rounds
+    .venv/bin/python bench/cpu.py                     # 1,000 tasks, 3 rounds
     .venv/bin/python bench/cpu.py --tasks 1000 --repeat 1
 """
 
@@ -50,7 +50,8 @@ def worker_argv(system: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--tasks", type=int, default=4000)
+    p.add_argument("--tasks", type=int, default=1000)
+    p.add_argument("--loops", type=int, default=100_000, help="iterations of each task's body")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--log", dest="log_path", default=None)
     opts = p.parse_args(argv)
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     rates: dict[str, list[tuple[float, float]]] = {s: [] for s in SYSTEMS}
     with redis_server() as url:
         run = Run(url, url, opts)
+        run.fill_env["BENCH_CPU_LOOPS"] = str(opts.loops)
         client = redis.Redis.from_url(url)
         for round_ in range(opts.repeat):
             for system in SYSTEMS:

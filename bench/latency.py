@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def measured_rtt_ms(url: str, pings: int = 300) -> float:
     return statistics.median(samples)
 
 
-def worker_argv(system: str) -> list[str]:
+def worker_argv(system: str, ebbtide_args: Sequence[str] = ()) -> list[str]:
     py = sys.executable
     if system == "dramatiq":
         return [py, "-m", "dramatiq", "anchors.dramatiq_app", "-p", "1", "-t", str(SLOTS_DEF)]
@@ -111,7 +112,7 @@ def worker_argv(system: str) -> list[str]:
     slots = SLOTS_ASYNC if system == "ebbtide-async" else SLOTS_DEF
     return [
         *(py, "-m", "ebbtide", "--log-level", "WARNING", "worker", "anchors.ebbtide_app:app"),
-        *("--queues", "bench", "--concurrency", str(slots)),
+        *("--queues", "bench", "--concurrency", str(slots), *ebbtide_args),
     ]
 
 
@@ -149,7 +150,7 @@ class Run:
         fill = {"ebbtide": "bulk", "ebbtide-async": "bulk"}.get(system, "single")
         self.produce(system, fill, n, self.fill_env)
         run = run_worker(
-            worker_argv(system),
+            worker_argv(system, self.opts.ebbtide_args.split()),
             self.far_env,
             self.direct,
             COUNTER_KEY,
@@ -241,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rtt", default="0.5,2,10", help="round trips in ms, of 0.5, 2, 10")
     p.add_argument("--systems", default="dramatiq,celery,ebbtide,ebbtide-async,producers")
     p.add_argument("--quick", action="store_true", help="a quarter of the tasks")
+    p.add_argument(
+        "--ebbtide-args", default="", help='extra Ebbtide worker flags, e.g. "--prefetch 8"'
+    )
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--log", dest="log_path", default=None, help="workers' output (temp file)")
     opts = p.parse_args(argv)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -41,16 +42,18 @@ HELD, RUNNING = 1000, 8
 MIB = 1 << 20
 
 
-def worker(system: str, mode: str) -> tuple[list[str], dict[str, str]]:
+def worker(system: str, mode: str, processes: int = 1) -> tuple[list[str], dict[str, str]]:
     py = sys.executable
     held = mode == "prefetched"
     if system == "ebbtide":
         argv = [py, "-m", "ebbtide", "--log-level", "WARNING", "worker", "anchors.ebbtide_app:app"]
         argv += ["--queues", "bench", "--concurrency", str(RUNNING)]
+        argv += ["--processes", str(processes)]
         return argv + (["--prefetch", str(HELD)] if held else []), {}
     if system == "dramatiq":
         env = {"dramatiq_queue_prefetch": str(HELD + RUNNING)} if held else {}
-        return [py, "-m", "dramatiq", "anchors.dramatiq_app", "-p", "1", "-t", str(RUNNING)], env
+        argv = [py, "-m", "dramatiq", "anchors.dramatiq_app", "-p", str(processes)]
+        return argv + ["-t", str(RUNNING)], env
     argv = [py, "-m", "celery", "-A", "anchors.celery_app", "worker", "--loglevel", "WARNING"]
     argv += ["-P", "threads", "-c", str(RUNNING)]
     if held:
@@ -98,7 +101,20 @@ def tree_rss(pid: int) -> tuple[int, int]:
     return 0, 0
 
 
-def settled_rss(argv: list[str], env: dict[str, str], log_path: str) -> tuple[int, int]:
+def left_in_broker(system: str, client: redis.Redis, url: str) -> int:
+    """Tasks still in Redis, not in the worker: shows what the worker really took."""
+    if system == "ebbtide":
+        from ebbtide.stats import read_stats
+
+        q = read_stats(url).queues.get("bench")
+        return 0 if q is None else q.ready + q.delayed
+    lists = [k for k in client.scan_iter() if client.type(k) == b"list"]
+    return sum(client.llen(k) for k in lists)
+
+
+def settled_rss(
+    argv: list[str], env: dict[str, str], log_path: str, left: Callable[[], int]
+) -> tuple[int, int, int]:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
@@ -116,7 +132,7 @@ def settled_rss(argv: list[str], env: dict[str, str], log_path: str) -> tuple[in
                 break
         if proc.poll() is not None:
             raise RuntimeError(f"{argv[2:5]} exited with {proc.returncode}; log {log_path}")
-        return last
+        return last[0], last[1], left()
     finally:
         stop_group(proc, grace=3)
 
@@ -126,7 +142,7 @@ def main() -> int:
         fill(sys.argv[2], sys.argv[3])
         return 0
     log_path = os.path.join(tempfile.gettempdir(), f"ebbtide-memory-{os.getpid()}.log")
-    results: dict[tuple[str, str], tuple[int, int]] = {}
+    results: dict[tuple[str, str], tuple[int, int, int]] = {}
     with redis_server() as url:
         client = redis.Redis.from_url(url)
         env = {
@@ -145,23 +161,40 @@ def main() -> int:
                         [sys.executable, __file__, "--fill", system, mode], env=env, check=True
                     )
                 argv, extra = worker(system, mode)
-                results[system, mode] = settled_rss(argv, {**env, **extra}, log_path)
-                rss, n = results[system, mode]
-                print(f"{system} {mode}: {rss / MIB:.1f} MiB in {n} processes", file=sys.stderr)
+                results[system, mode] = settled_rss(
+                    argv,
+                    {**env, **extra},
+                    log_path,
+                    lambda s=system: left_in_broker(s, client, url),
+                )
+                rss, n, left = results[system, mode]
+                print(
+                    f"{system} {mode}: {rss / MIB:.1f} MiB in {n} processes, {left} tasks left "
+                    "in Redis",
+                    file=sys.stderr,
+                )
+        two = {}
+        for system in ("ebbtide", "dramatiq"):  # idle, two worker processes
+            client.flushall()
+            argv, extra = worker(system, "idle", processes=2)
+            two[system] = settled_rss(argv, {**env, **extra}, log_path, lambda: 0)
     print(f"\n{os.cpu_count()} cores · Python {sys.version.split()[0]} · same private Redis\n")
     print(
         "| system | processes | idle RSS MiB (tree) | idle RSS MiB per process | "
-        "+1,000 prefetched MiB | +1,000 delayed MiB |"
+        "+1,000 prefetched MiB (left in Redis) | +1,000 delayed MiB (left in Redis) |"
     )
     print("|---|---|---|---|---|---|")
     for system in ("ebbtide", "dramatiq", "celery"):
-        idle, n = results[system, "idle"]
-        pre = (results[system, "prefetched"][0] - idle) / MIB
-        late = (results[system, "delayed"][0] - idle) / MIB
+        idle, n, _ = results[system, "idle"]
+        pre, _, pre_left = results[system, "prefetched"]
+        late, _, late_left = results[system, "delayed"]
         print(
             f"| {system} | {n} | {idle / MIB:.1f} | {idle / n / MIB:.1f} | "
-            f"{pre:+.1f} | {late:+.1f} |"
+            f"{(pre - idle) / MIB:+.1f} ({pre_left}) | {(late - idle) / MIB:+.1f} ({late_left}) |"
         )
+    for system, flag in (("ebbtide", "--processes 2"), ("dramatiq", "-p 2")):
+        rss, n, _ = two[system]
+        print(f"| {system} {flag} | {n} | {rss / MIB:.1f} | {rss / n / MIB:.1f} | | |")
     print(f"\nworker output: {log_path}")
     return 0
 

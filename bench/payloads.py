@@ -5,7 +5,8 @@ For each case: the stored payload's size, the CPU cost of encoding and decoding 
 (in process), `send_many` of N tasks (tasks/s), then ONE worker process
 (`--concurrency 8`) spawned on the filled queue and timed until the Redis counter
 reaches N (start-up included, as in bench/throughput.py); send+run is N over both.
-"zstd" compresses every body (compress_threshold=0) so the small row shows what it
+Two rows are encrypted (AES-GCM; the worker reads the key from a folder, as from a
+mounted Secret). "zstd" compresses every body (compress_threshold=0) so the small row shows what it
 would cost; by default only bodies over 16 KiB are compressed.
 
     .venv/bin/python bench/payloads.py                 # the table in docs/benchmarks.md
@@ -15,6 +16,7 @@ would cost; by default only bodies over 16 KiB are compressed.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -41,7 +43,17 @@ from support.servers import redis_server  # noqa: E402
 
 COUNTER_KEY = "bench:done"
 QUEUE = "bench"
-FORMATS = [("json", None), ("json", 0), ("msgpack", None), ("msgpack", 0)]
+# (serializer, compress_threshold, encrypted); the worker holds the key (KEY_ENV).
+FORMATS = [
+    ("json", None, False),
+    ("json", 0, False),
+    ("msgpack", None, False),
+    ("msgpack", 0, False),
+    ("json", None, True),
+    ("msgpack", 0, True),
+]
+KEY_ID = "bench"
+KEY = base64.b64encode(bytes(range(32))).decode()
 
 
 def small_payload() -> dict[str, Any]:
@@ -110,8 +122,11 @@ def run_case(
     tasks: int,
     log_path: str,
 ) -> Row:
-    serializer, threshold = fmt
-    app = ebbtide.App(url, serializer=serializer, compress_threshold=threshold)
+    serializer, threshold, encrypted = fmt
+    keys = {KEY_ID: KEY} if encrypted else {}
+    app = ebbtide.App(
+        url, serializer=serializer, compress_threshold=threshold, encryption_keys=keys
+    )
     task = app.task(queue=QUEUE, name="bench.payload")(lambda data: None)
     client = redis.Redis.from_url(url)
     client.flushall()
@@ -232,14 +247,16 @@ def main(argv: list[str] | None = None) -> int:
             "BENCH_COUNTER_KEY": COUNTER_KEY,
             "BENCH_QUEUE": QUEUE,
             "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")]),
+            "EBBTIDE_ENCRYPTION_KEYS_DIR": f"{tmp}/keys",  # the worker reads every row
         }
+        Path(tmp, "keys").mkdir()
+        Path(tmp, "keys", KEY_ID).write_text(KEY)
         rounds: list[list[Row]] = []
         for round_no in range(opts.repeat):  # whole rounds, so noise spreads over every case
             rows = []
             for name, value, n in cases:
                 for fmt in FORMATS:
-                    zstd = "always" if fmt[1] == 0 else "off"
-                    print(f"round {round_no + 1}: {name} {fmt[0]} zstd={zstd}", file=sys.stderr)
+                    print(f"round {round_no + 1}: {name} {fmt}", file=sys.stderr)
                     rows.append(run_case(url, env, name, value, fmt, n, f"{tmp}/worker.log"))
             rounds.append(rows)
     rows = [median_row(same) for same in zip(*rounds, strict=True)]

@@ -15,7 +15,9 @@ import time
 
 import ebbtide
 
-# The broker URL comes from EBBTIDE_BROKER_URL (set by the operator in worker pods).
+# The broker URL comes from the file EBBTIDE_BROKER_URL_FILE names (the operator mounts
+# it in worker pods), else from EBBTIDE_BROKER_URL (local use). Arguments are checked
+# against the type hints below at send() and again in the worker.
 app = ebbtide.App()
 app.queue("emails", max_backlog=100_000)  # send() past this raises ebbtide.BacklogFull
 

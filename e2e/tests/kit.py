@@ -141,13 +141,16 @@ def operator_pod(core, namespace: str, exclude: tuple[str, ...] = ()) -> str | N
     return fresh[0] if fresh else None
 
 
-def pod_env(kube_env: Any, namespace: str, pod: str, variable: str) -> str:
-    """One environment variable of a running pod's container, read inside it (`kubectl
-    exec`): what the process really got, not what the template says."""
-    code = f"import os; print(os.environ.get({variable!r}, ''))"
-    return kubectl(
-        kube_env, "exec", "-n", namespace, pod, "--", "python", "-c", code
-    ).stdout.strip()
+def pod_broker_url(kube_env: Any, namespace: str, pod: str) -> str:
+    """The broker URL a running worker pod has, read inside it (`kubectl exec`) the way
+    the runtime reads it: the file EBBTIDE_BROKER_URL_FILE names (the mounted Secret),
+    else EBBTIDE_BROKER_URL."""
+    code = (
+        "import os; p = os.environ.get('EBBTIDE_BROKER_URL_FILE'); "
+        "print(open(p).read().strip() if p else os.environ.get('EBBTIDE_BROKER_URL', ''))"
+    )
+    argv = ["exec", "-n", namespace, pod, "--", "python", "-c", code]
+    return kubectl(kube_env, *argv).stdout.strip()
 
 
 def ready_pods(core, namespace: str, selector: str) -> list:

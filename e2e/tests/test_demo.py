@@ -51,6 +51,36 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def default_sigint() -> None:
+    """SIGINT as a terminal leaves it: a test run started in the background (`make e2e &`)
+    ignores it, and bash cannot trap a signal that was ignored when it started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def delete_demo_taskqueue(custom) -> None:
+    """While an operator still runs (kopf's finalizer), so the namespace can go."""
+    try:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, DEMO_NS, PLURAL, "demo")
+    except client.ApiException as error:
+        if error.status != 404:
+            raise
+        return
+    wait_for(
+        lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, DEMO_NS, PLURAL)["items"],
+        60,
+        "the demo's TaskQueue deleted",
+    )
+
+
+def terminating(core, name: str) -> bool:
+    try:
+        return core.read_namespace(name).metadata.deletion_timestamp is not None
+    except client.ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+
+
 def test_the_demo_tears_everything_down_on_ctrl_c(kube_env, core, custom, operator, tmp_path: Path):
     log_path = tmp_path / "demo.log"
     env = {
@@ -70,6 +100,7 @@ def test_the_demo_tears_everything_down_on_ctrl_c(kube_env, core, custom, operat
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, as a terminal gives it
+            preexec_fn=default_sigint,
         )
     try:
 
@@ -78,7 +109,9 @@ def test_the_demo_tears_everything_down_on_ctrl_c(kube_env, core, custom, operat
             tq = custom.get_namespaced_custom_object(GROUP, VERSION, DEMO_NS, PLURAL, "demo")
             status = tq.get("status", {})
             enqueued = "enqueued 1500" in log_path.read_text(errors="replace")
-            return enqueued and (status.get("desiredReplicas") or 0) > 1
+            # Scaled up (or, the burst already drained, scaled at all: it starts at 1).
+            scaled = (status.get("desiredReplicas") or 0) > 1 or status.get("lastScaleTime")
+            return enqueued and bool(scaled)
 
         wait_for(scaled_up, 180, "the demo's burst enqueued and its workers scaling up")
         assert core.list_namespaced_pod(DEMO_NS).items, "the demo runs pods"
@@ -116,11 +149,16 @@ def test_the_demo_tears_everything_down_on_ctrl_c(kube_env, core, custom, operat
         assert custom.list_cluster_custom_object(GROUP, VERSION, PLURAL) is not None
         wait_for(lambda: not group_alive(demo.pid), 30, "every process of the demo gone")
     finally:
-        if demo.poll() is None:
+        if demo.poll() is None:  # its teardown did not run: clean up after it
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
+            delete_demo_taskqueue(custom)
+            core.delete_namespace(DEMO_NS)
         # The session's operator, back as the other tests had it.
-        wait_for(lambda: namespace_gone(core, SYSTEM_NAMESPACE), 120, f"{SYSTEM_NAMESPACE} deleted")
+        if terminating(core, SYSTEM_NAMESPACE):
+            wait_for(
+                lambda: namespace_gone(core, SYSTEM_NAMESPACE), 120, f"{SYSTEM_NAMESPACE} deleted"
+            )
         restored = install_operator_chart(kube_env)
         assert restored.returncode == 0, f"{restored.stdout}\n{restored.stderr}"
         wait_for(lambda: operator_pod(core, SYSTEM_NAMESPACE), 120, "the session's operator")

@@ -247,6 +247,14 @@ def test_a_worker_image_that_cannot_be_found_surfaces_in_the_conditions(
     found = wait_for(surfaced, 30, "ErrImageNeverPull in the TaskQueue's WorkersReady")
     assert found["status"] == "False", found
     assert '"docker.io/ebbtide/not-built:0.0.0"' in found["message"], found
-    tq = read_tq(custom, namespace, "missing")
-    assert condition(tq, "Ready")["reason"] == "ErrImageNeverPull"
-    assert condition(tq, "Degraded")["status"] == "True"
+    # Ready names the first failing part: the workers' reason once the broker is up.
+    wait_for(
+        lambda: (
+            condition(read_tq(custom, namespace, "missing"), "Ready").get("reason")
+            == "ErrImageNeverPull"
+        ),
+        120,
+        "Ready=False with reason ErrImageNeverPull, the managed broker up",
+    )
+    degraded = condition(read_tq(custom, namespace, "missing"), "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "ErrImageNeverPull", degraded

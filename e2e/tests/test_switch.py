@@ -1,7 +1,8 @@
 """A TaskQueue that changes broker on the real cluster: managed Redis to managed RabbitMQ
 and back, and managed to external. After each switch the old broker's objects are gone,
-every worker pod runs with the new broker's URL (read inside the pod: the env is fixed at
-container start, so only a rollout gives it), and tasks sent afterwards run, each once.
+every worker pod is a new one (the runtime reads its URL once, at start: only a rollout
+gives it the new one) holding the new broker's URL (read inside the pod), and tasks sent
+afterwards run, each once.
 
 Every wait polls with a deadline; none is a sleep used as synchronisation.
 """
@@ -19,7 +20,7 @@ from e2e.tests.kit import (
     condition,
     create_tq,
     enqueue,
-    pod_env,
+    pod_broker_url,
     read_tq,
     ready_pods,
     secret_value,
@@ -76,9 +77,18 @@ def switch(custom, namespace: str, broker: dict) -> None:
     )
 
 
-def settled_on(kube_env, core, custom, namespace: str, url: str, what: str) -> None:
-    """Every live worker pod Ready and running with `url`, and the TaskQueue healthy: the
-    rollout is over. The URL is read inside each pod (not from its template)."""
+def worker_pod_names(core, namespace: str) -> set[str]:
+    return {
+        p.metadata.name for p in core.list_namespaced_pod(namespace, label_selector=WORKERS).items
+    }
+
+
+def settled_on(
+    kube_env, core, custom, namespace: str, url: str, what: str, old: frozenset[str] = frozenset()
+) -> None:
+    """The rollout is over: every live worker pod is new (none of `old`, the pods from
+    before the switch: the runtime reads the URL once, at start), Ready, and has `url`
+    (read inside the pod), and the TaskQueue is healthy."""
 
     def settled() -> bool:
         pods = core.list_namespaced_pod(namespace, label_selector=WORKERS).items
@@ -86,12 +96,11 @@ def settled_on(kube_env, core, custom, namespace: str, url: str, what: str) -> N
         ready = ready_pods(core, namespace, WORKERS)
         if not ready or len(ready) != len(live) or not healthy(custom, namespace):
             return False
-        return all(
-            pod_env(kube_env, namespace, p.metadata.name, "EBBTIDE_BROKER_URL") == url
-            for p in ready
-        )
+        if any(p.metadata.name in old for p in ready):
+            return False
+        return all(pod_broker_url(kube_env, namespace, p.metadata.name) == url for p in ready)
 
-    wait_for(settled, 240, f"every worker pod on {what}, Ready, the TaskQueue healthy")
+    wait_for(settled, 240, f"every worker pod new, on {what}, Ready; the TaskQueue healthy")
 
 
 def runs_through(core, namespace: str, url: str, track: redis.Redis, first: int, n: int) -> None:
@@ -131,6 +140,7 @@ def test_switching_managed_redis_to_rabbitmq_and_back(
     settled_on(kube_env, core, custom, namespace, redis_url, "the managed Redis")
     runs_through(core, namespace, redis_url, track, 0, 20)
 
+    before = frozenset(worker_pod_names(core, namespace))
     switch(custom, namespace, {"type": "rabbitmq"})
 
     def rabbit_url() -> str | None:
@@ -143,9 +153,10 @@ def test_switching_managed_redis_to_rabbitmq_and_back(
         60,
         "the managed Redis's StatefulSet, Service and NetworkPolicy deleted",
     )
-    settled_on(kube_env, core, custom, namespace, amqp_url, "the managed RabbitMQ")
+    settled_on(kube_env, core, custom, namespace, amqp_url, "the managed RabbitMQ", before)
     runs_through(core, namespace, amqp_url, track, 100, 20)
 
+    before = frozenset(worker_pod_names(core, namespace))
     switch(custom, namespace, {"type": "redis"})
     back = wait_for(
         lambda: (
@@ -161,7 +172,7 @@ def test_switching_managed_redis_to_rabbitmq_and_back(
         60,
         "the managed RabbitMQ's StatefulSet, Service, ConfigMap and NetworkPolicy deleted",
     )
-    settled_on(kube_env, core, custom, namespace, back, "the managed Redis again")
+    settled_on(kube_env, core, custom, namespace, back, "the managed Redis again", before)
     runs_through(core, namespace, back, track, 200, 20)
 
 
@@ -184,6 +195,7 @@ def test_switching_a_managed_broker_to_an_external_one(
             "stringData": {"url": external_url},
         },
     )
+    before = frozenset(worker_pod_names(core, namespace))
     switch(custom, namespace, {"managed": None, "external": {"secretRef": {"name": "mine"}}})
     wait_for(
         lambda: (
@@ -195,6 +207,6 @@ def test_switching_a_managed_broker_to_an_external_one(
         60,
         "the managed Redis's objects and its Secret deleted",
     )
-    settled_on(kube_env, core, custom, namespace, external_url, "the external broker")
+    settled_on(kube_env, core, custom, namespace, external_url, "the external broker", before)
     runs_through(core, namespace, external_url, track, 0, 20)
     assert existing(core, apps, namespace, "Secret", "mine"), "the user's Secret is kept"

@@ -10,6 +10,8 @@ tick early for a TaskQueue with no ready worker. Environment:
   EBBTIDE_OPERATOR_NAMESPACE     the operator's namespace, admitted by managed brokers'
                                  NetworkPolicies (else POD_NAMESPACE, else the pod's own)
   EBBTIDE_OPERATOR_IDENTITY      who the audit log says acted (audit.py)
+  EBBTIDE_PEERING, EBBTIDE_PEERING_LIFETIME, EBBTIDE_PEERING_NAMESPACES
+                                 2+ replicas, one active (ha.py); unset = standalone
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
+import kubernetes
 
-from ebbtide_operator import kube, naming, provision, status
+from ebbtide_operator import ha, kube, naming, provision, status
 from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.deployment_cache import DeploymentCache
 from ebbtide_operator.metrics import OperatorMetrics
@@ -55,10 +59,30 @@ def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our Events are explicit, not log echoes
-    settings.peering.standalone = True  # one replica; the chart runs exactly one
     settings.persistence.finalizer = "ebbtide.dev/finalizer"
     settings.networking.request_timeout = 60
     await asyncio.to_thread(kube.load_config)
+    try:
+        peering = ha.from_env(os.environ)
+    except ha.PeeringConfigError as error:  # the start fails, naming the setting
+        raise kopf.PermanentError(str(error)) from error
+    if peering is None:
+        settings.peering.standalone = True  # one replica
+    else:
+        settings.peering.standalone = False
+        settings.peering.mandatory = True  # start paused until the peering is read
+        settings.peering.name = peering.name
+        settings.peering.clusterwide = peering.clusterwide
+        settings.peering.lifetime = peering.lifetime
+        settings.peering.priority = ha.priority(time.time(), os.environ.get("POD_NAME", ""))
+        await asyncio.to_thread(
+            ha.ensure_peering_objects, peering, kubernetes.client.CustomObjectsApi()
+        )
+        logger.info(
+            "peering %r with priority %d: active only while no older replica is alive",
+            peering.name,
+            settings.peering.priority,
+        )
     Runtime.operator_namespace = kube.operator_namespace()
     if Runtime.operator_namespace is None:
         logger.warning(

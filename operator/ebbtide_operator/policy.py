@@ -15,11 +15,17 @@ The maths (docs/scaling-policy.md explains every step; the sizing is in policy_d
   busy pods; mu = measured tasks/s per replica, or concurrency / initial_task_seconds;
 - backlog pods: the fewest pods that start every queue's backlog before its oldest
   task's deadline (T_q - age), earliest deadline first, where ready pods work for the
-  whole deadline, starting pods for what is left after their start-up, and new pods for
-  what is left after the (observed) pod start-up time. A burst is sized from its work,
-  and a pod that would be ready after the burst is drained is not started;
-- lambda is an EWMA with a change detector: a fall is believed at once, a rise when the
-  next poll confirms it (a bulk send is backlog, not a stream);
+  whole deadline, starting pods for what is left after their start-up (timed from their
+  own scale-up), and new pods for what is left after the (observed) pod start-up time.
+  A burst is sized from its work, a lone queue's backlog is split by when its tasks
+  arrived (each part with its own deadline), and a pod that would be ready after the
+  burst is drained is not started;
+- mu is the policy's own EWMA (weighted by completions; a rise at half pace): while a
+  backlog saturates the slots, completions per busy slot-second (Little's law), else
+  the operator's mu, and nothing from a burst's tail;
+- lambda is an EWMA with a change detector: a fall is believed at once, a rise once it
+  has lasted 2 * poll_seconds (a bulk send is backlog, not a stream; woken ticks come
+  faster than polls, so the span is timed, not counted);
 - scale-up is immediate (bounded by max_scale_up_step). Scale-down is immediate too,
   except that the stabilization window holds the highest count the arrivals alone asked
   for (a fall beyond noise empties it) and pods started for a backlog stay until that
@@ -38,11 +44,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ebbtide_operator.policy_demand import (
+    busy_slots,
     measured_service_rate,
     queue_backlog_pods,
+    record_arrivals,
+    record_starts,
     service_rate_per_replica,
     smooth_arrival_rate,
     smooth_service_rate,
+    startup_seconds,
 )
 
 
@@ -106,7 +116,7 @@ class ScalingSpec:
     # Time constant of the arrival-rate EWMA; 0 disables smoothing.
     arrival_smoothing_seconds: float = 60.0
     # Completions that move the policy's own mu EWMA by 1 - 1/e; 0 disables it.
-    service_smoothing_tasks: float = 50.0
+    service_smoothing_tasks: float = 100.0
     # Shortest drain deadline a late backlog is given, as a fraction of T.
     min_deadline_fraction: float = 0.25
     # A new pod's creation-to-Ready time until one is observed (Observation.pod_startup_s).
@@ -125,6 +135,12 @@ class PolicyState:
     service_rate_smoothed: float | None = None  # EWMA of mu, tasks/s per replica
     last_poll_time: float | None = None  # `now` of the previous decision (EWMA step)
     arrival_jump: float | None = None  # an upward jump in lambda, awaiting confirmation
+    jump_since: float | None = None  # when that jump began (the start of its first poll)
+    busy_slots: float | None = None  # tasks in flight at the last poll, if it had a backlog
+    # (time, pods added) of the recent scale-ups: when the pods still starting were added.
+    starts: list[tuple[float, int]] = field(default_factory=list)
+    # (start of a poll's interval, tasks that arrived in it): the backlog's ages.
+    arrivals: list[tuple[float, int]] = field(default_factory=list)
     up_backlog: int | None = None  # the backlog at the last scale-up, until it shrinks
 
     def to_dict(self) -> dict:
@@ -136,6 +152,10 @@ class PolicyState:
             "serviceRateSmoothed": self.service_rate_smoothed,
             "lastPollTime": self.last_poll_time,
             "arrivalJump": self.arrival_jump,
+            "jumpSince": self.jump_since,
+            "busySlots": self.busy_slots,
+            "starts": [[t, n] for t, n in self.starts],
+            "arrivals": [[t, n] for t, n in self.arrivals],
             "upBacklog": self.up_backlog,
         }
 
@@ -154,14 +174,29 @@ class PolicyState:
                 continue
         return cls(
             recommendations=recs,
+            starts=_pairs(data.get("starts")),
+            arrivals=_pairs(data.get("arrivals")),
             idle_since=_float_or_none(data.get("idleSince")),
             last_scale_time=_float_or_none(data.get("lastScaleTime")),
             arrival_rate_smoothed=_float_or_none(data.get("arrivalRateSmoothed")),
             service_rate_smoothed=_float_or_none(data.get("serviceRateSmoothed")),
             last_poll_time=_float_or_none(data.get("lastPollTime")),
             arrival_jump=_float_or_none(data.get("arrivalJump")),
+            jump_since=_float_or_none(data.get("jumpSince")),
+            busy_slots=_float_or_none(data.get("busySlots")),
             up_backlog=_int_or_none(data.get("upBacklog")),
         )
+
+
+def _pairs(items: Any) -> list[tuple[float, int]]:
+    out: list[tuple[float, int]] = []
+    for item in items if isinstance(items, list) else []:
+        try:
+            t, n = item
+            out.append((float(t), int(n)))
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -330,7 +365,7 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         return _hold(obs, spec, state, "broker unreachable", degraded=True)
 
     now = obs.now
-    lam, jump = smooth_arrival_rate(obs, spec, state)
+    lam, jump, jump_since = smooth_arrival_rate(obs, spec, state)
     mu = smooth_service_rate(obs, spec, state)
     demand = compute_demand(obs, spec, lam, mu, state)
     idle = _is_idle(obs, spec)
@@ -407,6 +442,10 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         service_rate_smoothed=mu,
         last_poll_time=now,
         arrival_jump=jump,
+        jump_since=jump_since,
+        busy_slots=busy_slots(obs),
+        starts=record_starts(state, now, current, target, 2.0 * startup_seconds(obs, spec) + 60.0),
+        arrivals=record_arrivals(obs, state, _longest_target(obs, spec)),
         up_backlog=demand.backlog
         if target > current
         else (up_backlog if target == current else None),
@@ -417,6 +456,12 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         state=new_state,
         drain_seconds=demand.drain_seconds,
     )
+
+
+def _longest_target(obs: Observation, spec: ScalingSpec) -> float:
+    """How far back the backlog's ages are worth remembering (a task older than T is late
+    whatever its exact age)."""
+    return max([spec.target_backlog_seconds] + [_target(q, spec) for q in obs.queues])
 
 
 def _fell(previous: float, now: float) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ebbtide.stats import BrokerStats
 
-from ebbtide_operator import drain, naming, observe, pod_health, provision
+from ebbtide_operator import drain, naming, observe, pod_health, provision, startup
 from ebbtide_operator import status as status_mod
 from ebbtide_operator.broker_io import BrokerReader, BrokerUnreachable
 from ebbtide_operator.build import worker
@@ -77,7 +77,11 @@ class _Memory:
     last_scale_time: str | None = None
     last_scale_reason: str | None = None
     template: tuple[Any, dict[str, Any]] | None = None  # (generation, desired pod template)
-    worker_conflict: str | None = None  # `Deployment/<name>-worker` when it is not ours
+    worker_conflict: str | None = None
+    startup: startup.StartupEstimate = field(default_factory=startup.StartupEstimate)
+    last_ready: int | None = (
+        None  # ready pods at the last tick: a rise is worth a pod list  # `Deployment/<name>-worker` when it is not ours
+    )
 
 
 class TaskQueueTicker:
@@ -147,7 +151,8 @@ class TaskQueueTicker:
             stats = stats_or_error
         replicas = int((deployment or {}).get("spec", {}).get("replicas") or 0)
         ready = int((deployment or {}).get("status", {}).get("readyReplicas") or 0)
-        worker_problem = await self._worker_problem(namespace, name, deployment)
+        worker_problem = await self._worker_problem(namespace, name, deployment, ready)
+        memory.last_ready = ready
         outcome.replicas_before = outcome.replicas_after = replicas
         outcome.ready = ready
 
@@ -157,7 +162,7 @@ class TaskQueueTicker:
             )
             memory.previous = stats
             obs = observe.build_observation(stats, memory.rates, spec, replicas, ready)
-            obs = _with_local_time(obs, now)
+            obs = replace(_with_local_time(obs, now), pod_startup_s=memory.startup.seconds)
             memory.last_obs = obs
         else:
             obs = observe.unreachable_observation(now, memory.last_obs, replicas, ready)
@@ -261,6 +266,7 @@ class TaskQueueTicker:
                 memory.policy_state = PolicyState()
         memory.last_scale_time = memory.last_scale_time or status.get("lastScaleTime")
         memory.last_scale_reason = memory.last_scale_reason or status.get("lastScaleReason")
+        memory.startup.resume(startup.restored(status.get("podStartupSeconds")))
 
     async def _broker_url(self, namespace: str, name: str, spec: TaskQueueSpec, now: float) -> str:
         memory = self.memory
@@ -326,10 +332,12 @@ class TaskQueueTicker:
         return cached[1]
 
     async def _worker_problem(
-        self, namespace: str, name: str, deployment: Mapping[str, Any] | None
+        self, namespace: str, name: str, deployment: Mapping[str, Any] | None, ready: int
     ) -> pod_health.PodProblem | None:
-        """Why worker pods are stuck, read from the pods only while some are not ready."""
-        if not pod_health.should_look(deployment):
+        """Why worker pods are stuck, read from the pods only while some are not ready;
+        the same list (and one more when the ready count rises) measures pod start-up."""
+        looking = pod_health.should_look(deployment)
+        if not looking and not startup.worth_listing(ready, self.memory.last_ready):
             return None
         try:
             pods = await self.cluster.list_pods(namespace, naming.worker_selector(name))
@@ -337,7 +345,8 @@ class TaskQueueTicker:
             log.warning("could not list the worker pods of %s/%s", namespace, name, exc_info=True)
             self.metrics.error(namespace, name, "pods")
             return None
-        return pod_health.worker_problem(pods)
+        self.memory.startup.observe(pods)
+        return pod_health.worker_problem(pods) if looking else None
 
     async def _set_deletion_costs(self, namespace: str, name: str, stats: BrokerStats) -> None:
         """Idle pods cheapest, so the ReplicaSet removes them first."""
@@ -394,6 +403,8 @@ class TaskQueueTicker:
             new["lastScaleReason"] = memory.last_scale_reason
         if memory.policy_state is not None:
             new["policyState"] = memory.policy_state.to_dict()
+        if memory.startup.seconds is not None:
+            new["podStartupSeconds"] = round(memory.startup.seconds, 1)
         return new
 
     def _invalid_status(self, body: Mapping[str, Any], error: str, now: float) -> dict[str, Any]:

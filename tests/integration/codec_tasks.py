@@ -8,12 +8,17 @@ Each task records what it received in the test Redis (worker_tasks.r)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import ebbtide
 from worker_tasks import r
 
-app = ebbtide.App(retry_backoff=0.05)
+# CODEC_TEST_ENCRYPTION_REQUIRED=1: a worker that runs only encrypted tasks.
+app = ebbtide.App(
+    retry_backoff=0.05,
+    encryption_required=os.environ.get("CODEC_TEST_ENCRYPTION_REQUIRED") == "1",
+)
 
 
 def fingerprint(value: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ from typing import Any
 import codec_tasks
 import ebbtide
 from codec_tasks import fingerprint
-from worker_testkit import wait_for, worker
+from worker_testkit import HERE, wait_for, worker
 
 KEYS = {
     "2026-a": base64.b64encode(bytes(range(32))).decode(),
@@ -39,16 +40,29 @@ def producer(url: str, **settings: Any) -> Iterator[SimpleNamespace]:
         app.close()
 
 
-def codec_worker(broker, tmp_path: Path, keys: list[str] | None = None):
+def codec_worker(
+    broker,
+    tmp_path: Path,
+    keys: list[str] | None = None,
+    without: str | None = None,
+    required: bool = False,
+):
     """A real worker of codec_tasks:app, its keys (if any) read from a mounted-Secret-like
-    folder, one file per key id; the first key is the one it would encrypt with."""
-    env: dict[str, str] = {}
+    folder, one file per key id; the first key is the one it would encrypt with.
+    `without` names a package the worker's Python cannot import (a missing extra);
+    `required`: the worker runs only encrypted tasks."""
+    env: dict[str, str] = {"CODEC_TEST_ENCRYPTION_REQUIRED": "1"} if required else {}
+    if without:
+        hidden = tmp_path / f"without-{without}"
+        hidden.mkdir(exist_ok=True)
+        (hidden / f"{without}.py").write_text(f"raise ImportError('no {without} here')\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(hidden), str(HERE)])
     if keys:
         folder = tmp_path / ("keys-" + "-".join(keys))
         folder.mkdir(exist_ok=True)
         for kid in keys:
             (folder / kid).write_text(KEYS[kid] + "\n")
-        env = {"EBBTIDE_ENCRYPTION_KEYS_DIR": str(folder), "EBBTIDE_ENCRYPT_WITH": keys[0]}
+        env |= {"EBBTIDE_ENCRYPTION_KEYS_DIR": str(folder), "EBBTIDE_ENCRYPT_WITH": keys[0]}
     return worker(broker.url, record_url=broker.record_url, app="codec_tasks:app", env=env)
 
 
@@ -154,3 +168,36 @@ def test_an_unknown_key_goes_to_the_dlq_and_runs_once_a_worker_has_it(broker, tm
         replayed = broker.cli("dlq", "replay")
         assert replayed.returncode == 0 and "replayed 1" in replayed.stdout, replayed.stderr
         assert ran(broker, "rot", 1) == [f"|{fingerprint('rotated')}"]
+
+
+def test_a_worker_without_the_msgpack_extra_buries_msgpack_tasks_naming_it(broker, tmp_path):
+    with producer(broker.url, serializer="msgpack") as p:
+        p.echo.send("extra", "packed")
+    with producer(broker.url) as p:
+        p.echo.send("extra", "plain")
+    with codec_worker(broker, tmp_path, without="msgpack") as proc:
+        assert ran(broker, "extra", 1) == [f"|{fingerprint('plain')}"]
+        (dead,) = wait_for(broker.dlq, what="the msgpack task in the DLQ")
+        assert proc.poll() is None
+    assert "payload format 'msgpack' cannot be read here" in dead["error"], dead
+    assert "pip install 'ebbtide[msgpack]'" in dead["error"]
+    assert dead["args"] == ["extra", "packed"] and dead["kwargs"] == {}  # shown, not encrypted
+    with codec_worker(broker, tmp_path):
+        replayed = broker.cli("dlq", "replay")
+        assert replayed.returncode == 0 and "replayed 1" in replayed.stdout, replayed.stderr
+        wait_for(lambda: len(broker.done("extra")) == 2, what="the replayed msgpack task")
+
+
+def test_a_worker_that_requires_encryption_buries_a_forged_plaintext_task(broker, tmp_path):
+    """Whoever can write to the broker but holds no key cannot make such a worker run a
+    task: a plaintext one is buried, with the reason; the encrypted one runs."""
+    with producer(broker.url, encryption_keys={"2026-a": KEYS["2026-a"]}) as p:
+        p.echo.send("req", "sealed")
+    forged = {"id": "forged", "task": "codec.echo", "args": ["req", "forged"], "kwargs": {}}
+    broker.inject("forged", json.dumps(forged).encode())
+    with codec_worker(broker, tmp_path, ["2026-a"], required=True) as proc:
+        assert ran(broker, "req", 1) == [f"|{fingerprint('sealed')}"]
+        (dead,) = wait_for(broker.dlq, what="the forged task in the DLQ")
+        assert proc.poll() is None
+    assert dead["id"] == "forged" and "runs only encrypted tasks" in dead["error"], dead
+    assert broker.done("req") == [f"|{fingerprint('sealed')}"]

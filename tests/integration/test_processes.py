@@ -47,12 +47,15 @@ def test_two_processes_run_tasks_and_the_supervisor_aggregates_them(broker):
             lambda: (
                 (g := http.get(port, "/metrics"))
                 and 'ebbtide_worker_tasks_total{outcome="success",task="pid_gated"} 4.0' in g[1]
+                # each child samples its gauges on its loop: 0 a moment after the last task
+                and "ebbtide_worker_running_tasks 0.0" in g[1]
                 and g[1]
             ),
-            what="4 successes summed over both processes",
+            what="4 successes and 0 running, summed over both processes",
         )
         assert "ebbtide_worker_processes 2.0" in body
-        assert "ebbtide_worker_running_tasks 0.0" in body  # summed over live children
+        # One build-info series for the pod (the supervisor's), none per child pid.
+        assert body.count("ebbtide_build_info{") == 1 and 'pid="' not in body
         assert proc.poll() is None
 
 
@@ -89,3 +92,9 @@ def test_sigterm_drains_both_processes(broker):
         assert indices(broker.done("pt")) == {0, 1, 2, 3}
         assert len(pids(broker.done("pt"))) == 2
         assert all(v == "1" for v in broker.rec.hgetall("runs:pt").values())  # none re-run
+
+
+def test_a_bad_app_stops_the_supervisor_with_a_usage_error(broker):
+    out = broker.cli("worker", "no_such_module:app", "--processes", "2")
+    assert out.returncode == 2, out.stderr
+    assert "no_such_module" in out.stderr and "usage error" in out.stderr

@@ -152,7 +152,7 @@ def test_retries_then_dlq_list_replay_purge(broker):
         wait_for(died_again, what="the replayed task to die again")
         wait_for(lambda: broker.queue().dead == 1, what="one dead task in the stats")
 
-        purged = broker.cli("dlq", "purge")
+        purged = broker.cli("dlq", "purge", "--yes")  # no terminal to confirm on
         assert purged.returncode == 0 and "purged 1" in purged.stdout, purged.stderr
         assert broker.dlq() == []
         broker.queue_shows(lambda q: q.dead == 0, "the DLQ empty")

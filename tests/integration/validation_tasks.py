@@ -35,6 +35,11 @@ def ingest(**fields) -> None:
     r().rpush(f"done:{fields['tag']}", f"ingest {fields['n']}")
 
 
+@app.task(name="blob")
+def blob(tag: str, data: str) -> None:
+    r().rpush(f"done:{tag}", f"blob {len(data)}")
+
+
 @app.task(name="loose", validate=False)
 def loose(tag: str, i: int) -> None:
     r().rpush(f"done:{tag}", f"loose {i!r}")

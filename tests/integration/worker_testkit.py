@@ -85,6 +85,7 @@ def run_cli(url: str, *args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=60,
+        stdin=subprocess.DEVNULL,  # never a terminal: `dlq purge` would ask on it
     )
 
 

@@ -46,12 +46,14 @@ class App:
         compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
         encryption_keys: Mapping[str, bytes | str] | None = None,
         encrypt_with: str | None = None,
+        encryption_required: bool = False,
     ) -> None:
         """`serializer` ("json" or "msgpack") and `compress_threshold` (zstd above this
         many bytes of arguments, None = never) shape what this app sends; any worker reads
         any format. `encryption_keys` ({key id: 32-byte key, raw or base64}; default: the
         files of $EBBTIDE_ENCRYPTION_KEYS_DIR, a mounted Secret) are all read with, and
-        `encrypt_with` (default: $EBBTIDE_ENCRYPT_WITH, or the only key) seals what is sent
+        `encrypt_with` (default: $EBBTIDE_ENCRYPT_WITH, or the only key) seals what is sent;
+        `encryption_required` makes a worker bury every task that is not encrypted
         (docs/runtime.md, "Payload formats" and "Encryption")."""
         if broker_url:
             check_scheme(broker_url)
@@ -68,7 +70,9 @@ class App:
         if encryption_keys is None and os.environ.get("EBBTIDE_ENCRYPTION_KEYS_DIR"):
             encryption_keys = keys_from_dir(os.environ["EBBTIDE_ENCRYPTION_KEYS_DIR"])
         encrypt_with = encrypt_with or os.environ.get("EBBTIDE_ENCRYPT_WITH") or None
-        self.codec = Codec.build(serializer, compress_threshold, encryption_keys, encrypt_with)
+        self.codec = Codec.build(
+            serializer, compress_threshold, encryption_keys, encrypt_with, encryption_required
+        )
         self.tasks: dict[str, Task] = {}
         self.queues: dict[str, QueueConfig] = {}
         self._broker: Broker | None = None

@@ -170,7 +170,7 @@ def _worker(args: argparse.Namespace) -> int:
         from .worker.supervisor import bind_to_supervisor
 
         bind_to_supervisor()
-    app = load_app(args.app)
+    app = _worker_app(args.app)
     if url:
         app.use_broker_url(url)
     if args.unknown_task_grace_seconds is not None:
@@ -192,6 +192,15 @@ def _worker(args: argparse.Namespace) -> int:
     return worker.run()
 
 
+def _worker_app(spec: str) -> Any:
+    """The app a worker runs, every task's argument check built: a type hint that cannot
+    be resolved is a usage error now (exit 2, saying so), not a DLQ full of its tasks."""
+    app = load_app(spec)
+    for task in app.tasks.values():
+        task.arguments.prepare()
+    return app
+
+
 def _supervise(args: argparse.Namespace, processes: int) -> int:
     """--processes N > 1: the supervisor runs N copies of this worker command, each
     without the probes port (it serves that) and with a probe socket of its own."""
@@ -199,7 +208,8 @@ def _supervise(args: argparse.Namespace, processes: int) -> int:
 
     from .worker.supervisor import Supervisor
 
-    load_app(args.app)  # a bad MODULE:APP is a usage error here, not N crash-looping children
+    # The app is not imported here (the supervisor stays small): a child that exits with
+    # a usage error before it ever answered stops the supervisor with the same code.
     flags: list[str] = []
     for flag, value in (
         ("--queues", args.queues),
@@ -216,6 +226,9 @@ def _supervise(args: argparse.Namespace, processes: int) -> int:
     level = args.sub_log_level or args.log_level
     head = [sys.executable, "-m", "ebbtide", *(["--log-level", level] if level else [])]
     base = args.metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
+    # The children get a private directory under `base`; the supervisor's own metrics
+    # (build info, its process) stay in memory, so prometheus_client must not see it.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     supervisor = Supervisor(
         lambda socket: [*head, "worker", args.app, *flags, "--child-socket", socket],
         processes,
@@ -306,7 +319,7 @@ def _dlq(args: argparse.Namespace) -> int:
         dead = [d for d in dead if d.task_id in wanted]
     if args.action == "list":
         if args.json:
-            print(json.dumps([_dead_json(d) for d in dead], indent=2))
+            print(json.dumps([_dead_json(d) for d in dead], indent=2, default=repr))
         else:
             _dead_table(dead)
         return 0
@@ -383,4 +396,20 @@ def _dead_json(d: Any) -> dict[str, Any]:
         body = {"raw": d.payload}
     if not isinstance(body, dict):
         body = {"raw": body}
-    return {"queue": d.queue, "id": d.task_id, "died_at": d.died_at, **body}
+    return {"queue": d.queue, "id": d.task_id, "died_at": d.died_at, **_shown_arguments(body)}
+
+
+def _shown_arguments(body: dict[str, Any]) -> dict[str, Any]:
+    """A dead task with an encoded body shows its arguments when they are not encrypted
+    (msgpack, zstd: for the operator's eyes; `bytes` print as their repr). An encrypted
+    body stays ciphertext: the CLI holds no key, and must never print its arguments."""
+    from .codec import PLAIN, UnreadableBody
+
+    fmt = body.get("fmt")
+    if not isinstance(fmt, str) or fmt.endswith("+aesgcm"):
+        return body
+    try:
+        args, kwargs = PLAIN.open(body)
+    except UnreadableBody:
+        return body  # unknown format, missing extra, corrupt: shown as stored
+    return {**body, "args": args, "kwargs": kwargs}

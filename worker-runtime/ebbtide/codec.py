@@ -190,8 +190,9 @@ class Codec:
 
     serializer: str = "json"
     compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD
-    keys: Mapping[str, bytes] = field(default_factory=dict)
+    keys: Mapping[str, bytes] = field(default_factory=dict, repr=False)  # never in a log
     encrypt_with: str | None = None
+    encryption_required: bool = False  # a reader that refuses what is not encrypted
 
     @classmethod
     def build(
@@ -200,6 +201,7 @@ class Codec:
         compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
         encryption_keys: Mapping[str, bytes | str] | None = None,
         encrypt_with: str | None = None,
+        encryption_required: bool = False,
     ) -> Codec:
         """Checked settings: ValueError names the setting, CodecUnavailable the extra."""
         if serializer not in SERIALIZERS:
@@ -230,7 +232,21 @@ class Codec:
             raise ValueError(
                 f"encrypt_with={encrypt_with!r} is not one of the encryption keys {sorted(keys)}"
             )
-        return cls(serializer, compress_threshold, keys, encrypt_with)
+        if encryption_required and not keys:
+            raise ValueError("encryption_required=True needs encryption_keys to read with")
+        return cls(serializer, compress_threshold, keys, encrypt_with, encryption_required)
+
+    def admit(self, envelope: Mapping[str, Any]) -> None:
+        """With `encryption_required`, an envelope that is not encrypted is refused before
+        anything of it runs: whoever can write to the broker but holds no key cannot
+        forge a task this worker runs."""
+        fmt = envelope.get("fmt")
+        if self.encryption_required and not (isinstance(fmt, str) and fmt.endswith("+aesgcm")):
+            shown = f"format {fmt!r}" if isinstance(fmt, str) else "plain JSON arguments"
+            raise UnreadableBody(
+                f"payload is not encrypted ({shown}), and this worker runs only encrypted "
+                "tasks (App(encryption_required=True))"
+            )
 
     @property
     def plain(self) -> bool:

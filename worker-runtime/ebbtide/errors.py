@@ -20,7 +20,7 @@ class BacklogFull(EbbtideError):
 
 
 class PayloadTooLarge(EbbtideError, ValueError):
-    """The JSON payload of a task is over the App's `max_payload_bytes`."""
+    """The stored payload of a task (after compression) is over the App's `max_payload_bytes`."""
 
     def __init__(self, task: str, size: int, limit: int) -> None:
         self.task, self.size, self.limit = task, size, limit

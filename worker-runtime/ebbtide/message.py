@@ -5,7 +5,7 @@ Pure functions only (no I/O), so they are unit-tested directly. The envelope is 
 of JSON and nothing else: no pickle, so a message can never execute code when it is
 decoded. Its arguments are either plain (`"args":[...],"kwargs":{...}`) or an encoded
 body (codec.py: `"args":null,"fmt":"msgpack+zstd","body":"<base64>"`); every other field
-(id, task, key, headers, attempt, error, ...) stays plain JSON for the brokers' scripts
+(id, task, key, trace, attempt, error, ...) stays plain JSON for the brokers' scripts
 and the worker's bookkeeping.
 """
 
@@ -133,15 +133,12 @@ def encode_payload(
     limit: int,
     *,
     codec: Codec = PLAIN,
-    headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> str:
     """The JSON envelope of one task, always starting with {"id":"<id>" (the enqueue script
-    reads the id from there). `headers` is the plaintext metadata slot (trace context and
-    the like), never encoded nor encrypted. Raises a TypeError naming the argument the
-    serializer cannot carry, and PayloadTooLarge over `limit` bytes (the stored size)."""
-    if headers:
-        extra = {"headers": headers, **extra}
+    reads the id from there). `extra` are its plaintext metadata fields (`key`, `trace`):
+    top-level, JSON, never encoded nor encrypted. Raises a TypeError naming the argument
+    the serializer cannot carry, and PayloadTooLarge over `limit` bytes (the stored size)."""
     small = False  # plain JSON under the threshold: the classic envelope, as before
     try:
         e = "," + _dumps(extra)[1:-1] if extra else ""
@@ -244,8 +241,6 @@ def decode_payload(raw: str | bytes, codec: Codec = PLAIN) -> dict[str, Any]:
         raise BadPayload("payload field 'kwargs' is not an object")
     if not _is_count(body.get("attempt", 0)):
         raise BadPayload("payload field 'attempt' is not a non-negative integer")
-    if not isinstance(body.get("headers", {}), dict):
-        raise BadPayload("payload field 'headers' is not an object")
     try:
         # A float that overflowed to inf (1e999) cannot be written back. An encoded body
         # is checked as base64 text when it is opened, so its (long) string is skipped.
@@ -255,12 +250,13 @@ def decode_payload(raw: str | bytes, codec: Codec = PLAIN) -> dict[str, Any]:
         bad = [name for name, value in body.items() if _json_problem(value) is not None]
         field = f" field {bad[0]!r}" if bad else ""
         raise BadPayload(f"payload{field} cannot be re-encoded: {exc}") from None
-    if encoded:
-        try:
+    try:
+        codec.admit(body)
+        if encoded:
             body["args"], body["kwargs"] = codec.open(body)
-        except UnreadableBody as exc:
-            exc.envelope = body  # buried as it came, so a replay can run it later
-            raise
+    except UnreadableBody as exc:
+        exc.envelope = body  # buried as it came, so a replay can run it later
+        raise
     return body
 
 

@@ -98,6 +98,11 @@ No wildcards, no update: every verb is listed and used.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if gt (int .Values.replicaCount) 1 }}
+- apiGroups: ["kopf.dev"]
+  resources: [{{ ternary "clusterkopfpeerings" "kopfpeerings" (empty .Values.watchNamespaces) | quote }}]
+  verbs: ["get", "list", "watch", "patch", "create"]
+{{- end }}
 {{- end -}}
 
 {{/* Read-only, cluster-scoped discovery kopf uses: CRD changes and namespace lists. */}}

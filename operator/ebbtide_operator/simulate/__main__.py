@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=SimConfig.scale_to_zero_idle_seconds,
         help="backlog-time only (default: the CRD's, 0)",
     )
+    p.add_argument(
+        "--no-push-activation",
+        action="store_true",
+        help="ticks only on the poll (the operator wakes a tick when a task lands with no "
+        "ready worker; keda never gets push activation)",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = p.parse_args(argv)
     if args.target_backlog_seconds <= 0:
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         max_replicas=args.max_replicas,
         scale_down_stabilization_seconds=args.scale_down_stabilization_seconds,
         scale_to_zero_idle_seconds=args.scale_to_zero_idle_seconds,
+        push_activation=not args.no_push_activation,
     )
     try:
         tasks = read_trace(args.trace)

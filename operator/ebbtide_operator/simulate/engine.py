@@ -9,7 +9,11 @@ Why it is built this way:
   until it is gone; a pod removed by scale-down first finishes the tasks it is running;
 - the ReplicaSet removes not-ready pods first, then idle ones, then the least busy,
   newest first (Kubernetes' ranking plus Ebbtide's pod-deletion-cost); the same for
-  every policy, so the comparison is only about the replica counts.
+  every policy, so the comparison is only about the replica counts;
+- push activation (`push_activation`) is the operator's: a task that lands while the
+  last tick saw no ready worker (and none is ready now, or the queue was idle, as
+  enqueue.lua publishes) runs an extra tick WAKE_LATENCY_S later, at least
+  WAKE_MIN_GAP_SECONDS after the previous tick; the poll cadence carries on unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ebbtide.stats import BrokerStats, QueueStats
 
 from ebbtide_operator import observe
 from ebbtide_operator.policy import Observation, ScalingSpec
+from ebbtide_operator.tick import WAKE_MIN_GAP_SECONDS
 
 from .trace import Task
 
@@ -32,6 +37,7 @@ Policy = Callable[[Observation, ScalingSpec], int]
 
 _COMPLETE, _READY = 0, 1  # same-time order: completions, pods ready, arrivals, then the poll
 GIVE_UP_AFTER_S = 86_400.0  # a policy that never serves the backlog ends the run here
+WAKE_LATENCY_S = 0.1  # enqueue -> PUBLISH -> the operator's tick reads the broker
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,9 @@ class SimConfig:
     # Passed to the backlog-time policy's ScalingSpec (defaults: the CRD's defaults).
     scale_down_stabilization_seconds: float = ScalingSpec.scale_down_stabilization_seconds
     scale_to_zero_idle_seconds: float = ScalingSpec.scale_to_zero_idle_seconds
+    # The broker wakes the operator's tick when tasks land and no worker is ready (the
+    # operator does this; KEDA's scalers only poll, so its baseline runs without it).
+    push_activation: bool = True
 
     def scaling_spec(self, **overrides) -> ScalingSpec:
         base = dict(
@@ -259,7 +268,8 @@ def simulate(tasks: list[Task], policy: Policy, config: SimConfig) -> SimResult:
     world.startups.clear()  # the initial pods were not observed starting
     n = len(tasks)
     give_up = (tasks[-1].arrival_s if tasks else 0.0) + GIVE_UP_AFTER_S
-    next_arrival, next_poll = 0, 0.0
+    next_arrival, next_poll, next_wake = 0, 0.0, math.inf
+    last_tick, last_tick_ready = -math.inf, len(world.active())
     previous: BrokerStats | None = None
     rates = observe.Rates()
     peak, scale_events, last_enqueued = len(world.active()), 0, 0
@@ -267,7 +277,7 @@ def simulate(tasks: list[Task], policy: Policy, config: SimConfig) -> SimResult:
     while world.done < n:
         t_event = world.events[0][0] if world.events else math.inf
         t_arrival = tasks[next_arrival].arrival_s if next_arrival < n else math.inf
-        t = min(t_event, t_arrival, next_poll)
+        t = min(t_event, t_arrival, next_poll, next_wake)
         if t > give_up:
             break
         world.advance_to(t)
@@ -278,9 +288,21 @@ def simulate(tasks: list[Task], policy: Policy, config: SimConfig) -> SimResult:
             else:
                 world.pod_ready(a)
         elif t_arrival == t:
+            q = world.qidx[next_arrival]
+            idle = not world.queues[q] and world.in_flight[q] == 0
             world.arrive(next_arrival)
             next_arrival += 1
+            if (
+                config.push_activation
+                and next_wake == math.inf
+                and last_tick_ready == 0
+                and (idle or not any(p.ready for p in world.active()))
+            ):
+                next_wake = max(t + WAKE_LATENCY_S, last_tick + WAKE_MIN_GAP_SECONDS)
         else:
+            woken = next_wake == t and next_poll != t
+            next_wake = math.inf
+            last_tick = t
             stats = world.snapshot()
             rates = observe.advance(previous, stats, rates, config.concurrency)
             previous = stats
@@ -309,7 +331,9 @@ def simulate(tasks: list[Task], policy: Policy, config: SimConfig) -> SimResult:
                 )
             )
             last_enqueued = total
-            next_poll += config.poll_seconds
+            last_tick_ready = obs.ready_replicas
+            if not woken:
+                next_poll += config.poll_seconds
         world.dispatch()
     end = world.now
     waits = [

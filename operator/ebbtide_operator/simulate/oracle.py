@@ -13,12 +13,13 @@ Every schedule in which each task waits at most T pays at least:
    either idled through it or was started after it, so it costs min(gap, start-up);
 3. the floor: `min_replicas` pods for the whole run (>= the last arrival + its service).
 
-K comes from a fluid (EDF) argument: the tasks arriving in a window [a, a + L) cannot
-start before a and must start by their arrival + T, so they all finish by
-a + L + T + s_max (s_max: their longest service time). Whatever the schedule, their
-work must fit in that span, so the peak slot count is at least
-W[a, a+L) / (L + T + s_max). We take the maximum over 1 s-aligned windows of
-L = 1, 2, 4, ... seconds.
+K comes from two arguments over the tasks arriving in a window [a, a + L): they cannot
+start before a and must start by their arrival + T, so
+- (fluid) they all finish by a + L + T + s_max (s_max: their longest service time), and
+  their work must fit in that span: K >= W[a, a+L) / (L + T + s_max);
+- (lanes, `lane_slots`) on each slot, every such task but the last one must finish
+  before the last one starts, by a + L + T: W - (the K longest) <= K * (L + T).
+We take the maximum over 1 s-aligned windows of L = 1, 2, 4, ... seconds.
 
 bound = max(W / concurrency
             + sum over segments of min(gap, startup) * max(0, ceil(K_seg / c) - min),
@@ -37,16 +38,19 @@ from .trace import Task
 
 
 def peak_slots(tasks: list[Task], target_s: float) -> float:
-    """K: the fluid lower bound on the task-slots needed at some instant."""
+    """K: a lower bound on the task-slots needed at some instant (`lane_slots` per window,
+    never below the fluid bound W / (L + T + s_max))."""
     if not tasks:
         return 0.0
     horizon = int(math.ceil(max(t.arrival_s for t in tasks))) + 1
     work = [0.0] * horizon
     longest = [0.0] * horizon
+    services: list[list[float]] = [[] for _ in range(horizon)]
     for t in tasks:
         b = int(t.arrival_s)
         work[b] += t.service_s
         longest[b] = max(longest[b], t.service_s)
+        services[b].append(t.service_s)
     prefix = [0.0]
     for w in work:
         prefix.append(prefix[-1] + w)
@@ -63,10 +67,33 @@ def peak_slots(tasks: list[Task], target_s: float) -> float:
             if start < 0:
                 continue
             w = prefix[end + 1] - prefix[start]
-            if w > 0:
-                best = max(best, w / (length + target_s + longest[window[0]]))
+            if w <= 0:
+                continue
+            best = max(best, w / (length + target_s + longest[window[0]]))
+            if math.ceil(w / (length + target_s) - 1e-9) > best:  # the lanes may say more
+                span = [s for b in range(start, end + 1) for s in services[b]]
+                best = max(best, lane_slots(span, length + target_s))
         length *= 2
     return best
+
+
+def lane_slots(services: list[float], span: float) -> int:
+    """The fewest slots that can start every one of these tasks within `span` seconds.
+
+    Any schedule's tasks split into lanes, one per slot, each a sequence of tasks. In a
+    lane, every task but the last must finish before the last one starts, so within the
+    span: the lane's work minus its last task is at most `span`. Summed over K lanes,
+    W - (the K longest tasks) <= K * span. The least K that allows it is a bound; it is
+    the fluid one when all tasks are alike, and tighter when a few long tasks would
+    otherwise be spread over the whole span (`heavyburst`: 2 pods per burst, not 1)."""
+    total = sum(services)
+    ordered = sorted(services, reverse=True)
+    longest = 0.0
+    for k, s in enumerate(ordered, start=1):
+        longest += s
+        if k * span + longest >= total - 1e-9:
+            return k
+    return len(ordered)
 
 
 def segments(tasks: list[Task], target_s: float) -> list[tuple[float, list[Task]]]:

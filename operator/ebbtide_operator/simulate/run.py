@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from dataclasses import replace
 from typing import Any
 
 from ebbtide_operator.policy import BacklogTimePolicy
@@ -93,5 +94,7 @@ def summarize(
 def run_trace(
     tasks: list[Task], policy_name: str, config: SimConfig
 ) -> tuple[SimResult, dict[str, Any]]:
+    if policy_name == "keda":
+        config = replace(config, push_activation=False)  # KEDA's scalers only poll
     result = simulate(tasks, make_policy(policy_name, config, tasks), config)
     return result, summarize(result, tasks, config, policy_name)

@@ -106,3 +106,25 @@ def test_redis_polls_reuse_one_connection(redis_db):
     finally:
         reader.close(wait=True)
         admin.close()
+
+
+@pytest.mark.rabbitmq
+def test_the_management_session_reopens_a_connection_the_server_dropped(rabbitmq):
+    """The kept HTTP connection is cut (toxiproxy drops every connection through it, as
+    RabbitMQ does with an idle keep-alive one): the next request is retried on a fresh
+    connection instead of failing the poll."""
+    from ebbtide.brokers.rabbitmq.management import ManagementSession
+    from support.toxiproxy import toxiproxy_server
+
+    port = int(rabbitmq["management_url"].rsplit(":", 1)[1])
+    with toxiproxy_server() as toxi:
+        proxied = toxi.proxy("management", port)
+        session = ManagementSession(f"http://guest:guest@127.0.0.1:{proxied}")
+        try:
+            assert isinstance(session.queues("/"), list)
+            assert isinstance(session.queues("/"), list) and session.opened == 1
+            toxi.heal("management")  # disable + enable: every open connection is cut
+            assert isinstance(session.queues("/"), list)
+            assert session.opened == 2
+        finally:
+            session.close()

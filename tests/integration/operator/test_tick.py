@@ -15,7 +15,7 @@ from ebbtide.stats import read_stats
 from ebbtide_operator import naming, provision
 from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.metrics import OperatorMetrics
-from ebbtide_operator.policy import Decision, PolicyState
+from ebbtide_operator.policy import Decision, PolicyState, decide
 from ebbtide_operator.spec import parse_spec
 from ebbtide_operator.tick import TaskQueueTicker
 from support.memory_cluster import MemoryCluster
@@ -412,7 +412,54 @@ def test_a_worker_pod_whose_image_cannot_be_found_shows_in_the_conditions(env):
     asyncio.run(ticker.tick(body))
     assert condition(cluster, "WorkersReady")["reason"] == "AllReplicasReady"
     assert condition(cluster, "Degraded")["status"] == "False"
-    assert cluster.pod_lists == 1, "all ready: the pods are not listed"
+    assert cluster.pod_lists == 2, "the ready count rose: listed once, for pod start-up"
+    asyncio.run(ticker.tick(body))
+    assert cluster.pod_lists == 2, "all ready, none new: the pods are not listed"
+
+
+def test_observed_pod_startup_feeds_the_policy_and_is_kept_in_status(env):
+    cluster, reader, url = env
+    seen: list = []
+
+    def policy(obs, spec, state):
+        seen.append(obs.pod_startup_s)
+        return decide(obs, spec, state)
+
+    body = taskqueue(minReplicas=2)
+    ticker = make_ticker(cluster, reader, body, url, policy=policy)
+    cluster.ready_lag = 2
+    asyncio.run(ticker.tick(body))  # two pods starting
+    for i, ready_after in enumerate((7, 9)):
+        cluster.add_pod(
+            NS,
+            {
+                "metadata": {
+                    "name": f"tq1-worker-{i}",
+                    "uid": f"pod-{i}",
+                    "labels": naming.worker_selector("tq1"),
+                    "creationTimestamp": "2026-12-01T10:00:00Z",
+                },
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "lastTransitionTime": f"2026-12-01T10:00:0{ready_after}Z",
+                        }
+                    ],
+                    "containerStatuses": [{"name": "worker", "restartCount": 0}],
+                },
+            },
+        )
+    cluster.ready_lag = 0
+    asyncio.run(ticker.tick(body))  # both ready: listed once, measured
+    asyncio.run(ticker.tick(body))
+    assert seen == [None, 8.0, 8.0]
+    assert cluster.statuses[(NS, "tq1")]["podStartupSeconds"] == 8.0
+
+    restarted = make_ticker(cluster, reader, body, url, policy=policy)  # a new operator
+    asyncio.run(restarted.tick({**body, "status": cluster.statuses[(NS, "tq1")]}))
+    assert seen[-1] == 8.0
 
 
 def test_a_switch_to_another_secret_is_read_at_once_not_after_the_url_cache(env):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import urllib.error
 
 import ebbtide
 import pytest
@@ -18,6 +19,7 @@ from ebbtide_operator.spec import parse_spec
 from ebbtide_operator.tick import TaskQueueTicker, run_periodically
 from ebbtide_operator.wake import RabbitMQListener, WakeHub, redis_channel
 from support.memory_cluster import MemoryCluster
+from worker_testkit import wait_for
 
 NS = "apps"
 DEADLINE = 20.0  # generous: a wake-up takes milliseconds, the next poll 600 s
@@ -178,3 +180,53 @@ def test_a_send_to_a_taskqueue_at_zero_scales_it_up_before_the_next_poll(broker,
     finally:
         reader.close(wait=True)
     assert cluster.objects[deployment]["spec"]["replicas"] > 0
+
+
+@pytest.mark.rabbitmq
+def test_a_user_refused_the_wake_exchange_still_sends(rabbitmq, rabbitmq_url):
+    """Wake-ups are best effort: a user whose permissions refuse `ebbtide.wake` still
+    sends (the operator then sees the tasks at its next poll)."""
+    from urllib.parse import quote
+
+    from ebbtide.stats import read_stats
+    from support.rabbitmq_admin import _request
+
+    admin = rabbitmq["management_url"]
+    vhost = rabbitmq_url.split("/")[-1].split("?")[0]
+    _request(admin, "PUT", "/api/users/narrow", {"password": "pw", "tags": ""})
+    _request(
+        admin,
+        "PUT",
+        f"/api/permissions/{quote(vhost, safe='')}/narrow",
+        {"configure": "^ebbtide\\.(?!wake$).*", "write": ".*", "read": ".*"},
+    )
+    narrow = rabbitmq_url.replace("guest:guest@", "narrow:pw@")
+    try:
+        send(narrow, "jobs", 3)
+        send(narrow, "jobs", 2)
+        wait_for(
+            lambda: read_stats(rabbitmq_url, ["jobs"]).queues["jobs"].ready == 5,
+            DEADLINE,
+            "all five tasks ready",
+        )
+        with pytest.raises(urllib.error.HTTPError) as missing:  # it was refused, never made
+            _request(admin, "GET", f"/api/exchanges/{quote(vhost, safe='')}/ebbtide.wake")
+        assert missing.value.code == 404
+    finally:
+        _request(admin, "DELETE", "/api/users/narrow")
+
+
+@pytest.mark.redis
+def test_a_redis_user_without_channel_permissions_still_sends(redis_db):
+    """Redis 7 ACL users get no pub/sub channels by default: the enqueue script's wake-up
+    is best effort (pcall), never a failed send."""
+    client = redis.Redis.from_url(redis_db)
+    client.acl_setuser("narrow", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"],
+                       reset_channels=True)  # fmt: skip
+    narrow = redis_db.replace("redis://", "redis://narrow:pw@")
+    try:
+        send(narrow, "jobs", 3)
+        assert client.llen("ebbtide:q:jobs:ready:0") == 3
+    finally:
+        client.acl_deluser("narrow")
+        client.close()

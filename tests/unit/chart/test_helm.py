@@ -236,7 +236,7 @@ def test_every_object_is_labelled_and_namespaced_in_the_release_namespace():
         ("logLevel=loud", "logLevel"),
         ("image.tag=latest", "tag"),
         ("watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
-        ("replicaCount=2", "replicaCount"),
+        ("replicaCount=10", "replicaCount"),
         ("metrics.port=70000", "port"),
         ("unknownKey=1", "unknownKey"),
         ("logFormat=xml", "logFormat"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from ebbtide_operator.policy import (
@@ -13,7 +14,7 @@ from ebbtide_operator.policy import (
     ScalingSpec,
     decide,
 )
-from ebbtide_operator.policy_demand import backlog_pods
+from ebbtide_operator.policy_demand import backlog_ages, backlog_pods, starting_pods
 
 SPEC = ScalingSpec(min_replicas=0, max_replicas=50, target_backlog_seconds=30.0)
 
@@ -58,8 +59,10 @@ def test_the_oldest_tasks_real_deadline_sizes_the_backlog():
     old = decide(obs(backlog=300, oldest_age_s=20.0), SPEC, PolicyState())
     very_old = decide(obs(backlog=300, oldest_age_s=300.0), SPEC, PolicyState())
     assert young.replicas == 10  # 300 tasks to start within 30 s
-    assert old.replicas == 30  # within the 10 s the oldest task has left
-    assert very_old.replicas == 40  # late already: caught up within T/4 = 7.5 s
+    # Within the 10 s the oldest task has left: each pod starts 10 and, on its free
+    # slot, one more at once (the last task on a slot only has to start): 300 / 11.
+    assert old.replicas == 28
+    assert very_old.replicas == 36  # late already: caught up within T/4 = 7.5 s (300 / 8.5)
     assert very_old.reason == "backlog 300, oldest task 300s > target 30s"
 
 
@@ -79,22 +82,24 @@ def burst(**kw) -> Observation:
 
 def test_a_bulk_burst_is_sized_from_its_work_and_the_startup():
     d = decide(burst(), BURST_SPEC, QUIET)
-    # 125 pod-seconds of work, 25 s left for the oldest task, 10 of them starting: 8.3.
+    # 25 s left for the oldest task, 10 of them starting: a new pod starts 4/s x 15 s
+    # plus one task on each of its 4 slots at once, 64; 500 / 64 = 7.8.
     # (It used to be 30: lambda = 100/s for one poll counted as a stream on top.)
-    assert d.replicas == 9
-    # Five seconds later the 9 are still starting: they are counted with the 5 s they
+    assert d.replicas == 8
+    # Five seconds later the 8 are still starting: they are counted with the 5 s they
     # still need, so the same burst asks for no more.
     again = decide(
-        burst(now=1005.0, oldest_age_s=10.0, arrival_rate=0.0, replicas=9), BURST_SPEC, d.state
+        burst(now=1005.0, oldest_age_s=10.0, arrival_rate=0.0, replicas=8), BURST_SPEC, d.state
     )
-    assert again.replicas == 9
+    assert again.replicas == 8
 
 
 def test_observed_startup_time_replaces_the_guess():
     guess = decide(burst(), BURST_SPEC, QUIET).replicas
     slow = decide(burst(pod_startup_s=18.0), BURST_SPEC, QUIET).replicas
     fast = decide(burst(pod_startup_s=0.0), BURST_SPEC, QUIET).replicas
-    assert (fast, guess, slow) == (5, 9, 17)  # 125 pod-s over 25, 15 and (the T/4 floor) 7.5 s
+    # 500 tasks at 4/s per pod plus 4 at once, over 25, 15 and (the T/4 floor) 7.5 s
+    assert (fast, guess, slow) == (5, 8, 15)
 
 
 def test_ready_pods_are_used_before_new_ones_are_started():
@@ -103,16 +108,16 @@ def test_ready_pods_are_used_before_new_ones_are_started():
 
 
 def test_pods_started_for_a_backlog_stay_until_it_shrinks():
-    spec = ScalingSpec(max_replicas=10, target_backlog_seconds=1.0, pod_startup_seconds=10.0)
+    spec = ScalingSpec(max_replicas=20, target_backlog_seconds=10.0, pod_startup_seconds=10.0)
     first = decide(
-        obs(backlog=1, arrival_rate=1.0, pod_startup_s=None, replicas=0), spec, PolicyState()
+        obs(backlog=40, pod_startup_s=None, replicas=0, ready_replicas=0), spec, PolicyState()
     )
-    assert first.replicas == 4  # a new pod has only the T/4 floor for a 1 s target
-    # Ready now, the same backlog would need 2: held, as the load did not change.
-    held = decide(obs(now=1005.0, backlog=1, arrival_rate=1.0, replicas=4), spec, first.state)
-    assert held.replicas == 4
-    drained = decide(obs(now=1010.0, arrival_rate=1.0, replicas=4), spec, held.state)
-    assert drained.replicas == 2
+    assert first.replicas == 12  # a new pod has only the T/4 floor: 40 / (2.5 + 1)
+    # Ready now, the same backlog would need 4: held, as the load did not change.
+    held = decide(obs(now=1005.0, backlog=40, replicas=12, ready_replicas=12), spec, first.state)
+    assert held.replicas == 12
+    shrunk = decide(obs(now=1010.0, backlog=30, replicas=12, ready_replicas=12), spec, held.state)
+    assert shrunk.replicas == 4  # 30 / 10 s, and the tolerance as headroom
 
 
 def test_starting_pods_count_as_capacity():
@@ -219,6 +224,30 @@ def test_arrival_noise_is_smoothed_and_a_rise_believed_when_it_persists():
     assert fell.state.arrival_rate_smoothed == 2.0 and fell.replicas == 3
 
 
+def test_a_rise_is_confirmed_by_its_span_in_time_not_by_a_count_of_ticks():
+    """Woken ticks come every quarter second while a burst lands on a queue with no ready
+    worker. A 2 s bulk send at 100/s seen by eight of them is backlog, never a stream;
+    the same rate still there after 2 * poll_seconds is one."""
+    state = decide(obs(now=0.0, replicas=0, ready_replicas=0), SPEC, PolicyState()).state
+    now = 0.0
+    for _ in range(8):
+        now += 0.25
+        state = decide(
+            obs(now=now, arrival_rate=100.0, replicas=0, ready_replicas=0), SPEC, state
+        ).state
+        assert state.arrival_rate_smoothed == 0.0 and state.arrival_jump == pytest.approx(100.0)
+    assert state.jump_since == 0.0
+    quiet = decide(obs(now=now + 0.25, replicas=0, ready_replicas=0), SPEC, state).state
+    assert quiet.arrival_jump is None and quiet.arrival_rate_smoothed == pytest.approx(0.0)
+    # Still arriving: at 10 s (2 polls' worth) the mean rate over the span is believed.
+    while now < 10.0 - 1e-9:
+        now += 0.25
+        state = decide(
+            obs(now=now, arrival_rate=100.0, replicas=0, ready_replicas=0), SPEC, state
+        ).state
+    assert state.arrival_jump is None and state.arrival_rate_smoothed == pytest.approx(100.0)
+
+
 def test_tolerance_skips_a_marginal_scale_up():
     # need = 9 + 6/30 = 9.2 replicas, within 10 % of the 9 running: no pod start
     assert decide(obs(arrival_rate=9.0, backlog=6, replicas=9), SPEC, PolicyState()).replicas == 9
@@ -230,7 +259,10 @@ def test_mu_moves_with_the_number_of_completions():
     few = decide(obs(now=5.0, service_rate=2.0, completion_rate=0.4, backlog=1), SPEC, state)
     many = decide(obs(now=5.0, service_rate=2.0, completion_rate=40.0, backlog=1), SPEC, state)
     assert 1.0 < few.state.service_rate_smoothed < 1.05  # 2 completions: barely moves
-    assert 1.95 < many.state.service_rate_smoothed < 2.0  # 200 completions: follows
+    # 200 completions (serviceSmoothingTasks 100): a rise at half the pace of a fall
+    assert 1.6 < many.state.service_rate_smoothed < 1.65  # weight 1 - 1/e
+    down = decide(obs(now=5.0, service_rate=0.5, completion_rate=40.0, backlog=1), SPEC, state)
+    assert 0.56 < down.state.service_rate_smoothed < 0.57  # weight 1 - 1/e^2
     # Nothing queued or arriving: these are a burst's last (longest) tasks; mu stays.
     tail = decide(obs(now=5.0, service_rate=0.5, completion_rate=40.0), SPEC, state)
     assert tail.state.service_rate_smoothed == 1.0
@@ -292,9 +324,133 @@ def test_a_delayed_task_due_soon_blocks_scale_to_zero():
 
 def test_backlog_pods_fills_the_fleet_best_first():
     inf = float("inf")
-    fleet = ((2.0, 30.0), (3.0, 25.0), (inf, 20.0))  # ready, starting, new
+    fleet = ((2.0, 30.0, 0.0), (3.0, 25.0, 0.0), (inf, 20.0, 0.0))  # ready, starting, new
     assert backlog_pods(0, 1.0, fleet) == 0.0
     assert backlog_pods(30, 1.0, fleet) == 1.0  # one ready pod's 30 s will do
     assert backlog_pods(60 + 75, 1.0, fleet) == 5.0  # the ready and starting pods
     assert backlog_pods(60 + 75 + 40, 1.0, fleet) == 7.0  # and two new ones
     assert backlog_pods(60 + 75 + 40, 2.0, fleet) == pytest.approx(2 + 27.5 / 25)
+
+
+def test_the_last_task_on_each_free_slot_only_has_to_start():
+    """A slot free now starts one task at once and mu * D more in D seconds; a busy one
+    only the mu * D. Four free slots per new pod, 20 s at 1 task/s per pod: 24 each."""
+    inf = float("inf")
+    assert backlog_pods(48, 1.0, ((0.0, 30.0, 0.0), (inf, 20.0, 4.0))) == 2.0
+    assert backlog_pods(48, 1.0, ((0.0, 30.0, 0.0), (inf, 20.0, 0.0))) == 2.4
+    # The fleet a decision builds: 2 ready pods of 4 slots with 5 tasks running: 3 free.
+    spec = ScalingSpec(max_replicas=50, concurrency=4)
+    o = obs(backlog=10, in_flight=5, replicas=2, ready_replicas=2, pod_startup_s=10.0)
+    from ebbtide_operator.policy_demand import fleet_horizons
+
+    ready, new = fleet_horizons(o, spec, PolicyState(), 30.0, 30.0)
+    assert ready == (2.0, 30.0, 1.5) and new == (inf, 20.0, 4.0)
+
+
+def test_mu_while_a_backlog_saturates_the_slots_is_completions_per_busy_slot_second():
+    """Little's law, not the service time of the tasks that completed: the operator's mu
+    (here 3/s, from a burst's first and shortest tasks) would plan a third of the pods."""
+    spec = ScalingSpec(max_replicas=50, service_smoothing_tasks=0)  # no EWMA: the sample
+    first = decide(
+        obs(now=0.0, backlog=500, in_flight=10, replicas=10, ready_replicas=10), spec, PolicyState()
+    )
+    assert first.state.busy_slots == 10.0
+    # 10 slots busy for 5 s, 25 completions: 0.5 tasks/s per slot.
+    d = decide(
+        obs(
+            now=5.0,
+            backlog=475,
+            in_flight=10,
+            replicas=10,
+            ready_replicas=10,
+            completion_rate=5.0,
+            service_rate=3.0,
+        ),
+        spec,
+        first.state,
+    )
+    assert d.state.service_rate_smoothed == pytest.approx(0.5)
+    # Pods that became Ready in between count from their Ready time: 5 pods added at 0
+    # with a 10 s start-up were Ready at 10, so 5 slots x 5 s + 5 slots x 2.5 s.
+    s0 = PolicyState(
+        last_poll_time=7.5, busy_slots=5.0, starts=[(0.0, 5)], service_rate_smoothed=1.0
+    )
+    d = decide(
+        obs(
+            now=12.5,
+            backlog=100,
+            in_flight=10,
+            replicas=10,
+            ready_replicas=10,
+            completion_rate=2.0,
+            pod_startup_s=10.0,
+        ),
+        spec,
+        s0,
+    )
+    assert d.state.service_rate_smoothed == pytest.approx(10.0 / (5 * 5.0 + 5 * 2.5))
+
+
+def test_starting_pods_are_timed_from_their_own_scale_up():
+    state = PolicyState(starts=[(0.0, 4), (6.0, 2)], last_scale_time=6.0)
+    # 8 pods, 3 ready: the 5 starting are the newest (2 from t = 6, 3 of the 4 from t = 0).
+    o = obs(now=8.0, replicas=8, ready_replicas=3, pod_startup_s=10.0)
+    assert starting_pods(o, state, 10.0) == [(3, 2.0), (2, 8.0)]
+    # Untracked ones (a restored state) are taken to have started at the last change.
+    o = obs(now=8.0, replicas=10, ready_replicas=3, pod_startup_s=10.0)
+    assert starting_pods(o, state, 10.0) == [(1, 8.0), (4, 2.0), (2, 8.0)]
+
+
+def test_a_burst_landing_over_seconds_is_sized_by_each_task_s_own_deadline():
+    """200 tasks over 5 s: the last ones have 5 s more than the first. The recorded
+    arrivals say when each part came; the oldest task keeps its observed age."""
+    q = obs(now=10.0, backlog=200, oldest_age_s=5.0, replicas=0, ready_replicas=0)
+    state = PolicyState(arrivals=[(5.0, 100), (7.5, 100)], last_poll_time=10.0)
+    assert backlog_ages(q, state, _one(q)) == [(5.0, 1), (5.0, 99), (2.5, 100)]
+    # More backlog than recorded arrivals (tasks came due from a delay): all as oldest.
+    more = obs(now=10.0, backlog=300, oldest_age_s=5.0)
+    assert backlog_ages(more, state, _one(more)) is None
+    spec = ScalingSpec(max_replicas=100)
+    with_ages = decide(replace(q, pod_startup_s=10.0), spec, state)
+    without = decide(replace(q, pod_startup_s=10.0), spec, replace(state, arrivals=[]))
+    # By 25 s a new pod starts 15 + 1 tasks (13 pods); the newer half has 17.5 s (11).
+    assert without.replicas == 13 and with_ages.replicas == 11
+
+
+def _one(o: Observation) -> QueueObservation:
+    return QueueObservation(
+        name="",
+        backlog=o.backlog,
+        in_flight=o.in_flight,
+        oldest_age_s=o.oldest_age_s,
+        arrival_rate=o.arrival_rate,
+        target_backlog_seconds=30.0,
+    )
+
+
+def test_no_pod_is_started_that_would_be_ready_after_the_pods_there_drained_the_backlog():
+    """70 tasks, 6.7 s to the deadline, 15 ready pods at 0.5 tasks/s and a 10 s start-up:
+    the T/4 floor would credit a new pod with 7.5 s it cannot have (it is Ready at 10 s,
+    after the 15 pods started all 70 at 7.5/s). None is started; with 90 tasks they
+    are not enough by then, and new pods are started to catch up."""
+    spec = ScalingSpec(max_replicas=50)
+    base = dict(oldest_age_s=23.3, replicas=15, ready_replicas=15, in_flight=15)
+    base.update(service_rate=0.5, pod_startup_s=10.0)
+    assert decide(obs(backlog=70, **base), spec, PolicyState()).replicas == 15
+    assert decide(obs(backlog=90, **base), spec, PolicyState()).replicas > 15
+
+
+def test_the_state_s_histories_stay_short_and_merge_towards_caution():
+    from ebbtide_operator.policy_demand import MAX_HISTORY, record_arrivals, record_starts
+
+    state = PolicyState(
+        starts=[(float(i), 1) for i in range(MAX_HISTORY)],
+        arrivals=[(float(i), 2) for i in range(MAX_HISTORY)],
+        last_poll_time=float(MAX_HISTORY),
+    )
+    starts = record_starts(state, 40.0, 5, 7, 100.0)
+    assert len(starts) == MAX_HISTORY and starts[0] == (1.0, 2)  # timed by the later one
+    assert starts[-1] == (40.0, 2)
+    arrivals = record_arrivals(obs(now=40.0, arrival_rate=1.0), state, 100.0)
+    assert len(arrivals) == MAX_HISTORY and arrivals[0] == (0.0, 4)  # the earlier one
+    assert arrivals[-1] == (float(MAX_HISTORY), 8)

@@ -37,6 +37,7 @@ def states(draw) -> PolicyState:
         last_poll_time=draw(st.one_of(st.none(), st.floats(0.0, 1000.0))),
         last_scale_time=draw(st.one_of(st.none(), st.floats(0.0, 2000.0))),
         arrival_jump=draw(st.one_of(st.none(), rates)),
+        jump_since=draw(st.one_of(st.none(), st.floats(0.0, 1000.0))),
         up_backlog=draw(st.one_of(st.none(), st.integers(0, 100_000))),
     )
 

@@ -23,6 +23,7 @@ from ebbtide.codec import (
 )
 from ebbtide.errors import BadPayload, PayloadTooLarge
 from ebbtide.message import decode_payload, encode_payload, reencode, replayed_payload
+from ebbtide.validation import content_problem, content_size
 from ebbtide.worker import outcomes
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -152,15 +153,13 @@ def test_what_is_written_back_never_holds_decoded_arguments():
     assert json.loads(replayed)["attempt"] == 0
 
 
-def test_headers_are_a_plaintext_slot_kept_through_retries():
+def test_metadata_fields_stay_plaintext_through_encryption_and_retries():
     sealed = Codec.build("msgpack", 0, {"a": KEY_A})
-    headers = {"traceparent": "00-abc-def-01"}
-    payload = encode_payload("i", "t", ["s"], {}, MB, codec=sealed, headers=headers)
-    assert json.loads(payload)["headers"] == headers
+    trace = {"traceparent": "00-abc-def-01"}
+    payload = encode_payload("i", "t", ["s"], {}, MB, codec=sealed, trace=trace, key="u")
+    assert json.loads(payload)["trace"] == trace and json.loads(payload)["key"] == "u"
     body = decode_payload(payload, sealed)
-    assert json.loads(reencode({**body, "attempt": 1}))["headers"] == headers
-    with pytest.raises(BadPayload, match="field 'headers' is not an object"):
-        decode_payload('{"id":"i","task":"t","headers":[1]}')
+    assert json.loads(reencode({**body, "attempt": 1}))["trace"] == trace
 
 
 def test_rotation_a_worker_reads_every_key_it_holds():
@@ -313,8 +312,13 @@ def test_keys_are_checked_and_named(tmp_path):
         parse_key("k1", "not*base64")
     with pytest.raises(ValueError, match="key id 'a b'"):
         parse_key("a b", KEY_A)
-    (tmp_path / "2026-a").write_text(KEY_A + "\n")
-    (tmp_path / "..data").mkdir()  # a mounted Secret's own bookkeeping
+    # A Secret volume's layout: each key a symlink into ..data, itself a link to a
+    # timestamped folder that the kubelet swaps atomically on an update.
+    stamped = tmp_path / "..2026_12_02_01_00_00.123"
+    stamped.mkdir()
+    (stamped / "2026-a").write_text(KEY_A + "\n")
+    (tmp_path / "..data").symlink_to(stamped.name)
+    (tmp_path / "2026-a").symlink_to("..data/2026-a")
     assert keys_from_dir(tmp_path) == {"2026-a": KEY_A}
     with pytest.raises(ValueError, match="does not exist"):
         keys_from_dir(tmp_path / "nope")
@@ -349,3 +353,68 @@ def test_the_app_reads_its_keys_from_a_mounted_secret_folder(tmp_path, monkeypat
         ebbtide.App()
     with pytest.raises(ValueError, match="serializer must be one of"):
         ebbtide.App(serializer="yaml", encryption_keys={})
+
+
+def test_keys_never_show_in_a_repr():
+    codec = Codec.build(encryption_keys={"a": KEY_A})
+    assert KEY_A not in repr(codec) and repr(bytes(range(32))) not in repr(codec)
+    assert "encrypt_with='a'" in repr(codec)
+
+
+def test_a_reader_that_requires_encryption_refuses_everything_else():
+    strict = Codec.build(encryption_keys={"a": KEY_A}, encryption_required=True)
+    sealed = encode_payload("i", "t", ["s"], {}, MB, codec=strict)
+    assert decode_payload(sealed, strict)["args"] == ["s"]
+    for codec in (Codec(), Codec.build("msgpack"), Codec(compress_threshold=0)):
+        payload = encode_payload("i", "t", ["x" * 20_000], {}, MB, codec=codec)
+        with pytest.raises(UnreadableBody, match="not encrypted .*runs only encrypted") as caught:
+            decode_payload(payload, strict)
+        assert caught.value.envelope is not None and caught.value.envelope["id"] == "i"
+    with pytest.raises(ValueError, match="encryption_required=True needs encryption_keys"):
+        Codec.build(encryption_required=True)
+
+
+def test_the_worker_side_size_check_counts_an_encoded_body_as_stored():
+    codec = Codec.build("msgpack", 0)
+    payload = encode_payload("i", "t", [os.urandom(5000)], {}, MB, codec=codec)
+    body = decode_payload(payload, codec)  # args hold bytes, which JSON cannot size
+    assert content_size(body) == len(payload) and content_problem(body, len(payload)) is None
+    assert "over the limit of 100 bytes" in (content_problem(body, 100) or "")
+
+
+FORMATS = ["json", "msgpack", "json+zstd", "msgpack+zstd", "json+aesgcm", "msgpack+zstd+aesgcm"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(FORMATS), st.binary(max_size=300), st.sampled_from([None, "a", "zz"]))
+def test_any_body_bytes_either_decode_or_say_why(fmt, raw, kid):
+    """Whatever bytes a body holds, under whatever format and key id, decoding returns
+    arguments or raises BadPayload (UnreadableBody) with a reason: never anything else."""
+    envelope = {"id": "i", "task": "t", "args": None, "fmt": fmt, "body": ""}
+    envelope["body"] = base64.b64encode(raw).decode()
+    if kid is not None:
+        envelope["kid"] = kid
+    try:
+        body = decode_payload(json.dumps(envelope), READER)
+    except BadPayload as exc:
+        assert str(exc)
+    else:
+        assert isinstance(body["args"], list) and isinstance(body["kwargs"], dict)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(range(len(ALL))), st.integers(min_value=0), st.integers(1, 255))
+def test_a_flipped_byte_in_a_real_body_is_refused_or_harmless(i, where, xor):
+    payload = encode_payload("i", "t", ["some text " * 50], {"n": 1}, MB, codec=ALL[i])
+    envelope = json.loads(payload)
+    if "body" not in envelope:
+        return  # the classic envelope: no body to corrupt
+    raw = bytearray(base64.b64decode(envelope["body"]))
+    raw[where % len(raw)] ^= xor
+    envelope["body"] = base64.b64encode(bytes(raw)).decode()
+    try:
+        decode_payload(json.dumps(envelope), READER)
+    except UnreadableBody as exc:
+        assert str(exc)
+        if ALL[i].encrypt_with:
+            assert "authentication tag" in str(exc)

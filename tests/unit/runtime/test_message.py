@@ -1,4 +1,5 @@
-"""Payload and entry encoding: JSON only, clear errors for what cannot be sent."""
+"""Payload and entry encoding: the classic JSON envelope, clear errors for what cannot be sent
+(encoded bodies: test_codec.py)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
 from typing import Annotated
 
 import ebbtide
@@ -11,8 +13,11 @@ from ebbtide.validation import (
     ArgumentCheck,
     content_problem,
     content_size,
+    most_bytes,
     stored_size_problem,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 
@@ -114,6 +119,9 @@ def test_unresolvable_hints_fail_on_first_use_with_the_way_out():
     c = check(f)  # registration never fails on a forward reference
     with pytest.raises(TypeError, match="cannot resolve its type hints.*validate=False"):
         c.check([1], {})
+    with pytest.raises(TypeError, match="cannot resolve its type hints"):
+        check(f).prepare()  # what the worker does at start
+    check(f, hints=False).prepare()  # nothing to resolve
 
 
 SCHEMA = {
@@ -191,10 +199,19 @@ def test_the_task_decorator_wires_the_check_into_send():
 
 
 def test_stored_size_is_refused_unread_only_far_over_the_limit():
-    assert stored_size_problem(1000, 1000) is None
-    assert stored_size_problem(2000 + (64 << 10), 1000) is None
-    reason = stored_size_problem(2001 + (64 << 10), 1000)
+    ceiling = 2000 + (64 << 10)
+    assert stored_size_problem(b"x" * 1000, 1000) is None
+    assert stored_size_problem(b"x" * ceiling, 1000) is None
+    reason = stored_size_problem(b"x" * (ceiling + 1), 1000)
     assert reason is not None and "limit of 1000 bytes" in reason and "not decoded" in reason
+    assert f"is {ceiling + 1} bytes" in reason
+    assert stored_size_problem("x" * ceiling, 1000) is None
+    assert stored_size_problem("é" * (ceiling // 2 + 1), 1000) is not None  # 2 bytes each
+
+
+def test_most_bytes_bounds_text_without_encoding_it():
+    assert most_bytes(b"abc") == 3
+    assert most_bytes("ab") == 8
 
 
 def test_content_size_leaves_out_what_the_worker_wrote():
@@ -204,3 +221,126 @@ def test_content_size_leaves_out_what_the_worker_wrote():
     assert content_problem(body, 1000) is None
     reason = content_problem(body, 50)
     assert reason is not None and "payload of task 't' is" in reason and "limit of 50" in reason
+
+
+def plain(tag: str, i: int, ratio: float = 1.0, flag: bool = False, extra=None) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        (["t", 1], {}),
+        (["t"], {"i": "2"}),
+        ([], {"tag": "t", "i": 3, "flag": True}),
+        (["t", 1, 2], {"extra": [1]}),
+        (["t", True], {}),
+        (["t", 1.0, "2.5"], {}),
+        (["t", "x"], {}),
+        (["t"], {}),
+        (["t", 1], {"nope": 1}),
+        (["t", 1], {"tag": "again"}),
+        (["t", 1, 1.0, False, None, "too many"], {}),
+    ],
+)
+def test_the_plain_fast_path_agrees_with_inspect(args, kwargs):
+    """Plain parameters are bound without `inspect` and exact-typed values skip
+    pydantic: the outcome (values, or the error) is the one the full path gives."""
+
+    assert outcome(args, kwargs, check(plain)) == outcome(args, kwargs, full_path())
+
+
+def full_path() -> ArgumentCheck:
+    """A check of `plain` forced onto inspect's binding and pydantic for every value."""
+    full = ArgumentCheck("t", plain)
+    full._build()
+    full._plain, full._exact = None, {}
+    return full
+
+
+def outcome(args, kwargs, checker: ArgumentCheck):
+    """What a check gives: the bound values with their types, or the error."""
+    try:
+        call_args, call_kwargs = checker.check(args, kwargs)
+    except InvalidArguments as exc:
+        return ("error", exc.argument, [why for _, why in exc.problems])
+    bound = inspect.signature(plain).bind(*call_args, **call_kwargs)
+    bound.apply_defaults()
+    return ("ok", [(v, type(v)) for v in bound.arguments.values()])
+
+
+JSON_VALUES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    args=st.lists(JSON_VALUES, max_size=6),
+    kwargs=st.dictionaries(
+        st.sampled_from(["tag", "i", "ratio", "flag", "extra", "other"]), JSON_VALUES, max_size=3
+    ),
+)
+def test_the_fast_path_agrees_with_inspect_on_any_json_arguments(args, kwargs):
+    assert outcome(args, kwargs, check(plain)) == outcome(args, kwargs, full_path())
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])  # 2: each child checks, the supervisor stops
+def test_a_worker_whose_task_hints_cannot_be_resolved_stops_at_start(
+    tmp_path, monkeypatch, capfd, processes
+):
+    from ebbtide import cli
+
+    (tmp_path / "unresolved_hints_app.py").write_text(
+        "from __future__ import annotations\n"
+        "import ebbtide\n"
+        "app = ebbtide.App()\n"
+        "@app.task(name='t')\n"
+        "def t(a: Missing) -> None: ...\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_app adds the cwd
+    monkeypatch.delenv("EBBTIDE_BROKER_URL", raising=False)
+    monkeypatch.delenv("EBBTIDE_BROKER_URL_FILE", raising=False)
+    try:
+        assert cli.main(["worker", "unresolved_hints_app:app", "--processes", processes]) == 2
+    finally:
+        sys.modules.pop("unresolved_hints_app", None)
+    # One line; under --processes each child says it once, and the supervisor, which does
+    # not import the app, stops with the children's usage error.
+    errors = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("ebbtide:")]
+    assert errors and len(errors) == int(processes)
+    for line in errors:
+        assert "task 't': cannot resolve its type hints" in line and "Missing" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["v", "ab"], {}),
+        (["v", "ab" * 20_000], {}),  # stored compressed: far smaller than its arguments
+        (["v", "é" * 10], {"key": "k1", "headers": {"traceparent": "00-1-2-01"}}),
+    ],
+)
+def test_content_size_is_the_size_send_measured(args, extra):
+    from ebbtide.message import decode_payload, encode_payload
+
+    app = ebbtide.App("redis://127.0.0.1:1/0", compress_threshold=1024)
+    headers = extra.pop("headers", None)
+    text = encode_payload("id", "t", args, {}, 1 << 20, codec=app.codec, headers=headers, **extra)
+    body = decode_payload(text, app.codec)
+    assert content_size(body) == len(text.encode())
+    assert content_size({**body, "attempt": 2, "error": "x" * 100}) == len(text.encode())
+
+
+def test_reasons_can_leave_the_values_out():
+    """What the worker does for an encrypted task: the reason names the argument and the
+    rule, never the value (it is stored and logged in plain text)."""
+    with pytest.raises(InvalidArguments) as caught:
+        check().check(["secret-1"], {"amount": "secret-2"}, quote_inputs=False)
+    assert "secret" not in str(caught.value)
+    assert caught.value.argument == "order_id" and "valid integer" in str(caught.value)
+    c = check(schema=SCHEMA, hints=False)
+    with pytest.raises(InvalidArguments) as caught:
+        c.check(["secret-3", 1, "", "x"], {}, quote_inputs=False)
+    said = str(caught.value)
+    assert "secret" not in said and "fails the schema's 'type' rule: 'integer'" in said
+    with pytest.raises(InvalidArguments, match="'secret-3' is not of type 'integer'"):
+        c.check(["secret-3", 1], {})  # quoted by default, for the producer's own eyes

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from .. import logs, tracing
 from ..brokers.base import Broker, Delivery, Settlement
-from ..codec import UnreadableBody
+from ..codec import UnreadableBody, parse_format
 from ..errors import BadPayload, InvalidArguments, TaskTimeout
 from ..lifecycle import DEFAULT_MAX_RECOVERIES, lost_too_often
 from ..message import decode_payload
-from ..validation import content_problem, stored_size_problem
+from ..validation import content_problem, most_bytes, stored_size_problem
 from . import outcomes
 from .decisions import SUCCESS, RateDenials
 from .execute import arguments, call_async, call_sync
@@ -74,7 +74,7 @@ class Executor:
 
     def _route(self, d: Delivery) -> None:
         limit = self.app.max_payload_bytes
-        if (too_big := stored_size_problem(len(d.payload), limit)) is not None:
+        if (too_big := stored_size_problem(d.payload, limit)) is not None:
             self._settle(outcomes.undecodable(d, too_big, time.time()))
             self.report.undecodable(d, too_big)
             return
@@ -88,7 +88,7 @@ class Executor:
             self._settle(outcomes.undecodable(d, str(exc), time.time()))
             self.report.undecodable(d, str(exc))
             return
-        if len(d.payload) > limit and (too_big := content_problem(body, limit)) is not None:
+        if most_bytes(d.payload) > limit and (too_big := content_problem(body, limit)):
             self._reject(d, body, too_big)
             return
         name = body["task"]
@@ -105,7 +105,7 @@ class Executor:
             self.report.unknown_task(d, name, settlement.op)
             return
         try:
-            call = task.arguments.check(*arguments(body))
+            call = task.arguments.check(*arguments(body), quote_inputs=not sealed(body))
         except InvalidArguments as exc:
             self._reject(d, body, str(exc))
             return
@@ -307,3 +307,9 @@ class Executor:
             return outcomes.undecodable(d, reason, time.time())
         self.report.failed(task, body, failed, seconds)
         return failed.settlement
+
+
+def sealed(body: dict[str, Any]) -> bool:
+    """Whether the task came encrypted: then no reason may quote its arguments (reasons
+    are stored in the DLQ and logged in plain text)."""
+    return "fmt" in body and parse_format(body["fmt"]).encrypted

@@ -28,14 +28,17 @@ class Metrics:
     registry also carries `ebbtide_build_info{component="worker"}` and the process,
     platform and GC collectors."""
 
-    def __init__(self) -> None:
+    def __init__(self, child: bool = False) -> None:
+        """`child`: a process of --processes N, whose supervisor exports the build info
+        and its own process metrics once for the pod (files hold only the task metrics)."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         from ..buildinfo import register_process_metrics
 
         self.registry = CollectorRegistry()
         r = self.registry
-        register_process_metrics(r, "worker")
+        if not child:
+            register_process_metrics(r, "worker")
         self.tasks = Counter(
             "ebbtide_worker_tasks",
             "Task attempts finished, by outcome",

@@ -48,7 +48,7 @@ class Report:
         from . import probes
         from .metrics import Metrics
 
-        self.metrics = Metrics()
+        self.metrics = Metrics(child=True)
         return await probes.serve_unix(path, lambda: b"", ready)
 
     def started(self, d: Delivery) -> None:

@@ -28,15 +28,21 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import logs
 from . import probes, processes
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 PROBE_EVERY_S = 1.0
 WEDGED_AFTER = 5  # /healthz misses in a row (after a first answer) before a kill
 KILL_MARGIN_S = 5.0  # past the children's grace, before SIGKILL
 SUPERVISOR_PID_ENV = "EBBTIDE_SUPERVISOR_PID"
 PR_SET_PDEATHSIG = 1
+KEEP_DEAD = 32  # dead children whose metric files are kept (their counters stay summed)
+EXIT_USAGE = 2  # the CLI's usage error (bad MODULE:APP, bad flag): restarting cannot help
 
 
 @dataclass
@@ -69,6 +75,9 @@ class Supervisor:
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
         self.base_dir = metrics_dir
         self.stopping = False
+        self.exit_code = 0
+        self._registry: CollectorRegistry | None = None
+        self._dead: list[int] = []  # pids whose metric files are still summed, oldest first
 
     def run(self) -> int:
         return asyncio.run(self.main())
@@ -148,6 +157,11 @@ class Supervisor:
             child.ready = (False, "exited")
             if self.stopping:
                 return
+            if code == EXIT_USAGE and not child.answered:
+                logs.error("worker process failed to start (usage error)", process=child.index)
+                self.exit_code = EXIT_USAGE
+                self._request_stop("usage-error")
+                return
             lived = time.monotonic() - child.started
             child.failures = 1 if lived >= processes.STABLE_S else child.failures + 1
             delay = processes.restart_delay(child.failures)
@@ -164,11 +178,18 @@ class Supervisor:
                 await asyncio.wait_for(self._stop.wait(), delay)
 
     def _forget(self, pid: int) -> None:
-        """A dead child's live gauges leave the aggregate; its counters stay counted."""
+        """A dead child's live gauges leave the aggregate; its counters stay counted. A
+        child crash-looping for days must not fill the emptyDir, so past KEEP_DEAD dead
+        children the oldest one's files go, which Prometheus reads as a counter reset."""
         from prometheus_client import multiprocess
 
         with contextlib.suppress(OSError):
             multiprocess.mark_process_dead(pid, self.prom_dir)
+        self._dead.append(pid)
+        while len(self._dead) > KEEP_DEAD:
+            for path in Path(self.prom_dir).glob(f"*_{self._dead.pop(0)}.db"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     async def _probe_loop(self) -> None:
         while True:
@@ -209,7 +230,7 @@ class Supervisor:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        codes = [p.returncode or 0 for p in live]
+        codes = [self.exit_code, *(p.returncode or 0 for p in live)]
         return max((c for c in codes if c > 0), default=0)
 
     # -- probes --------------------------------------------------------------------------
@@ -219,12 +240,24 @@ class Supervisor:
         )
 
     def _metrics(self) -> bytes:
-        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client import generate_latest
+
+        if self._registry is None:
+            self._registry = self._build_registry()
+        return generate_latest(self._registry)
+
+    def _build_registry(self) -> CollectorRegistry:
+        """The children's files, summed, plus the pod's build info, the supervisor's own
+        process metrics, and how many children run and were restarted."""
+        from prometheus_client import CollectorRegistry
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        from ..buildinfo import register_process_metrics
+
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.prom_dir)
+        register_process_metrics(registry, "worker")
         children = self.children
 
         class Own:
@@ -240,7 +273,7 @@ class Supervisor:
                 )
 
         registry.register(Own())
-        return generate_latest(registry)
+        return registry
 
 
 def bind_to_supervisor() -> None:

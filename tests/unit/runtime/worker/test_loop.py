@@ -313,3 +313,27 @@ def test_a_task_whose_claim_went_to_another_worker_is_cancelled_and_never_settle
     asyncio.run(main())
     assert [s.op for s in broker.settled] == [Outcome.ACK]  # only the ok one: nothing stale
     assert worker.report.leases_lost == 1
+
+
+class FarExchangingBroker(ExchangingBroker):
+    """An Exchanging broker 10 ms away: each exchange waits a round trip."""
+
+    def __init__(self, payloads: Sequence[str]) -> None:
+        super().__init__(payloads)
+        self.claim_sizes: list[int] = []
+
+    async def exchange(self, settlements, plan, n, lease_ms, dead_ttl_ms, run_now=0):
+        self.claim_sizes.append(n)
+        await asyncio.sleep(0.01)
+        return await super().exchange(settlements, plan, n, lease_ms, dead_ttl_ms, run_now)
+
+
+def test_a_far_redis_grows_the_held_bound_unless_prefetch_is_given():
+    """Without --prefetch, the worker holds a few exchange round trips of work (here
+    well past concurrency + prefetch = 4); an explicit --prefetch pins the bound."""
+    far = FarExchangingBroker([payload("ok")] * 600)
+    run_worker(far, 600)
+    assert max(far.claim_sizes) > 4, far.claim_sizes
+    pinned = FarExchangingBroker([payload("ok")] * 200)
+    run_worker(pinned, 200, prefetch=2)
+    assert max(pinned.claim_sizes) <= 4, pinned.claim_sizes

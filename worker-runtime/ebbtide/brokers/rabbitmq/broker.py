@@ -35,6 +35,7 @@ CLAIM_WAIT_S = 0.1  # claim() waits this long for a first delivery before return
 PUBLISH_ATTEMPTS = 3
 CONFIRM_BATCH = 500  # publishes per publisher-confirm wait
 WAKE_INTERVAL_S = 1.0  # a producer wakes the operator about one queue at most this often
+WAKE_REFUSED_BACKOFF_S = 600.0  # after a refused wake-up exchange, try again this much later
 # What a kept connection that RabbitMQ closed meanwhile raises on its next use.
 STALE_LINK_ERRORS = (
     pika.exceptions.StreamLostError,
@@ -179,7 +180,21 @@ class RabbitMQBroker:
             return
         assert self._confirmer is not None
         exchange = topo.wake_exchange(self.prefix)
-        self._declared.ensure_exchange(channel, exchange)
+        if self._declared.due(exchange):
+            # On a channel of its own: a refused declaration (permissions) closes that
+            # channel, never the one the tasks were just published on.
+            side = channel.connection.channel()
+            try:
+                side.exchange_declare(exchange, "fanout", durable=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                self._woken[queue] = now + WAKE_REFUSED_BACKOFF_S
+                logs.warn("rabbitmq wake-up exchange refused (the operator sees new tasks at "
+                          "its next poll instead)", exchange=exchange, error=str(exc))  # fmt: skip
+                return
+            finally:
+                if side.is_open:
+                    side.close()
+            self._declared.mark(exchange)
         self._confirmer.publish("", queue.encode(), None, exchange=exchange, mandatory=False)
         self._woken[queue] = now
 

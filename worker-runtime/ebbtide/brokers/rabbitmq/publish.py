@@ -101,12 +101,6 @@ class Declared:
         channel.queue_declare(name, durable=durable, arguments=arguments)
         self.mark(name)
 
-    def ensure_exchange(self, channel, name: str, kind: str = "fanout") -> None:
-        if not self.due(name):
-            return
-        channel.exchange_declare(name, kind, durable=True)
-        self.mark(name)
-
     def forget(self) -> None:
         self._at.clear()
 

@@ -66,5 +66,7 @@ while pos <= len do
   end
 end
 if accepted > 0 then redis.call('HINCRBY', k_counters(q), 'enqueued', accepted) end
-if wake and accepted > 0 then redis.call('PUBLISH', P .. ':wake', q) end
+-- pcall: a user without channel permissions (Redis 7 ACLs default to none) still sends;
+-- the operator then sees the tasks at its next poll.
+if wake and accepted > 0 then redis.pcall('PUBLISH', P .. ':wake', q) end
 return {table.concat(status), dups}
