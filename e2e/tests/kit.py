@@ -71,6 +71,18 @@ def taskqueue(
     }
 
 
+def external(secret: str) -> dict:
+    """An external Redis broker whose URL is the Secret's `url`."""
+    return {"type": "redis", "external": {"secretRef": {"name": secret}}}
+
+
+def put_secret(core, namespace: str, name: str, url: str) -> None:
+    from kubernetes import client
+
+    body = client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data={"url": url})
+    core.create_namespaced_secret(namespace, body)
+
+
 def kubectl(kube_env: Any, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """`kubectl ARGS` against the cluster under test, as a user runs it."""
     return subprocess.run(

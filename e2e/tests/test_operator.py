@@ -24,7 +24,9 @@ from e2e.tests.kit import (
     condition,
     create_tq,
     enqueue,
+    external,
     kubectl,
+    put_secret,
     read_tq,
     secret_value,
     taskqueue,
@@ -44,17 +46,6 @@ def assert_controlled_by(uid: str, *objects) -> None:
     for obj in objects:
         owners = [(o.kind, o.uid, o.controller) for o in obj.metadata.owner_references or []]
         assert owners == [("TaskQueue", uid, True)], obj.metadata.name
-
-
-def external(secret: str) -> dict:
-    return {"type": "redis", "external": {"secretRef": {"name": secret}}}
-
-
-def put_secret(core, namespace: str, name: str, url: str) -> None:
-    from kubernetes import client
-
-    body = client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data={"url": url})
-    core.create_namespaced_secret(namespace, body)
 
 
 def worker_replicas(apps, namespace: str, name: str) -> int:

@@ -8,43 +8,31 @@ labels: the operator's job honours its `namespace` label as the chart's ServiceM
 and the worker target carries `namespace` and `taskqueue` as the chart's PodMonitor's
 relabelings add them. The alerts' thresholds are lowered so they select series; for the
 operator-down alert the check is that `up` of the operator job is there. Skipped without
-prometheus (fails with CI=true).
+prometheus (fails with CI=true). e2e/tests/test_prometheus.py does the same against the
+real operator and worker pods during a burst (tests/support/prometheus.py is shared).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from ebbtide.worker.metrics import Metrics as WorkerMetrics
 from ebbtide_operator.metrics import OperatorMetrics
 from ebbtide_operator.policy import Decision, Observation, PolicyState, QueueObservation
 from prometheus_client import start_http_server
 from support.helm import HELM, only, render
+from support.prometheus import (
+    Prometheus,
+    alert_expressions,
+    dashboard_queries,
+    prometheus_binary,
+    wait_until,
+)
 from support.servers import free_port
 
-ROOT = Path(__file__).parents[3]
-DASHBOARD = ROOT / "charts" / "ebbtide" / "dashboards" / "ebbtide.json"
-PROMETHEUS = os.environ.get("EBBTIDE_PROMETHEUS") or shutil.which("prometheus")
 NS, TQ = "team-a", "tq"
-
-
-def prometheus_binary() -> str:
-    if PROMETHEUS is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("no prometheus (apt-get install prometheus): with CI=true it must run")
-        pytest.skip("no prometheus (apt-get install prometheus)")
-    return PROMETHEUS
+OPERATOR_JOB = "ebbtide-metrics"  # what the ServiceMonitor names it: the Service's name
 
 
 class Registries:
@@ -74,21 +62,12 @@ class Registries:
         self.worker.started("q", 0.1)
 
 
-def query(base: str, expr: str) -> list[dict[str, Any]]:
-    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
-        body = json.load(response)
-    assert body["status"] == "success", body
-    return body["data"]["result"]
-
-
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Registries]]:
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus, Registries]]:
     binary = prometheus_binary()
-    root = tmp_path_factory.mktemp("prometheus")
     registries = Registries()
     registries.feed()
-    operator_port, worker_port, web_port = free_port(), free_port(), free_port()
+    operator_port, worker_port = free_port(), free_port()
     start_http_server(operator_port, addr="127.0.0.1", registry=registries.operator.registry)
     start_http_server(worker_port, addr="127.0.0.1", registry=registries.worker.registry)
     config = {
@@ -96,7 +75,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         "scrape_configs": [
             {
                 # As the chart's ServiceMonitor: job = the Service's name, honour labels.
-                "job_name": "ebbtide",
+                "job_name": OPERATOR_JOB,
                 "honor_labels": True,
                 "static_configs": [
                     {
@@ -117,97 +96,52 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
             },
         ],
     }
-    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = open(root / "prometheus.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={root / 'prometheus.yml'}",
-            f"--storage.tsdb.path={root / 'data'}",
-            f"--web.listen-address=127.0.0.1:{web_port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{web_port}"
+    server = Prometheus(binary, tmp_path_factory.mktemp("prometheus"), config, free_port())
     try:
-        deadline = time.monotonic() + 60
-        while True:  # ready, and both targets scraped a few times (rate() needs two samples)
-            assert proc.poll() is None, (root / "prometheus.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (root / "prometheus.log").read_text()[-3000:]
+
+        def scraped() -> bool:  # both targets a few times (rate() needs two samples)
             registries.feed()
-            try:
-                ups = query(base, "count_over_time(up[1m]) >= 4")
-                if len(ups) == 2:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        yield base, registries
+            return len(server.query("count_over_time(up[1m]) >= 4")) == 2
+
+        wait_until(scraped, 60, "both targets scraped", server)
+        yield server, registries
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def dashboard_queries() -> dict[str, str]:
-    """Every panel target with the dashboard's variables filled in as Grafana would."""
-    dashboard = json.loads(DASHBOARD.read_text())
-    queries = {}
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            queries[f"{panel['title']} {target['refId']}"] = target["expr"]
-    for annotation in dashboard["annotations"]["list"]:
-        queries[f"annotation {annotation['name']}"] = annotation["expr"]
-    return {
-        where: expr.replace("$__rate_interval", "1m")
-        .replace("$namespace", NS)
-        .replace("$taskqueue", TQ)
-        for where, expr in queries.items()
-    }
+        server.stop()
 
 
 def test_every_dashboard_query_returns_series(prometheus):
-    base, registries = prometheus
+    server, _ = prometheus
+    queries = dashboard_queries(NS, TQ)
     missing = {}
-    assert len(dashboard_queries()) >= 15
-    for where, expr in dashboard_queries().items():
+    assert len(queries) >= 15
+    for where, expr in queries.items():
         if where.startswith("annotation"):
             continue  # replicas do not change in this feed: checked without the filter below
-        if not query(base, expr):
+        if not server.query(expr):
             missing[where] = expr
     assert not missing, missing
-    (annotation,) = [e for w, e in dashboard_queries().items() if w.startswith("annotation")]
-    assert query(base, annotation.removesuffix(" > 0"))
+    (annotation,) = [e for w, e in queries.items() if w.startswith("annotation")]
+    assert server.query(annotation.removesuffix(" > 0"))
 
 
 @pytest.mark.skipif(HELM is None, reason="no helm binary (run `make cluster-up`)")
 def test_every_alert_expression_returns_series(prometheus):
     """With thresholds that the fed figures cross, each alert's expression selects them."""
-    base, _ = prometheus
+    server, _ = prometheus
     rule = only(
-        render(
-            "prometheusRule.enabled=true",
-            "prometheusRule.alerts.backlogHigh.threshold=10",
-            "prometheusRule.alerts.operatorDown.job=ebbtide",
-        ),
+        render("prometheusRule.enabled=true", "prometheusRule.alerts.backlogHigh.threshold=10"),
         "PrometheusRule",
     )
-    exprs = {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
     missing = {}
-    for alert, expr in exprs.items():
+    for alert, expr in alert_expressions(rule).items():
         if alert == "EbbtideOperatorDown":
             # absent(...) is empty while the operator is up: the selector inside must match.
             inner = expr.removeprefix("absent(").removesuffix(")")
-            assert query(base, inner), expr
-            assert not query(base, expr)
+            assert server.query(inner), expr
+            assert not server.query(expr)
             continue
         if alert == "EbbtideDeadLetterGrowing":
             expr = expr.replace("[15m]", "[1m]")  # the test has run for seconds, not 15 minutes
-        if not query(base, expr):
+        if not server.query(expr):
             missing[alert] = expr
     assert not missing, missing

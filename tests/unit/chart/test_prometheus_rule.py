@@ -9,8 +9,6 @@ of the unit tests, which compare labels.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,20 +16,11 @@ from typing import Any
 import pytest
 import yaml
 from support.helm import CHART, HELM, KUBE_VERSION, NAMESPACE, RELEASE, helm, only, render
+from support.prometheus import promtool_binary
 
 pytestmark = pytest.mark.skipif(HELM is None, reason="no helm binary (run `make cluster-up`)")
 
-PROMTOOL = os.environ.get("EBBTIDE_PROMTOOL") or shutil.which("promtool")
 NS = "team-a"  # the TaskQueues' namespace in the synthetic series
-
-
-def promtool() -> str:
-    if PROMTOOL is None:
-        message = "no promtool (apt-get install prometheus)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}: with CI=true the alerts must be tested")
-        pytest.skip(message)
-    return PROMTOOL
 
 
 def rule_groups(*sets: str, json_sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -202,7 +191,7 @@ TESTS: dict[str, tuple[list[dict[str, str]], list[dict[str, Any]]]] = {
     "EbbtideOperatorDown": (
         [
             {
-                "series": 'up{job="ebbtide",namespace="ebbtide-system",instance="10.0.0.1:8081"}',
+                "series": 'up{job="ebbtide-metrics",namespace="ebbtide-system",instance="10.0.0.1:8081"}',
                 "values": "1x5 0x15",
             }
         ],
@@ -235,7 +224,7 @@ def write_rules(tmp_path: Path, groups: list[dict[str, Any]], annotations: bool)
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [promtool(), *args], capture_output=True, text=True, timeout=120, check=False
+        [promtool_binary(), *args], capture_output=True, text=True, timeout=120, check=False
     )
 
 
@@ -258,7 +247,7 @@ def test_every_alert_fires_and_stays_quiet_as_it_should(tmp_path):
     test_file = tmp_path / "tests.yaml"
     test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
     done = subprocess.run(
-        [promtool(), "test", "rules", test_file.name],
+        [promtool_binary(), "test", "rules", test_file.name],
         cwd=tmp_path,
         capture_output=True,
         text=True,
