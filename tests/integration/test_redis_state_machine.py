@@ -142,6 +142,22 @@ def test_only_started_tasks_count_as_lost_and_a_dead_worker_is_noticed_fast(redi
     assert broker.rec.hlen("ebbtide:q:default:lost") == 0  # forgotten once finished
 
 
+def test_a_task_a_worker_was_lost_with_runs_alone(redis_broker):
+    """A task with a recovery counted is claimed only by a worker holding nothing, as the
+    only task of its claim, and nothing more is claimed until it is settled: if it kills
+    its worker again, no task beside it is lost (and counted) with it."""
+    broker = redis_broker
+    ids = broker.tasks.gated.send_many(("alone", i) for i in range(4))
+    broker.rec.hset("ebbtide:q:default:lost", ids[0], 1)  # as a recovery leaves it
+    with broker.worker("--concurrency", "4"):
+        wait_for(lambda: broker.started("alone") == ["0"], what="the lost task running")
+        q = broker.queue()
+        assert (q.ready, q.in_flight) == (3, 1), q  # four free slots, one task held
+        broker.open_gate("alone")
+        wait_for(lambda: len(broker.done("alone")) == 4, what="all four done")
+    assert sorted(broker.started("alone")) == ["0", "1", "2", "3"]
+
+
 def test_a_task_lost_more_than_max_recoveries_times_dies_unrun(redis_broker):
     broker = redis_broker
     task_id = broker.tasks.record.send("poison-count", 0)

@@ -52,7 +52,12 @@ def test_a_managed_redis_is_accepted_owned_and_kept_across_reconciles(kube):
     body = ns.create_taskqueue(taskqueue({"type": "redis", "managed": {}}))
     report = reconcile(cluster, body)
     assert report == {
-        "Secret/tq-broker": "created",
+        "Secret/tq-broker": "created",  # the admin, and the broker's users file
+        "Secret/tq-broker-producer": "created",  # one Secret per role
+        "Secret/tq-broker-worker": "created",
+        "Secret/tq-broker-operator": "created",
+        "Secret/tq-broker-ca": "created",  # TLS by default: the CA for clients ...
+        "Secret/tq-broker-tls": "created",  # ... and the server's certificate
         "StatefulSet/tq-redis": "created",
         "Service/tq-redis": "created",
         "NetworkPolicy/tq-redis": "created",
@@ -64,7 +69,7 @@ def test_a_managed_redis_is_accepted_owned_and_kept_across_reconciles(kube):
         (owner,) = stored["metadata"]["ownerReferences"]
         assert (owner["uid"], owner["controller"]) == (body["metadata"]["uid"], True), entry
     password = decoded(read(cluster, "Secret", ns.name, "tq-broker"))
-    assert password["url"].startswith("redis://")
+    assert password["url"].startswith("rediss://")  # TLS only, by default
 
     asyncio.run(cluster.scale_deployment(ns.name, "tq-worker", 4))
     edited = with_spec(body, body["spec"]["broker"], image="w:2")
@@ -84,7 +89,7 @@ def test_switching_redis_to_rabbitmq_and_then_to_external_on_the_api_server(kube
     rabbit = with_spec(body, {"type": "rabbitmq", "managed": {}})
     report = reconcile(cluster, rabbit)
     assert report["Secret/tq-broker"] == "replaced"
-    assert decoded(read(cluster, "Secret", ns.name, "tq-broker"))["url"].startswith("amqp://")
+    assert decoded(read(cluster, "Secret", ns.name, "tq-broker"))["url"].startswith("amqps://")
     for kind in BROKER_OBJECTS["redis"]:
         assert report[f"{kind}/tq-redis"] == "deleted"
         assert read(cluster, kind, ns.name, "tq-redis") is None

@@ -187,9 +187,12 @@ class Exchanging(Protocol):
         lease_ms: int,
         dead_ttl_ms: int,
         run_now: int = 0,
+        held: int = 0,
     ) -> tuple[int, list[Delivery]]:
         """Settle, then claim up to `n` (the first `run_now` marked started); returns how
-        many settlements applied (the others were fenced out) and the claims."""
+        many settlements applied (the others were fenced out) and the claims. `held`: the
+        tasks the worker still holds after the settle; a task a worker was lost with is
+        claimed only by one that holds nothing, alone."""
 
     async def renew(
         self,

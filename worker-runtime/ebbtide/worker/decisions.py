@@ -113,6 +113,13 @@ def run_now(concurrency: int, held: int, settling: int, claimed: int) -> int:
     return max(0, min(claimed, concurrency - unfinished(held, settling)))
 
 
+def holds_lost(held: Iterable[Delivery], settled: Iterable[str] = ()) -> bool:
+    """Whether the worker holds a task a worker was lost with (other than those being
+    settled): it runs alone, so nothing more is claimed until it is settled."""
+    done = set(settled)
+    return any(d.recoveries > 0 and d.entry not in done for d in held)
+
+
 def exchange_quota(
     capacity: int, held: int, settling: int, stopping: bool, claim_in_flight: bool
 ) -> int:

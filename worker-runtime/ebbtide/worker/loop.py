@@ -244,6 +244,8 @@ class Worker:
         while not self._stop.is_set():
             window = push.window() if push is not None else None
             free = decisions.free_slots(self.capacity, window, len(self.held), len(self.settling))
+            if decisions.holds_lost(self.held.values()):
+                free = 0  # a task a worker was lost with runs alone (see holds_lost)
             if free <= 0 or self._claim_inflight:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -274,7 +276,9 @@ class Worker:
             return await self.broker.claim(plan, n, self.lease_ms)
         now = decisions.run_now(self.concurrency, len(self.held), len(self.settling), n)
         started = time.perf_counter()
-        _, got = await self._exchanger.exchange([], plan, n, self.lease_ms, self.dead_ttl_ms, now)
+        _, got = await self._exchanger.exchange(
+            [], plan, n, self.lease_ms, self.dead_ttl_ms, now, held=len(self.held)
+        )
         self._exchanged(time.perf_counter() - started, 0)
         return got
 
@@ -323,6 +327,8 @@ class Worker:
                 self._stop.is_set(),
                 self._claim_inflight,
             )
+            if decisions.holds_lost(self.held.values(), (s.delivery.entry for s in batch)):
+                n = 0  # a task a worker was lost with runs alone (see holds_lost)
         got: list[Delivery] = []
         owns_claim = False
         delay = 0.1
@@ -336,8 +342,9 @@ class Worker:
                     plan = plan_claim(self.selection, n)
                     now = decisions.run_now(self.concurrency, len(self.held), len(self.settling), n)
                     started = time.perf_counter()
+                    still = len(self.held) - len({s.delivery.entry for s in batch})
                     settled, got = await exchanger.exchange(
-                        batch, plan, n, self.lease_ms, self.dead_ttl_ms, now
+                        batch, plan, n, self.lease_ms, self.dead_ttl_ms, now, held=max(0, still)
                     )
                     self._exchanged(time.perf_counter() - started, len(batch))
                 else:

@@ -112,3 +112,10 @@ def test_prefetch_hold_covers_a_few_round_trips_up_to_the_cap():
     assert prefetch_hold_s(0.002, 0.05) == PREFETCH_RTTS * 0.002  # a Redis 2 ms away
     assert prefetch_hold_s(0.1, 0.05) == 0.05  # never past the cap
     assert prefetch_hold_s(-1.0, 0.05) == 0.0
+
+
+def test_a_held_task_a_worker_was_lost_with_stops_claims_until_it_is_settled():
+    plain, lost = Delivery("q", "1|0|a", "{}"), Delivery("q", "2|0|b", "{}", recoveries=1)
+    assert not decisions.holds_lost([plain])
+    assert decisions.holds_lost([plain, lost])
+    assert not decisions.holds_lost([plain, lost], settled=["2|0|b"])

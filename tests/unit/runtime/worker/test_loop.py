@@ -85,7 +85,7 @@ class ExchangingBroker(MemoryBroker):
     def bind_worker(self, worker_id: str, alive_ms: int) -> None:
         self.calls.append("bind_worker")
 
-    async def exchange(self, settlements, plan, n, lease_ms, dead_ttl_ms, run_now=0):
+    async def exchange(self, settlements, plan, n, lease_ms, dead_ttl_ms, run_now=0, held=0):
         self.calls.append("exchange")
         fenced = set(self.lost)
         self.settled += [s for s in settlements if s.delivery.entry not in fenced]
@@ -322,10 +322,10 @@ class FarExchangingBroker(ExchangingBroker):
         super().__init__(payloads)
         self.claim_sizes: list[int] = []
 
-    async def exchange(self, settlements, plan, n, lease_ms, dead_ttl_ms, run_now=0):
+    async def exchange(self, settlements, plan, n, lease_ms, dead_ttl_ms, run_now=0, held=0):
         self.claim_sizes.append(n)
         await asyncio.sleep(0.01)
-        return await super().exchange(settlements, plan, n, lease_ms, dead_ttl_ms, run_now)
+        return await super().exchange(settlements, plan, n, lease_ms, dead_ttl_ms, run_now, held)
 
 
 def test_a_far_redis_grows_the_held_bound_unless_prefetch_is_given():

@@ -256,8 +256,11 @@ class RedisBroker:
         seconds, not when the lease runs out)."""
         self.worker_id, self.alive_ms = worker_id, alive_ms
 
-    async def claim(self, plan: Plan, n: int, lease_ms: int, run_now: int = 0) -> list[Delivery]:
-        args: list[Any] = [self.prefix, lease_ms, n, self.worker_id, run_now, self.alive_ms]
+    async def claim(
+        self, plan: Plan, n: int, lease_ms: int, run_now: int = 0, held: int = 0
+    ) -> list[Delivery]:
+        """`held`: tasks this worker holds now; a lost task is claimed only at 0 (alone)."""
+        args: list[Any] = [self.prefix, lease_ms, n, self.worker_id, run_now, self.alive_ms, held]
         args += wire.plan_args(plan)
         with self._rights("claim tasks (the claim script)"):
             _, framed = await self._async_scripts["claim"](args=args)
@@ -277,11 +280,14 @@ class RedisBroker:
         lease_ms: int,
         dead_ttl_ms: int,
         run_now: int = 0,
+        held: int = 0,
     ) -> tuple[int, list[Delivery]]:
         """Settle a batch and claim up to `n` more in the same script call; returns how
-        many settlements applied (the rest were fenced out) and the claims."""
+        many settlements applied (the rest were fenced out) and the claims. `held`: what
+        the worker still holds once the batch is settled (a lost task is claimed only at
+        0, alone: see claim_framed in lua/common.lua)."""
         head: list[Any] = [self.prefix, dead_ttl_ms, lease_ms, n, self.worker_id, run_now]
-        head.append(self.alive_ms)
+        head += [self.alive_ms, held]
         head += [len(plan), *wire.plan_args(plan)]
         args = head + wire.settle_args("", settlements, 0)[2:]
         with self._rights("settle and claim tasks (the exchange script)"):

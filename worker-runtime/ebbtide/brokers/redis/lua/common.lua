@@ -214,8 +214,15 @@ end
 -- Returns one string framing every claimed task as
 -- "<queue>\n<handle>\n<recoveries>\n<payload length>\n<payload>": one bulk reply is
 -- parsed far faster by the client than several per task.
-local function claim_framed(queues, quotas, n, now, deadline, worker, run_now, alive)
+local function claim_framed(queues, quotas, n, now, deadline, worker, run_now, alive, held)
   local out = {}
+  -- A task a worker was lost with (a recovery counted) runs alone: it is claimed only by
+  -- a worker that holds nothing, as the only task of its claim, and the worker claims
+  -- nothing more until it is settled (worker/decisions.holds_lost). Otherwise the tasks
+  -- beside a task that kills its worker would be lost, and counted, with it each time.
+  -- Claiming stops at such a task while the worker holds anything: the worker drains,
+  -- then takes it.
+  local halt = false
   reclaim_dead_workers(now)
   -- A claim is a sign of life too: a worker that dies before its first heartbeat is
   -- still noticed by its liveness, not its lease.
@@ -229,9 +236,16 @@ local function claim_framed(queues, quotas, n, now, deadline, worker, run_now, a
   local function take(q, want)
     for p = MAX_PRIO, 0, -1 do
       if want <= 0 then return end
-      local entries = redis.call('LPOP', k_ready(q, p), want)
+      if halt then return end
+      local key = k_ready(q, p)
+      local entries = redis.call('LPOP', key, want)
       if entries then
-        for _, entry in ipairs(entries) do
+        for j, entry in ipairs(entries) do
+          if halt then
+            -- what was popped after the lost task goes back, in order, to the head
+            for k = #entries, j, -1 do redis.call('LPUSH', key, entries[k]) end
+            return
+          end
           local ready, ep, id = split_entry(entry)
           if not ep then
             -- A malformed entry cannot be run: keep it, with the reason, in the DLQ.
@@ -241,6 +255,14 @@ local function claim_framed(queues, quotas, n, now, deadline, worker, run_now, a
             redis.call('ZADD', k_dead(q), now, '0|' .. dead_id)
           else
             local payload = redis.call('HGET', k_msgs(q), id)
+            local lost = redis.call('HGET', k_lost(q), id) or '0'
+            if payload and tonumber(lost) > 0 then
+              halt = true
+              if got > 0 or held > 0 then
+                for k = #entries, j, -1 do redis.call('LPUSH', key, entries[k]) end
+                return
+              end
+            end
             if not payload then
               bury_missing(q, ep, id, now)
             else
@@ -249,7 +271,6 @@ local function claim_framed(queues, quotas, n, now, deadline, worker, run_now, a
               redis.call('ZADD', k_inflight(q), deadline, handle)
               local started = (got < run_now) and '1|' or '0|'
               redis.call('HSET', k_claims(q), handle, started .. worker)
-              local lost = redis.call('HGET', k_lost(q), id) or '0'
               out[#out + 1] = q .. '\n' .. handle .. '\n' .. lost .. '\n' .. #payload .. '\n' .. payload
               want = want - 1
               got = got + 1
@@ -261,11 +282,11 @@ local function claim_framed(queues, quotas, n, now, deadline, worker, run_now, a
   end
 
   for i, q in ipairs(queues) do
-    if got >= n then break end
+    if got >= n or halt then break end
     if quotas[i] > 0 then take(q, math.min(quotas[i], n - got)) end
   end
   for _, q in ipairs(queues) do
-    if got >= n then break end
+    if got >= n or halt then break end
     take(q, n - got)
   end
   return table.concat(out)
