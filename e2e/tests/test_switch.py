@@ -116,6 +116,16 @@ def runs_through(core, namespace: str, url: str, track: redis.Redis, first: int,
     assert set(runs.values()) == {1}, runs
 
 
+REDIS_SCHEMES, AMQP_SCHEMES = ("redis://", "rediss://"), ("amqp://", "amqps://")
+
+
+def worker_url(core, namespace: str, schemes: tuple[str, ...]) -> str | None:
+    """The URL the worker pods get on a managed broker: the worker role's Secret (the
+    admin Secret, `switch-broker`, holds the admin's), once it names the wanted broker."""
+    url = secret_value(core, namespace, "switch-broker-worker", "url")
+    return url if url and url.startswith(schemes) else None
+
+
 def start(core, apps, custom, namespace: str) -> tuple[str, redis.Redis]:
     track_url = tracker(core, apps, namespace)
     track = redis.Redis.from_url(via_cluster_ip(core, namespace, track_url))
@@ -136,8 +146,9 @@ def test_switching_managed_redis_to_rabbitmq_and_back(
     redis_url = wait_for(
         lambda: secret_value(core, namespace, "switch-broker", "url"), 60, "the broker Secret"
     )
-    assert redis_url.startswith("redis://")
-    settled_on(kube_env, core, custom, namespace, redis_url, "the managed Redis")
+    assert redis_url.startswith("rediss://"), "TLS by default"
+    pods_url = wait_for(lambda: worker_url(core, namespace, REDIS_SCHEMES), 60, "the worker Secret")
+    settled_on(kube_env, core, custom, namespace, pods_url, "the managed Redis")
     runs_through(core, namespace, redis_url, track, 0, 20)
 
     before = frozenset(worker_pod_names(core, namespace))
@@ -145,22 +156,25 @@ def test_switching_managed_redis_to_rabbitmq_and_back(
 
     def rabbit_url() -> str | None:
         url = secret_value(core, namespace, "switch-broker", "url")
-        return url if url.startswith("amqp://") else None
+        return url if url.startswith(AMQP_SCHEMES) else None
 
     amqp_url = wait_for(rabbit_url, 60, "the broker Secret replaced with a RabbitMQ URL")
+    pods_url = wait_for(
+        lambda: worker_url(core, namespace, AMQP_SCHEMES), 60, "the worker Secret replaced"
+    )
     wait_for(
         lambda: not any(existing(core, apps, namespace, *o) for o in objects_of("redis")),
         60,
         "the managed Redis's StatefulSet, Service and NetworkPolicy deleted",
     )
-    settled_on(kube_env, core, custom, namespace, amqp_url, "the managed RabbitMQ", before)
+    settled_on(kube_env, core, custom, namespace, pods_url, "the managed RabbitMQ", before)
     runs_through(core, namespace, amqp_url, track, 100, 20)
 
     before = frozenset(worker_pod_names(core, namespace))
     switch(custom, namespace, {"type": "redis"})
     back = wait_for(
         lambda: (
-            (u := secret_value(core, namespace, "switch-broker", "url")).startswith("redis://")
+            (u := secret_value(core, namespace, "switch-broker", "url")).startswith(REDIS_SCHEMES)
             and u
         ),
         60,
@@ -172,7 +186,10 @@ def test_switching_managed_redis_to_rabbitmq_and_back(
         60,
         "the managed RabbitMQ's StatefulSet, Service, ConfigMap and NetworkPolicy deleted",
     )
-    settled_on(kube_env, core, custom, namespace, back, "the managed Redis again", before)
+    pods_url = wait_for(
+        lambda: worker_url(core, namespace, REDIS_SCHEMES), 60, "the worker Secret replaced"
+    )
+    settled_on(kube_env, core, custom, namespace, pods_url, "the managed Redis again", before)
     runs_through(core, namespace, back, track, 200, 20)
 
 
@@ -180,10 +197,8 @@ def test_switching_a_managed_broker_to_an_external_one(
     kube_env, core, apps, custom, operator, namespace
 ):
     _, track = start(core, apps, custom, namespace)
-    managed_url = wait_for(
-        lambda: secret_value(core, namespace, "switch-broker", "url"), 60, "the broker Secret"
-    )
-    settled_on(kube_env, core, custom, namespace, managed_url, "the managed Redis")
+    pods_url = wait_for(lambda: worker_url(core, namespace, REDIS_SCHEMES), 60, "the worker Secret")
+    settled_on(kube_env, core, custom, namespace, pods_url, "the managed Redis")
 
     external_url = tracker(core, apps, namespace, "external")
     core.create_namespaced_secret(
@@ -201,7 +216,11 @@ def test_switching_a_managed_broker_to_an_external_one(
         lambda: (
             not any(
                 existing(core, apps, namespace, *o)
-                for o in [*objects_of("redis"), ("Secret", "switch-broker")]
+                for o in [
+                    *objects_of("redis"),
+                    ("Secret", "switch-broker"),
+                    ("Secret", "switch-broker-worker"),
+                ]
             )
         ),
         60,
