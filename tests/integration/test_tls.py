@@ -81,11 +81,13 @@ def run_round_trip(url: str, ca_file: str, record_url: str, monkeypatch, tag: st
         assert operator_stats(url, ca_file).queues["default"].ready == 5
         with worker(url, record_url=record_url, env={"EBBTIDE_BROKER_CA_FILE": ca_file}):
             wait_for(lambda: len(rec.lrange(f"done:{tag}", 0, -1)) == 5, what="5 tasks run")
+            # A task records itself before its ack: wait for the acks while the worker
+            # lives (leaving the block SIGKILLs it, and a lost ack would never come).
+            wait_for(
+                lambda: operator_stats(url, ca_file).queues["default"].completed_total == 5,
+                what="completed_total 5 in the operator's stats",
+            )
         assert sorted(map(int, rec.lrange(f"done:{tag}", 0, -1))) == list(range(5))
-        wait_for(
-            lambda: operator_stats(url, ca_file).queues["default"].completed_total == 5,
-            what="completed_total 5 in the operator's stats",
-        )
 
 
 def assert_refused(url: str, wrong_ca: str, monkeypatch) -> None:
