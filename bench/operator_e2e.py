@@ -41,6 +41,7 @@ from e2e.controlplane import ControlPlane  # noqa: E402
 from e2e.tests.support import (  # noqa: E402
     OperatorProcess,
     install_chart,
+    recreate_namespace,
     service_account_kubeconfig,
     wait_for,
 )
@@ -134,14 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     operator = None
     try:
         install_chart(str(plane.bin_dir / "helm"), env, operator_replicas=0)
-        if NS in {n.metadata.name for n in core.list_namespace().items}:
-            core.delete_namespace(NS)
-            wait_for(
-                lambda: NS not in {n.metadata.name for n in core.list_namespace().items},
-                120,
-                "old namespace gone",
-            )
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+        recreate_namespace(core, NS)
         with redis_server() as url:
             core.create_namespaced_secret(
                 NS,

@@ -34,7 +34,12 @@ import ebbtide  # noqa: E402
 from support.servers import redis_server  # noqa: E402
 
 from e2e.controlplane import ControlPlane  # noqa: E402
-from e2e.tests.support import OperatorProcess, install_chart, wait_for  # noqa: E402
+from e2e.tests.support import (  # noqa: E402
+    OperatorProcess,
+    install_chart,
+    recreate_namespace,
+    wait_for,
+)
 
 NS = "bench-failover"
 
@@ -88,14 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             except client.ApiException as error:
                 if error.status != 409:
                     raise
-        if NS in {n.metadata.name for n in core.list_namespace().items}:
-            core.delete_namespace(NS)
-            wait_for(
-                lambda: NS not in {n.metadata.name for n in core.list_namespace().items},
-                120,
-                "old namespace gone",
-            )
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+        recreate_namespace(core, NS)
         with redis_server() as url:
             core.create_namespaced_secret(
                 NS,

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -173,3 +173,17 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+
+
+def recreate_namespace(core: Any, name: str, timeout: float = 120) -> None:
+    """`name` empty and new: a leftover from an earlier run is deleted (and waited for)
+    first. The benches' fresh start on a long-lived control plane."""
+    from kubernetes import client
+
+    def present() -> bool:
+        return name in {n.metadata.name for n in core.list_namespace().items}
+
+    if present():
+        core.delete_namespace(name)
+        wait_for(lambda: not present(), timeout, f"the old namespace {name} gone")
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
