@@ -296,7 +296,7 @@ class RedisBroker:
         )
         try:
             await self._async.ping()
-            old = await self._async.exists(self.layout.old_queues)
+            old = await self._old_layout()
         except redis.exceptions.ConnectionError as exc:
             raise RedisUnreachable(
                 f"cannot reach Redis at {redact(self.url)}: {explain(exc, self.tls)}"
@@ -307,6 +307,14 @@ class RedisBroker:
             ) from None
         if old:
             raise OldKeyLayout(self.prefix, redact(self.url))
+
+    async def _old_layout(self) -> bool:
+        """Whether the old key layout is there; an identity not allowed EXISTS cannot
+        claim either, and is told so by its first claim."""
+        try:
+            return bool(await self._async.exists(self.layout.old_queues))
+        except redis.exceptions.NoPermissionError:
+            return False
 
     async def aclose(self) -> None:
         if self._async is not None:

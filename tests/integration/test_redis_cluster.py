@@ -1,0 +1,129 @@
+"""Ebbtide on a real Redis Cluster: six redis-server processes (three masters, one
+replica each) made with `redis-cli --cluster create`, started once for the module.
+Queues land on different slots and nodes; the worker drains them all through its
+per-slot calls."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+import worker_tasks
+from ebbtide.brokers import read_stats
+from ebbtide.brokers.redis.broker import RedisBroker
+from ebbtide.brokers.redis.keys import Layout
+from support.servers import RedisClusterInfo, redis_cluster
+from worker_testkit import BrokerUnderTest, recorder, wait_for
+
+pytestmark = pytest.mark.redis
+
+# Three queues whose slots sit on three different masters (checked below).
+QUEUES = ("default", "emails", "q2")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterInfo]:
+    with redis_cluster(masters=3, replicas=1) as info:
+        yield info
+
+
+@pytest.fixture
+def on_cluster(cluster, redis_db) -> Iterator[BrokerUnderTest]:
+    """The shared tasks sending to the cluster (flushed), recording into the session Redis."""
+    for node in cluster.nodes:
+        client = redis.Redis(port=node.port)
+        if client.info("replication")["role"] == "master":
+            client.flushall()
+        client.close()
+    worker_tasks.app.use_broker_url(cluster.url)
+    rec = recorder(redis_db)
+    yield BrokerUnderTest("redis", cluster.url, redis_db, rec, worker_tasks)
+    rec.close()
+    worker_tasks.app.close()
+
+
+def masters_of(url: str, queues: tuple[str, ...]) -> set[str]:
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster.from_url(url.replace("redis+cluster", "redis").split(",")[0] + "/0")
+    layout = Layout("ebbtide", clustered=True)
+    try:
+        return {client.get_node_from_key(layout.queue_base(q)).name for q in queues}
+    finally:
+        client.close()
+
+
+def test_tasks_on_three_masters_are_sent_retried_delayed_dead_lettered_and_counted(on_cluster):
+    broker = on_cluster
+    assert len(masters_of(broker.url, QUEUES)) == 3
+    record = broker.tasks.record
+    for q in QUEUES:
+        record.options(queue=q).send_many([(q, i) for i in range(20)])
+    record.options(queue="emails", delay=0.5).send("delayed", 0)
+    broker.tasks.flaky.options(queue="q2").send("flaky", 2)
+    broker.tasks.always_fails.options(queue="default").send("doomed")
+    stats = read_stats(broker.url, list(QUEUES))
+    assert sum(s.ready for s in stats.queues.values()) == 62 and stats.queues["emails"].delayed == 1
+    with broker.worker("--queues", ",".join(QUEUES), "--concurrency", "4"):
+        wait_for(lambda: all(len(broker.done(q)) == 20 for q in QUEUES), what="all sent tasks")
+        wait_for(lambda: broker.done("delayed") and broker.done("flaky"), what="delayed, retried")
+        wait_for(lambda: read_stats(broker.url, ["default"]).queues["default"].dead == 1,
+                 what="the doomed task in the DLQ")  # fmt: skip
+        wait_for(lambda: read_stats(broker.url, list(QUEUES)).workers, what="the worker's info")
+    stats = read_stats(broker.url, list(QUEUES))
+    assert {q: s.completed_total for q, s in stats.queues.items()} == {
+        "default": 21, "emails": 21, "q2": 21}  # fmt: skip
+    assert all(s.in_flight == 0 and s.ready == 0 for s in stats.queues.values())
+    assert broker.rec.hget("attempts", "doomed") == "3"
+    (dead,) = broker.dlq()
+    assert dead["queue"] == "default" and "always fails" in str(dead)
+
+
+def test_a_killed_workers_claims_come_back_on_its_liveness_not_its_lease(on_cluster):
+    broker = on_cluster
+    broker.tasks.gated.options(queue="emails").send_many(("lost", i) for i in range(3))
+    args = ("--queues", "emails", "--lease-seconds", "30", "--concurrency", "1", "--prefetch", "2")
+    with broker.worker(*args) as victim:
+        wait_for(lambda: broker.queue("emails").in_flight == 3, what="all three claimed")
+        wait_for(lambda: broker.started("lost") == ["0"], what="the first one running")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+    killed = time.monotonic()
+    probe = RedisBroker(broker.url)
+
+    async def claim_nothing() -> None:
+        await probe.aconnect()
+        try:
+            await probe.claim([("emails", 0)], 0, 1000)
+        finally:
+            await probe.aclose()
+
+    def back() -> bool:
+        asyncio.run(claim_nothing())
+        return broker.queue("emails").ready == 3
+
+    wait_for(back, 20, what="the three back, ready")
+    assert time.monotonic() - killed < 15, "came back on liveness, not the 30 s lease"
+    broker.open_gate("lost")
+    with broker.worker("--queues", "emails"):
+        wait_for(lambda: len(broker.done("lost")) == 3, what="all three done")
+    assert broker.queue("emails").completed_total == 3
+
+
+def test_the_old_key_layout_is_refused_with_how_to_migrate(on_cluster):
+    client = redis.Redis(port=int(on_cluster.url.split(":")[2].split(",")[0]))
+    from redis.cluster import RedisCluster
+
+    rc = RedisCluster(host="127.0.0.1", port=client.connection_pool.connection_kwargs["port"])
+    rc.sadd("ebbtide:queues", "default")
+    try:
+        with pytest.raises(Exception, match="ebbtide migrate"):
+            on_cluster.tasks.record.send("x", 1)
+    finally:
+        rc.delete("ebbtide:queues")
+        rc.close()
+        client.close()
