@@ -4,7 +4,7 @@ For each master count (a real cluster of that many `redis-server` processes, no
 replicas, made with `redis-cli --cluster create`) and each queue count, N no-op
 `async def` tasks are spread over the queues (names picked so the queues spread evenly
 over the masters), then worker processes draining all the queues start. The rate is
-taken from the first completion to the last (start-up excluded). Redis CPU per task is
+taken between 10 % and 90 % of the tasks completed (start-up and the tail excluded). Redis CPU per task is
 the growth of `used_cpu_sys + used_cpu_user` (INFO cpu) summed over the masters during
 the drain, divided by N; the busiest node's CPU share (its CPU seconds / wall seconds)
 shows when a node saturates.
@@ -87,26 +87,24 @@ def one_run(url: str, masters: int, nqueues: int, tasks: int, workers: int, log:
     env = {**os.environ, "BENCH_BROKER_URL": url, "PYTHONPATH": str(BENCH)}
     argv = [sys.executable, "-m", "ebbtide", "--log-level", "WARNING", "worker",
             "anchors.cluster_app:app", "--queues", ",".join(queues), "--concurrency", "64"]  # fmt: skip
-    before = cpu_seconds(client)
     procs = []
     with open(log, "ab") as out:
         for _ in range(workers):
             procs.append(subprocess.Popen(argv, env=env, cwd=BENCH, stdout=out, stderr=out))
     try:
-        first_at, first_done = None, 0
+        marks: dict[str, tuple[float, int, dict[str, float]]] = {}
         deadline = time.monotonic() + 300
         while True:
             done = completed(broker, queues)
             now = time.perf_counter()
-            if done and first_at is None:
-                first_at, first_done = now, done
+            for name, share in (("from", 0.1), ("to", 0.9)):
+                if name not in marks and done >= share * total:
+                    marks[name] = (now, done, cpu_seconds(client))
             if done >= total:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{done}/{total} done after 300 s")
-            time.sleep(0.02)
-        wall = now - first_at
-        after = cpu_seconds(client)
+            time.sleep(0.05)
     finally:
         for p in procs:
             p.terminate()
@@ -114,13 +112,15 @@ def one_run(url: str, masters: int, nqueues: int, tasks: int, workers: int, log:
             p.wait(30)
         broker.close()
         client.close()
-    cpu = {n: after[n] - before[n] for n in after}
+    (t0, d0, cpu0), (t1, d1, cpu1) = marks["from"], marks["to"]
+    wall, ran = t1 - t0, d1 - d0
+    cpu = {n: cpu1[n] - cpu0[n] for n in cpu1}
     return {
         "masters": masters,
         "queues": nqueues,
         "tasks": total,
-        "tasks_per_s": round((total - first_done) / wall) if wall > 0 else None,
-        "redis_cpu_us_per_task": round(sum(cpu.values()) / total * 1e6, 1),
+        "tasks_per_s": round(ran / wall) if wall > 0 else None,
+        "redis_cpu_us_per_task": round(sum(cpu.values()) / ran * 1e6, 1) if ran else None,
         "busiest_node_cpu_share": round(max(cpu.values()) / wall, 2) if wall > 0 else None,
     }
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--masters", default="1,2,3")
     p.add_argument("--queues", default="1,2,4,8")
-    p.add_argument("--tasks", type=int, default=16_000)
+    p.add_argument("--tasks", type=int, default=48_000)
     p.add_argument("--workers", type=int, default=2, help="worker processes (2 cores here)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)

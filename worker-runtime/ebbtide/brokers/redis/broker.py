@@ -392,6 +392,8 @@ class RedisBroker:
         ctx["alive_ms"] = self.alive_ms
         claiming = [g for g in groups if g.plan]
         totals = [sum(quota for _, quota in g.plan) for g in claiming]
+        if held > 0 and len(claiming) > 1:
+            return await self._work_at_once(name, groups, claiming, totals, n, run_now, held, ctx)
         first = claiming[0] if claiming else None
         jobs = []
         for g in groups:
@@ -430,6 +432,63 @@ class RedisBroker:
             if i >= 0 and len(more) == want < left:
                 rounds.append((g, -1))
             claimed += more
+            halted = int(halt) == 1
+        return settled, claimed
+
+    async def _work_at_once(
+        self,
+        name: str,
+        groups: list[calls.WorkGroup],
+        claiming: list[calls.WorkGroup],
+        totals: list[int],
+        n: int,
+        run_now: int,
+        held: int,
+        ctx: dict[str, Any],
+    ) -> tuple[int, list[Delivery]]:
+        """A busy worker's claim over several slots (a cluster only): every slot at once,
+        each asked for its quotas (the plan's quotas add up to `n`), then the slots that
+        gave all they were asked for (or were asked for none) fill what is left, in plan
+        order. A worker holding tasks never takes a lost task (it must run alone), so the
+        concurrent calls cannot take one beside another."""
+        wants: dict[int, int] = {}
+        left, marked = n, run_now
+        for g, total in zip(claiming, totals, strict=True):
+            wants[id(g)] = want = min(total, left)
+            left -= want
+        jobs, asked = [], []
+        for g in groups:
+            if id(g) in wants:
+                want = wants[id(g)]
+                now_ = min(marked, want)
+                marked -= now_
+                call = calls.work(self.layout, g, n=want, run_now=now_, held=held, **ctx)
+                asked.append((g, want))
+            else:
+                call = calls.work(self.layout, calls.WorkGroup([], g.settlements), **ctx)
+                asked.append((g, -1))
+            jobs.append(self._aeval(name, call))
+        replies = await asyncio.gather(*jobs)
+        settled = sum(int(r[0]) for r in replies)
+        claimed: list[Delivery] = []
+        halted, more_there = False, []
+        for (g, want), reply in zip(asked, replies, strict=True):
+            if want < 0:
+                continue
+            got = wire.parse_framed(reply[1])
+            claimed += got
+            halted = halted or int(reply[2]) == 1
+            if len(got) == want:
+                more_there.append(g)
+        for g in more_there:
+            if halted or len(claimed) >= n:
+                break
+            want = n - len(claimed)
+            call = calls.work(
+                self.layout, calls.WorkGroup(g.plan), n=want, held=held + len(claimed), **ctx
+            )
+            _, framed, halt = await self._aeval(name, call)
+            claimed += wire.parse_framed(framed)
             halted = int(halt) == 1
         return settled, claimed
 
