@@ -453,6 +453,12 @@ def redis_sentinel(timeout: float = 30.0) -> Iterator[dict]:
                 raise TimeoutError("the sentinel never saw the replica")
             time.sleep(0.1)
         client.close()
+        link = redis.Redis(port=replica.port, decode_responses=True)
+        while link.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise TimeoutError("the replica never synced with the master")
+            time.sleep(0.05)
+        link.close()
         yield {"url": f"redis+sentinel://127.0.0.1:{port}/{service}/0", "master": master,
                "replica": replica, "sentinel_port": port, "service": service}  # fmt: skip
 

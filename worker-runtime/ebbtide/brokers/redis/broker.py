@@ -23,6 +23,23 @@ from . import calls, clients, scripts, wire
 from .keys import Layout, check_prefix
 from .migrate import OldKeyLayout
 
+REPLICA_WAIT_MS = 2000  # Sentinel: how long a send waits for its replicas
+
+
+class NotReplicated(ConnectionError):
+    """Through Sentinel: the master stored the tasks but fewer replicas than asked
+    acknowledged them in time (the master may be a demoted one, cut off from its
+    replicas), so a failover could lose them: the caller sends again (a duplicate then
+    runs twice, never zero times)."""
+
+    def __init__(self, queue: str, where: str, wanted: int, acked: Any) -> None:
+        got = acked if isinstance(acked, int) else f"none ({acked})"
+        super().__init__(
+            f"send to queue {queue!r} at {where}: stored on the master but acknowledged by "
+            f"{got} of {wanted} replica(s) within {REPLICA_WAIT_MS} ms, so a failover may "
+            "lose it: send again (or lower ?min_replicas= in the redis+sentinel:// URL)"
+        )
+
 
 class RedisUnreachable(ConnectionError, redis.exceptions.ConnectionError):
     """`send()` cannot reach Redis: the built-in ConnectionError, as on RabbitMQ, and
@@ -166,24 +183,32 @@ class RedisBroker:
             return self.client.execute_command(*_source_command(name, call))
 
     def _pipelined(
-        self, named: Sequence[tuple[str, calls.Call]], *plain: Sequence[Any]
+        self,
+        named: Sequence[tuple[str, calls.Call]],
+        *plain: Sequence[Any],
+        after: Sequence[Sequence[Any]] = (),
     ) -> list[Any]:
-        """Script calls (and `plain` commands first) in one pipeline: one round trip on a
-        single Redis, one per node on a cluster. Errors are returned, not raised; a
-        script the server has not cached is sent again whole."""
+        """Script calls (`plain` commands before, `after` ones behind, their replies
+        last) in one pipeline: one round trip on a single Redis, one per node on a
+        cluster. Errors are returned, not raised; a script the server has not cached is
+        sent again whole."""
         pipe = self.client.pipeline(transaction=False)
         for command in plain:
             pipe.execute_command(*command)
         for name, call in named:
             pipe.execute_command(*_sha_command(name, call))
-        results = pipe.execute(raise_on_error=False)[len(plain) :]
+        for command in after:
+            pipe.execute_command(*command)
+        replies = pipe.execute(raise_on_error=False)
+        results = replies[len(plain) : len(plain) + len(named)]
+        tail = replies[len(plain) + len(named) :]
         for i, result in enumerate(results):
             if isinstance(result, redis.exceptions.NoScriptError):
                 try:
                     results[i] = self.client.execute_command(*_source_command(*named[i]))
                 except redis.exceptions.ResponseError as exc:
                     results[i] = exc
-        return results
+        return results + tail
 
     def enqueue(
         self, queue: str, messages: Sequence[Outgoing], max_backlog: int, unique_ttl_ms: int
@@ -202,13 +227,21 @@ class RedisBroker:
             ("enqueue", calls.enqueue(self.layout, queue, chunk, max_backlog, unique_ttl_ms))
             for chunk in chunked
         ]
+        # Through Sentinel, "accepted" means a replica has it too: WAIT in the same round
+        # trip, so a failover right after the send cannot drop the tasks.
+        replicas = self.target.min_replicas if self.target.kind == "sentinel" else 0
+        wait = [("WAIT", replicas, REPLICA_WAIT_MS)] if replicas else []
         try:
             self._check_policy()
-            results = self._pipelined(named, ("SADD", self.layout.registry[0], queue))
+            results = self._pipelined(named, ("SADD", self.layout.registry[0], queue), after=wait)
         except redis.exceptions.ConnectionError as exc:
             raise RedisUnreachable(
                 f"cannot reach Redis at {redact(self.url)}: {explain(exc, self.tls)}"
             ) from exc
+        if wait:
+            acked = results.pop()
+            if not isinstance(acked, int) or acked < replicas:
+                raise NotReplicated(queue, redact(self.url), replicas, acked)
         accepted, error = wire.stored_ids(chunked, results)
         if error is not None and not accepted:
             raise error

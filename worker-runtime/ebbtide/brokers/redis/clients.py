@@ -6,7 +6,8 @@ worker and the operator's stats reader):
     redis+sentinel://[user:pw@]host:port[,host:port...]/service[/db]
         a master found through Sentinel; `?sentinel_username=&sentinel_password=` when
         the sentinels ask for their own login (the URL's user and password are the
-        master's)
+        master's); `?min_replicas=N` (default 1, 0 = off): a send returns once N
+        replicas hold it (WAIT), else it raises NotReplicated
 
 `rediss+cluster://` and `rediss+sentinel://` use TLS (to the sentinels too), verified
 like rediss://. Parsing is pure (parse_url); a bad URL is one error naming the part.
@@ -46,6 +47,7 @@ class Target:
     db: int = 0
     sentinel_username: str | None = None
     sentinel_password: str | None = None
+    min_replicas: int = 1  # Sentinel: replicas that must hold a sent task (WAIT)
 
     @property
     def clustered(self) -> bool:
@@ -108,12 +110,16 @@ def parse_url(url: str) -> Target:
     db = db.strip("/") or "0"
     if not db.isdigit():
         raise BadRedisUrl(f"{redact(url)}: bad database {db!r}: expected a number")
-    unknown = set(params) - {"sentinel_username", "sentinel_password"}
+    unknown = set(params) - {"sentinel_username", "sentinel_password", "min_replicas"}
     if unknown:
         raise BadRedisUrl(f"{redact(url)}: unknown parameter {sorted(unknown)[0]!r}")
+    replicas = params.get("min_replicas", "1")
+    if not replicas.isdigit():
+        raise BadRedisUrl(f"{redact(url)}: bad min_replicas {replicas!r}: expected a number")
     return Target(
         "sentinel", url, tls, nodes, username, password, unquote(service), int(db),
         params.get("sentinel_username") or None, params.get("sentinel_password") or None,
+        int(replicas),
     )  # fmt: skip
 
 

@@ -70,7 +70,8 @@ def test_cluster_and_sentinel_urls_parse_and_bad_ones_name_the_part():
         "pw",
         "sp",
     )
-    assert s.nodes == (("s1", 26379), ("s2", 26379))
+    assert s.nodes == (("s1", 26379), ("s2", 26379)) and s.min_replicas == 1
+    assert parse_url("redis+sentinel://s:1/m?min_replicas=0").min_replicas == 0
     assert parse_url("redis://h:1/0").kind == "single"
     for url, part in [
         ("redis+cluster://h:1/3", "bad database"),
@@ -79,6 +80,7 @@ def test_cluster_and_sentinel_urls_parse_and_bad_ones_name_the_part():
         ("redis+sentinel://h:1", "no service name"),
         ("redis+sentinel://h:1/m/x", "bad database 'x'"),
         ("redis+sentinel://h:1/m?foo=1", "unknown parameter 'foo'"),
+        ("redis+sentinel://h:1/m?min_replicas=x", "bad min_replicas 'x'"),
         ("redis+nope://h", "unsupported Redis URL scheme"),
     ]:
         with pytest.raises(BadRedisUrl, match=part):
