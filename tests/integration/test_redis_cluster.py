@@ -127,3 +127,30 @@ def test_the_old_key_layout_is_refused_with_how_to_migrate(on_cluster):
         rc.delete("ebbtide:queues")
         rc.close()
         client.close()
+
+
+def test_the_operator_reads_a_cluster_and_checks_every_primarys_policy(on_cluster, cluster):
+    from ebbtide.errors import BrokerEvicts
+    from ebbtide_operator.broker_io import BrokerReader, open_link
+
+    on_cluster.tasks.record.options(queue="q2").send_many([("op", i) for i in range(5)])
+    reader = BrokerReader(max_threads=1)
+    try:
+        stats = asyncio.run(reader.read("ns/tq", on_cluster.url, ["q2", "emails"], 10))
+    finally:
+        reader.close()
+    assert stats.queues["q2"].ready == 5 and stats.queues["emails"].ready == 0
+    link = open_link(on_cluster.url, 4)
+    masters = [redis.Redis(port=n.port) for n in cluster.nodes]
+    masters = [m for m in masters if m.info("replication")["role"] == "master"]
+    try:
+        assert link.eviction_policy() is None
+        masters[-1].config_set("maxmemory-policy", "allkeys-lru")  # one node of three
+        assert link.eviction_policy() == "allkeys-lru"
+        with pytest.raises(BrokerEvicts, match="allkeys-lru"):
+            RedisBroker(on_cluster.url).enqueue("q2", [], 0, 0)
+    finally:
+        masters[-1].config_set("maxmemory-policy", "noeviction")
+        link.close()
+        for m in masters:
+            m.close()
