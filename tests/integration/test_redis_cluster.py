@@ -154,3 +154,26 @@ def test_the_operator_reads_a_cluster_and_checks_every_primarys_policy(on_cluste
         link.close()
         for m in masters:
             m.close()
+
+
+def test_a_tls_cluster_over_rediss_cluster_urls(redis_db, tmp_path, monkeypatch):
+    """Every port TLS only (clients, bus, replication): the producer and a worker reach
+    it with rediss+cluster:// and the CA from EBBTIDE_BROKER_CA_FILE."""
+    from support.servers import make_node_tls_files
+
+    files = make_node_tls_files(str(tmp_path))
+    monkeypatch.setenv("EBBTIDE_BROKER_CA_FILE", files.ca_file)
+    with redis_cluster(masters=3, replicas=0, tls=files) as tls_cluster:
+        worker_tasks.app.use_broker_url(tls_cluster.url)
+        rec = recorder(redis_db)
+        broker = BrokerUnderTest("redis", tls_cluster.url, redis_db, rec, worker_tasks)
+        try:
+            for q in ("emails", "q2"):
+                broker.tasks.record.options(queue=q).send_many([("tls", i) for i in range(5)])
+            env = {"EBBTIDE_BROKER_CA_FILE": files.ca_file}
+            with broker.worker("--queues", "emails,q2", env=env):
+                wait_for(lambda: len(broker.done("tls")) == 10, what="both queues drained")
+            assert read_stats(tls_cluster.url, ["emails", "q2"]).queues["q2"].completed_total == 5
+        finally:
+            rec.close()
+            worker_tasks.app.close()

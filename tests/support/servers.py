@@ -344,11 +344,14 @@ class RedisClusterInfo:
 
 @contextlib.contextmanager
 def redis_cluster(
-    masters: int = 3, replicas: int = 1, timeout: float = 30.0
+    masters: int = 3, replicas: int = 1, timeout: float = 30.0, tls: TLSFiles | None = None
 ) -> Iterator[RedisClusterInfo]:
     """A real Redis Cluster of `masters * (1 + replicas)` redis-server processes on
     loopback, made with `redis-cli --cluster create` (fewer than 3 masters, which it
-    refuses: ADDSLOTSRANGE and MEET); yields once `cluster_state:ok` holds on every node."""
+    refuses: ADDSLOTSRANGE and MEET); yields once `cluster_state:ok` holds on every node.
+    With `tls` (make_node_tls_files: the nodes' bus links show it as a client
+    certificate too, and it names 127.0.0.1, the address the nodes announce) every port
+    is TLS only; the URL is then rediss+cluster://."""
     import redis
 
     exe = shutil.which("redis-server")
@@ -362,13 +365,17 @@ def redis_cluster(
             port = _cluster_port()
             extra = ("--cluster-enabled", "yes", "--cluster-config-file",
                      os.path.join(data_dir, "nodes.conf"), "--cluster-node-timeout", "2000")  # fmt: skip
-            proc = RedisProcess(exe, port, data_dir, None, extra)
+            if tls is not None:
+                extra += ("--tls-cluster", "yes", "--tls-replication", "yes")
+            proc = RedisProcess(exe, port, data_dir, None, extra, tls)
             proc.start()
             stack.callback(proc.stop)
             procs.append(proc)
         hosts = [f"127.0.0.1:{p.port}" for p in procs]
         if masters >= 3:
             args = ["redis-cli", "--cluster", "create", *hosts, "--cluster-yes"]
+            if tls is not None:
+                args[1:1] = ["--tls", "--cacert", tls.ca_file]
             if replicas:
                 args += ["--cluster-replicas", str(replicas)]
             done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
@@ -380,7 +387,7 @@ def redis_cluster(
             raise ValueError("redis-cli makes clusters of 3+ masters; fewer: replicas=0 only")
         else:  # redis-cli refuses fewer than 3 masters: the slots by hand, then MEET
             for i, proc in enumerate(procs):
-                node = redis.Redis(port=proc.port)
+                node = redis.Redis(port=proc.port, **_tls_client(tls))
                 first, last = 16384 * i // masters, 16384 * (i + 1) // masters - 1
                 node.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
                 if i:
@@ -388,13 +395,76 @@ def redis_cluster(
                 node.close()
         deadline = time.monotonic() + timeout
         for proc in procs:
-            client = redis.Redis(port=proc.port, decode_responses=True)
+            client = redis.Redis(port=proc.port, decode_responses=True, **_tls_client(tls))
             while client.cluster("info").get("cluster_state") != "ok":
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"cluster_state not ok on {proc.port} after {timeout}s")
                 time.sleep(0.05)
             client.close()
-        yield RedisClusterInfo(f"redis+cluster://{','.join(hosts[:2])}/0", tuple(procs))
+        if tls is not None:
+            yield RedisClusterInfo(f"rediss+cluster://{','.join(hosts[:2])}/0", tuple(procs))
+        else:
+            yield RedisClusterInfo(f"redis+cluster://{','.join(hosts[:2])}/0", tuple(procs))
+
+
+def _tls_client(tls: TLSFiles | None) -> dict:
+    """redis-py arguments to reach a TLS test node by port (no host name check)."""
+    if tls is None:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": tls.ca_file, "ssl_check_hostname": False}
+
+
+def make_node_tls_files(directory: str) -> TLSFiles:
+    """make_tls_files, but the certificate is good for client authentication as well
+    (cluster nodes present it on their bus links to each other) and names 127.0.0.1
+    (what the nodes announce; redis-py turns `localhost` into it too)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from ebbtide_operator import certs
+
+    now = dt.datetime.now(dt.UTC)
+    ca = certs.new_ca("ebbtide test CA", now)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
+    ca_key = serialization.load_pem_private_key(ca.key_pem.encode(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            False,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TLSFiles(*(os.path.join(directory, n) for n in ("ca.crt", "tls.crt", "tls.key")))
+    pems = (
+        ca.cert_pem,
+        cert.public_bytes(serialization.Encoding.PEM).decode(),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    )
+    for path, pem in zip((files.ca_file, files.cert_file, files.key_file), pems, strict=True):
+        with open(path, "w") as f:
+            f.write(pem)
+    os.chmod(files.key_file, 0o600)
+    return files
 
 
 def _cluster_port() -> int:
