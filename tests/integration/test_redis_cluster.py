@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Iterator
 
+import ebbtide
 import pytest
 import redis
 import worker_tasks
@@ -177,3 +178,41 @@ def test_a_tls_cluster_over_rediss_cluster_urls(redis_db, tmp_path, monkeypatch)
         finally:
             rec.close()
             worker_tasks.app.close()
+
+
+def test_the_role_acl_users_work_on_every_node(on_cluster, cluster):
+    """The managed broker's per-role ACL rules, set on each node, serve a cluster: the
+    producer sends, the worker claims, the operator reads; the producer cannot claim."""
+    from ebbtide.errors import PermissionDenied
+    from ebbtide_operator import naming
+    from ebbtide_operator.build import roles
+
+    for node in cluster.nodes:
+        client = redis.Redis(port=node.port)
+        for role in naming.ROLES:
+            cred = roles.Credential(naming.role_username(role), f"pw-{role}")
+            client.execute_command("ACL", "SETUSER", cred.username,
+                                   *roles.redis_user_rules(role, cred, "ebbtide"))  # fmt: skip
+        client.close()
+    seeds = cluster.url.split("://", 1)[1]
+
+    def url(role: str) -> str:
+        return f"redis+cluster://{naming.role_username(role)}:pw-{role}@{seeds}"
+
+    app = ebbtide.App(broker_url=url("producer"))
+    app.task(name="x")(lambda: None).options(queue="emails").send_many([()] * 3)
+    app.close()
+    assert read_stats(url("operator"), ["emails"]).queues["emails"].ready == 3
+
+    async def claim(role: str) -> int:
+        broker = RedisBroker(url(role))
+        await broker.aconnect()
+        try:
+            return len(await broker.claim([("emails", 3)], 3, 1000))
+        finally:
+            await broker.aclose()
+
+    with pytest.raises(PermissionDenied, match="'ebbtide-producer' lacks the right to claim"):
+        asyncio.run(claim("producer"))
+    assert asyncio.run(claim("worker")) == 3
+    assert read_stats(url("operator"), ["emails"]).queues["emails"].in_flight == 3

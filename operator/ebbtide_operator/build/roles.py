@@ -33,7 +33,9 @@ class Credential:
 
 # Connection housekeeping every role needs (redis-py's PING health checks, INFO memory:
 # the producer refuses a Redis that may evict tasks, the operator reports it).
-_REDIS_BASE = ("ping", "info")
+# On a Redis Cluster the clients also read the slot map and the command table (the same
+# rules then serve an external cluster's nodes).
+_REDIS_BASE = ("ping", "info", "cluster|slots", "cluster|shards", "command")
 # Scripts are sent by EVALSHA, loaded on a NOSCRIPT reply (redis-py's Script objects).
 _REDIS_SCRIPTING = ("eval", "evalsha", "script|load", "script|exists")
 # The commands enqueue.lua calls (PUBLISH: the operator's wake-up, on `<prefix>:wake`),

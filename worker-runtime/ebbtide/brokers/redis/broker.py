@@ -45,6 +45,10 @@ class RedisUnreachable(ConnectionError, redis.exceptions.ConnectionError):
     """`send()` cannot reach Redis: the built-in ConnectionError, as on RabbitMQ, and
     still the redis-py one that callers may already catch."""
 
+    def __init__(self, message: str) -> None:
+        # redis-py's own __init__ too: its __repr__ (asyncio logs it) reads error_type.
+        redis.exceptions.ConnectionError.__init__(self, message)
+
 
 # Every connection: a connect and a read timeout, and TCP keepalive, so a half-open
 # connection (a blackholed link, a vanished node) fails a call within seconds instead
@@ -237,6 +241,10 @@ class RedisBroker:
         except redis.exceptions.ConnectionError as exc:
             raise RedisUnreachable(
                 f"cannot reach Redis at {redact(self.url)}: {explain(exc, self.tls)}"
+            ) from exc
+        except redis.exceptions.RedisClusterException as exc:  # no node of it answers
+            raise RedisUnreachable(
+                f"cannot reach the Redis Cluster at {redact(self.url)}: {exc}"
             ) from exc
         if wait:
             acked = results.pop()
