@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Iterator
 
 import ebbtide
@@ -93,7 +92,6 @@ def test_a_killed_workers_claims_come_back_on_its_liveness_not_its_lease(on_clus
         wait_for(lambda: broker.started("lost") == ["0"], what="the first one running")
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
-    killed = time.monotonic()
     probe = RedisBroker(broker.url)
 
     async def claim_nothing() -> None:
@@ -107,8 +105,8 @@ def test_a_killed_workers_claims_come_back_on_its_liveness_not_its_lease(on_clus
         asyncio.run(claim_nothing())
         return broker.queue("emails").ready == 3
 
+    # Within 20 s, well before the 30 s lease: the liveness brought them back.
     wait_for(back, 20, what="the three back, ready")
-    assert time.monotonic() - killed < 15, "came back on liveness, not the 30 s lease"
     broker.open_gate("lost")
     with broker.worker("--queues", "emails"):
         wait_for(lambda: len(broker.done("lost")) == 3, what="all three done")
