@@ -420,11 +420,12 @@ class RedisBroker:
         run_now: int,
         held: int,
     ) -> tuple[int, list[Delivery]]:
-        """One call per slot group. On a single Redis that is one call. On a cluster the
-        settlements of every group and the first group's claim go at once; the other
-        groups are then claimed from in plan order with what is left of `n` (each group
-        call claims up to its own quotas first, and leaves room for the quotas of the
-        groups after it; a second round fills what those left)."""
+        """One call per slot group. On a single Redis that is one call. On a cluster a
+        busy worker claims from every group at once (_work_at_once); one holding nothing
+        (it may take a lost task, which must run alone) settles every group at once with
+        the first group's claim, then claims from the other groups in plan order with
+        what is left of `n` (each call takes its own quotas first and leaves room for the
+        quotas of the groups after it; a second round fills what those left)."""
         self._seen.update((q, None) for q, _ in plan)
         groups = calls.split_work(self.layout, plan, settlements)
         if not groups:
@@ -456,7 +457,7 @@ class RedisBroker:
         capped = [first] if len(claimed) == want < n else []
         rounds = [(g, i) for i, g in enumerate(claiming) if i > 0] + [(g, -1) for g in capped]
         for g, i in rounds:
-            if g is None or halted or len(claimed) >= n:
+            if halted or len(claimed) >= n:
                 break
             left = n - len(claimed)
             want = wire.group_want(left, totals, i) if i >= 0 else left
