@@ -47,6 +47,7 @@ from ebbtide_operator.policy_demand import (
     busy_slots,
     measured_service_rate,
     queue_backlog_pods,
+    ready_drain_pods,
     record_arrivals,
     record_starts,
     service_rate_per_replica,
@@ -398,10 +399,14 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
     # sized as pods still to start; once Ready, the same backlog would need fewer, and
     # dropping them then would bounce the count under a load that has not changed.)
     up_backlog = state.up_backlog if 0 < demand.backlog else None
-    if up_backlog is not None and demand.backlog >= up_backlog:
+    guarded = up_backlog is not None and demand.backlog >= up_backlog
+    if guarded:
         stabilized = max(stabilized, current)
     if zero_ok:
         stabilized = raw
+    shrink = None if guarded else _drain_down(obs, spec, state, demand, recs)
+    if shrink is not None and raw <= current:
+        raw, stabilized = min(raw, shrink), min(stabilized, shrink)
 
     if raw > current:
         target = raw
@@ -411,6 +416,9 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
     elif zero_ok and current > 0:
         target = spec.min_replicas
         reason = f"idle {idle_for:.0f}s >= {spec.scale_to_zero_idle_seconds:.0f}s: scaling to zero"
+    elif stabilized < current and shrink is not None and stabilized == shrink:
+        target = stabilized
+        reason = f"backlog {demand.backlog}: {target} ready replicas start it by its deadline"
     elif stabilized < current:
         target = stabilized
         reason = (
@@ -456,6 +464,34 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         state=new_state,
         drain_seconds=demand.drain_seconds,
     )
+
+
+def _drain_down(
+    obs: Observation,
+    spec: ScalingSpec,
+    state: PolicyState,
+    demand: Demand,
+    recs: list[tuple[float, int]],
+) -> int | None:
+    """While a burst drains on Ready pods, the fewer pods that still start its backlog by
+    the real deadlines (`ready_drain_pods`, with the tolerance as headroom), never below
+    the stream term, the window or one pod; None when no scale-down is due this way.
+
+    It overrides the busy floor on purpose: the pods it lets go finish their running
+    tasks (the ReplicaSet takes the least busy first, the worker drains on SIGTERM) and
+    take no more. The flap guard still applies (the caller skips this while the backlog
+    that started pods has not shrunk)."""
+    current = obs.replicas
+    if current <= 0 or obs.ready_replicas < current or demand.backlog <= 0:
+        return None
+    queues = _queues(obs, spec)
+    pods = ready_drain_pods(obs, spec, state, queues, demand.service_rate)
+    if pods is None:
+        return None
+    stream = sum(max(q.backlog, 0) / _target(q, spec) for q in queues)
+    need = max(pods, (demand.arrival_rate + stream) / demand.service_rate)
+    shrink = max(1, math.ceil(need * (1.0 + spec.tolerance) - 1e-9), max(r for _, r in recs))
+    return _clamp(shrink, spec) if shrink < current else None
 
 
 def _longest_target(obs: Observation, spec: ScalingSpec) -> float:

@@ -322,3 +322,46 @@ def record_arrivals(obs: Observation, state: PolicyState, keep_s: float) -> list
         if count > 0:
             arrivals.append((last, count))
     return _capped(arrivals, later=False)
+
+
+# A scale-down cannot be taken back within the deadline (a new pod needs the start-up),
+# so the pods it keeps are counted at this fraction of the measured mu.
+DRAIN_MU_FACTOR = 0.8
+
+
+def ready_drain_pods(
+    obs: Observation,
+    spec: ScalingSpec,
+    state: PolicyState,
+    queues: tuple[QueueObservation, ...],
+    mu: float,
+) -> float | None:
+    """The fewest Ready pods that still start every part of the backlog by its real
+    deadline, at DRAIN_MU_FACTOR * mu and with no free-slot bonus; None when a part is
+    already late (a late backlog gets the catch-up allowance of fleet_horizons, which a
+    scale-down must not lean on) or there is no backlog.
+
+    This is what lets pods go while a burst drains: the backlog term counts pods still to
+    start, and the busy floor keeps every pod whose slots are all running, so without it
+    a burst's fleet stayed whole until its backlog was gone and then idled beside the
+    last tasks until the next poll."""
+    pending: list[tuple[float, int]] = []
+    for q in queues:
+        if q.backlog > 0:
+            target = q.target_backlog_seconds
+            if not (target > 0):
+                target = spec.target_backlog_seconds
+            ages = backlog_ages(obs, state, q) if len(queues) == 1 else None
+            for age, count in ages or [(q.oldest_age_s, q.backlog)]:
+                pending.append((target - max(age, 0.0), count))
+    if not pending or not (mu > 0):
+        return None
+    pending.sort()
+    rate = DRAIN_MU_FACTOR * mu
+    pods, total = 0.0, 0
+    for deadline, count in pending:
+        total += count
+        if deadline <= 0:
+            return None
+        pods = max(pods, total / (rate * deadline))
+    return pods
