@@ -473,16 +473,18 @@ def _drain_down(
     demand: Demand,
     recs: list[tuple[float, int]],
 ) -> int | None:
-    """While a burst drains on Ready pods, the fewer pods that still start its backlog by
-    the real deadlines (`ready_drain_pods`, with the tolerance as headroom), never below
-    the stream term, the window or one pod; None when no scale-down is due this way.
+    """While a burst drains on Ready pods and nothing arrives, the fewer pods that still
+    start its backlog by the real deadlines (`ready_drain_pods`, with the tolerance as
+    headroom), never below the stream term, the window or one pod; None when no
+    scale-down is due this way. It applies with no backlog as well (one pod, or what the
+    window holds, while the last tasks run), so the result stays monotone in the backlog.
 
     It overrides the busy floor on purpose: the pods it lets go finish their running
     tasks (the ReplicaSet takes the least busy first, the worker drains on SIGTERM) and
     take no more. The flap guard still applies (the caller skips this while the backlog
     that started pods has not shrunk)."""
     current = obs.replicas
-    if current <= 0 or obs.ready_replicas < current or demand.backlog <= 0:
+    if current <= 0 or obs.ready_replicas < current or obs.arrival_rate > 0:
         return None
     queues = _queues(obs, spec)
     pods = ready_drain_pods(obs, spec, state, queues, demand.service_rate)

@@ -337,9 +337,9 @@ def ready_drain_pods(
     mu: float,
 ) -> float | None:
     """The fewest Ready pods that still start every part of the backlog by its real
-    deadline, at DRAIN_MU_FACTOR * mu and with no free-slot bonus; None when a part is
-    already late (a late backlog gets the catch-up allowance of fleet_horizons, which a
-    scale-down must not lean on) or there is no backlog.
+    deadline, at DRAIN_MU_FACTOR * mu and with no free-slot bonus (0 with no backlog);
+    None when a part is already late (a late backlog gets the catch-up allowance of
+    fleet_horizons, which a scale-down must not lean on).
 
     This is what lets pods go while a burst drains: the backlog term counts pods still to
     start, and the busy floor keeps every pod whose slots are all running, so without it
@@ -354,7 +354,7 @@ def ready_drain_pods(
             ages = backlog_ages(obs, state, q) if len(queues) == 1 else None
             for age, count in ages or [(q.oldest_age_s, q.backlog)]:
                 pending.append((target - max(age, 0.0), count))
-    if not pending or not (mu > 0):
+    if not (mu > 0):
         return None
     pending.sort()
     rate = DRAIN_MU_FACTOR * mu
