@@ -125,6 +125,24 @@ def oracle_row(s: dict) -> str:
     return f"{'':<10} {'oracle (bound)':<17} {'':>8} {'':>8} {s['oracle_replica_seconds']:10.0f}"
 
 
+def breakdown_row(name: str, s: dict, work: float) -> str:
+    """Where the policy's replica-seconds went, next to what the oracle pays for the same:
+    the work (W / concurrency) and, for the rest of its bound, start-up."""
+    p = s["pod_seconds"]
+    return (
+        f"{name:<10} {p['pods_started']:5d} {p['starting']:9.0f} {p['busy']:8.0f} "
+        f"{p['idle_queued']:7.0f} {p['idle_beside']:7.0f} {p['idle_empty']:7.0f}   "
+        f"{work:8.0f} {s['oracle_replica_seconds'] - work:8.0f}"
+    )
+
+
+BREAKDOWN_HEADER = (
+    f"{'':<10} {'':>5} {'ebbtide':>9} {'':>8} {'idle':>7} {'idle':>7} {'idle':>7}   "
+    f"{'oracle':>8} {'oracle':>8}\n"
+    f"{'trace':<10} {'pods':>5} {'starting':>9} {'busy':>8} {'queued':>7} {'beside':>7} "
+    f"{'empty':>7}   {'work':>8} {'start-up':>8}"
+)
+
 HEADER = (
     f"{'trace':<10} {'policy':<17} {'SLO':>8} {'p99 wait':>8} {'replica-s':>10} {'peak':>5} "
     f"{'events':>6} {'ratio':>6}"
@@ -154,6 +172,7 @@ def main() -> int:
     started = time.monotonic()
     names = [n for n in TRACES if not args.only or n in args.only.split(",")]
     lines, checks, misses = [HEADER, "-" * len(HEADER)], [], 0
+    spent = [BREAKDOWN_HEADER, "-" * len(HEADER)]
     for name in names:
         config = TRACES[name]
         if args.pod_startup_seconds is not None:
@@ -170,6 +189,8 @@ def main() -> int:
         runs = [ours, tuned, keda]
         lines += [row(name if i == 0 else "", r.summary) for i, r in enumerate(runs)]
         lines.append(oracle_row(ours.summary))
+        work = sum(t.service_s for t in tasks) / config.concurrency
+        spent.append(breakdown_row(name, ours.summary, work))
         s = ours.summary
         slo, near = s["slo_attainment"] >= SLO_TARGET, s["ratio_to_oracle"] <= ORACLE_FACTOR
         misses += (not slo) + (not near)
@@ -199,6 +220,14 @@ def main() -> int:
         "HPA defaults; the cheapest that meets the SLO, else the best SLO\n"
     )
     print("\n".join(lines))
+    print(
+        "\nWhere ebbtide's replica-seconds go (pod-seconds; starting + busy + idle = replica-s):"
+        "\nbusy = slot-seconds running a task / slots per pod; idle queued = idle slots while"
+        " tasks wait\n(pods let go, finishing their tasks); beside = idle slots of a pod still"
+        " running one, nothing\nqueued; empty = a Ready pod with nothing to run until a tick"
+        " removes it. The oracle's bound\nis its work plus start-up (it never idles)."
+    )
+    print("\n".join(spent))
     print("\nTarget (ebbtide at the CRD defaults): SLO >= 99 % and replica-s <= 1.3x the oracle")
     print("\n".join(checks))
     print(f"\n{misses} target(s) missed; {time.monotonic() - started:.1f} s")
