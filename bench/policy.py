@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT / "worker-runtime"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from ebbtide_operator.policy import ScalingSpec  # noqa: E402
 from ebbtide_operator.simulate import (  # noqa: E402
     KedaPolicy,
     Policy,
@@ -82,9 +83,43 @@ def run(tasks, policy, config: SimConfig, label: str, oracle: float) -> Run:
 
 def ebbtide(config: SimConfig, tasks, args: argparse.Namespace) -> Policy:
     policy = make_policy("backlog-time", config, tasks)
-    if not args.ignore_observed_startup:
+    hide, overrides = args.ignore_observed_startup, args.spec
+    if not hide and not overrides:
         return policy
-    return lambda obs, spec: policy(replace(obs, pod_startup_s=None), spec)
+
+    def wrapped(obs, spec):
+        return policy(replace(obs, pod_startup_s=None) if hide else obs, replace(spec, **overrides))
+
+    return wrapped
+
+
+def spec_override(text: str) -> tuple[str, int | float]:
+    """`--spec FIELD=VALUE`: one ScalingSpec field for both ebbtide rows (what-ifs)."""
+    name, sep, value = text.partition("=")
+    numeric = {
+        f.name: type(f.default)
+        for f in fields(ScalingSpec)
+        if type(f.default)
+        in (
+            int,
+            float,
+        )  # The world's own figures (the simulator polls and scores with them) are not policy knobs.
+        and f.name not in ("min_replicas", "concurrency", "poll_seconds", "target_backlog_seconds")
+    }
+    if not sep or name not in numeric:
+        raise argparse.ArgumentTypeError(
+            f"--spec must be FIELD=VALUE with FIELD one of {', '.join(sorted(numeric))}, "
+            f"got {text!r}"
+        )
+    try:
+        number = numeric[name](value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--spec {name}: {value!r} is not a {numeric[name].__name__}"
+        ) from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"--spec {name}: must be >= 0, got {value!r}")
+    return name, number
 
 
 def keda_tuned(tasks, config: SimConfig, oracle: float) -> Run:
@@ -168,7 +203,16 @@ def main() -> int:
         action="store_true",
         help="ebbtide ticks only on its polls too (the operator's brokers wake it by default)",
     )
+    parser.add_argument(
+        "--spec",
+        type=spec_override,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a ScalingSpec field for ebbtide (repeatable), e.g. tolerance=0.2",
+    )
     args = parser.parse_args()
+    args.spec = dict(args.spec)
     started = time.monotonic()
     names = [n for n in TRACES if not args.only or n in args.only.split(",")]
     lines, checks, misses = [HEADER, "-" * len(HEADER)], [], 0
@@ -216,6 +260,11 @@ def main() -> int:
         f"{BASE.scale_down_stabilization_seconds:g}, scaleToZeroIdleSeconds "
         f"{BASE.scale_to_zero_idle_seconds:g}); ebbtide-tuned: "
         + ", ".join(f"{k} {v:g}" for k, v in TUNED.items())
+        + (
+            "\nboth ebbtide rows with " + ", ".join(f"{k}={v:g}" for k, v in args.spec.items())
+            if args.spec
+            else ""
+        )
         + "\nkeda: listLength = fraction x target x per-pod rate, pollingInterval p (grid), "
         "HPA defaults; the cheapest that meets the SLO, else the best SLO\n"
     )

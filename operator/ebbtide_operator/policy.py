@@ -29,8 +29,10 @@ The maths (docs/scaling-policy.md explains every step; the sizing is in policy_d
 - scale-up is immediate (bounded by max_scale_up_step). Scale-down is immediate too,
   except that the stabilization window holds the highest count the arrivals alone asked
   for (a fall beyond noise empties it) and pods started for a backlog stay until that
-  backlog shrinks; zero after scale_to_zero_idle_seconds with nothing ready, running or
-  arriving.
+  backlog shrinks; while a burst drains on Ready pods with nothing arriving, the count
+  falls to the fewest pods that still start its backlog by the real deadlines (below the
+  busy pods: those let go finish their tasks); zero after scale_to_zero_idle_seconds
+  with nothing ready, running or arriving.
 
 Replicas are the Deployment's desired count, so pods that are still starting already
 count as capacity: the policy computes a total, never "ready + more".
