@@ -280,8 +280,7 @@ def compute_demand(
     # keeps a queue that keeps up with its arrivals short. Under FIFO the backlog is
     # served before the arrivals behind it, so the two are not added: once the backlog
     # has started within its deadline, capacity >= lambda keeps every later task in time.
-    stream = sum(max(q.backlog, 0) / _target(q, spec) for q in queues)
-    need = max(backlog_need, (lam + stream) / mu)
+    need = max(backlog_need, (lam + _backlog_rate(queues, spec)) / mu)
     replicas = math.ceil(need - 1e-9)
     in_flight = sum(max(q.in_flight, 0) for q in queues)
     busy = math.ceil(in_flight / max(spec.concurrency, 1))
@@ -300,6 +299,11 @@ def compute_demand(
         arrival_rate=lam,
         service_rate=mu,
     )
+
+
+def _backlog_rate(queues: tuple[QueueObservation, ...], spec: ScalingSpec) -> float:
+    """sum_q B_q / T_q: the rate at which the stream term drains the backlog."""
+    return sum(max(q.backlog, 0) / _target(q, spec) for q in queues)
 
 
 def due_soon(obs: Observation, spec: ScalingSpec) -> bool:
@@ -420,7 +424,11 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         reason = f"idle {idle_for:.0f}s >= {spec.scale_to_zero_idle_seconds:.0f}s: scaling to zero"
     elif stabilized < current and shrink is not None and stabilized == shrink:
         target = stabilized
-        reason = f"backlog {demand.backlog}: {target} ready replicas start it by its deadline"
+        reason = (
+            f"backlog {demand.backlog}: {target} ready replicas start it by its deadline"
+            if demand.backlog
+            else f"backlog 0, {obs.in_flight} running: {target} replicas while they finish"
+        )
     elif stabilized < current:
         target = stabilized
         reason = (
@@ -492,8 +500,8 @@ def _drain_down(
     pods = ready_drain_pods(obs, spec, state, queues, demand.service_rate)
     if pods is None:
         return None
-    stream = sum(max(q.backlog, 0) / _target(q, spec) for q in queues)
-    need = max(pods, (demand.arrival_rate + stream) / demand.service_rate)
+    stream = (demand.arrival_rate + _backlog_rate(queues, spec)) / demand.service_rate
+    need = max(pods, stream)
     shrink = max(1, math.ceil(need * (1.0 + spec.tolerance) - 1e-9), max(r for _, r in recs))
     return _clamp(shrink, spec) if shrink < current else None
 

@@ -474,7 +474,9 @@ def test_a_draining_burst_lets_pods_go_once_fewer_start_it_in_time():
     assert d.replicas == 2
     assert d.reason == "backlog 40: 2 ready replicas start it by its deadline"
     # With nothing queued and nothing arriving, one pod stays while the last tasks run.
-    assert decide(draining(backlog=0, oldest_age_s=0.0), DRAIN_SPEC, QUIET).replicas == 1
+    last = decide(draining(backlog=0, oldest_age_s=0.0), DRAIN_SPEC, QUIET)
+    assert last.replicas == 1
+    assert last.reason == "backlog 0, 16 running: 1 replicas while they finish"
 
 
 def test_no_drain_down_when_late_arriving_or_still_starting():
