@@ -165,14 +165,18 @@ def worker_pod_template(
         "args": worker_args(spec),
         "env": _env(taskqueue, spec),
         "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
+        # 5 s, not the 1 s default, to answer: a busy node's CPU-starved Python process
+        # can miss 1 s, and a missed liveness probe restarts a healthy worker mid-task.
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "metrics"},
             "periodSeconds": 10,
+            "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "metrics"},
             "periodSeconds": 5,
+            "timeoutSeconds": 5,
             "failureThreshold": 2,
         },
         "securityContext": {
