@@ -29,3 +29,9 @@ def record(tag: str, i: int) -> None:
 @app.task(name="shard.record2", queue="sq2")
 def record2(tag: str, i: int) -> None:
     r().rpush(f"done:{tag}", i)
+
+
+@app.task(name="shard.fail", queue="sq3", max_retries=0)
+def fail(tag: str, i: int) -> None:
+    r().rpush(f"done:{tag}", i)
+    raise RuntimeError(f"fail {i}")

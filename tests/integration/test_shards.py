@@ -85,3 +85,24 @@ def test_a_shrink_from_4_to_2_shards_loses_nothing(app, broker):
     assert sorted(map(int, broker.done("s"))) == list(range(40))
     left = read_stats(broker.url, shard_names("sq2", 4)).queues
     assert sum(q.ready + q.in_flight for q in left.values()) == 0
+
+
+def test_the_dlq_of_a_sharded_queue_covers_every_shard(app, broker):
+    @app.task(name="shard.fail", queue="sq3", shards=2, max_retries=0)
+    def fail(tag, i): ...
+
+    fail.send_many(("f", i) for i in range(4))  # round-robin: 2 per shard
+    with broker.worker("--concurrency", "2", env={"EBBTIDE_SHARDS": "sq3=2"}, app=SHARD_APP):
+        wait_for(lambda: len(broker.done("f")) == 4, 30, "4 tasks run (and died)")
+
+        def listed():
+            shown = broker.cli("dlq", "list", "--queue", "sq3", "--json")
+            assert shown.returncode == 0, shown.stderr
+            dead = json.loads(shown.stdout)
+            return dead if len(dead) == 4 else None
+
+        dead = wait_for(listed, 30, "4 dead tasks listed for sq3")
+    assert {d["queue"] for d in dead} == {"sq3"}
+    assert Counter(d["shard"] for d in dead) == {0: 2, 1: 2}
+    left = broker.cli("dlq", "purge", "--queue", "sq3", "--shards", "sq3=2", "--yes")
+    assert left.returncode == 0 and "purged 4" in left.stdout, left.stdout + left.stderr
