@@ -558,8 +558,9 @@ class TaskQueueTicker:
             new["policyState"] = memory.policy_state.to_dict()
         if memory.startup.seconds is not None:
             new["podStartupSeconds"] = round(memory.startup.seconds, 1)
-        if sharded_status := shards.status_field(memory.shards):
-            new["shards"] = sharded_status
+        sharded_status = shards.status_field(memory.shards)
+        if sharded_status or "shards" in (memory.written or body.get("status") or {}):
+            new["shards"] = sharded_status or None  # None: the merge patch removes it
         return new
 
     def _invalid_status(self, body: Mapping[str, Any], error: str, now: float) -> dict[str, Any]:
