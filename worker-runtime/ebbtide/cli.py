@@ -417,23 +417,38 @@ def _dlq(args: argparse.Namespace) -> int:
 
 def _dead_of(broker: Any, args: argparse.Namespace) -> list[Any]:
     """The dead tasks of --queue (every shard of it: by --shards / EBBTIDE_SHARDS, else
-    every shard the broker knows), or of every queue; at most --limit."""
+    every shard the broker's statistics know), or of every queue; at most --limit."""
     from .message import check_queue
-    from .shards import logical_queue, shard_names
+    from .shards import shard_names
 
     if args.queue is None:
         return broker.dlq_list(None, args.limit)
     check_queue(args.queue)
+    dead = broker.dlq_list(args.queue, args.limit)  # shard 0, the queue itself
     counts = _shard_counts(args)
     if counts is None:
-        dead = [d for d in broker.dlq_list(None, 1 << 30) if logical_queue(d.queue) == args.queue]
-        return dead[: args.limit]
-    dead = []
-    for name in shard_names(args.queue, counts.get(args.queue, 1)):
-        dead += broker.dlq_list(name, args.limit - len(dead))
+        others = _known_shards(broker, args.queue)
+    else:
+        others = shard_names(args.queue, counts.get(args.queue, 1))[1:]
+    for name in others:
         if len(dead) >= args.limit:
             break
+        dead += broker.dlq_list(name, args.limit - len(dead))
     return dead
+
+
+def _known_shards(broker: Any, queue: str) -> list[str]:
+    """The shards of `queue` above shard 0 that the broker's statistics name (none
+    where they cannot list queues: RabbitMQ without its management API)."""
+    from .brokers import read_stats
+    from .shards import split_shard
+
+    found = []
+    for name in read_stats(broker, None).queues:
+        split = split_shard(name)
+        if split is not None and split[0] == queue and split[1] > 0:
+            found.append((split[1], name))
+    return [name for _, name in sorted(found)]
 
 
 AUDIT_IDS = 100  # task ids named in one audit line; past that, only how many more
