@@ -93,3 +93,25 @@ def test_a_shrink_is_drained_before_its_shards_are_let_go():
     assert shards.status_field({"emails": 2, "other": 1}) == {"emails": 2}
     # Growing takes effect at once.
     assert shards.drained({"shards": {"emails": 2}}, parse_spec(raw(shards=8)))["emails"] == 8
+
+
+def test_a_managed_rabbitmq_pre_declares_every_shard_for_the_producers():
+    import json
+    import re
+
+    from ebbtide_operator import credentials, naming
+    from ebbtide_operator.build import roles
+    from support.taskqueue import decoded, managed_spec, taskqueue
+
+    raw_spec = managed_spec("rabbitmq")
+    raw_spec["queues"] = [{"name": "emails", "shards": 3}]
+    body = taskqueue(raw_spec)
+    creds = {role: roles.Credential(f"ebbtide-{role}", f"{role}-pw") for role in naming.ROLES}
+    admin = roles.Credential("ebbtide-admin", "pw")
+    secret = credentials.admin_secret(body, "rabbitmq", admin, creds, parse_spec(raw_spec))
+    declared = {q["name"] for q in json.loads(decoded(secret)["definitions.json"])["queues"]}
+    for shard in ("emails", "emails~1", "emails~2"):
+        assert {f"ebbtide.{shard}", f"ebbtide.{shard}.dead"} <= declared
+    # The producer may declare a shard's delay queues, as any queue's.
+    wait = roles.rabbitmq_permissions("producer", "ebbtide")["configure"]
+    assert re.fullmatch(wait, "ebbtide.emails~2.wait.5000")
