@@ -27,6 +27,7 @@ from .. import logs
 from ..brokers.base import Delivery, Exchanging, PushWindow, Settlement
 from ..brokers.rabbitmq.window import HOLD_S, Window  # pure: no pika behind it
 from ..selection import QueueSelection, plan_claim
+from ..shards import format_counts as shards_text
 from . import decisions, outcomes
 from .decisions import EXIT_HARD_TIMEOUT, Settings
 from .executor import Executor
@@ -155,6 +156,7 @@ class Worker:
             worker=self.worker_id,
             queues=",".join(f"{q}:{w}" for q, w in self.selection.queues),
             strict=self.selection.strict,
+            **({"shards": shards_text(self.selection.shards)} if self.selection.shards else {}),
             concurrency=self.concurrency,
             prefetch=self.prefetch,
             lease_s=self.lease_ms / 1000,
