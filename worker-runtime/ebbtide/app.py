@@ -351,23 +351,26 @@ class TaskCall:
         shards = app.shard_count(self.queue)
         if shards > 1 and max_backlog:
             max_backlog = -(-max_backlog // shards)  # the limit is per broker queue
-        groups = self._by_shard(messages)
+        pin = self.shard_key if self.shard_key is not None else self.key
         batch = app._batch.get()
+        if shards == 1 or pin is not None:  # one broker queue: the call as it came
+            queue = app.pick_shard(self.queue, pin)
+            if batch is not None:
+                return self._buffer(batch, {queue: messages}, max_backlog, messages)
+            return self._store(queue, messages, max_backlog, [])
+        groups = self._by_shard(messages)
         if batch is not None:
-            return self._buffer(batch, groups, max_backlog, messages)
+            by_queue = {q: [m for _, m in items] for q, items in groups.items()}
+            return self._buffer(batch, by_queue, max_backlog, messages)
         if len(groups) == 1:
             ((queue, _),) = groups.items()
             return self._store(queue, messages, max_backlog, [])
         return self._store_sharded(groups, max_backlog, len(messages))
 
     def _by_shard(self, messages: list[Outgoing]) -> dict[str, list[tuple[int, Outgoing]]]:
-        """The messages per broker queue (with their place in the call), in order."""
+        """Round-robin: the messages per broker queue, with their place in the call."""
         app = self.task.app
-        pin = self.shard_key if self.shard_key is not None else self.key
         groups: dict[str, list[tuple[int, Outgoing]]] = {}
-        if pin is not None or app.shard_count(self.queue) == 1:
-            groups[app.pick_shard(self.queue, pin)] = list(enumerate(messages))
-            return groups
         for i, m in enumerate(messages):
             groups.setdefault(app.pick_shard(self.queue, None), []).append((i, m))
         return groups
@@ -412,7 +415,7 @@ class TaskCall:
     def _buffer(
         self,
         batch: Batch,
-        groups: dict[str, list[tuple[int, Outgoing]]],
+        groups: Mapping[str, list[Outgoing]],
         max_backlog: int,
         messages: list[Outgoing],
     ) -> list[str]:
@@ -425,7 +428,7 @@ class TaskCall:
                 "it; send it outside the block"
             )
         for queue, items in groups.items():
-            batch.add(queue, max_backlog, self.task.name, [m for _, m in items])
+            batch.add(queue, max_backlog, self.task.name, items)
         return [m.task_id for m in messages]
 
 
