@@ -31,7 +31,7 @@ def record2(tag: str, i: int) -> None:
     r().rpush(f"done:{tag}", i)
 
 
-@app.task(name="shard.fail", queue="sq3", max_retries=0)
+@app.task(name="shard.fail", queue="sq3", max_retries=1)
 def fail(tag: str, i: int) -> None:
     r().rpush(f"done:{tag}", i)
     raise RuntimeError(f"fail {i}")

@@ -87,13 +87,13 @@ def test_a_shrink_from_4_to_2_shards_loses_nothing(app, broker):
     assert sum(q.ready + q.in_flight for q in left.values()) == 0
 
 
-def test_the_dlq_of_a_sharded_queue_covers_every_shard(app, broker):
-    @app.task(name="shard.fail", queue="sq3", shards=2, max_retries=0)
+def test_retries_stay_in_their_shard_and_the_dlq_covers_every_shard(app, broker):
+    @app.task(name="shard.fail", queue="sq3", shards=2, max_retries=1)
     def fail(tag, i): ...
 
     fail.send_many(("f", i) for i in range(4))  # round-robin: 2 per shard
     with broker.worker("--concurrency", "2", env={"EBBTIDE_SHARDS": "sq3=2"}, app=SHARD_APP):
-        wait_for(lambda: len(broker.done("f")) == 4, 30, "4 tasks run (and died)")
+        wait_for(lambda: len(broker.done("f")) == 8, 30, "4 tasks run twice (and died)")
 
         def listed():
             shown = broker.cli("dlq", "list", "--queue", "sq3", "--json")
@@ -103,6 +103,6 @@ def test_the_dlq_of_a_sharded_queue_covers_every_shard(app, broker):
 
         dead = wait_for(listed, 30, "4 dead tasks listed for sq3")
     assert {d["queue"] for d in dead} == {"sq3"}
-    assert Counter(d["shard"] for d in dead) == {0: 2, 1: 2}
+    assert Counter(d["shard"] for d in dead) == {0: 2, 1: 2}  # retried in their shard
     left = broker.cli("dlq", "purge", "--queue", "sq3", "--shards", "sq3=2", "--yes")
     assert left.returncode == 0 and "purged 4" in left.stdout, left.stdout + left.stderr
