@@ -86,19 +86,29 @@ def plan_claim(
     ]
 
 
-def spread(queue: str, quota: int, shards: int, turn: int) -> list[tuple[str, int]]:
-    """`quota` over the `shards` shards of `queue`, as even as whole numbers allow, in
-    the order shard `turn` mod K, then the next ones, wrapping; the remainder goes to the
-    first in that order. Every shard is named (quota 0 still lets the claim script fill
-    left-over slots from it, and a push broker subscribe to it)."""
+SPREAD_CHUNK = 8  # the least quota a claim gives one shard (see spread)
+
+
+def spread(
+    queue: str, quota: int, shards: int, turn: int, chunk: int = SPREAD_CHUNK
+) -> list[tuple[str, int]]:
+    """`quota` over the `shards` shards of `queue`, in the order shard `turn` mod K, then
+    the next ones, wrapping. Each shard in that order gets an even share, but at least
+    `chunk`, until the quota is used up: a Redis claim pays a few calls per shard it
+    takes from whatever it finds there, so a small claim over many shards goes to a few
+    of them, and the rotating start (the caller counts its claims) serves each in turn.
+    Every shard is named (quota 0 still lets the claim script fill left-over slots from
+    it, and a push broker subscribe to it)."""
     if shards <= 1:
         return [(queue, quota)]
-    base, extra = divmod(quota, shards)
+    share = max(chunk, -(-quota // shards))
     start = turn % shards
-    return [
-        (shard_name(queue, (start + k) % shards), base + (1 if k < extra else 0))
-        for k in range(shards)
-    ]
+    plan, left = [], quota
+    for k in range(shards):
+        take = min(share, left)
+        plan.append((shard_name(queue, (start + k) % shards), take))
+        left -= take
+    return plan
 
 
 def _logical_plan(

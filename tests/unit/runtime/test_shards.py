@@ -79,8 +79,11 @@ def test_bad_shard_counts_are_refused_naming_the_item(text, error):
         parse_counts(text, "EBBTIDE_SHARDS")
 
 
-def test_spread_splits_a_quota_evenly_from_a_rotating_start():
-    assert spread("q", 10, 4, turn=1) == [("q~1", 3), ("q~2", 3), ("q~3", 2), ("q", 2)]
+def test_spread_splits_a_quota_from_a_rotating_start():
+    assert spread("q", 64, 4, turn=1) == [("q~1", 16), ("q~2", 16), ("q~3", 16), ("q", 16)]
+    assert spread("q", 10, 4, turn=1, chunk=1) == [("q~1", 3), ("q~2", 3), ("q~3", 3), ("q", 1)]
+    # A small claim goes to few shards (at least `chunk` each), from the rotating start.
+    assert spread("q", 10, 4, turn=2) == [("q~2", 8), ("q~3", 2), ("q", 0), ("q~1", 0)]
     assert spread("q", 1, 3, turn=5) == [("q~2", 1), ("q", 0), ("q~1", 0)]
     assert spread("q", 7, 1, turn=3) == [("q", 7)]
 
