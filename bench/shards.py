@@ -5,7 +5,8 @@ node it cannot go faster than that node's one thread, and each claim names every
 so this measures the price of the fair drain, not a gain. N one-INCR tasks
 (bench/anchors/ebbtide_app.py) are sent round-robin over K shards, then ONE worker
 process starts and the clock runs from its spawn until the counter reaches N (start-up
-included), as bench/throughput.py does. Each K runs `--rounds` times; the median is shown.
+included), as bench/throughput.py does. Each K runs `--rounds` times, the Ks
+interleaved; the median is shown.
 
     .venv/bin/python bench/shards.py --tasks 20000 --shards 1,4,16
 """
@@ -66,17 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="bench.aincr", help="bench.incr (def) or bench.aincr")
     args = p.parse_args(argv)
     counts = [int(k) for k in args.shards.split(",")]
-    rows = []
+    rates: dict[int, list[float]] = {k: [] for k in counts}
     with redis_server() as url:
-        for k in counts:
-            rates = [
-                one_run(url, k, args.tasks, args.concurrency, args.task) for _ in range(args.rounds)
-            ]
-            rows.append((k, statistics.median(rates), min(rates), max(rates)))
+        for _ in range(args.rounds):  # interleaved: a busy spell hits every K alike
+            for k in counts:
+                rates[k].append(one_run(url, k, args.tasks, args.concurrency, args.task))
+    rows = [(k, statistics.median(r), min(r), max(r)) for k, r in rates.items()]
     base = rows[0][1]
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.task}, "
-        f"{args.tasks} tasks, --concurrency {args.concurrency}, one Redis node"
+        f"{args.tasks} tasks, --concurrency {args.concurrency}, one Redis node, "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
     )
     print("| shards | tasks/s (median) | min | max | vs first |")
     print("|---:|---:|---:|---:|---:|")
