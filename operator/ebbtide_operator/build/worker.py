@@ -139,8 +139,12 @@ def _env(
     taskqueue: str, spec: TaskQueueSpec, drain: Mapping[str, int] | None = None
 ) -> list[dict[str, Any]]:
     # Every queue's shard count (the spec beats the app's code), and the shards a shrink
-    # left that are still drained (operator shards.py).
-    sharding = [{"name": SHARDS_ENV, "value": format_counts(spec.shard_counts())}]
+    # left that are still drained (operator shards.py). Nothing when no queue is sharded,
+    # so upgrading the operator does not roll every unsharded TaskQueue's pods.
+    counts = spec.shard_counts()
+    sharding = []
+    if any(count > 1 for count in counts.values()) or drain:
+        sharding.append({"name": SHARDS_ENV, "value": format_counts(counts)})
     if drain:
         sharding.append({"name": DRAIN_SHARDS_ENV, "value": format_counts(drain)})
     ours: list[dict[str, Any]] = [

@@ -49,6 +49,13 @@ def test_workers_get_every_count_and_the_shards_still_drained():
     shrunk = env_of(owner(raw(shards=2), {"shards": {"emails": 4}}))
     assert shrunk["EBBTIDE_SHARDS"] == "emails=2,other=1"
     assert shrunk["EBBTIDE_DRAIN_SHARDS"] == "emails=4"
+    # No queue sharded: no shard env, so an operator upgrade rolls no unsharded pods.
+    assert not {"EBBTIDE_SHARDS", "EBBTIDE_DRAIN_SHARDS"} & set(env_of(owner(raw())))
+    unsharding = env_of(owner(raw(), {"shards": {"emails": 2}}))
+    assert (unsharding["EBBTIDE_SHARDS"], unsharding["EBBTIDE_DRAIN_SHARDS"]) == (
+        "emails=1,other=1",
+        "emails=2",
+    )
 
 
 def _q(name: str, **kw) -> QueueStats:
