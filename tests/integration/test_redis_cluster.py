@@ -214,3 +214,31 @@ def test_the_role_acl_users_work_on_every_node(on_cluster, cluster):
         asyncio.run(claim("producer"))
     assert asyncio.run(claim("worker")) == 3
     assert read_stats(url("operator"), ["emails"]).queues["emails"].in_flight == 3
+
+
+def test_a_sharded_queue_spreads_over_the_masters_and_drains(on_cluster):
+    """Each shard is its own queue, so its own slot: 8 shards land on all three masters,
+    and one worker drains them all (the statistics summed over the shards)."""
+    from ebbtide.shards import shard_names, sum_shards
+
+    names = shard_names("sq", 8)
+    assert len(masters_of(on_cluster.url, tuple(names))) == 3
+    app = ebbtide.App(broker_url=on_cluster.url)
+
+    @app.task(name="shard.record", queue="sq", shards=8)
+    def record(tag, i): ...
+
+    record.send_many(("sharded", i) for i in range(80))
+    app.close()
+    ready = {n: q.ready for n, q in read_stats(on_cluster.url, names).queues.items()}
+    assert sorted(ready.values()) == [10] * 8  # round-robin
+
+    def drained() -> bool:
+        q = sum_shards(read_stats(on_cluster.url, names)).stats.queues["sq"]
+        return q.ready == q.in_flight == 0 and q.completed_total == 80
+
+    env = {"EBBTIDE_SHARDS": "sq=8"}
+    with on_cluster.worker("--concurrency", "4", env=env, app="shard_tasks:app"):
+        wait_for(lambda: len(on_cluster.done("sharded")) == 80, what="80 tasks done")
+        wait_for(drained, what="the summed shards: empty, 80 completed")
+    assert sorted(map(int, on_cluster.done("sharded"))) == list(range(80))
