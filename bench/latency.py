@@ -18,8 +18,9 @@ Rows per delay, all in one run: the bare task body (no queue: 8 threads of one p
 doing the body's INCR through the proxy, the most any 8-slot worker can do on this
 machine, as the proxy's own hop under concurrent load adds to the idle round trip),
 `def` tasks on 8 slots (Dramatiq `-p 1 -t 8`, Celery
-`-P threads -c 8`, Ebbtide `--concurrency 8`), `async def` tasks at concurrency 64
-(Ebbtide) against the same Dramatiq row, and a producer sending one task at a time:
+`-P threads -c 8`, Ebbtide `--concurrency 8`, and Ebbtide's same 8 slots as 2
+processes of 4 threads, `--processes 2 --concurrency 4`, system `ebbtide-p2`), `async def`
+tasks at concurrency 64 (Ebbtide) against the same Dramatiq row, and a producer sending one task at a time:
 single `send()` per thread, against `with app.batch():` blocks of 100.
 
     .venv/bin/python bench/latency.py                 # 0.5, 2 and 10 ms
@@ -58,6 +59,11 @@ PROXY = "redis"
 # (upstream ms, downstream ms, downstream jitter ms) per nominal round trip
 TOXICS = {0.5: (0, 1, 1), 2.0: (1, 1, 0), 10.0: (5, 5, 0)}
 SLOTS_DEF, SLOTS_ASYNC = 8, 64
+PROCESSES_P2 = 2  # ebbtide-p2: SLOTS_DEF slots as PROCESSES_P2 processes of SLOTS_DEF // 2 threads
+WHAT = {
+    "ebbtide-async": f"async def, {SLOTS_ASYNC} slots",
+    "ebbtide-p2": f"def, 8 slots as {PROCESSES_P2} processes x {SLOTS_DEF // PROCESSES_P2} threads",
+}
 
 
 @dataclass
@@ -112,10 +118,13 @@ def worker_argv(system: str, ebbtide_args: Sequence[str] = ()) -> list[str]:
             *(py, "-m", "celery", "-A", "anchors.celery_app", "worker"),
             *("-P", "threads", "-c", str(SLOTS_DEF), "--loglevel", "WARNING"),
         ]
-    slots = SLOTS_ASYNC if system == "ebbtide-async" else SLOTS_DEF
+    slots = {"ebbtide-async": SLOTS_ASYNC, "ebbtide-p2": SLOTS_DEF // PROCESSES_P2}.get(
+        system, SLOTS_DEF
+    )
+    processes = ["--processes", str(PROCESSES_P2)] if system == "ebbtide-p2" else []
     return [
         *(py, "-m", "ebbtide", "--log-level", "WARNING", "worker", "anchors.ebbtide_app:app"),
-        *("--queues", "bench", "--concurrency", str(slots), *ebbtide_args),
+        *("--queues", "bench", "--concurrency", str(slots), *processes, *ebbtide_args),
     ]
 
 
@@ -147,11 +156,11 @@ class Run:
         return n / json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
     def worker_row(self, rtt: float, measured: float, system: str, n: int) -> Row:
-        what = f"async def, {SLOTS_ASYNC} slots" if system == "ebbtide-async" else "def, 8 slots"
-        row = Row(rtt, measured, system, what, n)
+        row = Row(rtt, measured, system, WHAT.get(system, "def, 8 slots"), n)
         self.client.flushall()
-        fill = {"ebbtide": "bulk", "ebbtide-async": "bulk"}.get(system, "single")
-        self.produce(system, fill, n, self.fill_env)
+        fill = "bulk" if system.startswith("ebbtide") else "single"
+        # ebbtide-p2 runs the same `incr` task as ebbtide, so it is filled the same way.
+        self.produce("ebbtide" if system == "ebbtide-p2" else system, fill, n, self.fill_env)
         run = run_worker(
             worker_argv(system, self.opts.ebbtide_args.split()),
             self.far_env,
@@ -208,7 +217,8 @@ def ratios(rows: list[Row]) -> list[str]:
         dram = at.get(("dramatiq", "def, 8 slots"))
         cel = at.get(("celery", "def, 8 slots"))
         eb = at.get(("ebbtide", "def, 8 slots"))
-        ea = at.get(("ebbtide-async", f"async def, {SLOTS_ASYNC} slots"))
+        ea = at.get(("ebbtide-async", WHAT["ebbtide-async"]))
+        p2 = at.get(("ebbtide-p2", WHAT["ebbtide-p2"]))
         single = at.get(("ebbtide", "send(), 1 thread"))
         batch = at.get(("ebbtide", "app.batch() blocks of 100"))
         bare = at.get(("bare", "task body alone, 8 threads"))
@@ -219,19 +229,24 @@ def ratios(rows: list[Row]) -> list[str]:
                 return "n/a"
             return f"{a.per_s / b.per_s:.2f}x"
 
+        def per_rtt(row: Row | None, digits: int, rtt_ms: float = measured) -> str:
+            return f"{row.per_s * rtt_ms / 1000:.{digits}f}x" if row and row.per_s else "n/a"
+
+        # A row left out with --systems prints n/a, so a partial run still has its ratios.
         lines.append(
             f"| {rtt:g} ms | {measured:.2f} ms | {ceiling:,.0f}/s | "
-            f"{(eb.per_s or 0) / ceiling:.0%} | {_share(bare, ceiling)} | {x(eb, bare)} | "
+            f"{_share(eb, ceiling)} | {_share(p2, ceiling)} | {_share(bare, ceiling)} | "
+            f"{x(eb, bare)} | {x(p2, bare)} | "
             f"{x(eb, dram)} | {x(eb, cel)} | {x(ea, dram)} | "
-            f"{(single.per_s or 0) * measured / 1000:.2f}x | "
-            f"{(batch.per_s or 0) * measured / 1000:.1f}x | {x(batch, single)} |"
-            if eb and single and batch
-            else f"| {rtt:g} ms | incomplete |"
+            f"{per_rtt(single, 2)} | {per_rtt(batch, 1)} | {x(batch, single)} |"
         )
     head = (
         "| RTT (toxic) | RTT measured | def ceiling 8/RTT | Ebbtide def / ceiling | "
-        "bare body / ceiling | Ebbtide def / bare body | Ebbtide def vs Dramatiq | vs Celery | Ebbtide async(64) vs Dramatiq | "
-        "send() vs 1/RTT | batch vs 1/RTT | batch vs send() |\n|" + "---|" * 12
+        "Ebbtide def 2x4 / ceiling | bare body / ceiling | Ebbtide def / bare body | "
+        "Ebbtide def 2x4 / bare body | Ebbtide def vs Dramatiq | vs Celery | "
+        "Ebbtide async(64) vs Dramatiq | send() vs 1/RTT | batch vs 1/RTT | batch vs send() |\n|"
+        + "---|"
+        * 14
     )
     return [head, *lines]
 
@@ -257,7 +272,9 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rtt", default="0.5,2,10", help="round trips in ms, of 0.5, 2, 10")
-    p.add_argument("--systems", default="bare,dramatiq,celery,ebbtide,ebbtide-async,producers")
+    p.add_argument(
+        "--systems", default="bare,dramatiq,celery,ebbtide,ebbtide-p2,ebbtide-async,producers"
+    )
     p.add_argument("--quick", action="store_true", help="a quarter of the tasks")
     p.add_argument(
         "--ebbtide-args", default="", help='extra Ebbtide worker flags, e.g. "--prefetch 8"'
