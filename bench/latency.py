@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="a quarter of the tasks")
     p.add_argument(
+        "--tasks", type=int, default=None, help="tasks per worker row (e.g. a long one to profile)"
+    )
+    p.add_argument(
         "--ebbtide-args", default="", help='extra Ebbtide worker flags, e.g. "--prefetch 8"'
     )
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
@@ -289,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     for d in delays:
         if d not in TOXICS:
             p.error(f"--rtt {d:g}: choose among {', '.join(f'{k:g}' for k in TOXICS)}")
+    if opts.tasks is not None and opts.tasks < 2:
+        p.error(f"--tasks {opts.tasks}: at least 2 (the rate runs from the first to the last)")
     systems = [s.strip() for s in opts.systems.split(",") if s.strip()]
 
     rows: list[Row] = []
@@ -302,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             measured = measured_rtt_ms(proxied)
             log(f"RTT {rtt:g} ms: measured {measured:.2f} ms")
             n, single = tasks_for(rtt, opts.quick)
+            n = opts.tasks or n
             for system in systems:
                 if system == "bare":
                     rows.append(run.bare_row(rtt, measured, n))
