@@ -25,6 +25,10 @@ single `send()` per thread, against `with app.batch():` blocks of 100.
 
     .venv/bin/python bench/latency.py                 # 0.5, 2 and 10 ms
     .venv/bin/python bench/latency.py --rtt 2 --quick
+    .venv/bin/python bench/latency.py --rtt 2 --systems bare,ebbtide,ebbtide-p2 --probe
+
+--probe times one outside client's INCRs through the proxy during each worker row (see
+Probe): whether a slow body is slowed inside the worker or outside it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -128,6 +133,42 @@ def worker_argv(system: str, ebbtide_args: Sequence[str] = ()) -> list[str]:
     ]
 
 
+class Probe:
+    """--probe: one client in the benchmark's own process (its own GIL) doing INCRs one at
+    a time through the proxy while a row runs. Its median round trip tells whether a slow
+    task body is slowed inside the worker process (the probe stays at the idle RTT) or
+    outside it, in the proxy, Redis or the machine (the probe slows down as well)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.samples: list[tuple[float, float]] = []  # (monotonic end, seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="probe", daemon=True)
+
+    def __enter__(self) -> Probe:
+        self.started = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        client = redis.Redis.from_url(self.url)
+        while not self._stop.is_set():
+            began = time.perf_counter()
+            client.incr("bench:probe")
+            ended = time.perf_counter()
+            self.samples.append((ended, ended - began))
+        client.close()
+
+    def median_ms(self, skip_s: float = 0.0) -> float | None:
+        """Median of the samples after the first `skip_s` (a worker's start-up)."""
+        kept = [s for end, s in self.samples if end - self.started >= skip_s]
+        return statistics.median(kept) * 1000 if kept else None
+
+
 class Run:
     def __init__(self, direct: str, proxied: str, opts: argparse.Namespace) -> None:
         self.direct, self.proxied, self.opts = direct, proxied, opts
@@ -161,15 +202,16 @@ class Run:
         fill = "bulk" if system.startswith("ebbtide") else "single"
         # ebbtide-p2 runs the same `incr` task as ebbtide, so it is filled the same way.
         self.produce("ebbtide" if system == "ebbtide-p2" else system, fill, n, self.fill_env)
-        run = run_worker(
-            worker_argv(system, self.opts.ebbtide_args.split()),
-            self.far_env,
-            self.direct,
-            COUNTER_KEY,
-            n,
-            timeout=max(120.0, n / 20),
-            log_path=self.opts.log_path,
-        )
+        with self.probe() as probe:
+            run = run_worker(
+                worker_argv(system, self.opts.ebbtide_args.split()),
+                self.far_env,
+                self.direct,
+                COUNTER_KEY,
+                n,
+                timeout=max(120.0, n / 20),
+                log_path=self.opts.log_path,
+            )
         if run.error:
             row.note = run.error
         else:
@@ -179,14 +221,26 @@ class Run:
             row.per_s = (n - 1) / busy if busy > 0 else None
             row.extra["startup_s"] = run.first_task_s
             row.note = f"start-up {run.first_task_s or 0:.2f} s"
+            self._note_probe(row, probe, run.first_task_s or 0.0)
         self.client.flushall()
         return row
+
+    def probe(self) -> Probe | contextlib.nullcontext[None]:
+        return Probe(self.proxied) if self.opts.probe else contextlib.nullcontext()
+
+    @staticmethod
+    def _note_probe(row: Row, probe: Probe | None, skip_s: float) -> None:
+        if probe is not None and (ms := probe.median_ms(skip_s)) is not None:
+            row.extra["probe_rtt_ms"] = ms
+            row.note = f"{row.note}; probe RTT {ms:.2f} ms".lstrip("; ")
 
     def bare_row(self, rtt: float, measured: float, n: int) -> Row:
         """The task body alone on 8 threads through the proxy: no queue, no worker."""
         row = Row(rtt, measured, "bare", "task body alone, 8 threads", n)
         self.client.flushall()
-        row.per_s = self.produce("bare", f"threads{SLOTS_DEF}", n, self.far_env)
+        with self.probe() as probe:
+            row.per_s = self.produce("bare", f"threads{SLOTS_DEF}", n, self.far_env)
+        self._note_probe(row, probe, 0.5)  # produce.py's own start-up
         self.client.flushall()
         return row
 
@@ -282,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--ebbtide-args", default="", help='extra Ebbtide worker flags, e.g. "--prefetch 8"'
     )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="time one outside client's INCRs through the proxy during each worker row",
+    )
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--log", dest="log_path", default=None, help="workers' output (temp file)")
     opts = p.parse_args(argv)
@@ -311,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             for system in systems:
                 if system == "bare":
                     rows.append(run.bare_row(rtt, measured, n))
-                    log(f"  bare body, 8 threads: {rows[-1].per_s or 0:,.0f}/s")
+                    log(f"  bare body, 8 threads: {rows[-1].per_s or 0:,.0f}/s {rows[-1].note}")
                     continue
                 if system == "producers":
                     for mode, count in (("single", single), ("batch", max(single * 20, 5000))):
