@@ -18,12 +18,17 @@ Rows per delay, all in one run: the bare task body (no queue: 8 threads of one p
 doing the body's INCR through the proxy, the most any 8-slot worker can do on this
 machine, as the proxy's own hop under concurrent load adds to the idle round trip),
 `def` tasks on 8 slots (Dramatiq `-p 1 -t 8`, Celery
-`-P threads -c 8`, Ebbtide `--concurrency 8`), `async def` tasks at concurrency 64
-(Ebbtide) against the same Dramatiq row, and a producer sending one task at a time:
+`-P threads -c 8`, Ebbtide `--concurrency 8`, and Ebbtide's same 8 slots as 2
+processes of 4 threads, `--processes 2 --concurrency 4`, system `ebbtide-p2`), `async def`
+tasks at concurrency 64 (Ebbtide) against the same Dramatiq row, and a producer sending one task at a time:
 single `send()` per thread, against `with app.batch():` blocks of 100.
 
     .venv/bin/python bench/latency.py                 # 0.5, 2 and 10 ms
     .venv/bin/python bench/latency.py --rtt 2 --quick
+    .venv/bin/python bench/latency.py --rtt 2 --systems bare,ebbtide,ebbtide-p2 --probe
+
+--probe times one outside client's INCRs through the proxy during each worker row (see
+Probe): whether a slow body is slowed inside the worker or outside it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,6 +64,11 @@ PROXY = "redis"
 # (upstream ms, downstream ms, downstream jitter ms) per nominal round trip
 TOXICS = {0.5: (0, 1, 1), 2.0: (1, 1, 0), 10.0: (5, 5, 0)}
 SLOTS_DEF, SLOTS_ASYNC = 8, 64
+PROCESSES_P2 = 2  # ebbtide-p2: SLOTS_DEF slots as PROCESSES_P2 processes of SLOTS_DEF // 2 threads
+WHAT = {
+    "ebbtide-async": f"async def, {SLOTS_ASYNC} slots",
+    "ebbtide-p2": f"def, 8 slots as {PROCESSES_P2} processes x {SLOTS_DEF // PROCESSES_P2} threads",
+}
 
 
 @dataclass
@@ -112,11 +123,50 @@ def worker_argv(system: str, ebbtide_args: Sequence[str] = ()) -> list[str]:
             *(py, "-m", "celery", "-A", "anchors.celery_app", "worker"),
             *("-P", "threads", "-c", str(SLOTS_DEF), "--loglevel", "WARNING"),
         ]
-    slots = SLOTS_ASYNC if system == "ebbtide-async" else SLOTS_DEF
+    slots = {"ebbtide-async": SLOTS_ASYNC, "ebbtide-p2": SLOTS_DEF // PROCESSES_P2}.get(
+        system, SLOTS_DEF
+    )
+    processes = ["--processes", str(PROCESSES_P2)] if system == "ebbtide-p2" else []
     return [
         *(py, "-m", "ebbtide", "--log-level", "WARNING", "worker", "anchors.ebbtide_app:app"),
-        *("--queues", "bench", "--concurrency", str(slots), *ebbtide_args),
+        *("--queues", "bench", "--concurrency", str(slots), *processes, *ebbtide_args),
     ]
+
+
+class Probe:
+    """--probe: one client in the benchmark's own process (its own GIL) doing INCRs one at
+    a time through the proxy while a row runs. Its median round trip tells whether a slow
+    task body is slowed inside the worker process (the probe stays at the idle RTT) or
+    outside it, in the proxy, Redis or the machine (the probe slows down as well)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.samples: list[tuple[float, float]] = []  # (monotonic end, seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="probe", daemon=True)
+
+    def __enter__(self) -> Probe:
+        self.started = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        client = redis.Redis.from_url(self.url)
+        while not self._stop.is_set():
+            began = time.perf_counter()
+            client.incr("bench:probe")
+            ended = time.perf_counter()
+            self.samples.append((ended, ended - began))
+        client.close()
+
+    def median_ms(self, skip_s: float = 0.0) -> float | None:
+        """Median of the samples after the first `skip_s` (a worker's start-up)."""
+        kept = [s for end, s in self.samples if end - self.started >= skip_s]
+        return statistics.median(kept) * 1000 if kept else None
 
 
 class Run:
@@ -147,20 +197,21 @@ class Run:
         return n / json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
     def worker_row(self, rtt: float, measured: float, system: str, n: int) -> Row:
-        what = f"async def, {SLOTS_ASYNC} slots" if system == "ebbtide-async" else "def, 8 slots"
-        row = Row(rtt, measured, system, what, n)
+        row = Row(rtt, measured, system, WHAT.get(system, "def, 8 slots"), n)
         self.client.flushall()
-        fill = {"ebbtide": "bulk", "ebbtide-async": "bulk"}.get(system, "single")
-        self.produce(system, fill, n, self.fill_env)
-        run = run_worker(
-            worker_argv(system, self.opts.ebbtide_args.split()),
-            self.far_env,
-            self.direct,
-            COUNTER_KEY,
-            n,
-            timeout=max(120.0, n / 20),
-            log_path=self.opts.log_path,
-        )
+        fill = "bulk" if system.startswith("ebbtide") else "single"
+        # ebbtide-p2 runs the same `incr` task as ebbtide, so it is filled the same way.
+        self.produce("ebbtide" if system == "ebbtide-p2" else system, fill, n, self.fill_env)
+        with self.probe() as probe:
+            run = run_worker(
+                worker_argv(system, self.opts.ebbtide_args.split()),
+                self.far_env,
+                self.direct,
+                COUNTER_KEY,
+                n,
+                timeout=max(120.0, n / 20),
+                log_path=self.opts.log_path,
+            )
         if run.error:
             row.note = run.error
         else:
@@ -170,14 +221,26 @@ class Run:
             row.per_s = (n - 1) / busy if busy > 0 else None
             row.extra["startup_s"] = run.first_task_s
             row.note = f"start-up {run.first_task_s or 0:.2f} s"
+            self._note_probe(row, probe, run.first_task_s or 0.0)
         self.client.flushall()
         return row
+
+    def probe(self) -> Probe | contextlib.nullcontext[None]:
+        return Probe(self.proxied) if self.opts.probe else contextlib.nullcontext()
+
+    @staticmethod
+    def _note_probe(row: Row, probe: Probe | None, skip_s: float) -> None:
+        if probe is not None and (ms := probe.median_ms(skip_s)) is not None:
+            row.extra["probe_rtt_ms"] = ms
+            row.note = f"{row.note}; probe RTT {ms:.2f} ms".lstrip("; ")
 
     def bare_row(self, rtt: float, measured: float, n: int) -> Row:
         """The task body alone on 8 threads through the proxy: no queue, no worker."""
         row = Row(rtt, measured, "bare", "task body alone, 8 threads", n)
         self.client.flushall()
-        row.per_s = self.produce("bare", f"threads{SLOTS_DEF}", n, self.far_env)
+        with self.probe() as probe:
+            row.per_s = self.produce("bare", f"threads{SLOTS_DEF}", n, self.far_env)
+        self._note_probe(row, probe, 0.5)  # produce.py's own start-up
         self.client.flushall()
         return row
 
@@ -208,7 +271,8 @@ def ratios(rows: list[Row]) -> list[str]:
         dram = at.get(("dramatiq", "def, 8 slots"))
         cel = at.get(("celery", "def, 8 slots"))
         eb = at.get(("ebbtide", "def, 8 slots"))
-        ea = at.get(("ebbtide-async", f"async def, {SLOTS_ASYNC} slots"))
+        ea = at.get(("ebbtide-async", WHAT["ebbtide-async"]))
+        p2 = at.get(("ebbtide-p2", WHAT["ebbtide-p2"]))
         single = at.get(("ebbtide", "send(), 1 thread"))
         batch = at.get(("ebbtide", "app.batch() blocks of 100"))
         bare = at.get(("bare", "task body alone, 8 threads"))
@@ -219,19 +283,24 @@ def ratios(rows: list[Row]) -> list[str]:
                 return "n/a"
             return f"{a.per_s / b.per_s:.2f}x"
 
+        def per_rtt(row: Row | None, digits: int, rtt_ms: float = measured) -> str:
+            return f"{row.per_s * rtt_ms / 1000:.{digits}f}x" if row and row.per_s else "n/a"
+
+        # A row left out with --systems prints n/a, so a partial run still has its ratios.
         lines.append(
             f"| {rtt:g} ms | {measured:.2f} ms | {ceiling:,.0f}/s | "
-            f"{(eb.per_s or 0) / ceiling:.0%} | {_share(bare, ceiling)} | {x(eb, bare)} | "
+            f"{_share(eb, ceiling)} | {_share(p2, ceiling)} | {_share(bare, ceiling)} | "
+            f"{x(eb, bare)} | {x(p2, bare)} | "
             f"{x(eb, dram)} | {x(eb, cel)} | {x(ea, dram)} | "
-            f"{(single.per_s or 0) * measured / 1000:.2f}x | "
-            f"{(batch.per_s or 0) * measured / 1000:.1f}x | {x(batch, single)} |"
-            if eb and single and batch
-            else f"| {rtt:g} ms | incomplete |"
+            f"{per_rtt(single, 2)} | {per_rtt(batch, 1)} | {x(batch, single)} |"
         )
     head = (
         "| RTT (toxic) | RTT measured | def ceiling 8/RTT | Ebbtide def / ceiling | "
-        "bare body / ceiling | Ebbtide def / bare body | Ebbtide def vs Dramatiq | vs Celery | Ebbtide async(64) vs Dramatiq | "
-        "send() vs 1/RTT | batch vs 1/RTT | batch vs send() |\n|" + "---|" * 12
+        "Ebbtide def 2x4 / ceiling | bare body / ceiling | Ebbtide def / bare body | "
+        "Ebbtide def 2x4 / bare body | Ebbtide def vs Dramatiq | vs Celery | "
+        "Ebbtide async(64) vs Dramatiq | send() vs 1/RTT | batch vs 1/RTT | batch vs send() |\n|"
+        + "---|"
+        * 14
     )
     return [head, *lines]
 
@@ -257,10 +326,20 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rtt", default="0.5,2,10", help="round trips in ms, of 0.5, 2, 10")
-    p.add_argument("--systems", default="bare,dramatiq,celery,ebbtide,ebbtide-async,producers")
+    p.add_argument(
+        "--systems", default="bare,dramatiq,celery,ebbtide,ebbtide-p2,ebbtide-async,producers"
+    )
     p.add_argument("--quick", action="store_true", help="a quarter of the tasks")
     p.add_argument(
+        "--tasks", type=int, default=None, help="tasks per worker row (e.g. a long one to profile)"
+    )
+    p.add_argument(
         "--ebbtide-args", default="", help='extra Ebbtide worker flags, e.g. "--prefetch 8"'
+    )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="time one outside client's INCRs through the proxy during each worker row",
     )
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--log", dest="log_path", default=None, help="workers' output (temp file)")
@@ -272,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     for d in delays:
         if d not in TOXICS:
             p.error(f"--rtt {d:g}: choose among {', '.join(f'{k:g}' for k in TOXICS)}")
+    if opts.tasks is not None and opts.tasks < 2:
+        p.error(f"--tasks {opts.tasks}: at least 2 (the rate runs from the first to the last)")
     systems = [s.strip() for s in opts.systems.split(",") if s.strip()]
 
     rows: list[Row] = []
@@ -285,10 +366,11 @@ def main(argv: list[str] | None = None) -> int:
             measured = measured_rtt_ms(proxied)
             log(f"RTT {rtt:g} ms: measured {measured:.2f} ms")
             n, single = tasks_for(rtt, opts.quick)
+            n = opts.tasks or n
             for system in systems:
                 if system == "bare":
                     rows.append(run.bare_row(rtt, measured, n))
-                    log(f"  bare body, 8 threads: {rows[-1].per_s or 0:,.0f}/s")
+                    log(f"  bare body, 8 threads: {rows[-1].per_s or 0:,.0f}/s {rows[-1].note}")
                     continue
                 if system == "producers":
                     for mode, count in (("single", single), ("batch", max(single * 20, 5000))):
