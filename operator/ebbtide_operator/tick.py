@@ -40,6 +40,7 @@ from ebbtide_operator.cluster import Cluster, EventSink
 from ebbtide_operator.metrics import OperatorMetrics
 from ebbtide_operator.policy import Decision, Observation, PolicyState, decide
 from ebbtide_operator.spec import SpecError, TaskQueueSpec, parse_spec
+from ebbtide_operator.write_budget import WriteBudget
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,18 @@ class TaskQueueTicker:
         conflicts: Callable[[Mapping[str, Any]], Sequence[str]] = lambda _body: (),
         refresh_seconds: float = URL_REFRESH_SECONDS,
         files: tls_files.TLSFiles | None = None,
+        budget: WriteBudget | None = None,
+        scaler: Cluster | None = None,
     ) -> None:
         """`conflicts(body)`: the foreign objects the last reconcile found (main.py);
         `refresh_seconds`: how often the broker Secrets are read again (a rotation is
         applied within that); `files`: where the CA and client certificates read from
-        Secrets are written."""
+        Secrets are written; `budget`: the operator's shared pace of routine status
+        writes (write_budget.py; None: every change is written at once); `scaler`: the
+        cluster the replica writes go through (main.py gives them API threads of their
+        own, so a scale-up never queues behind other TaskQueues' status writes)."""
+        self.budget = budget
+        self.scaler = scaler or cluster
         self.refresh_seconds = refresh_seconds
         self.tls_files = files or tls_files.shared()
         self.cluster = cluster
@@ -223,7 +231,7 @@ class TaskQueueTicker:
                 if target < replicas and stats is not None:
                     await self._set_deletion_costs(namespace, name, stats)
                 reason, message = scale_message(replicas, target, decision.reason)
-                await provision.scale_workers(self.cluster, body, target, reason=message)
+                await provision.scale_workers(self.scaler, body, target, reason=message)
                 self.events(body, "Normal", reason, message)
                 log.info("%s/%s %s %s", namespace, name, reason, message)
                 self.metrics.scaled(namespace, name, replicas, target)
@@ -565,6 +573,10 @@ class TaskQueueTicker:
         memory = self.memory
         if not status_mod.needs_write(memory.written, new, now, memory.written_at):
             return False
+        if self.budget is not None and not self.budget.allow(
+            memory.written, new, now, memory.written_at
+        ):
+            return False  # figures only: a later poll writes them (write_budget.py)
         try:
             await self.cluster.patch_status(namespace, name, new)
         except Exception:
