@@ -341,6 +341,7 @@ def measure(
             "max": round(values[-1], 3) if values else None,
             "target": 1.0,
             "within_target": sum(1 for v in values if v <= 1.0),
+            "slowest": dict(sorted(reactions.items(), key=lambda kv: -kv[1])[:5]),
         },
     }
 

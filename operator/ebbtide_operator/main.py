@@ -250,8 +250,9 @@ async def forget(meta: kopf.Meta, **_: Any) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=naming.WORKER_WATCH_LABELS)
-def watch_worker_deployment(event: kopf.RawEvent, **_: Any) -> None:
-    """Feed the informer cache the ticks read replicas from (no GET per tick)."""
+async def watch_worker_deployment(event: kopf.RawEvent, **_: Any) -> None:
+    """Feed the informer cache the ticks read replicas from (no GET per tick). Async:
+    a few dict operations, not worth a hop to kopf's executor thread and back."""
     Runtime.deployments.apply(event.get("type"), event["object"])
 
 
@@ -283,13 +284,18 @@ async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
     )
     wake = asyncio.Event()
     last: list[TickOutcome] = []
+    urgent: list[bool] = [False]  # the next step was woken by the broker
 
     def woken_by_broker() -> None:
         if not last or last[-1].ready == 0:
             wake.set()
 
+    def woken() -> None:
+        urgent[0] = True
+
     async def step() -> None:
-        last[:] = [await ticker.tick(body)]
+        now_urgent, urgent[0] = urgent[0], False
+        last[:] = [await ticker.tick(body, urgent=now_urgent)]
         watch_broker(key, ticker, body, woken_by_broker)
 
     try:
@@ -302,6 +308,7 @@ async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
             skipped=Runtime.metrics.ticks_skipped.inc,
             initial_delay=phase(uid, poll_seconds(body)),
             wake=wake,
+            woken=woken,
         )
     finally:
         wakes.unwatch(key)

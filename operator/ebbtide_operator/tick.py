@@ -141,6 +141,7 @@ class TaskQueueTicker:
         self.refresh_seconds = refresh_seconds
         self.tls_files = files or tls_files.shared()
         self.cluster = cluster
+        self._lane: Cluster = cluster  # this tick's API calls: `cluster`, or `scaler` when urgent
         self.reader = reader
         self.metrics = metrics
         self.events = events
@@ -151,8 +152,12 @@ class TaskQueueTicker:
 
     # --- the step ---------------------------------------------------------------------
 
-    async def tick(self, body: Mapping[str, Any]) -> TickOutcome:
+    async def tick(self, body: Mapping[str, Any], urgent: bool = False) -> TickOutcome:
+        """One poll. `urgent`: a broker woke this tick (a task for a TaskQueue with no
+        ready worker): all of its API calls go through `scaler`'s threads, so they never
+        queue behind the other TaskQueues' routine calls."""
         started = time.perf_counter()
+        self._lane = self.scaler if urgent else self.cluster
         outcome = TickOutcome()
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -334,7 +339,7 @@ class TaskQueueTicker:
 
     async def _secret_value(self, namespace: str, secret: str, key: str, why: str) -> str:
         try:
-            value = await self.cluster.read_secret_value(namespace, secret, key)
+            value = await self._lane.read_secret_value(namespace, secret, key)
         except Exception as error:
             raise BrokerUnreachable(
                 f"cannot read Secret {secret}: {type(error).__name__}"
@@ -375,7 +380,7 @@ class TaskQueueTicker:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         try:
-            synced = await credentials.sync(self.cluster, body, spec)
+            synced = await credentials.sync(self._lane, body, spec)
         except Exception:
             log.warning("credentials of %s/%s", namespace, name, exc_info=True)
             self.metrics.error(namespace, name, "credentials")
@@ -416,7 +421,7 @@ class TaskQueueTicker:
         if memory.url is not None and fresh and memory.url_ref == (secret, key):
             return memory.url  # a switch to another Secret (managed -> external) re-reads
         try:
-            url = await self.cluster.read_secret_value(namespace, secret, key)
+            url = await self._lane.read_secret_value(namespace, secret, key)
         except Exception as error:
             raise BrokerUnreachable(
                 f"cannot read Secret {secret}: {type(error).__name__}"
@@ -437,7 +442,7 @@ class TaskQueueTicker:
                 # Recreated after a deletion: at what the policy last wanted, not minReplicas.
                 replicas = int(self.memory.written.get("desiredReplicas") or replicas)
             live = await provision.sync_worker_deployment(
-                self.cluster,
+                self._lane,
                 body,
                 spec,
                 replicas=replicas,
@@ -490,7 +495,7 @@ class TaskQueueTicker:
         if not looking and not startup.worth_listing(ready, self.memory.last_ready):
             return None
         try:
-            pods = await self.cluster.list_pods(namespace, naming.worker_selector(name))
+            pods = await self._lane.list_pods(namespace, naming.worker_selector(name))
         except Exception:
             log.warning("could not list the worker pods of %s/%s", namespace, name, exc_info=True)
             self.metrics.error(namespace, name, "pods")
@@ -507,7 +512,7 @@ class TaskQueueTicker:
 
         async def annotate(pod: str, cost: int) -> None:
             try:
-                if await self.cluster.annotate_pod(
+                if await self._lane.annotate_pod(
                     namespace, pod, {naming.DELETION_COST_ANNOTATION: str(cost)}
                 ):
                     self.memory.costs[pod] = cost
@@ -578,7 +583,7 @@ class TaskQueueTicker:
         ):
             return False  # figures only: a later poll writes them (write_budget.py)
         try:
-            await self.cluster.patch_status(namespace, name, new)
+            await self._lane.patch_status(namespace, name, new)
         except Exception:
             log.warning("status write for %s/%s failed", namespace, name, exc_info=True)
             self.metrics.error(namespace, name, "status")
@@ -637,7 +642,8 @@ async def run_periodically(
     clock = clock or asyncio.get_running_loop().time
     due = clock() + initial_delay
     if initial_delay > 0:
-        await sleep_or_wake(sleep, initial_delay, wake)  # a wake-up starts the loop early
+        if await sleep_or_wake(sleep, initial_delay, wake):  # a wake-up starts it early
+            woken()
     while not stopped():
         lateness(max(0.0, clock() - due))
         if wake is not None:
