@@ -123,9 +123,13 @@ async def measure(
     hub = WakeHub()
     metrics = OperatorMetrics()
     budget = WriteBudget(args.status_writes_per_second or None)
+    write_slots = asyncio.Semaphore(8)  # as main.py: half of KubeCluster's 16 threads
     lateness: dict[str, list[float]] = {"healthy": [], "hung": [], "down": []}
     durations: dict[str, list[float]] = {"healthy": [], "hung": [], "down": []}
     skipped: list[int] = []  # slots lost to overrunning ticks
+    # Figures count from the end of the warm-up: the first polls read every Secret and
+    # write every status at once (a start-up storm, reported apart).
+    measuring: list[bool] = []
     stop_at = float("inf")  # set once every TaskQueue is stored and provisioned
     loops = []
     for i in range(args.taskqueues):
@@ -138,7 +142,13 @@ async def measure(
         )
         await provision.reconcile(cluster, b, parse_spec(b["spec"]))
         ticker = TaskQueueTicker(
-            cluster, reader, metrics, cluster.record_event, budget=budget, scaler=scaler
+            cluster,
+            reader,
+            metrics,
+            cluster.record_event,
+            budget=budget,
+            scaler=scaler,
+            write_slots=write_slots,
         )
         wake = asyncio.Event()
         last: list = []
@@ -153,7 +163,8 @@ async def measure(
             now_urgent, urgent[0] = urgent[0], False
             outcome = await ticker.tick(b, urgent=now_urgent)
             last[:] = [outcome]
-            durations[kind].append(outcome.seconds)
+            if measuring:
+                durations[kind].append(outcome.seconds)
             if ticker.memory.url and args.push:
                 key, queues = b["metadata"]["name"], [q["name"] for q in b["spec"]["queues"]]
                 hub.watch(key, ticker.memory.url, "ebbtide", queues, woken)
@@ -164,8 +175,8 @@ async def measure(
                 interval=lambda: args.poll,
                 sleep=asyncio.sleep,
                 stopped=lambda: time.monotonic() >= stop_at,
-                lateness=lateness[kind].append,
-                skipped=lambda n: skipped.append(n),
+                lateness=lambda late, kind=kind: measuring and lateness[kind].append(late),
+                skipped=lambda n: measuring and skipped.append(n),
                 initial_delay=phase(b["metadata"]["uid"], args.poll),
                 wake=wake,
                 woken=lambda urgent=urgent: urgent.__setitem__(0, True),
@@ -179,15 +190,29 @@ async def measure(
         await scale(namespace, name, replicas)
 
     scaler.scale_deployment = timed_scale
-    started = time.monotonic()
-    cpu_before = time.process_time()
-    stop_at = started + args.seconds
-    burst_at = await_bursts(args, started)
-    await asyncio.gather(*loops, *burst_at.values())
+    loops_started = time.monotonic()
+    baseline: dict[str, float] = {}
+
+    async def warm_up() -> None:
+        nonlocal stop_at
+        await asyncio.sleep(args.warmup)
+        measuring.append(True)
+        baseline.update(
+            started=time.monotonic(),
+            cpu=time.process_time(),
+            writes=cluster.status_writes + scaler.status_writes,
+            deferred=budget.deferred,
+        )
+        stop_at = baseline["started"] + args.seconds
+
+    bursts = await_bursts(args, loops_started + args.warmup)
+    await asyncio.gather(warm_up(), *loops, *bursts.values())
+    started = baseline["started"]
     elapsed = time.monotonic() - started
-    cpu = time.process_time() - cpu_before
+    cpu = time.process_time() - baseline["cpu"]
+    status_writes = cluster.status_writes + scaler.status_writes - baseline["writes"]
     reactions = []
-    for name, task in burst_at.items():
+    for name, task in bursts.items():
         started, landed = task.result()
         after = [t for t in scaled_at.get(f"{name}-worker", []) if t >= started]
         if after:  # a scale-up while the burst was still landing counts as 0
@@ -204,8 +229,9 @@ async def measure(
         "ticks": ticks,
         "ticks_expected": int(expected),
         "scale_events": scaled,
-        "status_writes": cluster.status_writes + scaler.status_writes,
-        "status_writes_deferred": budget.deferred,
+        "warmup_seconds": args.warmup,
+        "status_writes": status_writes,
+        "status_writes_deferred": budget.deferred - baseline["deferred"],
         # The whole bench process: the ticks, and the test harness's own Deployment watch.
         "process_cpu_seconds": round(cpu, 1),
         "process_cpu_ms_per_taskqueue_per_minute": round(
@@ -218,11 +244,11 @@ async def measure(
         "healthy_late_over_half_second": sum(1 for x in lateness["healthy"] if x > 0.5),
         "slots_skipped": sum(skipped),
         "burst_reaction": summary(reactions),
-        "bursts_without_reaction": len(burst_at) - len(reactions),
+        "bursts_without_reaction": len(bursts) - len(reactions),
     }
 
 
-def await_bursts(args: argparse.Namespace, started: float) -> dict[str, asyncio.Task]:
+def await_bursts(args: argparse.Namespace, measure_from: float) -> dict[str, asyncio.Task]:
     """Bursts of tasks land on idle TaskQueues (0 replicas) at random moments; each task
     resolves to (started, landed): when its enqueue began and when all of it was in Redis.
     Reaction is measured from `landed`, so a slow enqueue under load is not counted."""
@@ -230,9 +256,8 @@ def await_bursts(args: argparse.Namespace, started: float) -> dict[str, asyncio.
     idle = [i for i in range(args.hung + args.down, args.taskqueues) if i % 3 == 0][: args.bursts]
 
     async def burst(i: int) -> float:
-        await asyncio.sleep(
-            rng.uniform(2 * args.poll, max(3 * args.poll, args.seconds - 3 * args.poll))
-        )
+        at = rng.uniform(args.poll, max(2 * args.poll, args.seconds - 2 * args.poll))
+        await asyncio.sleep(max(0.0, measure_from + at - time.monotonic()))
         started = time.monotonic()
         await asyncio.to_thread(BURST_APP.send, i, args.burst_size)
         return started, time.monotonic()
@@ -268,6 +293,12 @@ def main() -> None:
     parser.add_argument(
         "--down", type=int, default=10, help="TaskQueues whose broker refuses connections"
     )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of ticking before the figures count (default: two polls)",
+    )
     parser.add_argument("--tasks-per-queue", type=int, default=500)
     parser.add_argument(
         "--bursts", type=int, default=20, help="bursts on idle TaskQueues, for reaction time"
@@ -287,6 +318,8 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.warmup is None:
+        args.warmup = 2.0 * args.poll
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -317,7 +350,8 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     print(
-        f"{result['taskqueues']} TaskQueues, poll {result['poll_seconds']}s, {result['seconds']}s: "
+        f"{result['taskqueues']} TaskQueues, poll {result['poll_seconds']}s, {result['seconds']}s "
+        f"after a {result['warmup_seconds']:g}s warm-up: "
         f"{result['ticks']} ticks (expected ~{result['ticks_expected']}), "
         f"{result['scale_events']} scale events, {result['status_writes']} status writes "
         f"({result['status_writes_deferred']} routine ones deferred)"

@@ -59,6 +59,7 @@ class Runtime:
     cluster: kube.KubeCluster | None = None
     scaler: kube.KubeCluster | None = None  # replica writes only: threads of their own
     budget: WriteBudget = WriteBudget(None)
+    write_slots: asyncio.Semaphore | None = None  # status writes in flight, all TaskQueues
     deployments: DeploymentCache = DeploymentCache()
     reader: BrokerReader | None = None
     wakes: WakeHub | None = None
@@ -146,6 +147,8 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
         )
     Runtime.cluster = kube.KubeCluster(threads=kube_threads, deployments=Runtime.deployments)
     Runtime.scaler = kube.KubeCluster(threads=scale_threads, deployments=Runtime.deployments)
+    # Half the API threads at most for status writes: the ticks' reads find the rest free.
+    Runtime.write_slots = asyncio.Semaphore(max(1, kube_threads // 2))
     Runtime.reader = BrokerReader(max_threads=broker_threads)
     Runtime.wakes = WakeHub()
     port = int(os.environ.get("EBBTIDE_OPERATOR_METRICS_PORT", "8081"))
@@ -281,6 +284,7 @@ async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
         refresh_seconds=Runtime.secret_refresh_seconds,
         budget=Runtime.budget,
         scaler=Runtime.scaler,
+        write_slots=Runtime.write_slots,
     )
     wake = asyncio.Event()
     last: list[TickOutcome] = []

@@ -40,6 +40,7 @@ from ebbtide_operator.cluster import Cluster, EventSink
 from ebbtide_operator.metrics import OperatorMetrics
 from ebbtide_operator.policy import Decision, Observation, PolicyState, decide
 from ebbtide_operator.spec import SpecError, TaskQueueSpec, parse_spec
+from ebbtide_operator.status_writer import StatusWriter
 from ebbtide_operator.write_budget import WriteBudget
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class TaskQueueTicker:
         files: tls_files.TLSFiles | None = None,
         budget: WriteBudget | None = None,
         scaler: Cluster | None = None,
+        write_slots: asyncio.Semaphore | None = None,
     ) -> None:
         """`conflicts(body)`: the foreign objects the last reconcile found (main.py);
         `refresh_seconds`: how often the broker Secrets are read again (a rotation is
@@ -135,8 +137,12 @@ class TaskQueueTicker:
         Secrets are written; `budget`: the operator's shared pace of routine status
         writes (write_budget.py; None: every change is written at once); `scaler`: the
         cluster the replica writes go through (main.py gives them API threads of their
-        own, so a scale-up never queues behind other TaskQueues' status writes)."""
+        own, so a scale-up never queues behind other TaskQueues' status writes);
+        `write_slots`: write the status behind the tick (status_writer.py), with at most
+        that many writes of all TaskQueues in flight; None: the tick awaits its write."""
         self.budget = budget
+        self.write_slots = write_slots
+        self.writer: StatusWriter | None = None
         self.scaler = scaler or cluster
         self.refresh_seconds = refresh_seconds
         self.tls_files = files or tls_files.shared()
@@ -582,14 +588,40 @@ class TaskQueueTicker:
             memory.written, new, now, memory.written_at
         ):
             return False  # figures only: a later poll writes them (write_budget.py)
+        lane = self._lane
+        if self.write_slots is not None:
+            # Written behind the tick; taken as written, unless the write fails (then the
+            # next poll writes again).
+            memory.written, memory.written_at = new, now
+            self._status_writer(namespace, name).submit(
+                lambda status: lane.patch_status(namespace, name, status), new
+            )
+            return True
         try:
-            await self._lane.patch_status(namespace, name, new)
+            await lane.patch_status(namespace, name, new)
         except Exception:
             log.warning("status write for %s/%s failed", namespace, name, exc_info=True)
             self.metrics.error(namespace, name, "status")
             return False
         memory.written, memory.written_at = new, now
         return True
+
+    def _status_writer(self, namespace: str, name: str) -> StatusWriter:
+        if self.writer is None:
+            assert self.write_slots is not None
+
+            def failed(status: dict[str, Any]) -> None:
+                self.metrics.error(namespace, name, "status")
+                if self.memory.written is status:
+                    self.memory.written_at = None  # not superseded: write it again
+
+            self.writer = StatusWriter(self.write_slots, failed)
+        return self.writer
+
+    async def flush(self) -> None:
+        """Until the status handed to the writer is written (tests, the daemon's exit)."""
+        if self.writer is not None:
+            await self.writer.flush()
 
 
 def _with_local_time(obs: Observation, now: float) -> Observation:
