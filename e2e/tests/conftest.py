@@ -13,6 +13,7 @@ nothing may skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -185,7 +186,7 @@ def chart(kube_env: KubeEnv) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def operator(kube_env: KubeEnv, chart: str, core) -> Iterator[str]:
+def operator(kube_env: KubeEnv, chart: str, core, request: pytest.FixtureRequest) -> Iterator[str]:
     """The chart's operator pod, Ready (kopf's liveness probe), running as the chart's
     ServiceAccount: a rule missing from the chart's RBAC fails the tests. Yields its name."""
 
@@ -202,7 +203,7 @@ def operator(kube_env: KubeEnv, chart: str, core) -> Iterator[str]:
     name = wait_for(operator_pod, 120, "the operator pod Ready")
     yield name
     logs = kubectl(kube_env, "logs", "-n", SYSTEM_NAMESPACE, name, "--tail=40", check=False)
-    sys.stderr.write(f"\n-- operator pod log (tail) --\n{logs.stdout}\n")
+    write_uncaptured(request.config, f"\n-- operator pod log (tail) --\n{logs.stdout}\n")
     # The operator logs and carries on after an API error, so an RBAC rule missing from
     # the chart on a path no test asserts would pass unseen: any 403 fails the run.
     denied = []
@@ -215,10 +216,60 @@ def operator(kube_env: KubeEnv, chart: str, core) -> Iterator[str]:
         pytest.fail("the operator was refused by the API server (RBAC):\n" + "\n".join(denied[:10]))
 
 
+def write_uncaptured(config: pytest.Config, text: str) -> None:
+    """Print past pytest's capture: a fixture's teardown output is otherwise never shown."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+
+def dump_namespace(config: pytest.Config, kube_env: KubeEnv, namespace: str) -> None:
+    """What a failed test left in its namespace: TaskQueues' status, workloads, pods,
+    events and each pod's log tail, so a timeout says why without a rerun."""
+    commands = [
+        ("get", "taskqueues,deployments,statefulsets,pods,services", "-o", "wide"),
+        (
+            "get",
+            "taskqueues",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}: {.status}{'\\n'}{end}",
+        ),
+        ("get", "events", "--sort-by=.lastTimestamp"),
+        ("describe", "pods"),
+    ]
+    out = []
+    for args in commands:
+        done = kube_env.kubectl(*args, "-n", namespace, check=False)
+        out.append(f"$ kubectl {' '.join(args)} -n {namespace}\n{done.stdout}{done.stderr}")
+    pods = kube_env.kubectl(
+        "get", "pods", "-n", namespace, "-o", "name", check=False
+    ).stdout.split()
+    for pod in pods[:8]:
+        logs = kube_env.kubectl(
+            "logs", "-n", namespace, pod, "--all-containers", "--tail=30", check=False
+        )
+        out.append(f"$ kubectl logs {pod} --tail=30\n{logs.stdout}{logs.stderr}")
+    operator = kube_env.kubectl(
+        "logs",
+        "-n",
+        SYSTEM_NAMESPACE,
+        "-l",
+        "ebbtide.dev/operator=true",
+        "--tail=2000",
+        check=False,
+    ).stdout
+    mine = [line for line in operator.splitlines() if namespace in line][-40:]
+    out.append(f"operator log lines naming {namespace} (last 40):\n" + "\n".join(mine))
+    text = f"\n-- namespace {namespace} after the failure --\n" + "\n".join(out) + "\n"
+    write_uncaptured(config, text)
+
+
 @pytest.fixture
-def namespace(core) -> Iterator[str]:
+def namespace(core, kube_env: KubeEnv, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace, with its default ServiceAccount, deleted afterwards (TaskQueues
-    first, while the operator still runs: kopf's finalizers)."""
+    first, while the operator still runs: kopf's finalizers). A failed test's namespace
+    is printed first (dump_namespace)."""
     from kubernetes import client
 
     name = f"e2e-{uuid.uuid4().hex[:8]}"
@@ -231,6 +282,9 @@ def namespace(core) -> Iterator[str]:
         f"the default ServiceAccount in {name}",
     )
     yield name
+    call = getattr(request.node, "rep_call", None)
+    if call is not None and call.failed:
+        dump_namespace(request.config, kube_env, name)
     delete_taskqueues(core, name)
     core.delete_namespace(name)
 

@@ -75,6 +75,21 @@ def _cert_pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
+# What a CA key may do: sign certificates and CRLs (and its own OCSP/handshake
+# signatures), nothing else. Shared with the e2e cluster's PKI (e2e/pki.py).
+CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    key_cert_sign=True,
+    crl_sign=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
 def new_ca(common_name: str, now: dt.datetime) -> KeyPair:
     """A self-signed CA that may sign server certificates only (path length 0)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -89,17 +104,7 @@ def new_ca(common_name: str, now: dt.datetime) -> KeyPair:
         .not_valid_after(now + CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            CA_KEY_USAGE,
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)

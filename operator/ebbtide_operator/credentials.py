@@ -113,7 +113,7 @@ def admin_secret(
     rediss:// or amqps:// when the managed broker uses TLS)."""
     prefix, tls = spec.broker.key_prefix, spec.broker.managed_tls
     if broker_type == "rabbitmq":
-        queues = [q.name for q in spec.queues]
+        queues = spec.broker_queues()  # every shard pre-declared
         return rabbitmq.rabbitmq_secret(
             body, admin.username, admin.password, roles, prefix, queues, tls
         )

@@ -332,5 +332,5 @@ def watch_broker(
     if url is None or spec is None:
         Runtime.wakes.unwatch(key)
         return
-    queues = [q.name for q in spec.queues]
+    queues = spec.broker_queues()  # a producer wakes the operator with a shard's name
     Runtime.wakes.watch(key, url, spec.broker.key_prefix, queues, wake)

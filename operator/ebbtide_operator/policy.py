@@ -29,8 +29,10 @@ The maths (docs/scaling-policy.md explains every step; the sizing is in policy_d
 - scale-up is immediate (bounded by max_scale_up_step). Scale-down is immediate too,
   except that the stabilization window holds the highest count the arrivals alone asked
   for (a fall beyond noise empties it) and pods started for a backlog stay until that
-  backlog shrinks; zero after scale_to_zero_idle_seconds with nothing ready, running or
-  arriving.
+  backlog shrinks; while a burst drains on Ready pods with nothing arriving, the count
+  falls to the fewest pods that still start its backlog by the real deadlines (below the
+  busy pods: those let go finish their tasks); zero after scale_to_zero_idle_seconds
+  with nothing ready, running or arriving.
 
 Replicas are the Deployment's desired count, so pods that are still starting already
 count as capacity: the policy computes a total, never "ready + more".
@@ -47,6 +49,7 @@ from ebbtide_operator.policy_demand import (
     busy_slots,
     measured_service_rate,
     queue_backlog_pods,
+    ready_drain_pods,
     record_arrivals,
     record_starts,
     service_rate_per_replica,
@@ -277,8 +280,7 @@ def compute_demand(
     # keeps a queue that keeps up with its arrivals short. Under FIFO the backlog is
     # served before the arrivals behind it, so the two are not added: once the backlog
     # has started within its deadline, capacity >= lambda keeps every later task in time.
-    stream = sum(max(q.backlog, 0) / _target(q, spec) for q in queues)
-    need = max(backlog_need, (lam + stream) / mu)
+    need = max(backlog_need, (lam + _backlog_rate(queues, spec)) / mu)
     replicas = math.ceil(need - 1e-9)
     in_flight = sum(max(q.in_flight, 0) for q in queues)
     busy = math.ceil(in_flight / max(spec.concurrency, 1))
@@ -297,6 +299,11 @@ def compute_demand(
         arrival_rate=lam,
         service_rate=mu,
     )
+
+
+def _backlog_rate(queues: tuple[QueueObservation, ...], spec: ScalingSpec) -> float:
+    """sum_q B_q / T_q: the rate at which the stream term drains the backlog."""
+    return sum(max(q.backlog, 0) / _target(q, spec) for q in queues)
 
 
 def due_soon(obs: Observation, spec: ScalingSpec) -> bool:
@@ -398,10 +405,14 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
     # sized as pods still to start; once Ready, the same backlog would need fewer, and
     # dropping them then would bounce the count under a load that has not changed.)
     up_backlog = state.up_backlog if 0 < demand.backlog else None
-    if up_backlog is not None and demand.backlog >= up_backlog:
+    guarded = up_backlog is not None and demand.backlog >= up_backlog
+    if guarded:
         stabilized = max(stabilized, current)
     if zero_ok:
         stabilized = raw
+    shrink = None if guarded else _drain_down(obs, spec, state, demand, recs)
+    if shrink is not None and raw <= current:
+        raw, stabilized = min(raw, shrink), min(stabilized, shrink)
 
     if raw > current:
         target = raw
@@ -411,6 +422,13 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
     elif zero_ok and current > 0:
         target = spec.min_replicas
         reason = f"idle {idle_for:.0f}s >= {spec.scale_to_zero_idle_seconds:.0f}s: scaling to zero"
+    elif stabilized < current and shrink is not None and stabilized == shrink:
+        target = stabilized
+        reason = (
+            f"backlog {demand.backlog}: {target} ready replicas start it by its deadline"
+            if demand.backlog
+            else f"backlog 0, {obs.in_flight} running: {target} replicas while they finish"
+        )
     elif stabilized < current:
         target = stabilized
         reason = (
@@ -456,6 +474,36 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         state=new_state,
         drain_seconds=demand.drain_seconds,
     )
+
+
+def _drain_down(
+    obs: Observation,
+    spec: ScalingSpec,
+    state: PolicyState,
+    demand: Demand,
+    recs: list[tuple[float, int]],
+) -> int | None:
+    """While a burst drains on Ready pods and nothing arrives, the fewer pods that still
+    start its backlog by the real deadlines (`ready_drain_pods`, with the tolerance as
+    headroom), never below the stream term, the window or one pod; None when no
+    scale-down is due this way. It applies with no backlog as well (one pod, or what the
+    window holds, while the last tasks run), so the result stays monotone in the backlog.
+
+    It overrides the busy floor on purpose: the pods it lets go finish their running
+    tasks (the ReplicaSet takes the least busy first, the worker drains on SIGTERM) and
+    take no more. The flap guard still applies (the caller skips this while the backlog
+    that started pods has not shrunk)."""
+    current = obs.replicas
+    if current <= 0 or obs.ready_replicas < current or obs.arrival_rate > 0:
+        return None
+    queues = _queues(obs, spec)
+    pods = ready_drain_pods(obs, spec, state, queues, demand.service_rate)
+    if pods is None:
+        return None
+    stream = (demand.arrival_rate + _backlog_rate(queues, spec)) / demand.service_rate
+    need = max(pods, stream)
+    shrink = max(1, math.ceil(need * (1.0 + spec.tolerance) - 1e-9), max(r for _, r in recs))
+    return _clamp(shrink, spec) if shrink < current else None
 
 
 def _longest_target(obs: Observation, spec: ScalingSpec) -> float:

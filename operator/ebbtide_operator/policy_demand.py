@@ -264,7 +264,26 @@ def queue_backlog_pods(
     when those tasks arrived (`backlog_ages`): a burst that lands over five seconds has
     five more seconds for its last task than for its first. Returns the pods and the
     binding queue."""
-    pending = []
+    best, worst, total = 0.0, None, 0.0
+    for deadline, target, count, q in backlog_parts(obs, spec, state, queues):
+        total += count
+        fleet = fleet_horizons(obs, spec, state, deadline, target, total, mu)
+        pods = backlog_pods(total, mu, fleet)
+        if pods > best or worst is None:
+            best, worst = max(best, pods), q
+    return best, worst
+
+
+def backlog_parts(
+    obs: Observation,
+    spec: ScalingSpec,
+    state: PolicyState,
+    queues: tuple[QueueObservation, ...],
+) -> list[tuple[float, float, int, QueueObservation]]:
+    """(deadline, T, tasks, queue) for each part of the backlog, earliest deadline first:
+    a queue's backlog with its oldest task's deadline, or a lone queue's split by when its
+    tasks arrived (`backlog_ages`)."""
+    parts = []
     for q in queues:
         if q.backlog > 0:
             target = q.target_backlog_seconds
@@ -272,16 +291,9 @@ def queue_backlog_pods(
                 target = spec.target_backlog_seconds
             ages = backlog_ages(obs, state, q) if len(queues) == 1 else None
             for age, count in ages or [(q.oldest_age_s, q.backlog)]:
-                pending.append((target - max(age, 0.0), target, count, q))
-    pending.sort(key=lambda item: item[0])
-    best, worst, total = 0.0, None, 0.0
-    for deadline, target, count, q in pending:
-        total += count
-        fleet = fleet_horizons(obs, spec, state, deadline, target, total, mu)
-        pods = backlog_pods(total, mu, fleet)
-        if pods > best or worst is None:
-            best, worst = max(best, pods), q
-    return best, worst
+                parts.append((target - max(age, 0.0), target, count, q))
+    parts.sort(key=lambda item: item[0])
+    return parts
 
 
 def backlog_ages(
@@ -322,3 +334,36 @@ def record_arrivals(obs: Observation, state: PolicyState, keep_s: float) -> list
         if count > 0:
             arrivals.append((last, count))
     return _capped(arrivals, later=False)
+
+
+# A scale-down cannot be taken back within the deadline (a new pod needs the start-up),
+# so the pods it keeps are counted at this fraction of the measured mu.
+DRAIN_MU_FACTOR = 0.8
+
+
+def ready_drain_pods(
+    obs: Observation,
+    spec: ScalingSpec,
+    state: PolicyState,
+    queues: tuple[QueueObservation, ...],
+    mu: float,
+) -> float | None:
+    """The fewest Ready pods that still start every part of the backlog by its real
+    deadline, at DRAIN_MU_FACTOR * mu and with no free-slot bonus (0 with no backlog);
+    None when a part is already late (a late backlog gets the catch-up allowance of
+    fleet_horizons, which a scale-down must not lean on).
+
+    This is what lets pods go while a burst drains: the backlog term counts pods still to
+    start, and the busy floor keeps every pod whose slots are all running, so without it
+    a burst's fleet stayed whole until its backlog was gone and then idled beside the
+    last tasks until the next poll."""
+    if not (mu > 0):
+        return None
+    rate = DRAIN_MU_FACTOR * mu
+    pods, total = 0.0, 0
+    for deadline, _, count, _ in backlog_parts(obs, spec, state, queues):
+        total += count
+        if deadline <= 0:
+            return None
+        pods = max(pods, total / (rate * deadline))
+    return pods

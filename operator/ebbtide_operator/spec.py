@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ebbtide.message import RESERVED_RULE, reserved_queue_name
+from ebbtide.shards import MAX_SHARDS, shard_names
 
 from ebbtide_operator import naming
 from ebbtide_operator.policy import ScalingSpec
@@ -42,6 +43,7 @@ class QueueSpec:
     name: str
     target_backlog_seconds: float
     weight: int = 1
+    shards: int = 1  # broker queues it is split into (ebbtide.shards)
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,19 @@ class TaskQueueSpec:
     worker: WorkerSpec
     scaling: ScalingSpec
     queue_order: str = "weighted"  # weighted | strict
+
+    def shard_counts(self) -> dict[str, int]:
+        return {q.name: q.shards for q in self.queues}
+
+    def broker_queues(self, drain: Mapping[str, int] | None = None) -> list[str]:
+        """Every broker queue of the spec's queues: each shard, and the shards above a
+        shrunk count that `drain` ({queue: count}) says are still drained."""
+        drain = drain or {}
+        return [
+            name
+            for q in self.queues
+            for name in shard_names(q.name, max(q.shards, drain.get(q.name, 1)))
+        ]
 
 
 class SpecError(ValueError):
@@ -397,9 +412,17 @@ def parse_queues(items: Any, default_target: float) -> tuple[QueueSpec, ...]:
                     item, "targetBacklogSeconds", default_target, f"spec.queues[{index}]"
                 ),
                 weight=_integer(item, "weight", 1, f"spec.queues[{index}]"),
+                shards=_shards(item, f"spec.queues[{index}]"),
             )
         )
     return tuple(queues)
+
+
+def _shards(item: Mapping[str, Any], path: str) -> int:
+    value = _integer(item, "shards", 1, path)
+    if not 1 <= value <= MAX_SHARDS:
+        raise SpecError(f"{path}.shards must be between 1 and {MAX_SHARDS}, got {value}")
+    return value
 
 
 def parse_spec(spec: Mapping[str, Any]) -> TaskQueueSpec:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ebbtide.brokers.tls import BrokerTLS, is_tls_url
+from ebbtide.shards import ShardedStats, sum_shards
 from ebbtide.stats import BrokerStats
 
 from ebbtide_operator import (
@@ -30,6 +31,7 @@ from ebbtide_operator import (
     observe,
     pod_health,
     provision,
+    shards,
     startup,
     tls_files,
 )
@@ -93,13 +95,15 @@ class _Memory:
     costs: dict[str, int] = field(default_factory=dict)
     last_scale_time: str | None = None
     last_scale_reason: str | None = None
-    template: tuple[Any, Any, dict[str, Any]] | None = None  # (generation, credentials, template)
+    # ((generation, credentials, drained shards), template)
+    template: tuple[Any, dict[str, Any]] | None = None
     credentials_version: str | None = None  # the worker credential's, for the pod template
     applied: str | None = None  # fingerprint of the role credentials the live broker has
     worker_conflict: str | None = None  # `Deployment/<name>-worker` when it is not ours
     startup: startup.StartupEstimate = field(default_factory=startup.StartupEstimate)
     last_ready: int | None = None  # ready pods at the last tick: a rise is worth a pod list
     synced: tuple[Any, ...] | None = None  # _sync_key of the Deployment last found in order
+    shards: dict[str, int] = field(default_factory=dict)  # drained per queue (status.shards)
 
 
 def tls_state(spec: TaskQueueSpec, url: str | None) -> str:
@@ -191,6 +195,7 @@ class TaskQueueTicker:
             )
             return
         scaling = spec.scaling
+        drained = shards.drained(body.get("status"), spec)
         if spec.broker.managed is not None:
             # Before the Deployment's drift check: a rotation changes the pod template.
             await self._refresh_credentials(body, spec, now)
@@ -198,16 +203,19 @@ class TaskQueueTicker:
         # The broker and the API server are read concurrently: the tick waits for the
         # slower of the two, not their sum.
         stats_or_error, deployment = await asyncio.gather(
-            self._read_stats(namespace, name, spec, now),
+            self._read_stats(namespace, name, spec, now, drained),
             self._worker_deployment(body, namespace, name, spec),
         )
         stats: BrokerStats | None = None
+        sharded: ShardedStats | None = None
         if isinstance(stats_or_error, BrokerUnreachable):
             outcome.broker_error = str(stats_or_error)
             memory.url_read_at = 0.0  # re-read the Secret next time: it may have changed
             self.metrics.error(namespace, name, "broker")
         else:
-            stats = stats_or_error
+            sharded = sum_shards(stats_or_error)  # the policy sees logical queues only
+            stats = sharded.stats
+        memory.shards = shards.next_drained(spec, drained, sharded)
         replicas = int((deployment or {}).get("spec", {}).get("replicas") or 0)
         ready = int((deployment or {}).get("status", {}).get("readyReplicas") or 0)
         worker_problem = await self._worker_problem(namespace, name, deployment, ready)
@@ -297,7 +305,7 @@ class TaskQueueTicker:
         return tuple(key for key in self.conflicts(body) if key != worker_key)
 
     async def _read_stats(
-        self, namespace: str, name: str, spec: TaskQueueSpec, now: float
+        self, namespace: str, name: str, spec: TaskQueueSpec, now: float, drained: dict[str, int]
     ) -> BrokerStats | BrokerUnreachable:
         try:
             url = await self._broker_url(namespace, name, spec, now)
@@ -305,7 +313,7 @@ class TaskQueueTicker:
             return await self.reader.read(
                 f"{namespace}/{name}",
                 url,
-                [q.name for q in spec.queues],
+                spec.broker_queues(drained),
                 stats_timeout(spec.scaling.poll_seconds),
                 prefix=spec.broker.key_prefix,
                 tls=tls,
@@ -409,7 +417,7 @@ class TaskQueueTicker:
                     synced.roles,
                     spec.broker.key_prefix,
                     name,
-                    [q.name for q in spec.queues],
+                    spec.broker_queues(),
                     tls,
                 )
                 memory.applied = fingerprint
@@ -449,7 +457,7 @@ class TaskQueueTicker:
         template = self._desired_template(body, name, spec)
         try:
             live = await self._lane.read_deployment(namespace, naming.worker_name(name))
-            key = _sync_key(body, live, template, self._credentials(spec))
+            key = _sync_key(body, live, self._template_stamp(template))
             if key is not None and self.memory.synced == key:
                 return live
             replicas = spec.scaling.min_replicas
@@ -468,7 +476,7 @@ class TaskQueueTicker:
             self.memory.worker_conflict = None
             # After a repair, `live` is the Deployment as it was: the patched one comes
             # with a new resourceVersion, and is checked again.
-            self.memory.synced = _sync_key(body, live, template, self._credentials(spec))
+            self.memory.synced = _sync_key(body, live, self._template_stamp(template))
             return live
         except provision.NameConflict as conflict:
             if self.memory.worker_conflict != conflict.key:
@@ -495,14 +503,21 @@ class TaskQueueTicker:
         version = self._credentials(spec)
         if spec.broker.managed is not None and version is None:
             return None
+        drain = shards.drain_extra(spec, shards.drained(body.get("status"), spec))
+        key = (generation, version, tuple(sorted(drain.items())))
         cached = self.memory.template
-        if cached is None or cached[:2] != (generation, version) or generation is None:
+        if cached is None or cached[0] != key or generation is None:
             cached = self.memory.template = (
-                generation,
-                version,
-                worker.worker_pod_template(name, spec, version),
+                key,
+                worker.worker_pod_template(name, spec, version, drain),
             )
-        return cached[2]
+        return cached[1]
+
+    def _template_stamp(self, template: Mapping[str, Any] | None) -> Any:
+        """The key `template` was built under (generation, credential, drained shards);
+        None when there is no wanted template this poll."""
+        cached = self.memory.template
+        return cached[0] if template is not None and cached is not None else None
 
     async def _worker_problem(
         self, namespace: str, name: str, deployment: Mapping[str, Any] | None, ready: int
@@ -580,6 +595,9 @@ class TaskQueueTicker:
             new["policyState"] = memory.policy_state.to_dict()
         if memory.startup.seconds is not None:
             new["podStartupSeconds"] = round(memory.startup.seconds, 1)
+        sharded_status = shards.status_field(memory.shards)
+        if sharded_status or "shards" in (memory.written or body.get("status") or {}):
+            new["shards"] = sharded_status or None  # None: the merge patch removes it
         return new
 
     def _invalid_status(self, body: Mapping[str, Any], error: str, now: float) -> dict[str, Any]:
@@ -637,21 +655,17 @@ class TaskQueueTicker:
 
 
 def _sync_key(
-    body: Mapping[str, Any],
-    live: Mapping[str, Any] | None,
-    template: Mapping[str, Any] | None,
-    credentials: str | None,
+    body: Mapping[str, Any], live: Mapping[str, Any] | None, stamp: Any
 ) -> tuple[Any, ...] | None:
     """What the drift check's verdict depends on: the TaskQueue (uid: controlled_by), the
     stored Deployment (the cache keeps its resourceVersion across our own scale writes,
-    which never touch the template), and the spec generation and credential the wanted
-    template was built from. None (check every time) without a generation to tell."""
+    which never touch the template), and `stamp`, what the wanted template was built from
+    (`_template_stamp`). None (check every time) without a generation to tell."""
     generation = body["metadata"].get("generation")
     if live is None or generation is None:
         return None
     meta = live.get("metadata") or {}
-    uid, version = body["metadata"].get("uid"), meta.get("resourceVersion")
-    return (uid, version, generation, credentials, template is None)
+    return (body["metadata"].get("uid"), meta.get("resourceVersion"), generation, stamp)
 
 
 def _with_local_time(obs: Observation, now: float) -> Observation:

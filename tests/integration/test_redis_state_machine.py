@@ -75,7 +75,12 @@ def test_fuzzed_payloads_all_die_and_the_worker_keeps_claiming(redis_broker):
         broker.tasks.record.send("fuzz-last", 1)
         wait_for(lambda: broker.done("fuzz-last"), what="a good task after all the bad ones")
         assert proc.poll() is None
-    assert broker.queue().in_flight == 0 and broker.queue().ready == 0
+        # A task records itself before its ack: wait while the worker lives (leaving the
+        # block SIGKILLs it, and an ack not yet sent would then never come).
+        wait_for(
+            lambda: (q := broker.queue()).in_flight == 0 and q.ready == 0,
+            what="nothing left in flight or ready",
+        )
 
 
 def metric(port: int, name: str) -> float:

@@ -14,9 +14,11 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def pytest_runtest_makereport(item, call):
     """With CI=true nothing may skip: a skip (a missing server, binary or tool) becomes a
     failure that names its reason, so a green CI always means every test ran. Strict
-    xfails stay what they are."""
+    xfails stay what they are. Each phase's report is kept on the item (`item.rep_call`)
+    so a fixture can print diagnostics for a failed test."""
     outcome = yield
     report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)  # fixtures read it: did the test fail?
     if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"

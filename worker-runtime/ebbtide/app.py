@@ -15,9 +15,10 @@ from .batch import Batch
 from .brokers import check_scheme, open_broker, resolve_url
 from .brokers.base import Broker, Outgoing
 from .codec import DEFAULT_COMPRESS_THRESHOLD, Codec, keys_from_dir
-from .errors import BacklogFull
+from .errors import BacklogFull, PartiallyEnqueued
 from .lifecycle import parse_rate
 from .message import check_priority, check_queue, encode_payload, new_task_id
+from .shards import RoundRobin, check_shards, counts_from_env, shard_name, shard_of
 from .validation import ArgumentCheck
 
 DEFAULT_QUEUE = "default"
@@ -26,7 +27,8 @@ DEFAULT_QUEUE = "default"
 @dataclass(frozen=True)
 class QueueConfig:
     name: str
-    max_backlog: int = 0  # 0 = unbounded
+    max_backlog: int = 0  # 0 = unbounded (a sharded queue: split evenly over its shards)
+    shards: int = 1  # broker queues this queue is split into (shards.py)
 
 
 class App:
@@ -47,6 +49,7 @@ class App:
         encryption_keys: Mapping[str, bytes | str] | None = None,
         encrypt_with: str | None = None,
         encryption_required: bool = False,
+        shards: Mapping[str, int] | None = None,
     ) -> None:
         """`serializer` ("json" or "msgpack") and `compress_threshold` (zstd above this
         many bytes of arguments, None = never) shape what this app sends; any worker reads
@@ -54,7 +57,9 @@ class App:
         files of $EBBTIDE_ENCRYPTION_KEYS_DIR, a mounted Secret) are all read with, and
         `encrypt_with` (default: $EBBTIDE_ENCRYPT_WITH, or the only key) seals what is sent;
         `encryption_required` makes a worker bury every task that is not encrypted
-        (docs/runtime.md, "Payload formats" and "Encryption")."""
+        (docs/runtime.md, "Payload formats" and "Encryption"). `shards` ({queue: K})
+        splits queues into K broker queues each; $EBBTIDE_SHARDS (what the operator sets
+        from spec.queues[].shards) overrides it (docs/runtime.md, "Sharded queues")."""
         if broker_url:
             check_scheme(broker_url)
         self._broker_url = broker_url
@@ -75,6 +80,12 @@ class App:
         )
         self.tasks: dict[str, Task] = {}
         self.queues: dict[str, QueueConfig] = {}
+        for queue, count in (shards or {}).items():
+            self.queue(queue, shards=count)
+        # The deployment's word (env, or the worker's --shards / --drain-shards) beats
+        # the code's: the operator sets it from the TaskQueue spec.
+        self.shard_override, self.drain_shards = counts_from_env()
+        self._round_robin = RoundRobin()
         self._broker: Broker | None = None
         # The open `with app.batch():` block of this thread / asyncio task, if any.
         self._batch: contextvars.ContextVar[Batch | None] = contextvars.ContextVar(
@@ -97,12 +108,42 @@ class App:
         check_scheme(url)
         self._broker_url, self._broker = url, None
 
-    def queue(self, name: str, *, max_backlog: int = 0) -> QueueConfig:
-        """Declare queue options; `send()` past `max_backlog` raises BacklogFull."""
+    def queue(self, name: str, *, max_backlog: int = 0, shards: int = 1) -> QueueConfig:
+        """Declare queue options; `send()` past `max_backlog` raises BacklogFull; `shards`
+        splits it into that many broker queues (1..256, docs/runtime.md "Sharded
+        queues")."""
         if max_backlog < 0:
             raise ValueError(f"max_backlog must be >= 0, got {max_backlog}")
-        config = self.queues[name] = QueueConfig(check_queue(name), max_backlog)
+        check_shards(shards, f"the shards of queue {name!r}")
+        config = self.queues[name] = QueueConfig(check_queue(name), max_backlog, shards)
         return config
+
+    def shard_count(self, queue: str) -> int:
+        """How many shards this app sends `queue`'s tasks over."""
+        if queue in self.shard_override:
+            return self.shard_override[queue]
+        config = self.queues.get(queue)
+        return config.shards if config else 1
+
+    def drained_shards(self, queue: str) -> int:
+        """How many shards a worker of this app drains: all it may send to, and those a
+        shrink left behind until they are empty (EBBTIDE_DRAIN_SHARDS)."""
+        config = self.queues.get(queue)
+        declared = config.shards if config else 1
+        return max(self.shard_count(queue), declared, self.drain_shards.get(queue, 1))
+
+    def use_shards(self, shards: Mapping[str, int], drain: Mapping[str, int]) -> None:
+        """The worker's --shards and --drain-shards (over the environment's)."""
+        self.shard_override = {**self.shard_override, **shards}
+        self.drain_shards = {**self.drain_shards, **drain}
+
+    def pick_shard(self, queue: str, key: str | None) -> str:
+        """The broker queue one task goes to: by `key`'s stable hash, else round-robin."""
+        count = self.shard_count(queue)
+        if count == 1:
+            return queue
+        index = shard_of(key, count) if key is not None else self._round_robin.next(queue, count)
+        return shard_name(queue, index)
 
     def task(
         self,
@@ -117,11 +158,16 @@ class App:
         max_recoveries: int = 3,
         validate: bool = True,
         schema: Mapping[str, Any] | None = None,
+        shards: int | None = None,
     ) -> Any:
-        """Register a def or async def as a task: `@app.task` or `@app.task(queue=...)`.
+        """Register a def or async def as a task: `@app.task` or `@app.task(queue=...)`;
+        `shards=K` declares its queue split into K shards (as `app.queue(q, shards=K)`).
         Its arguments are checked against its signature and type hints at `send()` and
         in the worker (`validate=False` opts out), and against `schema`, a JSON Schema
         of the arguments by name, when given (docs/runtime.md, "Payload validation")."""
+
+        if shards is not None:
+            self._declare_shards(check_queue(queue), shards)
 
         def register(f: Callable[..., Any]) -> Task:
             task = Task(
@@ -143,6 +189,17 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    def _declare_shards(self, queue: str, shards: int) -> None:
+        check_shards(shards, f"the shards of queue {queue!r}")
+        config = self.queues.get(queue)
+        if config is None or config.shards == 1:
+            self.queues[queue] = QueueConfig(queue, config.max_backlog if config else 0, shards)
+        elif config.shards != shards:
+            raise ValueError(
+                f"queue {queue!r} is declared with {config.shards} shards, and now with "
+                f"{shards}: declare it once (app.queue({queue!r}, shards=...))"
+            )
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[Batch]:
@@ -220,13 +277,26 @@ class Task:
         priority: int | None = None,
         key: str | None = None,
         queue: str | None = None,
+        shard_key: str | None = None,
     ) -> TaskCall:
+        """Per-call options. `key`: a unique task (a duplicate of a pending one is not
+        stored). `shard_key`: the shard of a sharded queue is picked by this key's hash
+        (by `key`'s when only that is given; round-robin when neither is), so tasks with
+        one shard key share a shard. `send()`'s own keyword arguments are the task's."""
+        if shard_key is not None and (not isinstance(shard_key, str) or not shard_key):
+            raise ValueError(f"shard_key must be a non-empty string, got {shard_key!r}")
+        if shard_key is not None and key is not None:
+            raise ValueError(
+                f"task {self.name!r}: pass key= or shard_key=, not both: a keyed (unique) "
+                "task goes to the shard its key picks, so that its duplicates meet there"
+            )
         return TaskCall(
             self,
             delay or 0.0,
             self.priority if priority is None else check_priority(priority),
             key,
             check_queue(queue) if queue else self.queue,
+            shard_key,
         )
 
     def send(self, *args: Any, **kwargs: Any) -> str:
@@ -245,6 +315,7 @@ class TaskCall:
     priority: int
     key: str | None
     queue: str
+    shard_key: str | None = None
 
     def send(self, *args: Any, **kwargs: Any) -> str:
         """Enqueue one task; returns its id (for a duplicate `key=`, the pending one's id).
@@ -277,26 +348,87 @@ class TaskCall:
         app = self.task.app
         config = app.queues.get(self.queue)
         max_backlog = config.max_backlog if config else 0
+        shards = app.shard_count(self.queue)
+        if shards > 1 and max_backlog:
+            max_backlog = -(-max_backlog // shards)  # the limit is per broker queue
+        pin = self.shard_key if self.shard_key is not None else self.key
         batch = app._batch.get()
+        if shards == 1 or pin is not None:  # one broker queue: the call as it came
+            queue = app.pick_shard(self.queue, pin)
+            if batch is not None:
+                return self._buffer(batch, {queue: messages}, max_backlog, messages)
+            return self._store(queue, messages, max_backlog, [])
+        groups = self._by_shard(messages)
         if batch is not None:
-            return self._buffer(batch, messages, max_backlog)
-        replies = app.broker.enqueue(self.queue, messages, max_backlog, int(app.unique_ttl * 1000))
+            by_queue = {q: [m for _, m in items] for q, items in groups.items()}
+            return self._buffer(batch, by_queue, max_backlog, messages)
+        if len(groups) == 1:
+            ((queue, _),) = groups.items()
+            return self._store(queue, messages, max_backlog, [])
+        return self._store_sharded(groups, max_backlog, len(messages))
+
+    def _by_shard(self, messages: list[Outgoing]) -> dict[str, list[tuple[int, Outgoing]]]:
+        """Round-robin: the messages per broker queue, with their place in the call."""
+        app = self.task.app
+        groups: dict[str, list[tuple[int, Outgoing]]] = {}
+        for i, m in enumerate(messages):
+            groups.setdefault(app.pick_shard(self.queue, None), []).append((i, m))
+        return groups
+
+    def _store(
+        self, queue: str, messages: list[Outgoing], max_backlog: int, stored: list[str]
+    ) -> list[str]:
+        """Enqueue to one broker queue; `stored`: ids other shards took in this call."""
+        app = self.task.app
+        replies = app.broker.enqueue(queue, messages, max_backlog, int(app.unique_ttl * 1000))
         ids: list[str] = []
         for reply in replies:
             if reply == "!full":
-                raise BacklogFull(self.queue, max_backlog, accepted=len(ids))
+                raise BacklogFull(queue, max_backlog, accepted=len(stored) + len(ids))
             ids.append(reply[1:] if reply.startswith("=") else reply)
         return ids
 
-    def _buffer(self, batch: Batch, messages: list[Outgoing], max_backlog: int) -> list[str]:
-        """Inside `app.batch()`: the ids now, the round trip at the block's exit."""
+    def _store_sharded(
+        self, groups: dict[str, list[tuple[int, Outgoing]]], max_backlog: int, total: int
+    ) -> list[str]:
+        """send_many over several shards: one enqueue per shard, the ids back in the
+        call's order. A failure part-way is PartiallyEnqueued naming every stored id."""
+        ids: list[str] = [""] * total
+        stored: list[str] = []
+        for queue, items in groups.items():
+            try:
+                got = self._store(queue, [m for _, m in items], max_backlog, stored)
+            except PartiallyEnqueued as exc:
+                error = exc.__cause__ or exc
+                raise PartiallyEnqueued(self.queue, stored + exc.accepted, total, error) from error
+            except BacklogFull:
+                raise
+            except Exception as exc:
+                if not stored:
+                    raise
+                raise PartiallyEnqueued(self.queue, stored, total, exc) from exc
+            for (i, _), task_id in zip(items, got, strict=True):
+                ids[i] = task_id
+            stored.extend(got)
+        return ids
+
+    def _buffer(
+        self,
+        batch: Batch,
+        groups: Mapping[str, list[Outgoing]],
+        max_backlog: int,
+        messages: list[Outgoing],
+    ) -> list[str]:
+        """Inside `app.batch()`: the ids now, the round trip (one per shard) at the
+        block's exit."""
         if self.key:
             raise ValueError(
                 f"task {self.task.name!r}: a keyed send (key={self.key!r}) cannot go in "
                 "app.batch(), as its id is only known once the broker has de-duplicated "
                 "it; send it outside the block"
             )
-        batch.add(self.queue, max_backlog, self.task.name, messages)
+        for queue, items in groups.items():
+            batch.add(queue, max_backlog, self.task.name, items)
         return [m.task_id for m in messages]
 
 

@@ -59,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
         help="q1,q2 or weighted q1:3,q2:1 (default: all the app's task queues)",
     )
     w.add_argument("--strict", action="store_true", help="strict priority in --queues order")
+    w.add_argument(
+        "--shards",
+        default=None,
+        help="shard counts, e.g. emails=8,reports=2 (default: env EBBTIDE_SHARDS, else the "
+        "app's declarations)",
+    )
+    w.add_argument(
+        "--drain-shards",
+        default=None,
+        help="also drain this many shards (left by a shrink), e.g. emails=8 (default: env "
+        "EBBTIDE_DRAIN_SHARDS)",
+    )
     w.add_argument("--concurrency", type=int, default=8, help="task slots (default 8)")
     w.add_argument(
         "--prefetch", type=int, default=None, help="extra tasks held (default = concurrency)"
@@ -95,13 +107,26 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="queue statistics, as the operator reads them")
     s.add_argument("--json", action="store_true")
     s.add_argument("--queues", default=None, help="comma-separated (default: all known)")
+    s.add_argument(
+        "--shards",
+        default=None,
+        help="shard counts of the --queues, e.g. emails=8 (default: env EBBTIDE_SHARDS, "
+        "else the shards the broker knows)",
+    )
+    s.add_argument("--by-shard", action="store_true", help="also a row per shard")
     s.add_argument("--broker-url", dest="sub_broker_url", default=None, help=argparse.SUPPRESS)
     s.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     s.set_defaults(run=_stats)
 
     d = sub.add_parser("dlq", help="dead-letter queue: list, replay or purge")
     d.add_argument("action", choices=["list", "replay", "purge"])
-    d.add_argument("--queue", default=None, help="one queue (default: all)")
+    d.add_argument("--queue", default=None, help="one queue, all its shards (default: all)")
+    d.add_argument(
+        "--shards",
+        default=None,
+        help="shard counts, e.g. emails=8 (default: env EBBTIDE_SHARDS, else every shard "
+        "the broker knows)",
+    )
     d.add_argument(
         "--id", dest="ids", action="append", default=None, help="only this task id (repeatable)"
     )
@@ -177,6 +202,12 @@ def _worker(args: argparse.Namespace) -> int:
         if args.unknown_task_grace_seconds < 0:
             raise ValueError("--unknown-task-grace-seconds must be >= 0")
         app.unknown_task_grace_seconds = args.unknown_task_grace_seconds
+    if args.shards or args.drain_shards:
+        from .shards import parse_counts
+
+        app.use_shards(
+            parse_counts(args.shards, "--shards"), parse_counts(args.drain_shards, "--drain-shards")
+        )
     spec = args.queues or ",".join(dict.fromkeys(t.queue for t in app.tasks.values())) or None
     worker = Worker(
         app,
@@ -218,6 +249,8 @@ def _supervise(args: argparse.Namespace, processes: int) -> int:
         ("--grace-seconds", args.grace_seconds),
         ("--lease-seconds", args.lease_seconds),
         ("--unknown-task-grace-seconds", args.unknown_task_grace_seconds),
+        ("--shards", args.shards),
+        ("--drain-shards", args.drain_shards),
     ):
         if value is not None:
             flags += [flag, str(value)]
@@ -246,13 +279,40 @@ def _broker(args: argparse.Namespace) -> Any:
     return open_broker(_url(args))
 
 
+def _shard_counts(args: argparse.Namespace) -> dict[str, int] | None:
+    """--shards, else EBBTIDE_SHARDS; None when neither names any queue."""
+    from .shards import SHARDS_ENV, parse_counts
+
+    if args.shards:
+        return parse_counts(args.shards, "--shards")
+    return parse_counts(os.environ.get(SHARDS_ENV), SHARDS_ENV) or None
+
+
 def _stats(args: argparse.Namespace) -> int:
     from .brokers import read_stats
+    from .message import check_queue
+    from .shards import logical_queue, shard_names, sum_shards
 
-    queues = [q for q in (args.queues or "").split(",") if q] or None
-    stats = read_stats(_broker(args), queues)
+    queues = [check_queue(q) for q in (args.queues or "").split(",") if q] or None
+    counts = _shard_counts(args)
+    broker = _broker(args)
+    if queues is not None and counts is None:
+        # No counts given: every shard the broker knows of each queue named.
+        known = read_stats(broker, None)
+        wanted = set(queues)
+        raw = read_stats(broker, [q for q in known.queues if logical_queue(q) in wanted] or queues)
+    elif queues is not None:
+        raw = read_stats(broker, [s for q in queues for s in shard_names(q, counts.get(q, 1))])
+    else:
+        raw = read_stats(broker, None)
+    sharded = sum_shards(raw)
+    stats = sharded.stats
     if args.json:
-        print(json.dumps(asdict(stats), indent=2, default=str))
+        body = asdict(stats)
+        body["shards"] = {
+            q: {str(i): asdict(s) for i, s in parts.items()} for q, parts in sharded.shards.items()
+        }
+        print(json.dumps(body, indent=2, default=str))
         return 0
     cols = (
         "queue",
@@ -268,21 +328,11 @@ def _stats(args: argparse.Namespace) -> int:
     )
     rows = [cols]
     for name, q in stats.queues.items():
-        prio = " ".join(f"{p}:{n}" for p, n in sorted(q.ready_by_priority.items(), reverse=True))
-        rows.append(
-            (
-                name,
-                q.ready,
-                prio or "-",
-                q.in_flight,
-                q.delayed,
-                q.dead,
-                f"{stats.oldest_age_s(name):.1f}",
-                q.enqueued_total,
-                q.completed_total,
-                f"{q.busy_seconds_total:.1f}",
-            )
-        )
+        parts = sharded.shards.get(name, {})
+        label = f"{name} ({len(parts)} shards)" if parts else name
+        rows.append(_stats_row(label, q, stats.now))
+        for index, part in parts.items() if args.by_shard else ():
+            rows.append(_stats_row(f"  ~{index}", part, stats.now))
     _table(rows)
     print()
     wrows = [("worker", "pod", "busy", "running", "concurrency", "queues", "seen-s-ago")]
@@ -302,6 +352,23 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats_row(label: str, q: Any, now: float) -> tuple:
+    prio = " ".join(f"{p}:{n}" for p, n in sorted(q.ready_by_priority.items(), reverse=True))
+    age = max(0.0, now - q.oldest_ready_at) if q.oldest_ready_at is not None else 0.0
+    return (
+        label,
+        q.ready,
+        prio or "-",
+        q.in_flight,
+        q.delayed,
+        q.dead,
+        f"{age:.1f}",
+        q.enqueued_total,
+        q.completed_total,
+        f"{q.busy_seconds_total:.1f}",
+    )
+
+
 def _table(rows: list[tuple]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -313,7 +380,7 @@ def _dlq(args: argparse.Namespace) -> int:
     from .brokers import redact
 
     broker = _broker(args)
-    dead = broker.dlq_list(args.queue, args.limit)
+    dead = _dead_of(broker, args)
     if args.ids:
         wanted = set(args.ids)
         dead = [d for d in dead if d.task_id in wanted]
@@ -348,6 +415,42 @@ def _dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dead_of(broker: Any, args: argparse.Namespace) -> list[Any]:
+    """The dead tasks of --queue (every shard of it: by --shards / EBBTIDE_SHARDS, else
+    every shard the broker's statistics know), or of every queue; at most --limit."""
+    from .message import check_queue
+    from .shards import shard_names
+
+    if args.queue is None:
+        return broker.dlq_list(None, args.limit)
+    check_queue(args.queue)
+    dead = broker.dlq_list(args.queue, args.limit)  # shard 0, the queue itself
+    counts = _shard_counts(args)
+    if counts is None:
+        others = _known_shards(broker, args.queue)
+    else:
+        others = shard_names(args.queue, counts.get(args.queue, 1))[1:]
+    for name in others:
+        if len(dead) >= args.limit:
+            break
+        dead += broker.dlq_list(name, args.limit - len(dead))
+    return dead
+
+
+def _known_shards(broker: Any, queue: str) -> list[str]:
+    """The shards of `queue` above shard 0 that the broker's statistics name (none
+    where they cannot list queues: RabbitMQ without its management API)."""
+    from .brokers import read_stats
+    from .shards import split_shard
+
+    found = []
+    for name in read_stats(broker, None).queues:
+        split = split_shard(name)
+        if split is not None and split[0] == queue and split[1] > 0:
+            found.append((split[1], name))
+    return [name for _, name in sorted(found)]
+
+
 AUDIT_IDS = 100  # task ids named in one audit line; past that, only how many more
 
 
@@ -379,13 +482,12 @@ def _confirm_purge(args: argparse.Namespace, dead: list[Any]) -> int | None:
 
 
 def _dead_table(dead: list[Any]) -> None:
-    rows = [("queue", "id", "task", "died", "error")]
+    rows = [("queue", "shard", "id", "task", "died", "error")]
     for d in dead:
         body = _dead_json(d)
         died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.died_at))
-        rows.append(
-            (d.queue, d.task_id, body.get("task", "?"), died, str(body.get("error", ""))[:100])
-        )
+        error = str(body.get("error", ""))[:100]
+        rows.append((body["queue"], body["shard"], d.task_id, body.get("task", "?"), died, error))
     _table(rows)
 
 
@@ -396,7 +498,16 @@ def _dead_json(d: Any) -> dict[str, Any]:
         body = {"raw": d.payload}
     if not isinstance(body, dict):
         body = {"raw": body}
-    return {"queue": d.queue, "id": d.task_id, "died_at": d.died_at, **_shown_arguments(body)}
+    from .shards import split_shard
+
+    queue, shard = split_shard(d.queue) or (d.queue, 0)
+    return {
+        "queue": queue,
+        "shard": shard,
+        "id": d.task_id,
+        "died_at": d.died_at,
+        **_shown_arguments(body),
+    }
 
 
 def _shown_arguments(body: dict[str, Any]) -> dict[str, Any]:

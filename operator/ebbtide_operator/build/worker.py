@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ebbtide.brokers.tls import CA_FILE_ENV, CERT_FILE_ENV, KEY_FILE_ENV
+from ebbtide.shards import DRAIN_SHARDS_ENV, SHARDS_ENV, format_counts
 
-from ebbtide_operator import naming
+from ebbtide_operator import naming, shards
 from ebbtide_operator.build.common import owned, spec_hash
 from ebbtide_operator.build.merge import deep_merge
 from ebbtide_operator.spec import SecretRef, TaskQueueSpec
@@ -134,7 +135,18 @@ def worker_broker_secret(taskqueue: str, spec: TaskQueueSpec) -> SecretRef:
     return spec.broker.url_secret(taskqueue, "worker")
 
 
-def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
+def _env(
+    taskqueue: str, spec: TaskQueueSpec, drain: Mapping[str, int] | None = None
+) -> list[dict[str, Any]]:
+    # Every queue's shard count (the spec beats the app's code), and the shards a shrink
+    # left that are still drained (operator shards.py). Nothing when no queue is sharded,
+    # so upgrading the operator does not roll every unsharded TaskQueue's pods.
+    counts = spec.shard_counts()
+    sharding = []
+    if any(count > 1 for count in counts.values()) or drain:
+        sharding.append({"name": SHARDS_ENV, "value": format_counts(counts)})
+    if drain:
+        sharding.append({"name": DRAIN_SHARDS_ENV, "value": format_counts(drain)})
     ours: list[dict[str, Any]] = [
         {"name": "EBBTIDE_BROKER_URL_FILE", "value": BROKER_URL_FILE},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -142,6 +154,7 @@ def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
         {"name": "EBBTIDE_TASKQUEUE", "value": taskqueue},
         {"name": "EBBTIDE_KEY_PREFIX", "value": spec.broker.key_prefix},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *sharding,
         *tls_pieces(taskqueue, spec)[0],
     ]
     taken = {item["name"] for item in ours}
@@ -149,11 +162,15 @@ def _env(taskqueue: str, spec: TaskQueueSpec) -> list[dict[str, Any]]:
 
 
 def worker_pod_template(
-    taskqueue: str, spec: TaskQueueSpec, credentials: str | None = None
+    taskqueue: str,
+    spec: TaskQueueSpec,
+    credentials: str | None = None,
+    drain: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The pod template, user override merged in, annotated with its own hash.
     `credentials` (a managed broker's worker credential version) rolls the pods when the
-    worker's password is rotated: the runtime reads the URL file once, at start."""
+    worker's password is rotated: the runtime reads the URL file once, at start. `drain`:
+    the queues still drained beyond their spec shard count (shards.drain_extra)."""
     worker = spec.worker
     port = worker.metrics_port
     secret = worker_broker_secret(taskqueue, spec)
@@ -163,16 +180,20 @@ def worker_pod_template(
         "image": worker.image,
         "command": list(worker.command) or ["ebbtide"],
         "args": worker_args(spec),
-        "env": _env(taskqueue, spec),
+        "env": _env(taskqueue, spec, drain),
         "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
+        # 5 s, not the 1 s default, to answer: a busy node's CPU-starved Python process
+        # can miss 1 s, and a missed liveness probe restarts a healthy worker mid-task.
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "metrics"},
             "periodSeconds": 10,
+            "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "metrics"},
             "periodSeconds": 5,
+            "timeoutSeconds": 5,
             "failureThreshold": 2,
         },
         "securityContext": {
@@ -240,7 +261,8 @@ def worker_deployment(
     owner: Mapping[str, Any], spec: TaskQueueSpec, replicas: int, credentials: str | None = None
 ) -> dict[str, Any]:
     name = owner["metadata"]["name"]
-    template = worker_pod_template(name, spec, credentials)
+    drain = shards.drain_extra(spec, shards.drained(owner.get("status"), spec))
+    template = worker_pod_template(name, spec, credentials, drain)
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

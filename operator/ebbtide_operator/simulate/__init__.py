@@ -8,7 +8,7 @@ summary figures).
 
 from __future__ import annotations
 
-from .engine import Policy, Sample, SimConfig, SimResult, simulate
+from .engine import PodSeconds, Policy, Sample, SimConfig, SimResult, simulate
 from .keda import KedaPolicy
 from .oracle import oracle_replica_seconds
 from .run import make_policy, run_trace, summarize
@@ -16,6 +16,7 @@ from .trace import Task, TraceError, read_trace, write_trace
 
 __all__ = [
     "KedaPolicy",
+    "PodSeconds",
     "Policy",
     "Sample",
     "SimConfig",

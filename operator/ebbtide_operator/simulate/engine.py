@@ -82,6 +82,30 @@ class Sample:
 
 
 @dataclass
+class PodSeconds:
+    """Where the replica-seconds went (they add up to SimResult.replica_seconds): what a
+    policy can save is the start-up of pods it need not have started and the idle
+    slot-seconds, never the work."""
+
+    starting: float = 0.0  # pods added and not Ready yet
+    busy: float = 0.0  # slot-seconds running a task / concurrency
+    idle_queued: float = 0.0  # idle slots while tasks wait (draining pods take none)
+    idle_beside: float = 0.0  # idle slots of a pod still running a task, nothing queued
+    idle_empty: float = 0.0  # a Ready pod with nothing to run, until a tick removes it
+    pods_started: int = 0  # pods added after t = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "starting": round(self.starting, 1),
+            "busy": round(self.busy, 1),
+            "idle_queued": round(self.idle_queued, 1),
+            "idle_beside": round(self.idle_beside, 1),
+            "idle_empty": round(self.idle_empty, 1),
+            "pods_started": self.pods_started,
+        }
+
+
+@dataclass
 class SimResult:
     waits: list[float]  # per task, in trace order (arrival-sorted)
     replica_seconds: float
@@ -90,6 +114,7 @@ class SimResult:
     horizon_s: float  # time of the last completion
     unfinished: int = 0
     samples: list[Sample] = field(default_factory=list)
+    pod_seconds: PodSeconds = field(default_factory=PodSeconds)
 
     def percentile(self, q: float) -> float:
         """Nearest-rank percentile of the wait, q in [0, 1]."""
@@ -137,6 +162,11 @@ class _World:
         self.replica_seconds = 0.0
         self.done = 0
         self.startups: list[float] = []  # creation to Ready, per pod, as the operator sees it
+        self.ready_alive = 0  # Ready pods still alive (draining ones included)
+        self.empty = 0  # Ready, not draining, running nothing
+        self.queued = 0  # tasks waiting in any queue
+        self.running = 0  # tasks running on any pod
+        self.pod_seconds = PodSeconds()
 
     def observed_startup(self) -> float | None:
         """The median of the last pods' start-up times (what the operator would report
@@ -146,7 +176,18 @@ class _World:
 
     # -- time and events -------------------------------------------------------------
     def advance_to(self, t: float) -> None:
-        self.replica_seconds += self.alive * (t - self.now)
+        dt = t - self.now
+        self.replica_seconds += self.alive * dt
+        if dt > 0:
+            acc, slots = self.pod_seconds, self.config.concurrency
+            acc.starting += (self.alive - self.ready_alive) * dt
+            acc.busy += self.running / slots * dt
+            idle = (self.ready_alive - self.running / slots) * dt
+            if self.queued:
+                acc.idle_queued += idle
+            else:
+                acc.idle_empty += self.empty * dt
+                acc.idle_beside += idle - self.empty * dt
         self.now = t
 
     def push(self, t: float, kind: int, a: int, b: int = 0) -> None:
@@ -171,6 +212,8 @@ class _World:
         if not pod.alive or pod.draining:
             return
         pod.ready = True
+        self.ready_alive += 1
+        self.empty += 1
         self.startups.append(self.now - pod.created)
         for _ in range(self.config.concurrency):
             heapq.heappush(self.free_slots, pid)
@@ -182,6 +225,9 @@ class _World:
             if pod.running == 0:
                 pod.alive = False
                 self.alive -= 1
+                if pod.ready:
+                    self.ready_alive -= 1
+                    self.empty -= 1
 
     def scale_to(self, desired: int) -> bool:
         current = len(self.active())
@@ -197,6 +243,7 @@ class _World:
         q = self.qidx[i]
         self.queues[q].append(i)
         self.enqueued[q] += 1
+        self.queued += 1
 
     def complete(self, i: int, pid: int) -> None:
         q = self.qidx[i]
@@ -206,11 +253,15 @@ class _World:
         self.done += 1
         pod = self.pods[pid]
         pod.running -= 1
+        self.running -= 1
         if pod.draining:
             if pod.running == 0:
                 pod.alive = False
                 self.alive -= 1
+                self.ready_alive -= 1
         else:
+            if pod.running == 0:
+                self.empty += 1
             heapq.heappush(self.free_slots, pid)
 
     def dispatch(self) -> None:
@@ -230,8 +281,12 @@ class _World:
             if best < 0:
                 return
             i = self.queues[best].popleft()
+            self.queued -= 1
             pid = heapq.heappop(self.free_slots)
+            if self.pods[pid].running == 0:
+                self.empty -= 1
             self.pods[pid].running += 1
+            self.running += 1
             self.in_flight[best] += 1
             self.start[i] = self.now
             self.push(self.now + self.tasks[i].service_s, _COMPLETE, i, pid)
@@ -266,6 +321,7 @@ def simulate(tasks: list[Task], policy: Policy, config: SimConfig) -> SimResult:
     for _ in range(config.min_replicas):
         world.add_pod(ready_now=True)
     world.startups.clear()  # the initial pods were not observed starting
+    initial_pods = len(world.pods)
     n = len(tasks)
     give_up = (tasks[-1].arrival_s if tasks else 0.0) + GIVE_UP_AFTER_S
     next_arrival, next_poll, next_wake = 0, 0.0, math.inf
@@ -348,4 +404,5 @@ def simulate(tasks: list[Task], policy: Policy, config: SimConfig) -> SimResult:
         horizon_s=end,
         unfinished=n - world.done,
         samples=samples,
+        pod_seconds=replace(world.pod_seconds, pods_started=len(world.pods) - initial_pods),
     )

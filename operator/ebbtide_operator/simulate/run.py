@@ -88,6 +88,7 @@ def summarize(
         "ratio_to_oracle": round(result.replica_seconds / oracle, 3) if oracle > 0 else None,
         "horizon_s": round(result.horizon_s, 3),
         "unfinished": result.unfinished,
+        "pod_seconds": result.pod_seconds.as_dict(),
     }
 
 

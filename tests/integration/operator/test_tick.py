@@ -561,3 +561,48 @@ def test_a_status_write_that_fails_behind_the_tick_is_written_again(env):
     outcome = asyncio.run(tick_and_flush())
     assert outcome.status_written  # handed to the writer; the API server said 404
     assert ticker.memory.written is not None and ticker.memory.written_at is None
+
+
+def _worker_env(env: Env) -> dict[str, str]:
+    container = env.ns.deployment(WORKER)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_a_sharded_queue_is_summed_and_a_shrink_drained_before_it_applies(env):
+    """4 shards summed into the backlog; the spec lowered to 2 while shards 2 and 3 hold
+    tasks: the workers keep draining 4 (status.shards, EBBTIDE_DRAIN_SHARDS) until a real
+    worker has emptied them, then the count comes down and the workers roll."""
+    import ebbtide
+
+    raw = taskqueue()
+    raw["spec"]["queues"] = [{"name": "default", "shards": 4}]
+    body = env.ns.create_taskqueue(raw)
+    ticker = env.ticker(body)
+    producer = ebbtide.App(broker_url=env.url, shards={"default": 4})
+    producer.task(name="record", queue="default")(lambda tag, i: None).send_many(
+        ("sharded", i) for i in range(40)
+    )
+    asyncio.run(ticker.tick(body))
+    status = env.status()
+    assert status["backlog"] == 40 and status["shards"] == {"default": 4}
+    assert _worker_env(env)["EBBTIDE_SHARDS"] == "default=4"
+
+    shrunk = {**body, "spec": {**body["spec"], "queues": [{"name": "default", "shards": 2}]}}
+    shrunk["metadata"] = {**body["metadata"], "generation": body["metadata"]["generation"] + 1}
+    asyncio.run(ticker.tick({**shrunk, "status": env.status()}))
+    assert env.status()["shards"] == {"default": 4} and env.status()["backlog"] == 40
+    drained = _worker_env(env)
+    assert drained["EBBTIDE_SHARDS"] == "default=2"
+    assert drained["EBBTIDE_DRAIN_SHARDS"] == "default=4"
+
+    pod_env = {"EBBTIDE_SHARDS": "default=2", "EBBTIDE_DRAIN_SHARDS": "default=4"}
+    with worker(env.url, "--concurrency", "4", env=pod_env):
+        wait_for(lambda: rt.r().llen("done:sharded") == 40, 30, "40 tasks done")
+    producer.close()
+    asyncio.run(ticker.tick({**shrunk, "status": env.status()}))
+    assert env.status()["shards"] == {"default": 2}  # let go: the shards above 2 are empty
+    asyncio.run(ticker.tick({**shrunk, "status": env.status()}))
+    assert "EBBTIDE_DRAIN_SHARDS" not in _worker_env(env)
+    single = {**shrunk, "spec": {**shrunk["spec"], "queues": [{"name": "default"}]}}
+    asyncio.run(ticker.tick({**single, "status": env.status()}))
+    assert env.status().get("shards") is None  # unsharded again: the field is removed

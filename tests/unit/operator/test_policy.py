@@ -454,3 +454,43 @@ def test_the_state_s_histories_stay_short_and_merge_towards_caution():
     arrivals = record_arrivals(obs(now=40.0, arrival_rate=1.0), state, 100.0)
     assert len(arrivals) == MAX_HISTORY and arrivals[0] == (0.0, 4)  # the earlier one
     assert arrivals[-1] == (float(MAX_HISTORY), 8)
+
+
+DRAIN_SPEC = ScalingSpec(max_replicas=50, concurrency=4, pod_startup_seconds=10.0)
+
+
+def draining(**kw) -> Observation:
+    """A burst half drained: 4 Ready pods, every slot busy, nothing arriving."""
+    base = dict(backlog=40, in_flight=16, oldest_age_s=20.0, service_rate=4.0, replicas=4)
+    base.update(ready_replicas=4)
+    base.update(kw)
+    return obs(**base)
+
+
+def test_a_draining_burst_lets_pods_go_once_fewer_start_it_in_time():
+    d = decide(draining(), DRAIN_SPEC, QUIET)
+    # 10 s left for the oldest: 40 / (0.8 x 4/s x 10 s) = 1.25 pods, 1.4 with the
+    # tolerance: 2, though all 16 slots are busy (the two let go finish their tasks).
+    assert d.replicas == 2
+    assert d.reason == "backlog 40: 2 ready replicas start it by its deadline"
+    # With nothing queued and nothing arriving, one pod stays while the last tasks run.
+    last = decide(draining(backlog=0, oldest_age_s=0.0), DRAIN_SPEC, QUIET)
+    assert last.replicas == 1
+    assert last.reason == "backlog 0, 16 running: 1 replicas while they finish"
+
+
+def test_no_drain_down_when_late_arriving_or_still_starting():
+    # Already late: the T/4 catch-up is not something a scale-down may lean on.
+    assert decide(draining(oldest_age_s=31.0), DRAIN_SPEC, QUIET).replicas == 4
+    # Tasks still arriving: the stream term and the busy pods decide, as before.
+    assert decide(draining(arrival_rate=1.0), DRAIN_SPEC, QUIET).replicas == 4
+    # A pod still starting: its plan counted the start-up; the flap guard's case.
+    assert decide(draining(ready_replicas=3), DRAIN_SPEC, QUIET).replicas == 4
+    # The backlog that started these pods has not shrunk: the flap guard holds them.
+    guarded = replace(QUIET, up_backlog=40)
+    assert decide(draining(), DRAIN_SPEC, guarded).replicas == 4
+
+
+def test_drain_down_is_monotone_in_the_backlog():
+    counts = [decide(draining(backlog=b), DRAIN_SPEC, QUIET).replicas for b in (0, 1, 40, 80, 200)]
+    assert counts == sorted(counts) and counts[0] == 1

@@ -118,3 +118,23 @@ def test_no_flapping_under_steady_load(spec, arrival_rate, mu, backlog):
 def test_state_is_json_round_trippable(spec, state, kw, backlog):
     d = decide(observation(backlog, **kw), spec, state)
     assert PolicyState.from_dict(d.state.to_dict()) == d.state
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    specs(),
+    states(),
+    obs_kwargs,
+    st.integers(0, 300),
+    st.integers(0, 2_000),
+    st.integers(0, 2_000),
+)
+def test_monotone_in_backlog_while_a_burst_drains(spec, state, kw, pods, b1, b2):
+    """The drain-down's case: every pod Ready and nothing arriving, where the policy may go
+    below the busy pods; an empty queue must not keep more pods than a queued task."""
+    kw = dict(kw, arrival_rate=0.0, replicas=pods, ready_replicas=pods, broker_reachable=True)
+    low, high = sorted((b1, b2))
+    assert (
+        decide(observation(low, **kw), spec, state).replicas
+        <= decide(observation(high, **kw), spec, state).replicas
+    )

@@ -115,3 +115,20 @@ def test_scale_message():
         "2→6: backlog 1200, drain 95s > target 30s",
     )
     assert scale_message(6, 1, "idle")[0] == "ScaledDown"
+
+
+def test_the_drift_check_is_skipped_only_while_nothing_it_depends_on_changed():
+    from ebbtide_operator.tick import _sync_key
+
+    body = {"metadata": {"uid": "u1", "generation": 3}}
+    live = {"metadata": {"resourceVersion": "10"}}
+    stamp = (3, "cred-a", ())
+    key = _sync_key(body, live, stamp)
+    assert key == _sync_key(body, {"metadata": {"resourceVersion": "10"}}, (3, "cred-a", ()))
+    assert key != _sync_key(body, {"metadata": {"resourceVersion": "11"}}, stamp)
+    assert key != _sync_key({"metadata": {"uid": "u1", "generation": 4}}, live, stamp)
+    assert key != _sync_key(body, live, (3, "cred-b", ()))
+    assert key != _sync_key(body, live, (3, "cred-a", (("q", 2),)))  # a shard drained
+    assert key != _sync_key(body, live, None)
+    assert _sync_key({"metadata": {"uid": "u1"}}, live, stamp) is None  # no generation
+    assert _sync_key(body, None, stamp) is None

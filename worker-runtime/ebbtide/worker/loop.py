@@ -27,6 +27,7 @@ from .. import logs
 from ..brokers.base import Delivery, Exchanging, PushWindow, Settlement
 from ..brokers.rabbitmq.window import HOLD_S, Window  # pure: no pika behind it
 from ..selection import QueueSelection, plan_claim
+from ..shards import format_counts as shards_text
 from . import decisions, outcomes
 from .decisions import EXIT_HARD_TIMEOUT, Settings
 from .executor import Executor
@@ -55,7 +56,11 @@ class Worker:
     ) -> None:
         self.settings = s = Settings.of(concurrency, prefetch, lease_seconds, grace_seconds)
         self.app = app
-        self.selection = selection
+        # Every shard of a sharded queue, and those a shrink left to drain (shards.py).
+        self.selection = selection.with_shards(
+            {q: max(selection.shards.get(q, 1), app.drained_shards(q)) for q in selection.names}
+        )
+        self._claims = 0  # rotates the first shard of each claim plan
         self.concurrency, self.prefetch, self.capacity = s.concurrency, s.prefetch, s.capacity
         self.lease_ms = s.lease_ms
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
@@ -151,6 +156,7 @@ class Worker:
             worker=self.worker_id,
             queues=",".join(f"{q}:{w}" for q, w in self.selection.queues),
             strict=self.selection.strict,
+            **({"shards": shards_text(self.selection.shards)} if self.selection.shards else {}),
             concurrency=self.concurrency,
             prefetch=self.prefetch,
             lease_s=self.lease_ms / 1000,
@@ -271,7 +277,7 @@ class Worker:
                 idle = min(idle * 2, MAX_IDLE_S)
 
     async def _claim(self, n: int) -> list[Delivery]:
-        plan = plan_claim(self.selection, n)
+        plan = self._plan(n)
         if self._exchanger is None:
             return await self.broker.claim(plan, n, self.lease_ms)
         now = decisions.run_now(self.concurrency, len(self.held), len(self.settling), n)
@@ -281,6 +287,10 @@ class Worker:
         )
         self._exchanged(time.perf_counter() - started, 0)
         return got
+
+    def _plan(self, n: int) -> list[tuple[str, int]]:
+        self._claims += 1
+        return plan_claim(self.selection, n, turn=self._claims)
 
     def _exchanged(self, seconds: float, settled: int) -> None:
         """One exchange's round trip and settlements: resize the held bound (Redis, no
@@ -339,7 +349,7 @@ class Worker:
                     settled = len(batch)
                 elif n:
                     self._claim_inflight = owns_claim = True
-                    plan = plan_claim(self.selection, n)
+                    plan = self._plan(n)
                     now = decisions.run_now(self.concurrency, len(self.held), len(self.settling), n)
                     started = time.perf_counter()
                     still = len(self.held) - len({s.delivery.entry for s in batch})

@@ -47,6 +47,7 @@ def test_worker_deployment_command_env_probes_and_security():
     assert env["EBBTIDE_KEY_PREFIX"]["value"] == "ebbtide"  # the operator reads stats under it
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["timeoutSeconds"] == 5  # not 1 s: a busy node is slow
     assert container["ports"][0]["containerPort"] == 9200
     assert template["metadata"]["annotations"]["prometheus.io/port"] == "9200"
     assert pod["terminationGracePeriodSeconds"] == 90

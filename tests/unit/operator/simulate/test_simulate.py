@@ -231,3 +231,32 @@ def test_lane_bound_counts_that_only_the_last_task_on_a_slot_may_run_late():
         span = rng.uniform(0.5, 30.0)
         fluid = sum(services) / (span + max(services))
         assert lane_slots(services, span) >= fluid - 1e-9
+
+
+def test_replica_seconds_are_broken_down_by_what_the_pods_did():
+    # Two pods of 2 slots, added at the poll at 0, ready at 4; one pod after the poll at 5.
+    # At 4 pod 0 takes the 6 s and a 1 s task, pod 1 the other 1 s task.
+    tasks = [Task(0.0, 6.0), Task(0.0, 1.0), Task(0.0, 1.0)]
+    config = SimConfig(pod_startup_seconds=4.0, concurrency=2, push_activation=False)
+    r = simulate(tasks, lambda obs, spec: 2 if obs.now < 5 else 1, config)
+    ps = r.pod_seconds
+    assert r.replica_seconds == pytest.approx(15.0)  # 2 pods to 5, pod 0 to 10
+    assert ps.pods_started == 2
+    assert ps.starting == pytest.approx(8.0)  # 2 pods x 4 s
+    assert ps.busy == pytest.approx(4.0)  # 8 slot-seconds / 2 slots
+    assert ps.idle_queued == 0.0  # no task ever waited for a Ready slot
+    # Pod 1's second slot from 4 to 5, pod 0's second slot beside the 6 s task 5 -> 10.
+    assert ps.idle_beside == pytest.approx(0.5 + 2.5)
+    assert ps.idle_empty == 0.0  # pod 1 ran out of work at 5 and the poll at 5 removed it
+    total = ps.starting + ps.busy + ps.idle_queued + ps.idle_beside + ps.idle_empty
+    assert total == pytest.approx(r.replica_seconds)
+
+
+def test_an_empty_pod_is_paid_until_a_tick_removes_it():
+    config = SimConfig(pod_startup_seconds=0.0, push_activation=False)
+    r = simulate([Task(0.0, 1.0), Task(7.0, 1.0)], on_backlog, config)
+    # A pod from the poll at 0, done at 1, removed by the poll at 5: 4 s empty. Another
+    # from the poll at 10 runs the second task to 11 (the run ends there).
+    assert r.replica_seconds == pytest.approx(6.0)
+    assert r.pod_seconds.busy == pytest.approx(2.0)
+    assert r.pod_seconds.idle_empty == pytest.approx(4.0)
