@@ -105,6 +105,39 @@ def test_a_wake_up_adds_a_step_at_once_and_the_cadence_carries_on():
     assert len(woken) == 2 and late == [0.0, 0.0]
 
 
+def test_a_wake_up_during_the_initial_delay_is_a_woken_step_too():
+    """main.poll sends a woken step's API calls down the scale lane: it must hear of it."""
+    now = [0.0]
+    starts, woken = [], []
+
+    async def main():
+        wake = asyncio.Event()
+
+        async def step():
+            starts.append(now[0])
+
+        async def sleep(seconds):
+            if not wake.is_set() and not starts:
+                now[0] = 1.0
+                wake.set()
+                await asyncio.Event().wait()  # cut short by the wake-up
+            now[0] += seconds
+
+        await run_periodically(
+            step,
+            lambda: 10.0,
+            sleep,
+            stopped=lambda: len(starts) >= 1,
+            clock=lambda: now[0],
+            initial_delay=4.0,
+            wake=wake,
+            woken=lambda: woken.append(now[0]),
+        )
+
+    asyncio.run(main())
+    assert starts == [1.0] and woken == [1.0]
+
+
 def test_stats_timeout_bounds():
     assert stats_timeout(1) == 0.8 and stats_timeout(60) == 5.0 and stats_timeout(0.1) == 0.5
 
