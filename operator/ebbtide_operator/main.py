@@ -34,7 +34,7 @@ from typing import Any
 import kopf
 import kubernetes
 
-from ebbtide_operator import ha, kube, naming, provision, status
+from ebbtide_operator import gc_pacing, ha, kube, naming, provision, status
 from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.deployment_cache import DeploymentCache
 from ebbtide_operator.metrics import OperatorMetrics
@@ -60,6 +60,7 @@ class Runtime:
     scaler: kube.KubeCluster | None = None  # replica writes only: threads of their own
     budget: WriteBudget = WriteBudget(None)
     write_slots: asyncio.Semaphore | None = None  # status writes in flight, all TaskQueues
+    gc_task: asyncio.Task | None = None  # gc_pacing.run
     deployments: DeploymentCache = DeploymentCache()
     reader: BrokerReader | None = None
     wakes: WakeHub | None = None
@@ -151,6 +152,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     Runtime.write_slots = asyncio.Semaphore(max(1, kube_threads // 2))
     Runtime.reader = BrokerReader(max_threads=broker_threads)
     Runtime.wakes = WakeHub()
+    Runtime.gc_task = asyncio.get_running_loop().create_task(gc_pacing.run())
     port = int(os.environ.get("EBBTIDE_OPERATOR_METRICS_PORT", "8081"))
     if port:
         Runtime.metrics.serve(port)
@@ -159,6 +161,8 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    if Runtime.gc_task is not None:
+        Runtime.gc_task.cancel()
     if Runtime.wakes is not None:
         Runtime.wakes.close()
     if Runtime.reader is not None:
