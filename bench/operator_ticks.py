@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # e2e/, and tests/support
 
 import ebbtide  # noqa: E402
-from ebbtide_operator import provision  # noqa: E402
+from ebbtide_operator import gc_pacing, provision  # noqa: E402
 from ebbtide_operator.broker_io import BrokerReader  # noqa: E402
 from ebbtide_operator.deployment_cache import DeploymentCache  # noqa: E402
 from ebbtide_operator.metrics import OperatorMetrics  # noqa: E402
@@ -206,7 +206,11 @@ async def measure(
         stop_at = baseline["started"] + args.seconds
 
     bursts = await_bursts(args, loops_started + args.warmup)
-    await asyncio.gather(warm_up(), *loops, *bursts.values())
+    collector = asyncio.ensure_future(gc_pacing.run())  # as main.startup
+    try:
+        await asyncio.gather(warm_up(), *loops, *bursts.values())
+    finally:
+        collector.cancel()
     started = baseline["started"]
     elapsed = time.monotonic() - started
     cpu = time.process_time() - baseline["cpu"]
