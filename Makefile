@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-payloads bench-latency bench-cpu bench-memory bench-policy bench-operator bench-operator-e2e bench-operator-1000 bench-operator-failover demo helm-lint cluster-up cluster-down clean
+.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-payloads bench-latency bench-cpu bench-memory bench-policy bench-operator bench-operator-e2e bench-operator-1000 bench-operator-failover bench-cluster demo helm-lint cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -92,6 +92,9 @@ bench-payloads: setup ## Payload formats: stored size and send+run throughput, j
 
 bench-latency: setup ## Latency benchmark: Redis behind toxiproxy (0.5, 2, 10 ms round trip), Ebbtide vs Dramatiq vs Celery in one run
 	$(PY) bench/latency.py
+
+bench-cluster: setup ## Redis Cluster scale-out: tasks/s and Redis CPU per task against masters (1, 2, 3) and queues (1, 2, 4, 8)
+	$(PY) bench/cluster.py
 
 bench-cpu: setup ## CPU-bound tasks: Ebbtide --processes 1 vs 2 beside Dramatiq -p 1 vs -p 2
 	$(PY) bench/cpu.py

@@ -14,7 +14,10 @@ and the round trip actually measured through the proxy (the median of 300 PINGs,
 proxy's own hop included) is printed beside each, and is what the ceiling uses:
 slots / RTT, for a task body that makes one Redis round trip.
 
-Rows per delay, all in one run: `def` tasks on 8 slots (Dramatiq `-p 1 -t 8`, Celery
+Rows per delay, all in one run: the bare task body (no queue: 8 threads of one process
+doing the body's INCR through the proxy, the most any 8-slot worker can do on this
+machine, as the proxy's own hop under concurrent load adds to the idle round trip),
+`def` tasks on 8 slots (Dramatiq `-p 1 -t 8`, Celery
 `-P threads -c 8`, Ebbtide `--concurrency 8`), `async def` tasks at concurrency 64
 (Ebbtide) against the same Dramatiq row, and a producer sending one task at a time:
 single `send()` per thread, against `with app.batch():` blocks of 100.
@@ -170,6 +173,14 @@ class Run:
         self.client.flushall()
         return row
 
+    def bare_row(self, rtt: float, measured: float, n: int) -> Row:
+        """The task body alone on 8 threads through the proxy: no queue, no worker."""
+        row = Row(rtt, measured, "bare", "task body alone, 8 threads", n)
+        self.client.flushall()
+        row.per_s = self.produce("bare", f"threads{SLOTS_DEF}", n, self.far_env)
+        self.client.flushall()
+        return row
+
     def producer_row(self, rtt: float, measured: float, system: str, mode: str, n: int) -> Row:
         self.client.flushall()
         what = {"single": "send(), 1 thread", "batch": "app.batch() blocks of 100"}[mode]
@@ -200,6 +211,7 @@ def ratios(rows: list[Row]) -> list[str]:
         ea = at.get(("ebbtide-async", f"async def, {SLOTS_ASYNC} slots"))
         single = at.get(("ebbtide", "send(), 1 thread"))
         batch = at.get(("ebbtide", "app.batch() blocks of 100"))
+        bare = at.get(("bare", "task body alone, 8 threads"))
         ceiling = SLOTS_DEF / (measured / 1000)
 
         def x(a: Row | None, b: Row | None) -> str:
@@ -209,7 +221,8 @@ def ratios(rows: list[Row]) -> list[str]:
 
         lines.append(
             f"| {rtt:g} ms | {measured:.2f} ms | {ceiling:,.0f}/s | "
-            f"{(eb.per_s or 0) / ceiling:.0%} | {x(eb, dram)} | {x(eb, cel)} | {x(ea, dram)} | "
+            f"{(eb.per_s or 0) / ceiling:.0%} | {_share(bare, ceiling)} | {x(eb, bare)} | "
+            f"{x(eb, dram)} | {x(eb, cel)} | {x(ea, dram)} | "
             f"{(single.per_s or 0) * measured / 1000:.2f}x | "
             f"{(batch.per_s or 0) * measured / 1000:.1f}x | {x(batch, single)} |"
             if eb and single and batch
@@ -217,10 +230,14 @@ def ratios(rows: list[Row]) -> list[str]:
         )
     head = (
         "| RTT (toxic) | RTT measured | def ceiling 8/RTT | Ebbtide def / ceiling | "
-        "Ebbtide def vs Dramatiq | vs Celery | Ebbtide async(64) vs Dramatiq | "
-        "send() vs 1/RTT | batch vs 1/RTT | batch vs send() |\n|" + "---|" * 10
+        "bare body / ceiling | Ebbtide def / bare body | Ebbtide def vs Dramatiq | vs Celery | Ebbtide async(64) vs Dramatiq | "
+        "send() vs 1/RTT | batch vs 1/RTT | batch vs send() |\n|" + "---|" * 12
     )
     return [head, *lines]
+
+
+def _share(row: Row | None, ceiling: float) -> str:
+    return f"{row.per_s / ceiling:.0%}" if row is not None and row.per_s else "n/a"
 
 
 def table(rows: list[Row]) -> str:
@@ -240,7 +257,7 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rtt", default="0.5,2,10", help="round trips in ms, of 0.5, 2, 10")
-    p.add_argument("--systems", default="dramatiq,celery,ebbtide,ebbtide-async,producers")
+    p.add_argument("--systems", default="bare,dramatiq,celery,ebbtide,ebbtide-async,producers")
     p.add_argument("--quick", action="store_true", help="a quarter of the tasks")
     p.add_argument(
         "--ebbtide-args", default="", help='extra Ebbtide worker flags, e.g. "--prefetch 8"'
@@ -269,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"RTT {rtt:g} ms: measured {measured:.2f} ms")
             n, single = tasks_for(rtt, opts.quick)
             for system in systems:
+                if system == "bare":
+                    rows.append(run.bare_row(rtt, measured, n))
+                    log(f"  bare body, 8 threads: {rows[-1].per_s or 0:,.0f}/s")
+                    continue
                 if system == "producers":
                     for mode, count in (("single", single), ("batch", max(single * 20, 5000))):
                         row = run.producer_row(rtt, measured, "ebbtide", mode, count)

@@ -204,6 +204,13 @@ def main() -> int:
         help="ebbtide ticks only on its polls too (the operator's brokers wake it by default)",
     )
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="generate the traces with this seed (bench/make_traces.py) instead of reading"
+        " bench/traces/: how much a figure owes to one draw of the random traces",
+    )
+    parser.add_argument(
         "--spec",
         type=spec_override,
         action="append",
@@ -223,7 +230,12 @@ def main() -> int:
             config = replace(config, pod_startup_seconds=args.pod_startup_seconds)
         if args.no_push_activation:
             config = replace(config, push_activation=False)
-        tasks = read_trace(Path(args.traces) / f"{name}.csv")
+        if args.seed is not None:
+            from make_traces import generate
+
+            tasks = generate(name, args.seed)
+        else:
+            tasks = read_trace(Path(args.traces) / f"{name}.csv")
         oracle = oracle_for(tasks, config)  # the windows do not change it
         ours = run(tasks, ebbtide(config, tasks, args), config, "ebbtide", oracle)
         tuned_config = replace(config, **TUNED)
@@ -243,7 +255,7 @@ def main() -> int:
             f"  <=1.3x oracle: {'PASS' if near else 'MISS'} ({s['ratio_to_oracle']:.2f}x)"
             f"  keda-tuned pays {keda.summary['replica_seconds'] / s['replica_seconds']:.2f}x"
         )
-        if not args.no_plots and name == PLOTTED:
+        if not args.no_plots and name == PLOTTED and args.seed is None:
             from plot_policy import plot
 
             plot(name, config, runs, Path(args.plots) / f"policy-{name}.png", ZOOM)
@@ -265,6 +277,7 @@ def main() -> int:
             if args.spec
             else ""
         )
+        + (f"\ntraces generated with seed {args.seed}" if args.seed is not None else "")
         + "\nkeda: listLength = fraction x target x per-pod rate, pollingInterval p (grid), "
         "HPA defaults; the cheapest that meets the SLO, else the best SLO\n"
     )

@@ -120,17 +120,34 @@ def _raw_amqp(url: str, queue: str) -> Callable[[int], None]:
 
 
 def bare_sender(mode: str) -> Callable[[int], None]:
-    """No queue at all: the task body N times in a loop, the ceiling for processed/s."""
+    """No queue at all: the task body N times in a loop, the ceiling for processed/s.
+    Mode `threadsK` runs it on K threads of one process sharing one client, as a worker's
+    K task slots do (bench/latency.py: the body's own ceiling through the proxy)."""
+    import threading
+
     import redis
 
     client = redis.Redis.from_url(os.environ["BENCH_COUNTER_URL"])
     key = os.environ.get("BENCH_COUNTER_KEY", "bench:done") + ":bare"
+    threads = int(mode.removeprefix("threads")) if mode.startswith("threads") else 1
+    if threads < 1:
+        raise ValueError(f"bare mode {mode!r}: threads must be >= 1")
 
     def loop(n: int) -> None:
         for _ in range(n):
             client.incr(key)
 
-    return loop
+    def on_threads(n: int) -> None:
+        workers = [
+            threading.Thread(target=loop, args=(n // threads + (i < n % threads),))
+            for i in range(threads)
+        ]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+
+    return loop if threads == 1 else on_threads
 
 
 SENDERS = {

@@ -41,29 +41,36 @@ from support.servers import redis_server  # noqa: E402
 DEFAULT_TASKS = {"redis": 20_000, "rabbitmq": 10_000}
 QUICK_TASKS = {"redis": 2_000, "rabbitmq": 1_000}
 COUNTER_KEY = "bench:done"
+REDIS_ONLY = ("bare", "dramatiq-p2", "ebbtide-p2")
 
 
 def worker_argv(system: str, concurrency: int) -> list[str]:
+    """The worker's command line; a `-p2` system is the same worker with two processes
+    (Dramatiq `-p 2`, Ebbtide `--processes 2`), each with its own 8 slots."""
     py = sys.executable
+    procs = "2" if system.endswith("-p2") else "1"
     if system == "celery":
         return [
             *(py, "-m", "celery", "-A", "anchors.celery_app", "worker"),
             *("-P", "solo", "-c", "1", "--loglevel", "WARNING"),
         ]  # Celery's defaults otherwise: --without-heartbeat makes it ~10x slower on AMQP
-    if system == "dramatiq":
-        return [py, "-m", "dramatiq", "anchors.dramatiq_app", "-p", "1", "-t", "8"]
-    if system in ("ebbtide", "ebbtide-async"):
-        return [
+    if system in ("dramatiq", "dramatiq-p2"):
+        return [py, "-m", "dramatiq", "anchors.dramatiq_app", "-p", procs, "-t", "8"]
+    if system in ("ebbtide", "ebbtide-async", "ebbtide-p2"):
+        argv = [
             *(py, "-m", "ebbtide", "--log-level", "WARNING", "worker", "anchors.ebbtide_app:app"),
             *("--queues", "bench", "--concurrency", str(concurrency)),
         ]
+        return argv if procs == "1" else [*argv, "--processes", procs]
     raise ValueError(f"no worker for {system!r}")
 
 
 BULK_HOW = {
     "ebbtide": "send_many",
     "ebbtide-async": "send_many",
+    "ebbtide-p2": "send_many",
     "dramatiq": "group, not pipelined",
+    "dramatiq-p2": "group, not pipelined",
     "raw": "pipelined",
 }
 
@@ -103,8 +110,9 @@ class Bench:
 
     def produce(self, system: str, mode: str, n: int) -> float:
         """Rate of one enqueue loop, run in a fresh child process."""
+        sender = system.removesuffix("-p2")  # the same client, whatever the worker's processes
         done = subprocess.run(
-            [sys.executable, str(BENCH / "produce.py"), system, mode, str(n)],
+            [sys.executable, str(BENCH / "produce.py"), sender, mode, str(n)],
             env=self.env,
             capture_output=True,
             text=True,
@@ -215,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a small run (2,000 / 1,000 tasks)")
     p.add_argument(
         "--systems",
-        default="raw,bare,dramatiq,celery,ebbtide,ebbtide-async",
-        help="comma-separated subset of raw,bare,dramatiq,celery,ebbtide,ebbtide-async",
+        default="raw,bare,dramatiq,celery,ebbtide,ebbtide-async,dramatiq-p2,ebbtide-p2",
+        help="comma-separated subset of raw,bare,dramatiq,celery,ebbtide,ebbtide-async,\n"
+        "dramatiq-p2,ebbtide-p2 (two worker processes each; Redis only)",
     )
     p.add_argument(
         "--ebbtide-concurrency", type=int, default=8, help="sync task threads (default 8)"
@@ -261,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for broker, broker_url, counter_url in runs:
             bench = Bench(broker, broker_url, counter_url, sizes[broker], opts)
-            here = [s for s in systems if not (s == "bare" and broker != "redis")]  # bare: Redis
+            # bare and the two-process rows: Redis only (the issue's target is on Redis)
+            here = [s for s in systems if broker == "redis" or s not in REDIS_ONLY]
             # Round-robin (every system once per round), so slow drift in a shared
             # machine's load hits every row alike instead of whichever ran last.
             runs_of: dict[str, list[SystemResult]] = {s: [] for s in here}

@@ -164,7 +164,7 @@ def assert_producer_cannot_claim(producer_url: str) -> None:
     with pytest.raises(PermissionDenied, match="'ebbtide-producer' lacks the right to claim"):
         asyncio.run(claim())
     with pytest.raises(redis.exceptions.NoPermissionError):
-        broker_client(producer_url).execute_command("LPOP", "ebbtide:q:default:ready:0")
+        broker_client(producer_url).execute_command("LPOP", "ebbtide:q:{default}:ready:0")
 
 
 def assert_worker_cannot_flush(worker_url: str) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ebbtide.brokers import AMQP_SCHEMES, REDIS_SCHEMES, WORKER_TTL_MS
+from ebbtide.brokers import AMQP_SCHEMES, REDIS_HA_SCHEMES, REDIS_SCHEMES, WORKER_TTL_MS
 from ebbtide.brokers.tls import BrokerTLS, is_tls_url
 from ebbtide.stats import BrokerStats
 
@@ -51,9 +51,21 @@ class StatsLink(Protocol):
 def _redis_client(url: str, max_connections: int, tls: BrokerTLS) -> Any:
     """A client whose pool *blocks* when all connections are busy: redis-py's default
     pool raises "Too many connections" instead, which made TaskQueues sharing a Redis
-    look unreachable. A rediss:// URL verifies the server against `tls`'s CA."""
+    look unreachable. A rediss:// URL verifies the server against `tls`'s CA. A
+    redis+cluster:// or redis+sentinel:// URL gets redis-py's cluster or Sentinel client
+    (brokers/redis/clients.py; a cluster keeps one pool per node)."""
     import redis
+    from ebbtide.brokers.redis import clients
 
+    target = clients.parse_url(url)
+    if target.kind != "single":
+        return clients.sync_client(
+            target,
+            tls,
+            max_connections=max_connections,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+        )
     pool = redis.BlockingConnectionPool.from_url(
         url,
         **(tls.redis_kwargs() if is_tls_url(url) else {}),
@@ -86,7 +98,12 @@ class RedisLink:
         return evicting_policy(self.client)
 
     def close(self) -> None:
-        self.client.connection_pool.disconnect()
+        import redis
+
+        if isinstance(self.client, redis.Redis):
+            self.client.connection_pool.disconnect()  # the pool the client does not own
+        else:
+            self.client.close()  # a RedisCluster's node pools
 
 
 class RabbitMQLink:
@@ -113,7 +130,7 @@ def open_link(url: str, max_connections: int, tls: BrokerTLS | None = None) -> S
     verifies a rediss:// or amqps:// broker (and its https management API)."""
     tls = BrokerTLS() if tls is None else tls
     scheme = urlsplit(url).scheme.lower()
-    if scheme in REDIS_SCHEMES:
+    if scheme in REDIS_SCHEMES or scheme in REDIS_HA_SCHEMES:
         return RedisLink(url, max_connections, tls)
     if scheme in AMQP_SCHEMES:
         return RabbitMQLink(url, tls)
@@ -148,13 +165,19 @@ def describe(error: BaseException) -> str:
 
 
 def evicting_policy(client: Any) -> str | None:
-    """`INFO memory`'s maxmemory_policy, when it lets Redis delete keys. INFO, unlike
-    CONFIG GET, is open to a least-privileged user; a refusal reads as unknown."""
-    try:
-        policy = client.info("memory").get("maxmemory_policy")
-    except Exception:  # noqa: BLE001 - a missing permission must not fail the statistics
-        return None
-    return str(policy) if policy and policy != "noeviction" else None
+    """`INFO memory`'s maxmemory_policy, when it lets Redis delete keys (the first such
+    primary's, on a cluster). INFO, unlike CONFIG GET, is open to a least-privileged
+    user; a refusal reads as unknown."""
+    from ebbtide.brokers.redis.clients import nodes_of
+
+    for node in nodes_of(client):
+        try:
+            policy = node.info("memory").get("maxmemory_policy")
+        except Exception:  # noqa: BLE001 - a missing permission must not fail the statistics
+            continue
+        if policy and policy != "noeviction":
+            return str(policy)
+    return None
 
 
 @dataclass

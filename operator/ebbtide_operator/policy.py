@@ -380,6 +380,8 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
     idle_for = now - idle_since if idle_since is not None else 0.0
 
     raw = demand.replicas
+    if obs.replicas <= 0 and finishing(obs, spec):
+        raw = 0  # the tasks still running are on pods let go, which finish them
     zero_ok = idle and spec.min_replicas == 0 and idle_for >= spec.scale_to_zero_idle_seconds
     if raw == 0 and not zero_ok and obs.replicas > 0:
         raw = 1  # not idle long enough: keep one warm pod (see scale_to_zero_idle_seconds)
@@ -487,7 +489,8 @@ def _drain_down(
     start its backlog by the real deadlines (`ready_drain_pods`, with the tolerance as
     headroom), never below the stream term, the window or one pod; None when no
     scale-down is due this way. It applies with no backlog as well (one pod, or what the
-    window holds, while the last tasks run), so the result stays monotone in the backlog.
+    window holds, while the last tasks run; zero pods when the TaskQueue would be at zero
+    the moment they end, `finishing`), so the result stays monotone in the backlog.
 
     It overrides the busy floor on purpose: the pods it lets go finish their running
     tasks (the ReplicaSet takes the least busy first, the worker drains on SIGTERM) and
@@ -502,8 +505,25 @@ def _drain_down(
         return None
     stream = (demand.arrival_rate + _backlog_rate(queues, spec)) / demand.service_rate
     need = max(pods, stream)
-    shrink = max(1, math.ceil(need * (1.0 + spec.tolerance) - 1e-9), max(r for _, r in recs))
+    floor = 0 if finishing(obs, spec) else 1
+    shrink = max(floor, math.ceil(need * (1.0 + spec.tolerance) - 1e-9), max(r for _, r in recs))
     return _clamp(shrink, spec) if shrink < current else None
+
+
+def finishing(obs: Observation, spec: ScalingSpec) -> bool:
+    """Only running tasks are left, and the TaskQueue may be at zero the moment they end
+    (minReplicas 0, scaleToZeroIdleSeconds 0): nothing queued, arriving or due soon. Then
+    the drain-down may let every pod go. The pods let go finish their running tasks (the
+    worker drains on SIGTERM) and take no more; keeping one pod kept it empty beside a
+    long task on another until the next poll (`idle empty` on heavy-tailed bursts)."""
+    return (
+        spec.min_replicas <= 0
+        and spec.scale_to_zero_idle_seconds <= 0
+        and obs.arrival_rate <= 0
+        and obs.backlog <= 0
+        and all(q.backlog <= 0 for q in _queues(obs, spec))
+        and not due_soon(obs, spec)
+    )
 
 
 def _longest_target(obs: Observation, spec: ScalingSpec) -> float:

@@ -69,7 +69,7 @@ def codec_worker(
 def stored(broker, queue: str = "default") -> dict[str, Any]:
     """The envelope of the one task waiting on `queue`, as the broker holds it."""
     if broker.is_redis:
-        (payload,) = broker.rec.hvals(f"ebbtide:q:{queue}:msgs")
+        (payload,) = broker.rec.hvals(f"ebbtide:q:{{{queue}}}:msgs")
         return json.loads(payload)
     with broker.amqp() as conn:  # an unacked get goes back when the channel closes
         method, _props, body = conn.channel().basic_get(f"ebbtide.{queue}", auto_ack=False)

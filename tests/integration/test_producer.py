@@ -66,7 +66,7 @@ def test_send_many_is_ordered_and_accepts_args_and_kwargs(app, broker):
     if broker.is_redis:  # and each id is the task of its item, at the chunk boundaries too
         client = redis.Redis.from_url(broker.url, decode_responses=True)
         for k in (0, 1, 2, 999, 1000, 1001, 1999, 2000, 2502):
-            body = json.loads(client.hget("ebbtide:q:default:msgs", ids[k]))
+            body = json.loads(client.hget("ebbtide:q:{default}:msgs", ids[k]))
             want = [2] if k == 1 else [items[k]] if k == 2 else list(items[k])
             assert body["args"] == want, k
         client.close()

@@ -5,6 +5,7 @@ a Redis that may evict keys is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -13,6 +14,7 @@ import uuid
 import ebbtide
 import pytest
 import redis
+from ebbtide.brokers.redis.broker import RedisBroker
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from support import http
@@ -40,7 +42,7 @@ PAYLOADS = st.one_of(
 
 
 def dead_member(rec: redis.Redis, task_id: str) -> bool:
-    return rec.zscore("ebbtide:q:default:dead", f"0|{task_id}") is not None
+    return rec.zscore("ebbtide:q:{default}:dead", f"0|{task_id}") is not None
 
 
 def test_fuzzed_payloads_all_die_and_the_worker_keeps_claiming(redis_broker):
@@ -67,7 +69,7 @@ def test_fuzzed_payloads_all_die_and_the_worker_keeps_claiming(redis_broker):
             task_id = f"fuzz-{uuid.uuid4().hex}"
             broker.inject(task_id, payload)
             wait_for(lambda: dead_member(broker.rec, task_id), 30, f"{payload!r} dead")
-            reason = json.loads(broker.rec.hget("ebbtide:q:default:msgs", task_id))["error"]
+            reason = json.loads(broker.rec.hget("ebbtide:q:{default}:msgs", task_id))["error"]
             assert reason, payload
             assert proc.poll() is None, "the worker died on its input"
 
@@ -135,16 +137,30 @@ def test_only_started_tasks_count_as_lost_and_a_dead_worker_is_noticed_fast(redi
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
     killed = time.monotonic()
-    # Any claim reclaims them: a worker of another queue does, without running them.
-    with broker.worker("--queues", "elsewhere"):
-        wait_for(lambda: broker.queue().ready == 4, 20, what="the four back, ready")
+    # Any claim on that queue reclaims them (each queue keeps its workers' liveness): a
+    # claim of nothing does, without running them.
+    probe = RedisBroker(broker.url)
+
+    def reclaimed() -> bool:
+        asyncio.run(_claim_nothing(probe, "default"))
+        return broker.queue().ready == 4
+
+    wait_for(reclaimed, 20, what="the four back, ready")
     assert time.monotonic() - killed < 15, "came back on liveness, not the 30 s lease"
-    lost = broker.rec.hgetall("ebbtide:q:default:lost")
+    lost = broker.rec.hgetall("ebbtide:q:{default}:lost")
     assert list(lost.values()) == ["1"], lost  # the running one only
     broker.open_gate("lost")
     with broker.worker():
         wait_for(lambda: len(broker.done("lost")) == 4, what="all four done")
-    assert broker.rec.hlen("ebbtide:q:default:lost") == 0  # forgotten once finished
+    assert broker.rec.hlen("ebbtide:q:{default}:lost") == 0  # forgotten once finished
+
+
+async def _claim_nothing(probe: RedisBroker, queue: str) -> None:
+    await probe.aconnect()
+    try:
+        await probe.claim([(queue, 0)], 0, 1000)
+    finally:
+        await probe.aclose()
 
 
 def test_a_task_a_worker_was_lost_with_runs_alone(redis_broker):
@@ -153,7 +169,7 @@ def test_a_task_a_worker_was_lost_with_runs_alone(redis_broker):
     its worker again, no task beside it is lost (and counted) with it."""
     broker = redis_broker
     ids = broker.tasks.gated.send_many(("alone", i) for i in range(4))
-    broker.rec.hset("ebbtide:q:default:lost", ids[0], 1)  # as a recovery leaves it
+    broker.rec.hset("ebbtide:q:{default}:lost", ids[0], 1)  # as a recovery leaves it
     with broker.worker("--concurrency", "4"):
         wait_for(lambda: broker.started("alone") == ["0"], what="the lost task running")
         q = broker.queue()
@@ -166,7 +182,7 @@ def test_a_task_a_worker_was_lost_with_runs_alone(redis_broker):
 def test_a_task_lost_more_than_max_recoveries_times_dies_unrun(redis_broker):
     broker = redis_broker
     task_id = broker.tasks.record.send("poison-count", 0)
-    broker.rec.hset("ebbtide:q:default:lost", task_id, 4)  # lost four times already
+    broker.rec.hset("ebbtide:q:{default}:lost", task_id, 4)  # lost four times already
     with broker.worker():
         wait_for(lambda: dead_member(broker.rec, task_id), what="the task in the DLQ")
     assert broker.done("poison-count") == []
@@ -193,7 +209,7 @@ def test_delayed_tasks_show_as_due_for_the_operator(redis_broker):
 def test_a_payload_gone_from_redis_is_buried_not_dropped(redis_broker):
     broker = redis_broker
     task_id = broker.tasks.record.send("evicted", 0)
-    broker.rec.hdel("ebbtide:q:default:msgs", task_id)  # as an eviction would
+    broker.rec.hdel("ebbtide:q:{default}:msgs", task_id)  # as an eviction would
     with broker.worker():
         wait_for(lambda: dead_member(broker.rec, task_id), what="the task in the DLQ")
     (dead,) = broker.dlq()
@@ -224,8 +240,8 @@ def test_send_many_that_fails_part_way_says_which_tasks_were_stored():
         stored = raised.value.accepted
         assert 0 < len(stored) < 20_000 and len(stored) % 1000 == 0
         client = redis.Redis.from_url(server.url, decode_responses=True)
-        assert client.hlen("ebbtide:q:default:msgs") == len(stored)
-        assert set(client.hkeys("ebbtide:q:default:msgs")) == set(stored)
+        assert client.hlen("ebbtide:q:{default}:msgs") == len(stored)
+        assert set(client.hkeys("ebbtide:q:{default}:msgs")) == set(stored)
         client.close()
         app.close()
 
@@ -236,7 +252,7 @@ def test_key_prefix_comes_from_the_environment(monkeypatch, redis_broker):
     assert app.key_prefix == "tenant-a"
     assert ebbtide.App(broker_url=redis_broker.url, key_prefix="explicit").key_prefix == "explicit"
     app.task(lambda: None, name="t").send()
-    assert redis_broker.rec.exists("tenant-a:q:default:msgs")
+    assert redis_broker.rec.exists("tenant-a:q:{default}:msgs")
     stats = ebbtide.read_stats(redis_broker.url, prefix="tenant-a")
     assert stats.queues["default"].ready == 1
     app.close()

@@ -61,15 +61,16 @@ def test_a_sharded_queue_is_filled_by_key_and_round_robin_and_drained(app, broke
     body = json.loads(shown.stdout)
     assert body["queues"]["sq"]["ready"] == 61 and len(body["shards"]["sq"]) == 4
 
-    with broker.worker("--concurrency", "4", env={"EBBTIDE_SHARDS": "sq=4"}, app=SHARD_APP):
-        wait_for(lambda: len(broker.done("t")) == 61, 30, "61 tasks done")
-    assert sorted(map(int, broker.done("t"))) == sorted([*range(40), *range(100, 120), 200])
-
     def drained():
         q = sum_shards(read_stats(broker.url, shard_names("sq", 4))).stats.queues["sq"]
         return q.ready == q.in_flight == 0 and q.completed_total == 61
 
-    broker.shows(drained, "the summed shards: empty, 61 completed")
+    with broker.worker("--concurrency", "4", env={"EBBTIDE_SHARDS": "sq=4"}, app=SHARD_APP):
+        wait_for(lambda: len(broker.done("t")) == 61, 30, "61 tasks done")
+        # Tasks record themselves before their ack: wait for the acks while the worker
+        # lives (leaving the block SIGKILLs it; an unsent ack would put a task back).
+        wait_for(drained, 30, "the summed shards: empty, 61 completed")
+    assert sorted(map(int, broker.done("t"))) == sorted([*range(40), *range(100, 120), 200])
 
 
 def test_a_shrink_from_4_to_2_shards_loses_nothing(app, broker):
@@ -82,9 +83,19 @@ def test_a_shrink_from_4_to_2_shards_loses_nothing(app, broker):
     env = {"EBBTIDE_SHARDS": "sq2=2", "EBBTIDE_DRAIN_SHARDS": "sq2=4"}
     with broker.worker("--concurrency", "4", env=env, app=SHARD_APP):
         wait_for(lambda: len(broker.done("s")) == 40, 30, "40 tasks done")
+        # The acks, while the worker lives (RabbitMQ's management figures are sampled).
+        wait_for(
+            lambda: (
+                sum(
+                    q.ready + q.in_flight
+                    for q in read_stats(broker.url, shard_names("sq2", 4)).queues.values()
+                )
+                == 0
+            ),
+            30,
+            "nothing ready or in flight on any of the 4 shards",
+        )
     assert sorted(map(int, broker.done("s"))) == list(range(40))
-    left = read_stats(broker.url, shard_names("sq2", 4)).queues
-    assert sum(q.ready + q.in_flight for q in left.values()) == 0
 
 
 def test_retries_stay_in_their_shard_and_the_dlq_covers_every_shard(app, broker):

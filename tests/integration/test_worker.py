@@ -346,7 +346,7 @@ def test_unique_key_released_after_completion(broker):
     assert t.record.options(key="k1").send("uniq", 2) == first
     with broker.worker():
         wait_for(lambda: broker.done("uniq"), what="the keyed task done")
-        wait_for(lambda: not broker.rec.exists("ebbtide:q:default:uniq:k1"), what="key freed")
+        wait_for(lambda: not broker.rec.exists("ebbtide:q:{default}:uniq:k1"), what="key freed")
         assert t.record.options(key="k1").send("uniq", 3) != first
         wait_for(lambda: len(broker.done("uniq")) == 2, what="the second keyed task done")
     assert broker.done("uniq") == ["1", "3"]
@@ -359,7 +359,7 @@ def test_bad_input_goes_to_the_dlq_with_the_reason(broker):
     broker.inject("binary", b"\xff not json")  # not even UTF-8
     broker.inject("ghost", json.dumps({"id": "ghost", "task": "nope", "args": []}).encode())
     if broker.is_redis:  # a ready-list entry without its "<ready_ms>|<prio>|<id>" frame
-        broker.rec.rpush("ebbtide:q:default:ready:0", "no-pipes-here")
+        broker.rec.rpush("ebbtide:q:{default}:ready:0", "no-pipes-here")
     t.record.send("ok-after", 1)
     bad = 4 if broker.is_redis else 3
     with broker.worker("--unknown-task-grace-seconds", "0") as proc:

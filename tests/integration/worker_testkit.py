@@ -176,8 +176,8 @@ class BrokerUnderTest:
             now_ms = int(float(self.rec.time()[0]) * 1000)
             raw = redis.Redis.from_url(self.url)  # bytes: the payload may not be UTF-8
             try:
-                raw.hset(f"ebbtide:q:{queue}:msgs", task_id, payload)
-                raw.rpush(f"ebbtide:q:{queue}:ready:0", f"{now_ms}|0|{task_id}")
+                raw.hset(f"ebbtide:q:{{{queue}}}:msgs", task_id, payload)
+                raw.rpush(f"ebbtide:q:{{{queue}}}:ready:0", f"{now_ms}|0|{task_id}")
             finally:
                 raw.close()
             return
@@ -194,7 +194,7 @@ class BrokerUnderTest:
         """The ids of the first `n` ready tasks of a queue, in delivery order, without
         consuming them."""
         if self.is_redis:
-            entries = self.rec.lrange(f"ebbtide:q:{queue}:ready:0", 0, n - 1)
+            entries = self.rec.lrange(f"ebbtide:q:{{{queue}}}:ready:0", 0, n - 1)
             return [e.rsplit("|", 1)[1] for e in entries]
         with self.amqp() as conn:
             channel = conn.channel()

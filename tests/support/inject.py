@@ -14,8 +14,8 @@ def inject(url: str, task_id: str, payload: bytes, queue: str = "default") -> No
         raw = redis.Redis.from_url(url)  # bytes: the payload may not be UTF-8
         try:
             now_ms = int(float(raw.time()[0]) * 1000)
-            raw.hset(f"ebbtide:q:{queue}:msgs", task_id, payload)
-            raw.rpush(f"ebbtide:q:{queue}:ready:0", f"{now_ms}|0|{task_id}")
+            raw.hset(f"ebbtide:q:{{{queue}}}:msgs", task_id, payload)
+            raw.rpush(f"ebbtide:q:{{{queue}}}:ready:0", f"{now_ms}|0|{task_id}")
         finally:
             raw.close()
         return

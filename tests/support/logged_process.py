@@ -33,17 +33,35 @@ class LoggedProcess(subprocess.Popen):
         return "".join(self.log().splitlines(keepends=True)[-lines:])
 
 
+# How long a process may take to stop on SIGTERM when its block ends normally; a worker
+# finishes or hands back its tasks within its grace (5 s in the test kits).
+STOP_SECONDS = 30
+
+
 @contextlib.contextmanager
 def logged_process(
     cmd: Sequence[str], *, cwd: Path | str, env: dict[str, str], name: str = "worker"
 ) -> Iterator[LoggedProcess]:
-    """Start `cmd`; always kill and reap it; print its log's tail if the body raised."""
+    """Start `cmd`; always reap it; print its log's tail if the body raised.
+
+    A block that ends normally stops the process with SIGTERM, as Kubernetes does, so
+    whatever it finished is settled when the block exits: a task records itself before
+    its ack, and a SIGKILL between the two would put it back. A block that raised, or a
+    process that ignores SIGTERM for STOP_SECONDS, gets SIGKILL."""
     proc = LoggedProcess(cmd, cwd=cwd, env=env)
     try:
         yield proc
     except BaseException:
         print(f"--- {name} {proc.pid} log (tail) ---\n{proc.tail()}")
         raise
+    else:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                print(f"--- {name} {proc.pid} ignored SIGTERM for {STOP_SECONDS}s ---")
+                print(proc.tail())
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -332,3 +332,212 @@ def _tail(path: str, lines: int = 30) -> str:
     with contextlib.suppress(OSError), open(path, errors="replace") as f:
         return "".join(f.readlines()[-lines:])
     return ""
+
+
+@dataclass(frozen=True)
+class RedisClusterInfo:
+    """A running Redis Cluster: its seed URL and every node's process."""
+
+    url: str
+    nodes: tuple[RedisProcess, ...]
+
+
+@contextlib.contextmanager
+def redis_cluster(
+    masters: int = 3, replicas: int = 1, timeout: float = 30.0, tls: TLSFiles | None = None
+) -> Iterator[RedisClusterInfo]:
+    """A real Redis Cluster of `masters * (1 + replicas)` redis-server processes on
+    loopback, made with `redis-cli --cluster create` (fewer than 3 masters, which it
+    refuses: ADDSLOTSRANGE and MEET); yields once `cluster_state:ok` holds on every node.
+    With `tls` (make_node_tls_files: the nodes' bus links show it as a client
+    certificate too, and it names 127.0.0.1, the address the nodes announce) every port
+    is TLS only; the URL is then rediss+cluster://."""
+    import redis
+
+    exe = shutil.which("redis-server")
+    if exe is None or shutil.which("redis-cli") is None:
+        raise RuntimeError("redis-server and redis-cli are needed: run `make setup`")
+    count = masters * (1 + replicas)
+    with contextlib.ExitStack() as stack:
+        procs = []
+        for _ in range(count):
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ebbtide-rc-"))
+            port = _cluster_port()
+            extra = ("--cluster-enabled", "yes", "--cluster-config-file",
+                     os.path.join(data_dir, "nodes.conf"), "--cluster-node-timeout", "2000")  # fmt: skip
+            if tls is not None:
+                extra += ("--tls-cluster", "yes", "--tls-replication", "yes")
+            proc = RedisProcess(exe, port, data_dir, None, extra, tls)
+            proc.start()
+            stack.callback(proc.stop)
+            procs.append(proc)
+        hosts = [f"127.0.0.1:{p.port}" for p in procs]
+        if masters >= 3:
+            args = ["redis-cli", "--cluster", "create", *hosts, "--cluster-yes"]
+            if tls is not None:
+                args[1:1] = ["--tls", "--cacert", tls.ca_file]
+            if replicas:
+                args += ["--cluster-replicas", str(replicas)]
+            done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"redis-cli --cluster create failed: {done.stdout[-500:]}{done.stderr}"
+                )
+        elif replicas:
+            raise ValueError("redis-cli makes clusters of 3+ masters; fewer: replicas=0 only")
+        else:  # redis-cli refuses fewer than 3 masters: the slots by hand, then MEET
+            for i, proc in enumerate(procs):
+                node = redis.Redis(port=proc.port, **_tls_client(tls))
+                first, last = 16384 * i // masters, 16384 * (i + 1) // masters - 1
+                node.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                if i:
+                    node.execute_command("CLUSTER", "MEET", "127.0.0.1", procs[0].port)
+                node.close()
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            client = redis.Redis(port=proc.port, decode_responses=True, **_tls_client(tls))
+            while client.cluster("info").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"cluster_state not ok on {proc.port} after {timeout}s")
+                time.sleep(0.05)
+            client.close()
+        if tls is not None:
+            yield RedisClusterInfo(f"rediss+cluster://{','.join(hosts[:2])}/0", tuple(procs))
+        else:
+            yield RedisClusterInfo(f"redis+cluster://{','.join(hosts[:2])}/0", tuple(procs))
+
+
+def _tls_client(tls: TLSFiles | None) -> dict:
+    """redis-py arguments to reach a TLS test node by port (no host name check)."""
+    if tls is None:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": tls.ca_file, "ssl_check_hostname": False}
+
+
+def make_node_tls_files(directory: str) -> TLSFiles:
+    """make_tls_files, but the certificate is good for client authentication as well
+    (cluster nodes present it on their bus links to each other) and names 127.0.0.1
+    (what the nodes announce; redis-py turns `localhost` into it too)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from ebbtide_operator import certs
+
+    now = dt.datetime.now(dt.UTC)
+    ca = certs.new_ca("ebbtide test CA", now)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
+    ca_key = serialization.load_pem_private_key(ca.key_pem.encode(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            False,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TLSFiles(*(os.path.join(directory, n) for n in ("ca.crt", "tls.crt", "tls.key")))
+    pems = (
+        ca.cert_pem,
+        cert.public_bytes(serialization.Encoding.PEM).decode(),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    )
+    for path, pem in zip((files.ca_file, files.cert_file, files.key_file), pems, strict=True):
+        with open(path, "w") as f:
+            f.write(pem)
+    os.chmod(files.key_file, 0o600)
+    return files
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is a valid free port too."""
+    while True:
+        port = free_port()
+        if port + 10000 >= 65536:
+            continue
+        with contextlib.suppress(OSError), socket.socket() as s:
+            s.bind(("127.0.0.1", port + 10000))
+            return port
+
+
+@contextlib.contextmanager
+def redis_sentinel(timeout: float = 30.0) -> Iterator[dict]:
+    """One master, one replica and one sentinel watching them (quorum 1, fast failover);
+    yields {"url": redis+sentinel://..., "master", "replica", "sentinel_port", "service"}."""
+    import redis
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed: run `make setup`")
+    service = "ebbtide"
+    with contextlib.ExitStack() as stack:
+        dirs = [
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="ebbtide-rs-")) for _ in range(3)
+        ]
+        master = RedisProcess(exe, free_port(), dirs[0], None, ())
+        master.start()
+        stack.callback(master.stop)
+        replica = RedisProcess(
+            exe, free_port(), dirs[1], None, ("--replicaof", "127.0.0.1", str(master.port))
+        )
+        replica.start()
+        stack.callback(replica.stop)
+        port = free_port()
+        conf = os.path.join(dirs[2], "sentinel.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"port {port}\nbind 127.0.0.1\ndir {dirs[2]}\n"
+                f"sentinel monitor {service} 127.0.0.1 {master.port} 1\n"
+                f"sentinel down-after-milliseconds {service} 1000\n"
+                f"sentinel failover-timeout {service} 5000\n"
+                f"sentinel parallel-syncs {service} 1\n"
+            )
+        sentinel = subprocess.Popen(
+            [exe, conf, "--sentinel", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        stack.callback(_stop, sentinel)
+        wait_for_port(port, 10, sentinel)
+        client = redis.Redis(port=port, decode_responses=True)
+        deadline = time.monotonic() + timeout
+        while not client.sentinel_slaves(service):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the sentinel never saw the replica")
+            time.sleep(0.1)
+        client.close()
+        link = redis.Redis(port=replica.port, decode_responses=True)
+        while link.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise TimeoutError("the replica never synced with the master")
+            time.sleep(0.05)
+        link.close()
+        yield {"url": f"redis+sentinel://127.0.0.1:{port}/{service}/0", "master": master,
+               "replica": replica, "sentinel_port": port, "service": service}  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

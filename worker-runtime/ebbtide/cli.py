@@ -138,7 +138,37 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--broker-url", dest="sub_broker_url", default=None, help=argparse.SUPPRESS)
     d.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     d.set_defaults(run=_dlq)
+
+    m = sub.add_parser(
+        "migrate", help="move a Redis prefix's tasks from the key layout before hash tags"
+    )
+    m.add_argument(
+        "--key-prefix", default=None, help="the prefix (default: EBBTIDE_KEY_PREFIX or ebbtide)"
+    )
+    m.add_argument("--broker-url", dest="sub_broker_url", default=None, help=argparse.SUPPRESS)
+    m.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
+    m.set_defaults(run=_migrate)
     return p
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """brokers/redis/migrate.py, with every old worker stopped (docs/runtime.md)."""
+    from .brokers import check_scheme, resolve_url
+    from .brokers.redis.broker import RedisBroker
+    from .brokers.redis.migrate import migrate
+
+    url = resolve_url(_url(args))
+    if check_scheme(url) in ("amqp", "amqps"):
+        print("ebbtide migrate: only Redis brokers have a key layout to migrate", file=sys.stderr)
+        return 2
+    prefix = args.key_prefix or os.environ.get("EBBTIDE_KEY_PREFIX") or "ebbtide"
+    broker = RedisBroker(url, prefix)
+    try:
+        done = migrate(broker.client, prefix)
+    finally:
+        broker.close()
+    print(f"migrated {len(done.queues)} queue(s), {done.keys} key(s) of prefix {prefix!r}")
+    return 0
 
 
 def _flag_url(args: argparse.Namespace) -> str | None:

@@ -217,6 +217,37 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+class _Overflow(Exception):
+    """A float literal that parsed to inf (1e999): the careful path takes over."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # inf (NaN literals go to parse_constant)
+        raise _Overflow
+    return value
+
+
+# Built once: `json.loads` with a hook builds a new decoder per call (the worker decodes
+# every task it claims on its loop thread, so that showed in its profile).
+_decode = json.JSONDecoder(parse_constant=_non_finite, parse_float=_finite_float).decode
+SHALLOW = 64  # fewer '[' and '{' than this cannot nest deep enough to fail re-encoding
+
+
+def _loads(raw: str | bytes) -> tuple[Any, bool]:
+    """(decoded value, whether the re-encode check is still needed). A body with no
+    overflowed float and fewer than SHALLOW brackets always re-encodes: json.loads
+    refused NaN and Infinity already, so the check is skipped for it."""
+    text = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), "surrogatepass")
+    if text.startswith("\ufeff"):
+        raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
+    try:
+        value = _decode(text)
+    except _Overflow:
+        return json.loads(text, parse_constant=_non_finite), True
+    return value, text.count("[") + text.count("{") >= SHALLOW
+
+
 def decode_payload(raw: str | bytes, codec: Codec = PLAIN) -> dict[str, Any]:
     """Decode a payload read from the broker; BadPayload names the field that keeps it
     from running (UnreadableBody when the envelope is sound but its body cannot be opened
@@ -224,7 +255,7 @@ def decode_payload(raw: str | bytes, codec: Codec = PLAIN) -> dict[str, Any]:
     and re-encoded: NaN and Infinity (which `json.loads` accepts but JSON does not) are
     refused up front. An encoded body comes back decoded into `args` and `kwargs`."""
     try:
-        body = json.loads(raw, parse_constant=_non_finite)
+        body, check = _loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadPayload(f"undecodable payload: {_where_not_finite(raw) or exc}") from None
     if not isinstance(body, dict):
@@ -245,7 +276,8 @@ def decode_payload(raw: str | bytes, codec: Codec = PLAIN) -> dict[str, Any]:
         # A float that overflowed to inf (1e999) cannot be written back. An encoded body
         # is checked as base64 text when it is opened, so its (long) string is skipped.
         text = isinstance(body.get("body"), str)
-        _dumps({k: v for k, v in body.items() if k != "body"} if encoded and text else body)
+        if check:
+            _dumps({k: v for k, v in body.items() if k != "body"} if encoded and text else body)
     except (ValueError, TypeError, RecursionError) as exc:
         bad = [name for name, value in body.items() if _json_problem(value) is not None]
         field = f" field {bad[0]!r}" if bad else ""

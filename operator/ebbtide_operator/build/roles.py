@@ -33,15 +33,20 @@ class Credential:
 
 # Connection housekeeping every role needs (redis-py's PING health checks, INFO memory:
 # the producer refuses a Redis that may evict tasks, the operator reports it).
-_REDIS_BASE = ("ping", "info")
+# On a Redis Cluster the clients also read the slot map and the command table (the same
+# rules then serve an external cluster's nodes).
+_REDIS_BASE = ("ping", "info", "cluster|slots", "cluster|shards", "command")
 # Scripts are sent by EVALSHA, loaded on a NOSCRIPT reply (redis-py's Script objects).
 _REDIS_SCRIPTING = ("eval", "evalsha", "script|load", "script|exists")
-# The commands enqueue.lua calls (PUBLISH: the operator's wake-up, on `<prefix>:wake`).
+# The commands enqueue.lua calls (PUBLISH: the operator's wake-up, on `<prefix>:wake`),
+# the registry's SADD beside it, and EXISTS (the old key layout's check, at connect).
 _REDIS_ENQUEUE = (
+    "exists",
     "time",
     "sadd",
     "llen",
     "zcard",
+    "zcount",
     "set",
     "get",
     "hset",
@@ -105,22 +110,25 @@ def redis_commands(role: str) -> tuple[str, ...]:
 
 def redis_key_patterns(role: str, prefix: str) -> tuple[str, ...]:
     """Key selectors: the producer writes only a queue's ready lists, payloads, delayed
-    set, counters and unique keys (and the queue registry), and reads the worker registry
-    and the in-flight set's size; the worker owns everything under the prefix; the
-    operator reads everything under it and writes nothing."""
+    set, counters and unique keys (and the queue registry), and the two keys enqueue.lua
+    only reads (the in-flight set and the workers' liveness: whether to wake the
+    operator), since Redis asks write access for every key a script declares; the worker
+    owns everything under the prefix; the operator reads everything under it and writes
+    nothing."""
     if role == "producer":
         q = f"{prefix}:q:*"
         keys = (
-            f"{prefix}:queues",
+            f"{prefix}:r:{{{prefix}}}:queues",
             f"{q}:ready:*",
             f"{q}:msgs",
             f"{q}:delayed",
             f"{q}:counters",
             f"{q}:uniq:*",
+            f"{q}:inflight",
+            f"{q}:alive",
         )
-        # Read only: whether a worker is registered and the queue has work in flight
-        # (enqueue.lua publishes a wake-up for an idle queue).
-        seen = (f"{prefix}:workers", f"{q}:inflight")
+        # Read only: whether the old key layout is still there (brokers/redis/migrate.py).
+        seen = (f"{prefix}:queues",)
         return tuple(f"%RW~{key}" for key in keys) + tuple(f"%R~{key}" for key in seen)
     if role == "worker":
         return (f"%RW~{prefix}:*",)

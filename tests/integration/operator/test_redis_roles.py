@@ -127,7 +127,7 @@ def test_the_producer_can_send_but_not_claim(managed):
         ("FLUSHALL",),
         ("KEYS", "*"),
         ("CONFIG", "GET", "*"),
-        ("LPOP", "jobs:q:q:ready:0"),
+        ("LPOP", "jobs:q:{q}:ready:0"),
     ):
         with pytest.raises(redis.exceptions.NoPermissionError):
             producer.execute_command(*command)
@@ -187,7 +187,7 @@ def test_the_operator_reads_the_statistics_but_cannot_write(managed):
     with pytest.raises(redis.exceptions.NoPermissionError):
         operator.eval("return 1", 0)  # only the read-only EVAL_RO / EVALSHA_RO
     with pytest.raises(redis.exceptions.ResponseError, match="can't run this command"):
-        operator.eval_ro("return redis.call('DEL', 'jobs:q:q:msgs')", 0)
+        operator.eval_ro("return redis.call('DEL', 'jobs:q:{q}:msgs')", 0)
     with pytest.raises(PermissionDenied, match="'ebbtide-operator' lacks the right to claim"):
         asyncio.run(claim(managed.url("operator")))
     assert read_stats(managed.url(), ["q"], prefix="jobs").queues["q"].ready == 4

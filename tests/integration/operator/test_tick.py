@@ -136,7 +136,7 @@ def test_the_backlog_is_read_under_the_taskqueues_key_prefix(env, monkeypatch):
         app.task(lambda i: None, name="record").send_many(range(300))
     finally:
         app.close()
-    assert redis.Redis.from_url(env.url).exists("tenant-b:q:default:msgs")
+    assert redis.Redis.from_url(env.url).exists("tenant-b:q:{default}:msgs")
 
     outcome = asyncio.run(ticker.tick(body))
 

@@ -50,8 +50,8 @@ def test_the_enqueue_script_wakes_only_idle_queues_or_a_broker_without_workers(r
 
     try:
         send(redis_db, "jobs")
-        assert next_wake() == "jobs"  # no worker registered at all
-        client.zadd("ebbtide:workers", {"w1": 1})
+        assert next_wake() == "jobs"  # no live worker claims from this queue
+        client.zadd("ebbtide:q:{jobs}:alive", {"w1": (time.time() + 600) * 1000})
         send(redis_db, "jobs")  # a worker exists and the queue is not idle: silent
         send(redis_db, "other")  # idle: woken (and proves the previous send said nothing)
         assert next_wake() == "other"
@@ -225,7 +225,7 @@ def test_a_redis_user_without_channel_permissions_still_sends(redis_db):
     narrow = redis_db.replace("redis://", "redis://narrow:pw@")
     try:
         send(narrow, "jobs", 3)
-        assert client.llen("ebbtide:q:jobs:ready:0") == 3
+        assert client.llen("ebbtide:q:{jobs}:ready:0") == 3
     finally:
         client.acl_deluser("narrow")
         client.close()

@@ -40,13 +40,13 @@ def verdicts(rows: list[SystemResult]) -> dict[tuple[str, str], str]:
 
 
 def test_targets_pass_when_every_goal_is_met():
-    found = verdicts(redis_rows(5_000, 50_000, 30 * MIB))
+    found = verdicts(redis_rows(6_000, 50_000, 30 * MIB))
     assert set(found.values()) == {"PASS"}
     assert len(found) == 3
 
 
 def test_targets_miss_just_below_each_goal():
-    found = verdicts(redis_rows(4_999, 49_999, 54 * MIB))
+    found = verdicts(redis_rows(5_999, 49_999, 54 * MIB))
     assert found == {
         ("redis", "processed/s vs Dramatiq"): "MISS",
         ("redis", "bulk enqueue vs Dramatiq single send"): "MISS",
@@ -63,12 +63,27 @@ def test_unmeasured_rows_are_na_not_miss():
     assert "n/a (not yet supported)" in render_table(rows)
 
 
-def test_rabbitmq_goal_is_twice_dramatiq():
+def test_rabbitmq_goal_is_two_and_a_half_times_dramatiq():
     rows = [
         SystemResult("dramatiq", "rabbitmq", 10, processed_per_s=1_000),
-        SystemResult("ebbtide", "rabbitmq", 10, processed_per_s=2_000),
+        SystemResult("ebbtide", "rabbitmq", 10, processed_per_s=2_500),
     ]
     assert verdicts(rows) == {("rabbitmq", "processed/s vs Dramatiq"): "PASS"}
+    rows[1].processed_per_s = 2_499
+    assert verdicts(rows) == {("rabbitmq", "processed/s vs Dramatiq"): "MISS"}
+
+
+def test_two_process_rows_compare_with_each_other():
+    rows = [
+        *redis_rows(6_000, 50_000, 30 * MIB),
+        SystemResult("dramatiq-p2", "redis", 100, processed_per_s=3_000),
+        SystemResult("ebbtide-p2", "redis", 100, processed_per_s=7_500),
+    ]
+    assert verdicts(rows)[("redis", "two processes each vs Dramatiq -p 2")] == "PASS"
+    line = next(x for x in render_table(rows).splitlines() if "--processes 2" in x)
+    assert "2.50x" in line  # against dramatiq -p 2, not against the one-process row
+    rows[-1].processed_per_s = 7_499
+    assert verdicts(rows)[("redis", "two processes each vs Dramatiq -p 2")] == "MISS"
 
 
 def test_table_prints_ratios_to_dramatiq_celery_and_raw():

@@ -473,10 +473,35 @@ def test_a_draining_burst_lets_pods_go_once_fewer_start_it_in_time():
     # tolerance: 2, though all 16 slots are busy (the two let go finish their tasks).
     assert d.replicas == 2
     assert d.reason == "backlog 40: 2 ready replicas start it by its deadline"
-    # With nothing queued and nothing arriving, one pod stays while the last tasks run.
+    # With nothing queued and nothing arriving, every pod may go: they finish the tasks
+    # they run, and the TaskQueue is at zero the moment those end.
     last = decide(draining(backlog=0, oldest_age_s=0.0), DRAIN_SPEC, QUIET)
-    assert last.replicas == 1
-    assert last.reason == "backlog 0, 16 running: 1 replicas while they finish"
+    assert last.replicas == 0
+    assert last.reason == "backlog 0, 16 running: 0 replicas while they finish"
+
+
+def test_the_last_tasks_finish_on_pods_let_go_without_a_new_one():
+    # At zero with tasks still running on the pods let go: no pod is started for them.
+    done = draining(backlog=0, oldest_age_s=0.0, in_flight=3, replicas=0, ready_replicas=0)
+    assert decide(done, DRAIN_SPEC, QUIET).replicas == 0
+    # Anything queued, arriving or due soon still wakes a worker.
+    assert decide(replace(done, backlog=1, oldest_age_s=0.1), DRAIN_SPEC, QUIET).replicas >= 1
+    assert decide(replace(done, arrival_rate=1.0), DRAIN_SPEC, QUIET).replicas >= 1
+
+
+def test_one_pod_stays_while_the_last_tasks_run_unless_zero_is_due_at_once():
+    # A TaskQueue that keeps a warm pod (scaleToZeroIdleSeconds > 0) or a floor keeps one.
+    for spec in (
+        replace(DRAIN_SPEC, scale_to_zero_idle_seconds=30.0),
+        replace(DRAIN_SPEC, min_replicas=1),
+    ):
+        last = decide(draining(backlog=0, oldest_age_s=0.0), spec, QUIET)
+        assert last.replicas == 1
+        assert last.reason == "backlog 0, 16 running: 1 replicas while they finish"
+        idle_at_zero = draining(
+            backlog=0, oldest_age_s=0.0, in_flight=3, replicas=0, ready_replicas=0
+        )
+        assert decide(idle_at_zero, spec, QUIET).replicas == 1  # the in-flight floor, as before
 
 
 def test_no_drain_down_when_late_arriving_or_still_starting():
@@ -493,4 +518,4 @@ def test_no_drain_down_when_late_arriving_or_still_starting():
 
 def test_drain_down_is_monotone_in_the_backlog():
     counts = [decide(draining(backlog=b), DRAIN_SPEC, QUIET).replicas for b in (0, 1, 40, 80, 200)]
-    assert counts == sorted(counts) and counts[0] == 1
+    assert counts == sorted(counts) and counts[0] == 0

@@ -106,3 +106,20 @@ def test_a_queue_name_of_ebbtides_own_queues_is_refused_naming_it(name):
     with pytest.raises(ValueError, match=rf"queue name '{re.escape(name)}' is reserved"):
         check_queue(name)
     assert not is_queue_name(name)
+
+
+def test_decode_skips_the_re_encode_check_only_where_it_cannot_fail():
+    """The fast path (no overflowed float, shallow) decodes as json.loads does; an
+    overflow deep inside, or a body nested past the recursion limit, is still refused."""
+    raw = '{"task": "t", "args": [1.5, -2e3, "\\ud800"], "kwargs": {"a": [[{}]]}}'
+    assert decode_payload(raw) == json.loads(raw)
+    assert decode_payload(raw.encode("utf-8-sig")) == json.loads(raw)  # bytes with a BOM
+    with pytest.raises(BadPayload, match="undecodable payload"):
+        decode_payload("\ufeff" + raw)  # a BOM in text, as json.loads refuses it
+    with pytest.raises(BadPayload, match="field 'args' cannot be re-encoded"):
+        decode_payload('{"task": "t", "args": [[[1e400]]]}')
+    deep = '{"task": "t", "args": ' + "[" * 5000 + "]" * 5000 + "}"
+    with pytest.raises(BadPayload):
+        decode_payload(deep)
+    nested = '{"task": "t", "args": ' + "[" * 80 + "]" * 80 + "}"  # past SHALLOW: checked
+    assert decode_payload(nested)["args"] == json.loads(nested)["args"]

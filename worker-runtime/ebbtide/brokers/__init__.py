@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+# A Redis Cluster or a Sentinel-watched master (brokers/redis/clients.py).
+REDIS_HA_SCHEMES = ("redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
 AMQP_SCHEMES = ("amqp", "amqps")
 WORKER_TTL_MS = 90_000  # read_stats: a worker whose heartbeat is older than this is gone
 
@@ -47,11 +49,12 @@ def resolve_url(url: str | None) -> str:
 
 def check_scheme(url: str) -> str:
     scheme = urlsplit(url).scheme.lower()
-    if scheme in REDIS_SCHEMES or scheme in AMQP_SCHEMES:
+    if scheme in REDIS_SCHEMES or scheme in REDIS_HA_SCHEMES or scheme in AMQP_SCHEMES:
         return scheme
     raise UnsupportedBroker(
         f"unsupported broker URL scheme {scheme!r} in {redact(url)!r}: "
-        "use redis://, rediss:// (TLS), amqp:// or amqps:// (TLS)"
+        "use redis://, rediss:// (TLS), redis+cluster://, redis+sentinel:// (rediss+... "
+        "for TLS), amqp:// or amqps:// (TLS)"
     )
 
 
@@ -61,7 +64,7 @@ def open_broker(url: str | None, prefix: str = "ebbtide", tls: BrokerTLS | None 
     url = resolve_url(url)
     scheme = check_scheme(url)
     tls = BrokerTLS.from_env() if tls is None else tls
-    if scheme in REDIS_SCHEMES:
+    if scheme in REDIS_SCHEMES or scheme in REDIS_HA_SCHEMES:
         from .redis.broker import RedisBroker
 
         return RedisBroker(url, prefix, tls)

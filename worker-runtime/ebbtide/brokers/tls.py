@@ -85,7 +85,8 @@ class BrokerTLS:
 
 
 def is_tls_url(url: str) -> bool:
-    return url.partition("://")[0].lower() in ("rediss", "amqps")
+    # rediss+cluster:// and rediss+sentinel:// too
+    return url.partition("://")[0].lower().partition("+")[0] in ("rediss", "amqps")
 
 
 def explain(error: BaseException, tls: BrokerTLS) -> str:

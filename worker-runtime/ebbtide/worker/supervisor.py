@@ -230,6 +230,11 @@ class Supervisor:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.exit_code == EXIT_USAGE:
+            # The reason for stopping, whatever the others' codes: they were stopped for
+            # it, or failed the same way (and asyncio reports 255 for a child it found
+            # already reaped).
+            return EXIT_USAGE
         codes = [self.exit_code, *(p.returncode or 0 for p in live)]
         return max((c for c in codes if c > 0), default=0)
 

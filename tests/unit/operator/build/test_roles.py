@@ -60,8 +60,10 @@ def test_keys_are_limited_to_the_prefix_and_the_operator_only_reads():
     producer = roles.redis_key_patterns("producer", "jobs")
     writable = [p for p in producer if p.startswith("%RW~")]
     assert all(p.startswith("%RW~jobs:") for p in writable)
-    assert set(producer) - set(writable) == {"%R~jobs:workers", "%R~jobs:q:*:inflight"}
-    assert "%RW~jobs:q:*:inflight" not in producer and "%RW~jobs:alive" not in producer
+    # Redis asks write access for every key a script declares: enqueue.lua declares the
+    # in-flight set and the liveness it only reads; the old layout's registry: read only.
+    assert set(producer) - set(writable) == {"%R~jobs:queues"}
+    assert "%RW~jobs:q:*:claims" not in producer and "%RW~jobs:q:*:epoch" not in producer
     with pytest.raises(ValueError, match="unknown broker role 'admin'"):
         roles.redis_key_patterns("admin", "jobs")
 

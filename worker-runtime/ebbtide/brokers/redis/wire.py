@@ -4,42 +4,21 @@ unit-tested directly. The formats are the scripts' (see the ARGV comments in lua
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ...lifecycle import Outcome
 from ...message import MAX_PRIORITY
-from ..base import BrokerStats, DeadTask, Delivery, Outgoing, QueueStats, Settlement, worker_info
+from ..base import BrokerStats, DeadTask, Delivery, Outgoing, QueueStats, worker_info
 
 ENQUEUE_CHUNK = 1000  # messages per EVALSHA in send_many: bounds a script's run time
 
 
-def settle_args(prefix: str, settlements: Sequence[Settlement], dead_ttl_ms: int) -> list[Any]:
-    """Plain acks are grouped per queue (one argument each); other ops carry all fields."""
-    acks: dict[str, tuple[list[str], list[int]]] = {}
-    other: list[Any] = []
-    for s in settlements:
-        d = s.delivery
-        if s.op == Outcome.ACK and not s.unique_key:
-            entries, busy = acks.setdefault(d.queue, ([], [0]))
-            entries.append(d.entry)
-            busy[0] += s.busy_us
-        else:
-            # An Outcome is a str: its value is what the script reads.
-            other += ["X", s.op, d.queue, d.entry, s.payload, s.delay_ms, s.busy_us, s.unique_key]
-    args: list[Any] = [prefix, dead_ttl_ms]
-    # Unchanged order inside each kind: requeues (LPUSH) rely on it.
-    for queue, (entries, busy) in acks.items():
-        args += ["A", queue, busy[0], len(entries), *entries]
-    return args + other
-
-
-def plan_args(plan: Sequence[tuple[str, int]]) -> list[Any]:
-    """(queue, quota) pairs, flattened as claim.lua and exchange.lua read them."""
-    args: list[Any] = []
-    for queue, quota in plan:
-        args += [queue, quota]
-    return args
+def group_want(left: int, totals: Sequence[int], i: int) -> int:
+    """How many tasks to ask claiming group `i` for (a cluster's plan spans groups, one
+    call each, in order) when `left` slots are free: its quotas' total (weighted mode),
+    and what the later groups' quotas leave free; everything left in strict mode."""
+    later = sum(totals[i + 1 :])
+    return max(left - later, min(totals[i], left))
 
 
 def parse_framed(blob: bytes) -> list[Delivery]:
@@ -62,15 +41,6 @@ def parse_framed(blob: bytes) -> list[Delivery]:
         out.append(Delivery(queue, blob[a + 1 : b].decode(), blob[c + 1 : stop], recoveries))
         pos = stop
     return out
-
-
-def heartbeat_args(held: Sequence[Delivery], running: Collection[str]) -> list[Any]:
-    """(queue, handle, running 0|1) triples, as heartbeat.lua reads them: a running task
-    is marked started, so losing it counts as a recovery (a prefetched one does not)."""
-    args: list[Any] = []
-    for d in held:
-        args += [d.queue, d.entry, 1 if d.entry in running else 0]
-    return args
 
 
 def stored_ids(
@@ -143,6 +113,16 @@ def decode(value: Any) -> Any:
     if isinstance(value, list):
         return [decode(v) for v in value]
     return value
+
+
+def merge_stats(parts: Sequence[BrokerStats]) -> BrokerStats:
+    """One BrokerStats from the per-group reads: the first part's clock (the registry's
+    call, which also brought the workers)."""
+    queues: dict[str, QueueStats] = {}
+    for part in parts:
+        queues.update(part.queues)
+    workers = tuple(w for part in parts for w in part.workers)
+    return BrokerStats(now=parts[0].now, queues=queues, workers=workers)
 
 
 def parse_stats(raw: list[Any]) -> BrokerStats:

@@ -34,8 +34,7 @@ def test_enqueue_replies_name_duplicates_and_refusals():
     ]
 
 
-def test_plan_args_and_members():
-    assert wire.plan_args([("a", 3), ("b", 0)]) == ["a", 3, "b", 0]
+def test_members():
     assert wire.member_id("7|abc|d") == "abc|d"
     dead = [DeadTask("a", "0|x", "x", 0, ""), DeadTask("b", "0|y", "y", 0, "")]
     assert {q: [d.task_id for d in ds] for q, ds in wire.by_queue(dead).items()} == {

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ebbtide.brokers.base import Delivery, Settlement
-from ebbtide.brokers.redis.wire import heartbeat_args, parse_framed, settle_args, stored_ids
+from ebbtide.brokers.redis import calls
+from ebbtide.brokers.redis.keys import QUEUE_KEYS, Layout
+from ebbtide.brokers.redis.wire import parse_framed, stored_ids
 from ebbtide.lifecycle import Outcome
 
 
@@ -21,27 +23,32 @@ def test_framed_claims_split_by_byte_length():
 
 def test_plain_acks_are_grouped_per_queue_and_other_ops_keep_their_order():
     a1, a2, b1 = Delivery("a", "1|0|x", ""), Delivery("a", "1|0|y", ""), Delivery("b", "1|0|z", "")
-    args = settle_args(
-        "p",
-        [
-            Settlement(Outcome.ACK, a1, busy_us=5),
-            Settlement(Outcome.REQUEUE, b1),
-            Settlement(Outcome.ACK, a2, busy_us=7),
-            Settlement(Outcome.ACK, b1, unique_key="k"),
-        ],
-        1000,
-    )
-    assert args == [
-        "p", 1000,
-        "A", "a", 12, 2, "1|0|x", "1|0|y",
-        "X", "requeue", "b", "1|0|z", "", 0, 0, "",
-        "X", "ack", "b", "1|0|z", "", 0, 0, "k",
+    settlements = [
+        Settlement(Outcome.ACK, a1, busy_us=5),
+        Settlement(Outcome.REQUEUE, b1),
+        Settlement(Outcome.ACK, a2, busy_us=7),
+        Settlement(Outcome.ACK, b1, unique_key="k"),
+    ]
+    layout = Layout("p")
+    (group,) = calls.split_work(layout, [], settlements)
+    call = calls.work(layout, group, dead_ttl_ms=1000)
+    assert call.keys == layout.queue_block("a") + layout.queue_block("b") + ["p:q:{b}:uniq:k"]
+    assert call.args == [
+        1000, 0, 0, "", 0, 0, 0, 2, "a", "b", 0,
+        "A", 1, 12, 2, "1|0|x", "1|0|y",
+        "X", "requeue", 2, "1|0|z", "", 0, 0, 0,
+        "X", "ack", 2, "1|0|z", "", 0, 0, 2 * QUEUE_KEYS + 1,
     ]  # fmt: skip
 
 
 def test_heartbeat_marks_only_running_entries_started():
     a, b = Delivery("a", "1|0|1.x", ""), Delivery("b", "1|0|1.y", "")
-    assert heartbeat_args([a, b], {"1|0|1.y"}) == ["a", "1|0|1.x", 0, "b", "1|0|1.y", 1]
+    layout = Layout("p")
+    ctx = dict(lease_ms=1, worker="w", info="{}", ttl_ms=2, alive_ms=3, sweep=False)
+    call = calls.heartbeat(layout, ["c"], [a, b], {"1|0|1.y"}, register=True, **ctx)
+    assert call.keys[-2:] == ["p:r:{p}:workers", "p:r:{p}:info"]
+    assert call.args[-6:] == [2, "1|0|1.x", 0, 3, "1|0|1.y", 1]  # blocks: c, a, b
+    assert call.args[6:11] == [1, 3, "c", "a", "b"]
 
 
 def test_stored_ids_name_every_task_a_partly_failed_send_many_stored():

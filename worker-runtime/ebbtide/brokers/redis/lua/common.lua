@@ -1,37 +1,46 @@
 -- Shared helpers, prepended to every script by scripts.py (Redis Lua has no `require`).
--- ARGV[1] is always the key prefix, so several apps can share one Redis.
+-- Every key a script touches is declared in KEYS (Redis Cluster requires it): each queue
+-- it works on is a block of QK keys (see keys.py QUEUE_PARTS), all with the queue name
+-- as their hash tag, so one queue is one slot. The queue names come in ARGV.
 --
--- Data model, per queue q (see docs/runtime.md):
---   P:q:q:ready:<prio>  LIST  of entries "<ready_ms>|<prio>|<id>", FIFO (RPUSH / LPOP)
---   P:q:q:inflight      ZSET  claim handle "<ready_ms>|<prio>|<token>.<id>" -> lease deadline (ms)
---   P:q:q:claims        HASH  claim handle -> "<started 0|1>|<worker id>"
---   P:q:q:lost          HASH  id -> recoveries (started claims whose worker was lost)
---   P:q:q:delayed       ZSET  "<prio>|<id>" -> due time (ms), for delay= and retries
---   P:q:q:dead          ZSET  "<prio>|<id>" -> time of death (ms)
---   P:q:q:msgs          HASH  id -> JSON payload (one copy, whatever the state)
---   P:q:q:counters      HASH  enqueued, completed, busy_us (cumulative)
---   P:q:q:uniq:<key>    STRING id, with a TTL, while a keyed task is pending
---   P:queues            SET   of known queue names
---   P:workers           ZSET  worker id -> last heartbeat (ms); P:worker:<id> its info
---   P:alive             ZSET  worker id -> liveness deadline (ms): past it, its claims come back
---   P:epoch             STRING the claim-token counter (one INCR per claiming call)
-local P = ARGV[1]
+-- Data model, per queue q, keys P:q:{q}:<part> (see docs/runtime.md):
+--   ready:<prio>  LIST  of entries "<ready_ms>|<prio>|<id>", FIFO (RPUSH / LPOP)
+--   inflight      ZSET  claim handle "<ready_ms>|<prio>|<token>.<id>" -> lease deadline (ms)
+--   claims        HASH  claim handle -> "<started 0|1>|<worker id>"
+--   lost          HASH  id -> recoveries (started claims whose worker was lost)
+--   delayed       ZSET  "<prio>|<id>" -> due time (ms), for delay= and retries
+--   dead          ZSET  "<prio>|<id>" -> time of death (ms)
+--   msgs          HASH  id -> JSON payload (one copy, whatever the state)
+--   counters      HASH  enqueued, completed, busy_us (cumulative)
+--   alive         ZSET  worker id -> liveness deadline (ms) of the workers that claim
+--                       here: past it, their claims in this queue come back
+--   epoch         STRING the claim-token counter (one INCR per claiming call)
+--   seq           STRING ids for malformed entries kept in the DLQ
+--   uniq:<key>    STRING id, with a TTL, while a keyed task is pending
+-- The registry P:r:{P}:queues (SET of names), :workers (ZSET id -> last heartbeat ms)
+-- and :info (HASH id -> info JSON) is its own slot.
 local MAX_PRIO = 9
+local QK = 20
 
-local function k_ready(q, p) return P .. ':q:' .. q .. ':ready:' .. p end
-local function k_inflight(q) return P .. ':q:' .. q .. ':inflight' end
-local function k_delayed(q) return P .. ':q:' .. q .. ':delayed' end
-local function k_dead(q) return P .. ':q:' .. q .. ':dead' end
-local function k_msgs(q) return P .. ':q:' .. q .. ':msgs' end
-local function k_counters(q) return P .. ':q:' .. q .. ':counters' end
-local function k_claims(q) return P .. ':q:' .. q .. ':claims' end
-local function k_lost(q) return P .. ':q:' .. q .. ':lost' end
-local function k_uniq(q, key) return P .. ':q:' .. q .. ':uniq:' .. key end
-local K_QUEUES = P .. ':queues'
-local K_WORKERS = P .. ':workers'
-local K_ALIVE = P .. ':alive'
-local K_EPOCH = P .. ':epoch'
-local function k_worker(id) return P .. ':worker:' .. id end
+-- The queue whose key block starts at KEYS[i].
+local function queue_at(i, name)
+  local ready = {}
+  for p = 0, MAX_PRIO do ready[p] = KEYS[i + p] end
+  return {
+    name = name, ready = ready, inflight = KEYS[i + 10], claims = KEYS[i + 11],
+    lost = KEYS[i + 12], delayed = KEYS[i + 13], dead = KEYS[i + 14], msgs = KEYS[i + 15],
+    counters = KEYS[i + 16], alive = KEYS[i + 17], epoch = KEYS[i + 18], seq = KEYS[i + 19],
+  }
+end
+
+-- ARGV[a] = number of queue blocks, then their names: the queues, in KEYS order; returns
+-- them and the index of the next ARGV.
+local function read_queues(a)
+  local nb = tonumber(ARGV[a])
+  local qs = {}
+  for b = 1, nb do qs[b] = queue_at((b - 1) * QK + 1, ARGV[a + b]) end
+  return qs, a + nb + 1
+end
 
 -- Broker clock in integer milliseconds, so every worker agrees on deadlines.
 local function now_ms()
@@ -48,8 +57,8 @@ local function split_entry(entry)
 end
 
 -- A claim handle "<ready_ms>|<prio>|<token>.<id>" -> ready_ms, prio, id (the token,
--- unique per claim, is what fences a stale worker out). A handle without a token (left
--- in flight by an older worker) parses as a plain entry.
+-- unique per claim in its queue, is what fences a stale worker out). A handle without a
+-- token (left in flight by an older worker) parses as a plain entry.
 local function split_handle(handle)
   local ready, p, id = string.match(handle, '^(%d+)|(%d)|%d+%.(.+)$')
   if ready then return tonumber(ready), p, id end
@@ -62,145 +71,148 @@ local function split_member(member)
 end
 
 -- Delayed and retrying tasks whose time has come become ready (any worker does this).
-local function promote_due(q, now, limit)
-  local due = redis.call('ZRANGEBYSCORE', k_delayed(q), '-inf', now, 'LIMIT', 0, limit)
+local function promote_due(Q, now, limit)
+  local due = redis.call('ZRANGEBYSCORE', Q.delayed, '-inf', now, 'LIMIT', 0, limit)
   for _, member in ipairs(due) do
-    redis.call('ZREM', k_delayed(q), member)
+    redis.call('ZREM', Q.delayed, member)
     local p, id = split_member(member)
     if p then
-      redis.call('RPUSH', k_ready(q, p), fmt(now) .. '|' .. p .. '|' .. id)
+      redis.call('RPUSH', Q.ready[tonumber(p)], fmt(now) .. '|' .. p .. '|' .. id)
     end
   end
 end
 
 -- An accepted task whose payload is gone (evicted, or deleted behind Ebbtide's back)
 -- cannot run, but it must not vanish either: it is buried with the reason.
-local function bury_missing(q, p, id, now)
-  redis.call('HSET', k_msgs(q), id, cjson.encode({
+local function bury_missing(Q, p, id, now)
+  redis.call('HSET', Q.msgs, id, cjson.encode({
     id = id, error = 'payload evicted: the task payload is missing from Redis'}))
-  redis.call('ZADD', k_dead(q), now, p .. '|' .. id)
-  redis.call('HINCRBY', k_counters(q), 'completed', 1)
+  redis.call('ZADD', Q.dead, now, p .. '|' .. id)
+  redis.call('HINCRBY', Q.counters, 'completed', 1)
 end
 
 -- Forget a claim's record (it was settled or lost); true when its task had started.
-local function drop_claim(q, handle)
-  local rec = redis.call('HGET', k_claims(q), handle)
+local function drop_claim(Q, handle)
+  local rec = redis.call('HGET', Q.claims, handle)
   if not rec then return false end
-  redis.call('HDEL', k_claims(q), handle)
+  redis.call('HDEL', Q.claims, handle)
   return string.sub(rec, 1, 1) == '1'
 end
 
 -- A claim whose worker was lost (lease expired, or its liveness ran out): the task goes
 -- back to the head of its list. A started task counts one recovery (the poison limit,
 -- checked by the worker that claims it next); a prefetched, never started one does not.
-local function recover(q, handle, now)
-  if redis.call('ZREM', k_inflight(q), handle) ~= 1 then return end
-  local started = drop_claim(q, handle)
+local function recover(Q, handle, now)
+  if redis.call('ZREM', Q.inflight, handle) ~= 1 then return end
+  local started = drop_claim(Q, handle)
   local ready, p, id = split_handle(handle)
   if not p then return end
-  if redis.call('HEXISTS', k_msgs(q), id) == 0 then
-    bury_missing(q, p, id, now)
+  if redis.call('HEXISTS', Q.msgs, id) == 0 then
+    bury_missing(Q, p, id, now)
     return
   end
-  if started then redis.call('HINCRBY', k_lost(q), id, 1) end
-  redis.call('LPUSH', k_ready(q, p), fmt(ready) .. '|' .. p .. '|' .. id)
+  if started then redis.call('HINCRBY', Q.lost, id, 1) end
+  redis.call('LPUSH', Q.ready[tonumber(p)], fmt(ready) .. '|' .. p .. '|' .. id)
 end
 
 -- Leases nobody renewed (a dead or frozen worker) come back.
-local function reclaim_expired(q, now, limit)
-  local expired = redis.call('ZRANGEBYSCORE', k_inflight(q), '-inf', now, 'LIMIT', 0, limit)
-  for _, handle in ipairs(expired) do recover(q, handle, now) end
+local function reclaim_expired(Q, now, limit)
+  local expired = redis.call('ZRANGEBYSCORE', Q.inflight, '-inf', now, 'LIMIT', 0, limit)
+  for _, handle in ipairs(expired) do recover(Q, handle, now) end
 end
 
--- Workers whose liveness ran out (no heartbeat for a few seconds): every claim they
--- hold comes back now, long before its lease would run out. Rare, so a scan is fine.
-local function reclaim_dead_workers(now)
-  local dead = redis.call('ZRANGEBYSCORE', K_ALIVE, '-inf', now, 'LIMIT', 0, 20)
+-- Workers whose liveness in this queue ran out (no heartbeat for a few seconds): every
+-- claim they hold here comes back now, long before its lease would run out. Rare, so a
+-- scan is fine. Each worker keeps its liveness in every queue it claims from.
+local function reclaim_dead_workers(Q, now)
+  local dead = redis.call('ZRANGEBYSCORE', Q.alive, '-inf', now, 'LIMIT', 0, 20)
   if #dead == 0 then return end
   local gone = {}
   for _, w in ipairs(dead) do
     gone[w] = true
-    redis.call('ZREM', K_ALIVE, w)
+    redis.call('ZREM', Q.alive, w)
   end
-  for _, q in ipairs(redis.call('SMEMBERS', K_QUEUES)) do
-    local claims = redis.call('HGETALL', k_claims(q))
-    for i = 1, #claims, 2 do
-      if gone[string.sub(claims[i + 1], 3)] then recover(q, claims[i], now) end
-    end
+  local claims = redis.call('HGETALL', Q.claims)
+  for i = 1, #claims, 2 do
+    if gone[string.sub(claims[i + 1], 3)] then recover(Q, claims[i], now) end
   end
 end
 
-local function release_key(q, key, id)
-  if key ~= '' and redis.call('GET', k_uniq(q, key)) == id then
-    redis.call('DEL', k_uniq(q, key))
-  end
+local function release_key(ukey, id)
+  if ukey and redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
 end
 
 -- The task's life ended (acked or dead): its recovery count goes with it.
-local function finished(q, id)
-  redis.call('HDEL', k_lost(q), id)
+local function finished(Q, id)
+  redis.call('HDEL', Q.lost, id)
 end
 
-local function apply_one(st, op, q, handle, payload, delay, key)
-  if redis.call('ZREM', k_inflight(q), handle) ~= 1 then return end  -- fenced: not ours
+local function apply_one(st, op, Q, handle, payload, delay, ukey)
+  if redis.call('ZREM', Q.inflight, handle) ~= 1 then return end  -- fenced: not ours
   st.settled = st.settled + 1
-  drop_claim(q, handle)
+  drop_claim(Q, handle)
   local ready, p, id = split_handle(handle)
   if op == 'ack' then
-    redis.call('HDEL', k_msgs(q), id)
-    redis.call('HINCRBY', k_counters(q), 'completed', 1)
-    finished(q, id)
-    release_key(q, key, id)
+    redis.call('HDEL', Q.msgs, id)
+    redis.call('HINCRBY', Q.counters, 'completed', 1)
+    finished(Q, id)
+    release_key(ukey, id)
   elseif op == 'retry' or op == 'postpone' then
-    if payload ~= '' then redis.call('HSET', k_msgs(q), id, payload) end
-    redis.call('ZADD', k_delayed(q), st.now + delay, p .. '|' .. id)
+    if payload ~= '' then redis.call('HSET', Q.msgs, id, payload) end
+    redis.call('ZADD', Q.delayed, st.now + delay, p .. '|' .. id)
   elseif op == 'dead' then
-    if payload ~= '' then redis.call('HSET', k_msgs(q), id, payload) end
-    redis.call('ZADD', k_dead(q), st.now, p .. '|' .. id)
-    redis.call('HINCRBY', k_counters(q), 'completed', 1)
-    finished(q, id)
-    release_key(q, key, id)
-    if not st.trimmed[q] then
-      st.trimmed[q] = true
-      local old = redis.call('ZRANGEBYSCORE', k_dead(q), '-inf', st.now - st.dead_ttl, 'LIMIT', 0, 1000)
+    if payload ~= '' then redis.call('HSET', Q.msgs, id, payload) end
+    redis.call('ZADD', Q.dead, st.now, p .. '|' .. id)
+    redis.call('HINCRBY', Q.counters, 'completed', 1)
+    finished(Q, id)
+    release_key(ukey, id)
+    if not st.trimmed[Q.name] then
+      st.trimmed[Q.name] = true
+      local old = redis.call('ZRANGEBYSCORE', Q.dead, '-inf', st.now - st.dead_ttl, 'LIMIT', 0, 1000)
       for _, member in ipairs(old) do
         local _, old_id = split_member(member)
-        if old_id then redis.call('HDEL', k_msgs(q), old_id) end
-        redis.call('ZREM', k_dead(q), member)
+        if old_id then redis.call('HDEL', Q.msgs, old_id) end
+        redis.call('ZREM', Q.dead, member)
       end
     end
   elseif op == 'requeue' then
     -- A graceful hand-back: the plain entry, its recovery count untouched.
-    redis.call('LPUSH', k_ready(q, p), fmt(ready) .. '|' .. p .. '|' .. id)
+    redis.call('LPUSH', Q.ready[tonumber(p)], fmt(ready) .. '|' .. p .. '|' .. id)
   end
 end
 
--- Apply settle records from ARGV[i] to the end (see settle.lua for the format).
-local function settle_records(i, dead_ttl, now)
+-- Apply settle records from ARGV[i] to the end; a record names its queue by block number:
+--   'A', block, busy_us, n, handle * n        plain acks (the hot path: one arg per task)
+--   'X', op, block, handle, payload ('' = unchanged), delay_ms, busy_us, unique key's
+--        index in KEYS (0 = none)
+local function settle_records(qs, i, dead_ttl, now)
   local st = {settled = 0, trimmed = {}, dead_ttl = dead_ttl, now = now}
   while i <= #ARGV do
     if ARGV[i] == 'A' then
-      local q, busy, n = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-      if busy > 0 then redis.call('HINCRBY', k_counters(q), 'busy_us', busy) end
+      local Q, busy, n = qs[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+      if busy > 0 then redis.call('HINCRBY', Q.counters, 'busy_us', busy) end
       local done = 0
       for j = i + 4, i + 3 + n do
-        if redis.call('ZREM', k_inflight(q), ARGV[j]) == 1 then
+        if redis.call('ZREM', Q.inflight, ARGV[j]) == 1 then
           local _, _, id = split_handle(ARGV[j])
-          redis.call('HDEL', k_claims(q), ARGV[j])
-          redis.call('HDEL', k_msgs(q), id)
-          finished(q, id)
+          redis.call('HDEL', Q.claims, ARGV[j])
+          redis.call('HDEL', Q.msgs, id)
+          finished(Q, id)
           done = done + 1
         end
       end
       if done > 0 then
-        redis.call('HINCRBY', k_counters(q), 'completed', done)
+        redis.call('HINCRBY', Q.counters, 'completed', done)
         st.settled = st.settled + done
       end
       i = i + 4 + n
     else
-      local q, busy = ARGV[i + 2], tonumber(ARGV[i + 6])
-      if busy > 0 then redis.call('HINCRBY', k_counters(q), 'busy_us', busy) end
-      apply_one(st, ARGV[i + 1], q, ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 7])
+      local Q, busy = qs[tonumber(ARGV[i + 2])], tonumber(ARGV[i + 6])
+      if busy > 0 then redis.call('HINCRBY', Q.counters, 'busy_us', busy) end
+      local ui = tonumber(ARGV[i + 7])
+      local ukey = nil
+      if ui > 0 then ukey = KEYS[ui] end
+      apply_one(st, ARGV[i + 1], Q, ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5]), ukey)
       i = i + 8
     end
   end
@@ -208,13 +220,14 @@ local function settle_records(i, dead_ttl, now)
 end
 
 -- Claim up to n ready tasks, highest priority first: pass 1 takes up to each queue's
--- quota, pass 2 fills what is left in order. Each claim gets a handle with a fresh token
--- and a record of its worker; the first `run_now` are marked started (they go straight
--- to an idle slot), the rest are prefetched until the worker's heartbeat says otherwise.
+-- quota, pass 2 fills what is left in order (plan: list of {queue, quota}). Each claim
+-- gets a handle with a fresh token of its queue and a record of its worker; the first
+-- `run_now` are marked started (they go straight to an idle slot), the rest are
+-- prefetched until the worker's heartbeat says otherwise.
 -- Returns one string framing every claimed task as
 -- "<queue>\n<handle>\n<recoveries>\n<payload length>\n<payload>": one bulk reply is
 -- parsed far faster by the client than several per task.
-local function claim_framed(queues, quotas, n, now, deadline, worker, run_now, alive, held)
+local function claim_framed(plan, n, now, deadline, worker, run_now, alive, held)
   local out = {}
   -- A task a worker was lost with (a recovery counted) runs alone: it is claimed only by
   -- a worker that holds nothing, as the only task of its claim, and the worker claims
@@ -223,21 +236,22 @@ local function claim_framed(queues, quotas, n, now, deadline, worker, run_now, a
   -- Claiming stops at such a task while the worker holds anything: the worker drains,
   -- then takes it.
   local halt = false
-  reclaim_dead_workers(now)
-  -- A claim is a sign of life too: a worker that dies before its first heartbeat is
-  -- still noticed by its liveness, not its lease.
-  if worker ~= '' and alive > 0 then redis.call('ZADD', K_ALIVE, now + alive, worker) end
-  for _, q in ipairs(queues) do
-    promote_due(q, now, 500)
-    reclaim_expired(q, now, 500)
+  for _, step in ipairs(plan) do
+    local Q = step[1]
+    reclaim_dead_workers(Q, now)
+    -- A claim is a sign of life too: a worker that dies before its first heartbeat is
+    -- still noticed by its liveness, not its lease.
+    if worker ~= '' and alive > 0 then redis.call('ZADD', Q.alive, now + alive, worker) end
+    promote_due(Q, now, 500)
+    reclaim_expired(Q, now, 500)
   end
   local got = 0
-  local token = nil
-  local function take(q, want)
+  local tokens = {}
+  local function take(Q, want)
     for p = MAX_PRIO, 0, -1 do
       if want <= 0 then return end
       if halt then return end
-      local key = k_ready(q, p)
+      local key = Q.ready[p]
       local entries = redis.call('LPOP', key, want)
       if entries then
         for j, entry in ipairs(entries) do
@@ -249,13 +263,13 @@ local function claim_framed(queues, quotas, n, now, deadline, worker, run_now, a
           local ready, ep, id = split_entry(entry)
           if not ep then
             -- A malformed entry cannot be run: keep it, with the reason, in the DLQ.
-            local dead_id = 'malformed-' .. fmt(now) .. '-' .. redis.call('INCR', P .. ':seq')
-            redis.call('HSET', k_msgs(q), dead_id,
+            local dead_id = 'malformed-' .. fmt(now) .. '-' .. redis.call('INCR', Q.seq)
+            redis.call('HSET', Q.msgs, dead_id,
               cjson.encode({error = 'malformed queue entry', raw = entry}))
-            redis.call('ZADD', k_dead(q), now, '0|' .. dead_id)
+            redis.call('ZADD', Q.dead, now, '0|' .. dead_id)
           else
-            local payload = redis.call('HGET', k_msgs(q), id)
-            local lost = redis.call('HGET', k_lost(q), id) or '0'
+            local payload = redis.call('HGET', Q.msgs, id)
+            local lost = redis.call('HGET', Q.lost, id) or '0'
             if payload and tonumber(lost) > 0 then
               halt = true
               if got > 0 or held > 0 then
@@ -264,14 +278,18 @@ local function claim_framed(queues, quotas, n, now, deadline, worker, run_now, a
               end
             end
             if not payload then
-              bury_missing(q, ep, id, now)
+              bury_missing(Q, ep, id, now)
             else
-              token = token or redis.call('INCR', K_EPOCH)
+              local token = tokens[Q.name]
+              if not token then
+                token = redis.call('INCR', Q.epoch)
+                tokens[Q.name] = token
+              end
               local handle = fmt(ready) .. '|' .. ep .. '|' .. fmt(token) .. '.' .. id
-              redis.call('ZADD', k_inflight(q), deadline, handle)
+              redis.call('ZADD', Q.inflight, deadline, handle)
               local started = (got < run_now) and '1|' or '0|'
-              redis.call('HSET', k_claims(q), handle, started .. worker)
-              out[#out + 1] = q .. '\n' .. handle .. '\n' .. lost .. '\n' .. #payload .. '\n' .. payload
+              redis.call('HSET', Q.claims, handle, started .. worker)
+              out[#out + 1] = Q.name .. '\n' .. handle .. '\n' .. lost .. '\n' .. #payload .. '\n' .. payload
               want = want - 1
               got = got + 1
             end
@@ -281,13 +299,40 @@ local function claim_framed(queues, quotas, n, now, deadline, worker, run_now, a
     end
   end
 
-  for i, q in ipairs(queues) do
+  for _, step in ipairs(plan) do
     if got >= n or halt then break end
-    if quotas[i] > 0 then take(q, math.min(quotas[i], n - got)) end
+    if step[2] > 0 then take(step[1], math.min(step[2], n - got)) end
   end
-  for _, q in ipairs(queues) do
+  for _, step in ipairs(plan) do
     if got >= n or halt then break end
-    take(q, n - got)
+    take(step[1], n - got)
   end
-  return table.concat(out)
+  return table.concat(out), halt
+end
+
+-- The worker's calls (claim, settle, exchange) share one argument layout:
+-- ARGV: dead_ttl_ms, lease_ms, n, worker_id, run_now, alive_ms, held, nb, nb queue
+-- names (KEYS blocks in order), np, np pairs (block, quota), then settle records.
+-- n = 0 claims nothing (with a plan, it still reclaims and promotes in its queues). held: how many tasks the worker holds once this batch is settled
+-- (a lost task is claimed only by a worker holding nothing, see claim_framed).
+-- Returns {settled, framed deliveries, halted 0|1}: settled counts the records that
+-- applied (the others were fenced out: no longer this worker's claim); halted: claiming
+-- stopped at a lost task (the worker must drain before claiming elsewhere).
+local function work()
+  local dead_ttl, lease, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+  local worker, run_now, alive = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+  local held = tonumber(ARGV[7])
+  local qs, a = read_queues(8)
+  local np = tonumber(ARGV[a])
+  local plan = {}
+  for i = a + 1, a + 2 * np, 2 do
+    plan[#plan + 1] = {qs[tonumber(ARGV[i])], tonumber(ARGV[i + 1])}
+  end
+  local now = now_ms()
+  local settled = settle_records(qs, a + 1 + 2 * np, dead_ttl, now)
+  if n > 0 or np > 0 then  -- n = 0 with a plan: only the upkeep (reclaim, promote)
+    local framed, halt = claim_framed(plan, n, now, now + lease, worker, run_now, alive, held)
+    return {settled, framed, halt and 1 or 0}
+  end
+  return {settled, '', 0}
 end

@@ -1,38 +1,44 @@
 -- Enqueue a batch of messages into one queue, atomically with the counters.
--- ARGV: prefix, queue, max_backlog (0 = none), unique_ttl_ms, prio, delay_ms,
---       key ('' = none), payloads joined by "\n" (JSON text never holds a raw newline;
---       each payload starts with {"id":"<id>", so the id needs no argument of its own)
+-- KEYS: the queue's ready:0..9, inflight, delayed, msgs, counters, alive (keys.py
+-- ENQUEUE_PARTS: no more, since the producer's ACL user needs write access to each), then
+-- its unique key P:q:{q}:uniq:<key> when keyed.
+-- ARGV: queue, max_backlog (0 = none), unique_ttl_ms, prio, delay_ms, keyed (0|1),
+--       payloads joined by "\n" (JSON text never holds a raw newline; each payload
+--       starts with {"id":"<id>", so the id needs no argument of its own), wake channel
 -- Returns {status, dups}: one status character per message, '.' enqueued, '=' duplicate
 -- key (its pending task's id is the next item of dups), '!' refused (backlog full).
--- Publishes the queue's name on P:wake when ready work lands on a queue that was idle
--- (nothing ready or in flight) or when no worker is registered at all: the operator
+-- Publishes the queue's name on the wake channel when ready work lands on a queue that
+-- was idle (nothing ready or in flight) or that no live worker claims from: the operator
 -- subscribes, so activation from zero does not wait for its next poll. Busy queues with
--- workers publish nothing.
-local q = ARGV[2]
-local max_backlog = tonumber(ARGV[3])
-local unique_ttl = tonumber(ARGV[4])
-local p, delay, key, blob = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
+-- workers publish nothing. (The queue registry is added to by the caller: another slot.)
+local ready = {}
+for lvl = 0, MAX_PRIO do ready[lvl] = KEYS[1 + lvl] end
+local Q = {name = ARGV[1], ready = ready, inflight = KEYS[11], delayed = KEYS[12],
+  msgs = KEYS[13], counters = KEYS[14], alive = KEYS[15]}
+local max_backlog = tonumber(ARGV[2])
+local unique_ttl = tonumber(ARGV[3])
+local p, delay, keyed, blob = ARGV[4], tonumber(ARGV[5]), ARGV[6] == '1', ARGV[7]
+local ukey = keyed and KEYS[16] or nil
 local now = now_ms()
-redis.call('SADD', K_QUEUES, q)
 
 local backlog = 0
 if max_backlog > 0 then
-  for lvl = 0, MAX_PRIO do backlog = backlog + redis.call('LLEN', k_ready(q, lvl)) end
-  backlog = backlog + redis.call('ZCARD', k_delayed(q))
+  for lvl = 0, MAX_PRIO do backlog = backlog + redis.call('LLEN', Q.ready[lvl]) end
+  backlog = backlog + redis.call('ZCARD', Q.delayed)
 end
 
-local function idle(queue)
-  if redis.call('ZCARD', k_inflight(queue)) > 0 then return false end
+local function idle()
+  if redis.call('ZCARD', Q.inflight) > 0 then return false end
   for lvl = 0, MAX_PRIO do
-    if redis.call('LLEN', k_ready(queue, lvl)) > 0 then return false end
+    if redis.call('LLEN', Q.ready[lvl]) > 0 then return false end
   end
   return true
 end
-local wake = delay == 0 and (redis.call('ZCARD', K_WORKERS) == 0 or idle(q))
+local wake = delay == 0 and (redis.call('ZCOUNT', Q.alive, now, '+inf') == 0 or idle())
 
 local status, dups = {}, {}
 local accepted = 0
-local ready_key, prefix = k_ready(q, p), fmt(now) .. '|' .. p .. '|'
+local ready_key, prefix = Q.ready[tonumber(p)], fmt(now) .. '|' .. p .. '|'
 local pos, len = 1, #blob
 while pos <= len do
   local nl = string.find(blob, '\n', pos, true) or (len + 1)
@@ -46,16 +52,16 @@ while pos <= len do
     status[#status + 1] = '!'
   else
     local existing = false
-    if key ~= '' and not redis.call('SET', k_uniq(q, key), id, 'NX', 'PX', unique_ttl) then
-      existing = redis.call('GET', k_uniq(q, key)) or ''
+    if ukey and not redis.call('SET', ukey, id, 'NX', 'PX', unique_ttl) then
+      existing = redis.call('GET', ukey) or ''
     end
     if existing then
       status[#status + 1] = '='
       dups[#dups + 1] = existing
     else
-      redis.call('HSET', k_msgs(q), id, payload)
+      redis.call('HSET', Q.msgs, id, payload)
       if delay > 0 then
-        redis.call('ZADD', k_delayed(q), now + delay, p .. '|' .. id)
+        redis.call('ZADD', Q.delayed, now + delay, p .. '|' .. id)
       else
         redis.call('RPUSH', ready_key, prefix .. id)
       end
@@ -65,8 +71,8 @@ while pos <= len do
     end
   end
 end
-if accepted > 0 then redis.call('HINCRBY', k_counters(q), 'enqueued', accepted) end
+if accepted > 0 then redis.call('HINCRBY', Q.counters, 'enqueued', accepted) end
 -- pcall: a user without channel permissions (Redis 7 ACLs default to none) still sends;
 -- the operator then sees the tasks at its next poll.
-if wake and accepted > 0 then redis.pcall('PUBLISH', P .. ':wake', q) end
+if wake and accepted > 0 then redis.pcall('PUBLISH', ARGV[8], Q.name) end
 return {table.concat(status), dups}
