@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-payloads bench-latency bench-cpu bench-memory bench-policy bench-operator bench-operator-e2e bench-operator-failover bench-cluster demo helm-lint cluster-up cluster-down clean
+.PHONY: help setup deps-system deps-node images binaries test lint unit integration e2e e2e-kind bench bench-payloads bench-latency bench-cpu bench-memory bench-policy bench-operator bench-operator-e2e bench-operator-1000 bench-operator-failover bench-cluster demo helm-lint cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -110,6 +110,10 @@ bench-operator: setup binaries ## Operator tick timeliness: 200 TaskQueues on on
 
 bench-operator-e2e: setup binaries ## The real operator on the real API server: 200 TaskQueues, tick timeliness, enqueue -> replicas p50/p99 from 0
 	$(PY) bench/operator_e2e.py --taskqueues 200 --poll 5 --seconds 60
+
+bench-operator-1000: setup binaries ## 1,000 TaskQueues on one operator, 5 s poll: tick lateness, activation, CPU and RSS per TaskQueue (an API server of its own, no node)
+	$(PY) bench/operator_ticks.py --taskqueues 1000 --poll 5 --seconds 40 --warmup 20
+	$(PY) bench/operator_e2e.py --own-apiserver --taskqueues 1000 --poll 5 --seconds 60
 
 bench-operator-failover: setup binaries ## Two operators with kopf peering on the real API server: SIGKILL the active one, time the standby's takeover
 	$(PY) bench/operator_failover.py

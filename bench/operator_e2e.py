@@ -12,9 +12,16 @@ N TaskQueues on one real redis-server (minReplicas 0, so no pods are needed). Th
   on Deployments times each one from the moment its send *starts* (conservative: the
   enqueue itself is counted) to the first `spec.replicas` > 0 written by the operator.
   The enqueue script's wake-up (wake.py) starts the tick at once, so the target is
-  p99 < 1 s whatever the poll; without push it would be up to one poll.
+  p99 < 1 s whatever the poll; without push it would be up to one poll;
+- **cost**: the operator process's CPU seconds (utime + stime) over the window and its
+  resident memory at the end, per TaskQueue, and the machine's load average meanwhile.
 
-    .venv/bin/python bench/operator_e2e.py [--taskqueues 200] [--poll 5] [--seconds 60] [--bursts 60]
+`--own-apiserver` runs it on an etcd + kube-apiserver of its own (tests/support/apiserver.py:
+no controller-manager, no node, the operator as admin, no chart) instead of the shared
+control plane; that one needs no `flock /tmp/ebbtide-node.lock`.
+
+    .venv/bin/python bench/operator_e2e.py [--taskqueues 200] [--poll 5] [--seconds 60] \
+        [--bursts 60] [--own-apiserver] [--json]
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -35,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import ebbtide  # noqa: E402
+from support.apiserver import control_plane  # noqa: E402
 from support.servers import redis_server  # noqa: E402
 
 from e2e.controlplane import ControlPlane  # noqa: E402
@@ -49,6 +58,9 @@ from e2e.tests.support import (  # noqa: E402
 NS = "bench-operator"
 LATENESS = "ebbtide_operator_tick_lateness_seconds"
 DURATION = "ebbtide_operator_tick_duration_seconds"
+SKIPPED = "ebbtide_operator_tick_slots_skipped_total"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LAST_HANDLED = "kopf.zalando.org/last-handled-configuration"
 
 
 def taskqueue(i: int, poll: float) -> dict:
@@ -72,13 +84,18 @@ def taskqueue(i: int, poll: float) -> dict:
 
 def scrape(metrics_port: int) -> dict[str, dict[str, float]]:
     """Cumulative bucket counts of every histogram (name -> le -> count), summed over label
-    sets, from one scrape of the operator's /metrics."""
+    sets, and every unlabelled counter (name -> {"": value}), from one scrape of the
+    operator's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     histograms: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
+        if family.type == "counter":
+            for sample in family.samples:
+                if sample.name.endswith("_total") and not sample.labels:
+                    histograms[sample.name] = {"": sample.value}
         if family.type != "histogram":
             continue
         buckets = histograms.setdefault(family.name, {})
@@ -87,6 +104,34 @@ def scrape(metrics_port: int) -> dict[str, dict[str, float]]:
                 le = sample.labels["le"]
                 buckets[le] = buckets.get(le, 0.0) + sample.value
     return histograms
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class LoadSampler(threading.Thread):
+    """The machine's 1-minute load average every 5 s of the window (what else ran)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[float] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self.stop.wait(5.0):
+                return
 
 
 def bucket_shares(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -122,51 +167,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--bursts", type=int, default=60)
     parser.add_argument("--burst-size", type=int, default=50)
+    parser.add_argument(
+        "--own-apiserver",
+        action="store_true",
+        help="an etcd + kube-apiserver of its own (no controller-manager, no chart)",
+    )
+    parser.add_argument("--settle-seconds", type=float, default=600.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
+    if args.own_apiserver:
+        with tempfile.TemporaryDirectory() as root, control_plane(Path(root)) as server:
+            result = on_own_apiserver(args, server.kubeconfig, Path(root))
+    else:
+        result = on_shared_control_plane(args)
+    report(result, args.json)
+    return 0
+
+
+def on_own_apiserver(args: argparse.Namespace, kubeconfig: Path, root: Path) -> dict:
+    """The operator as admin on a fresh API server: nothing to clean up but the server."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+    operator = None
+    try:
+        with redis_server() as url:
+            operator, settle = populate_and_start(
+                args, api, url, str(kubeconfig), root / "operator"
+            )
+            return measure(args, url, client.AppsV1Api(api), operator, settle)
+    finally:
+        if operator is not None:
+            operator.stop()
+
+
+def on_shared_control_plane(args: argparse.Namespace) -> dict:
     from kubernetes import client, config
 
     plane = ControlPlane(attached=True).up()
     env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
     api = config.new_client_from_config(config_file=str(plane.kubeconfig))
-    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    custom = client.CustomObjectsApi(api)
+    core = client.CoreV1Api(api)
     operator = None
     try:
         install_chart(str(plane.bin_dir / "helm"), env, operator_replicas=0)
         recreate_namespace(core, NS)
         with redis_server() as url:
-            core.create_namespaced_secret(
-                NS,
-                client.V1Secret(
-                    metadata=client.V1ObjectMeta(name="broker"), string_data={"url": url}
-                ),
-            )
-            for i in range(args.taskqueues):
-                custom.create_namespaced_custom_object(
-                    "ebbtide.dev", "v1alpha1", NS, "taskqueues", taskqueue(i, args.poll)
-                )
             workdir = Path(plane.root) / "bench-operator"
             kubeconfig = service_account_kubeconfig(
                 str(plane.kubeconfig), core, workdir / "operator.kubeconfig"
             )
-            operator = OperatorProcess.start(kubeconfig, [NS], workdir, {})
-
-            def all_reporting() -> bool:
-                items = custom.list_namespaced_custom_object(
-                    "ebbtide.dev", "v1alpha1", NS, "taskqueues"
-                )["items"]
-                return (
-                    sum(1 for tq in items if tq.get("status", {}).get("conditions"))
-                    == args.taskqueues
-                )
-
-            settle_started = time.monotonic()
-            wait_for(all_reporting, 300, f"all {args.taskqueues} TaskQueues reporting status")
-            settle = time.monotonic() - settle_started
-            result = measure(args, url, apps, operator)
-            result["seconds_until_all_reporting"] = round(settle, 1)
+            operator, settle = populate_and_start(args, api, url, kubeconfig, workdir)
+            return measure(args, url, client.AppsV1Api(api), operator, settle)
     finally:
         # Delete while the operator still runs: kopf keeps a finalizer on TaskQueues with a
         # daemon, and only a running operator releases it.
@@ -183,11 +238,53 @@ def main(argv: list[str] | None = None) -> int:
             operator.stop()
         if plane.started_here:
             plane.down()
-    report(result, args.json)
-    return 0
 
 
-def measure(args: argparse.Namespace, url: str, apps, operator: OperatorProcess) -> dict:
+def populate_and_start(
+    args: argparse.Namespace, api, url: str, kubeconfig: str, workdir: Path
+) -> tuple[OperatorProcess, float]:
+    """The broker Secret and N TaskQueues, then the operator; returns it, and how long
+    until every TaskQueue reported a status (each one's first tick had run)."""
+    from kubernetes import client
+
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    core.create_namespaced_secret(
+        NS, client.V1Secret(metadata=client.V1ObjectMeta(name="broker"), string_data={"url": url})
+    )
+    for i in range(args.taskqueues):
+        custom.create_namespaced_custom_object(
+            "ebbtide.dev", "v1alpha1", NS, "taskqueues", taskqueue(i, args.poll)
+        )
+    operator = OperatorProcess.start(kubeconfig, [NS], workdir, {})
+
+    def all_reporting() -> bool:
+        """Every TaskQueue has a status (its first tick ran) and was reconciled (kopf's
+        diff-base annotation): the start-up storm is over before the window opens."""
+        items = custom.list_namespaced_custom_object("ebbtide.dev", "v1alpha1", NS, "taskqueues")[
+            "items"
+        ]
+        done = [
+            tq
+            for tq in items
+            if tq.get("status", {}).get("conditions")
+            and LAST_HANDLED in (tq["metadata"].get("annotations") or {})
+        ]
+        return len(done) == args.taskqueues
+
+    settle_started = time.monotonic()
+    wait_for(
+        all_reporting,
+        args.settle_seconds,
+        f"all {args.taskqueues} TaskQueues reconciled and reporting status",
+    )
+    settle = time.monotonic() - settle_started
+    time.sleep(2 * args.poll)  # a warm-up: two polls of every TaskQueue before the window
+    return operator, settle
+
+
+def measure(
+    args: argparse.Namespace, url: str, apps, operator: OperatorProcess, settle: float
+) -> dict:
     rng = random.Random(20261123)
     burst_names = [
         f"tq{i:03d}" for i in rng.sample(range(args.taskqueues), min(args.bursts, args.taskqueues))
@@ -203,7 +300,11 @@ def measure(args: argparse.Namespace, url: str, apps, operator: OperatorProcess)
     )
     watcher.start()
     app = ebbtide.App(broker_url=url)
+    pid = operator.popen.pid
+    load = LoadSampler()
+    load.start()
     before = scrape(operator.metrics_port)
+    cpu_before = cpu_seconds(pid)
     started = time.monotonic()
     for name, at in zip(burst_names, burst_times, strict=True):
         time.sleep(max(0.0, started + at - time.monotonic()))  # pacing the load, not synchronising
@@ -214,16 +315,35 @@ def measure(args: argparse.Namespace, url: str, apps, operator: OperatorProcess)
     time.sleep(max(0.0, started + args.seconds - time.monotonic()))  # the measurement window
     after = scrape(operator.metrics_port)
     elapsed = time.monotonic() - started
+    cpu = cpu_seconds(pid) - cpu_before
+    rss = rss_bytes(pid)
+    load.stop.set()
+    load.join(timeout=10)
     stop.set()
     watcher.join(timeout=10)
     app.close()
     values = sorted(reactions.values())
     p99 = values[min(len(values) - 1, int(0.99 * len(values)))] if values else None
+    minutes = elapsed / 60
+    skipped = after.get(SKIPPED, {}).get("", 0.0) - before.get(SKIPPED, {}).get("", 0.0)
     return {
         "taskqueues": args.taskqueues,
         "poll_seconds": args.poll,
         "window_seconds": round(elapsed, 1),
+        "seconds_until_all_reporting": round(settle, 1),
         "ticks_expected": int(args.taskqueues * elapsed / args.poll),
+        "slots_skipped": int(skipped),
+        "operator": {
+            "cpu_seconds": round(cpu, 1),
+            "cpu_share_of_one_core": round(cpu / elapsed, 3),
+            "cpu_ms_per_taskqueue_per_minute": round(cpu / args.taskqueues / minutes * 1000, 1),
+            "rss_mib": round(rss / 2**20, 1),
+            "rss_kib_per_taskqueue": round(rss / 1024 / args.taskqueues, 1),
+        },
+        "load_average_1m": {
+            "mean": round(statistics.fmean(load.samples), 2) if load.samples else None,
+            "max": round(max(load.samples), 2) if load.samples else None,
+        },
         "lateness": bucket_shares(before[LATENESS], after[LATENESS]),
         "tick_duration": bucket_shares(before[DURATION], after[DURATION]),
         "reaction_seconds": {
@@ -234,6 +354,7 @@ def measure(args: argparse.Namespace, url: str, apps, operator: OperatorProcess)
             "max": round(values[-1], 3) if values else None,
             "target": 1.0,
             "within_target": sum(1 for v in values if v <= 1.0),
+            "slowest": dict(sorted(reactions.items(), key=lambda kv: -kv[1])[:5]),
         },
     }
 
@@ -248,7 +369,10 @@ def report(result: dict, as_json: bool) -> None:
         f"operator on a real API server: {result['taskqueues']} TaskQueues, poll {result['poll_seconds']}s, "
         f"window {result['window_seconds']}s (all reporting {result['seconds_until_all_reporting']}s after start)"
     )
-    print(f"  ticks: {late['ticks']:.0f} of {result['ticks_expected']} expected")
+    print(
+        f"  ticks: {late['ticks']:.0f} of {result['ticks_expected']} expected, "
+        f"{result['slots_skipped']} slots skipped by overrunning ticks"
+    )
     for key in ("share_le_0.05s", "share_le_0.1s", "share_le_0.5s", "share_le_1.0s"):
         if key in late:
             print(f"  ticks started <= {key.removeprefix('share_le_')} late: {late[key]:.2%}")
@@ -256,6 +380,13 @@ def report(result: dict, as_json: bool) -> None:
     for key in ("share_le_0.1s", "share_le_1.0s", "share_le_2.5s"):
         if key in took:
             print(f"  ticks that took <= {key.removeprefix('share_le_')}: {took[key]:.2%}")
+    op, load = result["operator"], result["load_average_1m"]
+    print(
+        f"  operator process: {op['cpu_seconds']}s CPU ({op['cpu_share_of_one_core']:.0%} of a core), "
+        f"{op['cpu_ms_per_taskqueue_per_minute']} ms CPU per TaskQueue per minute; "
+        f"RSS {op['rss_mib']} MiB = {op['rss_kib_per_taskqueue']} KiB per TaskQueue; "
+        f"load average {load['mean']} (max {load['max']})"
+    )
     print(
         f"  enqueue -> replicas set, from 0 (n={r['count']}, missed {r['missed']}): p50 {r['p50']}s, "
         f"p99 {r['p99']}s, max {r['max']}s; {r['within_target']}/{r['count']} within {r['target']}s"

@@ -1,4 +1,4 @@
-"""Are 200 TaskQueues' ticks on time on one operator?
+"""Are 200 (or 1,000) TaskQueues' ticks on time on one operator?
 
 Runs N TaskQueue poll loops (`tick.run_periodically` + `TaskQueueTicker.tick`, exactly
 what the kopf daemon runs, broker wake-ups included) on one event loop against one real redis-server with real
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import socket
 import statistics
@@ -31,13 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # e2e/, and tests/support
 
 import ebbtide  # noqa: E402
-from ebbtide_operator import provision  # noqa: E402
+from ebbtide_operator import gc_pacing, provision  # noqa: E402
 from ebbtide_operator.broker_io import BrokerReader  # noqa: E402
 from ebbtide_operator.deployment_cache import DeploymentCache  # noqa: E402
 from ebbtide_operator.metrics import OperatorMetrics  # noqa: E402
 from ebbtide_operator.spec import parse_spec  # noqa: E402
 from ebbtide_operator.tick import TaskQueueTicker, phase, run_periodically  # noqa: E402
 from ebbtide_operator.wake import WakeHub  # noqa: E402
+from ebbtide_operator.write_budget import DEFAULT_PER_SECOND, WriteBudget  # noqa: E402
 from support.apiserver import (  # noqa: E402
     ApiServer,
     Namespace,
@@ -65,6 +67,13 @@ def body(i: int, poll: int) -> dict:
     }
 
 
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -89,18 +98,22 @@ async def run(
     ns = await asyncio.to_thread(Namespace, client, NS)
     async with watched_deployments(client, NS, DeploymentCache()) as cache:
         cluster = RecordingCluster(server.api_client(), deployments=cache)
+        # As main.py: replica writes on API threads (and connections) of their own.
+        scaler = RecordingCluster(server.api_client(pool=4), deployments=cache)
         try:
-            result = await measure(args, cluster, ns, url, hung_url, down_url)
+            result = await measure(args, cluster, scaler, ns, url, hung_url, down_url)
             result["deployments_seen_on_the_watch"] = len(cache)
             return result
         finally:
             cluster.close()
+            scaler.close()
             client.close()
 
 
 async def measure(
     args: argparse.Namespace,
     cluster: RecordingCluster,
+    scaler: RecordingCluster,
     ns: Namespace,
     url: str,
     hung_url: str,
@@ -109,8 +122,14 @@ async def measure(
     reader = BrokerReader()
     hub = WakeHub()
     metrics = OperatorMetrics()
+    budget = WriteBudget(args.status_writes_per_second or None)
+    write_slots = asyncio.Semaphore(8)  # as main.py: half of KubeCluster's 16 threads
     lateness: dict[str, list[float]] = {"healthy": [], "hung": [], "down": []}
     durations: dict[str, list[float]] = {"healthy": [], "hung": [], "down": []}
+    skipped: list[int] = []  # slots lost to overrunning ticks
+    # Figures count from the end of the warm-up: the first polls read every Secret and
+    # write every status at once (a start-up storm, reported apart).
+    measuring: list[bool] = []
     stop_at = float("inf")  # set once every TaskQueue is stored and provisioned
     loops = []
     for i in range(args.taskqueues):
@@ -122,7 +141,15 @@ async def measure(
             {"url": {"hung": hung_url, "down": down_url}.get(kind, url)},
         )
         await provision.reconcile(cluster, b, parse_spec(b["spec"]))
-        ticker = TaskQueueTicker(cluster, reader, metrics, cluster.record_event)
+        ticker = TaskQueueTicker(
+            cluster,
+            reader,
+            metrics,
+            cluster.record_event,
+            budget=budget,
+            scaler=scaler,
+            write_slots=write_slots,
+        )
         wake = asyncio.Event()
         last: list = []
 
@@ -130,10 +157,14 @@ async def measure(
             if not last or last[-1].ready == 0:
                 wake.set()
 
-        async def step(ticker=ticker, b=b, kind=kind, woken=woken, last=last):
-            outcome = await ticker.tick(b)
+        urgent = [False]  # as main.poll: a woken tick's API calls take the scaler's threads
+
+        async def step(ticker=ticker, b=b, kind=kind, woken=woken, last=last, urgent=urgent):
+            now_urgent, urgent[0] = urgent[0], False
+            outcome = await ticker.tick(b, urgent=now_urgent)
             last[:] = [outcome]
-            durations[kind].append(outcome.seconds)
+            if measuring:
+                durations[kind].append(outcome.seconds)
             if ticker.memory.url and args.push:
                 key, queues = b["metadata"]["name"], [q["name"] for q in b["spec"]["queues"]]
                 hub.watch(key, ticker.memory.url, "ebbtide", queues, woken)
@@ -144,33 +175,55 @@ async def measure(
                 interval=lambda: args.poll,
                 sleep=asyncio.sleep,
                 stopped=lambda: time.monotonic() >= stop_at,
-                lateness=lateness[kind].append,
+                lateness=lambda late, kind=kind: measuring and lateness[kind].append(late),
+                skipped=lambda n: measuring and skipped.append(n),
                 initial_delay=phase(b["metadata"]["uid"], args.poll),
                 wake=wake,
+                woken=lambda urgent=urgent: urgent.__setitem__(0, True),
             )
         )
     scaled_at: dict[str, list[float]] = {}
-    scale = cluster.scale_deployment
+    scale = scaler.scale_deployment
 
     async def timed_scale(namespace: str, name: str, replicas: int) -> None:
         scaled_at.setdefault(name, []).append(time.monotonic())
         await scale(namespace, name, replicas)
 
-    cluster.scale_deployment = timed_scale
-    started = time.monotonic()
-    stop_at = started + args.seconds
-    burst_at = await_bursts(args, started)
-    await asyncio.gather(*loops, *burst_at.values())
+    scaler.scale_deployment = timed_scale
+    loops_started = time.monotonic()
+    baseline: dict[str, float] = {}
+
+    async def warm_up() -> None:
+        nonlocal stop_at
+        await asyncio.sleep(args.warmup)
+        measuring.append(True)
+        baseline.update(
+            started=time.monotonic(),
+            cpu=time.process_time(),
+            writes=cluster.status_writes + scaler.status_writes,
+            deferred=budget.deferred,
+        )
+        stop_at = baseline["started"] + args.seconds
+
+    bursts = await_bursts(args, loops_started + args.warmup)
+    collector = asyncio.ensure_future(gc_pacing.run())  # as main.startup
+    try:
+        await asyncio.gather(warm_up(), *loops, *bursts.values())
+    finally:
+        collector.cancel()
+    started = baseline["started"]
     elapsed = time.monotonic() - started
+    cpu = time.process_time() - baseline["cpu"]
+    status_writes = cluster.status_writes + scaler.status_writes - baseline["writes"]
     reactions = []
-    for name, task in burst_at.items():
+    for name, task in bursts.items():
         started, landed = task.result()
         after = [t for t in scaled_at.get(f"{name}-worker", []) if t >= started]
         if after:  # a scale-up while the burst was still landing counts as 0
             reactions.append(max(0.0, after[0] - landed))
     hub.close()
     reader.close()
-    scaled = sum(1 for e in cluster.events if e[1].startswith("Scaled"))
+    scaled = sum(1 for e in cluster.events if e[1].startswith("Scaled"))  # every ticker's sink
     expected = args.taskqueues * args.seconds / args.poll
     ticks = sum(len(v) for v in durations.values())
     return {
@@ -180,16 +233,26 @@ async def measure(
         "ticks": ticks,
         "ticks_expected": int(expected),
         "scale_events": scaled,
-        "status_writes": cluster.status_writes,
+        "warmup_seconds": args.warmup,
+        "status_writes": status_writes,
+        "status_writes_deferred": budget.deferred - baseline["deferred"],
+        # The whole bench process: the ticks, and the test harness's own Deployment watch.
+        "process_cpu_seconds": round(cpu, 1),
+        "process_cpu_ms_per_taskqueue_per_minute": round(
+            cpu / args.taskqueues / (elapsed / 60) * 1000, 1
+        ),
+        "process_rss_mib": round(rss_bytes() / 2**20, 1),
         "lateness": {k: summary(v) for k, v in lateness.items() if v},
         "tick_duration": {k: summary(v) for k, v in durations.items() if v},
         "late_over_half_poll": sum(1 for v in lateness.values() for x in v if x > args.poll / 2),
+        "healthy_late_over_half_second": sum(1 for x in lateness["healthy"] if x > 0.5),
+        "slots_skipped": sum(skipped),
         "burst_reaction": summary(reactions),
-        "bursts_without_reaction": len(burst_at) - len(reactions),
+        "bursts_without_reaction": len(bursts) - len(reactions),
     }
 
 
-def await_bursts(args: argparse.Namespace, started: float) -> dict[str, asyncio.Task]:
+def await_bursts(args: argparse.Namespace, measure_from: float) -> dict[str, asyncio.Task]:
     """Bursts of tasks land on idle TaskQueues (0 replicas) at random moments; each task
     resolves to (started, landed): when its enqueue began and when all of it was in Redis.
     Reaction is measured from `landed`, so a slow enqueue under load is not counted."""
@@ -197,9 +260,8 @@ def await_bursts(args: argparse.Namespace, started: float) -> dict[str, asyncio.
     idle = [i for i in range(args.hung + args.down, args.taskqueues) if i % 3 == 0][: args.bursts]
 
     async def burst(i: int) -> float:
-        await asyncio.sleep(
-            rng.uniform(2 * args.poll, max(3 * args.poll, args.seconds - 3 * args.poll))
-        )
+        at = rng.uniform(args.poll, max(2 * args.poll, args.seconds - 2 * args.poll))
+        await asyncio.sleep(max(0.0, measure_from + at - time.monotonic()))
         started = time.monotonic()
         await asyncio.to_thread(BURST_APP.send, i, args.burst_size)
         return started, time.monotonic()
@@ -235,6 +297,12 @@ def main() -> None:
     parser.add_argument(
         "--down", type=int, default=10, help="TaskQueues whose broker refuses connections"
     )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of ticking before the figures count (default: two polls)",
+    )
     parser.add_argument("--tasks-per-queue", type=int, default=500)
     parser.add_argument(
         "--bursts", type=int, default=20, help="bursts on idle TaskQueues, for reaction time"
@@ -246,8 +314,16 @@ def main() -> None:
         action="store_false",
         help="no broker wake-ups: activation waits for the next poll (the old behaviour)",
     )
+    parser.add_argument(
+        "--status-writes-per-second",
+        type=float,
+        default=DEFAULT_PER_SECOND,
+        help="the routine status write budget, as EBBTIDE_STATUS_WRITES_PER_SECOND (0: none)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.warmup is None:
+        args.warmup = 2.0 * args.poll
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -278,9 +354,16 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     print(
-        f"{result['taskqueues']} TaskQueues, poll {result['poll_seconds']}s, {result['seconds']}s: "
+        f"{result['taskqueues']} TaskQueues, poll {result['poll_seconds']}s, {result['seconds']}s "
+        f"after a {result['warmup_seconds']:g}s warm-up: "
         f"{result['ticks']} ticks (expected ~{result['ticks_expected']}), "
-        f"{result['scale_events']} scale events, {result['status_writes']} status writes"
+        f"{result['scale_events']} scale events, {result['status_writes']} status writes "
+        f"({result['status_writes_deferred']} routine ones deferred)"
+    )
+    print(
+        f"  bench process: {result['process_cpu_seconds']}s CPU, "
+        f"{result['process_cpu_ms_per_taskqueue_per_minute']} ms per TaskQueue per minute, "
+        f"RSS {result['process_rss_mib']} MiB; load average {os.getloadavg()[0]:.1f}"
     )
     for kind, s in result["lateness"].items():
         d = result["tick_duration"][kind]
@@ -288,7 +371,11 @@ def main() -> None:
             f"  {kind:8s} n={s['count']:6d}  lateness p50 {s['p50_ms']:7.2f} ms  p99 {s['p99_ms']:7.2f} ms"
             f"  max {s['max_ms']:7.2f} ms | tick p50 {d['p50_ms']:7.2f} ms  p99 {d['p99_ms']:7.2f} ms"
         )
-    print(f"  ticks started later than half a poll: {result['late_over_half_poll']}")
+    print(
+        f"  ticks started later than half a poll: {result['late_over_half_poll']}; healthy ones "
+        f"later than 0.5 s: {result['healthy_late_over_half_second']}; slots skipped by "
+        f"overrunning ticks: {result['slots_skipped']}"
+    )
     r = result["burst_reaction"]
     print(
         f"  burst -> scale-up reaction (n={r['count']}): p50 {r['p50_ms']:.0f} ms  p99 {r['p99_ms']:.0f} ms"

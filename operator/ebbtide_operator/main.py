@@ -7,6 +7,11 @@ tick early for a TaskQueue with no ready worker. Environment:
   EBBTIDE_OPERATOR_METRICS_PORT  Prometheus port of the operator (default 8081, 0 = off)
   EBBTIDE_BROKER_THREADS         threads for broker reads (default 64)
   EBBTIDE_KUBE_THREADS           threads for API calls (default 16)
+  EBBTIDE_SCALE_THREADS          threads (and connections) kept for replica writes alone,
+                                 so a scale-up never queues behind status writes (default 4)
+  EBBTIDE_STATUS_WRITES_PER_SECOND
+                                 routine status writes (figures only) per second, shared by
+                                 all TaskQueues (default 20; 0 = no limit; write_budget.py)
   EBBTIDE_OPERATOR_NAMESPACE     the operator's namespace, admitted by managed brokers'
                                  NetworkPolicies (else POD_NAMESPACE, else the pod's own)
   EBBTIDE_OPERATOR_IDENTITY      who the audit log says acted (audit.py)
@@ -29,7 +34,7 @@ from typing import Any
 import kopf
 import kubernetes
 
-from ebbtide_operator import ha, kube, naming, provision, status
+from ebbtide_operator import gc_pacing, ha, kube, naming, provision, status
 from ebbtide_operator.broker_io import BrokerReader
 from ebbtide_operator.deployment_cache import DeploymentCache
 from ebbtide_operator.metrics import OperatorMetrics
@@ -42,6 +47,7 @@ from ebbtide_operator.tick import (
     run_periodically,
 )
 from ebbtide_operator.wake import WakeHub
+from ebbtide_operator.write_budget import WriteBudget, per_second_from_env
 
 RESOURCE = (naming.GROUP, naming.VERSION, naming.PLURAL)
 CONFLICT_RETRY_SECONDS = 20.0  # a name conflict is re-checked this often until it clears
@@ -51,6 +57,10 @@ class Runtime:
     """Process-wide clients, built at startup (not at import: tests import this module)."""
 
     cluster: kube.KubeCluster | None = None
+    scaler: kube.KubeCluster | None = None  # replica writes only: threads of their own
+    budget: WriteBudget = WriteBudget(None)
+    write_slots: asyncio.Semaphore | None = None  # status writes in flight, all TaskQueues
+    gc_task: asyncio.Task | None = None  # gc_pacing.run
     deployments: DeploymentCache = DeploymentCache()
     reader: BrokerReader | None = None
     wakes: WakeHub | None = None
@@ -74,6 +84,20 @@ def secret_refresh_seconds(environ: Mapping[str, str]) -> float:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"EBBTIDE_SECRET_REFRESH_SECONDS must be seconds > 0, got {raw!r}")
+    return value
+
+
+def positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number >= 1 from the environment, refused by name otherwise."""
+    raw = environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {raw!r}")
     return value
 
 
@@ -108,18 +132,27 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
             peering.name,
             settings.peering.priority,
         )
-    Runtime.secret_refresh_seconds = secret_refresh_seconds(os.environ)
+    try:
+        Runtime.secret_refresh_seconds = secret_refresh_seconds(os.environ)
+        Runtime.budget = WriteBudget(per_second_from_env(os.environ))
+        scale_threads = positive_int(os.environ, "EBBTIDE_SCALE_THREADS", 4)
+        kube_threads = positive_int(os.environ, "EBBTIDE_KUBE_THREADS", 16)
+        broker_threads = positive_int(os.environ, "EBBTIDE_BROKER_THREADS", 64)
+    except ValueError as error:  # the start fails, naming the setting
+        raise kopf.PermanentError(str(error)) from error
     Runtime.operator_namespace = kube.operator_namespace()
     if Runtime.operator_namespace is None:
         logger.warning(
             "operator namespace unknown (set EBBTIDE_OPERATOR_NAMESPACE): managed brokers' "
             "NetworkPolicies will not admit the operator"
         )
-    Runtime.cluster = kube.KubeCluster(
-        threads=int(os.environ.get("EBBTIDE_KUBE_THREADS", "16")), deployments=Runtime.deployments
-    )
-    Runtime.reader = BrokerReader(max_threads=int(os.environ.get("EBBTIDE_BROKER_THREADS", "64")))
+    Runtime.cluster = kube.KubeCluster(threads=kube_threads, deployments=Runtime.deployments)
+    Runtime.scaler = kube.KubeCluster(threads=scale_threads, deployments=Runtime.deployments)
+    # Half the API threads at most for status writes: the ticks' reads find the rest free.
+    Runtime.write_slots = asyncio.Semaphore(max(1, kube_threads // 2))
+    Runtime.reader = BrokerReader(max_threads=broker_threads)
     Runtime.wakes = WakeHub()
+    Runtime.gc_task = asyncio.get_running_loop().create_task(gc_pacing.run())
     port = int(os.environ.get("EBBTIDE_OPERATOR_METRICS_PORT", "8081"))
     if port:
         Runtime.metrics.serve(port)
@@ -128,12 +161,15 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    if Runtime.gc_task is not None:
+        Runtime.gc_task.cancel()
     if Runtime.wakes is not None:
         Runtime.wakes.close()
     if Runtime.reader is not None:
         Runtime.reader.close()
-    if Runtime.cluster is not None:
-        Runtime.cluster.close()
+    for cluster in (Runtime.cluster, Runtime.scaler):
+        if cluster is not None:
+            cluster.close()
 
 
 @kopf.on.create(*RESOURCE)
@@ -221,8 +257,9 @@ async def forget(meta: kopf.Meta, **_: Any) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=naming.WORKER_WATCH_LABELS)
-def watch_worker_deployment(event: kopf.RawEvent, **_: Any) -> None:
-    """Feed the informer cache the ticks read replicas from (no GET per tick)."""
+async def watch_worker_deployment(event: kopf.RawEvent, **_: Any) -> None:
+    """Feed the informer cache the ticks read replicas from (no GET per tick). Async:
+    a few dict operations, not worth a hop to kopf's executor thread and back."""
     Runtime.deployments.apply(event.get("type"), event["object"])
 
 
@@ -249,16 +286,24 @@ async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
         post_event,
         conflicts=lambda _body: Runtime.conflicts.get(uid, ()),
         refresh_seconds=Runtime.secret_refresh_seconds,
+        budget=Runtime.budget,
+        scaler=Runtime.scaler,
+        write_slots=Runtime.write_slots,
     )
     wake = asyncio.Event()
     last: list[TickOutcome] = []
+    urgent: list[bool] = [False]  # the next step was woken by the broker
 
     def woken_by_broker() -> None:
         if not last or last[-1].ready == 0:
             wake.set()
 
+    def woken() -> None:
+        urgent[0] = True
+
     async def step() -> None:
-        last[:] = [await ticker.tick(body)]
+        now_urgent, urgent[0] = urgent[0], False
+        last[:] = [await ticker.tick(body, urgent=now_urgent)]
         watch_broker(key, ticker, body, woken_by_broker)
 
     try:
@@ -271,6 +316,7 @@ async def poll(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
             skipped=Runtime.metrics.ticks_skipped.inc,
             initial_delay=phase(uid, poll_seconds(body)),
             wake=wake,
+            woken=woken,
         )
     finally:
         wakes.unwatch(key)

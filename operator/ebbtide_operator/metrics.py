@@ -13,6 +13,7 @@ collectors. `serve()` exposes it on the port given by EBBTIDE_OPERATOR_METRICS_P
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from ebbtide.buildinfo import register_process_metrics
@@ -32,6 +33,7 @@ class OperatorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._queues: dict[tuple[str, str], frozenset[str]] = {}  # the queues with series
         r = self.registry
         register_process_metrics(r, "operator")
 
@@ -180,9 +182,14 @@ class OperatorMetrics:
             ]
             targets = {q.name: q.target_backlog_seconds for q in queues}
             arrivals = {q.name: q.arrival_rate for q in queues}
-        names = {row[0] for row in rows}
-        for metric in self._per_queue():  # a queue removed from the spec loses its series
-            _remove_matching(metric, labels, keep=names)
+        names = frozenset(row[0] for row in rows)
+        # A queue removed from the spec loses its series. Only this TaskQueue's own queues
+        # are looked at: scanning every series each tick was quadratic in TaskQueues.
+        for gone in self._queues.get(labels, frozenset()) - names:
+            for metric in self._per_queue():
+                with contextlib.suppress(KeyError):
+                    metric.remove(*labels, gone)
+        self._queues[labels] = names
         for queue, backlog, in_flight, oldest, delayed, due, dead in rows:
             key = (*labels, queue)
             self.backlog.labels(*key).set(backlog)
@@ -203,6 +210,7 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted TaskQueue's series."""
+        self._queues.pop((namespace, name), None)
         for metric in (*self._per_queue(), *self._per_taskqueue()):
             _remove_matching(metric, (namespace, name))
         for metric in (self.scale_events, self.errors):

@@ -518,6 +518,51 @@ def test_a_switch_to_another_secret_is_read_at_once_not_after_the_url_cache(env)
     assert ticker.memory.url == dead
 
 
+def test_a_woken_tick_writes_through_the_scaler_and_the_status_behind_the_tick(env, apiserver):
+    """As main.poll runs it: the broker-woken tick's scale and status go through the
+    scale threads, and the status is written behind the tick (status_writer.py)."""
+    body = env.stored()
+    env.ticker(body)  # the Secret and the worker Deployment
+    scaler = RecordingCluster(apiserver.api_client(pool=2), deployments=env.cluster.deployments)
+    ticker = env.bare_ticker(scaler=scaler, write_slots=asyncio.Semaphore(1))
+    rt.record.send_many(("woken", i) for i in range(40))
+
+    async def ticks():
+        woken = await ticker.tick(body, urgent=True)
+        await ticker.flush()
+        routine = await ticker.tick(body)
+        await ticker.flush()
+        return woken, routine
+
+    try:
+        woken, routine = asyncio.run(ticks())
+    finally:
+        scaler.close()
+    assert woken.replicas_after > 0 and woken.status_written
+    assert [s[2] for s in scaler.scales] == [woken.replicas_after] and not env.cluster.scales
+    assert scaler.status_writes == 1
+    assert env.status()["backlog"] == 40 and env.replicas() == woken.replicas_after
+    assert not routine.status_written or env.cluster.status_writes == 1  # routine lane
+
+
+def test_a_status_write_that_fails_behind_the_tick_is_written_again(env):
+    body = env.stored()
+    ticker = env.ticker(body)
+    ticker.write_slots = asyncio.Semaphore(1)
+    env.ns.custom.delete_namespaced_custom_object(
+        naming.GROUP, naming.VERSION, env.ns.name, naming.PLURAL, "tq1"
+    )
+
+    async def tick_and_flush():
+        outcome = await ticker.tick(body)
+        await ticker.flush()
+        return outcome
+
+    outcome = asyncio.run(tick_and_flush())
+    assert outcome.status_written  # handed to the writer; the API server said 404
+    assert ticker.memory.written is not None and ticker.memory.written_at is None
+
+
 def _worker_env(env: Env) -> dict[str, str]:
     container = env.ns.deployment(WORKER)["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e.get("value") for e in container["env"]}

@@ -105,6 +105,39 @@ def test_a_wake_up_adds_a_step_at_once_and_the_cadence_carries_on():
     assert len(woken) == 2 and late == [0.0, 0.0]
 
 
+def test_a_wake_up_during_the_initial_delay_is_a_woken_step_too():
+    """main.poll sends a woken step's API calls down the scale lane: it must hear of it."""
+    now = [0.0]
+    starts, woken = [], []
+
+    async def main():
+        wake = asyncio.Event()
+
+        async def step():
+            starts.append(now[0])
+
+        async def sleep(seconds):
+            if not wake.is_set() and not starts:
+                now[0] = 1.0
+                wake.set()
+                await asyncio.Event().wait()  # cut short by the wake-up
+            now[0] += seconds
+
+        await run_periodically(
+            step,
+            lambda: 10.0,
+            sleep,
+            stopped=lambda: len(starts) >= 1,
+            clock=lambda: now[0],
+            initial_delay=4.0,
+            wake=wake,
+            woken=lambda: woken.append(now[0]),
+        )
+
+    asyncio.run(main())
+    assert starts == [1.0] and woken == [1.0]
+
+
 def test_stats_timeout_bounds():
     assert stats_timeout(1) == 0.8 and stats_timeout(60) == 5.0 and stats_timeout(0.1) == 0.5
 
@@ -115,3 +148,20 @@ def test_scale_message():
         "2→6: backlog 1200, drain 95s > target 30s",
     )
     assert scale_message(6, 1, "idle")[0] == "ScaledDown"
+
+
+def test_the_drift_check_is_skipped_only_while_nothing_it_depends_on_changed():
+    from ebbtide_operator.tick import _sync_key
+
+    body = {"metadata": {"uid": "u1", "generation": 3}}
+    live = {"metadata": {"resourceVersion": "10"}}
+    stamp = (3, "cred-a", ())
+    key = _sync_key(body, live, stamp)
+    assert key == _sync_key(body, {"metadata": {"resourceVersion": "10"}}, (3, "cred-a", ()))
+    assert key != _sync_key(body, {"metadata": {"resourceVersion": "11"}}, stamp)
+    assert key != _sync_key({"metadata": {"uid": "u1", "generation": 4}}, live, stamp)
+    assert key != _sync_key(body, live, (3, "cred-b", ()))
+    assert key != _sync_key(body, live, (3, "cred-a", (("q", 2),)))  # a shard drained
+    assert key != _sync_key(body, live, None)
+    assert _sync_key({"metadata": {"uid": "u1"}}, live, stamp) is None  # no generation
+    assert _sync_key(body, None, stamp) is None
