@@ -26,6 +26,7 @@ from ebbtide_operator import (
     broker_admin,
     credentials,
     drain,
+    fence,
     naming,
     observe,
     pod_health,
@@ -36,9 +37,9 @@ from ebbtide_operator import (
 from ebbtide_operator import status as status_mod
 from ebbtide_operator.broker_io import BrokerReader, BrokerUnreachable
 from ebbtide_operator.build import worker
-from ebbtide_operator.cluster import Cluster, EventSink
+from ebbtide_operator.cluster import Cluster, Conflict, EventSink
 from ebbtide_operator.metrics import OperatorMetrics
-from ebbtide_operator.policy import Decision, Observation, PolicyState, decide
+from ebbtide_operator.policy import Decision, Observation, PolicyState, ScalingSpec, decide
 from ebbtide_operator.spec import SpecError, TaskQueueSpec, parse_spec
 
 log = logging.getLogger(__name__)
@@ -125,11 +126,13 @@ class TaskQueueTicker:
         conflicts: Callable[[Mapping[str, Any]], Sequence[str]] = lambda _body: (),
         refresh_seconds: float = URL_REFRESH_SECONDS,
         files: tls_files.TLSFiles | None = None,
+        writer: str | None = None,
     ) -> None:
         """`conflicts(body)`: the foreign objects the last reconcile found (main.py);
         `refresh_seconds`: how often the broker Secrets are read again (a rotation is
         applied within that); `files`: where the CA and client certificates read from
-        Secrets are written."""
+        Secrets are written; `writer`: this operator in `status.writer` (fence.py)."""
+        self.fence = fence.StatusFence(writer or fence.default_writer())
         self.refresh_seconds = refresh_seconds
         self.tls_files = files or tls_files.shared()
         self.cluster = cluster
@@ -166,9 +169,7 @@ class TaskQueueTicker:
         try:
             spec = parse_spec(body.get("spec") or {})
         except SpecError as error:
-            await self._write_status(
-                namespace, name, now, self._invalid_status(body, str(error), now)
-            )
+            await self._write_status(body, now, self._invalid_status(body, str(error), now))
             return
         scaling = spec.scaling
         if spec.broker.managed is not None:
@@ -208,8 +209,9 @@ class TaskQueueTicker:
 
         decision: Decision | None = None
         policy_error: str | None = None
+        prior = memory.policy_state or PolicyState()
         try:
-            decision = self.policy(obs, scaling, memory.policy_state or PolicyState())
+            decision = self.policy(obs, scaling, prior)
             memory.policy_state = decision.state
         except Exception as error:
             log.exception("policy failed for %s/%s", namespace, name)
@@ -218,18 +220,32 @@ class TaskQueueTicker:
         outcome.decision = decision
 
         if decision is not None and deployment is not None and not scaling.paused:
-            target = max(scaling.min_replicas, min(scaling.max_replicas, decision.replicas))
-            if target != replicas:
-                if target < replicas and stats is not None:
-                    await self._set_deletion_costs(namespace, name, stats)
-                reason, message = scale_message(replicas, target, decision.reason)
-                await provision.scale_workers(self.cluster, body, target, reason=message)
-                self.events(body, "Normal", reason, message)
-                log.info("%s/%s %s %s", namespace, name, reason, message)
-                self.metrics.scaled(namespace, name, replicas, target)
-                memory.last_scale_time = status_mod.iso(now)
-                memory.last_scale_reason = f"{reason} {message}"[:256]
-                outcome.replicas_after = target
+            try:
+                await self._scale(body, scaling, decision, deployment, stats, now, outcome)
+            except Conflict:
+                # The Deployment moved on since the decision: decide again from a fresh
+                # read and the same prior state, once; a second 409 skips this tick.
+                deployment = await self.cluster.read("Deployment", namespace, deployment_name(body))
+                decision = outcome.decision = None
+                memory.policy_state = prior
+                if deployment is not None:
+                    replicas = int(deployment.get("spec", {}).get("replicas") or 0)
+                    ready = int(deployment.get("status", {}).get("readyReplicas") or 0)
+                    obs = replace(obs, replicas=replicas, ready_replicas=ready)
+                    outcome.replicas_before = outcome.replicas_after = replicas
+                    outcome.ready = ready
+                    decision = outcome.decision = self.policy(obs, scaling, prior)
+                    memory.policy_state = decision.state
+                    try:
+                        await self._scale(body, scaling, decision, deployment, stats, now, outcome)
+                    except Conflict:
+                        log.info(
+                            "%s/%s: the Deployment changed twice, no scale this tick",
+                            namespace,
+                            name,
+                        )
+                        self.metrics.error(namespace, name, "scale-conflict")
+                        memory.policy_state = prior
 
         self.metrics.observe(
             namespace,
@@ -267,9 +283,44 @@ class TaskQueueTicker:
             ready,
             now,
         )
-        outcome.status_written = await self._write_status(namespace, name, now, new_status)
+        outcome.status_written = await self._write_status(body, now, new_status)
 
     # --- pieces -------------------------------------------------------------------------
+
+    async def _scale(
+        self,
+        body: Mapping[str, Any],
+        scaling: ScalingSpec,
+        decision: Decision,
+        deployment: Mapping[str, Any],
+        stats: BrokerStats | None,
+        now: float,
+        outcome: TickOutcome,
+    ) -> None:
+        """Apply the decision to the Deployment it was made from: the write carries that
+        resourceVersion (Conflict when it moved on)."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        replicas = int(deployment.get("spec", {}).get("replicas") or 0)
+        target = max(scaling.min_replicas, min(scaling.max_replicas, decision.replicas))
+        if target == replicas:
+            return
+        if target < replicas and stats is not None:
+            await self._set_deletion_costs(namespace, name, stats)
+        reason, message = scale_message(replicas, target, decision.reason)
+        await provision.scale_workers(
+            self.cluster,
+            body,
+            target,
+            reason=message,
+            resource_version=fence.resource_version(deployment),
+        )
+        self.events(body, "Normal", reason, message)
+        log.info("%s/%s %s %s", namespace, name, reason, message)
+        self.metrics.scaled(namespace, name, replicas, target)
+        self.memory.last_scale_time = status_mod.iso(now)
+        self.memory.last_scale_reason = f"{reason} {message}"[:256]
+        outcome.replicas_after = target
 
     def _reconcile_conflicts(self, body: Mapping[str, Any], name: str) -> tuple[str, ...]:
         """The reconcile's conflicts, but the worker Deployment's: the tick sees it live."""
@@ -559,20 +610,63 @@ class TaskQueueTicker:
             "conditions": status_mod.merge_conditions(previous, conditions, status_mod.iso(now)),
         }
 
-    async def _write_status(
-        self, namespace: str, name: str, now: float, new: dict[str, Any]
-    ) -> bool:
+    async def _write_status(self, body: Mapping[str, Any], now: float, new: dict[str, Any]) -> bool:
+        """Write `new` (with this write's `status.writer` token) if the stored status is
+        still the one this memory stands on (fence.py); on a 409, adopt what is stored."""
         memory = self.memory
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         if not status_mod.needs_write(memory.written, new, now, memory.written_at):
             return False
+        token = self.fence.next_token()
         try:
-            await self.cluster.patch_status(namespace, name, new)
+            version = await self.cluster.patch_status(
+                namespace,
+                name,
+                {**new, fence.WRITER_KEY: token},
+                resource_version=self.fence.precondition(body),
+            )
+        except Conflict:
+            await self._after_status_conflict(namespace, name)
+            return False
         except Exception:
             log.warning("status write for %s/%s failed", namespace, name, exc_info=True)
             self.metrics.error(namespace, name, "status")
             return False
+        self.fence.wrote(token, version)
         memory.written, memory.written_at = new, now
         return True
+
+    async def _after_status_conflict(self, namespace: str, name: str) -> None:
+        """The TaskQueue changed since our memory's version. Re-read it: when another
+        operator wrote the status, its scaling state replaces ours (the next tick decides
+        from it); when only metadata or the spec changed, the next write carries the new
+        version. This tick's status is dropped either way, never forced through."""
+        self.metrics.error(namespace, name, "status-conflict")
+        try:
+            stored = await self.cluster.read_taskqueue(namespace, name)
+        except Exception:
+            log.warning("re-reading %s/%s after a 409 failed", namespace, name, exc_info=True)
+            return
+        if stored is None:
+            return
+        if self.fence.foreign(stored):
+            log.warning(
+                "status of %s/%s was written by %s since: adopting its scaling state",
+                namespace,
+                name,
+                fence.writer_pod(fence.written_by(stored)) or "another writer",
+            )
+            memory = self.memory
+            memory.written = memory.written_at = None
+            memory.policy_state = None
+            memory.last_scale_time = memory.last_scale_reason = None
+            memory.startup = startup.StartupEstimate()
+            self._remember_status(stored)
+        self.fence.adopt(stored)
+
+
+def deployment_name(body: Mapping[str, Any]) -> str:
+    return naming.worker_name(body["metadata"]["name"])
 
 
 def _with_local_time(obs: Observation, now: float) -> Observation:
