@@ -225,6 +225,7 @@ class TaskQueueTicker:
             except Conflict:
                 # The Deployment moved on since the decision: decide again from a fresh
                 # read and the same prior state, once; a second 409 skips this tick.
+                self.metrics.error(namespace, name, "scale-conflict")
                 deployment = await self.cluster.read("Deployment", namespace, deployment_name(body))
                 decision = outcome.decision = None
                 memory.policy_state = prior
