@@ -143,8 +143,11 @@ def two_operators(kube_env, core) -> list[str]:
     assert upgraded.returncode == 0, f"{upgraded.stdout}\n{upgraded.stderr}"
 
     def both() -> list[str] | None:
-        pods = [p for p in operator_pods(core) if p.metadata.deletion_timestamp is None]
-        ready = [p.metadata.name for p in pods if pod_ready(p)]
+        """Two Ready pods and no other: the standalone pod of before is gone."""
+        pods = operator_pods(core)
+        ready = [
+            p.metadata.name for p in pods if pod_ready(p) and not p.metadata.deletion_timestamp
+        ]
         return ready if len(pods) == len(ready) == 2 else None
 
     return wait_for(both, 120, "two operator replicas Ready")
