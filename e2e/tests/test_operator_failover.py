@@ -232,9 +232,6 @@ def test_the_standby_takes_over_a_burst_when_the_active_operator_is_killed(
             wait_for(lambda: track.hlen(RUNS) == BURST, 90, f"all {BURST} tasks run")
             written = log.written()
 
-        print(
-            f"\nfailover: SIGKILL at {at_kill} replicas -> {standby} wrote after {takeover_s:.1f}s"
-        )
         assert fence.writer_pod(taken.writer) == standby, "the standby took over, not the restart"
         assert takeover_s < TAKEOVER_TARGET_S, f"takeover took {takeover_s:.1f}s"
 
@@ -260,6 +257,12 @@ def test_the_standby_takes_over_a_burst_when_the_active_operator_is_killed(
         startup_old, startup_new = last["podStartupSeconds"], first.get("podStartupSeconds")
         assert startup_new is not None and startup_old / 2 <= startup_new <= startup_old * 2, (
             f"pod start-up {startup_old}s -> {startup_new}s: the new leader started from scratch"
+        )
+        print(
+            f"\nfailover: SIGKILL at {at_kill} replicas; {standby} wrote {takeover_s:.1f}s later;"
+            f" mu {mu_old} -> {mu_new}, pod start-up {startup_old}s -> {startup_new}s,"
+            f" desired {last['desiredReplicas']} -> {first['desiredReplicas']};"
+            f" {len(written)} status writes by {len(runs)} operators"
         )
         # The scale-down hold (300 s) held across the takeover: replicas never fell.
         counts = [v.status["replicas"] for v in written if "replicas" in v.status]
