@@ -167,7 +167,9 @@ def one_operator(kube_env, core) -> None:
 def test_the_standby_takes_over_a_burst_when_the_active_operator_is_killed(
     kube_env, core, apps, custom, operator, namespace
 ):
+    began = time.monotonic()
     pods = two_operators(kube_env, core)
+    upgraded_s = time.monotonic() - began
     try:
         url = tracker(core, apps, namespace)  # db 0: the broker; db 1: the runs
         track = redis.Redis.from_url(via_cluster_ip(core, namespace, url.replace("/0", "/1")))
@@ -202,6 +204,7 @@ def test_the_standby_takes_over_a_burst_when_the_active_operator_is_killed(
             (standby,) = [pod for pod in pods if pod != active]
 
             enqueue(via_cluster_ip(core, namespace, url), BURST, TASK_S)
+            sent = time.time()
 
             def measured() -> int | None:
                 """Replicas, once the old leader has measured mu and pod start-up: the
@@ -230,6 +233,7 @@ def test_the_standby_takes_over_a_burst_when_the_active_operator_is_killed(
                 "replicas rising again after the takeover",
             )
             wait_for(lambda: track.hlen(RUNS) == BURST, 90, f"all {BURST} tasks run")
+            burst_s = time.time() - sent
             written = log.written()
 
         assert fence.writer_pod(taken.writer) == standby, "the standby took over, not the restart"
@@ -262,7 +266,8 @@ def test_the_standby_takes_over_a_burst_when_the_active_operator_is_killed(
             f"\nfailover: SIGKILL at {at_kill} replicas; {standby} wrote {takeover_s:.1f}s later;"
             f" mu {mu_old} -> {mu_new}, pod start-up {startup_old}s -> {startup_new}s,"
             f" desired {last['desiredReplicas']} -> {first['desiredReplicas']};"
-            f" {len(written)} status writes by {len(runs)} operators"
+            f" {len(written)} status writes by {len(runs)} operators; phases: chart to 2 replicas"
+            f" {upgraded_s:.0f}s, send to kill {killed_at - sent:.0f}s, the burst {burst_s:.0f}s"
         )
         # Up to and including the new leader's first decision, replicas only rose: the
         # takeover did not start from a blank state that could drop pods the burst needs.
@@ -270,4 +275,6 @@ def test_the_standby_takes_over_a_burst_when_the_active_operator_is_killed(
         assert counts == sorted(counts), f"replicas fell across the takeover: {counts}"
         assert all(int(n) == 1 for n in track.hgetall(RUNS).values()), "a task ran twice"
     finally:
+        restoring = time.monotonic()
         one_operator(kube_env, core)
+        print(f"failover: back to one operator in {time.monotonic() - restoring:.0f}s")
