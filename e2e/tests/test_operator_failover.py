@@ -12,7 +12,6 @@ once would show as writers alternating; a takeover is exactly one change of writ
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import signal
 import threading
@@ -137,20 +136,6 @@ def sigkill_operator(kube_env, core, pod: str) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def hurry_terminating(core) -> None:
-    """Operator pods on their way out get a 1 s grace period instead of 30 s: the test does
-    not wait out an old pod's termination on each chart change. Not 0: a forced delete
-    removes the pod object while its process still runs (it was seen ticking a TaskQueue
-    after its pod was gone); with a grace period the object goes only once the kubelet has
-    killed the container."""
-    for pod in operator_pods(core):
-        if (
-            pod.metadata.deletion_timestamp is not None
-            and (pod.metadata.deletion_grace_period_seconds or 0) > 1
-        ):
-            core.delete_namespaced_pod(pod.metadata.name, SYSTEM_NAMESPACE, grace_period_seconds=1)
-
-
 def two_operators(kube_env, core) -> list[str]:
     """The session's release with replicaCount 2; both pods Ready (a standby is Ready too:
     its liveness endpoint answers while paused)."""
@@ -159,7 +144,6 @@ def two_operators(kube_env, core) -> list[str]:
 
     def both() -> list[str] | None:
         """Two Ready pods and no other: the standalone pod of before is gone."""
-        hurry_terminating(core)
         pods = operator_pods(core)
         ready = [
             p.metadata.name for p in pods if pod_ready(p) and not p.metadata.deletion_timestamp
@@ -170,19 +154,14 @@ def two_operators(kube_env, core) -> list[str]:
 
 
 def one_operator(kube_env, core) -> None:
-    """Back to the session's single operator (Recreate: never two at once; helm waits for
-    the old pods to be gone, which `hurry_terminating` shortens)."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        helm = pool.submit(install_operator_chart, kube_env)
-
-        def restored() -> bool:
-            hurry_terminating(core)
-            pods = operator_pods(core)
-            return helm.done() and len(pods) == 1 and pod_ready(pods[0])
-
-        wait_for(restored, 240, "one operator pod again")
-        result = helm.result()
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    """Back to the session's single operator (Recreate: never two at once)."""
+    restored = install_operator_chart(kube_env)
+    assert restored.returncode == 0, f"{restored.stdout}\n{restored.stderr}"
+    wait_for(
+        lambda: (lambda pods: len(pods) == 1 and pod_ready(pods[0]))(operator_pods(core)),
+        120,
+        "one operator pod again",
+    )
 
 
 def test_the_standby_takes_over_a_burst_when_the_active_operator_is_killed(
