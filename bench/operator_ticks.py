@@ -185,9 +185,11 @@ async def measure(
     scaled_at: dict[str, list[float]] = {}
     scale = scaler.scale_deployment
 
-    async def timed_scale(namespace: str, name: str, replicas: int) -> None:
+    async def timed_scale(
+        namespace: str, name: str, replicas: int, resource_version: str | None = None
+    ) -> str | None:
         scaled_at.setdefault(name, []).append(time.monotonic())
-        await scale(namespace, name, replicas)
+        return await scale(namespace, name, replicas, resource_version)
 
     scaler.scale_deployment = timed_scale
     loops_started = time.monotonic()

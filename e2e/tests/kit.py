@@ -95,9 +95,10 @@ def kubectl(kube_env: Any, *args: str, check: bool = True) -> subprocess.Complet
     )
 
 
-def install_operator_chart(kube_env: Any) -> subprocess.CompletedProcess:
+def install_operator_chart(kube_env: Any, *extra: str) -> subprocess.CompletedProcess:
     """`helm upgrade --install` of charts/ebbtide as the session runs it: every namespace
-    (a ClusterRole), the operator Deployment from OPERATOR_IMAGE."""
+    (a ClusterRole), the operator Deployment from OPERATOR_IMAGE; `extra` helm arguments
+    on top (e.g. `--set replicaCount=2`)."""
     from e2e.tests.support import RELEASE, SYSTEM_NAMESPACE
 
     repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
@@ -110,7 +111,7 @@ def install_operator_chart(kube_env: Any) -> subprocess.CompletedProcess:
     ]
     argv += ["--namespace", SYSTEM_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s"]
     argv += ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}"]
-    argv += ["--set", f"image.pullPolicy={PULL_POLICY}"]
+    argv += ["--set", f"image.pullPolicy={PULL_POLICY}", *extra]
     return subprocess.run(
         argv, env=kube_env.env, capture_output=True, text=True, check=False, timeout=240
     )

@@ -5,13 +5,20 @@ real kube-apiserver + etcd); `tests/support/memory_cluster.py` implements it in 
 unit tests of pure logic only. provision.py
 (every object a TaskQueue owns) and tick.py (status, pod deletion costs) take a `Cluster`,
 so neither imports the Kubernetes client. Plain dicts in and out; a missing object is None
-or False, never an exception.
+or False, never an exception. A write that carries a `resource_version` is a precondition:
+when the object has changed since that version the write is refused with `Conflict`
+(the API server's 409), and nothing is written (fence.py says which version to carry).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
+
+
+class Conflict(Exception):
+    """The object changed since the resourceVersion a write carried (HTTP 409): the
+    decision was made from a stale view, so it is not retried as it stands."""
 
 
 @runtime_checkable
@@ -32,8 +39,11 @@ class Cluster(Protocol):
         """False when it was already gone."""
         ...
 
-    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
-        """Writes only `spec.replicas` (the scale subresource)."""
+    async def scale_deployment(
+        self, namespace: str, name: str, replicas: int, resource_version: str | None = None
+    ) -> str | None:
+        """Writes only `spec.replicas` (the scale subresource), if the Deployment is still
+        at `resource_version` (else Conflict); returns the resourceVersion it wrote."""
         ...
 
     # --- what every tick reads, cheaply.
@@ -53,8 +63,19 @@ class Cluster(Protocol):
         """False when the pod is already gone."""
         ...
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Merge-patch the TaskQueue's status subresource."""
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> str | None:
+        """Merge-patch the TaskQueue's status subresource, if the TaskQueue is still at
+        `resource_version` (else Conflict); returns the resourceVersion it wrote."""
+        ...
+
+    async def read_taskqueue(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The TaskQueue as stored now (after a Conflict: what changed, and by whom)."""
         ...
 
 

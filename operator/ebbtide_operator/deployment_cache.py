@@ -47,9 +47,12 @@ class DeploymentCache:
         if body is not None:
             self.apply("MODIFIED", body)
 
-    def scaled(self, namespace: str, name: str, replicas: int) -> None:
+    def scaled(
+        self, namespace: str, name: str, replicas: int, resource_version: str | None = None
+    ) -> None:
         """We wrote spec.replicas: the next tick must not act on the old value, even if the
-        watch event is still on its way."""
+        watch event is still on its way; nor carry the old resourceVersion into its own
+        precondition (a 409 against our own write)."""
         key = (namespace, name)
         found = self._items.get(key)
         if found is None:
@@ -58,6 +61,8 @@ class DeploymentCache:
         meta = dict(found.get("metadata", {}))
         if isinstance(meta.get("generation"), int):
             meta["generation"] += 1  # as the API server does: late events are now older
+        if resource_version is not None:
+            meta["resourceVersion"] = resource_version
         spec = {**found.get("spec", {}), "replicas": replicas}
         self._items[key] = {**found, "metadata": meta, "spec": spec}
 

@@ -4,6 +4,14 @@ Synchronous `kubernetes` client calls run in a dedicated thread pool so the even
 never blocks. Everything is plain dicts in and out. 404s become None/False, 409s on
 create mean "already there", so callers stay simple and idempotent. `KubeCluster` is the
 real implementation of cluster.Cluster.
+
+Writes that act on a decision carry the resourceVersion it was made from, as
+`metadata.resourceVersion` inside the JSON merge patch: the API server takes it as a
+precondition and answers 409 (raised as cluster.Conflict) when the object has moved on,
+so a stale writer (an operator replica that has not noticed it lost the lead) is refused
+instead of silently overwriting the fresh value. Server-side apply would not do that here:
+every replica applies as the same field manager, and one manager never conflicts with
+itself.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from ebbtide_operator import naming
+from ebbtide_operator.cluster import Conflict
 from ebbtide_operator.deployment_cache import DeploymentCache
 
 log = logging.getLogger(__name__)
@@ -98,6 +107,15 @@ class KubeCluster:
         except ApiException as error:
             if error.status == 404:
                 return None
+            raise
+
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A merge patch; a 409 becomes Conflict (the precondition failed)."""
+        try:
+            return await self._call(fn, *args, _content_type=MERGE)
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(f"{error.reason}: {_message(error)}") from error
             raise
 
     def _certificates(self) -> tuple[Callable, Callable, Callable, Callable]:
@@ -205,17 +223,21 @@ class KubeCluster:
             self.deployments.remember(live)
         return live
 
-    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
-        """Writes only `spec.replicas`, through the scale subresource."""
-        await self._call(
+    async def scale_deployment(
+        self, namespace: str, name: str, replicas: int, resource_version: str | None = None
+    ) -> str | None:
+        """Writes only `spec.replicas`, through the scale subresource (which takes the
+        Scale's resourceVersion as the Deployment's precondition)."""
+        scale = await self._write(
             self.apps.patch_namespaced_deployment_scale,
             name,
             namespace,
-            {"spec": {"replicas": replicas}},
-            _content_type=MERGE,
+            with_precondition({"spec": {"replicas": replicas}}, resource_version),
         )
+        written = resource_version_of(scale)
         if self.deployments is not None:
-            self.deployments.scaled(namespace, name, replicas)
+            self.deployments.scaled(namespace, name, replicas, written)
+        return written
 
     async def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         """`resourceVersion=0`: served from the API server's watch cache, not etcd."""
@@ -243,21 +265,57 @@ class KubeCluster:
             raise
         return True
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        await self._call(
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> str | None:
+        stored = await self._write(
             self.custom.patch_namespaced_custom_object_status,
             naming.GROUP,
             naming.VERSION,
             namespace,
             naming.PLURAL,
             name,
-            {"status": dict(status)},
-            _content_type=MERGE,
+            with_precondition({"status": dict(status)}, resource_version),
+        )
+        return resource_version_of(stored)
+
+    async def read_taskqueue(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._read(
+            self.custom.get_namespaced_custom_object,
+            naming.GROUP,
+            naming.VERSION,
+            namespace,
+            naming.PLURAL,
+            name,
         )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.api_client.close()
+
+
+def with_precondition(patch: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
+    """The merge patch, refused by the API server unless the object is still at
+    `resource_version` (None: unconditional)."""
+    if resource_version is None:
+        return patch
+    return {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": resource_version}}
+
+
+def resource_version_of(obj: Mapping[str, Any] | None) -> str | None:
+    return ((obj or {}).get("metadata") or {}).get("resourceVersion")
+
+
+def _message(error: ApiException) -> str:
+    """The API server's own sentence from a Status body, else the raw body, short."""
+    try:
+        return str(json.loads(error.body or "{}").get("message", ""))[:300]
+    except (ValueError, AttributeError):
+        return str(error.body)[:300]
 
 
 def _watched(deployment: Mapping[str, Any] | None) -> bool:

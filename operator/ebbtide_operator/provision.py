@@ -350,10 +350,15 @@ async def sync_worker_deployment(
 
 
 async def scale_workers(
-    cluster: Cluster, body: Mapping[str, Any], replicas: int, reason: str = ""
+    cluster: Cluster,
+    body: Mapping[str, Any],
+    replicas: int,
+    reason: str = "",
+    resource_version: str | None = None,
 ) -> None:
     """Set the worker Deployment's replicas, and nothing else (the scale subresource);
-    NameConflict, and no write, when the Deployment of that name is not ours."""
+    NameConflict, and no write, when the Deployment of that name is not ours;
+    cluster.Conflict when it is no longer at `resource_version` (the decision's)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], naming.worker_name(meta["name"])
     live = await cluster.read_deployment(namespace, name)
@@ -363,7 +368,7 @@ async def scale_workers(
     if not controlled_by(live, meta.get("uid")):
         raise NameConflict("Deployment", name)
     before = int(live.get("spec", {}).get("replicas") or 0)
-    await cluster.scale_deployment(namespace, name, replicas)
+    await cluster.scale_deployment(namespace, name, replicas, resource_version)
     audit.record(
         "scale",
         "Deployment",

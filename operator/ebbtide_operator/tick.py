@@ -27,6 +27,7 @@ from ebbtide_operator import (
     broker_admin,
     credentials,
     drain,
+    fence,
     naming,
     observe,
     pod_health,
@@ -38,9 +39,9 @@ from ebbtide_operator import (
 from ebbtide_operator import status as status_mod
 from ebbtide_operator.broker_io import BrokerReader, BrokerUnreachable
 from ebbtide_operator.build import worker
-from ebbtide_operator.cluster import Cluster, EventSink
+from ebbtide_operator.cluster import Cluster, Conflict, EventSink
 from ebbtide_operator.metrics import OperatorMetrics
-from ebbtide_operator.policy import Decision, Observation, PolicyState, decide
+from ebbtide_operator.policy import Decision, Observation, PolicyState, ScalingSpec, decide
 from ebbtide_operator.spec import SpecError, TaskQueueSpec, parse_spec
 from ebbtide_operator.status_writer import StatusWriter
 from ebbtide_operator.write_budget import WriteBudget
@@ -135,6 +136,7 @@ class TaskQueueTicker:
         budget: WriteBudget | None = None,
         scaler: Cluster | None = None,
         write_slots: asyncio.Semaphore | None = None,
+        writer: str | None = None,
     ) -> None:
         """`conflicts(body)`: the foreign objects the last reconcile found (main.py);
         `refresh_seconds`: how often the broker Secrets are read again (a rotation is
@@ -144,11 +146,13 @@ class TaskQueueTicker:
         cluster the replica writes go through (main.py gives them API threads of their
         own, so a scale-up never queues behind other TaskQueues' status writes);
         `write_slots`: write the status behind the tick (status_writer.py), with at most
-        that many writes of all TaskQueues in flight; None: the tick awaits its write."""
+        that many writes of all TaskQueues in flight; None: the tick awaits its write;
+        `writer`: this operator in `status.writer` (fence.py)."""
         self.budget = budget
         self.write_slots = write_slots
-        self.writer: StatusWriter | None = None
+        self.behind: StatusWriter | None = None
         self.scaler = scaler or cluster
+        self.fence = fence.StatusFence(writer or fence.default_writer())
         self.refresh_seconds = refresh_seconds
         self.tls_files = files or tls_files.shared()
         self.cluster = cluster
@@ -190,9 +194,7 @@ class TaskQueueTicker:
         try:
             spec = parse_spec(body.get("spec") or {})
         except SpecError as error:
-            await self._write_status(
-                namespace, name, now, self._invalid_status(body, str(error), now)
-            )
+            await self._write_status(body, now, self._invalid_status(body, str(error), now))
             return
         scaling = spec.scaling
         drained = shards.drained(body.get("status"), spec)
@@ -236,8 +238,9 @@ class TaskQueueTicker:
 
         decision: Decision | None = None
         policy_error: str | None = None
+        prior = memory.policy_state or PolicyState()
         try:
-            decision = self.policy(obs, scaling, memory.policy_state or PolicyState())
+            decision = self.policy(obs, scaling, prior)
             memory.policy_state = decision.state
         except Exception as error:
             log.exception("policy failed for %s/%s", namespace, name)
@@ -246,18 +249,33 @@ class TaskQueueTicker:
         outcome.decision = decision
 
         if decision is not None and deployment is not None and not scaling.paused:
-            target = max(scaling.min_replicas, min(scaling.max_replicas, decision.replicas))
-            if target != replicas:
-                if target < replicas and stats is not None:
-                    await self._set_deletion_costs(namespace, name, stats)
-                reason, message = scale_message(replicas, target, decision.reason)
-                await provision.scale_workers(self.scaler, body, target, reason=message)
-                self.events(body, "Normal", reason, message)
-                log.info("%s/%s %s %s", namespace, name, reason, message)
-                self.metrics.scaled(namespace, name, replicas, target)
-                memory.last_scale_time = status_mod.iso(now)
-                memory.last_scale_reason = f"{reason} {message}"[:256]
-                outcome.replicas_after = target
+            try:
+                await self._scale(body, scaling, decision, deployment, stats, now, outcome)
+            except Conflict:
+                # The Deployment moved on since the decision: decide again from a fresh
+                # read and the same prior state, once; a second 409 skips this tick.
+                self.metrics.error(namespace, name, "scale-conflict")
+                deployment = await self._lane.read("Deployment", namespace, deployment_name(body))
+                decision = outcome.decision = None
+                memory.policy_state = prior
+                if deployment is not None:
+                    replicas = int(deployment.get("spec", {}).get("replicas") or 0)
+                    ready = int(deployment.get("status", {}).get("readyReplicas") or 0)
+                    obs = replace(obs, replicas=replicas, ready_replicas=ready)
+                    outcome.replicas_before = outcome.replicas_after = replicas
+                    outcome.ready = ready
+                    decision = outcome.decision = self.policy(obs, scaling, prior)
+                    memory.policy_state = decision.state
+                    try:
+                        await self._scale(body, scaling, decision, deployment, stats, now, outcome)
+                    except Conflict:
+                        log.info(
+                            "%s/%s: the Deployment changed twice, no scale this tick",
+                            namespace,
+                            name,
+                        )
+                        self.metrics.error(namespace, name, "scale-conflict")
+                        memory.policy_state = prior
 
         self.metrics.observe(
             namespace,
@@ -295,9 +313,44 @@ class TaskQueueTicker:
             ready,
             now,
         )
-        outcome.status_written = await self._write_status(namespace, name, now, new_status)
+        outcome.status_written = await self._write_status(body, now, new_status)
 
     # --- pieces -------------------------------------------------------------------------
+
+    async def _scale(
+        self,
+        body: Mapping[str, Any],
+        scaling: ScalingSpec,
+        decision: Decision,
+        deployment: Mapping[str, Any],
+        stats: BrokerStats | None,
+        now: float,
+        outcome: TickOutcome,
+    ) -> None:
+        """Apply the decision to the Deployment it was made from: the write carries that
+        resourceVersion (Conflict when it moved on)."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        replicas = int(deployment.get("spec", {}).get("replicas") or 0)
+        target = max(scaling.min_replicas, min(scaling.max_replicas, decision.replicas))
+        if target == replicas:
+            return
+        if target < replicas and stats is not None:
+            await self._set_deletion_costs(namespace, name, stats)
+        reason, message = scale_message(replicas, target, decision.reason)
+        await provision.scale_workers(
+            self.scaler,
+            body,
+            target,
+            reason=message,
+            resource_version=fence.resource_version(deployment),
+        )
+        self.events(body, "Normal", reason, message)
+        log.info("%s/%s %s %s", namespace, name, reason, message)
+        self.metrics.scaled(namespace, name, replicas, target)
+        self.memory.last_scale_time = status_mod.iso(now)
+        self.memory.last_scale_reason = f"{reason} {message}"[:256]
+        outcome.replicas_after = target
 
     def _reconcile_conflicts(self, body: Mapping[str, Any], name: str) -> tuple[str, ...]:
         """The reconcile's conflicts, but the worker Deployment's: the tick sees it live."""
@@ -608,10 +661,11 @@ class TaskQueueTicker:
             "conditions": status_mod.merge_conditions(previous, conditions, status_mod.iso(now)),
         }
 
-    async def _write_status(
-        self, namespace: str, name: str, now: float, new: dict[str, Any]
-    ) -> bool:
+    async def _write_status(self, body: Mapping[str, Any], now: float, new: dict[str, Any]) -> bool:
+        """Write `new` (with this write's `status.writer` token) if the stored status is
+        still the one this memory stands on (fence.py); on a 409, adopt what is stored."""
         memory = self.memory
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         if not status_mod.needs_write(memory.written, new, now, memory.written_at):
             return False
         if self.budget is not None and not self.budget.allow(
@@ -619,16 +673,34 @@ class TaskQueueTicker:
         ):
             return False  # figures only: a later poll writes them (write_budget.py)
         lane = self._lane
+
+        async def fenced(status: dict[str, Any]) -> bool:
+            """The write, carrying the version our memory stands on (fence.py), taken
+            when it runs: behind the tick, after the previous write has returned. False
+            on a 409 (the stored status adopted instead)."""
+            token = self.fence.next_token()
+            try:
+                version = await lane.patch_status(
+                    namespace,
+                    name,
+                    {**status, fence.WRITER_KEY: token},
+                    resource_version=self.fence.precondition(body),
+                )
+            except Conflict:
+                await self._after_status_conflict(namespace, name)
+                return False
+            self.fence.wrote(token, version)
+            return True
+
         if self.write_slots is not None:
             # Written behind the tick; taken as written, unless the write fails (then the
-            # next poll writes again).
+            # next poll writes again) or meets a 409 (then the stored status is adopted).
             memory.written, memory.written_at = new, now
-            self._status_writer(namespace, name).submit(
-                lambda status: lane.patch_status(namespace, name, status), new
-            )
+            self._status_writer(namespace, name).submit(fenced, new)
             return True
         try:
-            await lane.patch_status(namespace, name, new)
+            if not await fenced(new):
+                return False
         except Exception:
             log.warning("status write for %s/%s failed", namespace, name, exc_info=True)
             self.metrics.error(namespace, name, "status")
@@ -637,7 +709,7 @@ class TaskQueueTicker:
         return True
 
     def _status_writer(self, namespace: str, name: str) -> StatusWriter:
-        if self.writer is None:
+        if self.behind is None:
             assert self.write_slots is not None
 
             def failed(status: dict[str, Any]) -> None:
@@ -645,13 +717,13 @@ class TaskQueueTicker:
                 if self.memory.written is status:
                     self.memory.written_at = None  # not superseded: write it again
 
-            self.writer = StatusWriter(self.write_slots, failed)
-        return self.writer
+            self.behind = StatusWriter(self.write_slots, failed)
+        return self.behind
 
     async def flush(self) -> None:
         """Until the status handed to the writer is written (tests, the daemon's exit)."""
-        if self.writer is not None:
-            await self.writer.flush()
+        if self.behind is not None:
+            await self.behind.flush()
 
 
 def _sync_key(
@@ -666,6 +738,38 @@ def _sync_key(
         return None
     meta = live.get("metadata") or {}
     return (body["metadata"].get("uid"), meta.get("resourceVersion"), generation, stamp)
+
+    async def _after_status_conflict(self, namespace: str, name: str) -> None:
+        """The TaskQueue changed since our memory's version. Re-read it: when another
+        operator wrote the status, its scaling state replaces ours (the next tick decides
+        from it); when only metadata or the spec changed, the next write carries the new
+        version. This tick's status is dropped either way, never forced through."""
+        self.metrics.error(namespace, name, "status-conflict")
+        try:
+            stored = await self.cluster.read_taskqueue(namespace, name)
+        except Exception:
+            log.warning("re-reading %s/%s after a 409 failed", namespace, name, exc_info=True)
+            return
+        if stored is None:
+            return
+        if self.fence.foreign(stored):
+            log.warning(
+                "status of %s/%s was written by %s since: adopting its scaling state",
+                namespace,
+                name,
+                fence.writer_pod(fence.written_by(stored)) or "another writer",
+            )
+            memory = self.memory
+            memory.written = memory.written_at = None
+            memory.policy_state = None
+            memory.last_scale_time = memory.last_scale_reason = None
+            memory.startup = startup.StartupEstimate()
+            self._remember_status(stored)
+        self.fence.adopt(stored)
+
+
+def deployment_name(body: Mapping[str, Any]) -> str:
+    return naming.worker_name(body["metadata"]["name"])
 
 
 def _with_local_time(obs: Observation, now: float) -> Observation:

@@ -122,13 +122,23 @@ class RecordingCluster(KubeCluster):
         await super().patch(kind, namespace, name, patch)
         self.patches.append((kind, namespace, name, dict(patch)))
 
-    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
-        await super().scale_deployment(namespace, name, replicas)
+    async def scale_deployment(
+        self, namespace: str, name: str, replicas: int, resource_version: str | None = None
+    ) -> str | None:
+        written = await super().scale_deployment(namespace, name, replicas, resource_version)
         self.scales.append((namespace, name, replicas))
+        return written
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        await super().patch_status(namespace, name, status)
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> str | None:
+        written = await super().patch_status(namespace, name, status, resource_version)
         self.status_writes += 1
+        return written
 
     async def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         self.pod_lists += 1

@@ -20,6 +20,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from ebbtide_operator.cluster import Conflict
+
 
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
@@ -46,6 +48,8 @@ class MemoryCluster:
         self.ready_lag = 0  # pods that are not ready yet, per Deployment
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}  # what list_pods returns
         self.pod_lists = 0
+        self.version = 0  # the last resourceVersion handed out
+        self.status_meta: dict[tuple[str, str], dict[str, Any]] = {}  # the TaskQueues'
 
     # Cluster protocol -------------------------------------------------------------------
     async def create(self, obj: Mapping[str, Any]) -> bool:
@@ -89,9 +93,14 @@ class MemoryCluster:
             }
         return deployment
 
-    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
-        self.objects[("Deployment", namespace, name)]["spec"]["replicas"] = replicas
+    async def scale_deployment(
+        self, namespace: str, name: str, replicas: int, resource_version: str | None = None
+    ) -> str | None:
+        deployment = self.objects[("Deployment", namespace, name)]
+        written = self._bump(deployment.setdefault("metadata", {}), resource_version)
+        deployment["spec"]["replicas"] = replicas
         self.scales.append((namespace, name, replicas))
+        return written
 
     async def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         self.pod_lists += 1
@@ -105,10 +114,34 @@ class MemoryCluster:
         self.pod_annotations.setdefault((namespace, name), {}).update(annotations)
         return True
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> str | None:
         key = (namespace, name)
+        written = self._bump(self.status_meta.setdefault(key, {}), resource_version)
         self.statuses[key] = merge_patch(self.statuses.get(key, {}), status)
         self.status_writes += 1
+        return written
+
+    async def read_taskqueue(self, namespace: str, name: str) -> dict[str, Any] | None:
+        key = (namespace, name)
+        if key not in self.statuses:
+            return None
+        meta = {"namespace": namespace, "name": name, **self.status_meta.get(key, {})}
+        return {"metadata": meta, "status": copy.deepcopy(self.statuses[key])}
+
+    def _bump(self, meta: dict[str, Any], precondition: str | None) -> str:
+        """The API server's optimistic concurrency: a precondition other than the stored
+        resourceVersion is a Conflict; a write moves the version on."""
+        if precondition is not None and precondition != meta.get("resourceVersion"):
+            raise Conflict(f"the object is at {meta.get('resourceVersion')}, not {precondition}")
+        self.version += 1
+        meta["resourceVersion"] = str(self.version)
+        return meta["resourceVersion"]
 
     # helpers ----------------------------------------------------------------------------
     def add_secret(self, namespace: str, name: str, data: Mapping[str, str]) -> None:

@@ -52,7 +52,8 @@ The rules the operator needs on the objects it reconciles, shared by the Cluster
 (all namespaces) and the per-namespace Roles. Derived from every Kubernetes call in
 operator/ebbtide_operator/kube.py and kopf's own (tests/unit/chart/test_rbac.py pins them):
 - taskqueues: kopf lists and watches them and patches them (finalizer, progress
-  annotations); taskqueues/status: the tick's status patch and kopf's progress;
+  annotations); get: the tick re-reads one after its status write got a 409 (fence.py);
+  taskqueues/status: the tick's status patch and kopf's progress;
 - deployments: the worker Deployment and an ephemeral broker (get, create, patch, delete
   of our own objects); list/watch feed the worker-Deployment cache; deployments/scale is
   the only thing written on a scale;
@@ -71,7 +72,7 @@ No wildcards, no update: every verb is listed and used.
 {{- define "ebbtide.operatorRules" -}}
 - apiGroups: ["ebbtide.dev"]
   resources: ["taskqueues"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["ebbtide.dev"]
   resources: ["taskqueues/status"]
   verbs: ["patch"]

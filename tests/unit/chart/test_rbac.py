@@ -15,7 +15,8 @@ pytestmark = pytest.mark.skipif(HELM is None, reason="no helm binary (run `make 
 
 # Every grant, and why; the tables must match exactly (no missing verb, no extra one).
 OPERATOR = {
-    ("ebbtide.dev", "taskqueues"): {"list", "watch", "patch"},  # kopf: watch, finalizer
+    # kopf: watch, finalizer; get: read_taskqueue, the re-read after a 409 on the status
+    ("ebbtide.dev", "taskqueues"): {"get", "list", "watch", "patch"},
     ("ebbtide.dev", "taskqueues/status"): {"patch"},  # tick.py: patch_status
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("apps", "deployments/scale"): {"patch"},  # scale_deployment

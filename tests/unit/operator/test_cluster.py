@@ -30,6 +30,7 @@ def test_the_protocol_names_every_call_the_operator_makes():
         "read",
         "read_deployment",
         "read_secret_value",
+        "read_taskqueue",
         "scale_deployment",
     ]
 
