@@ -725,20 +725,6 @@ class TaskQueueTicker:
         if self.behind is not None:
             await self.behind.flush()
 
-
-def _sync_key(
-    body: Mapping[str, Any], live: Mapping[str, Any] | None, stamp: Any
-) -> tuple[Any, ...] | None:
-    """What the drift check's verdict depends on: the TaskQueue (uid: controlled_by), the
-    stored Deployment (the cache keeps its resourceVersion across our own scale writes,
-    which never touch the template), and `stamp`, what the wanted template was built from
-    (`_template_stamp`). None (check every time) without a generation to tell."""
-    generation = body["metadata"].get("generation")
-    if live is None or generation is None:
-        return None
-    meta = live.get("metadata") or {}
-    return (body["metadata"].get("uid"), meta.get("resourceVersion"), generation, stamp)
-
     async def _after_status_conflict(self, namespace: str, name: str) -> None:
         """The TaskQueue changed since our memory's version. Re-read it: when another
         operator wrote the status, its scaling state replaces ours (the next tick decides
@@ -766,6 +752,20 @@ def _sync_key(
             memory.startup = startup.StartupEstimate()
             self._remember_status(stored)
         self.fence.adopt(stored)
+
+
+def _sync_key(
+    body: Mapping[str, Any], live: Mapping[str, Any] | None, stamp: Any
+) -> tuple[Any, ...] | None:
+    """What the drift check's verdict depends on: the TaskQueue (uid: controlled_by), the
+    stored Deployment (the cache keeps its resourceVersion across our own scale writes,
+    which never touch the template), and `stamp`, what the wanted template was built from
+    (`_template_stamp`). None (check every time) without a generation to tell."""
+    generation = body["metadata"].get("generation")
+    if live is None or generation is None:
+        return None
+    meta = live.get("metadata") or {}
+    return (body["metadata"].get("uid"), meta.get("resourceVersion"), generation, stamp)
 
 
 def deployment_name(body: Mapping[str, Any]) -> str:

@@ -169,6 +169,19 @@ class Namespace:
             naming.GROUP, naming.VERSION, self.name, naming.PLURAL, body
         )
 
+    def taskqueue(self, name: str) -> dict[str, Any]:
+        """The TaskQueue as stored: the body kopf would hand the next tick."""
+        return self.custom.get_namespaced_custom_object(
+            naming.GROUP, naming.VERSION, self.name, naming.PLURAL, name
+        )
+
+    def patch_spec(self, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge `spec` into the stored TaskQueue's spec (as `kubectl apply` would: a new
+        generation); returns the stored object."""
+        return self.custom.patch_namespaced_custom_object(
+            naming.GROUP, naming.VERSION, self.name, naming.PLURAL, name, {"spec": spec}
+        )
+
     def status(self, name: str) -> dict[str, Any]:
         """The TaskQueue's status as stored."""
         stored = self.custom.get_namespaced_custom_object(

@@ -587,9 +587,11 @@ def test_a_sharded_queue_is_summed_and_a_shrink_drained_before_it_applies(env):
     assert status["backlog"] == 40 and status["shards"] == {"default": 4}
     assert _worker_env(env)["EBBTIDE_SHARDS"] == "default=4"
 
-    shrunk = {**body, "spec": {**body["spec"], "queues": [{"name": "default", "shards": 2}]}}
-    shrunk["metadata"] = {**body["metadata"], "generation": body["metadata"]["generation"] + 1}
-    asyncio.run(ticker.tick({**shrunk, "status": env.status()}))
+    # Each tick gets the TaskQueue as stored, as kopf hands it over (the writes are
+    # fenced on its resourceVersion).
+    asyncio.run(ticker.flush())
+    env.ns.patch_spec("tq1", {"queues": [{"name": "default", "shards": 2}]})
+    asyncio.run(ticker.tick(env.ns.taskqueue("tq1")))
     assert env.status()["shards"] == {"default": 4} and env.status()["backlog"] == 40
     drained = _worker_env(env)
     assert drained["EBBTIDE_SHARDS"] == "default=2"
@@ -599,10 +601,10 @@ def test_a_sharded_queue_is_summed_and_a_shrink_drained_before_it_applies(env):
     with worker(env.url, "--concurrency", "4", env=pod_env):
         wait_for(lambda: rt.r().llen("done:sharded") == 40, 30, "40 tasks done")
     producer.close()
-    asyncio.run(ticker.tick({**shrunk, "status": env.status()}))
+    asyncio.run(ticker.tick(env.ns.taskqueue("tq1")))
     assert env.status()["shards"] == {"default": 2}  # let go: the shards above 2 are empty
-    asyncio.run(ticker.tick({**shrunk, "status": env.status()}))
+    asyncio.run(ticker.tick(env.ns.taskqueue("tq1")))
     assert "EBBTIDE_DRAIN_SHARDS" not in _worker_env(env)
-    single = {**shrunk, "spec": {**shrunk["spec"], "queues": [{"name": "default"}]}}
-    asyncio.run(ticker.tick({**single, "status": env.status()}))
+    env.ns.patch_spec("tq1", {"queues": [{"name": "default"}]})
+    asyncio.run(ticker.tick(env.ns.taskqueue("tq1")))
     assert env.status().get("shards") is None  # unsharded again: the field is removed
