@@ -51,6 +51,13 @@ from ebbtide_operator.write_budget import WriteBudget, per_second_from_env
 
 RESOURCE = (naming.GROUP, naming.VERSION, naming.PLURAL)
 CONFLICT_RETRY_SECONDS = 20.0  # a name conflict is re-checked this often until it clears
+# kopf's own API requests (peering keep-alives and the leave on exit, handler progress,
+# finalizers, Events) retry on 403/5xx/timeouts after these pauses: 7 s in all. kopf's
+# default (1, 1, 2, 3, 5, 8, 13, 21: 54 s) outlasted the pod's 30 s grace period when a
+# replica left a peering whose grant a `helm upgrade` to one replica (or an uninstall) had
+# already revoked: the kubelet then SIGKILLed it. A lost request is redone by kopf on the
+# next event or keep-alive; our ticks use their own client (kube.py), not these retries.
+API_RETRY_BACKOFFS = (1.0, 2.0, 4.0)
 
 
 class Runtime:
@@ -110,6 +117,7 @@ async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: 
     settings.posting.level = logging.WARNING  # our Events are explicit, not log echoes
     settings.persistence.finalizer = "ebbtide.dev/finalizer"
     settings.networking.request_timeout = 60
+    settings.networking.error_backoffs = API_RETRY_BACKOFFS  # a bounded exit: see above
     await asyncio.to_thread(kube.load_config)
     try:
         peering = ha.from_env(os.environ)
