@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,12 @@ def ticking(namespace: Namespace, redis_url: str, operator: subprocess.Popen, lo
 
 def stop(operator: subprocess.Popen, deadline: float, log: Path) -> int:
     """SIGTERM, and the exit code within `deadline` (killed, and failed, past it)."""
+    sent = time.monotonic()
     operator.send_signal(signal.SIGTERM)
     try:
-        return operator.wait(timeout=deadline)
+        code = operator.wait(timeout=deadline)
+        print(f"operator exit {code} {time.monotonic() - sent:.2f}s after SIGTERM")  # for docs
+        return code
     except subprocess.TimeoutExpired:
         operator.kill()
         operator.wait()
