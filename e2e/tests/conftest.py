@@ -202,7 +202,18 @@ def operator(kube_env: KubeEnv, chart: str, core, request: pytest.FixtureRequest
 
     name = wait_for(operator_pod, 120, "the operator pod Ready")
     yield name
-    logs = kubectl(kube_env, "logs", "-n", SYSTEM_NAMESPACE, name, "--tail=40", check=False)
+    # By label: a test may have replaced the first pod (the failover test kills it).
+    logs = kubectl(
+        kube_env,
+        "logs",
+        "-n",
+        SYSTEM_NAMESPACE,
+        "-l",
+        "ebbtide.dev/operator=true",
+        "--tail=40",
+        "--prefix",
+        check=False,
+    )
     write_uncaptured(request.config, f"\n-- operator pod log (tail) --\n{logs.stdout}\n")
     # The operator logs and carries on after an API error, so an RBAC rule missing from
     # the chart on a path no test asserts would pass unseen: any 403 fails the run.
