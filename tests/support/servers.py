@@ -202,6 +202,8 @@ def rabbitmq_server(
         env = {
             **os.environ,
             "HOME": base,
+            # A crashing node (or rabbitmqctl) dumps here, not into the caller's directory.
+            "ERL_CRASH_DUMP": os.path.join(base, "erl_crash.dump"),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             "ERL_EPMD_PORT": str(epmd_port),
             "RABBITMQ_NODENAME": node,
