@@ -130,56 +130,45 @@ def _tls(target: Target, tls: BrokerTLS) -> dict[str, Any]:
 def sync_client(target: Target, tls: BrokerTLS, **options: Any) -> Any:
     """A redis-py client for `target` (`options`: decode_responses, timeouts...)."""
     import redis
-
-    if target.kind == "single":
-        extra = tls.redis_kwargs() if target.tls else {}
-        return redis.Redis.from_url(target.url, **options, **extra)
-    if target.kind == "cluster":
-        from redis.cluster import ClusterNode, RedisCluster
-
-        options.pop("health_check_interval", None)
-        return RedisCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
-            username=target.username,
-            password=target.password,
-            **options,
-            **_tls(target, tls),
-        )
+    from redis.cluster import ClusterNode, RedisCluster
     from redis.sentinel import Sentinel
 
-    sentinel = Sentinel(
-        list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, tls, options), **options
-    )
-    return sentinel.master_for(
-        target.service,
-        username=target.username,
-        password=target.password,
-        db=target.db,
-        **_tls(target, tls),
-    )
+    return _client(target, tls, options, redis.Redis, RedisCluster, ClusterNode, Sentinel)
 
 
 def async_client(target: Target, tls: BrokerTLS, **options: Any) -> Any:
     """The redis.asyncio counterpart of sync_client."""
     import redis.asyncio as aredis
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.sentinel import Sentinel
 
+    return _client(target, tls, options, aredis.Redis, RedisCluster, ClusterNode, Sentinel)
+
+
+def _client(
+    target: Target,
+    tls: BrokerTLS,
+    options: dict[str, Any],
+    redis_cls: Any,
+    cluster_cls: Any,
+    node_cls: Any,
+    sentinel_cls: Any,
+) -> Any:
+    """One builder for both flavours: redis-py's sync and asyncio classes take the same
+    arguments, so only the classes passed in differ."""
     if target.kind == "single":
         extra = tls.redis_kwargs() if target.tls else {}
-        return aredis.Redis.from_url(target.url, **options, **extra)
+        return redis_cls.from_url(target.url, **options, **extra)
     if target.kind == "cluster":
-        from redis.asyncio.cluster import ClusterNode, RedisCluster
-
-        options.pop("health_check_interval", None)
-        return RedisCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+        options = {k: v for k, v in options.items() if k != "health_check_interval"}
+        return cluster_cls(
+            startup_nodes=[node_cls(h, p) for h, p in target.nodes],
             username=target.username,
             password=target.password,
             **options,
             **_tls(target, tls),
         )
-    from redis.asyncio.sentinel import Sentinel
-
-    sentinel = Sentinel(
+    sentinel = sentinel_cls(
         list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, tls, options), **options
     )
     return sentinel.master_for(
