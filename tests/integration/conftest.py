@@ -2,7 +2,7 @@
 
 `broker` runs a test once per broker, as `[redis]` and `[rabbitmq]` (marked `redis` /
 `rabbitmq`); `redis_broker` and `rabbitmq_broker` are the same thing for the tests that
-only make sense on one of them."""
+only make sense on one of them. `cluster` is a Redis Cluster for one test module."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import worker_tasks
+from support.servers import RedisClusterInfo, redis_cluster
 from worker_testkit import BrokerUnderTest, recorder
 
 
@@ -43,3 +44,10 @@ def redis_broker(redis_db) -> Iterator[BrokerUnderTest]:
 @pytest.fixture
 def rabbitmq_broker(rabbitmq_url, redis_db) -> Iterator[BrokerUnderTest]:
     yield from _under_test("rabbitmq", rabbitmq_url, redis_db)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterInfo]:
+    """Three masters with one replica each, shared by the tests of one module."""
+    with redis_cluster(masters=3, replicas=1) as info:
+        yield info

@@ -16,19 +16,13 @@ import worker_tasks
 from ebbtide.brokers import read_stats
 from ebbtide.brokers.redis.broker import RedisBroker
 from ebbtide.brokers.redis.keys import Layout
-from support.servers import RedisClusterInfo, redis_cluster
+from support.servers import redis_cluster
 from worker_testkit import BrokerUnderTest, recorder, wait_for
 
 pytestmark = pytest.mark.redis
 
 # Three queues whose slots sit on three different masters (checked below).
 QUEUES = ("default", "emails", "q2")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterInfo]:
-    with redis_cluster(masters=3, replicas=1) as info:
-        yield info
 
 
 @pytest.fixture

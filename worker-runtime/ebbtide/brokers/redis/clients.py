@@ -177,16 +177,38 @@ def async_client(target: Target, tls: BrokerTLS, **options: Any) -> Any:
             **options,
             **_tls(target, tls),
         )
-    from redis.asyncio.sentinel import Sentinel
-
-    sentinel = Sentinel(
-        list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, tls, options), **options
-    )
-    return sentinel.master_for(
+    return async_sentinel(target, tls, **options).master_for(
         target.service,
         username=target.username,
         password=target.password,
         db=target.db,
+        **_tls(target, tls),
+    )
+
+
+def async_sentinel(target: Target, tls: BrokerTLS, **options: Any) -> Any:
+    """The redis.asyncio Sentinel of a redis+sentinel:// target (its sentinels' login and
+    TLS from the URL); `options` go to the master's connections too."""
+    from redis.asyncio.sentinel import Sentinel
+
+    return Sentinel(
+        list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, tls, options), **options
+    )
+
+
+def async_node_client(target: Target, tls: BrokerTLS, host: str, port: int, **options: Any) -> Any:
+    """A plain redis.asyncio client for one node of a cluster or sentinel target (the
+    URL's login, database and TLS): the operator's wake listener subscribes on one node,
+    which redis-py's cluster and Sentinel clients do not offer in every version."""
+    import redis.asyncio as aredis
+
+    return aredis.Redis(
+        host=host,
+        port=port,
+        username=target.username,
+        password=target.password,
+        db=target.db,
+        **options,
         **_tls(target, tls),
     )
 
