@@ -152,12 +152,15 @@ class RabbitMQListener:
     """A private queue bound to `<prefix>.wake`, consumed by a thread of its own (pika's
     BlockingConnection); deliveries are handed to the event loop."""
 
-    def __init__(self, url: str, prefix: str, deliver: Deliver) -> None:
+    def __init__(
+        self, url: str, prefix: str, deliver: Deliver, tls: BrokerTLS | None = None
+    ) -> None:
         from ebbtide.brokers.rabbitmq import topology as topo
 
         self._topo = topo
         self.exchange = topo.wake_exchange(prefix)
         self.amqp_url = topo.parse_options(with_amqp_timeouts(url)).amqp_url
+        self.tls = tls or BrokerTLS()
         self._loop = asyncio.get_running_loop()
         self._deliver = deliver
         self._stopped = threading.Event()
@@ -172,12 +175,16 @@ class RabbitMQListener:
 
     def _run(self) -> None:
         import pika
+        from ebbtide.brokers.rabbitmq.broker import verify_server
 
         failures = 0
         while not self._stopped.is_set():
             connection = None
             try:
-                connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+                params = pika.URLParameters(self.amqp_url)
+                if params.ssl_options is not None:  # amqps://: the operator's CA
+                    verify_server(params, self.amqp_url, self.tls.context())
+                connection = pika.BlockingConnection(params)
                 channel = connection.channel()
                 channel.exchange_declare(self.exchange, "fanout", durable=True)
                 declared = channel.queue_declare(
@@ -197,7 +204,7 @@ class RabbitMQListener:
                 if connection is not None:
                     with contextlib.suppress(Exception):
                         connection.close()
-            self._stopped.wait(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+            self._stopped.wait(retry_delay(failures))
             failures += 1
 
     def stop(self) -> None:
@@ -218,7 +225,7 @@ def open_listener(url: str, prefix: str, deliver: Deliver, tls: BrokerTLS) -> Li
         except BadRedisUrl:
             return None
     if scheme in AMQP_SCHEMES:
-        return RabbitMQListener(url, prefix, deliver)
+        return RabbitMQListener(url, prefix, deliver, tls)
     return None
 
 
