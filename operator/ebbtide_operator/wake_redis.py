@@ -60,7 +60,10 @@ class OneRedis:
         self.target, self.tls = target, tls
 
     async def connect(self) -> tuple[Any, Node | None]:
-        return clients.async_client(self.target, self.tls, **CLIENT_OPTIONS), None
+        options = dict(CLIENT_OPTIONS)
+        if self.target.url.lower().startswith("unix:"):
+            del options["socket_keepalive"]  # a TCP option: unix sockets refuse it
+        return clients.async_client(self.target, self.tls, **options), None
 
     async def still_current(self, node: Node | None) -> bool:
         return True
