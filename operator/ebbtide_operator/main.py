@@ -345,4 +345,4 @@ def watch_broker(
         Runtime.wakes.unwatch(key)
         return
     queues = spec.broker_queues()  # a producer wakes the operator with a shard's name
-    Runtime.wakes.watch(key, url, spec.broker.key_prefix, queues, wake)
+    Runtime.wakes.watch(key, url, spec.broker.key_prefix, queues, wake, ticker.memory.tls)

@@ -2,24 +2,15 @@
 
 `broker` runs a test once per broker, as `[redis]` and `[rabbitmq]` (marked `redis` /
 `rabbitmq`); `redis_broker` and `rabbitmq_broker` are the same thing for the tests that
-only make sense on one of them."""
+only make sense on one of them. `cluster` is a Redis Cluster for one test module."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-import worker_tasks
-from worker_testkit import BrokerUnderTest, recorder
-
-
-def _under_test(name: str, url: str, record_url: str) -> Iterator[BrokerUnderTest]:
-    """The shared tasks (worker_tasks) pointed at `url`, recording into `record_url`."""
-    worker_tasks.app.use_broker_url(url)
-    rec = recorder(record_url)
-    yield BrokerUnderTest(name, url, record_url, rec, worker_tasks)
-    rec.close()
-    worker_tasks.app.close()
+from support.servers import RedisClusterInfo, redis_cluster
+from worker_testkit import BrokerUnderTest, under_test
 
 
 @pytest.fixture(
@@ -32,14 +23,24 @@ def broker(request, redis_db) -> Iterator[BrokerUnderTest]:
     """The broker under test: a flushed Redis, or a fresh RabbitMQ vhost. Tasks record
     into the session Redis either way."""
     url = redis_db if request.param == "redis" else request.getfixturevalue("rabbitmq_url")
-    yield from _under_test(request.param, url, redis_db)
+    with under_test(request.param, url, redis_db) as under:
+        yield under
 
 
 @pytest.fixture
 def redis_broker(redis_db) -> Iterator[BrokerUnderTest]:
-    yield from _under_test("redis", redis_db, redis_db)
+    with under_test("redis", redis_db, redis_db) as under:
+        yield under
 
 
 @pytest.fixture
 def rabbitmq_broker(rabbitmq_url, redis_db) -> Iterator[BrokerUnderTest]:
-    yield from _under_test("rabbitmq", rabbitmq_url, redis_db)
+    with under_test("rabbitmq", rabbitmq_url, redis_db) as under:
+        yield under
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterInfo]:
+    """Three masters with one replica each, shared by the tests of one module."""
+    with redis_cluster(masters=3, replicas=1) as info:
+        yield info

@@ -16,19 +16,13 @@ import worker_tasks
 from ebbtide.brokers import read_stats
 from ebbtide.brokers.redis.broker import RedisBroker
 from ebbtide.brokers.redis.keys import Layout
-from support.servers import RedisClusterInfo, redis_cluster
+from support.servers import redis_cluster
 from worker_testkit import BrokerUnderTest, recorder, wait_for
 
 pytestmark = pytest.mark.redis
 
 # Three queues whose slots sit on three different masters (checked below).
 QUEUES = ("default", "emails", "q2")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterInfo]:
-    with redis_cluster(masters=3, replicas=1) as info:
-        yield info
 
 
 @pytest.fixture
@@ -180,10 +174,12 @@ def test_a_tls_cluster_over_rediss_cluster_urls(redis_db, tmp_path, monkeypatch)
 
 def test_the_role_acl_users_work_on_every_node(on_cluster, cluster):
     """The managed broker's per-role ACL rules, set on each node, serve a cluster: the
-    producer sends, the worker claims, the operator reads; the producer cannot claim."""
+    producer sends, the worker claims, the operator reads and hears the producer's wake-up;
+    the producer cannot claim."""
     from ebbtide.errors import PermissionDenied
     from ebbtide_operator import naming
     from ebbtide_operator.build import roles
+    from ebbtide_operator.wake import WakeHub
 
     for node in cluster.nodes:
         client = redis.Redis(port=node.port)
@@ -197,9 +193,22 @@ def test_the_role_acl_users_work_on_every_node(on_cluster, cluster):
     def url(role: str) -> str:
         return f"redis+cluster://{naming.role_username(role)}:pw-{role}@{seeds}"
 
-    app = ebbtide.App(broker_url=url("producer"))
-    app.task(name="x")(lambda: None).options(queue="emails").send_many([()] * 3)
-    app.close()
+    def send() -> None:
+        app = ebbtide.App(broker_url=url("producer"))
+        app.task(name="x")(lambda: None).options(queue="emails").send_many([()] * 3)
+        app.close()
+
+    async def the_operator_hears_the_send() -> None:  # its wake-up: CLUSTER SHARDS, SUBSCRIBE
+        hub, woken = WakeHub(), asyncio.Event()
+        hub.watch("ns/tq", url("operator"), "ebbtide", ["emails"], woken.set)
+        try:
+            await asyncio.wait_for(hub.listener(url("operator"), "ebbtide").subscribed.wait(), 20)
+            await asyncio.to_thread(send)
+            await asyncio.wait_for(woken.wait(), 20)
+        finally:
+            hub.close()
+
+    asyncio.run(the_operator_hears_the_send())
     assert read_stats(url("operator"), ["emails"]).queues["emails"].ready == 3
 
     async def claim(role: str) -> int:

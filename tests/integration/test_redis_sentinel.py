@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 import worker_tasks
-from support.servers import redis_sentinel
+from support.servers import redis_sentinel, sentinel_failover
 from worker_testkit import BrokerUnderTest, recorder, wait_for
 
 pytestmark = pytest.mark.redis
@@ -35,7 +35,9 @@ def test_every_task_completes_across_a_sentinel_failover(on_sentinel):
     old = sentinel.sentinel_get_master_addr_by_name(info["service"])
     with broker.worker("--concurrency", "4"):
         wait_for(lambda: len(broker.done("before")) == 50, what="the first tasks")
-        wait_for(lambda: _fail_over(sentinel, info["service"]), what="SENTINEL FAILOVER taken")
+        wait_for(
+            lambda: sentinel_failover(sentinel, info["service"]), what="SENTINEL FAILOVER taken"
+        )
         wait_for(lambda: sentinel.sentinel_get_master_addr_by_name(info["service"]) != old,
                  what="the replica promoted")  # fmt: skip
         wait_for(lambda: _sent_after(broker), 30, what="sends confirmed by a replica")
@@ -49,15 +51,6 @@ def test_every_task_completes_across_a_sentinel_failover(on_sentinel):
         wait_for(settled, 60, what="nothing left on the new master")
     assert broker.queue().dead == 0
     sentinel.close()
-
-
-def _fail_over(sentinel: redis.Redis, service: str) -> bool:
-    """SENTINEL FAILOVER, again while the sentinel answers NOGOODSLAVE (it has not yet
-    judged the replica healthy) or INPROG."""
-    try:
-        return bool(sentinel.execute_command("SENTINEL", "FAILOVER", service))
-    except redis.exceptions.ResponseError:
-        return False
 
 
 def _sent_after(broker: BrokerUnderTest) -> bool:

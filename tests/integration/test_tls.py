@@ -151,6 +151,44 @@ def test_rabbitmq_management_https_verifies_the_ca(tls_rabbitmq, tls_dirs):
         stranger.queues("/")
 
 
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param("tls_redis", marks=pytest.mark.redis),
+        pytest.param("tls_rabbitmq", marks=pytest.mark.rabbitmq),
+    ],
+)
+def test_the_wake_listeners_verify_with_the_operators_ca(server, request, tls_dirs, monkeypatch):
+    """The operator's push wake-up listener reaches a rediss:// or amqps:// broker with
+    the CA given to WakeHub.watch (the statistics reads' BrokerTLS), not the system's."""
+    from ebbtide_operator.wake import RabbitMQListener, WakeHub
+
+    started = request.getfixturevalue(server)
+    url = started if isinstance(started, str) else started["url"]
+    tls = BrokerTLS(ca_file=tls_dirs[0].ca_file)
+
+    async def scenario() -> None:
+        hub, woken = WakeHub(), asyncio.Event()
+        hub.watch("ns/tq", url, "ebbtide", ["wake-tls"], woken.set, tls)
+        listener = hub.listener(url, "ebbtide", tls)
+        try:
+            subscribed = listener.subscribed
+            if isinstance(subscribed, asyncio.Event):
+                await asyncio.wait_for(subscribed.wait(), 30)
+            else:
+                assert await asyncio.to_thread(subscribed.wait, 30)
+            with producer(url, tls.ca_file, monkeypatch) as app:
+                sender = app.task(name="noop", queue="wake-tls")(lambda: None)
+                await asyncio.to_thread(sender.send)
+            await asyncio.wait_for(woken.wait(), 30)
+        finally:
+            hub.close()
+            if isinstance(listener, RabbitMQListener):
+                await asyncio.to_thread(listener.join, 10)
+
+    asyncio.run(scenario())
+
+
 def test_missing_ca_file_is_named(tmp_path: Path):
     missing = str(tmp_path / "nope.crt")
     with pytest.raises(ValueError, match=f"EBBTIDE_BROKER_CA_FILE={missing}: no such file"):

@@ -204,3 +204,18 @@ class BrokerUnderTest:
                 assert method is not None
                 ids.append(props.message_id)
         return ids
+
+
+@contextlib.contextmanager
+def under_test(name: str, url: str, record_url: str) -> Iterator[BrokerUnderTest]:
+    """The shared tasks (worker_tasks) pointed at `url`, recording into `record_url`: the
+    body of the `broker` fixtures, and of tests that start a broker of their own."""
+    import worker_tasks
+
+    worker_tasks.app.use_broker_url(url)
+    rec = recorder(record_url)
+    try:
+        yield BrokerUnderTest(name, url, record_url, rec, worker_tasks)
+    finally:
+        rec.close()
+        worker_tasks.app.close()

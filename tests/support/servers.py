@@ -535,6 +535,17 @@ def redis_sentinel(timeout: float = 30.0) -> Iterator[dict]:
                "replica": replica, "sentinel_port": port, "service": service}  # fmt: skip
 
 
+def sentinel_failover(sentinel, service: str) -> bool:
+    """SENTINEL FAILOVER on a redis.Redis to the sentinel; False while it answers
+    NOGOODSLAVE (it has not yet judged the replica healthy) or INPROG: call again."""
+    import redis
+
+    try:
+        return bool(sentinel.execute_command("SENTINEL", "FAILOVER", service))
+    except redis.exceptions.ResponseError:
+        return False
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()

@@ -7,6 +7,7 @@ TaskQueue and its worker Deployment live on the real kube-apiserver
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import urllib.error
@@ -104,6 +105,191 @@ def test_the_rabbitmq_listener_hears_a_send(rabbitmq_url):
             await asyncio.to_thread(listener.join, 10)
 
     asyncio.run(scenario())
+
+
+async def until(condition, timeout: float, what: str) -> None:
+    """Wait on the event loop for `condition()` (the listener's state), with a deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def send_until_sent(url: str, queue: str) -> None:
+    """One send, tried again while the broker refuses it (a cluster or Sentinel failing
+    over), within the deadline."""
+
+    def sent() -> bool:
+        try:
+            send(url, queue)
+        except (ConnectionError, OSError, redis.exceptions.RedisError, ebbtide.EbbtideError):
+            return False
+        return True
+
+    wait_for(sent, DEADLINE, f"a send to {queue!r} accepted")
+
+
+def flush_masters(cluster) -> None:
+    for node in cluster.nodes:
+        client = redis.Redis(port=node.port)
+        with contextlib.suppress(redis.exceptions.ReadOnlyError):
+            if client.info("replication")["role"] == "master":
+                client.flushall()
+        client.close()
+
+
+def replica_of(cluster):
+    """A node of `cluster` that is a replica in sync with its master."""
+
+    def synced():
+        for node in cluster.nodes:
+            client = redis.Redis(port=node.port, decode_responses=True)
+            try:
+                info = client.info("replication")
+            finally:
+                client.close()
+            if info["role"] == "slave" and info.get("master_link_status") == "up":
+                return node
+        return None
+
+    return wait_for(synced, DEADLINE, "a replica in sync")
+
+
+@pytest.mark.redis
+def test_a_cluster_listener_on_one_node_hears_queues_on_every_master(cluster):
+    """Classic PUBLISH on a Redis Cluster reaches every node over the cluster bus: one
+    subscription, here on the first seed, hears the enqueue script on all three masters
+    (the queues' slots sit on three different masters)."""
+    flush_masters(cluster)
+    queues = ("default", "emails", "q2")  # one per master (test_redis_cluster.py)
+
+    async def scenario() -> None:
+        hub, heard_queues = WakeHub(), asyncio.Queue()
+        for q in queues:
+            hub.watch(
+                f"ns/{q}", cluster.url, "ebbtide", [q], lambda q=q: heard_queues.put_nowait(q)
+            )
+        try:
+            listener = hub.listener(cluster.url, "ebbtide")
+            await asyncio.wait_for(listener.subscribed.wait(), DEADLINE)
+            for q in queues:
+                await asyncio.to_thread(send, cluster.url, q)
+                assert await asyncio.wait_for(heard_queues.get(), DEADLINE) == q
+        finally:
+            hub.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.redis
+def test_a_cluster_listener_moves_to_another_node_when_its_node_dies(cluster):
+    """The listener subscribes on a replica (the URL's only seed), hears a send there,
+    then that replica is killed: the listener moves to a node it learned from CLUSTER
+    SHARDS (the seed is gone) and hears the next send."""
+    flush_masters(cluster)
+    replica = replica_of(cluster)
+    url = f"redis+cluster://127.0.0.1:{replica.port}/0"
+
+    async def scenario() -> None:
+        hub, heard_queues = WakeHub(), asyncio.Queue()
+        hub.watch("ns/a", url, "ebbtide", ["before", "after"], lambda: heard_queues.put_nowait(1))
+        try:
+            listener = hub.listener(url, "ebbtide")
+            await asyncio.wait_for(listener.subscribed.wait(), DEADLINE)
+            assert listener.node == ("127.0.0.1", replica.port)
+            await asyncio.to_thread(send, cluster.url, "before")
+            await asyncio.wait_for(heard_queues.get(), DEADLINE)
+            replica.proc.kill()
+            replica.proc.wait()
+            await until(
+                lambda: listener.subscribed.is_set() and listener.node[1] != replica.port,
+                DEADLINE,
+                "the listener on another node",
+            )
+            await asyncio.to_thread(send_until_sent, cluster.url, "after")
+            await asyncio.wait_for(heard_queues.get(), DEADLINE)
+        finally:
+            hub.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        replica.start()  # back into the module's cluster (its nodes.conf is kept)
+
+
+@pytest.mark.redis
+def test_a_tls_cluster_listener_verifies_with_the_operators_ca(tmp_path, monkeypatch):
+    """rediss+cluster://: the listener connects to the node with the CA the statistics
+    reads use (the BrokerTLS passed to watch), not the system's."""
+    from ebbtide.brokers.tls import BrokerTLS
+    from support.servers import make_node_tls_files, redis_cluster
+
+    files = make_node_tls_files(str(tmp_path))
+    monkeypatch.setenv("EBBTIDE_BROKER_CA_FILE", files.ca_file)  # the producer's
+    tls = BrokerTLS(ca_file=files.ca_file)
+    with redis_cluster(masters=3, replicas=0, tls=files) as tls_cluster:
+
+        async def scenario() -> None:
+            hub, woken = WakeHub(), asyncio.Event()
+            hub.watch("ns/a", tls_cluster.url, "ebbtide", ["emails"], woken.set, tls)
+            try:
+                listener = hub.listener(tls_cluster.url, "ebbtide", tls)
+                await asyncio.wait_for(listener.subscribed.wait(), DEADLINE)
+                await asyncio.to_thread(send, tls_cluster.url, "emails")
+                await asyncio.wait_for(woken.wait(), DEADLINE)
+            finally:
+                hub.close()
+
+        asyncio.run(scenario())
+
+
+@pytest.mark.redis
+def test_a_sentinel_listener_follows_the_master_across_a_failover():
+    """The listener subscribes on the master Sentinel names; after SENTINEL FAILOVER it
+    is on the new master and hears a send made there."""
+    from support.servers import redis_sentinel, sentinel_failover
+
+    with redis_sentinel() as info:
+        url, service = info["url"], info["service"]
+        producer = f"{url}?min_replicas=0"  # the old master turns replica: no WAIT on it
+        sentinel = redis.Redis(port=info["sentinel_port"], decode_responses=True)
+
+        def master() -> tuple[str, int]:
+            host, port = sentinel.sentinel_get_master_addr_by_name(service)
+            return host, int(port)
+
+        async def scenario() -> None:
+            hub, heard_queues = WakeHub(), asyncio.Queue()
+            hub.watch(
+                "ns/a", url, "ebbtide", ["before", "after"], lambda: heard_queues.put_nowait(1)
+            )
+            try:
+                listener = hub.listener(url, "ebbtide")
+                await asyncio.wait_for(listener.subscribed.wait(), DEADLINE)
+                old = master()
+                assert listener.node == old
+                await asyncio.to_thread(send, producer, "before")
+                await asyncio.wait_for(heard_queues.get(), DEADLINE)
+                await asyncio.to_thread(
+                    wait_for, lambda: sentinel_failover(sentinel, service), DEADLINE, "FAILOVER"
+                )
+                await asyncio.to_thread(wait_for, lambda: master() != old, DEADLINE, "a new master")
+                new = master()
+                await until(
+                    lambda: listener.subscribed.is_set() and listener.node == new,
+                    DEADLINE,
+                    "the listener on the new master",
+                )
+                await asyncio.to_thread(send_until_sent, producer, "after")
+                await asyncio.wait_for(heard_queues.get(), DEADLINE)
+            finally:
+                hub.close()
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            sentinel.close()
 
 
 def taskqueue(poll: int) -> dict:

@@ -67,6 +67,16 @@ STALE_LINK_ERRORS = (
 )
 
 
+def verify_server(
+    params: pika.URLParameters, amqp_url: str, context: ssl.SSLContext | None
+) -> None:
+    """An amqps:// connection verifies the server against `context`'s CA and its host
+    name (pika's own default context would skip the name: no server_hostname), unless
+    the URL brings its own ssl_options. Plain amqp:// is left as it is."""
+    if params.ssl_options is not None and "ssl_options" not in amqp_url and context is not None:
+        params.ssl_options = pika.SSLOptions(context, params.host)
+
+
 class RabbitMQBroker:
     """The Broker protocol, plus the PushWindow capability (a prefetch window)."""
 
@@ -80,16 +90,14 @@ class RabbitMQBroker:
             self.params = pika.URLParameters(self.options.amqp_url)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"bad RabbitMQ URL {redact(url)!r}: {exc}") from None
-        # amqps:// verifies the server against the CA and its host name (pika's own
-        # default context would skip the name: no server_hostname), unless the URL
-        # brings its own ssl_options; an https management API verifies the same way.
+        # amqps:// verifies the server (verify_server); an https management API
+        # verifies the same way.
         self._context: ssl.SSLContext | None = None
         management = self.options.management_url
         https = management is not None and management.lower().startswith("https://")
         if self.params.ssl_options is not None or https:
             self._context = self.tls.context()
-        if self.params.ssl_options is not None and "ssl_options" not in self.options.amqp_url:
-            self.params.ssl_options = pika.SSLOptions(self._context, self.params.host)
+        verify_server(self.params, self.options.amqp_url, self._context)
         self._lock = threading.RLock()
         self._conn: Any = None
         self._channel: Any = None

@@ -27,6 +27,7 @@ SINGLE_SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SCHEMES = SINGLE_SCHEMES + CLUSTER_SCHEMES + SENTINEL_SCHEMES
+TCP_ONLY_OPTIONS = ("socket_keepalive", "socket_keepalive_options")
 
 
 class BadRedisUrl(UnsupportedBroker):
@@ -158,6 +159,8 @@ def _client(
     arguments, so only the classes passed in differ."""
     if target.kind == "single":
         extra = tls.redis_kwargs() if target.tls else {}
+        if target.url.lower().startswith("unix:"):  # TCP options: unix sockets refuse them
+            options = {k: v for k, v in options.items() if k not in TCP_ONLY_OPTIONS}
         return redis_cls.from_url(target.url, **options, **extra)
     if target.kind == "cluster":
         options = {k: v for k, v in options.items() if k != "health_check_interval"}
@@ -168,14 +171,42 @@ def _client(
             **options,
             **_tls(target, tls),
         )
-    sentinel = sentinel_cls(
-        list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, tls, options), **options
-    )
-    return sentinel.master_for(
+    return _sentinel(target, tls, options, sentinel_cls).master_for(
         target.service,
         username=target.username,
         password=target.password,
         db=target.db,
+        **_tls(target, tls),
+    )
+
+
+def async_sentinel(target: Target, tls: BrokerTLS, **options: Any) -> Any:
+    """The redis.asyncio Sentinel of a redis+sentinel:// target (its sentinels' login and
+    TLS from the URL); `options` go to the master's connections too."""
+    from redis.asyncio.sentinel import Sentinel
+
+    return _sentinel(target, tls, options, Sentinel)
+
+
+def _sentinel(target: Target, tls: BrokerTLS, options: dict[str, Any], sentinel_cls: Any) -> Any:
+    return sentinel_cls(
+        list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, tls, options), **options
+    )
+
+
+def async_node_client(target: Target, tls: BrokerTLS, host: str, port: int, **options: Any) -> Any:
+    """A plain redis.asyncio client for one node of a cluster or sentinel target (the
+    URL's login, database and TLS): the operator's wake listener subscribes on one node,
+    which redis-py's cluster and Sentinel clients do not offer in every version."""
+    import redis.asyncio as aredis
+
+    return aredis.Redis(
+        host=host,
+        port=port,
+        username=target.username,
+        password=target.password,
+        db=target.db,
+        **options,
         **_tls(target, tls),
     )
 
