@@ -52,7 +52,6 @@ from support.servers import RedisClusterInfo, redis_cluster  # noqa: E402
 TASK = "bench.nothing"  # bench/anchors/cluster_app.py
 DRAIN_TIMEOUT = 300.0
 POLL_S = 0.2  # the stats script runs on every node: poll too often and it is the load
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
 # -- pure decisions ------------------------------------------------------------------------
@@ -91,6 +90,7 @@ class Row:
     busiest_node_cpu_share: float  # cores
     busiest_node_throttled: float | None  # share of the window's CFS periods that hit the cap
     workers_cpu: float  # cores, all worker processes together
+    workers_waiting: float  # of their threads, how many waited for a CPU, on average
     node_cpu_shares: tuple[float, ...] = ()  # every master's, busiest first
     script_calls_per_task: float = 0.0  # EVAL/EVALSHA calls, all masters, per task
     vs_one_master: float | None = None
@@ -109,7 +109,8 @@ def with_ratios(rows: Sequence[Row]) -> list[Row]:
 
 def render_table(rows: Sequence[Row]) -> str:
     head = ("| masters | shards | node CPU cap | tasks/s | Redis CPU µs/task | busiest node CPU "
-            "(throttled periods) | workers' CPU | vs 1 master |\n|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+            "(throttled periods) | workers' CPU (waiting for one) | vs 1 master |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     lines = [head]
     for r in rows:
         cap = f"{r.node_cpu:g} core" if r.node_cpu else "none"
@@ -118,7 +119,7 @@ def render_table(rows: Sequence[Row]) -> str:
             busy += f" ({r.busiest_node_throttled:.0%})"
         ratio = f"{r.vs_one_master:.2f}×" if r.vs_one_master is not None else ""
         lines.append(f"| {r.masters} | {r.shards} | {cap} | {r.tasks_per_s:,.0f} | "
-                     f"{r.redis_cpu_us_per_task:.1f} | {busy} | {r.workers_cpu:.2f} | {ratio} |")  # fmt: skip
+                     f"{r.redis_cpu_us_per_task:.1f} | {busy} | {r.workers_cpu:.2f} ({r.workers_waiting:.2f}) | {ratio} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -134,7 +135,7 @@ class Mark:
     redis_cpu: dict[str, float]  # node name -> CPU seconds
     script_calls: int  # EVAL/EVALSHA, all masters
     throttling: dict[str, Throttling]
-    workers_cpu: float  # seconds
+    workers: tuple[float, float]  # the workers' CPU and run-queue wait, seconds
 
 
 def redis_cpu_seconds(client: redis.cluster.RedisCluster) -> dict[str, float]:
@@ -158,14 +159,16 @@ def script_calls(client: redis.cluster.RedisCluster) -> int:
     return total
 
 
-def process_cpu_seconds(pids: Sequence[int]) -> float:
-    """utime + stime of the processes (their own, not their children's), in seconds."""
-    total = 0
+def process_times(pids: Sequence[int]) -> tuple[float, float]:
+    """(CPU seconds, seconds spent runnable but waiting for a CPU) of the processes'
+    threads (/proc/<pid>/task/*/schedstat): the wait shows when the cores are the limit."""
+    cpu = wait = 0
     for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()  # after the command name
-        total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICK
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a thread that just exited
+                ran, waited, _ = (task / "schedstat").read_text().split()
+                cpu, wait = cpu + int(ran), wait + int(waited)
+    return cpu / 1e9, wait / 1e9
 
 
 @contextlib.contextmanager
@@ -214,7 +217,7 @@ def drain(
     def mark(done: int) -> Mark:
         throttling = {n: c.throttling() for n, c in caps.items()}
         return Mark(time.perf_counter(), done, redis_cpu_seconds(client), script_calls(client),
-                    throttling, process_cpu_seconds(pids))  # fmt: skip
+                    throttling, process_times(pids))  # fmt: skip
 
     marks: dict[float, Mark] = {}
     deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -251,7 +254,8 @@ def to_row(
         redis_cpu_us_per_task=round(sum(cpu.values()) / ran * 1e6, 1),
         busiest_node_cpu_share=round(cpu[busiest] / wall, 3),
         busiest_node_throttled=throttled,
-        workers_cpu=round((b.workers_cpu - a.workers_cpu) / wall, 2),
+        workers_cpu=round((b.workers[0] - a.workers[0]) / wall, 2),
+        workers_waiting=round((b.workers[1] - a.workers[1]) / wall, 2),
         script_calls_per_task=round((b.script_calls - a.script_calls) / ran, 3),
         node_cpu_shares=tuple(sorted((round(c / wall, 3) for c in cpu.values()), reverse=True)),
     )
