@@ -1,26 +1,28 @@
 """Redis Cluster scale-out: one sharded queue's tasks/s against the number of master nodes.
 
 For each master count M (a real cluster of M `redis-server` processes, no replicas, made
-with `redis-cli --cluster create`) one logical queue is split into K shards (K = M unless
---shards; the queue's name is picked so its shards spread evenly over the masters, one
-slot each). N no-op `async def` tasks are sent round-robin over the shards, then worker
-processes draining the queue start. The rate is taken between 10 % and 90 % of the tasks
-completed (start-up and the tail excluded).
+with `redis-cli --cluster create`) one logical queue of K shards (--shards, default 6, so
+it spreads evenly over 1, 2, 3 and 6 masters; 0 = one shard per master) gets N no-op
+`async def` tasks, round-robin over its shards; its name is picked so that the shards
+(one slot each) spread evenly over the masters. Then worker processes draining the queue
+start. The rate is taken between 10 % and 90 % of the tasks completed (start-up and the
+tail excluded).
 
-On a small machine the Python workers, not Redis, are the limit (a node costs ~10 µs of
-CPU per task), so tasks/s cannot grow with nodes there. To show the scale-out anyway each
-node is CPU-capped (--node-cpu, cores; the cgroup v1 cpu controller, bench/cpucap.py):
-capped nodes saturate before the workers do, as a cluster's nodes would against a big
-worker fleet, and tasks/s grows with M until the workers are the limit. `--node-cpu
-0.1,0` runs every M capped and then uncapped (0) on the same cluster.
+On a 2-core machine the Python workers, not Redis, are the limit, so tasks/s cannot grow
+with nodes there. To show the scale-out anyway each node is CPU-capped (--node-cpu, in
+cores; the cgroup v1 cpu controller, bench/cpucap.py): capped nodes saturate before the
+workers do, as a cluster's nodes would against a large worker fleet, and tasks/s grows
+with M until the workers are the limit. `--node-cpu 0.1,0` runs every M capped, then
+uncapped (0) on the same cluster. Only the drain is capped, not the sending.
 
 Redis CPU per task is the growth of `used_cpu_sys + used_cpu_user` (INFO cpu) summed over
-the masters during the window, divided by the tasks completed in it; the busiest node's
-CPU share (its CPU seconds / wall seconds) against its cap, and the share of CFS periods
-in which its cgroup was throttled, show whether the nodes were saturated; the workers'
-CPU (their processes' CPU seconds / wall seconds) shows when they are.
+the masters during the window, divided by the tasks completed in it. The busiest node's
+CPU share (CPU seconds / wall seconds) against its cap, and the share of the window's CFS
+periods in which it hit the cap, show whether the nodes saturate; the workers' CPU and
+how many of their threads waited for a CPU on average (schedstat) show when the cores
+are the limit instead.
 
-    .venv/bin/python bench/cluster.py                               # 1,2,3,4,6 masters
+    .venv/bin/python bench/cluster.py                      # 1,2,3,6 masters, capped and not
     .venv/bin/python bench/cluster.py --masters 1,3 --node-cpu 0 --tasks 50000 --json out.json
 """
 
