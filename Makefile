@@ -95,8 +95,8 @@ bench-latency: setup ## Latency benchmark: Redis behind toxiproxy (0.5, 2, 10 ms
 
 # Each Redis node is capped to NODE_CPU cores (cgroup v1 cpu controller, root) so that the
 # nodes, not the workers sharing the machine, saturate; 0 runs a master count uncapped.
-NODE_CPU ?= 0.1,0
-bench-cluster: setup ## Redis Cluster scale-out: one 6-shard queue's tasks/s over 1, 2, 3, 6 masters, nodes CPU-capped (NODE_CPU=0.1,0)
+NODE_CPU ?= 0.05,0
+bench-cluster: setup ## Redis Cluster scale-out: one 6-shard queue's tasks/s over 1, 2, 3, 6 masters, nodes CPU-capped (NODE_CPU=0.05,0)
 	$(PY) bench/cluster.py --node-cpu $(NODE_CPU)
 
 bench-cpu: setup ## CPU-bound tasks: Ebbtide --processes 1 vs 2 beside Dramatiq -p 1 vs -p 2

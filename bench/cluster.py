@@ -12,7 +12,7 @@ On a 2-core machine the Python workers, not Redis, are the limit, so tasks/s can
 with nodes there. To show the scale-out anyway each node is CPU-capped (--node-cpu, in
 cores; the cgroup v1 cpu controller, bench/cpucap.py): capped nodes saturate before the
 workers do, as a cluster's nodes would against a large worker fleet, and tasks/s grows
-with M until the workers are the limit. `--node-cpu 0.1,0` runs every M capped, then
+with M until the workers are the limit. `--node-cpu 0.05,0` runs every M capped, then
 uncapped (0) on the same cluster. Only the drain is capped, not the sending.
 
 Redis CPU per task is the growth of `used_cpu_sys + used_cpu_user` (INFO cpu) summed over
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--masters", default="1,2,3,6", help="master counts, one cluster each")
     p.add_argument("--shards", type=int, default=6,
                    help="shards of the queue (6: even over 1, 2, 3 and 6 masters; 0: one per master)")  # fmt: skip
-    p.add_argument("--node-cpu", default="0.1,0",
+    p.add_argument("--node-cpu", default="0.05,0",
                    help="CPU cap per Redis node in cores, comma-separated; 0 = uncapped")  # fmt: skip
     p.add_argument("--tasks", type=int, default=30_000)
     p.add_argument("--workers", type=int, default=8,
