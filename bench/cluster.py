@@ -78,7 +78,10 @@ def pick_sharded_queue(
         name = f"q{i}"
         if evenly_spread([owner(s) for s in shard_names(name, shards)], masters):
             return name
-    raise RuntimeError(f"no queue name spreads {shards} shards over {len(masters)} masters")
+    raise RuntimeError(
+        f"no name q0..q{tries - 1} spreads {shards} shards evenly over {len(masters)} masters "
+        "(one shard per node gets rare past about 8 nodes: try more shards than nodes)"
+    )
 
 
 @dataclass(frozen=True)
