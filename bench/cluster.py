@@ -80,7 +80,7 @@ def pick_sharded_queue(
             return name
     raise RuntimeError(
         f"no name q0..q{tries - 1} spreads {shards} shards evenly over {len(masters)} masters "
-        "(one shard per node gets rare past about 8 nodes: try more shards than nodes)"
+        "(an even spread over many nodes is rare: past about 8 none may turn up)"
     )
 
 
