@@ -32,7 +32,10 @@ The maths (docs/scaling-policy.md explains every step; the sizing is in policy_d
   backlog shrinks; while a burst drains on Ready pods with nothing arriving, the count
   falls to the fewest pods that still start its backlog by the real deadlines (below the
   busy pods: those let go finish their tasks); zero after scale_to_zero_idle_seconds
-  with nothing ready, running or arriving.
+  with nothing ready, running or arriving;
+- a forecast of periodic bulk bursts (policy_forecast): after three bulk bursts at one
+  interval, the pods for the next are started so that they are Ready as it lands, and
+  held while its backlog grows; a burst that does not come drops the record.
 
 Replicas are the Deployment's desired count, so pods that are still starting already
 count as capacity: the policy computes a total, never "ready + more".
