@@ -211,6 +211,13 @@ def main() -> int:
         " bench/traces/: how much a figure owes to one draw of the random traces",
     )
     parser.add_argument(
+        "--shift-seconds",
+        type=float,
+        default=0.0,
+        help="delay every arrival by this much: the bursts off the 5 s poll grid (they land"
+        " on it: every 300 s or 600 s from t = 0)",
+    )
+    parser.add_argument(
         "--spec",
         type=spec_override,
         action="append",
@@ -236,6 +243,8 @@ def main() -> int:
             tasks = generate(name, args.seed)
         else:
             tasks = read_trace(Path(args.traces) / f"{name}.csv")
+        if args.shift_seconds:
+            tasks = [replace(t, arrival_s=t.arrival_s + args.shift_seconds) for t in tasks]
         oracle = oracle_for(tasks, config)  # the windows do not change it
         ours = run(tasks, ebbtide(config, tasks, args), config, "ebbtide", oracle)
         tuned_config = replace(config, **TUNED)
@@ -255,7 +264,7 @@ def main() -> int:
             f"  <=1.3x oracle: {'PASS' if near else 'MISS'} ({s['ratio_to_oracle']:.2f}x)"
             f"  keda-tuned pays {keda.summary['replica_seconds'] / s['replica_seconds']:.2f}x"
         )
-        if not args.no_plots and name == PLOTTED and args.seed is None:
+        if not args.no_plots and name == PLOTTED and args.seed is None and not args.shift_seconds:
             from plot_policy import plot
 
             plot(name, config, runs, Path(args.plots) / f"policy-{name}.png", ZOOM)
@@ -278,6 +287,7 @@ def main() -> int:
             else ""
         )
         + (f"\ntraces generated with seed {args.seed}" if args.seed is not None else "")
+        + (f"\nevery arrival {args.shift_seconds:g} s later" if args.shift_seconds else "")
         + "\nkeda: listLength = fraction x target x per-pod rate, pollingInterval p (grid), "
         "HPA defaults; the cheapest that meets the SLO, else the best SLO\n"
     )

@@ -32,7 +32,10 @@ The maths (docs/scaling-policy.md explains every step; the sizing is in policy_d
   backlog shrinks; while a burst drains on Ready pods with nothing arriving, the count
   falls to the fewest pods that still start its backlog by the real deadlines (below the
   busy pods: those let go finish their tasks); zero after scale_to_zero_idle_seconds
-  with nothing ready, running or arriving.
+  with nothing ready, running or arriving;
+- a forecast of periodic bulk bursts (policy_forecast): after three bulk bursts at one
+  interval, the pods for the next are started so that they are Ready as it lands, and
+  held while its backlog grows; a burst that does not come drops the record.
 
 Replicas are the Deployment's desired count, so pods that are still starting already
 count as capacity: the policy computes a total, never "ready + more".
@@ -46,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ebbtide_operator.policy_demand import (
+    arrived_since_last,
     busy_slots,
     measured_service_rate,
     queue_backlog_pods,
@@ -57,6 +61,7 @@ from ebbtide_operator.policy_demand import (
     smooth_service_rate,
     startup_seconds,
 )
+from ebbtide_operator.policy_forecast import Burst, bulk_due, forecast_floor, track_bursts
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,12 @@ class PolicyState:
     # (start of a poll's interval, tasks that arrived in it): the backlog's ages.
     arrivals: list[tuple[float, int]] = field(default_factory=list)
     up_backlog: int | None = None  # the backlog at the last scale-up, until it shrinks
+    # (onset, tasks, seconds their arrival took) of the last bursts, and the one still
+    # open: what the forecast of periodic bursts learns from (policy_forecast).
+    bursts: list[Burst] = field(default_factory=list)
+    burst: Burst | None = None
+    # The largest backlog since pods were pre-warmed for a forecast burst, until it shrinks.
+    warm_backlog: int | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -160,6 +171,9 @@ class PolicyState:
             "starts": [[t, n] for t, n in self.starts],
             "arrivals": [[t, n] for t, n in self.arrivals],
             "upBacklog": self.up_backlog,
+            "bursts": [[t, n, span] for t, n, span in self.bursts],
+            "burst": list(self.burst) if self.burst is not None else None,
+            "warmBacklog": self.warm_backlog,
         }
 
     @classmethod
@@ -188,6 +202,9 @@ class PolicyState:
             jump_since=_float_or_none(data.get("jumpSince")),
             busy_slots=_float_or_none(data.get("busySlots")),
             up_backlog=_int_or_none(data.get("upBacklog")),
+            bursts=[b for b in (_burst(item) for item in _list(data.get("bursts"))) if b],
+            burst=_burst(data.get("burst")),
+            warm_backlog=_int_or_none(data.get("warmBacklog")),
         )
 
 
@@ -200,6 +217,20 @@ def _pairs(items: Any) -> list[tuple[float, int]]:
         except (TypeError, ValueError):
             continue
     return out
+
+
+def _list(items: Any) -> list:
+    return items if isinstance(items, list) else []
+
+
+def _burst(item: Any) -> Burst | None:
+    """(onset, tasks, span) from its JSON list, or None when it is not one."""
+    if not isinstance(item, list) or len(item) != 3:
+        return None
+    onset, tasks, span = _float_or_none(item[0]), _int_or_none(item[1]), _float_or_none(item[2])
+    if onset is None or tasks is None or span is None:
+        return None
+    return (onset, tasks, span)
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -372,7 +403,8 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         return _hold(obs, spec, state, "broker unreachable", degraded=True)
 
     now = obs.now
-    lam, jump, jump_since = smooth_arrival_rate(obs, spec, state)
+    landing = bulk_due(state.bursts, spec, now)
+    lam, jump, jump_since = smooth_arrival_rate(obs, spec, state, landing)
     mu = smooth_service_rate(obs, spec, state)
     demand = compute_demand(obs, spec, lam, mu, state)
     idle = _is_idle(obs, spec)
@@ -446,6 +478,10 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
             )
         else:
             reason = f"backlog {demand.backlog}, arrivals {demand.arrival_rate:.2f}/s: steady at {current}"
+    startup = startup_seconds(obs, spec)
+    warm, why, warm_backlog = forecast_floor(obs, spec, state, startup, demand.service_rate)
+    if warm > target and why is not None:
+        target, reason = warm, why
     target = _clamp(target, spec)
     if current < spec.min_replicas and target == spec.min_replicas:
         reason = f"raised to minReplicas {spec.min_replicas}"
@@ -454,6 +490,7 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
     elif target == spec.max_replicas and demand.replicas > spec.max_replicas:
         reason = f"{_up_reason(demand, obs, spec)}; capped at maxReplicas {spec.max_replicas}"
 
+    bursts, open_burst = track_bursts(obs, spec, state, idle, arrived_since_last(obs, state))
     new_state = PolicyState(
         recommendations=recs,
         idle_since=idle_since,
@@ -464,11 +501,14 @@ def decide(obs: Observation, spec: ScalingSpec, state: PolicyState) -> Decision:
         arrival_jump=jump,
         jump_since=jump_since,
         busy_slots=busy_slots(obs),
-        starts=record_starts(state, now, current, target, 2.0 * startup_seconds(obs, spec) + 60.0),
+        starts=record_starts(state, now, current, target, 2.0 * startup + 60.0),
         arrivals=record_arrivals(obs, state, _longest_target(obs, spec)),
         up_backlog=demand.backlog
         if target > current
         else (up_backlog if target == current else None),
+        bursts=bursts,
+        burst=open_burst,
+        warm_backlog=warm_backlog,
     )
     return Decision(
         replicas=target,

@@ -97,7 +97,7 @@ def service_rate_per_replica(mu: float | None, spec: ScalingSpec) -> float:
 
 
 def smooth_arrival_rate(
-    obs: Observation, spec: ScalingSpec, state: PolicyState
+    obs: Observation, spec: ScalingSpec, state: PolicyState, bulk_due: bool = False
 ) -> tuple[float, float | None, float | None]:
     """(lambda to plan with, an upward jump still to be confirmed, when that jump began).
 
@@ -112,6 +112,9 @@ def smooth_arrival_rate(
       a queue with no ready worker, and a count of ticks would take any burst for a
       stream. A real step is confirmed after 2 * poll_seconds, when its backlog has
       already raised the count.
+    While a forecast bulk burst is landing (`bulk_due`, policy_forecast.bulk_due) a rise
+    stays pending: its tasks are backlog, even when they straddle two polls, which
+    would otherwise confirm them as a stream.
     Small changes are noise and only move the EWMA (and drop a pending jump)."""
     raw = obs.arrival_rate if math.isfinite(obs.arrival_rate) else 0.0
     raw = max(raw, 0.0)
@@ -130,7 +133,7 @@ def smooth_arrival_rate(
         if jump is None or since is None or since >= last:
             return prev, raw, last
         mean = (jump * (last - since) + raw * dt) / (obs.now - since)
-        if obs.now - since >= 2.0 * spec.poll_seconds - 1e-9:
+        if obs.now - since >= 2.0 * spec.poll_seconds - 1e-9 and not bulk_due:
             return mean, None, None
         return prev, mean, since
     return prev + (1.0 - math.exp(-dt / tau)) * (raw - prev), None, None
@@ -327,13 +330,19 @@ def backlog_ages(
 def record_arrivals(obs: Observation, state: PolicyState, keep_s: float) -> list[tuple[float, int]]:
     """This poll's arrivals (from the start of its interval) added to the recent ones
     that backlog_ages reads; older than `keep_s` are dropped."""
-    last = state.last_poll_time
     arrivals = [(t, n) for t, n in state.arrivals if obs.now - t <= keep_s]
-    if last is not None and obs.now > last and math.isfinite(obs.arrival_rate):
-        count = round(max(obs.arrival_rate, 0.0) * (obs.now - last))
-        if count > 0:
-            arrivals.append((last, count))
+    count = arrived_since_last(obs, state)
+    if count > 0 and state.last_poll_time is not None:
+        arrivals.append((state.last_poll_time, count))
     return _capped(arrivals, later=False)
+
+
+def arrived_since_last(obs: Observation, state: PolicyState) -> int:
+    """The tasks that arrived since the previous decision (0 without one)."""
+    last = state.last_poll_time
+    if last is None or obs.now <= last or not math.isfinite(obs.arrival_rate):
+        return 0
+    return round(max(obs.arrival_rate, 0.0) * (obs.now - last))
 
 
 # A scale-down cannot be taken back within the deadline (a new pod needs the start-up),

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import socket
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -276,6 +277,26 @@ def test_policy_state_survives_an_operator_restart(env):
         restarted.memory.policy_state.last_scale_time
         == PolicyState.from_dict(persisted["policyState"]).last_scale_time
     )
+
+
+def test_a_forecast_learnt_before_a_restart_prewarms_the_next_burst(env):
+    """The forecast of periodic bursts runs in the operator's tick: the record of three
+    bursts 300 s apart, as the last operator left it in the status, makes a restarted
+    operator's first (idle) tick start the pods for the next one, and the record is
+    written back."""
+    body = env.stored()
+    ticker = env.ticker(body)
+    onset = time.time() + 5.0  # the window is (onset - 10 s - half a poll, onset + a poll]
+    record = [(onset - 300.0 * k, 300, 2.0) for k in (3, 2, 1)]
+    left = PolicyState(bursts=record, idle_since=onset - 200.0).to_dict()
+
+    outcome = asyncio.run(ticker.tick({**body, "status": {"policyState": left}}))
+
+    assert outcome.decision is not None
+    assert outcome.decision.reason.startswith("forecast: a burst of 300 tasks every 300s is due")
+    # 300 tasks on pods Ready from the onset: 1 task/s x 30 s + 1 slot = 31 each -> 10, max 8.
+    assert outcome.replicas_after == env.replicas() == 8
+    assert PolicyState.from_dict(env.status()["policyState"]).bursts == record
 
 
 def test_template_drift_is_repaired_without_touching_replicas(env):
