@@ -29,6 +29,14 @@ single `send()` per thread, against `with app.batch():` blocks of 100.
 
 --probe times one outside client's INCRs through the proxy during each worker row (see
 Probe): whether a slow body is slowed inside the worker or outside it.
+
+--split-cpus 1:0 puts Redis and the proxy on CPU 1 and the workers, producers and the
+benchmark itself on CPU 0 (CPU affinity, inherited by every child), as in a cluster, where
+the broker is a hop away on a node of its own. On the shared default the proxy's and Redis'
+CPU under load slows the round trip the task body makes (see --probe), so no worker can
+reach the ceiling measured at idle; split, the far side no longer competes with the worker.
+
+    .venv/bin/python bench/latency.py --rtt 2 --split-cpus 1:0 --probe
 """
 
 from __future__ import annotations
@@ -100,6 +108,34 @@ def set_latency(proxy: Toxiproxy, rtt: float) -> None:
                     "attributes": {"latency": ms, "jitter": jit},
                 },
             )
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """--split-cpus: the CPUs of the far side (Redis, proxy) and of the near side."""
+
+    far: frozenset[int]
+    near: frozenset[int]
+
+
+def parse_cpu_split(text: str, available: set[int]) -> CpuSplit:
+    """`FAR:NEAR`, each a comma-separated list of CPUs, disjoint, all in `available`."""
+    far_text, sep, near_text = text.partition(":")
+    if not sep:
+        raise ValueError(f"--split-cpus {text!r}: expected FAR:NEAR, e.g. 1:0")
+    try:
+        far, near = (frozenset(int(c) for c in part.split(",")) for part in (far_text, near_text))
+    except ValueError:
+        raise ValueError(f"--split-cpus {text!r}: CPUs are numbers, e.g. 1:0 or 2,3:0,1") from None
+    if far & near:
+        raise ValueError(f"--split-cpus {text!r}: CPU {min(far & near)} is on both sides")
+    missing = (far | near) - available
+    if missing:
+        raise ValueError(
+            f"--split-cpus {text!r}: CPU {min(missing)} is not available "
+            f"(this process may use {sorted(available)})"
+        )
+    return CpuSplit(far, near)
 
 
 def measured_rtt_ms(url: str, pings: int = 300) -> float:
@@ -341,9 +377,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time one outside client's INCRs through the proxy during each worker row",
     )
+    p.add_argument(
+        "--split-cpus",
+        default=None,
+        metavar="FAR:NEAR",
+        help="Redis and the proxy on the FAR CPUs, workers and producers on the NEAR ones",
+    )
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--log", dest="log_path", default=None, help="workers' output (temp file)")
     opts = p.parse_args(argv)
+    split = None
+    if opts.split_cpus is not None:
+        try:
+            split = parse_cpu_split(opts.split_cpus, os.sched_getaffinity(0))
+        except ValueError as e:
+            p.error(str(e))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if opts.log_path is None:
         opts.log_path = os.path.join(tempfile.gettempdir(), f"ebbtide-latency-{os.getpid()}.log")
@@ -356,7 +404,16 @@ def main(argv: list[str] | None = None) -> int:
     systems = [s.strip() for s in opts.systems.split(",") if s.strip()]
 
     rows: list[Row] = []
-    with redis_server() as direct, toxiproxy_server() as proxy:
+    with contextlib.ExitStack() as servers:
+        # Children inherit the affinity of the thread that starts them (this one, before
+        # any other thread exists): the servers get the far CPUs, all later children the near.
+        if split is not None:
+            os.sched_setaffinity(0, split.far)
+        direct = servers.enter_context(redis_server())
+        proxy = servers.enter_context(toxiproxy_server())
+        if split is not None:
+            os.sched_setaffinity(0, split.near)
+            log(f"Redis and the proxy on CPU {sorted(split.far)}, the rest on {sorted(split.near)}")
         port = int(direct.rsplit(":", 1)[1].split("/")[0])
         proxied_port = proxy.proxy(PROXY, port)
         proxied = f"redis://127.0.0.1:{proxied_port}/0"
