@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(BENCH))
 
 from latency import Run  # noqa: E402
-from measure import run_worker  # noqa: E402
+from measure import exit_on_sigterm, run_worker  # noqa: E402
 from support.servers import redis_server  # noqa: E402
 
 COUNTER_KEY = "bench:done"
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--log", dest="log_path", default=None)
     opts = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     opts.log_path = opts.log_path or os.path.join(
         tempfile.gettempdir(), f"ebbtide-cpu-{os.getpid()}.log"
     )

@@ -35,6 +35,7 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 sys.path.insert(0, str(BENCH))
 
 import throughput  # noqa: E402
+from measure import exit_on_sigterm  # noqa: E402
 
 WINDOW = (0.1, 0.9)  # the share of tasks done between which CPU is read
 POLL_S = 0.005
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=2)
     opts = ap.parse_args(argv)
+    exit_on_sigterm()
     systems = [s for s in opts.systems.split(",") if s]
     for s in systems:
         throughput.worker_argv(s, 8)  # a clear error for an unknown system, before any server

@@ -45,7 +45,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -63,7 +62,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(BENCH))
 
-from measure import run_worker  # noqa: E402
+from measure import exit_on_sigterm, run_worker  # noqa: E402
 from support.servers import redis_server  # noqa: E402
 from support.toxiproxy import Toxiproxy, toxiproxy_server  # noqa: E402
 
@@ -392,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             split = parse_cpu_split(opts.split_cpus, os.sched_getaffinity(0))
         except ValueError as e:
             p.error(str(e))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     if opts.log_path is None:
         opts.log_path = os.path.join(tempfile.gettempdir(), f"ebbtide-latency-{os.getpid()}.log")
     delays = [float(v) for v in opts.rtt.split(",") if v.strip()]

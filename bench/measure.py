@@ -13,12 +13,26 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 
 import psutil
 import redis
+
+
+def exit_on_sigterm() -> None:
+    """Make `kill` of a benchmark run every `finally`, so that no worker or server
+    outlives it. Later SIGTERMs are ignored: a second one arriving during the cleanup
+    would cut it short and leave a server behind."""
+
+    def _exit(*_: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, _exit)
+
 
 POLL_S = 0.005  # counter polls: ~200 GETs/s, noise next to the workers' INCRs
 SAMPLE_S = 0.05  # process-tree scans, to catch every process before it exits

@@ -20,7 +20,6 @@ import datetime
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(BENCH))
 
-from measure import run_worker  # noqa: E402
+from measure import exit_on_sigterm, run_worker  # noqa: E402
 from report import SystemResult, median_of, render_table, render_targets, targets  # noqa: E402
 from support.servers import redis_server  # noqa: E402
 
@@ -254,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--log", dest="log_path", default=None, help="workers' output (temp file)")
     opts = p.parse_args(argv)
-    # `kill` of the benchmark still runs every `finally`: no worker or server outlives it.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     if opts.log_path is None:
         opts.log_path = os.path.join(tempfile.gettempdir(), f"ebbtide-bench-{os.getpid()}.log")
     sizes = dict(QUICK_TASKS if opts.quick else DEFAULT_TASKS)
