@@ -10,6 +10,7 @@ its own: with 8 task threads it is mostly futex calls, threads handing the GIL o
 
     .venv/bin/python bench/cpu_per_task.py                       # RabbitMQ, 2 rounds
     .venv/bin/python bench/cpu_per_task.py --broker redis --systems dramatiq,ebbtide
+    .venv/bin/python bench/cpu_per_task.py --pin 0     # and each worker pinned to CPU 0
 """
 
 from __future__ import annotations
@@ -113,13 +114,17 @@ def wait_for(counter: redis.Redis, key: str, n: int, deadline: float, proc) -> N
         time.sleep(POLL_S)
 
 
-def measure(bench: throughput.Bench, system: str, broker: psutil.Process, log) -> PerTask:
+def measure(
+    bench: throughput.Bench, system: str, broker: psutil.Process, log, pin: int | None = None
+) -> PerTask:
     """Fill the queue, run one worker, and read its CPU over the window; the worker is
     killed at the window's end."""
     bench.reset()
     bench.produce(system, "bulk", bench.tasks)
     counter, key, n = bench.counter, throughput.COUNTER_KEY, bench.tasks
     argv = throughput.worker_argv(system, 64 if system == "ebbtide-async" else 8)
+    if pin is not None:  # what-if: all of the worker's threads on one CPU
+        argv = ["taskset", "-c", str(pin), *argv]
     proc = subprocess.Popen(
         argv,
         env=bench.env,
@@ -143,6 +148,12 @@ def measure(bench: throughput.Bench, system: str, broker: psutil.Process, log) -
         bench.reset()
 
 
+def runs(systems: list[str], pin: int | None) -> list[tuple[str, int | None]]:
+    """Each system's row, and with `pin` its pinned row right after it (neighbours in
+    time, so a shift in the machine's load hits both alike)."""
+    return [(s, p) for s in systems for p in ([None] if pin is None else [None, pin])]
+
+
 def render(rows: Iterable[tuple[int, str, PerTask]]) -> str:
     lines = [
         "| round | system | tasks/s (10-90%) | worker CPU us/task | of which kernel | "
@@ -163,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", default="dramatiq,ebbtide")
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument(
+        "--pin",
+        type=int,
+        default=None,
+        metavar="CPU",
+        help="after each system's row, the same worker pinned to CPU (taskset -c CPU)",
+    )
     opts = ap.parse_args(argv)
     exit_on_sigterm()
     systems = [s for s in opts.systems.split(",") if s]
@@ -175,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             bench = throughput.Bench(broker, broker_url, counter_url, opts.tasks, opts)
             server = listener(urlsplit(broker_url).port or 0)
             for rnd in range(1, opts.repeat + 1):
-                for system in systems:
-                    r = measure(bench, system, server, log)
+                for system, pin in runs(systems, opts.pin):
+                    r = measure(bench, system, server, log, pin)
+                    system = system if pin is None else f"{system} pinned to CPU {pin}"
                     throughput.log(
                         f"  round {rnd} {system}: {r.rate:,.0f}/s, {r.worker_us:.0f} us/task"
                     )

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 
-from cpu_per_task import CpuSample, per_task, render  # noqa: E402
+from cpu_per_task import CpuSample, per_task, render, runs  # noqa: E402
 
 
 def test_per_task_splits_user_kernel_and_broker():
@@ -29,3 +29,13 @@ def test_an_empty_window_is_an_error_not_a_zero_division():
     s = CpuSample(at=1.0, done=5, worker_user=0, worker_system=0, broker=0)
     with pytest.raises(ValueError, match="no tasks done in the window"):
         per_task(s, s)
+
+
+def test_a_pinned_row_follows_each_system():
+    assert runs(["dramatiq", "ebbtide"], None) == [("dramatiq", None), ("ebbtide", None)]
+    assert runs(["dramatiq", "ebbtide"], 0) == [
+        ("dramatiq", None),
+        ("dramatiq", 0),
+        ("ebbtide", None),
+        ("ebbtide", 0),
+    ]
