@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 sys.path.insert(0, str(BENCH))
 
 import throughput  # noqa: E402
-from measure import exit_on_sigterm  # noqa: E402
+from measure import exit_on_sigterm, stop_group  # noqa: E402
 
 WINDOW = (0.1, 0.9)  # the share of tasks done between which CPU is read
 POLL_S = 0.005
@@ -140,12 +139,9 @@ def measure(
         before = sample(counter, key, worker, seen, broker)
         wait_for(counter, key, int(n * WINDOW[1]), deadline, proc)
         after = sample(counter, key, worker, seen, broker)
-        return per_task(before, after)  # the rest is purged by reset()
+        return per_task(before, after)  # the next row's reset() purges the rest
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        bench.reset()
+        stop_group(proc, grace=0)
 
 
 def runs(systems: list[str], pin: int | None) -> list[tuple[str, int | None]]:
