@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--prefetch", type=int, default=None, help="extra tasks held (default = concurrency)"
     )
+    w.add_argument(
+        "--thread-limit",
+        default="auto",
+        help="of the --concurrency threads running sync tasks, how many may start tasks at "
+        "once: 'auto' (default) measures it, N fixes it (N = --concurrency: all of them)",
+    )
     w.add_argument("--metrics-port", type=int, default=None, help="serve /metrics /healthz /readyz")
     w.add_argument("--metrics-host", default="0.0.0.0", help="bind address of the metrics port")
     w.add_argument("--grace-seconds", type=float, default=30.0, help="SIGTERM budget (default 30)")
@@ -249,6 +255,7 @@ def _worker(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         child_socket=args.child_socket,
+        thread_limit=args.thread_limit,
     )
     return worker.run()
 
@@ -276,6 +283,7 @@ def _supervise(args: argparse.Namespace, processes: int) -> int:
         ("--queues", args.queues),
         ("--concurrency", args.concurrency),
         ("--prefetch", args.prefetch),
+        ("--thread-limit", args.thread_limit),
         ("--grace-seconds", args.grace_seconds),
         ("--lease-seconds", args.lease_seconds),
         ("--unknown-task-grace-seconds", args.unknown_task_grace_seconds),

@@ -35,6 +35,7 @@ class Settings:
     worker_ttl_ms: int  # a heartbeat older than this means the worker is gone
     alive_ms: int  # no heartbeat for this long: the worker's claims come back (Redis)
     grace_seconds: float
+    thread_limit: int | None = None  # threads that may start tasks; None: measured
 
     @property
     def capacity(self) -> int:
@@ -48,9 +49,11 @@ class Settings:
         prefetch: int | None = None,
         lease_seconds: float = 30.0,
         grace_seconds: float = 30.0,
+        thread_limit: int | str | None = None,
     ) -> Settings:
         if concurrency < 1:
             raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
+        limit = parse_thread_limit(thread_limit, concurrency)
         if lease_seconds < 0.5:
             raise ValueError(f"--lease-seconds must be >= 0.5, got {lease_seconds}")
         effective = concurrency if prefetch is None else prefetch
@@ -70,7 +73,23 @@ class Settings:
             worker_ttl_ms=max(lease_ms, int(heartbeat_s * 3000)),
             alive_ms=alive_ms,
             grace_seconds=grace_seconds,
+            thread_limit=limit,
         )
+
+
+def parse_thread_limit(value: int | str | None, concurrency: int) -> int | None:
+    """--thread-limit: 'auto' (or None) is measured (thread_limit.py), N is 1..concurrency."""
+    if value is None or value == "auto":
+        return None
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ValueError(f"--thread-limit must be 'auto' or a number, got {value!r}") from None
+    if not 1 <= limit <= concurrency:
+        raise ValueError(
+            f"--thread-limit must be 'auto' or 1..--concurrency ({concurrency}), got {limit}"
+        )
+    return limit
 
 
 def default_worker_id() -> str:

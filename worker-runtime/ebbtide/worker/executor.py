@@ -42,12 +42,15 @@ class Executor:
         settle: Callable[[Settlement], None],
         report: Report,
         on_hard_timeout: Callable[[], None],
+        thread_limit: int | None = None,
     ) -> None:
         self.app, self.broker, self.concurrency = app, broker, concurrency
         self._settle, self.report, self._on_hard_timeout = settle, report, on_hard_timeout
         self.running: dict[str, Delivery] = {}  # started, by runners and threads
         self.inbox: asyncio.Queue[Job | None] = asyncio.Queue()
-        self.threads = TaskThreads(concurrency, asyncio.get_running_loop(), self._run_sync, settle)
+        self.threads = TaskThreads(
+            concurrency, asyncio.get_running_loop(), self._run_sync, settle, thread_limit
+        )
         self.runners: list[asyncio.Task] = []
         self._rate = RateDenials()
         self.revoked: set[str] = set()  # entries no longer ours (fenced): never run or settled

@@ -53,8 +53,11 @@ class Worker:
         metrics_host: str = "0.0.0.0",
         worker_id: str | None = None,
         child_socket: str | None = None,
+        thread_limit: int | str | None = None,
     ) -> None:
-        self.settings = s = Settings.of(concurrency, prefetch, lease_seconds, grace_seconds)
+        self.settings = s = Settings.of(
+            concurrency, prefetch, lease_seconds, grace_seconds, thread_limit
+        )
         self.app = app
         # Every shard of a sharded queue, and those a shrink left to drain (shards.py).
         self.selection = selection.with_shards(
@@ -129,6 +132,7 @@ class Worker:
                 self.metrics_port,
                 lambda: len(self.running),
                 lambda: len(self.held),
+                self._thread_limit,
                 self._readiness,
             )
         elif self.child_socket is not None:
@@ -136,7 +140,13 @@ class Worker:
 
         self.broker = broker = self.app.broker
         self.executor = executor = Executor(
-            self.app, broker, self.concurrency, self._settle, self.report, self._hard_timeout
+            self.app,
+            broker,
+            self.concurrency,
+            self._settle,
+            self.report,
+            self._hard_timeout,
+            self.settings.thread_limit,
         )
         self._exchanger = broker if isinstance(broker, Exchanging) else None
         self._push = broker if isinstance(broker, PushWindow) else None
@@ -390,7 +400,7 @@ class Worker:
     async def _gauge_loop(self) -> None:
         """A child's in-flight and held gauges, into the shared metrics files."""
         while True:
-            self.report.metrics.sample(len(self.running), len(self.held))
+            self.report.metrics.sample(len(self.running), len(self.held), self._thread_limit())
             await asyncio.sleep(0.5)
 
     async def _heartbeat_loop(self) -> None:
@@ -431,6 +441,10 @@ class Worker:
         if gone:
             self.report.stale(0, gone)
             self._slot_freed.set()
+
+    def _thread_limit(self) -> int:
+        executor = self.executor
+        return executor.threads.limiter.limit if executor is not None else self.concurrency
 
     def info(self) -> str:
         """This worker's heartbeat body."""

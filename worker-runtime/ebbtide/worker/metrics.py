@@ -72,6 +72,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.thread_limit = Gauge(
+            "ebbtide_worker_thread_limit",
+            "Task threads that may start sync tasks at once (--thread-limit; auto measures it)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.retries = Counter("ebbtide_worker_retries", "Retries scheduled", ["task"], registry=r)
         self.stale_settlements = Counter(
             "ebbtide_worker_stale_settlements",
@@ -85,16 +91,20 @@ class Metrics:
         )
         self._children: dict[tuple[str, ...], Any] = {}
 
-    def watch(self, running: Callable[[], int], held: Callable[[], int]) -> None:
+    def watch(
+        self, running: Callable[[], int], held: Callable[[], int], thread_limit: Callable[[], int]
+    ) -> None:
         """Gauges read at scrape time: nothing to update on the hot path."""
         self.in_flight.set_function(running)
         self.held.set_function(held)
+        self.thread_limit.set_function(thread_limit)
 
-    def sample(self, running: int, held: int) -> None:
+    def sample(self, running: int, held: int, thread_limit: int) -> None:
         """A child of --processes N writes its gauges to the shared files instead (a
         function gauge cannot be read across processes); its loop calls this often."""
         self.in_flight.set(running)
         self.held.set(held)
+        self.thread_limit.set(thread_limit)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)

@@ -32,6 +32,7 @@ class Report:
         port: int,
         running: Callable[[], int],
         held: Callable[[], int],
+        thread_limit: Callable[[], int],
         ready: Callable[[], tuple[bool, str]],
     ) -> asyncio.Server:
         """Start recording, and serve /metrics, /healthz and /readyz on the loop."""
@@ -39,7 +40,7 @@ class Report:
         from .metrics import Metrics
 
         self.metrics = Metrics()
-        self.metrics.watch(running, held)
+        self.metrics.watch(running, held, thread_limit)
         return await probes.serve(host, port, self.metrics.render, ready)
 
     async def serve_child(self, path: str, ready: Callable[[], tuple[bool, str]]) -> asyncio.Server:

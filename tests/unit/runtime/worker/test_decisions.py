@@ -27,11 +27,20 @@ def test_settings_derive_the_heartbeat_and_the_worker_ttl_from_the_lease():
         ({"concurrency": 0}, "--concurrency must be >= 1"),
         ({"lease_seconds": 0.1}, "--lease-seconds must be >= 0.5"),
         ({"prefetch": -1}, "--prefetch must be >= 0"),
+        ({"thread_limit": "many"}, "--thread-limit must be 'auto' or a number, got 'many'"),
+        ({"thread_limit": "9"}, r"--thread-limit must be 'auto' or 1..--concurrency \(8\), got 9"),
+        ({"thread_limit": 0}, r"1..--concurrency \(8\), got 0"),
     ],
 )
 def test_settings_refuse_bad_flags(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Settings.of(**kwargs)
+
+
+def test_the_thread_limit_is_measured_unless_fixed():
+    assert Settings.of(thread_limit="auto").thread_limit is None
+    assert Settings.of().thread_limit is None
+    assert Settings.of(concurrency=8, thread_limit="3").thread_limit == 3
 
 
 def test_free_slots_do_not_count_finished_tasks_awaiting_their_settlement():

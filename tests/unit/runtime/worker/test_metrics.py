@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 def test_outcomes_are_counted_under_their_names_and_retries_on_their_own():
     m = Metrics()
-    m.watch(lambda: 2, lambda: 5)
+    m.watch(lambda: 2, lambda: 5, lambda: 3)
     m.finished("t", "success", 0.01)
     m.finished("t", Outcome.RETRY.value, 0.02)
     m.finished("t", Outcome.DEAD.value, None)
@@ -28,6 +28,7 @@ def test_outcomes_are_counted_under_their_names_and_retries_on_their_own():
         'ebbtide_worker_enqueue_to_start_seconds_count{queue="q"} 1.0',
         "ebbtide_worker_running_tasks 2.0",
         "ebbtide_worker_held_tasks 5.0",
+        "ebbtide_worker_thread_limit 3.0",
         "ebbtide_worker_stale_settlements_total 2.0",
         "ebbtide_worker_leases_lost_total 1.0",
     ):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from ebbtide.brokers.base import Delivery, Settlement
 from ebbtide.lifecycle import Outcome
-from ebbtide.worker.pool import TaskThreads
+from ebbtide.worker.pool import BLOCKED_S, PARKED, WAITING, TaskThreads
 
 
 def job(i: int, timeout: float | None = None):
@@ -68,5 +68,59 @@ def test_overruns_are_reported_once_abandoned_results_are_dropped_and_unstarted_
         await wait_until(lambda: not pool.started and not pool.threads[0].is_alive())
         pool.drain()
         assert settled == []  # the abandoned job's late result is dropped
+
+    asyncio.run(main())
+
+
+def test_the_limit_counts_waiting_and_recent_threads_not_parked_or_long_running_ones():
+    async def main():
+        pool = TaskThreads(4, asyncio.get_running_loop(), lambda j: None, lambda s: None, 2)
+        now = 1000.0
+        pool._since[:] = [WAITING, now - 0.001, PARKED, PARKED]
+        assert pool._active(now) == 2 and pool._active(now, but=1) == 1
+        pool._since[1] = now - BLOCKED_S - 0.001  # waiting on I/O, asleep: not counted
+        assert pool._active(now) == 1
+
+    asyncio.run(main())
+
+
+def test_a_task_running_long_never_holds_the_queued_ones_back():
+    async def main():
+        loop = asyncio.get_running_loop()
+        release = threading.Event()
+        settled: list[Settlement] = []
+
+        def run(j):
+            release.wait(10)
+            return Settlement(Outcome.ACK, j[0])
+
+        pool = TaskThreads(4, loop, run, settled.append, limit=1)
+        for i in range(4):
+            pool.submit(job(i))
+        # Each task blocks; past BLOCKED_S it stops counting and the next one starts.
+        await wait_until(lambda: all(s >= 0 for s in pool._since))
+        release.set()
+        await wait_until(lambda: len(settled) == 4)
+        pool.stop()
+        await wait_until(lambda: not any(t.is_alive() for t in pool.threads))
+
+    asyncio.run(main())
+
+
+def test_parked_threads_take_work_when_the_limit_rises_and_exit_on_stop():
+    async def main():
+        loop = asyncio.get_running_loop()
+        settled: list[Settlement] = []
+        pool = TaskThreads(4, loop, lambda j: Settlement(Outcome.ACK, j[0]), settled.append)
+        pool.limiter.limit = 1
+        for i in range(20):
+            pool.submit(job(i))
+        await wait_until(lambda: len(settled) == 20)
+        assert PARKED in pool._since  # (all but one, unless two raced to their first job)
+        pool.limiter.limit = 4
+        pool._unpark_some(3)
+        await wait_until(lambda: pool._since.count(WAITING) == 4)
+        pool.stop()
+        await wait_until(lambda: not any(t.is_alive() for t in pool.threads))
 
     asyncio.run(main())

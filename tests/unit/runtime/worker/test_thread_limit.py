@@ -1,0 +1,96 @@
+"""The thread limit's climb: down while the process is GIL-bound, up while it waits."""
+
+from __future__ import annotations
+
+import pytest
+from ebbtide.worker import thread_limit as tl
+from ebbtide.worker.thread_limit import ThreadLimit, next_limit
+
+
+class Clocks:
+    """The wall and CPU clocks a pool would read, for one ThreadLimit."""
+
+    def __init__(self, limit: ThreadLimit) -> None:
+        self.limit, self.now, self.cpu = limit, 100.0, 0.0
+        limit.tick(self.now, self.cpu, 0, True)  # the first tick starts the first window
+
+    def windows(self, busy, n: int, saturated: bool = True) -> list[int]:
+        """`n` windows (one tick each, just over WINDOW_S, WINDOW_TASKS done); `busy(limit)`
+        is the process's CPU in cores at a limit. Returns the limit after each window."""
+        seen, step = [], tl.WINDOW_S * 1.01
+        for _ in range(n):
+            self.now += step
+            self.cpu += busy(self.limit.limit) * step
+            self.limit.tick(self.now, self.cpu, tl.WINDOW_TASKS, saturated)
+            seen.append(self.limit.limit)
+        return seen
+
+
+def windows(limit: ThreadLimit, busy, n: int, saturated: bool = True) -> list[int]:
+    return Clocks(limit).windows(busy, n, saturated)
+
+
+@pytest.mark.parametrize(
+    "limit, busy, expected",
+    [
+        (5, 0.95, 4),  # GIL-bound: one fewer
+        (2, 1.0, 2),  # never below the floor
+        (5, 0.5, 6),  # waiting on I/O: one more
+        (8, 0.5, 8),  # never above the ceiling
+        (5, 0.8, 5),  # in the band: stay
+    ],
+)
+def test_next_limit_steps_by_one_within_floor_and_ceiling(limit, busy, expected):
+    assert next_limit(limit, 8, busy) == expected
+
+
+def test_the_first_descent_from_the_ceiling_halves():
+    assert next_limit(8, 8, 1.0, halve=True) == 4
+    assert windows(ThreadLimit(8), lambda limit: 1.0, 4) == [4, 2, 2, 2]
+
+
+def test_it_starts_at_the_ceiling_the_plain_pool():
+    assert ThreadLimit(8).limit == 8
+
+
+def test_a_gil_bound_pool_settles_where_the_cpu_drops_into_the_band():
+    # More threads, more hand-offs: the CPU climbs with the limit (made-up curves).
+    assert windows(ThreadLimit(8), lambda limit: 0.6 + 0.06 * limit, 8) == [4] * 8
+    # Halving overshoots (0.72 at 2, below LOW): one back up, then it stays.
+    assert windows(ThreadLimit(8), lambda limit: 0.52 + 0.1 * limit, 8) == [4, 2] + [3] * 6
+    # Past the first descent it steps: 0.93 at 3 is too busy, 0.83 at 2 is not.
+    assert windows(ThreadLimit(16), lambda limit: 0.63 + 0.1 * limit, 6) == [8, 4, 2] + [2] * 3
+
+
+def test_threads_waiting_on_io_climb_back_to_the_ceiling():
+    clocks = Clocks(ThreadLimit(8))
+    assert clocks.windows(lambda _: 1.0, 3) == [4, 2, 2]
+    assert clocks.windows(lambda _: 0.3, 7) == [3, 4, 5, 6, 7, 8, 8]
+
+
+def test_windows_without_tasks_waiting_teach_nothing():
+    assert windows(ThreadLimit(8), lambda _: 1.0, 10, saturated=False) == [8] * 10
+
+
+def test_an_idle_gap_starts_the_window_again():
+    limit = ThreadLimit(8)
+    limit.tick(0.0, 0.0, 0, True)
+    # One tick after a long idle spell: its CPU share (tiny) would say "climb", but the
+    # spell was idle, not waiting on I/O; it only starts a new window.
+    assert limit.tick(10.0, 9.0, tl.WINDOW_TASKS, True) is None
+    assert limit.limit == 8
+
+
+def test_a_window_needs_its_time_and_its_tasks():
+    short, few = ThreadLimit(8), ThreadLimit(8)
+    short.tick(0.0, 0.0, 0, True)
+    assert short.tick(tl.WINDOW_S / 2, 1.0, 1000, True) is None  # too short
+    few.tick(0.0, 0.0, 0, True)
+    ticks = [0.2 * i for i in range(1, 5)]  # 0.8 s, 4 tasks: not a window yet...
+    assert [few.tick(t, t, 1, True) for t in ticks] == [None] * 4
+    assert few.tick(tl.MAX_WINDOW_S, 1.0, 1, True) == 4  # ...until MAX_WINDOW_S
+
+
+def test_a_fixed_limit_and_a_single_thread_never_move():
+    assert windows(ThreadLimit(3, adaptive=False), lambda _: 1.0, 5) == [3] * 5
+    assert windows(ThreadLimit(1), lambda _: 0.1, 5) == [1] * 5

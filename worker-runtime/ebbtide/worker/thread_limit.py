@@ -1,0 +1,98 @@
+"""How many task threads may start tasks at once, from how busy the process is.
+Pure: no threads, no clocks of its own (the pool feeds it).
+
+Python runs one thread at a time (the GIL). A sync task making a quick network call
+releases the GIL twice, and each release with threads waiting hands it to another
+thread, often on another CPU. With many threads and a near broker those hand-offs, not
+the tasks, become most of the worker's time: on a 2-core machine, 8 threads each
+looping on one loopback INCR did 6,700/s, 3 threads 13,200/s (docs/benchmarks.md).
+Tasks that wait long (an HTTP call) are the other way round: more threads, more done.
+
+The telling sign is the process's CPU use while tasks wait for a thread. Near one core,
+the GIL is the bottleneck and another thread only adds hand-offs; well under it, the
+threads are waiting on I/O and another one gets more done. So the pool keeps
+`--concurrency` threads (the slots) and lets `limit` of them start tasks: one fewer
+after a saturated window above HIGH of a core, one more after one below LOW. It starts
+at the ceiling, the plain pool. A rate comparison would be the direct test, but rates
+here vary by +-40 % from one 100 ms window to the next, CPU per task far less. A task
+running for longer than the pool's BLOCKED_S stops counting against the limit
+(pool.py), so a slow task never holds the others back for longer than that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WINDOW_S = 0.1  # a window lasts at least this long...
+WINDOW_TASKS = 50  # ...and holds this many completions, unless it reaches MAX_WINDOW_S
+MAX_WINDOW_S = 1.0
+GAP_S = 0.5  # no tick for this long (the pool idled): the window starts again
+SATURATED = 0.9  # share of a window's ticks with tasks waiting, for the window to count
+HIGH, LOW = 0.9, 0.75  # the process's CPU, in cores: above HIGH one fewer, below LOW one more
+FLOOR = 2  # never fewer: with two, one thread's I/O wait is another's turn to run
+
+
+@dataclass
+class ThreadLimit:
+    """`tick()` on every batch of completions; `limit` is what the pool obeys. Not
+    adaptive: `limit` stays at `ceiling` (a fixed --thread-limit)."""
+
+    ceiling: int
+    adaptive: bool = True
+
+    def __post_init__(self) -> None:
+        self.ceiling = max(1, self.ceiling)
+        self.limit = self.ceiling
+        self._first_descent = True  # halve, not step, until the first descent ends
+        self._start: float | None = None
+        self._cpu = self._last = 0.0
+        self._done = self._ticks = self._waiting = 0
+
+    def tick(self, now: float, cpu: float, completed: int, saturated: bool) -> int | None:
+        """At `now`, the process has used `cpu` seconds; `completed` tasks ended since the
+        last tick; `saturated`: tasks were waiting for a thread. Returns the new limit
+        when it changes, else None."""
+        if not self.adaptive or self.ceiling == 1:
+            return None
+        gap = self._start is None or now - self._last > GAP_S
+        self._last = now
+        if gap:  # an idle spell says nothing about the limit
+            self._restart(now, cpu)
+            return None
+        assert self._start is not None
+        self._done += completed
+        self._ticks += 1
+        self._waiting += bool(saturated)
+        elapsed = now - self._start
+        if elapsed < WINDOW_S or (self._done < WINDOW_TASKS and elapsed < MAX_WINDOW_S):
+            return None
+        busy = (cpu - self._cpu) / elapsed
+        full = self._waiting >= SATURATED * self._ticks
+        self._restart(now, cpu)
+        if not full:  # the limit did not hold tasks back: nothing to learn
+            return None
+        limit = next_limit(self.limit, self.ceiling, busy, halve=self._first_descent)
+        if limit > self.limit or (limit == self.limit < self.ceiling):
+            self._first_descent = False  # reached the bottom of the first descent
+        return self._set(limit)
+
+    def _set(self, limit: int) -> int | None:
+        if limit == self.limit:
+            return None
+        self.limit = limit
+        return limit
+
+    def _restart(self, now: float, cpu: float) -> None:
+        self._start, self._cpu = now, cpu
+        self._done = self._ticks = self._waiting = 0
+
+
+def next_limit(limit: int, ceiling: int, busy_cores: float, halve: bool = False) -> int:
+    """After a saturated window in which the process used `busy_cores` of CPU; `halve`:
+    on the way down from the ceiling at the start, which is quicker by halves."""
+    floor = min(FLOOR, ceiling)
+    if busy_cores > HIGH:
+        return max(floor, limit // 2 if halve else limit - 1)
+    if busy_cores < LOW:
+        return min(ceiling, limit + 1)
+    return max(floor, limit)
