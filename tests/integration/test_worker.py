@@ -23,7 +23,7 @@ import pytest
 from ebbtide.brokers.rabbitmq import topology as topo
 from support import http
 from support.servers import free_port
-from worker_testkit import HERE, run_cli, wait_for
+from worker_testkit import HERE, TASKS_APP, run_cli, wait_for
 
 
 def runs_once(broker, tag: str, n: int) -> bool:
@@ -393,7 +393,8 @@ def test_unknown_task_names_wait_out_the_grace_period_before_the_dlq(broker):
 def test_metrics_and_probes(broker):
     port = free_port()
     broker.tasks.record.send_many(("m", i) for i in range(5))
-    with broker.worker("--metrics-port", str(port), "--metrics-host", "127.0.0.1"):
+    flags = ("--metrics-port", str(port), "--metrics-host", "127.0.0.1", "--thread-limit", "3")
+    with broker.worker(*flags):
         wait_for(lambda: len(broker.done("m")) == 5, what="5 tasks done")
 
         def get(path):
@@ -413,6 +414,7 @@ def test_metrics_and_probes(broker):
             "ebbtide_worker_task_duration_seconds_bucket",
             "ebbtide_worker_running_tasks 0.0",
             "ebbtide_worker_enqueue_to_start_seconds_bucket",
+            "ebbtide_worker_thread_limit 3.0",
         ):
             assert name in body
 
@@ -433,6 +435,12 @@ def test_stats_cli(broker):
         assert "2:1" in table.stdout  # ready by priority
     else:  # RabbitMQ does not report the depth per priority (docs/rabbitmq.md)
         assert data["queues"]["cli"]["ready_by_priority"] == {}
+
+
+def test_a_bad_thread_limit_is_a_usage_error_that_names_it(broker):
+    out = broker.cli("worker", TASKS_APP, "--concurrency", "4", "--thread-limit", "6")
+    assert out.returncode == 2
+    assert "--thread-limit must be 'auto' or 1..--concurrency (4), got 6" in out.stderr
 
 
 def test_cli_reports_bad_app_clearly(broker):

@@ -124,15 +124,34 @@ def _tracer() -> Any:
     return trace.get_tracer("ebbtide", version())
 
 
-@contextlib.contextmanager
-def running(body: dict[str, Any], queue: str, system: str) -> Iterator[NullSpan | TaskSpan]:
+class _NullRun:
+    """`running()` without a provider: a plain object, not a generator, because the
+    worker enters it for every task."""
+
+    def __enter__(self) -> NullSpan:
+        return NULL_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NULL_RUN = _NullRun()
+
+
+def running(
+    body: dict[str, Any], queue: str, system: str
+) -> contextlib.AbstractContextManager[NullSpan | TaskSpan]:
     """Run a task inside this: its span is current (spans the task starts nest under
     it, on the loop or on a task thread) and ends on exit. The caller `finish`es it
     with the outcome; an exception escaping unfinished (cancellation) ends it as
     `cancelled`."""
     if not _configured():
-        yield NULL_SPAN
-        return
+        return _NULL_RUN
+    return _running(body, queue, system)
+
+
+@contextlib.contextmanager
+def _running(body: dict[str, Any], queue: str, system: str) -> Iterator[TaskSpan]:
     from opentelemetry import propagate, trace
     from opentelemetry.context import Context
 

@@ -121,7 +121,7 @@ class ArgumentCheck:
         problems: Problems = []
         if self.schema is not None:
             problems += self._schema_problems(arguments, quote_inputs)
-        if self.hints and not problems:
+        if self._adapters and not problems:  # (none without hints=True)
             problems += self._hint_problems(arguments, quote_inputs)
         if problems:
             raise InvalidArguments(self.task, problems)

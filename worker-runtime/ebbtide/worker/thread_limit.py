@@ -9,14 +9,18 @@ looping on one loopback INCR did 6,700/s, 3 threads 13,200/s (docs/benchmarks.md
 Tasks that wait long (an HTTP call) are the other way round: more threads, more done.
 
 The telling sign is the process's CPU use while tasks wait for a thread. Near one core,
-the GIL is the bottleneck and another thread only adds hand-offs; well under it, the
-threads are waiting on I/O and another one gets more done. So the pool keeps
-`--concurrency` threads (the slots) and lets `limit` of them start tasks: one fewer
-after a saturated window above HIGH of a core, one more after one below LOW. It starts
-at the ceiling, the plain pool. A rate comparison would be the direct test, but rates
-here vary by +-40 % from one 100 ms window to the next, CPU per task far less. A task
-running for longer than the pool's BLOCKED_S stops counting against the limit
-(pool.py), so a slow task never holds the others back for longer than that.
+the GIL is the bottleneck and another thread only adds hand-offs. Well under it, the
+threads wait on I/O, and another one gets more done; well over it, tasks run C code
+that lets go of the GIL (zlib, Pillow, numpy) in parallel, and another one gets more
+done too. So the pool keeps `--concurrency` threads (the slots) and lets `limit` of
+them start tasks: one fewer after a saturated window between HIGH and PARALLEL cores,
+one more after one below LOW or above PARALLEL. It starts at the ceiling, the plain
+pool, and goes down by halves until the first window that does not go down.
+
+Why not compare rates directly: here they vary by +-40 % from one 100 ms window to the
+next (the broker, the VM), where the CPU share moves by a few points. A task running
+for longer than the pool's BLOCKED_S stops counting against the limit (pool.py), so a
+slow task never holds the others back for longer than that.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ MAX_WINDOW_S = 1.0
 GAP_S = 0.5  # no tick for this long (the pool idled): the window starts again
 SATURATED = 0.9  # share of a window's ticks with tasks waiting, for the window to count
 HIGH, LOW = 0.9, 0.75  # the process's CPU, in cores: above HIGH one fewer, below LOW one more
+PARALLEL = 1.25  # above this many cores, tasks run in parallel (C code without the GIL:
+# zlib, Pillow, numpy): more threads pay, as below LOW
 FLOOR = 2  # never fewer: with two, one thread's I/O wait is another's turn to run
 
 
@@ -91,8 +97,8 @@ def next_limit(limit: int, ceiling: int, busy_cores: float, halve: bool = False)
     """After a saturated window in which the process used `busy_cores` of CPU; `halve`:
     on the way down from the ceiling at the start, which is quicker by halves."""
     floor = min(FLOOR, ceiling)
-    if busy_cores > HIGH:
+    if HIGH < busy_cores <= PARALLEL:
         return max(floor, limit // 2 if halve else limit - 1)
-    if busy_cores < LOW:
+    if busy_cores < LOW or busy_cores > PARALLEL:
         return min(ceiling, limit + 1)
     return max(floor, limit)

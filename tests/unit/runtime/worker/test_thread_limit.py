@@ -38,6 +38,7 @@ def windows(limit: ThreadLimit, busy, n: int, saturated: bool = True) -> list[in
         (5, 0.5, 6),  # waiting on I/O: one more
         (8, 0.5, 8),  # never above the ceiling
         (5, 0.8, 5),  # in the band: stay
+        (5, 1.9, 6),  # two cores busy: C code running in parallel, more threads pay
     ],
 )
 def test_next_limit_steps_by_one_within_floor_and_ceiling(limit, busy, expected):
@@ -57,9 +58,14 @@ def test_a_gil_bound_pool_settles_where_the_cpu_drops_into_the_band():
     # More threads, more hand-offs: the CPU climbs with the limit (made-up curves).
     assert windows(ThreadLimit(8), lambda limit: 0.6 + 0.06 * limit, 8) == [4] * 8
     # Halving overshoots (0.72 at 2, below LOW): one back up, then it stays.
-    assert windows(ThreadLimit(8), lambda limit: 0.52 + 0.1 * limit, 8) == [4, 2] + [3] * 6
+    assert (
+        windows(ThreadLimit(8), lambda limit: min(1.05, 0.52 + 0.1 * limit), 8) == [4, 2] + [3] * 6
+    )
     # Past the first descent it steps: 0.93 at 3 is too busy, 0.83 at 2 is not.
-    assert windows(ThreadLimit(16), lambda limit: 0.63 + 0.1 * limit, 6) == [8, 4, 2] + [2] * 3
+    assert (
+        windows(ThreadLimit(16), lambda limit: min(1.05, 0.63 + 0.1 * limit), 6)
+        == [8, 4, 2] + [2] * 3
+    )
 
 
 def test_threads_waiting_on_io_climb_back_to_the_ceiling():
