@@ -41,7 +41,7 @@ class Registries:
     def __init__(self) -> None:
         self.operator = OperatorMetrics()
         self.worker = WorkerMetrics()
-        self.worker.watch(lambda: 1, lambda: 2)
+        self.worker.watch(lambda: 1, lambda: 2, lambda: 8)
         self.step = 0
 
     def feed(self) -> None:

@@ -49,7 +49,7 @@ def exported() -> set[str]:
     operator.tick_lateness.observe(0.01)
     operator.ticks_skipped.inc()
     worker = WorkerMetrics()
-    worker.watch(lambda: 1, lambda: 2)
+    worker.watch(lambda: 1, lambda: 2, lambda: 8)
     for outcome in ("success", "retry", "dead"):
         worker.finished("t", outcome, 0.1)
     worker.started("q", 0.2)
