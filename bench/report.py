@@ -185,6 +185,8 @@ LABELS = {
     ("ebbtide-async", "rabbitmq"): "ebbtide (async def task)",
     ("dramatiq-p2", "redis"): "dramatiq -p 2",
     ("ebbtide-p2", "redis"): "ebbtide (def task) --processes 2",
+    ("ebbtide-all-threads", "redis"): "ebbtide (def task), every thread starts tasks",
+    ("ebbtide-all-threads", "rabbitmq"): "ebbtide (def task), every thread starts tasks",
 }
 
 

@@ -55,11 +55,13 @@ def worker_argv(system: str, concurrency: int) -> list[str]:
         ]  # Celery's defaults otherwise: --without-heartbeat makes it ~10x slower on AMQP
     if system in ("dramatiq", "dramatiq-p2"):
         return [py, "-m", "dramatiq", "anchors.dramatiq_app", "-p", procs, "-t", "8"]
-    if system in ("ebbtide", "ebbtide-async", "ebbtide-p2"):
+    if system in ("ebbtide", "ebbtide-async", "ebbtide-p2", "ebbtide-all-threads"):
         argv = [
             *(py, "-m", "ebbtide", "--log-level", "WARNING", "worker", "anchors.ebbtide_app:app"),
             *("--queues", "bench", "--concurrency", str(concurrency)),
         ]
+        if system == "ebbtide-all-threads":  # the pool before --thread-limit auto: all start
+            argv += ["--thread-limit", str(concurrency)]
         return argv if procs == "1" else [*argv, "--processes", procs]
     raise ValueError(f"no worker for {system!r}")
 
@@ -68,6 +70,7 @@ BULK_HOW = {
     "ebbtide": "send_many",
     "ebbtide-async": "send_many",
     "ebbtide-p2": "send_many",
+    "ebbtide-all-threads": "send_many",
     "dramatiq": "group, not pipelined",
     "dramatiq-p2": "group, not pipelined",
     "raw": "pipelined",
@@ -109,7 +112,8 @@ class Bench:
 
     def produce(self, system: str, mode: str, n: int) -> float:
         """Rate of one enqueue loop, run in a fresh child process."""
-        sender = system.removesuffix("-p2")  # the same client, whatever the worker's processes
+        # The same client, whatever the worker's processes or thread limit.
+        sender = system.removesuffix("-p2").removesuffix("-all-threads")
         done = subprocess.run(
             [sys.executable, str(BENCH / "produce.py"), sender, mode, str(n)],
             env=self.env,
@@ -224,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         "--systems",
         default="raw,bare,dramatiq,celery,ebbtide,ebbtide-async,dramatiq-p2,ebbtide-p2",
         help="comma-separated subset of raw,bare,dramatiq,celery,ebbtide,ebbtide-async,\n"
-        "dramatiq-p2,ebbtide-p2 (two worker processes each; Redis only)",
+        "dramatiq-p2,ebbtide-p2 (two worker processes each; Redis only), and\n"
+        "ebbtide-all-threads (--thread-limit = --concurrency: every thread starts tasks)",
     )
     p.add_argument(
         "--ebbtide-concurrency", type=int, default=8, help="sync task threads (default 8)"

@@ -5,7 +5,7 @@ Python runs one thread at a time (the GIL). A sync task making a quick network c
 releases the GIL twice, and each release with threads waiting hands it to another
 thread, often on another CPU. With many threads and a near broker those hand-offs, not
 the tasks, become most of the worker's time: on a 2-core machine, 8 threads each
-looping on one loopback INCR did 6,700/s, 3 threads 13,200/s (docs/benchmarks.md).
+looping on one loopback INCR do about half of what 3 do (bench/gil_threads.py).
 Tasks that wait long (an HTTP call) are the other way round: more threads, more done.
 
 The telling sign is the process's CPU use while tasks wait for a thread. Near one core,
