@@ -79,17 +79,24 @@ class Settings:
 
 def parse_thread_limit(value: int | str | None, concurrency: int) -> int | None:
     """--thread-limit: 'auto' (or None) is measured (thread_limit.py), N is 1..concurrency."""
-    if value is None or value == "auto":
+    if value is None:
+        return None
+    return auto_or_count("--thread-limit", value, concurrency, f"--concurrency ({concurrency})")
+
+
+def auto_or_count(flag: str, value: int | str, most: int, most_text: str) -> int | None:
+    """A flag that takes 'auto' (None: the worker finds the number) or 1..`most`; a bad
+    value is a ValueError naming the flag, the value and the range (a usage error)."""
+    text = str(value).strip().lower()
+    if text == "auto":
         return None
     try:
-        limit = int(value)
+        n = int(text)
     except ValueError:
-        raise ValueError(f"--thread-limit must be 'auto' or a number, got {value!r}") from None
-    if not 1 <= limit <= concurrency:
-        raise ValueError(
-            f"--thread-limit must be 'auto' or 1..--concurrency ({concurrency}), got {limit}"
-        )
-    return limit
+        raise ValueError(f"{flag} must be 'auto' or a number, got {value!r}") from None
+    if not 1 <= n <= most:
+        raise ValueError(f"{flag} must be 'auto' or 1..{most_text}, got {n}")
+    return n
 
 
 def default_worker_id() -> str:

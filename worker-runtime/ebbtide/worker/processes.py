@@ -12,6 +12,8 @@ import math
 import os
 from pathlib import Path
 
+from .decisions import auto_or_count
+
 MAX_PROCESSES = 256
 RESTART_MIN_S, RESTART_MAX_S = 0.5, 30.0
 STABLE_S = 60.0  # a child that lived this long starts its backoff afresh
@@ -19,16 +21,7 @@ STABLE_S = 60.0  # a child that lived this long starts its backoff afresh
 
 def parse_processes(value: str) -> int | None:
     """`--processes`: an integer >= 1, or 'auto' (None: read the cgroup)."""
-    text = value.strip().lower()
-    if text == "auto":
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        raise ValueError(f"--processes must be an integer >= 1 or 'auto', got {value!r}") from None
-    if not 1 <= n <= MAX_PROCESSES:
-        raise ValueError(f"--processes must be between 1 and {MAX_PROCESSES}, got {n}")
-    return n
+    return auto_or_count("--processes", value, MAX_PROCESSES, str(MAX_PROCESSES))
 
 
 def cpu_limit(
