@@ -15,8 +15,7 @@ that lets go of the GIL (zlib, Pillow, numpy) in parallel, and another one gets 
 done too. So the pool keeps `--concurrency` threads (the slots) and lets `limit` of
 them start tasks: one fewer after a saturated window between HIGH and PARALLEL cores,
 one more after one below LOW or above PARALLEL. It starts at the ceiling, the plain
-pool, and goes down by halves, in half windows, until the first window that does not
-go down.
+pool, and goes down by halves until the first window that does not go down.
 
 Why not compare rates directly: here they vary by +-40 % from one 100 ms window to the
 next (the broker, the VM), where the CPU share moves by a few points. A task running
@@ -71,10 +70,7 @@ class ThreadLimit:
         self._ticks += 1
         self._waiting += bool(saturated)
         elapsed = now - self._start
-        # The first descent acts on a strong sign (a core busy at the ceiling): half windows.
-        part = 2 if self._first_descent else 1
-        enough = elapsed >= WINDOW_S / part and self._done >= WINDOW_TASKS / part
-        if not enough and elapsed < MAX_WINDOW_S:
+        if elapsed < WINDOW_S or (self._done < WINDOW_TASKS and elapsed < MAX_WINDOW_S):
             return None
         busy = (cpu - self._cpu) / elapsed
         full = self._waiting >= SATURATED * self._ticks
