@@ -84,8 +84,36 @@ def build_binaries(what: str = "controlplane") -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
+LISTEN_PORTS = (20000, 32767)  # where listening ports are picked (see free_port): above
+# the 10248-10260 of the components' defaults, below the usual ephemeral range
+_picked: set[int] = set()
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the source ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free port to listen on, outside the ephemeral range. A port that bind(0) hands
+    out is an ephemeral one, and the components started before the one that listens on
+    it make outgoing connections from ephemeral ports: one took kube-router's health
+    port that way ("bind: address already in use") and the cluster never came up."""
+    import random
+
+    low, high = LISTEN_PORTS
+    e_low, e_high = ephemeral_range()
+    candidates = [p for p in range(low, high + 1) if not e_low <= p <= e_high]
+    for _ in range(200):
+        port = random.choice(candidates)
+        if port not in _picked and port_is_free(port):
+            _picked.add(port)
+            return port
+    with socket.socket() as s:  # nothing free out there: the old way
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
