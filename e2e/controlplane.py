@@ -16,8 +16,10 @@ with it. Every failure is one line that says what to do, never a hang.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -89,6 +91,7 @@ LISTEN_PORTS = (20000, 32767)  # where listening ports are picked (see free_port
 _picked: set[int] = set()
 
 
+@functools.cache
 def ephemeral_range() -> tuple[int, int]:
     """The kernel's range for the source ports of outgoing connections."""
     try:
@@ -103,11 +106,7 @@ def free_port() -> int:
     out is an ephemeral one, and the components started before the one that listens on
     it make outgoing connections from ephemeral ports: one took kube-router's health
     port that way ("bind: address already in use") and the cluster never came up."""
-    import random
-
-    low, high = LISTEN_PORTS
-    e_low, e_high = ephemeral_range()
-    candidates = [p for p in range(low, high + 1) if not e_low <= p <= e_high]
+    candidates = listen_candidates()
     for _ in range(200):
         port = random.choice(candidates)
         if port not in _picked and port_is_free(port):
@@ -116,6 +115,15 @@ def free_port() -> int:
     with socket.socket() as s:  # nothing free out there: the old way
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@functools.cache
+def listen_candidates() -> tuple[int, ...]:
+    """The ports free_port() draws from, computed once: the cluster's start asks for
+    about a dozen."""
+    low, high = LISTEN_PORTS
+    e_low, e_high = ephemeral_range()
+    return tuple(p for p in range(low, high + 1) if not e_low <= p <= e_high)
 
 
 def port_is_free(port: int) -> bool:
