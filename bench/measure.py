@@ -45,6 +45,16 @@ class WorkerRun:
     peak_rss_bytes: int
     processes: int
     error: str | None = None
+    steady_per_s: float | None = None  # between 10% and 90% done: no start-up, no tail
+
+
+def steady_rate(tasks: int, crossed: dict[float, float]) -> float | None:
+    """Tasks/s between the 10% and 90% marks (`crossed`: share -> seconds since spawn,
+    at the first poll that saw it), which spawn-to-done hides under start-up and ramp."""
+    low, high = crossed.get(0.1), crossed.get(0.9)
+    if low is None or high is None or high <= low:
+        return None
+    return 0.8 * tasks / (high - low)
 
 
 def run_worker(
@@ -60,6 +70,7 @@ def run_worker(
     peaks: dict[int, int] = {}
     stop = threading.Event()
     first: float | None = None
+    crossed: dict[float, float] = {}
     error: str | None = None
     with open(log_path, "ab") as log:
         started = time.perf_counter()
@@ -75,6 +86,9 @@ def run_worker(
             now = time.perf_counter()
             if done and first is None:
                 first = now - started
+            for mark in (0.1, 0.9):
+                if mark not in crossed and done >= mark * tasks:
+                    crossed[mark] = now - started
             if done >= tasks:
                 break
             if proc.poll() is not None:
@@ -91,7 +105,9 @@ def run_worker(
         stop_group(proc)
         sampler.join(5)
         counter.close()
-    return WorkerRun(seconds, first, sum(peaks.values()), len(peaks), error)
+    run = WorkerRun(seconds, first, sum(peaks.values()), len(peaks), error)
+    run.steady_per_s = steady_rate(tasks, crossed)
+    return run
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:

@@ -22,6 +22,7 @@ class SystemResult:
     processed_per_s: float | None = None
     seconds: float | None = None
     first_task_s: float | None = None
+    steady_per_s: float | None = None  # 10% to 90% done: the rate without start-up and tail
     enqueue_single_per_s: float | None = None
     enqueue_bulk_per_s: float | None = None
     bulk_how: str = ""
@@ -37,6 +38,7 @@ MEASURED = (
     "processed_per_s",
     "seconds",
     "first_task_s",
+    "steady_per_s",
     "enqueue_single_per_s",
     "enqueue_bulk_per_s",
     "peak_rss_bytes",
@@ -141,6 +143,7 @@ COLUMNS = (
     "vs Dramatiq",
     "vs Celery",
     "start-up s",
+    "steady/s (10-90%)",
     "enqueue/s single",
     "enqueue/s bulk",
     "bulk / raw",
@@ -166,6 +169,7 @@ def table_rows(rows: list[SystemResult]) -> list[list[str]]:
                     _x(ratio(r.processed_per_s, dramatiq and dramatiq.processed_per_s)),
                     _x(ratio(r.processed_per_s, celery and celery.processed_per_s)),
                     f"{r.first_task_s:.2f}" if r.first_task_s is not None else "—",
+                    _rate(r.steady_per_s),
                     _rate(r.enqueue_single_per_s),
                     _rate(r.enqueue_bulk_per_s) + (f" ({r.bulk_how})" if r.bulk_how else ""),
                     _x(ratio(r.enqueue_bulk_per_s, raw and raw.enqueue_bulk_per_s)),

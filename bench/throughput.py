@@ -163,6 +163,7 @@ class Bench:
             log_path=self.opts.log_path,
         )
         row.seconds, row.first_task_s = run.seconds, run.first_task_s
+        row.steady_per_s = run.steady_per_s
         if run.error:
             row.note = run.error
             log(f"  {system}: {run.error} (log: {self.opts.log_path})")
@@ -283,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                     run = bench.run_system(system)
                     runs_of[system].append(run)
                     if run.processed_per_s:
-                        log(f"  {system}: {run.processed_per_s:,.0f}/s")
+                        steady = f"{run.steady_per_s:,.0f}/s" if run.steady_per_s else "-"
+                        log(f"  {system}: {run.processed_per_s:,.0f}/s (steady {steady})")
             for system in here:
                 row = median_of(runs_of[system])
                 row.extra["processed_per_s_runs"] = [r.processed_per_s for r in runs_of[system]]

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ebbtide import tracing
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -21,6 +22,7 @@ def _exporter() -> InMemorySpanExporter:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    tracing.recheck_provider()
     return exporter
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -102,16 +103,45 @@ class TaskSpan:
             self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
-def _configured() -> bool:
-    """opentelemetry is installed and the app has set a TracerProvider (the SDK's, or
-    any real one). Without one every span would be a no-op, yet building it costs tens
-    of microseconds a task: skip it. Asked per task, so a provider set late counts."""
-    if not enabled():
-        return False
-    from opentelemetry import trace
+RECHECK_S = 1.0  # how soon a TracerProvider set after the worker started is noticed
 
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+class _ProviderCheck:
+    """Whether opentelemetry is installed and the app has set a TracerProvider (the
+    SDK's, or any real one). Without one every span would be a no-op, yet building it
+    costs tens of microseconds a task: skip it. Asked per task, so the answer is kept:
+    a provider, once set, stays set (opentelemetry refuses a second one); "none yet" is
+    asked again after RECHECK_S, so a provider set late still counts."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._next = 0.0
+
+    def __call__(self) -> bool:
+        if self._set:
+            return True
+        now = time.monotonic()
+        if now < self._next or not enabled():
+            return False
+        from opentelemetry import trace
+
+        provider = trace.get_tracer_provider()
+        self._set = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+        self._next = now + RECHECK_S
+        return self._set
+
+    def forget(self) -> None:
+        self._set, self._next = False, 0.0
+
+
+_configured = _ProviderCheck()
+
+
+def recheck_provider() -> None:
+    """Ask again at the next task whether a TracerProvider is set: call it after
+    `trace.set_tracer_provider()` for spans from the very next task, not within
+    RECHECK_S (tests; an app sets its provider before its first task anyway)."""
+    _configured.forget()
 
 
 @functools.cache

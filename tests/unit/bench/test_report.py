@@ -116,3 +116,17 @@ def test_async_row_gets_its_own_target_line():
     found = verdicts(rows)
     assert found[("redis", "processed/s vs Dramatiq")] == "MISS"
     assert found[("redis", "processed/s vs Dramatiq, async def task")] == "PASS"
+
+
+def test_steady_rate_is_the_tasks_between_the_ten_and_ninety_percent_marks():
+    from measure import steady_rate
+
+    assert steady_rate(10_000, {0.1: 0.5, 0.9: 2.5}) == 4_000  # 8,000 tasks in 2 s
+    assert steady_rate(10_000, {0.1: 0.5}) is None  # the run never reached 90%
+    assert steady_rate(10, {0.1: 1.0, 0.9: 1.0}) is None  # one poll saw both marks
+
+
+def test_the_table_prints_the_steady_rate_beside_spawn_to_done():
+    row = SystemResult("ebbtide", "redis", 100, processed_per_s=3_000, steady_per_s=4_500)
+    line = next(x for x in render_table([row]).splitlines() if x.startswith("| ebbtide"))
+    assert "3,000" in line and "4,500" in line

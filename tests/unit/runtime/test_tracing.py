@@ -106,6 +106,7 @@ def test_attempt_numbers_and_systems():
 def test_without_opentelemetry_every_function_is_a_no_op(monkeypatch):
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
     tracing.enabled.cache_clear()
+    tracing.recheck_provider()
     try:
         assert not tracing.enabled()
         assert tracing.context_field() == {}
@@ -115,4 +116,23 @@ def test_without_opentelemetry_every_function_is_a_no_op(monkeypatch):
     finally:
         monkeypatch.undo()
         tracing.enabled.cache_clear()
+        tracing.recheck_provider()
     assert tracing.enabled()
+
+
+def test_the_provider_check_is_kept_once_set_and_asked_again_later_when_not(monkeypatch):
+    memory_exporter()  # the process's provider: set, and the check told so
+    assert tracing._configured()
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: pytest.fail("asked again"))
+    assert tracing._configured(), "a provider once set stays set: not asked per task"
+
+    check, clock = tracing._ProviderCheck(), [100.0]
+    monkeypatch.setattr(tracing.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+    assert not check()
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: pytest.fail("asked within 1 s"))
+    clock[0] += tracing.RECHECK_S / 2
+    assert not check()
+    clock[0] += tracing.RECHECK_S
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: object())  # set late: counts
+    assert check()
