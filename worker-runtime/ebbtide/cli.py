@@ -13,7 +13,6 @@ from typing import Any
 
 from . import logs
 from .broker_url import url_from_environment
-from .buildinfo import version
 from .errors import BrokerUrlFileError
 
 
@@ -41,9 +40,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         return failure.code
 
 
+class _Version(argparse.Action):
+    """`--version`, with the installed version looked up only when asked: the lookup
+    (importlib.metadata) is a noticeable share of every worker's start-up."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from .buildinfo import version
+
+        print(f"ebbtide {version()}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ebbtide", description=__doc__)
-    p.add_argument("--version", action="version", version=f"ebbtide {version()}")
+    p.add_argument("--version", action=_Version, help="print the version and exit")
     p.add_argument(
         "--broker-url",
         help="default: the file env EBBTIDE_BROKER_URL_FILE names, else env EBBTIDE_BROKER_URL",
@@ -213,8 +226,6 @@ def load_app(spec: str) -> Any:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from .selection import parse_queues
-    from .worker import Worker
     from .worker.processes import parse_processes, read_cpu_limit
 
     url = _url(args)
@@ -231,6 +242,9 @@ def _worker(args: argparse.Namespace) -> int:
         from .worker.supervisor import bind_to_supervisor
 
         bind_to_supervisor()
+    from .selection import parse_queues
+    from .worker.loop import Worker
+
     app = _worker_app(args.app)
     if url:
         app.use_broker_url(url)

@@ -6,12 +6,8 @@ execute.py    calling a task's function, with its timeout
 outcomes.py   what to settle after a run (pure)
 decisions.py  settings, claim sizes, shutdown hand-backs, readiness (pure)
 metrics.py    Prometheus metrics; probes.py serves them with /healthz and /readyz
+supervisor.py `--processes N`: N workers under one supervisor
+
+Nothing is imported here: the supervisor imports only its own parts, not the loop and
+the brokers, so its children start that much sooner.
 """
-
-from __future__ import annotations
-
-from ..errors import TaskTimeout
-from .decisions import EXIT_HARD_TIMEOUT
-from .loop import Worker
-
-__all__ = ["EXIT_HARD_TIMEOUT", "TaskTimeout", "Worker"]

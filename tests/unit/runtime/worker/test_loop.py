@@ -16,7 +16,7 @@ from ebbtide.brokers.base import Broker, Delivery, Exchanging, PushWindow, Settl
 from ebbtide.lifecycle import Outcome
 from ebbtide.message import encode_payload
 from ebbtide.selection import parse_queues
-from ebbtide.worker import Worker
+from ebbtide.worker.loop import Worker
 
 
 class MemoryBroker:
