@@ -323,10 +323,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def machine() -> str:
+    """The run's context. The client libraries are in it because the task body's Redis
+    call is redis-py's, the same in every system: a slower redis-py (8.x against 7.x,
+    bench/gil_threads.py) adds the same time to every row and so shrinks every ratio."""
     return (
-        f"{datetime.date.today()} · {os.cpu_count()} cores · Python {platform.python_version()} · "
-        f"{_version('redis-server', '--version')} · loopback"
+        f"{datetime.date.today()} · {os.cpu_count()} cores ({_cpu_model()}) · "
+        f"Python {platform.python_version()} · {_version('redis-server', '--version')} · "
+        f"redis-py {_dist('redis')} · pika {_dist('pika')} · loopback"
     )
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def _dist(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _version(*cmd: str) -> str:
