@@ -35,7 +35,7 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 sys.path.insert(0, str(BENCH))
 
 import throughput  # noqa: E402
-from measure import exit_on_sigterm, stop_group  # noqa: E402
+from measure import compile_sources, exit_on_sigterm, stop_group  # noqa: E402
 
 WINDOW = (0.1, 0.9)  # the share of tasks done between which CPU is read
 POLL_S = 0.005
@@ -124,6 +124,7 @@ def measure(
     argv = throughput.worker_argv(system, 64 if system == "ebbtide-async" else 8)
     if pin is not None:  # what-if: all of the worker's threads on one CPU
         argv = ["taskset", "-c", str(pin), *argv]
+    compile_sources()
     proc = subprocess.Popen(
         argv,
         env=bench.env,

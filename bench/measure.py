@@ -9,7 +9,9 @@ process tree, which is what a pod's memory limit sees. The process group is kill
 
 from __future__ import annotations
 
+import compileall
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -17,6 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import redis
@@ -32,6 +35,21 @@ def exit_on_sigterm() -> None:
         sys.exit(143)
 
     signal.signal(signal.SIGTERM, _exit)
+
+
+BENCH = Path(__file__).resolve().parent
+SOURCES = (BENCH.parent / "worker-runtime" / "ebbtide", BENCH / "anchors")
+
+
+@functools.cache
+def compile_sources() -> None:
+    """Byte-compile Ebbtide's checkout and the bench apps before any worker starts.
+    An installed package (the runtime image, or Dramatiq, Celery and redis-py in the
+    venv) comes with its bytecode; the editable checkout has none when the environment
+    sets PYTHONDONTWRITEBYTECODE (this machine's does), and then every Ebbtide process
+    compiled ~50 modules at start-up: 0.40 s against 0.29 s to import the worker here."""
+    for path in SOURCES:
+        compileall.compile_dir(path, quiet=1)
 
 
 POLL_S = 0.005  # counter polls: ~200 GETs/s, noise next to the workers' INCRs
@@ -66,6 +84,7 @@ def run_worker(
     timeout: float,
     log_path: str,
 ) -> WorkerRun:
+    compile_sources()
     counter = redis.Redis.from_url(counter_url)
     peaks: dict[int, int] = {}
     stop = threading.Event()

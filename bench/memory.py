@@ -35,7 +35,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(BENCH))
 
-from measure import stop_group  # noqa: E402
+from measure import compile_sources, stop_group  # noqa: E402
 from support.servers import redis_server  # noqa: E402
 
 HELD, RUNNING = 1000, 8
@@ -115,6 +115,7 @@ def left_in_broker(system: str, client: redis.Redis, url: str) -> int:
 def settled_rss(
     argv: list[str], env: dict[str, str], log_path: str, left: Callable[[], int]
 ) -> tuple[int, int, int]:
+    compile_sources()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
