@@ -124,9 +124,9 @@ def run_worker(
         stop_group(proc)
         sampler.join(5)
         counter.close()
-    run = WorkerRun(seconds, first, sum(peaks.values()), len(peaks), error)
-    run.steady_per_s = steady_rate(tasks, crossed)
-    return run
+    return WorkerRun(
+        seconds, first, sum(peaks.values()), len(peaks), error, steady_rate(tasks, crossed)
+    )
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
