@@ -27,6 +27,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 
 from ... import logs
 from . import topology as topo
+from .inbound import FastDeliveries
 from .publish import Declared, Unconfirmed, confirmed_tags, dead_message, queue_declarations
 from .publish import task_message as build_task_message
 from .rpc import await_reply
@@ -64,8 +65,13 @@ class Link:
         on_lost: Callable[[], int],
         ping_s: float = 5.0,
         name: str = "consume",
+        fast_deliveries: bool = False,
     ) -> None:
+        """`fast_deliveries`: this link consumes, so its deliveries are read by
+        inbound.FastDeliveries rather than pika's per-frame path."""
         self.params, self.prefix, self.ping_s, self.name = params, prefix, ping_s, name
+        self.fast_deliveries = fast_deliveries
+        self.inbound: FastDeliveries | None = None
         self.blocked = False  # RabbitMQ blocked this connection (an alarm: it published)
         self._on_channel, self._on_ready, self._on_lost = on_channel, on_ready, on_lost
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -227,6 +233,8 @@ class Link:
         self.conn.add_on_connection_blocked_callback(lambda *_a: self._set_blocked(True))
         self.conn.add_on_connection_unblocked_callback(lambda *_a: self._set_blocked(False))
         self.writes = WriteThrough.install(self.conn)
+        if self.fast_deliveries:
+            self.inbound = FastDeliveries.install(self.conn)
         channel = await self.rpc(lambda done: self.conn.channel(on_open_callback=done))
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)

@@ -24,6 +24,7 @@ closed (at-least-once).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -63,7 +64,9 @@ class Consumer:
         self, params: pika.URLParameters, url: str, prefix: str, options: topo.Options
     ) -> None:
         self.prefix, self.options, self.url, self.params = prefix, options, url, params
-        self.link = Link(params, prefix, self._on_channel, self._on_ready, self._on_lost)
+        self.link = Link(
+            params, prefix, self._on_channel, self._on_ready, self._on_lost, fast_deliveries=True
+        )
         self.out = Link(
             topo.tuned(params, topo.link_tuning(30_000), url),
             prefix,
@@ -107,6 +110,8 @@ class Consumer:
         for task in self._background:
             task.cancel()
         self.flush_acks()  # written before Connection.Close, so RabbitMQ sees them first
+        if self.link.inbound is not None:  # that pika's internals still fit inbound.py
+            logs.log("deliveries read in one pass", logging.DEBUG, n=self.link.inbound.decoded)
         await self.link.close()  # closing the channel requeues anything unacked
         await self.out.stop_supervising()
         await self.out.close()
