@@ -14,6 +14,7 @@ counting: a timer on the loop then unparks a thread for the tasks still queued.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -21,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import logs
 from ..brokers.base import Delivery, Settlement
 from .thread_limit import ThreadLimit
 
@@ -174,6 +176,8 @@ class TaskThreads:
         old = self.limiter.limit
         now, cpu = time.monotonic(), time.process_time()
         new = self.limiter.tick(now, cpu, completed, self._jobs.qsize() > 0)
+        if new is not None and new != old:
+            logs.log("thread limit", logging.DEBUG, limit=new, was=old)
         if new is not None and new > old:
             self._unpark_some(new - old)
         if new is not None and new < self.size and self._blocked_timer is None:
