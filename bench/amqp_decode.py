@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import pika
 from ebbtide.brokers.rabbitmq.inbound import FastDeliveries
+from ebbtide.brokers.rabbitmq.publish import task_message
 from pika import frame, spec
 from pika.callback import CallbackManager
 from pika.channel import Channel
@@ -31,14 +31,8 @@ from pika.connection import Connection
 
 TAG = "ctag1.0123456789abcdef"
 BODY = b'{"id":"0f3c2a9e8b7d4c1a9e8b7d4c1a9e8b7d","task":"bench.incr","args":[],"kwargs":{}}'
-PROPS = pika.BasicProperties(  # as publish.task_message sets them
-    delivery_mode=2,
-    priority=0,
-    message_id="0f3c2a9e8b7d4c1a9e8b7d4c1a9e8b7d",
-    timestamp=1796313263,
-    content_type="application/json",
-    headers={"x-ebbtide-ready-ms": 1796313263123},
-)
+# A task's properties, as the producer sets them.
+PROPS = task_message("ebbtide", "bench", 0, 0, "0f3c2a9e8b7d4c1a9e8b7d4c1a9e8b7d")[2]
 
 
 def wire(n: int) -> bytes:

@@ -17,6 +17,7 @@ from ebbtide.brokers.rabbitmq.inbound import (
     Properties,
     decode_delivery,
 )
+from ebbtide.brokers.rabbitmq.publish import task_message
 from pika import frame, spec
 
 TAG = "ctag1.0123456789abcdef"
@@ -65,14 +66,7 @@ FULL = pika.BasicProperties(
 )
 CASES = {
     "no properties": pika.BasicProperties(),
-    "a task's": pika.BasicProperties(
-        delivery_mode=2,
-        priority=0,
-        message_id="0f3c2a9e8b7d4c1a",
-        timestamp=1796313263,
-        content_type="application/json",
-        headers={"x-ebbtide-ready-ms": 1796313263123},
-    ),
+    "a task's": task_message("ebbtide", "default", 3, 0, "0f3c2a9e8b7d4c1a")[2],
     "every property": FULL,
     "a non-UTF-8 message id": pika.BasicProperties(message_id=b"\xff\xfe"),  # type: ignore[arg-type]
 }
