@@ -4,7 +4,7 @@ connection reads each task delivery in one pass.
 Why. For every frame, pika builds objects (a Method, a Header holding BasicProperties, a
 Body), passes each one through its callback manager and its channel's content assembler,
 and trims its receive buffer, copying the rest of the buffer each time. A task delivery
-is three frames: pika 1.4 spends 13-23 us of the worker's loop on one, against 6-10 us
+is three frames: pika 1.4 spends 13-17 us of the worker's loop on one, against 7-8 us
 here (`make bench-amqp-decode`), and that loop shares one GIL with the task threads.
 
 What. `decode_delivery` reads a Basic.Deliver with its header and body frames in place,
