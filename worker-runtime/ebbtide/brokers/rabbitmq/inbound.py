@@ -23,6 +23,7 @@ import struct
 from typing import Any, NamedTuple
 
 from pika import frame, spec
+from pika.data import decode_short_string as _short_string
 from pika.data import decode_table
 
 FRAME_HEADER = struct.Struct(">BHI")  # type, channel, payload size
@@ -79,16 +80,6 @@ _PROPERTY_KINDS = (
     _SHORTSTR, _SHORTSTR, _LONGLONG, _SHORTSTR, _SHORTSTR, _SHORTSTR, _SHORTSTR,
 )  # fmt: skip
 _FLAG_BITS = tuple(1 << (15 - i) for i in range(len(_PROPERTY_KINDS)))
-
-
-def _short_string(buf: bytes, at: int) -> tuple[Any, int]:
-    """As pika.data.decode_short_string: text, or the raw bytes if not UTF-8."""
-    end = at + 1 + buf[at]
-    raw = buf[at + 1 : end]
-    try:
-        return raw.decode(), end
-    except UnicodeDecodeError:
-        return raw, end
 
 
 def _properties(buf: bytes, at: int, flags: int) -> tuple[Properties, int]:
