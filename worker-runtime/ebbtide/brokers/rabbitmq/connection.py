@@ -24,6 +24,10 @@ from typing import Any
 import pika
 import pika.exceptions
 from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectionWorkflowFailed,
+    AMQPConnectorPhaseErrorBase,
+)
 
 from ... import logs
 from . import topology as topo
@@ -46,6 +50,20 @@ CONSUMER_TIMEOUT_HINT = (
 
 class BrokerDown(ConnectionError):
     """The worker's RabbitMQ connection is down; the consumer is reconnecting."""
+
+
+def open_failure(exc: BaseException) -> str:
+    """Why a connection did not open, in the socket's own words ("[Errno 111] Connection
+    refused") where pika nests them inside its workflow's errors; logged on every retry,
+    so it must read as one short line."""
+    if isinstance(exc, pika.exceptions.AMQPConnectionError) and exc.args:
+        if isinstance(exc.args[0], BaseException):  # how pika hands on_open_error the cause
+            exc = exc.args[0]
+    if isinstance(exc, AMQPConnectionWorkflowFailed) and exc.exceptions:
+        exc = exc.exceptions[-1]
+    if isinstance(exc, AMQPConnectorPhaseErrorBase) and exc.exception is not None:
+        exc = exc.exception
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class Link:
@@ -103,6 +121,8 @@ class Link:
         except Exception as exc:
             self._running = False
             await self.close()
+            if isinstance(exc, BrokerDown):
+                raise  # already says "cannot reach RabbitMQ"
             raise BrokerDown(f"cannot reach RabbitMQ: {exc}") from None
         self._supervisor = asyncio.create_task(self._supervise())
         self._pinger = asyncio.create_task(self._ping())
@@ -211,7 +231,9 @@ class Link:
 
         def on_open_error(_conn: Any, exc: BaseException) -> None:
             if not opened.done():
-                opened.set_exception(BrokerDown(f"cannot reach RabbitMQ: {exc!r}"))
+                where = f"{self.params.host}:{self.params.port}"
+                reason = open_failure(exc)
+                opened.set_exception(BrokerDown(f"cannot reach RabbitMQ at {where}: {reason}"))
             if not down.done():
                 down.set_result(exc)
 
