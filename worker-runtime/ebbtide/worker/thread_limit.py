@@ -14,8 +14,12 @@ threads wait on I/O, and another one gets more done; well over it, tasks run C c
 that lets go of the GIL (zlib, Pillow, numpy) in parallel, and another one gets more
 done too. So the pool keeps `--concurrency` threads (the slots) and lets `limit` of
 them start tasks: one fewer after a saturated window between HIGH and PARALLEL cores,
-one more after one below LOW or above PARALLEL. It starts at the ceiling, the plain
-pool, and goes down by halves until the first window that does not go down.
+one more after one below LOW or above PARALLEL.
+
+Where it starts: at the geometric middle of FLOOR and the ceiling (4 of 8), and the
+first moves halve or double it until a window stays put or turns back, so either end is
+a window or two away. Starting at the ceiling, as it once did, ran the first windows at
+the worst hand-off cost: 8 threads, then 4 (docs/benchmarks.md, "2026-12-04").
 
 Why not compare rates directly: at one fixed limit they varied from 1,400/s to 6,600/s
 between 100 ms windows here (the broker, the VM), where the CPU share moved by about
@@ -26,6 +30,7 @@ slow task never holds the others back for longer than that.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 WINDOW_S = 0.1  # a window lasts at least this long...
@@ -49,8 +54,9 @@ class ThreadLimit:
 
     def __post_init__(self) -> None:
         self.ceiling = max(1, self.ceiling)
-        self.limit = self.ceiling
-        self._first_descent = True  # halve, not step, until the first descent ends
+        self.limit = start_limit(self.ceiling) if self.adaptive else self.ceiling
+        self._leaping = True  # halve or double, not step, until the first turn or stop
+        self._last_move = 0
         self._start: float | None = None
         self._cpu = self._last = 0.0
         self._done = self._ticks = self._waiting = 0
@@ -78,9 +84,12 @@ class ThreadLimit:
         self._restart(now, cpu)
         if not full:  # the limit did not hold tasks back: nothing to learn
             return None
-        limit = next_limit(self.limit, self.ceiling, busy, halve=self._first_descent)
-        if limit > self.limit or (limit == self.limit < self.ceiling):
-            self._first_descent = False  # reached the bottom of the first descent
+        move = direction(busy)
+        leap = self._leaping and move != 0 and move != -self._last_move
+        limit = next_limit(self.limit, self.ceiling, busy, leap=leap)
+        if not leap or limit == self.limit:
+            self._leaping = False  # the search turned back, stopped, or hit a bound
+        self._last_move = move
         return self._set(limit)
 
     def _set(self, limit: int) -> int | None:
@@ -94,12 +103,30 @@ class ThreadLimit:
         self._done = self._ticks = self._waiting = 0
 
 
-def next_limit(limit: int, ceiling: int, busy_cores: float, halve: bool = False) -> int:
-    """After a saturated window in which the process used `busy_cores` of CPU; `halve`:
-    on the way down from the ceiling at the start, which is quicker by halves."""
+def start_limit(ceiling: int) -> int:
+    """The geometric middle of the floor and the ceiling: halving or doubling from
+    there reaches either in the same few windows."""
     floor = min(FLOOR, ceiling)
+    return max(floor, min(ceiling, round(math.sqrt(floor * ceiling))))
+
+
+def direction(busy_cores: float) -> int:
+    """-1: the GIL is the bottleneck (fewer threads); +1: the threads wait on I/O, or run
+    C code in parallel (more); 0: stay."""
     if HIGH < busy_cores <= PARALLEL:
-        return max(floor, limit // 2 if halve else limit - 1)
+        return -1
     if busy_cores < LOW or busy_cores > PARALLEL:
-        return min(ceiling, limit + 1)
+        return 1
+    return 0
+
+
+def next_limit(limit: int, ceiling: int, busy_cores: float, leap: bool = False) -> int:
+    """After a saturated window in which the process used `busy_cores` of CPU; `leap`:
+    the first search from the start, by halves and doubles rather than by one."""
+    floor = min(FLOOR, ceiling)
+    move = direction(busy_cores)
+    if move < 0:
+        return max(floor, limit // 2 if leap else limit - 1)
+    if move > 0:
+        return min(ceiling, limit * 2 if leap else limit + 1)
     return max(floor, limit)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ebbtide.worker import thread_limit as tl
-from ebbtide.worker.thread_limit import ThreadLimit, next_limit
+from ebbtide.worker.thread_limit import ThreadLimit, next_limit, start_limit
 
 
 class Clocks:
@@ -45,37 +45,52 @@ def test_next_limit_steps_by_one_within_floor_and_ceiling(limit, busy, expected)
     assert next_limit(limit, 8, busy) == expected
 
 
-def test_the_first_descent_from_the_ceiling_halves():
-    assert next_limit(8, 8, 1.0, halve=True) == 4
-    assert windows(ThreadLimit(8), lambda limit: 1.0, 4) == [4, 2, 2, 2]
+def test_the_first_moves_halve_or_double():
+    assert next_limit(4, 8, 1.0, leap=True) == 2
+    assert next_limit(4, 8, 0.3, leap=True) == 8
+    assert next_limit(6, 8, 0.3, leap=True) == 8  # never above the ceiling
+    assert windows(ThreadLimit(8), lambda limit: 1.0, 4) == [2, 2, 2, 2]
+    assert windows(ThreadLimit(8), lambda limit: 0.3, 3) == [8, 8, 8]
+    assert windows(ThreadLimit(64), lambda limit: 1.0, 4) == [5, 2, 2, 2]
+    assert windows(ThreadLimit(64), lambda limit: 0.3, 4) == [22, 44, 64, 64]
 
 
-def test_it_starts_at_the_ceiling_the_plain_pool():
-    assert ThreadLimit(8).limit == 8
+@pytest.mark.parametrize(
+    "ceiling, start", [(1, 1), (2, 2), (3, 2), (4, 3), (8, 4), (16, 6), (64, 11)]
+)
+def test_it_starts_in_the_geometric_middle_of_floor_and_ceiling(ceiling, start):
+    # Either end is then as few halvings or doublings away; the ceiling, where it once
+    # started, is the most hand-offs a GIL-bound pool can pay.
+    assert start_limit(ceiling) == start
+    assert ThreadLimit(ceiling).limit == start
+    assert ThreadLimit(ceiling, adaptive=False).limit == ceiling
 
 
 def test_a_gil_bound_pool_settles_where_the_cpu_drops_into_the_band():
     # More threads, more hand-offs: the CPU climbs with the limit (made-up curves).
     assert windows(ThreadLimit(8), lambda limit: 0.6 + 0.06 * limit, 8) == [4] * 8
     # Halving overshoots (0.72 at 2, below LOW): one back up, then it stays.
+    assert windows(ThreadLimit(8), lambda limit: min(1.05, 0.52 + 0.1 * limit), 8) == [2] + [3] * 7
+    # Past the first search it steps: 0.93 at 3 is too busy, 0.83 at 2 is not.
     assert (
-        windows(ThreadLimit(8), lambda limit: min(1.05, 0.52 + 0.1 * limit), 8) == [4, 2] + [3] * 6
+        windows(ThreadLimit(16), lambda limit: min(1.05, 0.63 + 0.1 * limit), 6) == [3, 2] + [2] * 4
     )
-    # Past the first descent it steps: 0.93 at 3 is too busy, 0.83 at 2 is not.
-    assert (
-        windows(ThreadLimit(16), lambda limit: min(1.05, 0.63 + 0.1 * limit), 6)
-        == [8, 4, 2] + [2] * 3
-    )
+
+
+def test_a_turn_ends_the_search_and_steps_by_one():
+    # Too few at 4 (I/O wait), doubled to 8: too many there (the GIL): back one at a time.
+    busy = {8: 1.0, 7: 1.0, 6: 0.85}
+    assert windows(ThreadLimit(8), lambda limit: busy.get(limit, 0.5), 5) == [8, 7, 6, 6, 6]
 
 
 def test_threads_waiting_on_io_climb_back_to_the_ceiling():
     clocks = Clocks(ThreadLimit(8))
-    assert clocks.windows(lambda _: 1.0, 3) == [4, 2, 2]
+    assert clocks.windows(lambda _: 1.0, 3) == [2, 2, 2]
     assert clocks.windows(lambda _: 0.3, 7) == [3, 4, 5, 6, 7, 8, 8]
 
 
 def test_windows_without_tasks_waiting_teach_nothing():
-    assert windows(ThreadLimit(8), lambda _: 1.0, 10, saturated=False) == [8] * 10
+    assert windows(ThreadLimit(8), lambda _: 1.0, 10, saturated=False) == [4] * 10
 
 
 def test_an_idle_gap_starts_the_window_again():
@@ -84,7 +99,7 @@ def test_an_idle_gap_starts_the_window_again():
     # One tick after a long idle spell: its CPU share (tiny) would say "climb", but the
     # spell was idle, not waiting on I/O; it only starts a new window.
     assert limit.tick(10.0, 9.0, tl.WINDOW_TASKS, True) is None
-    assert limit.limit == 8
+    assert limit.limit == 4
 
 
 def test_a_window_needs_its_time_and_its_tasks():
@@ -94,7 +109,7 @@ def test_a_window_needs_its_time_and_its_tasks():
     few.tick(0.0, 0.0, 0, True)
     ticks = [0.2 * i for i in range(1, 5)]  # 0.8 s, 4 tasks: not a window yet...
     assert [few.tick(t, t, 1, True) for t in ticks] == [None] * 4
-    assert few.tick(tl.MAX_WINDOW_S, 1.0, 1, True) == 4  # ...until MAX_WINDOW_S
+    assert few.tick(tl.MAX_WINDOW_S, 1.0, 1, True) == 2  # ...until MAX_WINDOW_S
 
 
 def test_a_fixed_limit_and_a_single_thread_never_move():

@@ -123,7 +123,9 @@ class Subscriptions:
         window.py): grow by adding a consumer with the extra prefetch on the same
         queue, shrink by cancelling the extra consumers."""
         while self.link.running:
-            await asyncio.sleep(SAMPLE_S)
+            await asyncio.sleep(
+                min((w.sample_s() for w in self.windows.values()), default=SAMPLE_S)
+            )
             if self.released or not self.link.connected:
                 continue
             now = time.monotonic()

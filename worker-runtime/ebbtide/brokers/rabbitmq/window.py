@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 HOLD_S = 0.05  # the wait of a prefetched delivery the window is sized for
 MAX_EXTRA = 256  # never more than this many beyond the floor, whatever the rate
-SAMPLE_S = 0.1  # completions are counted over intervals of this length
+SAMPLE_S = 0.1  # completions are counted over intervals of this length...
+FIRST_SAMPLE_S = 0.02  # ...but the first after a (re)start is short: until it ends, the
+# window is the floor, and a worker running short tasks idles on the floor's round trips
 GROW, SHRINK = 1.25, 0.5  # resize only past these ratios of the current window
 SHRINK_AFTER = 10  # shrink on the highest rate of this many intervals (1 s): a shrink
 # cancels the extra consumers, and what crosses the cancel comes back as a redelivery
@@ -61,14 +63,19 @@ class Window:
             return self.floor
         return min(self.cap, max(self.floor, self.concurrency + math.ceil(rate * self.hold_s)))
 
+    def sample_s(self) -> float:
+        """How long the current interval lasts: FIRST_SAMPLE_S until the first rate is
+        measured, then SAMPLE_S."""
+        return SAMPLE_S if self._rates else FIRST_SAMPLE_S
+
     def tick(self, now: float) -> int | None:
-        """Close the current interval if it is SAMPLE_S old; return the window to switch
-        to, or None to keep the current one (small changes are ignored)."""
+        """Close the current interval if it is sample_s() old; return the window to
+        switch to, or None to keep the current one (small changes are ignored)."""
         if self._since is None:
             self._since, self._count = now, 0
             return None
         elapsed = now - self._since
-        if elapsed < SAMPLE_S * 0.9:  # the tuner's sleep may wake a hair early
+        if elapsed < self.sample_s() * 0.9:  # the tuner's sleep may wake a hair early
             return None
         rate = self._count / elapsed
         self._since, self._count = now, 0
