@@ -47,9 +47,17 @@ def compile_sources() -> None:
     An installed package (the runtime image, or Dramatiq, Celery and redis-py in the
     venv) comes with its bytecode; the editable checkout has none when the environment
     sets PYTHONDONTWRITEBYTECODE (this machine's does), and then every Ebbtide process
-    compiled ~50 modules at start-up: 0.40 s against 0.29 s to import the worker here."""
-    for path in SOURCES:
+    compiled ~50 modules at start-up: 0.40 s against 0.29 s to import the worker here.
+    A checkout put first on PYTHONPATH (an A/B against another revision) is compiled
+    too: left out, it started ~0.1 s later than this one and lost every such A/B."""
+    for path in (*SOURCES, *_ebbtide_on_pythonpath()):
         compileall.compile_dir(path, quiet=1)
+
+
+def _ebbtide_on_pythonpath() -> list[Path]:
+    """Every `ebbtide` package in a PYTHONPATH entry (another checkout's worker-runtime)."""
+    entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    return [p / "ebbtide" for p in map(Path, filter(None, entries)) if (p / "ebbtide").is_dir()]
 
 
 POLL_S = 0.005  # counter polls: ~200 GETs/s, noise next to the workers' INCRs
