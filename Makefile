@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup deps-system deps-node images binaries node-binaries test lint unit integration e2e e2e-kind bench bench-payloads bench-latency bench-cpu bench-cpu-per-task bench-amqp-decode bench-gil-threads bench-memory bench-policy bench-operator bench-operator-e2e bench-operator-1000 bench-operator-failover bench-cluster demo helm-lint cluster-up cluster-down clean
+.PHONY: help setup deps-system deps-node images binaries node-binaries test lint unit integration e2e e2e-kind bench bench-payloads bench-latency bench-cpu bench-cpu-per-task bench-ramp bench-amqp-decode bench-gil-threads bench-memory bench-policy bench-operator bench-operator-e2e bench-operator-1000 bench-operator-failover bench-cluster demo helm-lint cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -111,6 +111,9 @@ bench-cpu: setup ## CPU-bound tasks: Ebbtide --processes 1 vs 2 beside Dramatiq 
 
 bench-cpu-per-task: setup ## Steady-state CPU per task (worker user/kernel, broker) for Ebbtide and Dramatiq on RabbitMQ: why a rate is what it is
 	$(PY) bench/cpu_per_task.py
+
+bench-ramp: setup ## The first half second of an Ebbtide worker's RabbitMQ run: tasks per 100 ms, the thread limit's and prefetch window's moves
+	$(PY) bench/ramp.py --rounds 3
 
 bench-amqp-decode: setup ## CPU per RabbitMQ task delivery read off the wire: pika's per-frame path vs the worker's one-pass reader
 	$(PY) bench/amqp_decode.py

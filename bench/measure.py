@@ -42,15 +42,16 @@ SOURCES = (BENCH.parent / "worker-runtime" / "ebbtide", BENCH / "anchors")
 
 
 @functools.cache
-def compile_sources() -> None:
+def compile_sources(*also: Path) -> None:
     """Byte-compile Ebbtide's checkout and the bench apps before any worker starts.
     An installed package (the runtime image, or Dramatiq, Celery and redis-py in the
     venv) comes with its bytecode; the editable checkout has none when the environment
     sets PYTHONDONTWRITEBYTECODE (this machine's does), and then every Ebbtide process
     compiled ~50 modules at start-up: 0.40 s against 0.29 s to import the worker here.
-    A checkout put first on PYTHONPATH (an A/B against another revision) is compiled
-    too: left out, it started ~0.1 s later than this one and lost every such A/B."""
-    for path in (*SOURCES, *_ebbtide_on_pythonpath()):
+    Another checkout run beside this one (`also`, or an `ebbtide` package first on
+    PYTHONPATH: an A/B against another revision) is compiled too: left out, it started
+    ~0.1 s later than this one and lost every such A/B."""
+    for path in (*SOURCES, *_ebbtide_on_pythonpath(), *(Path(p) / "ebbtide" for p in also)):
         compileall.compile_dir(path, quiet=1)
 
 
