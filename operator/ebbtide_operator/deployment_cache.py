@@ -59,8 +59,13 @@ class DeploymentCache:
             return
         # A new dict, so an object already handed out by get() keeps its old value.
         meta = dict(found.get("metadata", {}))
-        if isinstance(meta.get("generation"), int):
-            meta["generation"] += 1  # as the API server does: late events are now older
+        delivered = (found.get("spec") or {}).get("replicas") == replicas
+        if isinstance(meta.get("generation"), int) and not delivered:
+            # As the API server does: late events are now older. Not when the watch
+            # already brought this write (with the server's own generation): a second
+            # bump would put the cache ahead of the server, and every later event,
+            # readiness included, would read as older and be dropped for good.
+            meta["generation"] += 1
         if resource_version is not None:
             meta["resourceVersion"] = resource_version
         spec = {**found.get("spec", {}), "replicas": replicas}

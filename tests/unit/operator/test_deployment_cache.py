@@ -66,3 +66,13 @@ def test_an_event_for_an_older_generation_never_overwrites_a_newer_one():
     cache.remember(deployment(generation=6, replicas=3))
     assert cache.get("ns", "tq-worker")["spec"]["replicas"] == 3
     assert len(cache) == 1
+
+
+def test_a_scale_whose_watch_event_came_first_does_not_hide_later_events():
+    # The watch can bring our own write (generation 2) before scale_deployment returns.
+    cache = DeploymentCache()
+    cache.apply("ADDED", deployment(replicas=1, generation=1))
+    cache.apply("MODIFIED", deployment(replicas=2, generation=2, ready=1))
+    cache.scaled("ns", "tq-worker", 2)
+    cache.apply("MODIFIED", deployment(replicas=2, generation=2, ready=2))
+    assert cache.get("ns", "tq-worker")["status"]["readyReplicas"] == 2
