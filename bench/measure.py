@@ -42,23 +42,25 @@ SOURCES = (BENCH.parent / "worker-runtime" / "ebbtide", BENCH / "anchors")
 
 
 @functools.cache
-def compile_sources(*also: Path) -> None:
+def compile_sources(pythonpath: str | None = None) -> None:
     """Byte-compile Ebbtide's checkout and the bench apps before any worker starts.
     An installed package (the runtime image, or Dramatiq, Celery and redis-py in the
     venv) comes with its bytecode; the editable checkout has none when the environment
     sets PYTHONDONTWRITEBYTECODE (this machine's does), and then every Ebbtide process
     compiled ~50 modules at start-up: 0.40 s against 0.29 s to import the worker here.
-    Another checkout run beside this one (`also`, or an `ebbtide` package first on
-    PYTHONPATH: an A/B against another revision) is compiled too: left out, it started
-    ~0.1 s later than this one and lost every such A/B."""
-    for path in (*SOURCES, *_ebbtide_on_pythonpath(), *(Path(p) / "ebbtide" for p in also)):
+    Another checkout run beside this one, an `ebbtide` package in a `pythonpath` entry
+    (default: $PYTHONPATH; an A/B against another revision), is compiled too: left out,
+    it started ~0.1 s later than this one and lost every such A/B."""
+    if pythonpath is None:
+        pythonpath = os.environ.get("PYTHONPATH", "")
+    for path in (*SOURCES, *_ebbtide_packages(pythonpath)):
         compileall.compile_dir(path, quiet=1)
 
 
-def _ebbtide_on_pythonpath() -> list[Path]:
-    """Every `ebbtide` package in a PYTHONPATH entry (another checkout's worker-runtime)."""
-    entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    return [p / "ebbtide" for p in map(Path, filter(None, entries)) if (p / "ebbtide").is_dir()]
+def _ebbtide_packages(pythonpath: str) -> list[Path]:
+    """Every `ebbtide` package in a PYTHONPATH-style list (another checkout's worker-runtime)."""
+    entries = map(Path, filter(None, pythonpath.split(os.pathsep)))
+    return [p / "ebbtide" for p in entries if (p / "ebbtide").is_dir()]
 
 
 POLL_S = 0.005  # counter polls: ~200 GETs/s, noise next to the workers' INCRs

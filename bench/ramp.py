@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, folder in variants:
         if folder and not (Path(folder) / "ebbtide").is_dir():
             ap.error(f"--variant {name}={folder}: no ebbtide package in {folder!r}")
-    compile_sources(*(Path(f) for _, f in variants if f))  # this checkout and the variants
+    compile_sources(os.pathsep.join(f for _, f in variants if f))  # and this checkout
 
     class Sizes:  # what throughput.Bench reads of its options
         quick, rabbitmq_tasks, ebbtide_concurrency = False, opts.tasks, 8

@@ -86,7 +86,7 @@ class ThreadLimit:
             return None
         move = direction(busy)
         leap = self._leaping and move != 0 and move != -self._last_move
-        limit = next_limit(self.limit, self.ceiling, busy, leap=leap)
+        limit = next_limit(self.limit, self.ceiling, move, leap=leap)
         if not leap or limit == self.limit:
             self._leaping = False  # the search turned back, stopped, or hit a bound
         self._last_move = move
@@ -120,11 +120,10 @@ def direction(busy_cores: float) -> int:
     return 0
 
 
-def next_limit(limit: int, ceiling: int, busy_cores: float, leap: bool = False) -> int:
-    """After a saturated window in which the process used `busy_cores` of CPU; `leap`:
-    the first search from the start, by halves and doubles rather than by one."""
+def next_limit(limit: int, ceiling: int, move: int, leap: bool = False) -> int:
+    """After a saturated window whose CPU gave `move` (`direction`); `leap`: the first
+    search from the start, by halves and doubles rather than by one."""
     floor = min(FLOOR, ceiling)
-    move = direction(busy_cores)
     if move < 0:
         return max(floor, limit // 2 if leap else limit - 1)
     if move > 0:

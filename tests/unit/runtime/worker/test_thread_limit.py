@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ebbtide.worker import thread_limit as tl
-from ebbtide.worker.thread_limit import ThreadLimit, next_limit, start_limit
+from ebbtide.worker.thread_limit import ThreadLimit, direction, next_limit, start_limit
 
 
 class Clocks:
@@ -42,13 +42,13 @@ def windows(limit: ThreadLimit, busy, n: int, saturated: bool = True) -> list[in
     ],
 )
 def test_next_limit_steps_by_one_within_floor_and_ceiling(limit, busy, expected):
-    assert next_limit(limit, 8, busy) == expected
+    assert next_limit(limit, 8, direction(busy)) == expected
 
 
 def test_the_first_moves_halve_or_double():
-    assert next_limit(4, 8, 1.0, leap=True) == 2
-    assert next_limit(4, 8, 0.3, leap=True) == 8
-    assert next_limit(6, 8, 0.3, leap=True) == 8  # never above the ceiling
+    assert next_limit(4, 8, direction(1.0), leap=True) == 2
+    assert next_limit(4, 8, direction(0.3), leap=True) == 8
+    assert next_limit(6, 8, direction(0.3), leap=True) == 8  # never above the ceiling
     assert windows(ThreadLimit(8), lambda limit: 1.0, 4) == [2, 2, 2, 2]
     assert windows(ThreadLimit(8), lambda limit: 0.3, 3) == [8, 8, 8]
     assert windows(ThreadLimit(64), lambda limit: 1.0, 4) == [5, 2, 2, 2]

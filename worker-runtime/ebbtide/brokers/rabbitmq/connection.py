@@ -24,12 +24,8 @@ from typing import Any
 import pika
 import pika.exceptions
 from pika.adapters.asyncio_connection import AsyncioConnection
-from pika.adapters.utils.connection_workflow import (
-    AMQPConnectionWorkflowFailed,
-    AMQPConnectorPhaseErrorBase,
-)
 
-from ... import logs
+from ... import causes, logs
 from . import topology as topo
 from .inbound import FastDeliveries
 from .publish import Declared, Unconfirmed, confirmed_tags, dead_message, queue_declarations
@@ -56,14 +52,9 @@ def open_failure(exc: BaseException) -> str:
     """Why a connection did not open, in the socket's own words ("[Errno 111] Connection
     refused") where pika nests them inside its workflow's errors; logged on every retry,
     so it must read as one short line."""
-    if isinstance(exc, pika.exceptions.AMQPConnectionError) and exc.args:
-        if isinstance(exc.args[0], BaseException):  # how pika hands on_open_error the cause
-            exc = exc.args[0]
-    if isinstance(exc, AMQPConnectionWorkflowFailed) and exc.exceptions:
-        exc = exc.exceptions[-1]
-    if isinstance(exc, AMQPConnectorPhaseErrorBase) and exc.exception is not None:
-        exc = exc.exception
-    return " ".join(str(exc).split()) or type(exc).__name__
+    socket = causes.socket_error(exc)
+    root = socket if socket is not None else list(causes.causes(exc))[-1]
+    return causes.one_line(root) or type(root).__name__
 
 
 class Link:
