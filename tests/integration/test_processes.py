@@ -5,6 +5,7 @@ port aggregates the children's metrics and readiness."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 from support import http
@@ -85,6 +86,9 @@ def test_a_killed_process_is_restarted_and_its_tasks_recovered(broker):
 def test_sigterm_drains_both_processes(broker):
     with broker.worker(*TWO, "--grace-seconds", "30") as proc:
         four_started(broker, "pt")
+        # No --metrics-port: nothing exports the children's metrics, so they write none.
+        metrics_dir = re.search(r'metrics_dir="?([^"\s]+)', proc.log()).group(1)
+        assert os.listdir(metrics_dir) == []
         proc.send_signal(signal.SIGTERM)
         wait_for(lambda: "supervisor stopping" in proc.log(), 30, "the supervisor's stop")
         broker.open_gate("pt")  # the running tasks finish inside the grace period

@@ -122,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         "temp dir)",
     )
     w.add_argument("--child-socket", default=None, help=argparse.SUPPRESS)
+    w.add_argument("--child-metrics", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("--broker-url", dest="worker_broker_url", default=None, help=argparse.SUPPRESS)
     w.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
     w.set_defaults(run=_worker)
@@ -272,6 +273,7 @@ def _worker(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         child_socket=args.child_socket,
+        child_metrics=args.child_metrics,
         thread_limit=args.thread_limit,
     )
     # What is loaded by now (modules, the app and its task checks) lives as long as the
@@ -314,6 +316,8 @@ def _supervise(args: argparse.Namespace, processes: int) -> int:
             flags += [flag, str(value)]
     if args.strict:
         flags.append("--strict")
+    if args.metrics_port is not None:  # children record only what the supervisor exports
+        flags.append("--child-metrics")
     level = args.sub_log_level or args.log_level
     head = [sys.executable, "-m", "ebbtide", *(["--log-level", level] if level else [])]
     base = args.metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()

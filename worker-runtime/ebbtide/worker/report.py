@@ -43,13 +43,17 @@ class Report:
         self.metrics.watch(running, held, thread_limit)
         return await probes.serve(host, port, self.metrics.render, ready)
 
-    async def serve_child(self, path: str, ready: Callable[[], tuple[bool, str]]) -> asyncio.Server:
-        """A child of --processes N: record into PROMETHEUS_MULTIPROC_DIR's files (the
-        supervisor aggregates them) and answer its probes on a Unix socket."""
+    async def serve_child(
+        self, path: str, ready: Callable[[], tuple[bool, str]], record: bool
+    ) -> asyncio.Server:
+        """A child of --processes N: answer its probes on a Unix socket and, with
+        `record` (the supervisor serves /metrics), record into PROMETHEUS_MULTIPROC_DIR's
+        files, which the supervisor aggregates."""
         from . import probes
         from .metrics import Metrics
 
-        self.metrics = Metrics(child=True)
+        if record:
+            self.metrics = Metrics(child=True)
         return await probes.serve_unix(path, lambda: b"", ready)
 
     def started(self, d: Delivery) -> None:
