@@ -191,6 +191,9 @@ LABELS = {
     ("ebbtide-p2", "redis"): "ebbtide (def task) --processes 2",
     ("ebbtide-all-threads", "redis"): "ebbtide (def task), every thread starts tasks",
     ("ebbtide-all-threads", "rabbitmq"): "ebbtide (def task), every thread starts tasks",
+    ("ebbtide-metrics", "redis"): "ebbtide (def task), serving /metrics",
+    ("ebbtide-metrics", "rabbitmq"): "ebbtide (def task), serving /metrics",
+    ("ebbtide-metrics-p2", "redis"): "ebbtide (def task) --processes 2, serving /metrics",
 }
 
 

@@ -40,12 +40,21 @@ from support.servers import redis_server  # noqa: E402
 DEFAULT_TASKS = {"redis": 20_000, "rabbitmq": 10_000}
 QUICK_TASKS = {"redis": 2_000, "rabbitmq": 1_000}
 COUNTER_KEY = "bench:done"
-REDIS_ONLY = ("bare", "dramatiq-p2", "ebbtide-p2")
+REDIS_ONLY = ("bare", "dramatiq-p2", "ebbtide-p2", "ebbtide-metrics-p2")
+EBBTIDE_DEF = (
+    "ebbtide",
+    "ebbtide-p2",
+    "ebbtide-all-threads",
+    "ebbtide-metrics",
+    "ebbtide-metrics-p2",
+)
 
 
 def worker_argv(system: str, concurrency: int) -> list[str]:
     """The worker's command line; a `-p2` system is the same worker with two processes
-    (Dramatiq `-p 2`, Ebbtide `--processes 2`), each with its own 8 slots."""
+    (Dramatiq `-p 2`, Ebbtide `--processes 2`), each with its own 8 slots. An
+    `ebbtide-metrics` system serves /metrics on an ephemeral port, as a pod does: the
+    others record no metrics, which under --processes N is not what production pays."""
     py = sys.executable
     procs = "2" if system.endswith("-p2") else "1"
     if system == "celery":
@@ -55,13 +64,15 @@ def worker_argv(system: str, concurrency: int) -> list[str]:
         ]  # Celery's defaults otherwise: --without-heartbeat makes it ~10x slower on AMQP
     if system in ("dramatiq", "dramatiq-p2"):
         return [py, "-m", "dramatiq", "anchors.dramatiq_app", "-p", procs, "-t", "8"]
-    if system in ("ebbtide", "ebbtide-async", "ebbtide-p2", "ebbtide-all-threads"):
+    if system in (*EBBTIDE_DEF, "ebbtide-async"):
         argv = [
             *(py, "-m", "ebbtide", "--log-level", "WARNING", "worker", "anchors.ebbtide_app:app"),
             *("--queues", "bench", "--concurrency", str(concurrency)),
         ]
         if system == "ebbtide-all-threads":  # the pool before --thread-limit auto: all start
             argv += ["--thread-limit", str(concurrency)]
+        if system.startswith("ebbtide-metrics"):
+            argv += ["--metrics-port", "0"]
         return argv if procs == "1" else [*argv, "--processes", procs]
     raise ValueError(f"no worker for {system!r}")
 
@@ -71,6 +82,8 @@ BULK_HOW = {
     "ebbtide-async": "send_many",
     "ebbtide-p2": "send_many",
     "ebbtide-all-threads": "send_many",
+    "ebbtide-metrics": "send_many",
+    "ebbtide-metrics-p2": "send_many",
     "dramatiq": "group, not pipelined",
     "dramatiq-p2": "group, not pipelined",
     "raw": "pipelined",
@@ -113,7 +126,7 @@ class Bench:
     def produce(self, system: str, mode: str, n: int) -> float:
         """Rate of one enqueue loop, run in a fresh child process."""
         # The same client, whatever the worker's processes or thread limit.
-        sender = system.removesuffix("-p2").removesuffix("-all-threads")
+        sender = system.removesuffix("-p2").removesuffix("-all-threads").removesuffix("-metrics")
         done = subprocess.run(
             [sys.executable, str(BENCH / "produce.py"), sender, mode, str(n)],
             env=self.env,
@@ -230,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         default="raw,bare,dramatiq,celery,ebbtide,ebbtide-async,dramatiq-p2,ebbtide-p2",
         help="comma-separated subset of raw,bare,dramatiq,celery,ebbtide,ebbtide-async,\n"
         "dramatiq-p2,ebbtide-p2 (two worker processes each; Redis only), and\n"
-        "ebbtide-all-threads (--thread-limit = --concurrency: every thread starts tasks)",
+        "ebbtide-all-threads (--thread-limit = --concurrency: every thread starts tasks),\n"
+        "ebbtide-metrics and ebbtide-metrics-p2 (serving /metrics, as a pod does)",
     )
     p.add_argument(
         "--ebbtide-concurrency", type=int, default=8, help="sync task threads (default 8)"

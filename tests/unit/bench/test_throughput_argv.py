@@ -1,0 +1,39 @@
+"""bench/throughput.py's worker command lines: the `-metrics` systems serve /metrics as a
+pod does, and the `-p2` ones run two processes; the others record no metrics."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+
+from throughput import worker_argv  # noqa: E402
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+@pytest.mark.parametrize(
+    ("system", "processes", "metrics_port"),
+    [
+        ("ebbtide", None, None),
+        ("ebbtide-p2", "2", None),
+        ("ebbtide-metrics", None, "0"),
+        ("ebbtide-metrics-p2", "2", "0"),
+    ],
+)
+def test_ebbtide_systems(system: str, processes: str | None, metrics_port: str | None):
+    argv = worker_argv(system, 8)
+    assert _flag(argv, "--processes") == processes
+    assert _flag(argv, "--metrics-port") == metrics_port
+    assert _flag(argv, "--concurrency") == "8"
+
+
+def test_an_unknown_system_is_named():
+    with pytest.raises(ValueError, match="ebbtide-p3"):
+        worker_argv("ebbtide-p3", 8)
