@@ -78,12 +78,7 @@ def worker_argv(system: str, concurrency: int) -> list[str]:
 
 
 BULK_HOW = {
-    "ebbtide": "send_many",
-    "ebbtide-async": "send_many",
-    "ebbtide-p2": "send_many",
-    "ebbtide-all-threads": "send_many",
-    "ebbtide-metrics": "send_many",
-    "ebbtide-metrics-p2": "send_many",
+    **dict.fromkeys((*EBBTIDE_DEF, "ebbtide-async"), "send_many"),
     "dramatiq": "group, not pipelined",
     "dramatiq-p2": "group, not pipelined",
     "raw": "pipelined",
@@ -125,8 +120,8 @@ class Bench:
 
     def produce(self, system: str, mode: str, n: int) -> float:
         """Rate of one enqueue loop, run in a fresh child process."""
-        # The same client, whatever the worker's processes or thread limit.
-        sender = system.removesuffix("-p2").removesuffix("-all-threads").removesuffix("-metrics")
+        # The same client, whatever the worker's processes, thread limit or metrics.
+        sender = "ebbtide" if system in EBBTIDE_DEF else system.removesuffix("-p2")
         done = subprocess.run(
             [sys.executable, str(BENCH / "produce.py"), sender, mode, str(n)],
             env=self.env,
