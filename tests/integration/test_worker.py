@@ -308,7 +308,10 @@ def test_sigterm_finishes_running_and_hands_back_the_rest(broker):
         # are read while the worker's channel is open: the count of a closed one can
         # miss its last acks.
         handed_back = 0 if broker.is_redis else 4
-        broker.queue_shows(  # at once, while the two still run
+        # The worker hands back after it reads the signal: wait for that, then the stats
+        # must agree at once (Redis) while the two still run.
+        wait_for(lambda: broker.queue().ready == 8, what="the hand-back after SIGTERM")
+        broker.queue_shows(
             lambda q: (q.ready, q.in_flight, q.completed_total) == (8, 2, handed_back),
             "the 8 unstarted tasks handed back",
         )
