@@ -95,6 +95,11 @@ def targets(rows: list[SystemResult]) -> list[Target]:
                 _rate_of(redis, "dramatiq-p2"),
             )
             out.append(_at_least("redis", "two processes each vs Dramatiq -p 2", TWO_GOAL, two))
+        if "ebbtide-pinned-p2" in redis:
+            two = ratio(_rate_of(redis, "ebbtide-pinned-p2"), _rate_of(redis, "dramatiq-p2"))
+            what = "two processes each, --cpu-affinity, vs Dramatiq -p 2"
+            out.append(_at_least("redis", what, TWO_GOAL, two))
+        out += _pinned(redis, "redis", REDIS_GOAL)
         bulk = ratio(eb.enqueue_bulk_per_s, dr.enqueue_single_per_s)
         out.append(_at_least("redis", "bulk enqueue vs Dramatiq single send", 10.0, bulk))
         rss = ratio(eb.peak_rss_bytes, ce.peak_rss_bytes)
@@ -109,6 +114,7 @@ def targets(rows: list[SystemResult]) -> list[Target]:
         speed = ratio(eb.processed_per_s, dr.processed_per_s)
         out.append(_at_least("rabbitmq", "processed/s vs Dramatiq", RABBIT_GOAL, speed))
         out += _async_speed(rabbit, "rabbitmq", RABBIT_GOAL)
+        out += _pinned(rabbit, "rabbitmq", RABBIT_GOAL)
     return out
 
 
@@ -118,6 +124,23 @@ REDIS_GOAL, RABBIT_GOAL, TWO_GOAL = 3.0, 2.5, 2.5  # issue 16, item 2
 def _rate_of(rows: dict[str, SystemResult], system: str) -> float | None:
     row = rows.get(system)
     return row.processed_per_s if row is not None else None
+
+
+def _pinned(rows: dict[str, SystemResult], broker: str, goal: float) -> list[Target]:
+    """The one-process goal for the worker pinned to a CPU (`--cpu-affinity`), against
+    Dramatiq as it runs by default and against Dramatiq under the same pin (taskset)."""
+    if "ebbtide-pinned" not in rows:
+        return []
+    pinned = _rate_of(rows, "ebbtide-pinned")
+    out = [
+        _at_least(
+            broker, "--cpu-affinity vs Dramatiq", goal, ratio(pinned, _rate_of(rows, "dramatiq"))
+        )
+    ]
+    if "dramatiq-pinned" in rows:
+        both = ratio(pinned, _rate_of(rows, "dramatiq-pinned"))
+        out.append(_at_least(broker, "--cpu-affinity vs Dramatiq under taskset", goal, both))
+    return out
 
 
 def _async_speed(rows: dict[str, SystemResult], broker: str, goal: float) -> list[Target]:
@@ -194,6 +217,11 @@ LABELS = {
     ("ebbtide-metrics", "redis"): "ebbtide (def task), serving /metrics",
     ("ebbtide-metrics", "rabbitmq"): "ebbtide (def task), serving /metrics",
     ("ebbtide-metrics-p2", "redis"): "ebbtide (def task) --processes 2, serving /metrics",
+    ("ebbtide-pinned", "redis"): "ebbtide (def task) --cpu-affinity",
+    ("ebbtide-pinned", "rabbitmq"): "ebbtide (def task) --cpu-affinity",
+    ("ebbtide-pinned-p2", "redis"): "ebbtide (def task) --processes 2 --cpu-affinity",
+    ("dramatiq-pinned", "redis"): "dramatiq under taskset (one CPU)",
+    ("dramatiq-pinned", "rabbitmq"): "dramatiq under taskset (one CPU)",
 }
 
 

@@ -33,6 +33,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(BENCH))
 
+from ebbtide.worker.affinity import cpu_list  # noqa: E402
 from measure import exit_on_sigterm, run_worker  # noqa: E402
 from report import SystemResult, median_of, render_table, render_targets, targets  # noqa: E402
 from support.servers import redis_server  # noqa: E402
@@ -40,13 +41,15 @@ from support.servers import redis_server  # noqa: E402
 DEFAULT_TASKS = {"redis": 20_000, "rabbitmq": 10_000}
 QUICK_TASKS = {"redis": 2_000, "rabbitmq": 1_000}
 COUNTER_KEY = "bench:done"
-REDIS_ONLY = ("bare", "dramatiq-p2", "ebbtide-p2", "ebbtide-metrics-p2")
+REDIS_ONLY = ("bare", "dramatiq-p2", "ebbtide-p2", "ebbtide-metrics-p2", "ebbtide-pinned-p2")
 EBBTIDE_DEF = (
     "ebbtide",
     "ebbtide-p2",
     "ebbtide-all-threads",
     "ebbtide-metrics",
     "ebbtide-metrics-p2",
+    "ebbtide-pinned",
+    "ebbtide-pinned-p2",
 )
 
 
@@ -54,7 +57,10 @@ def worker_argv(system: str, concurrency: int) -> list[str]:
     """The worker's command line; a `-p2` system is the same worker with two processes
     (Dramatiq `-p 2`, Ebbtide `--processes 2`), each with its own 8 slots. An
     `ebbtide-metrics` system serves /metrics on an ephemeral port, as a pod does: the
-    others record no metrics, which under --processes N is not what production pays."""
+    others record no metrics, which under --processes N is not what production pays.
+    An `ebbtide-pinned` system pins each process to one CPU of this machine
+    (`--cpu-affinity`); `dramatiq-pinned` is Dramatiq's one process under `taskset` to
+    the first of them, the same pin for the like-for-like ratio."""
     py = sys.executable
     procs = "2" if system.endswith("-p2") else "1"
     if system == "celery":
@@ -64,6 +70,9 @@ def worker_argv(system: str, concurrency: int) -> list[str]:
         ]  # Celery's defaults otherwise: --without-heartbeat makes it ~10x slower on AMQP
     if system in ("dramatiq", "dramatiq-p2"):
         return [py, "-m", "dramatiq", "anchors.dramatiq_app", "-p", procs, "-t", "8"]
+    if system == "dramatiq-pinned":
+        first = str(min(os.sched_getaffinity(0)))
+        return ["taskset", "-c", first, *worker_argv("dramatiq", concurrency)]
     if system in (*EBBTIDE_DEF, "ebbtide-async"):
         argv = [
             *(py, "-m", "ebbtide", "--log-level", "WARNING", "worker", "anchors.ebbtide_app:app"),
@@ -73,6 +82,8 @@ def worker_argv(system: str, concurrency: int) -> list[str]:
             argv += ["--thread-limit", str(concurrency)]
         if system.startswith("ebbtide-metrics"):
             argv += ["--metrics-port", "0"]
+        if system.startswith("ebbtide-pinned"):
+            argv += ["--cpu-affinity", cpu_list(os.sched_getaffinity(0))]
         return argv if procs == "1" else [*argv, "--processes", procs]
     raise ValueError(f"no worker for {system!r}")
 
@@ -81,6 +92,7 @@ BULK_HOW = {
     **dict.fromkeys((*EBBTIDE_DEF, "ebbtide-async"), "send_many"),
     "dramatiq": "group, not pipelined",
     "dramatiq-p2": "group, not pipelined",
+    "dramatiq-pinned": "group, not pipelined",
     "raw": "pipelined",
 }
 
@@ -121,7 +133,7 @@ class Bench:
     def produce(self, system: str, mode: str, n: int) -> float:
         """Rate of one enqueue loop, run in a fresh child process."""
         # The same client, whatever the worker's processes, thread limit or metrics.
-        sender = "ebbtide" if system in EBBTIDE_DEF else system.removesuffix("-p2")
+        sender = "ebbtide" if system in EBBTIDE_DEF else system.split("-")[0]
         done = subprocess.run(
             [sys.executable, str(BENCH / "produce.py"), sender, mode, str(n)],
             env=self.env,

@@ -136,6 +136,7 @@ class WorkerSpec:
     image_pull_policy: str | None = None
     concurrency: int = 4  # slots per worker process
     processes: int = 1  # worker processes per pod (`--processes`)
+    cpu_affinity: str = "none"  # none | auto (`--cpu-affinity`)
     env: tuple[Mapping[str, Any], ...] = ()
     resources: Mapping[str, Any] = field(default_factory=dict)
     termination_grace_period_seconds: int = 60
@@ -373,6 +374,7 @@ def parse_worker(data: Mapping[str, Any]) -> WorkerSpec:
         image_pull_policy=data.get("imagePullPolicy"),
         concurrency=_integer(data, "concurrency", 4, path),
         processes=_processes(data, path),
+        cpu_affinity=_cpu_affinity(data, path),
         env=tuple(data.get("env") or ()),
         resources=dict(data.get("resources") or {}),
         termination_grace_period_seconds=_integer(data, "terminationGracePeriodSeconds", 60, path),
@@ -386,6 +388,13 @@ def _processes(data: Mapping[str, Any], path: str) -> int:
     value = _integer(data, "processes", 1, path)
     if not 1 <= value <= 64:
         raise SpecError(f"{path}.processes must be between 1 and 64, got {value}")
+    return value
+
+
+def _cpu_affinity(data: Mapping[str, Any], path: str) -> str:
+    value = data.get("cpuAffinity", "none")
+    if value not in ("none", "auto"):
+        raise SpecError(f"{path}.cpuAffinity must be none or auto, got {value!r}")
     return value
 
 

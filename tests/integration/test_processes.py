@@ -102,3 +102,30 @@ def test_a_bad_app_stops_the_supervisor_with_a_usage_error(broker):
     out = broker.cli("worker", "no_such_module:app", "--processes", "2")
     assert out.returncode == 2, out.stderr
     assert "no_such_module" in out.stderr and "usage error" in out.stderr
+
+
+def allowed_cpus(pid: str) -> str:
+    with open(f"/proc/{pid}/status") as status:
+        return re.search(r"^Cpus_allowed_list:\s*(\S+)", status.read(), re.M).group(1)
+
+
+def test_cpu_affinity_pins_each_process_to_its_own_cpu(broker):
+    cpus = sorted(os.sched_getaffinity(0))
+    listed = ",".join(map(str, cpus))
+    with broker.worker(*TWO, "--cpu-affinity", listed) as proc:
+        running = four_started(broker, "pa")
+        # The task threads run where their process was pinned: one CPU each, in turn.
+        pinned = {allowed_cpus(pid) for pid in running}
+        assert pinned == {str(c) for c in cpus[:2]}, (pinned, cpus)
+        assert proc.log().count('event="pinned to a CPU"') == 2
+        broker.open_gate("pa")
+        wait_for(lambda: len(broker.done("pa")) == 4, what="4 tasks done")
+
+
+def test_a_cpu_the_pod_may_not_use_is_a_usage_error(broker):
+    foreign = max(os.sched_getaffinity(0)) + 1
+    out = broker.cli(
+        "worker", "no_such_module:app", "--processes", "2", "--cpu-affinity", str(foreign)
+    )
+    assert out.returncode == 2, out.stderr
+    assert f"CPU {foreign} is not one this process may run on" in out.stderr

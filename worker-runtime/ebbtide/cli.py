@@ -10,11 +10,14 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import logs
 from .broker_url import url_from_environment
 from .errors import BrokerUrlFileError
+
+if TYPE_CHECKING:
+    from .worker.affinity import Affinity
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default 1; 'auto' = the container's CPU limit)",
     )
     w.add_argument(
+        "--cpu-affinity",
+        default="none",
+        help="pin each worker process to one CPU: 'none' (default), 'auto' (only where the "
+        "container's CPUs are its own) or a CPU list such as '0-3' (process i gets the "
+        "i-th CPU, in turn); see docs/runtime.md",
+    )
+    w.add_argument(
         "--metrics-dir",
         default=None,
         help="with --processes > 1: a writable directory (tmpfs/emptyDir) for the children's "
@@ -122,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         "temp dir)",
     )
     w.add_argument("--child-socket", default=None, help=argparse.SUPPRESS)
+    w.add_argument("--child-index", type=int, default=0, help=argparse.SUPPRESS)
     w.add_argument("--child-metrics", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("--broker-url", dest="worker_broker_url", default=None, help=argparse.SUPPRESS)
     w.add_argument("--log-level", dest="sub_log_level", default=None, help=argparse.SUPPRESS)
@@ -230,8 +241,10 @@ def load_app(spec: str) -> Any:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from .worker.affinity import parse_affinity, pin_process
     from .worker.processes import parse_processes, read_cpu_limit
 
+    affinity = parse_affinity(args.cpu_affinity)
     url = _url(args)
     if flag_url := _flag_url(args):
         # Before the task module builds its App. A URL from the file is never copied
@@ -241,11 +254,12 @@ def _worker(args: argparse.Namespace) -> int:
         wanted = parse_processes(args.processes)
         processes = read_cpu_limit() if wanted is None else wanted
         if processes > 1:
-            return _supervise(args, processes)
+            return _supervise(args, processes, affinity)
     else:
         from .worker.supervisor import bind_to_supervisor
 
         bind_to_supervisor()
+    pin_process(args.child_index, affinity)  # before the app's import starts any thread
     from .selection import parse_queues
     from .worker.loop import Worker
 
@@ -291,13 +305,15 @@ def _worker_app(spec: str) -> Any:
     return app
 
 
-def _supervise(args: argparse.Namespace, processes: int) -> int:
+def _supervise(args: argparse.Namespace, processes: int, affinity: Affinity) -> int:
     """--processes N > 1: the supervisor runs N copies of this worker command, each
     without the probes port (it serves that) and with a probe socket of its own."""
     import tempfile
 
+    from .worker.affinity import check_affinity
     from .worker.supervisor import Supervisor
 
+    check_affinity(affinity)  # a CPU the pod may not use is a usage error now, not N times
     # The app is not imported here (the supervisor stays small): a child that exits with
     # a usage error before it ever answered stops the supervisor with the same code.
     flags: list[str] = []
@@ -311,6 +327,7 @@ def _supervise(args: argparse.Namespace, processes: int) -> int:
         ("--unknown-task-grace-seconds", args.unknown_task_grace_seconds),
         ("--shards", args.shards),
         ("--drain-shards", args.drain_shards),
+        ("--cpu-affinity", args.cpu_affinity),
     ):
         if value is not None:
             flags += [flag, str(value)]
@@ -325,7 +342,10 @@ def _supervise(args: argparse.Namespace, processes: int) -> int:
     # (build info, its process) stay in memory, so prometheus_client must not see it.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     supervisor = Supervisor(
-        lambda socket: [*head, "worker", args.app, *flags, "--child-socket", socket],
+        lambda index, socket: [
+            *(*head, "worker", args.app, *flags),
+            *("--child-socket", socket, "--child-index", str(index)),
+        ],
         processes,
         grace_seconds=args.grace_seconds,
         metrics_port=args.metrics_port,

@@ -36,7 +36,8 @@ def grace_seconds(termination_grace_period_seconds: int) -> int:
 
 def worker_args(spec: TaskQueueSpec) -> list[str]:
     """`ebbtide worker MODULE:APP --queues ... --concurrency N --metrics-port P --grace-seconds G`
-    plus `--processes N` above one, `--strict` for strict order, then the user's extra args."""
+    plus `--processes N` above one, `--cpu-affinity auto` when asked, `--strict` for strict
+    order, then the user's extra args."""
     worker = spec.worker
     args = [
         "worker",
@@ -52,6 +53,8 @@ def worker_args(spec: TaskQueueSpec) -> list[str]:
     ]
     if worker.processes > 1:
         args += ["--processes", str(worker.processes)]
+    if worker.cpu_affinity != "none":
+        args += ["--cpu-affinity", worker.cpu_affinity]
     if spec.queue_order == "strict":
         args.append("--strict")
     return args + list(worker.args)

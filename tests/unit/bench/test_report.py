@@ -130,3 +130,19 @@ def test_the_table_prints_the_steady_rate_beside_spawn_to_done():
     row = SystemResult("ebbtide", "redis", 100, processed_per_s=3_000, steady_per_s=4_500)
     line = next(x for x in render_table([row]).splitlines() if x.startswith("| ebbtide"))
     assert "3,000" in line and "4,500" in line
+
+
+def test_pinned_rows_get_verdicts_against_dramatiq_as_it_runs_and_under_taskset():
+    rows = [
+        *redis_rows(6_000, 50_000, 30 * MIB),  # Dramatiq 2,000/s
+        SystemResult("dramatiq-pinned", "redis", 100, processed_per_s=2_500),
+        SystemResult("ebbtide-pinned", "redis", 100, processed_per_s=7_000),
+        SystemResult("dramatiq-p2", "redis", 100, processed_per_s=3_000),
+        SystemResult("ebbtide-pinned-p2", "redis", 100, processed_per_s=7_400),
+    ]
+    found = verdicts(rows)
+    assert found[("redis", "--cpu-affinity vs Dramatiq")] == "PASS"  # 3.5x
+    assert found[("redis", "--cpu-affinity vs Dramatiq under taskset")] == "MISS"  # 2.8x
+    assert found[("redis", "two processes each, --cpu-affinity, vs Dramatiq -p 2")] == "MISS"
+    line = next(x for x in render_table(rows).splitlines() if "--processes 2 --cpu" in x)
+    assert "2.47x" in line  # against dramatiq -p 2

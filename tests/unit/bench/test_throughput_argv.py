@@ -3,10 +3,12 @@ pod does, and the `-p2` ones run two processes; the others record no metrics."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+from ebbtide.worker.affinity import cpu_list, parse_affinity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
@@ -32,6 +34,18 @@ def test_ebbtide_systems(system: str, processes: str | None, metrics_port: str |
     assert _flag(argv, "--processes") == processes
     assert _flag(argv, "--metrics-port") == metrics_port
     assert _flag(argv, "--concurrency") == "8"
+
+
+def test_pinned_systems_pin_each_process_to_a_cpu_of_this_machine():
+    listed = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    assert cpu_list(
+        parse_affinity(_flag(worker_argv("ebbtide-pinned", 8), "--cpu-affinity")).cpus
+    ) == cpu_list(parse_affinity(listed).cpus)
+    two = worker_argv("ebbtide-pinned-p2", 8)
+    assert _flag(two, "--processes") == "2" and "--cpu-affinity" in two
+    dramatiq = worker_argv("dramatiq-pinned", 8)
+    assert dramatiq[:3] == ["taskset", "-c", str(min(os.sched_getaffinity(0)))]
+    assert dramatiq[3:] == worker_argv("dramatiq", 8)
 
 
 def test_an_unknown_system_is_named():

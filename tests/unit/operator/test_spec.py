@@ -266,3 +266,11 @@ def test_bad_processes_name_the_field(value):
     raw["worker"]["processes"] = value
     with pytest.raises(SpecError, match=r"spec\.worker\.processes"):
         parse_spec(raw)
+
+
+@pytest.mark.parametrize("value", ["0-1", "AUTO", 1, None])
+def test_a_bad_cpu_affinity_names_the_field(value):
+    raw = minimal()
+    raw["worker"]["cpuAffinity"] = value
+    with pytest.raises(SpecError, match=r"spec\.worker\.cpuAffinity must be none or auto"):
+        parse_spec(raw)

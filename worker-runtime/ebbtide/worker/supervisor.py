@@ -61,7 +61,7 @@ class Child:
 class Supervisor:
     def __init__(
         self,
-        child_argv: Callable[[str], list[str]],
+        child_argv: Callable[[int, str], list[str]],
         processes_n: int,
         *,
         grace_seconds: float,
@@ -69,7 +69,7 @@ class Supervisor:
         metrics_host: str,
         metrics_dir: str,
     ) -> None:
-        self.child_argv = child_argv  # socket path -> the child's command line
+        self.child_argv = child_argv  # (index, socket path) -> the child's command line
         self.n = processes_n
         self.grace_seconds = grace_seconds
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
@@ -139,7 +139,9 @@ class Supervisor:
         }
         with contextlib.suppress(FileNotFoundError):
             os.unlink(child.socket)
-        child.proc = await asyncio.create_subprocess_exec(*self.child_argv(child.socket), env=env)
+        child.proc = await asyncio.create_subprocess_exec(
+            *self.child_argv(child.index, child.socket), env=env
+        )
         child.started, child.answered, child.misses = time.monotonic(), False, 0
         child.ready = (False, "starting")
         logs.log("worker process started", process=child.index, pid=child.proc.pid)

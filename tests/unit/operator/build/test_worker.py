@@ -225,3 +225,11 @@ def test_processes_reach_the_worker_args_and_the_slot_count():
     assert args[args.index("--processes") + 1] == "2"
     # The policy sizes pods by their slots: 2 processes x 8.
     assert spec.scaling.concurrency == 16
+
+
+def test_cpu_affinity_reaches_the_worker_args_only_when_asked():
+    raw = managed_spec()
+    assert "--cpu-affinity" not in worker.worker_args(parse_spec(raw))  # default: none
+    raw["worker"]["cpuAffinity"] = "auto"
+    args = worker.worker_args(parse_spec(raw))
+    assert args[args.index("--cpu-affinity") + 1] == "auto"
