@@ -41,7 +41,14 @@ from support.servers import redis_server  # noqa: E402
 DEFAULT_TASKS = {"redis": 20_000, "rabbitmq": 10_000}
 QUICK_TASKS = {"redis": 2_000, "rabbitmq": 1_000}
 COUNTER_KEY = "bench:done"
-REDIS_ONLY = ("bare", "dramatiq-p2", "ebbtide-p2", "ebbtide-metrics-p2", "ebbtide-pinned-p2")
+REDIS_ONLY = (
+    "bare",
+    "dramatiq-p2",
+    "ebbtide-p2",
+    "ebbtide-metrics-p2",
+    "ebbtide-pinned-p2",
+    "dramatiq-pinned-p2",
+)
 EBBTIDE_DEF = (
     "ebbtide",
     "ebbtide-p2",
@@ -58,9 +65,9 @@ def worker_argv(system: str, concurrency: int) -> list[str]:
     (Dramatiq `-p 2`, Ebbtide `--processes 2`), each with its own 8 slots. An
     `ebbtide-metrics` system serves /metrics on an ephemeral port, as a pod does: the
     others record no metrics, which under --processes N is not what production pays.
-    An `ebbtide-pinned` system pins each process to one CPU of this machine
-    (`--cpu-affinity`); `dramatiq-pinned` is Dramatiq's one process under `taskset` to
-    the first of them, the same pin for the like-for-like ratio."""
+    An `-pinned` system pins each worker process to one CPU of this machine, in turn:
+    Ebbtide with `--cpu-affinity`, Dramatiq with BENCH_PIN_CPUS (anchors/common.py), so
+    the pinned rows compare like for like."""
     py = sys.executable
     procs = "2" if system.endswith("-p2") else "1"
     if system == "celery":
@@ -68,11 +75,12 @@ def worker_argv(system: str, concurrency: int) -> list[str]:
             *(py, "-m", "celery", "-A", "anchors.celery_app", "worker"),
             *("-P", "solo", "-c", "1", "--loglevel", "WARNING"),
         ]  # Celery's defaults otherwise: --without-heartbeat makes it ~10x slower on AMQP
+    here = cpu_list(os.sched_getaffinity(0))
     if system in ("dramatiq", "dramatiq-p2"):
         return [py, "-m", "dramatiq", "anchors.dramatiq_app", "-p", procs, "-t", "8"]
-    if system == "dramatiq-pinned":
-        first = str(min(os.sched_getaffinity(0)))
-        return ["taskset", "-c", first, *worker_argv("dramatiq", concurrency)]
+    if system in ("dramatiq-pinned", "dramatiq-pinned-p2"):
+        plain = system.replace("-pinned", "")
+        return ["env", f"BENCH_PIN_CPUS={here}", *worker_argv(plain, concurrency)]
     if system in (*EBBTIDE_DEF, "ebbtide-async"):
         argv = [
             *(py, "-m", "ebbtide", "--log-level", "WARNING", "worker", "anchors.ebbtide_app:app"),
@@ -83,7 +91,7 @@ def worker_argv(system: str, concurrency: int) -> list[str]:
         if system.startswith("ebbtide-metrics"):
             argv += ["--metrics-port", "0"]
         if system.startswith("ebbtide-pinned"):
-            argv += ["--cpu-affinity", cpu_list(os.sched_getaffinity(0))]
+            argv += ["--cpu-affinity", here]
         return argv if procs == "1" else [*argv, "--processes", procs]
     raise ValueError(f"no worker for {system!r}")
 
@@ -93,6 +101,7 @@ BULK_HOW = {
     "dramatiq": "group, not pipelined",
     "dramatiq-p2": "group, not pipelined",
     "dramatiq-pinned": "group, not pipelined",
+    "dramatiq-pinned-p2": "group, not pipelined",
     "raw": "pipelined",
 }
 

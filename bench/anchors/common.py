@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import re
 
 import redis
 
@@ -30,3 +32,18 @@ def burn_cpu() -> int:
     for i in range(CPU_LOOPS):
         total += i * i % 7
     return total
+
+
+def pin_worker_process() -> None:
+    """BENCH_PIN_CPUS (a CPU list such as 0-1): pin this Dramatiq worker process to one of
+    them, in turn by its number (Dramatiq names its children Process-1, Process-2, ...),
+    as Ebbtide's `--cpu-affinity 0-1` pins its processes. Bench only: Dramatiq has no
+    such option, and this makes its pinned rows the like-for-like ones."""
+    listed = os.environ.get("BENCH_PIN_CPUS")
+    number = re.fullmatch(r"Process-(\d+)", multiprocessing.current_process().name)
+    if not listed or number is None:
+        return
+    from ebbtide.worker.affinity import parse_affinity
+
+    cpus = parse_affinity(listed).cpus
+    os.sched_setaffinity(0, {cpus[(int(number.group(1)) - 1) % len(cpus)]})

@@ -6,7 +6,9 @@ import time
 
 import dramatiq
 
-from anchors.common import BROKER_URL, HOLD_S, QUEUE, burn_cpu, count_one
+from anchors.common import BROKER_URL, HOLD_S, QUEUE, burn_cpu, count_one, pin_worker_process
+
+pin_worker_process()  # before the worker's threads start (only with BENCH_PIN_CPUS)
 
 if BROKER_URL.startswith("amqp"):
     from dramatiq.brokers.rabbitmq import RabbitmqBroker

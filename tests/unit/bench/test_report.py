@@ -142,7 +142,7 @@ def test_pinned_rows_get_verdicts_against_dramatiq_as_it_runs_and_under_taskset(
     ]
     found = verdicts(rows)
     assert found[("redis", "--cpu-affinity vs Dramatiq")] == "PASS"  # 3.5x
-    assert found[("redis", "--cpu-affinity vs Dramatiq under taskset")] == "MISS"  # 2.8x
+    assert found[("redis", "--cpu-affinity vs Dramatiq pinned the same way")] == "MISS"  # 2.8x
     assert found[("redis", "two processes each, --cpu-affinity, vs Dramatiq -p 2")] == "MISS"
     line = next(x for x in render_table(rows).splitlines() if "--processes 2 --cpu" in x)
     assert "2.47x" in line  # against dramatiq -p 2

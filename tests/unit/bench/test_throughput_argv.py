@@ -43,9 +43,10 @@ def test_pinned_systems_pin_each_process_to_a_cpu_of_this_machine():
     ) == cpu_list(parse_affinity(listed).cpus)
     two = worker_argv("ebbtide-pinned-p2", 8)
     assert _flag(two, "--processes") == "2" and "--cpu-affinity" in two
-    dramatiq = worker_argv("dramatiq-pinned", 8)
-    assert dramatiq[:3] == ["taskset", "-c", str(min(os.sched_getaffinity(0)))]
-    assert dramatiq[3:] == worker_argv("dramatiq", 8)
+    for plain in ("dramatiq", "dramatiq-p2"):
+        pinned = worker_argv(plain.replace("dramatiq", "dramatiq-pinned"), 8)
+        assert pinned[:2] == ["env", f"BENCH_PIN_CPUS={cpu_list(os.sched_getaffinity(0))}"]
+        assert pinned[2:] == worker_argv(plain, 8)
 
 
 def test_an_unknown_system_is_named():
