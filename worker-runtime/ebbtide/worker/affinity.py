@@ -3,11 +3,12 @@ on one core instead of across two.
 
 A sync task's thread drops the GIL at every socket call, and another thread takes it.
 When that thread sleeps on another core, each hand-off wakes that core: on the 2-core
-benchmark VM an unpinned one-process Redis worker ran 2,630-4,262 tasks/s, the same
-worker pinned to one CPU 5,131-7,255/s (docs/benchmarks.md, "Pinned to a CPU"). What a
-process loses is running two things at once outside the GIL (C extensions, the
-kernel's share of its I/O), and every subprocess a task starts inherits the pin. So the
-default is `none`, and `auto` pins only where the CPUs are the container's own.
+benchmark VM a one-process Redis worker spent 158-167 us of CPU per task unpinned and
+85-100 us pinned, and ran 5,662-5,965 tasks/s against 8,794-10,215/s (docs/benchmarks.md,
+"2026-12-06: pinned to a CPU"). What a process loses is running two things at once
+outside the GIL (C extensions, the kernel's share of its I/O), and every subprocess a
+task starts inherits the pin. So the default is `none`, and `auto` pins only where the
+CPUs are the container's own.
 
 Values:
 - `none` (default): the kernel places the threads.
