@@ -124,6 +124,10 @@ def pin_process(index: int, affinity: Affinity) -> int | None:
     if cpu is None:
         logs.log("not pinned to a CPU", process=index, reason=why)
         return None
-    os.sched_setaffinity(0, {cpu})
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:  # an optimisation only: the worker runs unpinned, and says so
+        logs.warn("cannot pin to a CPU", process=index, cpu=cpu, error=exc.strerror or str(exc))
+        return None
     logs.log("pinned to a CPU", process=index, cpu=cpu, reason=why)
     return cpu

@@ -60,3 +60,20 @@ def test_auto_pins_only_cpus_of_the_containers_own():
     # A cpuset wider than the CPU limit: the quota is shared across them.
     cpu, why = choose_cpu(0, auto, {0, 1, 2, 3}, 16, 2)
     assert cpu is None and "limit is 2" in why
+
+
+def test_a_pin_the_kernel_refuses_leaves_the_worker_running_unpinned(monkeypatch, capsys):
+    import os
+
+    from ebbtide import logs
+    from ebbtide.worker import affinity
+
+    logs.setup("INFO")  # a handler on stderr, bound now, where capsys sees it
+
+    def refuse(pid: int, cpus: set[int]) -> None:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    listed = parse_affinity(str(min(os.sched_getaffinity(0))))
+    assert affinity.pin_process(0, listed) is None
+    assert "cannot pin to a CPU" in capsys.readouterr().err
