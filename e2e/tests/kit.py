@@ -27,6 +27,7 @@ RABBITMQ_IMAGE = "docker.io/library/rabbitmq:3.13-management"
 IMAGES = (OPERATOR_IMAGE, RUNTIME_IMAGE, WORKER_IMAGE, REDIS_IMAGE, RABBITMQ_IMAGE)
 GROUP, VERSION, PLURAL = "ebbtide.dev", "v1alpha1", "taskqueues"
 RUNS = "e2e:runs"  # tracked.RUNS_KEY
+RUN_LOG = "e2e:run-log"  # tracked.RUN_LOG_KEY
 TRACKER = "tracker"
 HOSTS_ENV = "EBBTIDE_E2E_HOSTS"  # apps/host_routes.py
 CA_DIR = Path(os.environ.get("TMPDIR", "/tmp")) / "ebbtide-e2e-ca"
@@ -321,3 +322,11 @@ def enqueue(broker_url: str, count: int, seconds: float, first: int = 0) -> None
     )
     argv = [sys.executable, "-c", code, str(APPS), broker_url, str(count), str(seconds), str(first)]
     subprocess.run(argv, check=True, timeout=120)
+
+
+def runs_of(track: Any, tasks: set[int], most: int = 40) -> str:
+    """The run log's lines for `tasks` (which pod ran each, from when to when): a test
+    that finds a task run twice says by whom, the first step to why."""
+    lines = [line.decode() for line in track.lrange(RUN_LOG, 0, -1)]
+    mine = [line for line in lines if int(line.split(" ", 1)[0]) in tasks]
+    return "\n".join(mine[:most])

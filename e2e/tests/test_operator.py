@@ -28,6 +28,7 @@ from e2e.tests.kit import (
     kubectl,
     put_secret,
     read_tq,
+    runs_of,
     secret_value,
     taskqueue,
     tracker,
@@ -292,7 +293,9 @@ def test_burst_scales_up_drains_and_scales_down(
     runs = {int(k): int(v) for k, v in track.hgetall(RUNS).items()}
     assert len(runs) == BURST, f"{BURST - len(runs)} tasks lost"
     twice = {k: v for k, v in runs.items() if v != 1}
-    assert not twice, f"tasks run more than once: {sorted(twice.items())[:10]}"
+    assert not twice, (
+        f"tasks run more than once: {sorted(twice.items())[:10]}\n{runs_of(track, set(twice))}"
+    )
 
     def scale_events() -> list:
         events = core.list_namespaced_event(

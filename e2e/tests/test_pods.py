@@ -24,6 +24,7 @@ from e2e.tests.kit import (
     read_tq,
     ready_pods,
     run_pod,
+    runs_of,
     secret_value,
     taskqueue,
     tracker,
@@ -142,7 +143,9 @@ def test_managed_redis_burst_scales_real_pods_and_runs_each_task_once(
     runs = counts(track)
     assert len(runs) == burst, f"{burst - len(runs)} tasks lost"
     twice = {k: v for k, v in runs.items() if v != 1}
-    assert not twice, f"tasks run more than once: {sorted(twice.items())[:10]}"
+    assert not twice, (
+        f"tasks run more than once: {sorted(twice.items())[:10]}\n{runs_of(track, set(twice))}"
+    )
 
 
 def assert_producer_cannot_claim(producer_url: str) -> None:

@@ -16,6 +16,7 @@ if os.environ.get("EBBTIDE_E2E_HOSTS"):  # an e2e test's host process (not a wor
 
 app = ebbtide.App()  # the broker from EBBTIDE_BROKER_URL, as the operator sets it
 RUNS_KEY = "e2e:runs"
+RUN_LOG_KEY = "e2e:run-log"  # "<task> <pod> <start> <end>" per run: who ran a task twice
 _tracker: redis.Redis | None = None
 
 
@@ -28,6 +29,11 @@ def tracker() -> redis.Redis:
 
 @app.task(name="work")
 def work(task_number: int, seconds: float) -> None:
-    """Sleep like real work, then count this run."""
+    """Sleep like real work, then count this run (and log who ran it, and when)."""
+    started = time.time()
     time.sleep(seconds)
-    tracker().hincrby(RUNS_KEY, str(task_number), 1)
+    pod = os.environ.get("HOSTNAME", "?")
+    with tracker().pipeline(transaction=False) as pipe:
+        pipe.hincrby(RUNS_KEY, str(task_number), 1)
+        pipe.rpush(RUN_LOG_KEY, f"{task_number} {pod} {started:.3f} {time.time():.3f}")
+        pipe.execute()

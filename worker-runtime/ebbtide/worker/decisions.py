@@ -77,6 +77,12 @@ class Settings:
         )
 
 
+def heartbeat_late(gap_s: float, alive_s: float) -> bool:
+    """Two successful heartbeats more than half the liveness window apart: one more
+    such gap and the worker's claims are taken for a dead worker's."""
+    return gap_s > alive_s / 2
+
+
 def parse_thread_limit(value: int | str | None, concurrency: int) -> int | None:
     """--thread-limit: 'auto' (or None) is measured (thread_limit.py), N is 1..concurrency."""
     if value is None:

@@ -410,13 +410,28 @@ class Worker:
             await asyncio.sleep(0.5)
 
     async def _heartbeat_loop(self) -> None:
+        last = time.monotonic()
         while True:
             try:
                 await self._heartbeat()
-                self._last_broker_ok = time.monotonic()
+                now = self._last_broker_ok = time.monotonic()
+                self._late(now - last)
+                last = now
             except Exception as exc:
                 logs.warn("heartbeat failed", error=str(exc))
             await asyncio.sleep(self.settings.heartbeat_s)
+
+    def _late(self, gap_s: float) -> None:
+        """Say so when heartbeats came too far apart: past the liveness window, this
+        worker's claims may have gone to another worker while it ran them (a starved
+        CPU, a paused process), which is the one way a task runs twice."""
+        alive_s = self.settings.alive_ms / 1000
+        if decisions.heartbeat_late(gap_s, alive_s):
+            logs.warn(
+                "heartbeat late: claims may be taken over",
+                gap_s=round(gap_s, 2),
+                alive_s=alive_s,
+            )
 
     async def _heartbeat(self) -> None:
         held, ttl = list(self.held.values()), self.settings.worker_ttl_ms
@@ -426,10 +441,20 @@ class Worker:
         running = set(self.running)
         # No claim on its way (single loop: every reply so far is in `held`), so the
         # claims recorded for this worker that it does not hold had their reply lost.
+        # The sweep holds the claim flag until its reply is in: a claim sent meanwhile
+        # could reach the broker first, be recorded without being in `held`'s snapshot,
+        # and be swept back to ready while this worker runs it (run twice).
         sweep = self._sweep and not self._claim_inflight
-        lost = await self._exchanger.renew(
-            self.worker_id, self.info(), held, running, self.lease_ms, ttl, sweep
-        )
+        if sweep:
+            self._claim_inflight = True
+        try:
+            lost = await self._exchanger.renew(
+                self.worker_id, self.info(), held, running, self.lease_ms, ttl, sweep
+            )
+        finally:
+            if sweep:
+                self._claim_inflight = False
+                self._slot_freed.set()  # the fetch loop waits on it while a claim is out
         if sweep:
             self._sweep = False
         self._fenced_out(lost)

@@ -74,6 +74,12 @@ def test_readiness():
     assert decisions.readiness(False, 12.0, 1.0)[0] is False  # at least 10 s of slack
 
 
+def test_a_heartbeat_is_late_past_half_the_liveness_window():
+    settings = decisions.Settings.of()  # heartbeat 1 s, liveness 4 s
+    assert not decisions.heartbeat_late(settings.heartbeat_s + 0.2, settings.alive_ms / 1000)
+    assert decisions.heartbeat_late(2.5, settings.alive_ms / 1000)
+
+
 def test_heartbeat_info_is_what_stats_reads_back():
     from ebbtide.stats import worker_info
 

@@ -337,3 +337,50 @@ def test_a_far_redis_grows_the_held_bound_unless_prefetch_is_given():
     pinned = FarExchangingBroker([payload("ok")] * 200)
     run_worker(pinned, 200, prefetch=2)
     assert max(pinned.claim_sizes) <= 4, pinned.claim_sizes
+
+
+class LostClaimReplyBroker(ExchangingBroker):
+    """The first claim's reply is lost (the worker must sweep); the sweeping heartbeat
+    takes a round trip, during which a claim would race it."""
+
+    def __init__(self, payloads: Sequence[str]) -> None:
+        super().__init__(payloads)
+        self.sweeping = False
+        self.sweeps = 0
+        self.claims_during_sweep = 0
+        self.failed = False
+
+    async def exchange(self, settlements, plan, n, lease_ms, dead_ttl_ms, run_now=0, held=0):
+        if n and self.sweeping:
+            self.claims_during_sweep += 1
+        if n and not self.failed:
+            self.failed = True
+            raise ConnectionError("reply lost")
+        return await super().exchange(settlements, plan, n, lease_ms, dead_ttl_ms, run_now, held)
+
+    async def renew(self, worker_id, info, held, running, lease_ms, ttl_ms, sweep=False):
+        if sweep:
+            self.sweeping, self.sweeps = True, self.sweeps + 1
+            await asyncio.sleep(0.05)  # the heartbeat's round trip, claims free to race it
+            self.sweeping = False
+        return await super().renew(worker_id, info, held, running, lease_ms, ttl_ms, sweep)
+
+
+def test_no_claim_is_sent_while_a_heartbeat_sweeps_lost_claims_back():
+    """A claim sent during the sweep could be recorded before the sweep runs and be
+    swept back to ready while the worker runs it: the same task would run twice."""
+    broker = LostClaimReplyBroker([payload("ok")] * 20_000)
+    app._broker = broker
+    worker = Worker(app, parse_queues("q"), concurrency=2, lease_seconds=0.6)
+
+    async def main() -> None:
+        running = asyncio.create_task(worker.main())
+        deadline = time.monotonic() + 10
+        while not broker.sweeps or broker.sweeping:
+            assert time.monotonic() < deadline and not running.done()
+            await asyncio.sleep(0.005)
+        worker.request_stop("test")
+        await asyncio.wait_for(running, 10)
+
+    asyncio.run(main())
+    assert broker.sweeps == 1 and broker.claims_during_sweep == 0
