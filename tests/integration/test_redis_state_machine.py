@@ -256,3 +256,83 @@ def test_key_prefix_comes_from_the_environment(monkeypatch, redis_broker):
     stats = ebbtide.read_stats(redis_broker.url, prefix="tenant-a")
     assert stats.queues["default"].ready == 1
     app.close()
+
+
+ALIVE_MS = 400  # the liveness window of the workers below
+
+
+async def _bound(url: str, worker_id: str) -> RedisBroker:
+    worker = RedisBroker(url)
+    worker.bind_worker(worker_id, ALIVE_MS)
+    await worker.aconnect()
+    return worker
+
+
+def _past_liveness(rec: redis.Redis, worker_id: str) -> bool:
+    seconds, micros = rec.time()
+    deadline = rec.zscore("ebbtide:q:{default}:alive", worker_id)
+    return deadline is not None and deadline < int(seconds) * 1000 + int(micros) // 1000
+
+
+def test_a_stall_of_every_worker_takes_none_of_them_for_dead(redis_broker):
+    """Worker A runs a task, then nobody calls on the queue for longer than A's liveness
+    (the node starved every pod, broker included). B's first claim after the stall
+    leaves A's task with A: the unobserved time does not count. A still silent while B
+    goes on calling is then taken for dead, and its task comes back."""
+    broker = redis_broker
+    task_id = broker.tasks.record.send("stalled", 0)
+
+    async def main() -> None:
+        a = await _bound(broker.url, "worker-a")
+        b = await _bound(broker.url, "worker-b")
+        try:
+            assert len(await a.claim([("default", 0)], 1, 30_000, run_now=1)) == 1
+            # The stall itself (the fault, not a wait for a condition): no call at all
+            # for 2.5 liveness windows.
+            await asyncio.sleep(2.5 * ALIVE_MS / 1000)
+            assert await b.claim([("default", 0)], 1, 30_000) == []
+            q = broker.queue()
+            assert (q.in_flight, q.ready) == (1, 0), "A's task was taken back after a stall"
+
+            async def a_taken_for_dead() -> bool:
+                await b.claim([("default", 0)], 0, 30_000)
+                return broker.queue().ready == 1
+
+            deadline = time.monotonic() + 10
+            while not await a_taken_for_dead():
+                assert time.monotonic() < deadline, "A's task never came back"
+                await asyncio.sleep(0.05)
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    asyncio.run(main())
+    assert broker.rec.hget("ebbtide:q:{default}:lost", task_id) == "1"  # it had started
+
+
+def test_a_worker_back_from_a_stall_of_its_own_keeps_its_running_tasks(redis_broker):
+    """A stalls alone past its liveness while B's heartbeats keep the queue observed; A's
+    own next claim renews A before it reclaims anything, so it never takes back (to run
+    a second time) the task it is running."""
+    broker = redis_broker
+    broker.tasks.record.send("own", 0)
+
+    async def main() -> None:
+        a = await _bound(broker.url, "worker-a")
+        b = await _bound(broker.url, "worker-b")
+        try:
+            assert len(await a.claim([("default", 0)], 1, 30_000, run_now=1)) == 1
+            assert await b.claim([("default", 0)], 0, 30_000) == []  # B's queue: default
+            deadline = time.monotonic() + 10
+            while not _past_liveness(broker.rec, "worker-a"):
+                assert time.monotonic() < deadline, "A's liveness never ran out"
+                await b.renew("worker-b", "{}", [], (), 30_000, 30_000)
+                await asyncio.sleep(0.02)
+            assert await a.claim([("default", 0)], 1, 30_000) == []
+            q = broker.queue()
+            assert (q.in_flight, q.ready) == (1, 0), "A took back its own running task"
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    asyncio.run(main())

@@ -11,7 +11,8 @@
 --   delayed       ZSET  "<prio>|<id>" -> due time (ms), for delay= and retries
 --   dead          ZSET  "<prio>|<id>" -> time of death (ms)
 --   msgs          HASH  id -> JSON payload (one copy, whatever the state)
---   counters      HASH  enqueued, completed, busy_us (cumulative)
+--   counters      HASH  enqueued, completed, busy_us (cumulative); observed_ms, when a
+--                       worker last called on the queue (see observe)
 --   alive         ZSET  worker id -> liveness deadline (ms) of the workers that claim
 --                       here: past it, their claims in this queue come back
 --   epoch         STRING the claim-token counter (one INCR per claiming call)
@@ -119,6 +120,26 @@ end
 local function reclaim_expired(Q, now, limit)
   local expired = redis.call('ZRANGEBYSCORE', Q.inflight, '-inf', now, 'LIMIT', 0, limit)
   for _, handle in ipairs(expired) do recover(Q, handle, now) end
+end
+
+-- Liveness counts only time in which workers were heard from. Each worker's claim and
+-- heartbeat on a queue records when it came. A call that finds none for more than half
+-- its liveness window means that every worker of the queue, or the broker itself, was
+-- stalled (a starved node, a paused VM) or that all of them are gone: every deadline
+-- moves on by the gap. A worker the stall kept from its heartbeat is then not taken for
+-- dead, and its running tasks do not run twice; one that had died before the gap is
+-- still past its deadline, and one that died in it is noticed one window later.
+local function observe(Q, now, alive)
+  if alive <= 0 then return end
+  local seen = tonumber(redis.call('HGET', Q.counters, 'observed_ms'))
+  if seen and now - seen > alive / 2 then
+    local gap = now - seen
+    local entries = redis.call('ZRANGE', Q.alive, 0, -1, 'WITHSCORES')
+    for i = 1, #entries, 2 do
+      redis.call('ZADD', Q.alive, tonumber(entries[i + 1]) + gap, entries[i])
+    end
+  end
+  redis.call('HSET', Q.counters, 'observed_ms', now)
 end
 
 -- Workers whose liveness in this queue ran out (no heartbeat for a few seconds): every
@@ -238,10 +259,14 @@ local function claim_framed(plan, n, now, deadline, worker, run_now, alive, held
   local halt = false
   for _, step in ipairs(plan) do
     local Q = step[1]
-    reclaim_dead_workers(Q, now)
     -- A claim is a sign of life too: a worker that dies before its first heartbeat is
-    -- still noticed by its liveness, not its lease.
-    if worker ~= '' and alive > 0 then redis.call('ZADD', Q.alive, now + alive, worker) end
+    -- still noticed by its liveness, not its lease. Renewed before the reclaim, so a
+    -- worker back from a stall of its own never takes back the tasks it is running.
+    if worker ~= '' and alive > 0 then
+      observe(Q, now, alive)
+      redis.call('ZADD', Q.alive, now + alive, worker)
+    end
+    reclaim_dead_workers(Q, now)
     promote_due(Q, now, 500)
     reclaim_expired(Q, now, 500)
   end

@@ -37,6 +37,7 @@ for _, Q in ipairs(qs) do
       end
     end
   end
+  observe(Q, now, alive)
   -- Stopping: whatever it still holds (nothing, normally) comes back at the next claim.
   redis.call('ZADD', Q.alive, info == '' and now or now + alive, worker_id)
 end
