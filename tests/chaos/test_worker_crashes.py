@@ -1,4 +1,5 @@
-"""Faults of the worker process itself: SIGKILL mid-batch, SIGSTOP past the lease."""
+"""Faults of the worker process itself: SIGKILL mid-batch, SIGSTOP past the lease, a
+stalled node (every worker and the broker frozen together)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import signal
 import time
 
 import chaos_tasks
+import pytest
 from ledger import restarting, wait_for, worker
 
 N = 2000
@@ -63,3 +65,29 @@ def test_poison_task_that_kills_its_worker(broker, ledger, redis_url):
     dead = ledger.dead(broker.url)
     assert all("worker lost" in dead[task_id] for task_id in dead), dead
     assert crashes() >= 2
+
+
+@pytest.mark.parametrize("broker", [pytest.param("redis", marks=pytest.mark.redis)], indirect=True)
+@pytest.mark.parametrize("with_broker", [True, False], ids=["broker-too", "workers-only"])
+def test_a_stalled_node_runs_no_task_twice(broker, ledger, redis_url, with_broker):
+    """Every worker (and the broker, or not) frozen together past the workers' liveness
+    (4 s), as a node starving its BestEffort pods or a paused VM does, then thawed
+    together. No worker is taken for dead, so no task runs twice, and none is lost."""
+    stalled = "broker too" if with_broker else "broker running"
+    ledger.scenario = f"every worker stalled, {stalled} ({broker.name})"
+    ledger.send(chaos_tasks.work, 400, 0.05)
+    with (
+        worker(broker.url, redis_url, "--concurrency", "4") as one,
+        worker(broker.url, redis_url, "--concurrency", "4") as two,
+    ):
+        wait_for(lambda: len(ledger.runs()) >= 40, 60, "both workers running tasks")
+        frozen = [broker.server.proc, one, two] if with_broker else [one, two]
+        for proc in frozen:
+            proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(6)  # the fault itself: 1.5 liveness windows without a sound
+        finally:
+            for proc in frozen:
+                proc.send_signal(signal.SIGCONT)
+        row = ledger.check(broker.url, since=time.monotonic())
+    assert row.completed == 400 and row.duplicates == 0, row

@@ -78,8 +78,8 @@ class Settings:
 
 
 def heartbeat_late(gap_s: float, alive_s: float) -> bool:
-    """Two successful heartbeats more than half the liveness window apart: one more
-    such gap and the worker's claims are taken for a dead worker's."""
+    """Two successful heartbeats more than half the liveness window apart: a little
+    longer, and the broker takes the worker's claims for a dead worker's."""
     return gap_s > alive_s / 2
 
 

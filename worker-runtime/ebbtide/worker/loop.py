@@ -424,7 +424,7 @@ class Worker:
     def _late(self, gap_s: float) -> None:
         """Say so when heartbeats came too far apart: past the liveness window, this
         worker's claims may have gone to another worker while it ran them (a starved
-        CPU, a paused process), which is the one way a task runs twice."""
+        CPU, a paused process): the way a task runs twice without any crash."""
         alive_s = self.settings.alive_ms / 1000
         if decisions.heartbeat_late(gap_s, alive_s):
             logs.warn(
