@@ -80,7 +80,7 @@ def test_a_stalled_node_runs_no_task_twice(broker, ledger, redis_url, with_broke
         worker(broker.url, redis_url, "--concurrency", "4") as one,
         worker(broker.url, redis_url, "--concurrency", "4") as two,
     ):
-        wait_for(lambda: len(ledger.runs()) >= 40, 60, "both workers running tasks")
+        wait_for(lambda: len(ledger.runs()) >= 40, 60, "the workers running tasks")
         frozen = [broker.server.proc, one, two] if with_broker else [one, two]
         for proc in frozen:
             proc.send_signal(signal.SIGSTOP)
