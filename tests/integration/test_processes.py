@@ -8,6 +8,7 @@ import os
 import re
 import signal
 
+import pytest
 from support import http
 from support.servers import free_port
 from worker_testkit import wait_for
@@ -72,6 +73,9 @@ def test_a_killed_process_is_restarted_and_its_tasks_recovered(broker):
             lambda: len(pids(broker.started("pk")) - first) == 1,
             what=lambda: f"a task started by a new process: {broker.started('pk')}",
         )
+        # The first two were forked from the preloaded supervisor; the restart is exec'd.
+        wait_for(lambda: "start=exec" in proc.log(), 30, "the restarted process's start")
+        assert proc.log().count("start=forked") == 2
         broker.open_gate("pk")
         wait_for(
             lambda: indices(broker.done("pk")) == {0, 1, 2, 3},
@@ -98,8 +102,18 @@ def test_sigterm_drains_both_processes(broker):
         assert all(v == "1" for v in broker.rec.hgetall("runs:pt").values())  # none re-run
 
 
-def test_a_bad_app_stops_the_supervisor_with_a_usage_error(broker):
-    out = broker.cli("worker", "no_such_module:app", "--processes", "2")
+def test_children_exec_d_as_new_interpreters_run_tasks_too(broker):
+    with broker.worker(*TWO, "--start-children", "exec") as proc:
+        running = four_started(broker, "px")
+        assert proc.log().count("start=exec") == 2 and "start=forked" not in proc.log()
+        assert str(proc.pid) not in running
+        broker.open_gate("px")
+        wait_for(lambda: len(broker.done("px")) == 4, what="4 tasks done")
+
+
+@pytest.mark.parametrize("start", ["fork", "exec"])
+def test_a_bad_app_stops_the_supervisor_with_a_usage_error(broker, start):
+    out = broker.cli("worker", "no_such_module:app", "--processes", "2", "--start-children", start)
     assert out.returncode == 2, out.stderr
     assert "no_such_module" in out.stderr and "usage error" in out.stderr
 

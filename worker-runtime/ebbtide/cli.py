@@ -118,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
         "(default 1; 'auto' = the container's CPU limit)",
     )
     w.add_argument(
+        "--start-children",
+        choices=("fork", "exec"),
+        default="fork",
+        help="with --processes > 1: 'fork' (default) the first children from the supervisor "
+        "once it has imported the runtime and broker client (Linux; the app is imported "
+        "after the fork), or 'exec' each as a new interpreter; a restart always execs",
+    )
+    w.add_argument(
         "--cpu-affinity",
         default="none",
         help="pin each worker process to one CPU: 'none' (default), 'auto' (only where the "
@@ -254,7 +262,7 @@ def _worker(args: argparse.Namespace) -> int:
         wanted = parse_processes(args.processes)
         processes = read_cpu_limit() if wanted is None else wanted
         if processes > 1:
-            return _supervise(args, processes, affinity)
+            return _supervise(args, processes, affinity, url)
     else:
         from .worker.supervisor import bind_to_supervisor
 
@@ -305,11 +313,14 @@ def _worker_app(spec: str) -> Any:
     return app
 
 
-def _supervise(args: argparse.Namespace, processes: int, affinity: Affinity) -> int:
+def _supervise(
+    args: argparse.Namespace, processes: int, affinity: Affinity, url: str | None
+) -> int:
     """--processes N > 1: the supervisor runs N copies of this worker command, each
     without the probes port (it serves that) and with a probe socket of its own."""
     import tempfile
 
+    from .worker import prefork
     from .worker.affinity import check_affinity
     from .worker.supervisor import Supervisor
 
@@ -336,12 +347,16 @@ def _supervise(args: argparse.Namespace, processes: int, affinity: Affinity) -> 
     if args.metrics_port is not None:  # children record only what the supervisor exports
         flags.append("--child-metrics")
     level = args.sub_log_level or args.log_level
-    head = [sys.executable, "-m", "ebbtide", *(["--log-level", level] if level else [])]
+    head = ["--log-level", level] if level else []
     base = args.metrics_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
     # The children get a private directory under `base`; the supervisor's own metrics
     # (build info, its process) stay in memory, so prometheus_client must not see it.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    fork = args.start_children == "fork" and prefork.available()
+    if fork:
+        prefork.preload(prefork.modules_for(url))
     supervisor = Supervisor(
+        [sys.executable, "-m", "ebbtide"],
         lambda index, socket: [
             *(*head, "worker", args.app, *flags),
             *("--child-socket", socket, "--child-index", str(index)),
@@ -351,6 +366,7 @@ def _supervise(args: argparse.Namespace, processes: int, affinity: Affinity) -> 
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         metrics_dir=base,
+        fork_entry=main if fork else None,
     )
     return supervisor.run()
 

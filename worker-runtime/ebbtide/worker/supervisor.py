@@ -12,6 +12,9 @@ heartbeat, so the operator's statistics count every child's slots). The supervis
   that stops answering /healthz is killed and restarted the same way;
 - forwards SIGTERM/SIGINT to every child, which drains within its own --grace-seconds,
   and kills what is left a few seconds after that.
+
+On Linux the first N children are forked from the supervisor once it has imported the
+runtime (prefork.py); a restarted child is exec'd as `python -m ebbtide worker ...`.
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .. import logs
-from . import probes, processes
+from . import prefork, probes, processes
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -45,11 +48,27 @@ KEEP_DEAD = 32  # dead children whose metric files are kept (their counters stay
 EXIT_USAGE = 2  # the CLI's usage error (bad MODULE:APP, bad flag): restarting cannot help
 
 
+class ChildProcess(Protocol):
+    """What the supervisor needs of a child: an exec'd asyncio.subprocess.Process or a
+    prefork.ForkedProcess."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 @dataclass
 class Child:
     index: int
     socket: str
-    proc: asyncio.subprocess.Process | None = None
+    proc: ChildProcess | None = None
     started: float = 0.0
     failures: int = 0  # deaths in a row, for the backoff
     restarts: int = 0
@@ -61,15 +80,19 @@ class Child:
 class Supervisor:
     def __init__(
         self,
-        child_argv: Callable[[int, str], list[str]],
+        command: list[str],
+        child_args: Callable[[int, str], list[str]],
         processes_n: int,
         *,
         grace_seconds: float,
         metrics_port: int | None,
         metrics_host: str,
         metrics_dir: str,
+        fork_entry: Callable[[list[str]], int] | None = None,
     ) -> None:
-        self.child_argv = child_argv  # (index, socket path) -> the child's command line
+        self.command = command  # what runs `child_args` in a new interpreter
+        self.child_args = child_args  # (index, socket path) -> the child's arguments
+        self.fork_entry = fork_entry  # runs `child_args` in a forked child; None: exec only
         self.n = processes_n
         self.grace_seconds = grace_seconds
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
@@ -80,30 +103,34 @@ class Supervisor:
         self._dead: list[int] = []  # pids whose metric files are still summed, oldest first
 
     def run(self) -> int:
-        return asyncio.run(self.main())
+        with self._run_dir() as run_dir:
+            self.prom_dir = str(run_dir / "metrics")
+            os.mkdir(self.prom_dir)
+            self.children = [Child(i, str(run_dir / f"child-{i}.sock")) for i in range(self.n)]
+            # Forked before the event loop exists: no loop or thread state in the children.
+            self._forked = (
+                {c.index: self._fork(c) for c in self.children} if self.fork_entry else {}
+            )
+            return asyncio.run(self.main())
 
     async def main(self) -> int:
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig.name)
-        with self._run_dir() as run_dir:
-            self.prom_dir = str(run_dir / "metrics")
-            os.mkdir(self.prom_dir)
-            self.children = [Child(i, str(run_dir / f"child-{i}.sock")) for i in range(self.n)]
-            server = None
-            if self.metrics_port is not None:
-                server = await probes.serve(
-                    self.metrics_host, self.metrics_port, self._metrics, self._readiness
-                )
-            logs.log("supervisor started", processes=self.n, metrics_dir=self.prom_dir)
-            keepers = [asyncio.create_task(self._keep(c)) for c in self.children]
-            prober = asyncio.create_task(self._probe_loop())
-            await self._stop.wait()
-            code = await self._shutdown(keepers)
-            prober.cancel()
-            if server is not None:
-                server.close()
+        server = None
+        if self.metrics_port is not None:
+            server = await probes.serve(
+                self.metrics_host, self.metrics_port, self._metrics, self._readiness
+            )
+        logs.log("supervisor started", processes=self.n, metrics_dir=self.prom_dir)
+        keepers = [asyncio.create_task(self._keep(c)) for c in self.children]
+        prober = asyncio.create_task(self._probe_loop())
+        await self._stop.wait()
+        code = await self._shutdown(keepers)
+        prober.cancel()
+        if server is not None:
+            server.close()
         logs.log("supervisor stopped", exit_code=code)
         return code
 
@@ -130,21 +157,32 @@ class Supervisor:
             self._stop.set()
 
     # -- children ------------------------------------------------------------------------
-    async def _start(self, child: Child) -> None:
-        env = {
-            **os.environ,
+    def _child_env(self, child: Child) -> dict[str, str]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(child.socket)
+        return {
             "PROMETHEUS_MULTIPROC_DIR": self.prom_dir,
             SUPERVISOR_PID_ENV: str(os.getpid()),
             "EBBTIDE_WORKER_PROCESS": str(child.index),
         }
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(child.socket)
-        child.proc = await asyncio.create_subprocess_exec(
-            *self.child_argv(child.index, child.socket), env=env
-        )
+
+    def _fork(self, child: Child) -> prefork.ForkedProcess:
+        assert self.fork_entry is not None
+        args = self.child_args(child.index, child.socket)
+        return prefork.fork_child(self.fork_entry, args, self._child_env(child))
+
+    async def _start(self, child: Child) -> None:
+        forked = self._forked.pop(child.index, None)
+        if forked is not None:
+            child.proc, how = forked, "forked"
+        else:
+            env = {**os.environ, **self._child_env(child)}
+            args = self.child_args(child.index, child.socket)
+            child.proc = await asyncio.create_subprocess_exec(*self.command, *args, env=env)
+            how = "exec"
         child.started, child.answered, child.misses = time.monotonic(), False, 0
         child.ready = (False, "starting")
-        logs.log("worker process started", process=child.index, pid=child.proc.pid)
+        logs.log("worker process started", process=child.index, pid=child.proc.pid, start=how)
 
     async def _keep(self, child: Child) -> None:
         """Run one child for as long as the supervisor runs, restarting it when it dies."""
