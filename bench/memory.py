@@ -11,7 +11,10 @@ Dramatiq and Celery on the same private Redis, in one run.
   Celery holds ETA tasks); Ebbtide keeps them in Redis's delayed set.
 
 RSS is the kernel's current VmRSS summed over the worker's process tree, read once it
-has been stable for 2 s (the worker has taken all it will take).
+has been stable for 2 s (the worker has taken all it will take). The two-process rows
+also give PSS, summed the same way: a page shared by N processes counts 1/N in each,
+so the sum is what the tree really holds (Ebbtide's children forked from its
+supervisor share the runtime's pages, which RSS counts once per process).
 
     .venv/bin/python bench/memory.py
 """
@@ -43,12 +46,15 @@ MIB = 1 << 20
 
 
 def worker(system: str, mode: str, processes: int = 1) -> tuple[list[str], dict[str, str]]:
+    """`ebbtide-exec`: Ebbtide with `--start-children exec` (each child a new interpreter)."""
     py = sys.executable
     held = mode == "prefetched"
-    if system == "ebbtide":
+    if system in ("ebbtide", "ebbtide-exec"):
         argv = [py, "-m", "ebbtide", "--log-level", "WARNING", "worker", "anchors.ebbtide_app:app"]
         argv += ["--queues", "bench", "--concurrency", str(RUNNING)]
         argv += ["--processes", str(processes)]
+        if system == "ebbtide-exec":
+            argv += ["--start-children", "exec"]
         return argv + (["--prefetch", str(HELD)] if held else []), {}
     if system == "dramatiq":
         env = {"dramatiq_queue_prefetch": str(HELD + RUNNING)} if held else {}
@@ -101,6 +107,18 @@ def tree_rss(pid: int) -> tuple[int, int]:
     return 0, 0
 
 
+def tree_pss(pid: int) -> int:
+    """PSS summed over the process tree (smaps_rollup): shared pages counted once."""
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        total = 0
+        for p in (root, *root.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_full_info().pss
+        return total
+    return 0
+
+
 def left_in_broker(system: str, client: redis.Redis, url: str) -> int:
     """Tasks still in Redis, not in the worker: shows what the worker really took."""
     if system == "ebbtide":
@@ -114,7 +132,8 @@ def left_in_broker(system: str, client: redis.Redis, url: str) -> int:
 
 def settled_rss(
     argv: list[str], env: dict[str, str], log_path: str, left: Callable[[], int]
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int, int]:
+    """(RSS, processes, tasks left in the broker, PSS) once the tree's RSS is stable."""
     compile_sources()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -133,7 +152,7 @@ def settled_rss(
                 break
         if proc.poll() is not None:
             raise RuntimeError(f"{argv[2:5]} exited with {proc.returncode}; log {log_path}")
-        return last[0], last[1], left()
+        return last[0], last[1], left(), tree_pss(proc.pid)
     finally:
         stop_group(proc, grace=3)
 
@@ -143,7 +162,7 @@ def main() -> int:
         fill(sys.argv[2], sys.argv[3])
         return 0
     log_path = os.path.join(tempfile.gettempdir(), f"ebbtide-memory-{os.getpid()}.log")
-    results: dict[tuple[str, str], tuple[int, int, int]] = {}
+    results: dict[tuple[str, str], tuple[int, int, int, int]] = {}
     with redis_server() as url:
         client = redis.Redis.from_url(url)
         env = {
@@ -168,34 +187,43 @@ def main() -> int:
                     log_path,
                     lambda s=system: left_in_broker(s, client, url),
                 )
-                rss, n, left = results[system, mode]
+                rss, n, left, _ = results[system, mode]
                 print(
                     f"{system} {mode}: {rss / MIB:.1f} MiB in {n} processes, {left} tasks left "
                     "in Redis",
                     file=sys.stderr,
                 )
         two = {}
-        for system in ("ebbtide", "dramatiq"):  # idle, two worker processes
+        for system in ("ebbtide", "ebbtide-exec", "dramatiq"):  # idle, two worker processes
             client.flushall()
             argv, extra = worker(system, "idle", processes=2)
             two[system] = settled_rss(argv, {**env, **extra}, log_path, lambda: 0)
     print(f"\n{os.cpu_count()} cores · Python {sys.version.split()[0]} · same private Redis\n")
     print(
         "| system | processes | idle RSS MiB (tree) | idle RSS MiB per process | "
-        "+1,000 prefetched MiB (left in Redis) | +1,000 delayed MiB (left in Redis) |"
+        "+1,000 prefetched MiB (left in Redis) | +1,000 delayed MiB (left in Redis) | "
+        "idle PSS MiB (tree) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for system in ("ebbtide", "dramatiq", "celery"):
-        idle, n, _ = results[system, "idle"]
-        pre, _, pre_left = results[system, "prefetched"]
-        late, _, late_left = results[system, "delayed"]
+        idle, n, _, pss = results[system, "idle"]
+        pre, _, pre_left, _ = results[system, "prefetched"]
+        late, _, late_left, _ = results[system, "delayed"]
         print(
             f"| {system} | {n} | {idle / MIB:.1f} | {idle / n / MIB:.1f} | "
-            f"{(pre - idle) / MIB:+.1f} ({pre_left}) | {(late - idle) / MIB:+.1f} ({late_left}) |"
+            f"{(pre - idle) / MIB:+.1f} ({pre_left}) | {(late - idle) / MIB:+.1f} ({late_left}) | "
+            f"{pss / MIB:.1f} |"
         )
-    for system, flag in (("ebbtide", "--processes 2"), ("dramatiq", "-p 2")):
-        rss, n, _ = two[system]
-        print(f"| {system} {flag} | {n} | {rss / MIB:.1f} | {rss / n / MIB:.1f} | | |")
+    for system, flag in (
+        ("ebbtide", "--processes 2"),
+        ("ebbtide-exec", "--processes 2 --start-children exec"),
+        ("dramatiq", "-p 2"),
+    ):
+        rss, n, _, pss = two[system]
+        print(
+            f"| {system.split('-')[0]} {flag} | {n} | {rss / MIB:.1f} | {rss / n / MIB:.1f} | | | "
+            f"{pss / MIB:.1f} |"
+        )
     print(f"\nworker output: {log_path}")
     return 0
 

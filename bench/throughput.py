@@ -48,6 +48,8 @@ REDIS_ONLY = (
     "ebbtide-metrics-p2",
     "ebbtide-pinned-p2",
     "dramatiq-pinned-p2",
+    "ebbtide-exec-p2",
+    "ebbtide-pinned-exec-p2",
 )
 EBBTIDE_DEF = (
     "ebbtide",
@@ -57,6 +59,8 @@ EBBTIDE_DEF = (
     "ebbtide-metrics-p2",
     "ebbtide-pinned",
     "ebbtide-pinned-p2",
+    "ebbtide-exec-p2",
+    "ebbtide-pinned-exec-p2",
 )
 
 
@@ -92,6 +96,8 @@ def worker_argv(system: str, concurrency: int) -> list[str]:
             argv += ["--metrics-port", "0"]
         if system.startswith("ebbtide-pinned"):
             argv += ["--cpu-affinity", here]
+        if "-exec-" in system:  # the children as new interpreters, not forked
+            argv += ["--start-children", "exec"]
         return argv if procs == "1" else [*argv, "--processes", procs]
     raise ValueError(f"no worker for {system!r}")
 
@@ -260,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated subset of raw,bare,dramatiq,celery,ebbtide,ebbtide-async,\n"
         "dramatiq-p2,ebbtide-p2 (two worker processes each; Redis only), and\n"
         "ebbtide-all-threads (--thread-limit = --concurrency: every thread starts tasks),\n"
-        "ebbtide-metrics and ebbtide-metrics-p2 (serving /metrics, as a pod does)",
+        "ebbtide-metrics and ebbtide-metrics-p2 (serving /metrics, as a pod does),\n"
+        "ebbtide-exec-p2 and ebbtide-pinned-exec-p2 (--start-children exec: the\n"
+        "children started as new interpreters, not forked from the supervisor)",
     )
     p.add_argument(
         "--ebbtide-concurrency", type=int, default=8, help="sync task threads (default 8)"

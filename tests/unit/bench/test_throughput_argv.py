@@ -49,6 +49,14 @@ def test_pinned_systems_pin_each_process_to_a_cpu_of_this_machine():
         assert pinned[2:] == worker_argv(plain, 8)
 
 
+def test_exec_systems_start_their_children_as_new_interpreters():
+    for system in ("ebbtide-exec-p2", "ebbtide-pinned-exec-p2"):
+        argv = worker_argv(system, 8)
+        assert _flag(argv, "--start-children") == "exec" and _flag(argv, "--processes") == "2"
+    assert "--cpu-affinity" in worker_argv("ebbtide-pinned-exec-p2", 8)
+    assert "--start-children" not in worker_argv("ebbtide-p2", 8)
+
+
 def test_an_unknown_system_is_named():
     with pytest.raises(ValueError, match="ebbtide-p3"):
         worker_argv("ebbtide-p3", 8)
