@@ -226,6 +226,10 @@ LABELS = {
     ("ebbtide-pinned", "redis"): "ebbtide (def task) --cpu-affinity",
     ("ebbtide-pinned", "rabbitmq"): "ebbtide (def task) --cpu-affinity",
     ("ebbtide-pinned-p2", "redis"): "ebbtide (def task) --processes 2 --cpu-affinity",
+    ("ebbtide-exec-p2", "redis"): "ebbtide (def task) --processes 2 --start-children exec",
+    ("ebbtide-pinned-exec-p2", "redis"): (
+        "ebbtide (def task) --processes 2 --cpu-affinity --start-children exec"
+    ),
     ("dramatiq-pinned", "redis"): "dramatiq, pinned to a CPU",
     ("dramatiq-pinned", "rabbitmq"): "dramatiq, pinned to a CPU",
     ("dramatiq-pinned-p2", "redis"): "dramatiq -p 2, each pinned to a CPU",
