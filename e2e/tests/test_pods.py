@@ -262,6 +262,37 @@ def test_sigterm_with_the_real_grace_period_hands_back_unstarted_tasks(
     assert set(counts(track).values()) == {1}, counts(track)
 
 
+def test_two_worker_processes_forked_in_a_real_pod_run_each_task_once(
+    core, apps, custom, operator, namespace
+):
+    """`processes: 2` under the pod's RuntimeDefault seccomp profile, non-root, with a
+    read-only root: the supervisor forks both children (a pidfd watches each), the pod
+    is Ready once both are, and each task runs once."""
+    track_url, track = host_tracker(core, apps, namespace)
+    body = taskqueue(
+        "forked",
+        {"type": "redis", "managed": {}},
+        track_url=track_url,
+        scaling={"minReplicas": 1, "maxReplicas": 1},
+        worker={"concurrency": 2, "processes": 2},
+    )
+    create_tq(custom, namespace, body)
+    wait_for(lambda: workers_ready(custom, namespace, "forked"), 180, "the worker ready")
+    [pod] = ready_pods(core, namespace, WORKERS)
+    log = core.read_namespaced_pod_log(pod.metadata.name, namespace)
+    assert log.count("start=forked") == 2 and "start=exec" not in log, log
+    host_url = via_cluster_ip(
+        core, namespace, secret_value(core, namespace, "forked-broker", "url")
+    )
+    tasks = 40
+    enqueue(host_url, tasks, 0.05)
+    wait_for(lambda: track.hlen(RUNS) == tasks, 120, "every task done")
+    twice = {task: n for task, n in counts(track).items() if n != 1}
+    assert not twice, f"tasks run more than once: {twice}\n{runs_of(track, set(twice))}"
+    log = core.read_namespaced_pod_log(pod.metadata.name, namespace)
+    assert "worker process died" not in log, log
+
+
 def test_a_worker_image_that_cannot_be_found_surfaces_in_the_conditions(
     core, apps, custom, operator, namespace
 ):

@@ -355,6 +355,8 @@ def _supervise(
     fork = args.start_children == "fork" and prefork.available()
     if fork:
         prefork.preload(prefork.modules_for(url))
+    elif args.start_children == "fork":
+        logs.log("worker processes exec'd, not forked", reason="no pidfd (os.pidfd_open)")
     supervisor = Supervisor(
         [sys.executable, "-m", "ebbtide"],
         lambda index, socket: [

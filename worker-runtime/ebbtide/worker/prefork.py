@@ -44,8 +44,15 @@ BROKER_MODULES = {
 
 
 def available() -> bool:
-    """Fork only where a child's exit can be watched without a thread (a pidfd)."""
-    return sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
+    """Fork only where a child's exit can be watched without a thread: a pidfd, which an
+    old kernel or a strict seccomp profile may refuse (then every child is exec'd)."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
 
 
 def modules_for(url: str | None) -> tuple[str, ...]:
@@ -91,10 +98,11 @@ class ForkedProcess:
         self._exited.set_result(self.returncode)
 
     def send_signal(self, sig: int) -> None:
-        """Through the pidfd: never a recycled pid's new owner."""
+        """Never a recycled pid's new owner: until this parent reaps it, the pid is
+        the child's, if only as a zombie."""
         if self.returncode is not None:
             raise ProcessLookupError(self.pid)
-        signal.pidfd_send_signal(self._pidfd, sig)
+        os.kill(self.pid, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
