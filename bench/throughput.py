@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -185,6 +186,8 @@ class Bench:
         if system == "ebbtide-async":
             concurrency = self.opts.ebbtide_async_concurrency
         argv = worker_argv(system, concurrency)
+        if self.opts.ebbtide_args and system.startswith("ebbtide"):
+            argv += shlex.split(self.opts.ebbtide_args)
         if self.opts.pin_workers is not None:  # what-if: every system's worker on one CPU
             argv = ["taskset", "-c", str(self.opts.pin_workers), *argv]
         row.worker = " ".join(a if a != sys.executable else "python" for a in argv)
@@ -278,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=64,
         help="async task slots (default 64)",
+    )
+    p.add_argument(
+        "--ebbtide-args", default="", help='extra flags for every Ebbtide worker: "--prefetch 8"'
     )
     p.add_argument("--repeat", type=int, default=1, help="run each system N times, report medians")
     p.add_argument(

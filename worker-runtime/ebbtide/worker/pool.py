@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import logs
 from ..brokers.base import Delivery, Settlement
+from .cpu_use import read_cpu_use
 from .thread_limit import ThreadLimit
 
 if TYPE_CHECKING:
@@ -174,10 +175,17 @@ class TaskThreads:
 
     def _limit_tick(self, completed: int) -> None:
         old = self.limiter.limit
-        now, cpu = time.monotonic(), time.process_time()
-        new = self.limiter.tick(now, cpu, completed, self._jobs.qsize() > 0)
+        new = self.limiter.tick(time.monotonic(), read_cpu_use, completed, self._jobs.qsize() > 0)
         if new is not None and new != old:
-            logs.log("thread limit", logging.DEBUG, limit=new, was=old)
+            used, waited = self.limiter.last_window
+            logs.log(
+                "thread limit",
+                logging.DEBUG,
+                limit=new,
+                was=old,
+                cpu_cores=round(used, 2),
+                waited_cores=round(waited, 2),
+            )
         if new is not None and new > old:
             self._unpark_some(new - old)
         if new is not None and new < self.size and self._blocked_timer is None:

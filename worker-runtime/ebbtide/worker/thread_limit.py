@@ -16,6 +16,17 @@ done too. So the pool keeps `--concurrency` threads (the slots) and lets `limit`
 them start tasks: one fewer after a saturated window between HIGH and PARALLEL cores,
 one more after one below LOW or above PARALLEL.
 
+The CPU a process used is not what it asked for when the CPUs are short: two worker
+processes and the broker on two cores each got 0.5-0.6 of a core, which read as I/O
+wait, and the limit climbed to the ceiling, the most hand-offs (docs/benchmarks.md,
+"2026-12-08"). So the pool also reads how long its threads were ready to run but
+waited for a CPU (`CpuUse.waited`, the kernel's schedstat: cpu_use.py), summed over
+its threads. Every thread woken from a socket waits a little for a CPU, so that sum
+is large even for tasks that wait on I/O (0.4-0.65 of a core here, with a broker 2 ms
+away). What tells starvation is STARVED: a whole core or more, i.e. on average at
+least one of its threads always ready and not running (1.0-1.4 in that two-process
+run). Then another thread cannot run either: one fewer.
+
 Where it starts: at the geometric middle of FLOOR and the ceiling (4 of 8), and the
 first moves halve or double it until a window stays put or turns back, so either end is
 a window or two away. Starting at the ceiling, as it once did, ran the first windows at
@@ -31,7 +42,9 @@ slow task never holds the others back for longer than that.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 WINDOW_S = 0.1  # a window lasts at least this long...
 WINDOW_TASKS = 50  # ...and holds this many completions, unless it reaches MAX_WINDOW_S
@@ -42,6 +55,15 @@ HIGH, LOW = 0.9, 0.75  # the process's CPU, in cores: above HIGH one fewer, belo
 PARALLEL = 1.25  # above this many cores, tasks run in parallel (C code without the GIL:
 # zlib, Pillow, numpy): more threads pay, as below LOW
 FLOOR = 2  # never fewer: with two, one thread's I/O wait is another's turn to run
+STARVED = 1.0  # cores of CPU waited for (ready threads, summed): at least one always waits
+
+
+class CpuUse(NamedTuple):
+    """A process's CPU seconds so far: `used` running, `waited` ready to run but not
+    running (its threads, summed; 0 where the kernel does not say)."""
+
+    used: float
+    waited: float = 0.0
 
 
 @dataclass
@@ -58,19 +80,24 @@ class ThreadLimit:
         self._leaping = True  # halve or double, not step, until the first turn or stop
         self._last_move = 0
         self._start: float | None = None
-        self._cpu = self._last = 0.0
+        self._last = 0.0
+        self._cpu = CpuUse(0.0)
         self._done = self._ticks = self._waiting = 0
+        self.last_window = (0.0, 0.0)  # the last window's CPU used and waited for, in cores
 
-    def tick(self, now: float, cpu: float, completed: int, saturated: bool) -> int | None:
-        """At `now`, the process has used `cpu` seconds; `completed` tasks ended since the
-        last tick; `saturated`: tasks were waiting for a thread. Returns the new limit
+    def tick(
+        self, now: float, cpu: Callable[[], CpuUse], completed: int, saturated: bool
+    ) -> int | None:
+        """At `now`: `completed` tasks ended since the last tick; `saturated`: tasks were
+        waiting for a thread; `cpu()` reads the process's CpuUse, only when a window
+        opens or closes (a few times a second, not on every tick). Returns the new limit
         when it changes, else None."""
         if not self.adaptive or self.ceiling == 1:
             return None
         gap = self._start is None or now - self._last > GAP_S
         self._last = now
         if gap:  # an idle spell says nothing about the limit
-            self._restart(now, cpu)
+            self._restart(now, cpu())
             return None
         assert self._start is not None
         self._done += completed
@@ -79,12 +106,16 @@ class ThreadLimit:
         elapsed = now - self._start
         if elapsed < WINDOW_S or (self._done < WINDOW_TASKS and elapsed < MAX_WINDOW_S):
             return None
-        busy = (cpu - self._cpu) / elapsed
+        use, start = cpu(), self._cpu
+        busy = (use.used - start.used) / elapsed
+        # A thread that ended takes its wait with it: never less than none.
+        waited = max(0.0, use.waited - start.waited) / elapsed
         full = self._waiting >= SATURATED * self._ticks
-        self._restart(now, cpu)
+        self.last_window = (busy, waited)
+        self._restart(now, use)
         if not full:  # the limit did not hold tasks back: nothing to learn
             return None
-        move = direction(busy)
+        move = direction(busy, waited)
         leap = self._leaping and move != 0 and move != -self._last_move
         limit = next_limit(self.limit, self.ceiling, move, leap=leap)
         if not leap or limit == self.limit:
@@ -98,7 +129,7 @@ class ThreadLimit:
         self.limit = limit
         return limit
 
-    def _restart(self, now: float, cpu: float) -> None:
+    def _restart(self, now: float, cpu: CpuUse) -> None:
         self._start, self._cpu = now, cpu
         self._done = self._ticks = self._waiting = 0
 
@@ -110,12 +141,15 @@ def start_limit(ceiling: int) -> int:
     return max(floor, min(ceiling, round(math.sqrt(floor * ceiling))))
 
 
-def direction(busy_cores: float) -> int:
-    """-1: the GIL is the bottleneck (fewer threads); +1: the threads wait on I/O, or run
-    C code in parallel (more); 0: stay."""
-    if HIGH < busy_cores <= PARALLEL:
+def direction(busy_cores: float, waiting_cores: float = 0.0) -> int:
+    """-1: the GIL is the bottleneck, or the CPUs are (fewer threads); +1: the threads
+    wait on I/O, or run C code in parallel (more); 0: stay. `busy_cores`: CPU used;
+    `waiting_cores`: CPU its threads were ready for and did not get, summed."""
+    if busy_cores > PARALLEL:
+        return 1
+    if busy_cores > HIGH or waiting_cores >= STARVED:
         return -1
-    if busy_cores < LOW or busy_cores > PARALLEL:
+    if busy_cores < LOW:
         return 1
     return 0
 
