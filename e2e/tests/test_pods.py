@@ -57,6 +57,22 @@ def host_tracker(core, apps, namespace: str) -> tuple[str, redis.Redis]:
     return url, redis.Redis.from_url(via_cluster_ip(core, namespace, url))
 
 
+def one_worker_on_managed_redis(
+    core, apps, custom, namespace: str, name: str, worker: dict
+) -> tuple[redis.Redis, str]:
+    """A TaskQueue `name` with one worker pod (`worker` fields on top) on a managed
+    Redis, ready: the tracker's client and the broker's URL from the host."""
+    track_url, track = host_tracker(core, apps, namespace)
+    scaling = {"minReplicas": 1, "maxReplicas": 1}
+    body = taskqueue(
+        name, {"type": "redis", "managed": {}}, track_url=track_url, scaling=scaling, worker=worker
+    )
+    create_tq(custom, namespace, body)
+    wait_for(lambda: workers_ready(custom, namespace, name), 180, "the worker ready")
+    url = secret_value(core, namespace, f"{name}-broker", "url")
+    return track, via_cluster_ip(core, namespace, url)
+
+
 def test_operator_runs_from_its_image_as_its_service_account(core, kube_env, operator):
     pod = core.read_namespaced_pod(operator, SYSTEM_NAMESPACE)
     container = pod.spec.containers[0]
@@ -226,18 +242,8 @@ def test_managed_rabbitmq_runs_from_its_image_with_a_pvc(core, apps, custom, ope
 def test_sigterm_with_the_real_grace_period_hands_back_unstarted_tasks(
     core, apps, custom, operator, namespace
 ):
-    track_url, track = host_tracker(core, apps, namespace)
-    body = taskqueue(
-        "graceful",
-        {"type": "redis", "managed": {}},
-        track_url=track_url,
-        scaling={"minReplicas": 1, "maxReplicas": 1},
-        worker={"concurrency": 1},
-    )
-    create_tq(custom, namespace, body)
-    wait_for(lambda: workers_ready(custom, namespace, "graceful"), 180, "the worker ready")
-    host_url = via_cluster_ip(
-        core, namespace, secret_value(core, namespace, "graceful-broker", "url")
+    track, host_url = one_worker_on_managed_redis(
+        core, apps, custom, namespace, "graceful", {"concurrency": 1}
     )
     tasks, seconds = 6, 3.0
     enqueue(host_url, tasks, seconds)
@@ -268,22 +274,12 @@ def test_two_worker_processes_forked_in_a_real_pod_run_each_task_once(
     """`processes: 2` under the pod's RuntimeDefault seccomp profile, non-root, with a
     read-only root: the supervisor forks both children (a pidfd watches each), the pod
     is Ready once both are, and each task runs once."""
-    track_url, track = host_tracker(core, apps, namespace)
-    body = taskqueue(
-        "forked",
-        {"type": "redis", "managed": {}},
-        track_url=track_url,
-        scaling={"minReplicas": 1, "maxReplicas": 1},
-        worker={"concurrency": 2, "processes": 2},
+    track, host_url = one_worker_on_managed_redis(
+        core, apps, custom, namespace, "forked", {"concurrency": 2, "processes": 2}
     )
-    create_tq(custom, namespace, body)
-    wait_for(lambda: workers_ready(custom, namespace, "forked"), 180, "the worker ready")
     [pod] = ready_pods(core, namespace, WORKERS)
     log = core.read_namespaced_pod_log(pod.metadata.name, namespace)
     assert log.count("start=forked") == 2 and "start=exec" not in log, log
-    host_url = via_cluster_ip(
-        core, namespace, secret_value(core, namespace, "forked-broker", "url")
-    )
     tasks = 40
     enqueue(host_url, tasks, 0.05)
     wait_for(lambda: track.hlen(RUNS) == tasks, 120, "every task done")
