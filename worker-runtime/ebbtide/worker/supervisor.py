@@ -158,6 +158,8 @@ class Supervisor:
 
     # -- children ------------------------------------------------------------------------
     def _child_env(self, child: Child) -> dict[str, str]:
+        """What a child's environment adds; its probe socket is cleared for it too (a
+        restarted child binds the same path)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(child.socket)
         return {
